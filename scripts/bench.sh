@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# `make bench`: `agentlog bench log` on the embedded log (default durability and
+# fsync=always) and on a local Kafka. Prints the figures BENCHMARKS.md records.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+records=${BENCH_RECORDS:-1000000}
+cargo build --release
+bin="$CARGO_TARGET_DIR/release/agentlog"
+work=$(mktemp -d)
+trap 'scripts/kafka-local.sh stop >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+
+echo "== embedded, fsync=never (default)"
+AGENTLOG__LOG__EMBEDDED__DATA_DIR="$work/never" "$bin" bench log --records "$records"
+echo "== embedded, fsync=always"
+AGENTLOG__LOG__EMBEDDED__DATA_DIR="$work/always" AGENTLOG__LOG__EMBEDDED__FSYNC=always "$bin" bench log --records "$records"
+scripts/kafka-local.sh start
+echo "== kafka (acks=all, idempotent)"
+AGENTLOG__LOG__BACKEND=kafka AGENTLOG__LOG__KAFKA__BOOTSTRAP_SERVERS="$(scripts/kafka-local.sh bootstrap)" \
+  "$bin" bench log --records "$records"

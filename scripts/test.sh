@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# `make test`: starts a local Kafka, runs every test against both backends, stops Kafka, and
+# prints how many conformance scenarios passed per backend.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log_dir=$(mktemp -d)
+trap 'scripts/kafka-local.sh stop >/dev/null 2>&1 || true; rm -rf "$log_dir"' EXIT
+
+scripts/kafka-local.sh start
+AGENTLOG_TEST_KAFKA=$(scripts/kafka-local.sh bootstrap)
+export AGENTLOG_TEST_KAFKA
+echo "tests use Kafka at $AGENTLOG_TEST_KAFKA"
+
+set +e
+cargo test --release --all-targets 2>&1 | tee "$log_dir/test.log"
+status=${PIPESTATUS[0]}
+set -e
+
+embedded=$(grep -cE '^test embedded::[a-z0-9_]+ \.\.\. ok$' "$log_dir/test.log" || true)
+kafka=$(grep -cE '^test kafka::[a-z0-9_]+ \.\.\. ok$' "$log_dir/test.log" || true)
+echo
+echo "conformance suite: embedded ${embedded} passed, kafka ${kafka} passed"
+if [ "$status" -ne 0 ]; then
+  echo "tests failed" >&2
+  exit "$status"
+fi
+if [ "$embedded" -eq 0 ] || [ "$kafka" -ne "$embedded" ]; then
+  echo "the conformance suite must run every scenario on both backends" >&2
+  exit 1
+fi

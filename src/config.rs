@@ -1,0 +1,242 @@
+//! Layered configuration: embedded defaults (`config/default.toml`), then an optional file,
+//! then `AGENTLOG__SECTION__KEY` environment variables. Unknown keys are errors that name the
+//! key, so a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path} does not exist")]
+    MissingFile { path: PathBuf },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("invalid configuration: {field}: {reason}")]
+    Field { field: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub log: LogConfig,
+    pub topics: TopicsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsConfig {
+    pub replication_factor: i16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Embedded,
+    Kafka,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub backend: Backend,
+    pub topic_prefix: String,
+    pub max_record_bytes: usize,
+    pub embedded: EmbeddedConfig,
+    pub kafka: KafkaConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// Write to RocksDB's WAL without fsync: survives a process crash, not a power loss.
+    Never,
+    /// fsync the WAL once per group commit before acknowledging.
+    Always,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    pub data_dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    pub max_batch_records: usize,
+    pub retention_check_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupProtocol {
+    Consumer,
+    Classic,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    pub group_protocol: GroupProtocol,
+    pub request_timeout_ms: u64,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    #[serde(default)]
+    pub producer_properties: BTreeMap<String, String>,
+    #[serde(default)]
+    pub consumer_properties: BTreeMap<String, String>,
+}
+
+impl Config {
+    /// Defaults, then `file` (if given), then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment passed in (tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile { path: path.to_path_buf() });
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        // Only our prefix; `__` separates levels so keys may contain single underscores.
+        let vars: Vec<(String, String)> =
+            env.into_iter().filter(|(k, _)| k.starts_with("AGENTLOG__")).collect();
+        for (key, value) in vars {
+            let path = key["AGENTLOG__".len()..].to_ascii_lowercase().replace("__", ".");
+            figment = figment.merge(Figment::new().merge((path.as_str(), env_value(&path, &value))));
+        }
+        let config: Config = figment.extract().map_err(|e| ConfigError::Invalid(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let log = &self.log;
+        if log.max_record_bytes == 0 {
+            return Err(ConfigError::Field { field: "log.max_record_bytes", reason: "must be greater than 0".into() });
+        }
+        if log.embedded.max_batch_records == 0 {
+            return Err(ConfigError::Field { field: "log.embedded.max_batch_records", reason: "must be greater than 0".into() });
+        }
+        if log.backend == Backend::Kafka && log.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(ConfigError::Field {
+                field: "log.kafka.bootstrap_servers",
+                reason: "must name at least one host:port when log.backend = \"kafka\"".into(),
+            });
+        }
+        if self.topics.replication_factor < 1 {
+            return Err(ConfigError::Field { field: "topics.replication_factor", reason: "must be at least 1".into() });
+        }
+        if log.kafka.request_timeout_ms == 0 {
+            return Err(ConfigError::Field { field: "log.kafka.request_timeout_ms", reason: "must be greater than 0".into() });
+        }
+        Ok(())
+    }
+}
+
+/// Environment values are strings; numbers and booleans are parsed so that
+/// `AGENTLOG__LOG__MAX_RECORD_BYTES=5` deserializes into a number. Pass-through librdkafka
+/// properties stay strings.
+fn env_value(path: &str, value: &str) -> figment::value::Value {
+    use figment::value::Value;
+    if path.contains("properties.") {
+        return Value::from(value.to_string());
+    }
+    if let Ok(n) = value.parse::<u64>() {
+        return Value::from(n);
+    }
+    match value {
+        "true" => Value::from(true),
+        "false" => Value::from(false),
+        _ => Value::from(value.to_string()),
+    }
+}
+
+/// figment's errors say "unknown field `x`" and the path separately; join them so the
+/// message names the full key, e.g. `log.embeded: unknown field ...`.
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            let source = e.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
+            if path.is_empty() { format!("{}{source}", e.kind) } else { format!("{path}: {}{source}", e.kind) }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml).expect("write config");
+        Config::load_with_env(Some(&path), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_load_and_pick_the_embedded_backend() {
+        let config = Config::load_with_env(None, Vec::new()).expect("defaults load");
+        assert_eq!(config.log.backend, Backend::Embedded);
+        assert_eq!(config.log.embedded.fsync, FsyncPolicy::Never);
+        assert_eq!(config.log.kafka.group_protocol, GroupProtocol::Consumer);
+    }
+
+    #[test]
+    fn file_then_environment_override_in_order() {
+        let config = load_str(
+            "[log]\nbackend = \"kafka\"\nmax_record_bytes = 10\n",
+            &[("AGENTLOG__LOG__MAX_RECORD_BYTES", "20"), ("AGENTLOG__LOG__KAFKA__PROPERTIES__SECURITY.PROTOCOL", "SSL")],
+        )
+        .expect("loads");
+        assert_eq!(config.log.backend, Backend::Kafka);
+        assert_eq!(config.log.max_record_bytes, 20);
+        assert_eq!(config.log.kafka.properties.get("security.protocol").map(String::as_str), Some("SSL"));
+    }
+
+    #[test]
+    fn a_mistyped_key_is_an_error_naming_it() {
+        let err = load_str("[log.embeded]\ndata_dir = \"x\"\n", &[]).expect_err("typo must fail");
+        let message = err.to_string();
+        assert!(message.contains("embeded"), "{message}");
+        assert!(message.contains("unknown field"), "{message}");
+    }
+
+    #[test]
+    fn a_mistyped_environment_variable_is_an_error_naming_it() {
+        let err = Config::load_with_env(None, vec![("AGENTLOG__LOG__BAKEND".into(), "kafka".into())]).expect_err("typo");
+        assert!(err.to_string().contains("bakend"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_enum_value_names_the_field() {
+        let err = load_str("[log]\nbackend = \"kafak\"\n", &[]).expect_err("bad value");
+        let message = err.to_string();
+        assert!(message.contains("log.backend") && message.contains("kafak"), "{message}");
+    }
+
+    #[test]
+    fn a_missing_file_is_reported() {
+        let err = Config::load_with_env(Some(Path::new("/nonexistent/agentlog.toml")), Vec::new()).expect_err("missing");
+        assert!(matches!(err, ConfigError::MissingFile { .. }), "{err}");
+    }
+
+    #[test]
+    fn zero_record_limit_is_rejected_naming_the_field() {
+        let err = load_str("[log]\nmax_record_bytes = 0\n", &[]).expect_err("zero");
+        assert!(err.to_string().contains("log.max_record_bytes"), "{err}");
+    }
+}

@@ -1,0 +1,19 @@
+//! agentlog: AI agents (and any other worker) as consumer-group workers on an event log.
+//!
+//! Components and how data flows between them:
+//! - [`log`]: the event-log contract (produce, consumer groups, seek, watermarks, transactions,
+//!   admin) with two backends: `embedded` (RocksDB in this process, the default) and `kafka`
+//!   (rdkafka). Everything else talks to `Arc<dyn EventLog>` only.
+//! - [`topics`]: the topic catalog (`topics/*.toml`), applied to either backend, with drift
+//!   between the catalog and the cluster reported per topic.
+//! - [`config`]: layered configuration (defaults, file, `AGENTLOG__` environment).
+//! - [`bench`]: the log benchmark behind `agentlog bench log`.
+//!
+//! Producers append records; the backend assigns partition and offset (murmur2 of the key);
+//! consumers in a group split the partitions and commit the next offset to read.
+
+pub mod bench;
+pub mod config;
+pub mod log;
+pub mod open;
+pub mod topics;

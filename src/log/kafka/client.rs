@@ -1,0 +1,100 @@
+//! librdkafka client settings and the mapping of rdkafka errors onto [`LogError`].
+
+use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::{GroupProtocol, KafkaConfig};
+use crate::log::LogError;
+
+/// Settings every client gets: bootstrap, timeouts, then the user's pass-through properties
+/// (TLS, SASL, tuning), which win over ours.
+pub(crate) fn base_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("socket.timeout.ms", config.request_timeout_ms.max(10).to_string())
+        // An unreachable broker should surface as an error quickly instead of being retried
+        // silently forever; reconnect back-off stays short so recovery is fast too.
+        .set("reconnect.backoff.max.ms", "1000")
+        .set("log_level", "4");
+    for (key, value) in &config.properties {
+        client.set(key, value);
+    }
+    client
+}
+
+/// Producer settings: acks from all in-sync replicas and idempotence, and Kafka's Java
+/// partitioner so keys land where other clients put them.
+pub(crate) fn producer_config(config: &KafkaConfig, max_record_bytes: usize) -> ClientConfig {
+    let mut client = base_config(config);
+    client
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .set("message.max.bytes", (max_record_bytes + 4096).to_string())
+        .set("message.timeout.ms", (config.request_timeout_ms * 6).to_string());
+    for (key, value) in config.properties.iter().chain(&config.producer_properties) {
+        client.set(key, value);
+    }
+    client
+}
+
+/// Consumer settings: manual commits of offsets we choose, read_committed so aborted and
+/// open transactions stay invisible, and the KIP-848 protocol when configured.
+pub(crate) fn consumer_config(config: &KafkaConfig, group: Option<&str>, client_id: Option<&str>) -> ClientConfig {
+    let mut client = base_config(config);
+    client
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "false");
+    match group {
+        Some(group) => {
+            client.set("group.id", group);
+            match config.group_protocol {
+                // Session timeout and heartbeats are the broker's business under KIP-848;
+                // librdkafka refuses the classic settings with it.
+                GroupProtocol::Consumer => client.set("group.protocol", "consumer"),
+                GroupProtocol::Classic => client
+                    .set("group.protocol", "classic")
+                    .set("partition.assignment.strategy", "cooperative-sticky")
+                    .set("session.timeout.ms", "6000")
+                    .set("heartbeat.interval.ms", "1000"),
+            };
+        }
+        // librdkafka needs a group id even for assign-only consumers; it never joins it.
+        None => {
+            client.set("group.id", format!("agentlog-assign-{}", std::process::id()));
+        }
+    }
+    if let Some(id) = client_id {
+        client.set("client.id", id);
+    }
+    for (key, value) in config.properties.iter().chain(&config.consumer_properties) {
+        client.set(key, value);
+    }
+    client
+}
+
+/// Maps an rdkafka error to the contract's error, keeping the broker-down and timeout cases
+/// recognisable for callers and tests.
+pub(crate) fn map_error(operation: &'static str, endpoint: &str, topic: Option<&str>, error: KafkaError) -> LogError {
+    match error.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::Resolve
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::MessageTimedOut
+            | RDKafkaErrorCode::TimedOutQueue,
+        ) => LogError::Unavailable { endpoint: endpoint.to_string(), reason: format!("{operation}: {error}") },
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+            LogError::UnknownTopic { topic: topic.unwrap_or("?").to_string() }
+        }
+        Some(RDKafkaErrorCode::TopicAlreadyExists) => LogError::TopicExists { topic: topic.unwrap_or("?").to_string() },
+        _ => LogError::Kafka { operation, source: error },
+    }
+}

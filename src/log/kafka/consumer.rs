@@ -1,0 +1,349 @@
+//! Consumer-group member and assign-only reader over librdkafka's `StreamConsumer`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::client::map_error;
+use super::metadata::TopicCache;
+use crate::log::{
+    ConsumedRecord, Consumer, ConsumerEvent, GroupMetadata, GroupMetadataInner, Header, LogError, LogResult, SeekTo,
+    TopicPartition,
+};
+
+/// Turns librdkafka's rebalance callbacks into events. librdkafka runs the callback on the
+/// thread polling the consumer, before it hands out a record of the new assignment, so the
+/// queue below always holds the rebalance ahead of those records.
+#[derive(Default)]
+pub(crate) struct RebalanceEvents {
+    pending: Mutex<VecDeque<ConsumerEvent>>,
+}
+
+impl ClientContext for RebalanceEvents {}
+
+impl ConsumerContext for RebalanceEvents {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let event = match rebalance {
+            Rebalance::Assign(tpl) => ConsumerEvent::Assigned(to_partitions(tpl)),
+            Rebalance::Revoke(tpl) => ConsumerEvent::Revoked(to_partitions(tpl)),
+            Rebalance::Error(error) => {
+                tracing::warn!(%error, "consumer group rebalance failed");
+                return;
+            }
+        };
+        if matches!(&event, ConsumerEvent::Assigned(p) | ConsumerEvent::Revoked(p) if p.is_empty()) {
+            return;
+        }
+        self.pending.lock().expect("rebalance queue lock poisoned").push_back(event);
+    }
+}
+
+fn to_partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements().iter().map(|e| TopicPartition::new(e.topic(), e.partition())).collect()
+}
+
+fn to_tpl<'a>(partitions: impl IntoIterator<Item = (&'a TopicPartition, Offset)>) -> LogResult<TopicPartitionList> {
+    let mut tpl = TopicPartitionList::new();
+    for (tp, offset) in partitions {
+        tpl.add_partition_offset(&tp.topic, tp.partition, offset)
+            .map_err(|e| LogError::Invalid { what: "offset", reason: e.to_string() })?;
+    }
+    Ok(tpl)
+}
+
+pub(crate) struct KafkaConsumer {
+    consumer: Arc<StreamConsumer<RebalanceEvents>>,
+    group: Option<String>,
+    topics: Arc<TopicCache>,
+    endpoint: String,
+    timeout: Duration,
+    /// Events ready to hand out, rebalances ahead of the records that follow them.
+    ready: VecDeque<ConsumerEvent>,
+    /// Records of paused partitions that librdkafka had already fetched.
+    held: HashMap<TopicPartition, VecDeque<ConsumerEvent>>,
+    paused: HashSet<TopicPartition>,
+    assignment: HashSet<TopicPartition>,
+    /// Assign-only mode: where each partition reads next, to re-assign on a seek.
+    positions: HashMap<TopicPartition, Offset>,
+}
+
+impl KafkaConsumer {
+    pub(crate) fn new(
+        consumer: StreamConsumer<RebalanceEvents>,
+        group: Option<String>,
+        topics: Arc<TopicCache>,
+        endpoint: String,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            consumer: Arc::new(consumer),
+            group,
+            topics,
+            endpoint,
+            timeout,
+            ready: VecDeque::new(),
+            held: HashMap::new(),
+            paused: HashSet::new(),
+            assignment: HashSet::new(),
+            positions: HashMap::new(),
+        }
+    }
+
+    fn err(&self, operation: &'static str, error: KafkaError) -> LogError {
+        map_error(operation, &self.endpoint, None, error)
+    }
+
+    /// Runs a blocking librdkafka call off the async runtime.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&StreamConsumer<RebalanceEvents>) -> T + Send + 'static,
+    ) -> LogResult<T> {
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || call(&consumer)).await.map_err(|_| LogError::Shutdown)
+    }
+
+    async fn resolve(&self, tp: &TopicPartition, to: SeekTo) -> LogResult<Offset> {
+        Ok(match to {
+            SeekTo::Earliest => Offset::Beginning,
+            SeekTo::Latest => Offset::End,
+            SeekTo::Offset(o) => Offset::Offset(o),
+            SeekTo::Timestamp(ts) => {
+                let tpl = to_tpl([(tp, Offset::Offset(ts))])?;
+                let timeout = self.timeout;
+                let found = self
+                    .blocking(move |c| c.offsets_for_times(tpl, timeout))
+                    .await?
+                    .map_err(|e| self.err("offsets for times", e))?;
+                match found.elements().first().map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => Offset::Offset(o),
+                    _ => Offset::End,
+                }
+            }
+        })
+    }
+
+    fn take_rebalances(&mut self) {
+        let pending: Vec<ConsumerEvent> =
+            self.consumer.context().pending.lock().expect("rebalance queue lock poisoned").drain(..).collect();
+        for event in pending {
+            match &event {
+                ConsumerEvent::Assigned(parts) => self.assignment.extend(parts.iter().cloned()),
+                ConsumerEvent::Revoked(parts) => {
+                    for p in parts {
+                        self.assignment.remove(p);
+                        self.held.remove(p);
+                        self.paused.remove(p);
+                    }
+                    // Records already queued for revoked partitions belong to their new owner.
+                    self.ready.retain(|e| !matches!(e, ConsumerEvent::Record(r) if parts.contains(&r.topic_partition())));
+                }
+                ConsumerEvent::Record(_) => {}
+            }
+            self.ready.push_back(event);
+        }
+    }
+}
+
+fn to_record(message: &BorrowedMessage<'_>) -> ConsumedRecord {
+    let headers = message
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| Header { name: h.key.to_string(), value: Bytes::copy_from_slice(h.value.unwrap_or_default()) })
+                .collect()
+        })
+        .unwrap_or_default();
+    ConsumedRecord {
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(Bytes::copy_from_slice),
+        headers,
+        payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+        timestamp_ms: message.timestamp().to_millis().unwrap_or_default(),
+    }
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    fn subscribe(&mut self, topics: &[String]) -> LogResult<()> {
+        if self.group.is_none() {
+            return Err(LogError::Invalid { what: "subscribe", reason: "a consumer without a group can only assign".into() });
+        }
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        self.consumer.subscribe(&names).map_err(|e| self.err("subscribe", e))
+    }
+
+    async fn assign(&mut self, partitions: &[(TopicPartition, SeekTo)]) -> LogResult<()> {
+        let mut resolved = Vec::with_capacity(partitions.len());
+        for (tp, to) in partitions {
+            let count = self.topics.partitions(&tp.topic).await?;
+            if tp.partition < 0 || tp.partition >= count {
+                return Err(LogError::UnknownPartition { topic: tp.topic.clone(), partition: tp.partition });
+            }
+            resolved.push((tp.clone(), self.resolve(tp, *to).await?));
+        }
+        let tpl = to_tpl(resolved.iter().map(|(tp, o)| (tp, *o)))?;
+        self.consumer.assign(&tpl).map_err(|e| self.err("assign", e))?;
+        self.positions = resolved.into_iter().collect();
+        self.assignment = self.positions.keys().cloned().collect();
+        self.ready.clear();
+        self.held.clear();
+        Ok(())
+    }
+
+    async fn next_event(&mut self) -> LogResult<ConsumerEvent> {
+        loop {
+            self.take_rebalances();
+            if let Some(event) = self.ready.pop_front() {
+                if let ConsumerEvent::Record(r) = &event {
+                    let tp = r.topic_partition();
+                    if self.paused.contains(&tp) {
+                        self.held.entry(tp).or_default().push_back(event);
+                        continue;
+                    }
+                    if self.positions.contains_key(&tp) {
+                        self.positions.insert(tp, Offset::Offset(r.offset + 1));
+                    }
+                }
+                return Ok(event);
+            }
+            // recv is cancel-safe: a message is only taken from librdkafka when it is returned.
+            let record = match self.consumer.recv().await {
+                Ok(message) => to_record(&message),
+                Err(error) => return Err(self.err("consume", error)),
+            };
+            self.take_rebalances();
+            let tp = record.topic_partition();
+            if self.assignment.contains(&tp) {
+                self.ready.push_back(ConsumerEvent::Record(record));
+            }
+        }
+    }
+
+    async fn seek(&mut self, partition: &TopicPartition, to: SeekTo) -> LogResult<()> {
+        if !self.assignment.contains(partition) {
+            return Err(LogError::Invalid { what: "seek", reason: format!("{partition} is not assigned to this consumer") });
+        }
+        let offset = self.resolve(partition, to).await?;
+        self.ready.retain(|e| !matches!(e, ConsumerEvent::Record(r) if &r.topic_partition() == partition));
+        self.held.remove(partition);
+        if self.group.is_none() || self.positions.contains_key(partition) {
+            // Assign-only: re-assign everything from where each partition stands. librdkafka
+            // refuses `seek` on a partition whose fetcher has not started yet ("Erroneous
+            // state"); a fresh assignment has no such window.
+            self.positions.insert(partition.clone(), offset);
+            let tpl = to_tpl(self.positions.iter().map(|(tp, o)| (tp, *o)))?;
+            return self.consumer.assign(&tpl).map_err(|e| self.err("seek", e));
+        }
+        let tpl = to_tpl([(partition, offset)])?;
+        let timeout = self.timeout;
+        let started = std::time::Instant::now();
+        loop {
+            let tpl = tpl.clone();
+            let result = self.blocking(move |c| c.seek_partitions(tpl, timeout)).await?;
+            let error = match result {
+                Ok(done) => done.elements().iter().find_map(|e| e.error().err()),
+                Err(e) => Some(e),
+            };
+            match error {
+                None => return Ok(()),
+                // The fetcher of a just-assigned partition starts shortly; retry briefly.
+                Some(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::State) && started.elapsed() < timeout => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Some(e) => return Err(self.err("seek", e)),
+            }
+        }
+    }
+
+    fn pause(&mut self, partitions: &[TopicPartition]) -> LogResult<()> {
+        let tpl = to_tpl(partitions.iter().map(|p| (p, Offset::Invalid)))?;
+        self.consumer.pause(&tpl).map_err(|e| self.err("pause", e))?;
+        self.paused.extend(partitions.iter().cloned());
+        Ok(())
+    }
+
+    fn resume(&mut self, partitions: &[TopicPartition]) -> LogResult<()> {
+        let tpl = to_tpl(partitions.iter().map(|p| (p, Offset::Invalid)))?;
+        self.consumer.resume(&tpl).map_err(|e| self.err("resume", e))?;
+        for p in partitions {
+            self.paused.remove(p);
+            if let Some(held) = self.held.remove(p) {
+                for event in held.into_iter().rev() {
+                    self.ready.push_front(event);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn assignment(&self) -> Vec<TopicPartition> {
+        let mut parts: Vec<TopicPartition> = self.assignment.iter().cloned().collect();
+        parts.sort();
+        parts
+    }
+
+    async fn commit(&mut self, offsets: &[(TopicPartition, i64)]) -> LogResult<()> {
+        let Some(group) = self.group.clone() else {
+            return Err(LogError::Invalid { what: "commit", reason: "a consumer without a group has nothing to commit to".into() });
+        };
+        self.take_rebalances();
+        if let Some((tp, _)) = offsets.iter().find(|(tp, _)| !self.assignment.contains(tp)) {
+            return Err(LogError::NotAssigned { group, topic: tp.topic.clone(), partition: tp.partition });
+        }
+        let tpl = to_tpl(offsets.iter().map(|(tp, o)| (tp, Offset::Offset(*o))))?;
+        let result = self.blocking(move |c| c.commit(&tpl, rdkafka::consumer::CommitMode::Sync)).await?;
+        result.map_err(|e| match e.rdkafka_error_code() {
+            Some(
+                RDKafkaErrorCode::UnknownMemberId
+                | RDKafkaErrorCode::IllegalGeneration
+                | RDKafkaErrorCode::RebalanceInProgress
+                | RDKafkaErrorCode::StaleMemberEpoch
+                | RDKafkaErrorCode::FencedMemberEpoch,
+            ) => {
+                let (topic, partition) = offsets.first().map(|(tp, _)| (tp.topic.clone(), tp.partition)).unwrap_or_default();
+                LogError::NotAssigned { group: group.clone(), topic, partition }
+            }
+            _ => self.err("commit", e),
+        })
+    }
+
+    async fn committed(&self, partitions: &[TopicPartition]) -> LogResult<Vec<Option<i64>>> {
+        let tpl = to_tpl(partitions.iter().map(|p| (p, Offset::Invalid)))?;
+        let timeout = self.timeout;
+        let found = self.blocking(move |c| c.committed_offsets(tpl, timeout)).await?.map_err(|e| self.err("committed", e))?;
+        Ok(partitions
+            .iter()
+            .map(|p| match found.find_partition(&p.topic, p.partition).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn group_metadata(&self) -> Option<GroupMetadata> {
+        self.group.as_ref()?;
+        self.consumer.group_metadata().map(|m| GroupMetadata(GroupMetadataInner::Kafka(m)))
+    }
+
+    async fn close(self: Box<Self>) -> LogResult<()> {
+        let consumer = self.consumer;
+        // Dropping the last handle closes the consumer (leave group, commit nothing more),
+        // which blocks while librdkafka talks to the coordinator.
+        tokio::task::spawn_blocking(move || {
+            consumer.unsubscribe();
+            drop(consumer);
+        })
+        .await
+        .map_err(|_| LogError::Shutdown)
+    }
+}

@@ -1,0 +1,133 @@
+//! The Kafka backend: Apache Kafka (or any Kafka-compatible cluster) through rdkafka.
+//!
+//! Producers are idempotent with acks=all and Kafka's murmur2 partitioner; consumers commit
+//! offsets by hand, read committed data only, and use the KIP-848 group protocol unless the
+//! config says `classic`. Every librdkafka setting can be passed through from the config.
+
+mod admin;
+mod client;
+mod consumer;
+mod metadata;
+mod producer;
+mod transaction;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::consumer::{BaseConsumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, Producer as _};
+
+use crate::config::KafkaConfig;
+use crate::log::{Admin, Consumer, ConsumerOptions, EventLog, LogError, LogResult, Producer, TransactionalProducer};
+
+pub struct KafkaLog {
+    config: KafkaConfig,
+    max_record_bytes: usize,
+    topics: Arc<metadata::TopicCache>,
+    admin: Arc<admin::KafkaAdmin>,
+    producer: OnceLock<Arc<producer::KafkaProducer>>,
+    timeout: Duration,
+}
+
+impl KafkaLog {
+    /// Creates the clients. Nothing is contacted yet: an unreachable cluster shows up as
+    /// [`LogError::Unavailable`] on the first call, within `request_timeout_ms`.
+    pub fn connect(config: &KafkaConfig, max_record_bytes: usize) -> LogResult<Arc<KafkaLog>> {
+        let timeout = Duration::from_millis(config.request_timeout_ms);
+        let endpoint = config.bootstrap_servers.clone();
+        let client: BaseConsumer = client::consumer_config(config, None, Some("agentlog-metadata"))
+            .create()
+            .map_err(|e| LogError::Kafka { operation: "create metadata client", source: e })?;
+        let client = Arc::new(client);
+        let topics = Arc::new(metadata::TopicCache::new(client.clone(), endpoint.clone(), timeout));
+        let admin_client = client::base_config(config)
+            .create()
+            .map_err(|e| LogError::Kafka { operation: "create admin client", source: e })?;
+        let admin = Arc::new(admin::KafkaAdmin {
+            admin: admin_client,
+            client,
+            topics: topics.clone(),
+            consumer_config: client::consumer_config(config, None, Some("agentlog-offsets")),
+            endpoint,
+            timeout,
+        });
+        Ok(Arc::new(KafkaLog { config: config.clone(), max_record_bytes, topics, admin, producer: OnceLock::new(), timeout }))
+    }
+
+    fn shared_producer(&self) -> LogResult<Arc<producer::KafkaProducer>> {
+        if let Some(p) = self.producer.get() {
+            return Ok(p.clone());
+        }
+        let created: FutureProducer = client::producer_config(&self.config, self.max_record_bytes)
+            .create()
+            .map_err(|e| LogError::Kafka { operation: "create producer", source: e })?;
+        let producer = Arc::new(producer::KafkaProducer {
+            producer: created,
+            topics: self.topics.clone(),
+            endpoint: self.config.bootstrap_servers.clone(),
+            max_record_bytes: self.max_record_bytes,
+            request_timeout: self.timeout,
+        });
+        // Two racing callers may both create one; the loser's is dropped unused.
+        Ok(self.producer.get_or_init(|| producer).clone())
+    }
+}
+
+#[async_trait]
+impl EventLog for KafkaLog {
+    fn backend(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn location(&self) -> String {
+        self.config.bootstrap_servers.clone()
+    }
+
+    fn producer(&self) -> LogResult<Arc<dyn Producer>> {
+        Ok(self.shared_producer()?)
+    }
+
+    fn consumer(&self, options: ConsumerOptions) -> LogResult<Box<dyn Consumer>> {
+        let created: StreamConsumer<consumer::RebalanceEvents> =
+            client::consumer_config(&self.config, options.group.as_deref(), options.client_id.as_deref())
+                .create_with_context(consumer::RebalanceEvents::default())
+                .map_err(|e| LogError::Kafka { operation: "create consumer", source: e })?;
+        Ok(Box::new(consumer::KafkaConsumer::new(
+            created,
+            options.group,
+            self.topics.clone(),
+            self.config.bootstrap_servers.clone(),
+            self.timeout,
+        )))
+    }
+
+    fn transactional_producer(&self, transactional_id: &str) -> LogResult<Arc<dyn TransactionalProducer>> {
+        let mut config = client::producer_config(&self.config, self.max_record_bytes);
+        config
+            .set("transactional.id", transactional_id)
+            .set("transaction.timeout.ms", (self.config.request_timeout_ms * 6).max(10_000).to_string());
+        Ok(Arc::new(transaction::KafkaTransactionalProducer::new(
+            config,
+            transactional_id.to_string(),
+            self.topics.clone(),
+            self.max_record_bytes,
+            self.timeout,
+        )))
+    }
+
+    fn admin(&self) -> Arc<dyn Admin> {
+        self.admin.clone()
+    }
+
+    async fn shutdown(&self, timeout: Duration) -> LogResult<()> {
+        let Some(producer) = self.producer.get().cloned() else {
+            return Ok(());
+        };
+        let endpoint = self.config.bootstrap_servers.clone();
+        tokio::task::spawn_blocking(move || producer.producer.flush(timeout))
+            .await
+            .map_err(|_| LogError::Shutdown)?
+            .map_err(|e| client::map_error("flush", &endpoint, None, e))
+    }
+}

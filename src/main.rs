@@ -1,0 +1,307 @@
+//! The `agentlog` binary: parse the command line, load the config, call the library.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use agentlog::bench::{LogBenchOptions, run_log_bench};
+use agentlog::config::Config;
+use agentlog::log::{ConsumerEvent, ConsumerOptions, EventLog, Record, SeekTo, TopicPartition, lag};
+use agentlog::open::open_log;
+use agentlog::topics::{self, Applied, Catalog};
+
+#[derive(Parser)]
+#[command(name = "agentlog", version, about = "AI agents as consumer-group workers on an event log")]
+struct Cli {
+    /// A TOML file layered over the defaults (environment variables AGENTLOG__… win over it).
+    #[arg(long, global = true, env = "AGENTLOG_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Development mode: opens the embedded log, applies the topic catalog, runs until Ctrl-C.
+    Dev,
+    /// The topic catalog.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+    },
+    /// Appends records; prints one JSON line per durable record.
+    Produce {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        key: Option<String>,
+        /// The payload; `{i}` is replaced by the record's sequence number.
+        #[arg(long, default_value = "record-{i}")]
+        value: String,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Headers as name=value, repeatable.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+    },
+    /// Reads records; prints one JSON line per record.
+    Consume {
+        #[arg(long)]
+        topic: String,
+        /// Join this consumer group (resumes from its committed offsets).
+        #[arg(long)]
+        group: Option<String>,
+        /// Stop after this many records.
+        #[arg(long)]
+        max: Option<u64>,
+        /// Commit the offsets of what was read before exiting (needs --group).
+        #[arg(long)]
+        commit: bool,
+        /// Stop when no record arrives for this long.
+        #[arg(long, default_value_t = 10_000)]
+        idle_timeout_ms: u64,
+    },
+    /// Consumer lag of a group on a topic.
+    Lag {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        topic: String,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsAction {
+    /// Creates missing catalog topics; fails naming every topic that drifted from the catalog.
+    Apply,
+    /// Shows every catalog topic next to what the backend has.
+    Describe,
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Produce and consume throughput, and produce-to-consume latency at a fixed rate.
+    Log {
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// Offered load of the latency run, records/s.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        /// Duration of the latency run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,librdkafka=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(run(cli.command, config))
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    let log = open_log(&config.log).context("opening the event log")?;
+    let result = dispatch(command, &config, &log).await;
+    log.shutdown(Duration::from_secs(10)).await.context("shutting down the event log")?;
+    result
+}
+
+async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn EventLog>) -> anyhow::Result<()> {
+    let catalog = || Catalog::builtin(&config.log.topic_prefix, config.topics.replication_factor);
+    match command {
+        Command::Dev => {
+            let applied = topics::apply(log.admin().as_ref(), catalog()?.specs()).await?;
+            println!("agentlog dev: {} event log at {}", log.backend(), log.location());
+            for a in &applied {
+                match a {
+                    Applied::Created(name) => println!("  topic {name} (created)"),
+                    Applied::Unchanged(name) => println!("  topic {name}"),
+                }
+            }
+            println!("ready; Ctrl-C to stop");
+            shutdown_signal().await;
+            println!("stopping");
+        }
+        Command::Topics { action: TopicsAction::Apply } => {
+            for a in topics::apply(log.admin().as_ref(), catalog()?.specs()).await? {
+                match a {
+                    Applied::Created(name) => println!("created   {name}"),
+                    Applied::Unchanged(name) => println!("ok        {name}"),
+                }
+            }
+        }
+        Command::Topics { action: TopicsAction::Describe } => {
+            let admin = log.admin();
+            let mut drifted = false;
+            for (spec, entry) in &catalog()?.topics {
+                match admin.describe_topic(&spec.name).await {
+                    Ok(actual) => {
+                        let drift = topics::compare(spec, &actual);
+                        drifted |= !drift.is_empty();
+                        println!(
+                            "{:<28} partitions={:<3} rf={} cleanup={:<7} key={:<10} {}",
+                            spec.name,
+                            actual.partitions,
+                            actual.replication_factor,
+                            actual.cleanup_policy.as_str(),
+                            entry.key,
+                            if drift.is_empty() { "ok".to_string() } else { format!("DRIFT: {}", drift.iter().map(|d| d.difference.clone()).collect::<Vec<_>>().join("; ")) }
+                        );
+                    }
+                    Err(agentlog::log::LogError::UnknownTopic { .. }) => {
+                        drifted = true;
+                        println!("{:<28} MISSING (run `agentlog topics apply`)", spec.name);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if drifted {
+                bail!("the backend differs from the topic catalog");
+            }
+        }
+        Command::Produce { topic, key, value, count, headers } => {
+            let producer = log.producer()?;
+            for i in 0..count {
+                let mut record = Record::new(&topic, Bytes::from(value.replace("{i}", &i.to_string())));
+                if let Some(key) = &key {
+                    record = record.with_key(Bytes::from(key.replace("{i}", &i.to_string())));
+                }
+                for header in &headers {
+                    let (name, value) = header.split_once('=').with_context(|| format!("header `{header}` is not name=value"))?;
+                    record = record.with_header(name, Bytes::from(value.to_string()));
+                }
+                let position = producer.send(record).await?.await?;
+                // One line per durable record: a caller may kill us at any point and knows
+                // exactly which appends were acknowledged.
+                println!("{}", json!({"seq": i, "partition": position.partition, "offset": position.offset}));
+            }
+        }
+        Command::Consume { topic, group, max, commit, idle_timeout_ms } => {
+            consume(log, topic, group, max, commit, Duration::from_millis(idle_timeout_ms)).await?;
+        }
+        Command::Lag { group, topic } => {
+            for l in lag::group_lag(log.admin().as_ref(), &group, &topic).await? {
+                println!("{}", serde_json::to_string(&l)?);
+            }
+        }
+        Command::Bench { what: BenchWhat::Log { records, size, partitions, rate, seconds, json } } => {
+            let report = run_log_bench(log.clone(), &LogBenchOptions { records, size, partitions, rate, seconds }).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn consume(
+    log: &std::sync::Arc<dyn EventLog>,
+    topic: String,
+    group: Option<String>,
+    max: Option<u64>,
+    commit: bool,
+    idle: Duration,
+) -> anyhow::Result<()> {
+    if commit && group.is_none() {
+        bail!("--commit needs --group");
+    }
+    let mut consumer = log.consumer(ConsumerOptions { group: group.clone(), client_id: Some("agentlog-cli".into()) })?;
+    if group.is_some() {
+        consumer.subscribe(std::slice::from_ref(&topic))?;
+    } else {
+        let partitions = log.admin().describe_topic(&topic).await?.partitions;
+        let parts: Vec<(TopicPartition, SeekTo)> =
+            (0..partitions).map(|p| (TopicPartition::new(&topic, p), SeekTo::Earliest)).collect();
+        consumer.assign(&parts).await?;
+    }
+    let mut next: std::collections::BTreeMap<TopicPartition, i64> = Default::default();
+    let mut seen = 0u64;
+    while max.is_none_or(|m| seen < m) {
+        let event = tokio::select! {
+            event = tokio::time::timeout(idle, consumer.next_event()) => match event {
+                Ok(event) => event?,
+                Err(_) => break,
+            },
+            _ = shutdown_signal() => break,
+        };
+        if let ConsumerEvent::Record(r) = event {
+            next.insert(r.topic_partition(), r.offset + 1);
+            seen += 1;
+            let headers: serde_json::Map<String, serde_json::Value> = r
+                .headers
+                .iter()
+                .map(|h| (h.name.clone(), json!(String::from_utf8_lossy(&h.value))))
+                .collect();
+            println!(
+                "{}",
+                json!({
+                    "partition": r.partition,
+                    "offset": r.offset,
+                    "key": r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    "value": String::from_utf8_lossy(&r.payload),
+                    "timestamp_ms": r.timestamp_ms,
+                    "headers": headers,
+                })
+            );
+        }
+    }
+    if commit && !next.is_empty() {
+        let offsets: Vec<(TopicPartition, i64)> = next.into_iter().collect();
+        consumer.commit(&offsets).await?;
+    }
+    consumer.close().await?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

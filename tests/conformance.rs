@@ -1,0 +1,59 @@
+//! One conformance suite for both backends: every scenario in `conformance/scenarios.rs`
+//! runs against the embedded log, and against Kafka when `AGENTLOG_TEST_KAFKA` names a
+//! broker (`make test` starts one; under `CI=true` a missing broker fails the run).
+
+mod conformance {
+    pub mod harness;
+    pub mod scenarios;
+}
+
+use conformance::harness::{Harness, kafka_bootstrap};
+use conformance::scenarios;
+
+macro_rules! conformance_suite {
+    ($($scenario:ident),* $(,)?) => {
+        mod embedded {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let mut harness = Harness::embedded();
+                    scenarios::$scenario(&mut harness).await;
+                    harness.release().await;
+                }
+            )*
+        }
+        mod kafka {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let Some(bootstrap) = kafka_bootstrap() else {
+                        eprintln!("SKIPPED kafka::{}: AGENTLOG_TEST_KAFKA is not set", stringify!($scenario));
+                        return;
+                    };
+                    let mut harness = Harness::kafka(&bootstrap);
+                    scenarios::$scenario(&mut harness).await;
+                    harness.release().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance_suite!(
+    per_key_order_is_kept,
+    keys_land_on_kafka_murmur2_partitions,
+    headers_round_trip,
+    group_members_split_partitions_and_failover,
+    uncommitted_records_are_delivered_again,
+    committed_offsets_survive_a_process_restart,
+    transactions_are_all_or_nothing,
+    seek_by_timestamp_and_offset,
+    pause_holds_a_partition_back_until_resume,
+    watermarks_and_lag,
+    unknown_topic_is_a_typed_error,
+    oversized_record_is_refused_and_nothing_written,
+    admin_creates_describes_and_deletes,
+    topics_apply_creates_and_reports_drift,
+);
