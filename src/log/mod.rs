@@ -75,7 +75,8 @@ pub struct GroupMetadata(pub(crate) GroupMetadataInner);
 
 pub(crate) enum GroupMetadataInner {
     Embedded { group: String, member: u64 },
-    Kafka(rdkafka::consumer::ConsumerGroupMetadata),
+    // Shared so a blocking librdkafka call can hold it off the async runtime.
+    Kafka(Arc<rdkafka::consumer::ConsumerGroupMetadata>),
 }
 
 /// Reads records: either as a member of a consumer group (`subscribe`) or from partitions it

@@ -96,7 +96,10 @@ pub async fn group_members_split_partitions_and_failover(h: &mut Harness) {
                     _ = &mut stop_rx => break,
                     event = consumer.next_event() => match event.expect("member event") {
                         ConsumerEvent::Record(r) => { let _ = records_tx.send(r); }
-                        _ => { let _ = assignment_tx.send(consumer.assignment()); }
+                        other => {
+                            eprintln!("member {name}: {other:?} -> {:?}", consumer.assignment());
+                            let _ = assignment_tx.send(consumer.assignment());
+                        }
                     }
                 }
             }
@@ -249,7 +252,7 @@ pub async fn transactions_are_all_or_nothing(h: &mut Harness) {
         .iter()
         .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
         .collect();
-    assert_eq!(after, vec!["marker".to_string()], "nothing of the aborted transaction may be visible");
+    assert_eq!(after, Vec::<String>::new(), "nothing of the aborted transaction may be visible");
     member.close().await.expect("close");
 }
 

@@ -22,9 +22,13 @@ use crate::log::{
 /// Turns librdkafka's rebalance callbacks into events. librdkafka runs the callback on the
 /// thread polling the consumer, before it hands out a record of the new assignment, so the
 /// queue below always holds the rebalance ahead of those records.
+///
+/// The callback runs inside `recv()`, which keeps waiting when no record follows (an empty
+/// topic), so it also wakes `next_event` through `arrived` to report the rebalance at once.
 #[derive(Default)]
 pub(crate) struct RebalanceEvents {
     pending: Mutex<VecDeque<ConsumerEvent>>,
+    arrived: tokio::sync::Notify,
 }
 
 impl ClientContext for RebalanceEvents {}
@@ -43,6 +47,8 @@ impl ConsumerContext for RebalanceEvents {
             return;
         }
         self.pending.lock().expect("rebalance queue lock poisoned").push_back(event);
+        // notify_one keeps a permit when nobody waits yet, so the wake-up is never lost.
+        self.arrived.notify_one();
     }
 }
 
@@ -217,9 +223,14 @@ impl Consumer for KafkaConsumer {
                 return Ok(event);
             }
             // recv is cancel-safe: a message is only taken from librdkafka when it is returned.
-            let record = match self.consumer.recv().await {
-                Ok(message) => to_record(&message),
-                Err(error) => return Err(self.err("consume", error)),
+            let consumer = self.consumer.clone();
+            let record = tokio::select! {
+                biased;
+                _ = consumer.context().arrived.notified() => continue,
+                received = consumer.recv() => match received {
+                    Ok(message) => to_record(&message),
+                    Err(error) => return Err(self.err("consume", error)),
+                },
             };
             self.take_rebalances();
             let tp = record.topic_partition();
@@ -332,7 +343,7 @@ impl Consumer for KafkaConsumer {
 
     fn group_metadata(&self) -> Option<GroupMetadata> {
         self.group.as_ref()?;
-        self.consumer.group_metadata().map(|m| GroupMetadata(GroupMetadataInner::Kafka(m)))
+        self.consumer.group_metadata().map(|m| GroupMetadata(GroupMetadataInner::Kafka(Arc::new(m))))
     }
 
     async fn close(self: Box<Self>) -> LogResult<()> {

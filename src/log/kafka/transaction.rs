@@ -155,7 +155,7 @@ impl Transaction for KafkaTransaction<'_> {
         }
         if !offsets.is_empty() {
             let metadata = match group {
-                Some(GroupMetadata(GroupMetadataInner::Kafka(m))) => m.clone(),
+                Some(GroupMetadata(GroupMetadataInner::Kafka(m))) => Arc::clone(m),
                 _ => {
                     let error = LogError::Invalid {
                         what: "transaction offsets",
@@ -170,7 +170,7 @@ impl Transaction for KafkaTransaction<'_> {
                     return Err(self.abort_after(LogError::Invalid { what: "offset", reason: e.to_string() }).await);
                 }
             }
-            let result = blocking(&self.producer, move |p| p.send_offsets_to_transaction(&tpl, &metadata, timeout)).await?;
+            let result = blocking(&self.producer, move |p| p.send_offsets_to_transaction(&tpl, metadata.as_ref(), timeout)).await?;
             if let Err(e) = result {
                 let error = self.owner.txn_error("send offsets", &e);
                 return Err(self.abort_after(error).await);
