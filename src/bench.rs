@@ -144,6 +144,21 @@ async fn latency_run(log: &Arc<dyn EventLog>, options: &LogBenchOptions, suffix:
     let parts: Vec<(TopicPartition, SeekTo)> =
         (0..options.partitions).map(|p| (TopicPartition::new(&topic, p), SeekTo::Earliest)).collect();
     consumer.assign(&parts).await?;
+    // Warm-up: one record per partition read back before timing starts, so the figures are
+    // steady state rather than the consumer's first fetch.
+    let producer = log.producer()?;
+    for p in 0..options.partitions {
+        producer.send(Record::new(&topic, vec![0u8; 8]).with_partition(p)).await?.await?;
+    }
+    let mut warm = 0;
+    while warm < options.partitions {
+        match tokio::time::timeout(Duration::from_secs(60), consumer.next_event()).await {
+            Ok(Ok(ConsumerEvent::Record(_))) => warm += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(BenchError::Incomplete { seen: warm as u64, expected: options.partitions as u64, timeout: Duration::from_secs(60) }),
+        }
+    }
     let reader = tokio::spawn(async move {
         let mut histogram =
             Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| BenchError::Histogram(e.to_string()))?;
@@ -166,17 +181,36 @@ async fn latency_run(log: &Arc<dyn EventLog>, options: &LogBenchOptions, suffix:
         Ok::<_, BenchError>(histogram)
     });
 
-    let producer = log.producer()?;
+    let offered = offer(producer.as_ref(), &topic, options, total, origin).await;
+    if offered.is_err() {
+        // The reader would wait for records that never come: stop it rather than orphan it.
+        reader.abort();
+    }
+    let outcome = reader.await;
+    offered?;
+    let histogram = outcome.map_err(|_| LogError::Shutdown)??;
+    log.admin().delete_topic(&topic).await?;
+    Ok(histogram)
+}
+
+/// Sends `total` records at `options.rate` per second (open loop: on schedule, never waiting
+/// for earlier deliveries), each carrying its send time in µs since `origin`.
+async fn offer(
+    producer: &dyn crate::log::Producer,
+    topic: &str,
+    options: &LogBenchOptions,
+    total: u64,
+    origin: Instant,
+) -> Result<(), BenchError> {
     let interval = Duration::from_secs_f64(1.0 / options.rate.max(1) as f64);
     let mut inflight: VecDeque<Delivery> = VecDeque::new();
     let mut buf = BytesMut::with_capacity(options.size.max(8) * 1024);
     let start = tokio::time::Instant::now();
     for i in 0..total {
-        // Open-loop pacing: send when the schedule says, never waiting for earlier deliveries.
         tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
         buf.put_u64(origin.elapsed().as_micros() as u64);
         buf.put_bytes(b'x', options.size.saturating_sub(8));
-        let record = Record::new(&topic, buf.split().freeze()).with_key(Bytes::from((i % 10_000).to_string()));
+        let record = Record::new(topic, buf.split().freeze()).with_key(Bytes::from((i % 10_000).to_string()));
         inflight.push_back(producer.send(record).await?);
         while inflight.len() > WINDOW {
             if let Some(oldest) = inflight.pop_front() {
@@ -187,9 +221,7 @@ async fn latency_run(log: &Arc<dyn EventLog>, options: &LogBenchOptions, suffix:
     for delivery in inflight {
         delivery.await?;
     }
-    let histogram = reader.await.map_err(|_| LogError::Shutdown)??;
-    log.admin().delete_topic(&topic).await?;
-    Ok(histogram)
+    Ok(())
 }
 
 fn options_deadline(total: u64) -> u64 {
