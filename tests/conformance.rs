@@ -56,4 +56,5 @@ conformance_suite!(
     oversized_record_is_refused_and_nothing_written,
     admin_creates_describes_and_deletes,
     topics_apply_creates_and_reports_drift,
+    a_waiting_consumer_gets_every_record,
 );

@@ -174,8 +174,11 @@ impl WriterState {
     }
 
     /// Makes the committed appends visible and wakes the consumers of the touched topics.
+    /// Every high watermark is stored before any topic is notified: a consumer woken by the
+    /// first notification marks the change seen and reads all its partitions, so a watermark
+    /// stored after that notification would never wake it (a lost wake-up).
     fn publish(&mut self) {
-        let mut last_topic = None;
+        let mut touched: Vec<u32> = Vec::new();
         for u in self.undo.drain(..) {
             let Some(topic) = self.topics.get(&u.topic_id) else { continue };
             let (Some(p), Some(shared)) = (topic.partitions.get(u.partition as usize), topic.shared.partition(u.partition)) else {
@@ -183,10 +186,12 @@ impl WriterState {
             };
             shared.bytes.store(p.bytes, std::sync::atomic::Ordering::Release);
             shared.high.store(p.next, std::sync::atomic::Ordering::Release);
-            // Undo entries are in first-touch order; notify each topic at least once, and
-            // usually once (a repeated notify is harmless).
-            if last_topic != Some(u.topic_id) {
-                last_topic = Some(u.topic_id);
+            if !touched.contains(&u.topic_id) {
+                touched.push(u.topic_id);
+            }
+        }
+        for topic_id in touched {
+            if let Some(topic) = self.topics.get(&topic_id) {
                 topic.shared.notify();
             }
         }
