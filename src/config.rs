@@ -112,8 +112,21 @@ impl Config {
         let vars: Vec<(String, String)> =
             env.into_iter().filter(|(k, _)| k.starts_with("AGENTLOG__")).collect();
         for (key, value) in vars {
-            let path = key["AGENTLOG__".len()..].to_ascii_lowercase().replace("__", ".");
-            figment = figment.merge(Figment::new().merge((path.as_str(), env_value(&path, &value))));
+            let lower = key["AGENTLOG__".len()..].to_ascii_lowercase();
+            let parts: Vec<&str> = lower.split("__").collect();
+            // librdkafka property names contain dots (`linger.ms`): everything after a
+            // `*_properties` level is one map key, not more nesting.
+            match parts.iter().position(|p| p.ends_with("properties")) {
+                Some(i) if i + 1 < parts.len() => {
+                    let mut entry = figment::value::Dict::new();
+                    entry.insert(parts[i + 1..].join("__"), figment::value::Value::from(value));
+                    figment = figment.merge((parts[..=i].join(".").as_str(), entry));
+                }
+                _ => {
+                    let path = parts.join(".");
+                    figment = figment.merge((path.as_str(), env_value(&value)));
+                }
+            }
         }
         let config: Config = figment.extract().map_err(|e| ConfigError::Invalid(describe(e)))?;
         config.validate()?;
@@ -145,13 +158,9 @@ impl Config {
 }
 
 /// Environment values are strings; numbers and booleans are parsed so that
-/// `AGENTLOG__LOG__MAX_RECORD_BYTES=5` deserializes into a number. Pass-through librdkafka
-/// properties stay strings.
-fn env_value(path: &str, value: &str) -> figment::value::Value {
+/// `AGENTLOG__LOG__MAX_RECORD_BYTES=5` deserializes into a number.
+fn env_value(value: &str) -> figment::value::Value {
     use figment::value::Value;
-    if path.contains("properties.") {
-        return Value::from(value.to_string());
-    }
     if let Ok(n) = value.parse::<u64>() {
         return Value::from(n);
     }
@@ -199,12 +208,18 @@ mod tests {
     fn file_then_environment_override_in_order() {
         let config = load_str(
             "[log]\nbackend = \"kafka\"\nmax_record_bytes = 10\n",
-            &[("AGENTLOG__LOG__MAX_RECORD_BYTES", "20"), ("AGENTLOG__LOG__KAFKA__PROPERTIES__SECURITY.PROTOCOL", "SSL")],
+            &[
+                ("AGENTLOG__LOG__MAX_RECORD_BYTES", "20"),
+                ("AGENTLOG__LOG__KAFKA__PROPERTIES__SECURITY.PROTOCOL", "SSL"),
+                ("AGENTLOG__LOG__KAFKA__PRODUCER_PROPERTIES__LINGER.MS", "1"),
+            ],
         )
         .expect("loads");
         assert_eq!(config.log.backend, Backend::Kafka);
         assert_eq!(config.log.max_record_bytes, 20);
         assert_eq!(config.log.kafka.properties.get("security.protocol").map(String::as_str), Some("SSL"));
+        // A property from the environment overrides the same property from the defaults.
+        assert_eq!(config.log.kafka.producer_properties.get("linger.ms").map(String::as_str), Some("1"));
     }
 
     #[test]
