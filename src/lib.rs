@@ -14,6 +14,8 @@
 
 pub mod bench;
 pub mod config;
+pub mod events;
 pub mod log;
 pub mod open;
+pub mod registry;
 pub mod topics;

@@ -14,6 +14,9 @@ use agentlog::log::{ConsumerEvent, ConsumerOptions, EventLog, Record, SeekTo, To
 use agentlog::open::open_log;
 use agentlog::topics::{self, Applied, Catalog};
 
+mod cli;
+use cli::shutdown_signal;
+
 #[derive(Parser)]
 #[command(name = "agentlog", version, about = "AI agents as consumer-group workers on an event log")]
 struct Cli {
@@ -65,6 +68,21 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         idle_timeout_ms: u64,
     },
+    /// Serves the built-in Confluent-compatible schema registry (schemas on the `schemas` topic).
+    Registry {
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: String,
+    },
+    /// The Avro schemas in schemas/.
+    Schemas {
+        #[command(subcommand)]
+        action: SchemasAction,
+    },
+    /// Events in Confluent's wire format.
+    Events {
+        #[command(subcommand)]
+        action: EventsAction,
+    },
     /// Consumer lag of a group on a topic.
     Lag {
         #[arg(long)]
@@ -85,6 +103,58 @@ enum TopicsAction {
     Apply,
     /// Shows every catalog topic next to what the backend has.
     Describe,
+    /// Creates one topic outside the catalog.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+        #[arg(long, default_value_t = 1)]
+        replication_factor: i16,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchemasAction {
+    /// Fails naming schema, field and rule when the working schemas break the released set.
+    Check {
+        #[arg(long, default_value = "schemas")]
+        working: PathBuf,
+        #[arg(long, default_value = "schemas/released")]
+        released: PathBuf,
+    },
+    /// Registers every event schema in a schema registry (TopicRecordNameStrategy subjects).
+    Register {
+        #[arg(long)]
+        registry: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsAction {
+    /// Writes sample TaskSubmitted events (`sample-0`, …) in Confluent's wire format.
+    EmitSample {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        registry: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Decodes TaskSubmitted events from the start of a topic; undecodable records go to the DLQ.
+    Read {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        registry: String,
+        #[arg(long, default_value_t = 1)]
+        max: u64,
+        /// Dead-letter topic (default: the catalog's `dlq` with the configured prefix).
+        #[arg(long)]
+        dlq: Option<String>,
+        #[arg(long, default_value_t = 30_000)]
+        idle_timeout_ms: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -202,6 +272,25 @@ async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn Ev
         Command::Consume { topic, group, max, commit, idle_timeout_ms } => {
             consume(log, topic, group, max, commit, Duration::from_millis(idle_timeout_ms)).await?;
         }
+        Command::Topics { action: TopicsAction::Create { name, partitions, replication_factor } } => {
+            cli::events::create_topic(log, &name, partitions, replication_factor).await?;
+        }
+        Command::Registry { listen } => {
+            cli::events::run_registry(log, &config.log.topic_prefix, &listen).await?;
+        }
+        Command::Schemas { action: SchemasAction::Check { working, released } } => {
+            cli::events::check_schemas(&working, &released)?;
+        }
+        Command::Schemas { action: SchemasAction::Register { registry } } => {
+            cli::events::register_schemas(&registry, &config.log.topic_prefix).await?;
+        }
+        Command::Events { action: EventsAction::EmitSample { topic, registry, count } } => {
+            cli::events::emit_sample(log, &topic, &registry, count).await?;
+        }
+        Command::Events { action: EventsAction::Read { topic, registry, max, dlq, idle_timeout_ms } } => {
+            let dlq = dlq.unwrap_or_else(|| format!("{}dlq", config.log.topic_prefix));
+            cli::events::read_events(log, &topic, &registry, &dlq, max, Duration::from_millis(idle_timeout_ms)).await?;
+        }
         Command::Lag { group, topic } => {
             for l in lag::group_lag(log.admin().as_ref(), &group, &topic).await? {
                 println!("{}", serde_json::to_string(&l)?);
@@ -276,32 +365,4 @@ async fn consume(
     }
     consumer.close().await?;
     Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

@@ -10,7 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::client::map_error;
+use super::client::{committed_in, map_error};
 use super::metadata::TopicCache;
 use crate::log::{
     Admin, CleanupPolicy, LogError, LogResult, TopicDescription, TopicPartition, TopicSpec, Watermarks,
@@ -197,12 +197,6 @@ impl Admin for KafkaAdmin {
             .await
             .map_err(|_| LogError::Shutdown)?
             .map_err(|e| map_error("committed offsets", &self.endpoint, None, e))?;
-        Ok(partitions
-            .iter()
-            .map(|p| match found.find_partition(&p.topic, p.partition).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => Some(o),
-                _ => None,
-            })
-            .collect())
+        Ok(committed_in(&found, partitions))
     }
 }

@@ -1,11 +1,11 @@
 //! librdkafka client settings and the mapping of rdkafka errors onto [`LogError`].
 
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::{GroupProtocol, KafkaConfig};
-use crate::log::LogError;
+use crate::log::{LogError, TopicPartition};
 
 /// Settings every client gets: bootstrap, timeouts, then the user's pass-through properties
 /// (TLS, SASL, tuning), which win over ours.
@@ -97,4 +97,16 @@ pub(crate) fn map_error(operation: &'static str, endpoint: &str, topic: Option<&
         Some(RDKafkaErrorCode::TopicAlreadyExists) => LogError::TopicExists { topic: topic.unwrap_or("?").to_string() },
         _ => LogError::Kafka { operation, source: error },
     }
+}
+
+/// The committed next offset of each partition in `found` (librdkafka's answer to a
+/// committed-offsets request), `None` where the group never committed.
+pub(crate) fn committed_in(found: &TopicPartitionList, partitions: &[TopicPartition]) -> Vec<Option<i64>> {
+    partitions
+        .iter()
+        .map(|p| match found.find_partition(&p.topic, p.partition).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => None,
+        })
+        .collect()
 }

@@ -12,7 +12,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::client::map_error;
+use super::client::{committed_in, map_error};
 use super::metadata::TopicCache;
 use crate::log::{
     ConsumedRecord, Consumer, ConsumerEvent, GroupMetadata, GroupMetadataInner, Header, LogError, LogResult, SeekTo,
@@ -332,13 +332,7 @@ impl Consumer for KafkaConsumer {
         let tpl = to_tpl(partitions.iter().map(|p| (p, Offset::Invalid)))?;
         let timeout = self.timeout;
         let found = self.blocking(move |c| c.committed_offsets(tpl, timeout)).await?.map_err(|e| self.err("committed", e))?;
-        Ok(partitions
-            .iter()
-            .map(|p| match found.find_partition(&p.topic, p.partition).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => Some(o),
-                _ => None,
-            })
-            .collect())
+        Ok(committed_in(&found, partitions))
     }
 
     fn group_metadata(&self) -> Option<GroupMetadata> {

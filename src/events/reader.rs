@@ -1,0 +1,130 @@
+//! Reading events off the log without letting one bad record stop a consumer.
+//!
+//! A record that cannot be decoded (wrong magic byte, truncated, unknown schema id, corrupt
+//! Avro, a writer schema the reader cannot resolve) is appended to the `dlq` topic with the
+//! reason in its headers, and reading moves on. A registry that is down is not the record's
+//! fault: that error goes to the caller, who retries, and nothing is dead-lettered.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::wire::{WireCodec, WireError};
+use crate::log::{ConsumedRecord, Consumer, ConsumerEvent, Header, LogError, Position, Producer, Record};
+
+/// Headers a dead letter carries next to the original key, payload and headers.
+pub const DLQ_REASON: &str = "agentlog.dlq.reason";
+pub const DLQ_ERROR: &str = "agentlog.dlq.error";
+pub const DLQ_SOURCE: &str = "agentlog.dlq.source";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventReadError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The registry could not be asked; retry later, the record was not consumed.
+    #[error("cannot decode {source_position}: {error}")]
+    Registry { source_position: String, error: WireError },
+}
+
+impl EventReadError {
+    pub fn retryable(&self) -> bool {
+        match self {
+            EventReadError::Log(e) => e.retryable(),
+            EventReadError::Registry { .. } => true,
+        }
+    }
+}
+
+/// What one read produced.
+#[derive(Debug)]
+pub enum ReadOutcome<T> {
+    Event { record: ConsumedRecord, schema_id: u32, event: T },
+    /// The record could not be decoded; it now sits in the DLQ at `dead_letter`.
+    DeadLettered { record: ConsumedRecord, error: WireError, dead_letter: Position },
+    /// A rebalance of the underlying consumer (group members must see these).
+    Rebalance(ConsumerEvent),
+}
+
+/// A machine-readable name for each decoding failure, stored in the DLQ header.
+pub fn error_kind(error: &WireError) -> &'static str {
+    match error {
+        WireError::WrongMagicByte { .. } => "wrong_magic_byte",
+        WireError::Truncated { .. } => "truncated",
+        WireError::UnknownSchemaId { .. } => "unknown_schema_id",
+        WireError::Corrupt { .. } => "corrupt",
+        WireError::Unresolvable { .. } => "unresolvable",
+        WireError::Registry { .. } => "registry",
+        WireError::Rejected { .. } => "rejected",
+        WireError::Encode { .. } => "encode",
+    }
+}
+
+/// Reads events of type `T`, dead-lettering what cannot be decoded.
+pub struct EventReader<T> {
+    consumer: Box<dyn Consumer>,
+    codec: Arc<WireCodec>,
+    producer: Arc<dyn Producer>,
+    dlq_topic: String,
+    _event: PhantomData<fn() -> T>,
+}
+
+impl<T: serde::de::DeserializeOwned + apache_avro::AvroSchema + 'static> EventReader<T> {
+    pub fn new(consumer: Box<dyn Consumer>, codec: Arc<WireCodec>, producer: Arc<dyn Producer>, dlq_topic: impl Into<String>) -> Self {
+        Self { consumer, codec, producer, dlq_topic: dlq_topic.into(), _event: PhantomData }
+    }
+
+    pub fn consumer(&mut self) -> &mut dyn Consumer {
+        self.consumer.as_mut()
+    }
+
+    pub fn into_consumer(self) -> Box<dyn Consumer> {
+        self.consumer
+    }
+
+    /// The next event, dead letter or rebalance. Cancel-safe up to the point a record was
+    /// taken: a dead letter is written before the outcome is returned.
+    pub async fn next(&mut self) -> Result<ReadOutcome<T>, EventReadError> {
+        let record = match self.consumer.next_event().await? {
+            ConsumerEvent::Record(record) => record,
+            other => return Ok(ReadOutcome::Rebalance(other)),
+        };
+        match self.codec.decode::<T>(&record.payload).await {
+            Ok((schema_id, event)) => Ok(ReadOutcome::Event { record, schema_id, event }),
+            Err(error @ (WireError::Registry { .. } | WireError::Rejected { .. } | WireError::Encode { .. })) => {
+                // Not the record's fault: step back so the record is read again on retry.
+                let tp = record.topic_partition();
+                self.consumer.seek(&tp, crate::log::SeekTo::Offset(record.offset)).await?;
+                Err(EventReadError::Registry { source_position: format!("{tp}@{}", record.offset), error })
+            }
+            Err(error) => {
+                let dead_letter = self.dead_letter(&record, &error).await?;
+                tracing::warn!(
+                    topic = %record.topic, partition = record.partition, offset = record.offset,
+                    error_kind = error_kind(&error), reason = %error, dlq = %self.dlq_topic,
+                    "undecodable record moved to the dead-letter topic"
+                );
+                Ok(ReadOutcome::DeadLettered { record, error, dead_letter })
+            }
+        }
+    }
+
+    async fn dead_letter(&self, record: &ConsumedRecord, error: &WireError) -> Result<Position, LogError> {
+        let mut headers = record.headers.clone();
+        headers.push(Header { name: DLQ_REASON.into(), value: Bytes::from(error.to_string()) });
+        headers.push(Header { name: DLQ_ERROR.into(), value: Bytes::from_static(error_kind(error).as_bytes()) });
+        headers.push(Header {
+            name: DLQ_SOURCE.into(),
+            value: Bytes::from(format!("{}/{}/{}", record.topic, record.partition, record.offset)),
+        });
+        let letter = Record {
+            topic: self.dlq_topic.clone(),
+            partition: None,
+            key: record.key.clone(),
+            headers,
+            payload: record.payload.clone(),
+            timestamp_ms: Some(record.timestamp_ms),
+        };
+        self.producer.send(letter).await?.await
+    }
+}

@@ -1,0 +1,217 @@
+//! Task events: the submit command and everything that happens to a task afterwards.
+//!
+//! Field order and names mirror `schemas/Task*.avsc`; the contract tests compare the schema
+//! derived from these types with the files, so a change to one without the other fails.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+
+use apache_avro::AvroSchema;
+use serde::{Deserialize, Serialize};
+
+use super::meta::{Meta, TimestampMicros};
+
+/// Priority lane. Lanes are separate topics read in priority order, because a log has no
+/// priorities of its own. Readers map a lane they do not know to `Normal` (the enum default),
+/// so adding a lane later does not break old consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.agentlog.v1")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Lane {
+    Critical,
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Lane {
+    /// Every lane, highest priority first: the order workers read them in.
+    pub const ALL: [Lane; 4] = [Lane::Critical, Lane::High, Lane::Normal, Lane::Low];
+
+    /// Lower-case name used in topic names (`tasks.<type>.<lane>`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Critical => "critical",
+            Lane::High => "high",
+            Lane::Normal => "normal",
+            Lane::Low => "low",
+        }
+    }
+}
+
+impl fmt::Display for Lane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lane topic of an agent type, without the configurable prefix: `tasks.<type>.<lane>`.
+pub fn lane_topic(agent_type: &str, lane: Lane) -> String {
+    format!("tasks.{agent_type}.{lane}")
+}
+
+/// Command asking an agent type to run a task (`io.agentlog.v1.TaskSubmitted`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.agentlog.v1")]
+pub struct TaskSubmitted {
+    pub meta: Meta,
+    pub task_id: String,
+    pub agent_type: String,
+    pub lane: Lane,
+    /// Opaque to agentlog: agents own the meaning of their input.
+    #[avro(with)]
+    #[serde(with = "apache_avro::serde::bytes")]
+    pub input: Vec<u8>,
+    #[avro(default = r#""application/json""#)]
+    pub content_type: String,
+    /// 1-based; a retry re-submits the command with the next number.
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub timeout_ms: i64,
+    pub deadline: Option<TimestampMicros>,
+    pub not_before: Option<TimestampMicros>,
+    pub ordering_key: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub parent_task_id: Option<String>,
+    pub job_id: Option<String>,
+    #[avro(default = "{}")]
+    pub labels: HashMap<String, String>,
+}
+
+/// An agent began an attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.agentlog.v1")]
+pub struct TaskStarted {
+    pub meta: Meta,
+    pub task_id: String,
+    pub agent_id: String,
+    pub attempt: i32,
+}
+
+/// Progress of a running attempt; informational, changes no state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.agentlog.v1")]
+pub struct TaskProgress {
+    pub meta: Meta,
+    pub task_id: String,
+    pub attempt: i32,
+    /// 0..=100 when the agent can estimate it.
+    pub percent: Option<f32>,
+    pub message: Option<String>,
+    #[avro(with, default = "null")]
+    #[serde(with = "apache_avro::serde::bytes_opt")]
+    pub detail: Option<Vec<u8>>,
+}
+
+/// A retryable failure will be retried after a backoff.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.agentlog.v1")]
+pub struct TaskRetryScheduled {
+    pub meta: Meta,
+    pub task_id: String,
+    /// The attempt that failed.
+    pub attempt: i32,
+    pub next_attempt_at: TimestampMicros,
+    pub backoff_ms: i64,
+    pub last_error: String,
+}
+
+/// Terminal: an attempt succeeded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.agentlog.v1")]
+pub struct TaskCompleted {
+    pub meta: Meta,
+    pub task_id: String,
+    pub attempt: i32,
+    #[avro(with)]
+    #[serde(with = "apache_avro::serde::bytes")]
+    pub output: Vec<u8>,
+    #[avro(default = r#""application/json""#)]
+    pub content_type: String,
+    pub duration_ms: i64,
+}
+
+/// An attempt failed; terminal unless followed by `TaskRetryScheduled`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.agentlog.v1")]
+pub struct TaskFailed {
+    pub meta: Meta,
+    pub task_id: String,
+    pub attempt: i32,
+    pub error_kind: String,
+    pub message: String,
+    pub retryable: bool,
+}
+
+/// Terminal: given up. Carries the original command's bytes untouched so a redrive re-sends
+/// exactly what was submitted, whatever schema version wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.agentlog.v1")]
+pub struct TaskDeadLettered {
+    pub meta: Meta,
+    pub task_id: String,
+    pub attempts: i32,
+    pub last_error: String,
+    pub reason: String,
+    #[avro(with)]
+    #[serde(with = "apache_avro::serde::bytes")]
+    pub original_command: Vec<u8>,
+}
+
+/// Cancellation was asked for; `TaskCancelled` follows once it took effect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.agentlog.v1")]
+pub struct TaskCancelRequested {
+    pub meta: Meta,
+    pub task_id: String,
+    pub reason: Option<String>,
+    pub requested_by: Option<String>,
+}
+
+/// Terminal: cancelled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.agentlog.v1")]
+pub struct TaskCancelled {
+    pub meta: Meta,
+    pub task_id: String,
+    pub reason: Option<String>,
+}
+
+/// Terminal: the deadline passed before the task started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.agentlog.v1")]
+pub struct TaskExpired {
+    pub meta: Meta,
+    pub task_id: String,
+    pub deadline: TimestampMicros,
+}
+
+super::impl_event!(TaskStarted, "task.events", task_id);
+super::impl_event!(TaskProgress, "task.events", task_id);
+super::impl_event!(TaskRetryScheduled, "task.events", task_id);
+super::impl_event!(TaskCancelRequested, "task.events", task_id);
+super::impl_event!(TaskCompleted, "task.results", task_id);
+super::impl_event!(TaskFailed, "task.results", task_id);
+super::impl_event!(TaskDeadLettered, "task.results", task_id);
+super::impl_event!(TaskCancelled, "task.results", task_id);
+super::impl_event!(TaskExpired, "task.results", task_id);
+
+impl super::Event for TaskSubmitted {
+    const NAME: &'static str = "io.agentlog.v1.TaskSubmitted";
+    const TOPIC: &'static str = "tasks.<type>.<lane>";
+
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// The ordering key when set, so tasks sharing it land on one partition and run in order.
+    fn key(&self) -> &str {
+        self.ordering_key.as_deref().unwrap_or(&self.task_id)
+    }
+
+    fn topic(&self) -> Cow<'static, str> {
+        Cow::Owned(lane_topic(&self.agent_type, self.lane))
+    }
+}

@@ -1,0 +1,239 @@
+//! Confluent wire format: magic byte `0`, the writer schema's registry id as 4 big-endian
+//! bytes, then the Avro binary datum.
+//!
+//! Why this format: it is what Confluent's serializers in Java, Python and Go produce and
+//! expect, so events agentlog writes are readable by any Kafka client and vice versa. Subjects
+//! follow TopicRecordNameStrategy (`<topic>-<record full name>`) because one topic carries
+//! several event types.
+//!
+//! Schema lookups go through schema_registry_converter's encoder and decoder, which cache by
+//! subject and by id: after the first record of a type (encode) or of an id (decode) the hot
+//! path makes no HTTP call. The framing is checked here before anything else, and the datum is
+//! decoded here (with the cached writer schema), so each failure has a precise [`WireError`].
+
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::io::{Cursor, ErrorKind};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::schema::ResolvedSchema;
+use apache_avro::types::Value;
+use apache_avro::{AvroSchema, Schema};
+use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::{RawError, SchemaType, SubjectNameStrategy, SuppliedSchema};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The first byte of every Confluent-framed payload.
+pub const MAGIC_BYTE: u8 = 0;
+/// Magic byte plus schema id.
+pub const HEADER_LEN: usize = 5;
+/// Bound on one registry call, so an unreachable registry fails a produce instead of hanging it.
+pub const REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a payload could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("not Confluent wire format: first byte is {found:#04x}, expected the magic byte 0x00")]
+    WrongMagicByte { found: u8 },
+
+    #[error("payload of {len} bytes is truncated (a Confluent payload has a 5-byte header and a complete Avro datum)")]
+    Truncated { len: usize },
+
+    #[error("schema id {id} is not known to the schema registry")]
+    UnknownSchemaId { id: u32 },
+
+    #[error("Avro datum written with schema id {id} is corrupt: {reason}")]
+    Corrupt { id: u32, reason: String },
+
+    #[error("data written with schema id {id} cannot be read as the requested type: {reason}")]
+    Unresolvable { id: u32, reason: String },
+
+    #[error("schema registry unavailable or failing: {reason}")]
+    Registry { reason: String },
+
+    /// The registry refused to register the schema (incompatible with the subject's earlier
+    /// versions, or invalid).
+    #[error("schema registry rejected the schema for subject `{subject}`: {reason}")]
+    Rejected { subject: String, reason: String },
+
+    /// The value does not fit its own schema, or the type has no named schema.
+    #[error("cannot encode the value: {reason}")]
+    Encode { reason: String },
+}
+
+/// Splits a payload into the writer schema id and the Avro datum, checking the framing.
+pub fn split_frame(bytes: &[u8]) -> Result<(u32, &[u8]), WireError> {
+    match bytes {
+        [] => Err(WireError::Truncated { len: 0 }),
+        [first, ..] if *first != MAGIC_BYTE => Err(WireError::WrongMagicByte { found: *first }),
+        [_, a, b, c, d, datum @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), datum)),
+        _ => Err(WireError::Truncated { len: bytes.len() }),
+    }
+}
+
+/// What a type contributes to encoding: its subject suffix and the schema the encoder registers.
+struct TypeSchema {
+    full_name: String,
+    supplied: SuppliedSchema,
+    reader: Schema,
+}
+
+/// Encodes and decodes Confluent-framed Avro against one schema registry (the built-in one or
+/// an external Confluent registry). Cheap to share behind an `Arc`; all caches are internal.
+pub struct WireCodec {
+    encoder: AvroEncoder,
+    decoder: AvroDecoder,
+    /// Per Rust type: computed once, since deriving and serializing a schema is not free.
+    types: RwLock<HashMap<TypeId, Arc<TypeSchema>>>,
+}
+
+impl WireCodec {
+    /// A codec for the registry at `registry_url` (e.g. `http://127.0.0.1:8081`), with a
+    /// bounded request timeout.
+    pub fn new(registry_url: &str) -> Result<Self, WireError> {
+        let settings = SrSettings::new_builder(registry_url.trim_end_matches('/').to_owned())
+            .set_timeout(REGISTRY_TIMEOUT)
+            .build()
+            .map_err(|e| WireError::Registry { reason: describe(&e) })?;
+        Ok(Self::with_settings(settings))
+    }
+
+    /// A codec with caller-built settings (authentication, several URLs, proxy choices).
+    pub fn with_settings(settings: SrSettings) -> Self {
+        Self { encoder: AvroEncoder::new(settings.clone()), decoder: AvroDecoder::new(settings), types: RwLock::new(HashMap::new()) }
+    }
+
+    /// The subject a `T` is registered under on `topic` (TopicRecordNameStrategy).
+    pub fn subject_for<T: AvroSchema + 'static>(&self, topic: &str) -> Result<String, WireError> {
+        Ok(format!("{topic}-{}", self.type_schema::<T>()?.full_name))
+    }
+
+    /// Encodes `value` with `T`'s schema, registering it under `<topic>-<full name>` on first
+    /// use (the registry answers with the existing id when it is already registered).
+    pub async fn encode<T: Serialize + AvroSchema + 'static>(&self, topic: &str, value: &T) -> Result<Vec<u8>, WireError> {
+        let ty = self.type_schema::<T>()?;
+        let strategy = SubjectNameStrategy::TopicRecordNameStrategyWithSchema(topic.to_owned(), ty.supplied.clone());
+        self.encoder.encode_struct(value, &strategy).await.map_err(|e| {
+            let subject = format!("{topic}-{}", ty.full_name);
+            match registry_code(&e) {
+                Some(code) if code == 409 || code / 100 == 422 => WireError::Rejected { subject, reason: describe(&e) },
+                _ if is_http_failure(&e) => WireError::Registry { reason: describe(&e) },
+                _ => WireError::Encode { reason: describe(&e) },
+            }
+        })
+    }
+
+    /// Decodes a payload into `T`, resolving the writer's schema (from the id in the payload)
+    /// to `T`'s schema by Avro's rules, so data written with an older or newer compatible
+    /// schema reads fine. Returns the writer schema id too.
+    pub async fn decode<T: DeserializeOwned + AvroSchema + 'static>(&self, bytes: &[u8]) -> Result<(u32, T), WireError> {
+        let (id, value) = self.decode_value(bytes).await?;
+        let ty = self.type_schema::<T>()?;
+        let resolved = value.resolve(&ty.reader).map_err(|e| WireError::Unresolvable { id, reason: e.to_string() })?;
+        let typed = apache_avro::from_value::<T>(&resolved).map_err(|e| WireError::Unresolvable { id, reason: e.to_string() })?;
+        Ok((id, typed))
+    }
+
+    /// Decodes a payload into a generic Avro value in the writer's schema.
+    pub async fn decode_value(&self, bytes: &[u8]) -> Result<(u32, Value), WireError> {
+        let (id, datum) = split_frame(bytes)?;
+        let schema = self.decoder.get_schema(id).await.map_err(|e| self.lookup_error(id, e))?;
+        let unusable = |e: apache_avro::Error| WireError::Unresolvable { id, reason: format!("writer schema unusable: {e}") };
+        let names = ResolvedSchema::try_from(&schema.parsed).map_err(unusable)?;
+        let reader = GenericDatumReader::builder(&schema.parsed).resolved_writer_schemata(names.clone()).build().map_err(unusable)?;
+        let mut cursor = Cursor::new(datum);
+        let value = reader.read_value(&mut cursor).map_err(|e| {
+            if hits_eof(&e) { WireError::Truncated { len: bytes.len() } } else { WireError::Corrupt { id, reason: e.to_string() } }
+        })?;
+        // apache-avro decodes a string cut short as a null instead of failing; such a value
+        // no longer matches the writer schema, which is how the truncation shows.
+        if !value.validate_with_names(&schema.parsed, names.get_names()) {
+            return Err(WireError::Truncated { len: bytes.len() });
+        }
+        let trailing = datum.len() as u64 - cursor.position().min(datum.len() as u64);
+        if trailing > 0 {
+            return Err(WireError::Corrupt { id, reason: format!("{trailing} bytes left after the datum") });
+        }
+        Ok((id, value))
+    }
+
+    fn lookup_error(&self, id: u32, e: SRCError) -> WireError {
+        match registry_code(&e) {
+            Some(code) if code / 100 == 404 || code == 404 => {
+                // The decoder caches this failure; drop it so that once the id exists (another
+                // registry instance catching up) the next decode finds it.
+                self.decoder.remove_errors_from_cache();
+                WireError::UnknownSchemaId { id }
+            }
+            _ => WireError::Registry { reason: describe(&e) },
+        }
+    }
+
+    fn type_schema<T: AvroSchema + 'static>(&self) -> Result<Arc<TypeSchema>, WireError> {
+        let key = TypeId::of::<T>();
+        if let Some(found) = self.types.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(Arc::clone(found));
+        }
+        let schema = T::get_schema();
+        let full_name = schema
+            .name()
+            .map(|n| n.fullname(None))
+            .ok_or_else(|| WireError::Encode { reason: "TopicRecordNameStrategy needs a named schema (record, enum or fixed)".to_owned() })?;
+        let json = serde_json::to_string(&schema).map_err(|e| WireError::Encode { reason: e.to_string() })?;
+        let supplied = SuppliedSchema::new(Some(full_name.clone()), SchemaType::Avro, json);
+        let ty = Arc::new(TypeSchema { full_name, supplied, reader: schema });
+        self.types.write().unwrap_or_else(|e| e.into_inner()).insert(key, Arc::clone(&ty));
+        Ok(ty)
+    }
+}
+
+/// The registry's `error_code` when the failure was an error answer from the registry.
+fn registry_code(e: &SRCError) -> Option<u32> {
+    let source = std::error::Error::source(e)?;
+    source.downcast_ref::<RawError>().map(|raw| raw.error_code)
+}
+
+/// Whether the failure was talking to the registry (as opposed to encoding the value).
+fn is_http_failure(e: &SRCError) -> bool {
+    e.retriable || e.error.contains("HTTP") || e.error.contains("schema registry") || e.error.contains("RawRegisteredSchema")
+}
+
+/// Whether an Avro read failed because the input ended early.
+fn hits_eof(e: &apache_avro::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && io.kind() == ErrorKind::UnexpectedEof
+        {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
+fn describe(e: &SRCError) -> String {
+    match &e.cause {
+        Some(cause) => format!("{}: {cause}", e.error),
+        None => e.error.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_is_checked_before_anything_else() {
+        assert_eq!(split_frame(&[]), Err(WireError::Truncated { len: 0 }));
+        assert_eq!(split_frame(&[0, 0, 0]), Err(WireError::Truncated { len: 3 }));
+        assert_eq!(split_frame(&[7, 0, 0, 0, 1, 2]), Err(WireError::WrongMagicByte { found: 7 }));
+        assert_eq!(split_frame(&[0, 0, 0, 1, 2, 9]), Ok((258, &[9u8][..])));
+        assert_eq!(split_frame(&[0, 0, 0, 0, 5]), Ok((5, &[][..])));
+    }
+}

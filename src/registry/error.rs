@@ -1,0 +1,89 @@
+//! Registry errors and their Confluent-shaped HTTP bodies.
+//!
+//! Clients of a Confluent Schema Registry (the Java/Python serializers, schema_registry_converter)
+//! branch on `error_code`, not on the message, so every variant maps to the exact code Confluent
+//! uses for the same situation.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::log::LogError;
+
+/// What a registry operation can fail with. The HTTP layer turns each into Confluent's body
+/// `{"error_code": N, "message": "..."}` with the matching status.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("Subject '{subject}' not found.")]
+    SubjectNotFound { subject: String },
+
+    #[error("Version {version} not found.")]
+    VersionNotFound { subject: String, version: String },
+
+    #[error("Schema not found")]
+    SchemaNotFound,
+
+    #[error("Schema being registered is incompatible with an earlier schema for subject \"{subject}\" ({level}): {}", reasons.join("; "))]
+    Incompatible { subject: String, level: String, reasons: Vec<String> },
+
+    #[error("Invalid schema: {reason}")]
+    InvalidSchema { reason: String },
+
+    #[error("The specified version '{version}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\"")]
+    InvalidVersion { version: String },
+
+    #[error("Invalid compatibility level. Valid values are none, backward, forward, full, backward_transitive, forward_transitive, and full_transitive (got '{level}')")]
+    InvalidCompatibilityLevel { level: String },
+
+    /// The request body is not the JSON the endpoint expects.
+    #[error("Unprocessable request body: {reason}")]
+    BadRequest { reason: String },
+
+    /// The schemas topic could not be read or written.
+    #[error("Error in the backend data store ({operation}): {source}")]
+    Storage { operation: &'static str, #[source] source: LogError },
+
+    /// A write was durable but this instance did not see it applied in time (the tail is stuck).
+    #[error("Operation timed out: {operation} after {after_ms} ms")]
+    Timeout { operation: &'static str, after_ms: u64 },
+
+    /// A stored record could not be encoded (never expected; kept typed rather than panicking).
+    #[error("Error while encoding a registry record: {reason}")]
+    Encoding { reason: String },
+
+    /// The HTTP server could not run (bind/accept failure).
+    #[error("schema registry HTTP server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl RegistryError {
+    /// Confluent's `(HTTP status, error_code)` pair for this error.
+    pub fn codes(&self) -> (StatusCode, u32) {
+        match self {
+            RegistryError::SubjectNotFound { .. } => (StatusCode::NOT_FOUND, 40401),
+            RegistryError::VersionNotFound { .. } => (StatusCode::NOT_FOUND, 40402),
+            RegistryError::SchemaNotFound => (StatusCode::NOT_FOUND, 40403),
+            RegistryError::Incompatible { .. } => (StatusCode::CONFLICT, 409),
+            RegistryError::InvalidSchema { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
+            RegistryError::InvalidVersion { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42202),
+            RegistryError::InvalidCompatibilityLevel { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42203),
+            RegistryError::BadRequest { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 422),
+            RegistryError::Storage { .. } | RegistryError::Encoding { .. } | RegistryError::Io(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, 50001)
+            }
+            RegistryError::Timeout { .. } => (StatusCode::INTERNAL_SERVER_ERROR, 50002),
+        }
+    }
+}
+
+impl IntoResponse for RegistryError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.codes();
+        if status.is_server_error() {
+            tracing::error!(error_code = code, error = %self, "schema registry request failed");
+        } else {
+            tracing::debug!(error_code = code, error = %self, "schema registry request rejected");
+        }
+        super::http::sr_json(status, &json!({ "error_code": code, "message": self.to_string() }))
+    }
+}

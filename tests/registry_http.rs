@@ -1,0 +1,282 @@
+//! The built-in schema registry over real HTTP, the way Confluent clients use it: a server on a
+//! port the OS picks, over an embedded log in a temp dir (and over Kafka when
+//! `AGENTLOG_TEST_KAFKA` names a broker).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentlog::config::{Backend, Config, LogConfig};
+use agentlog::log::EventLog;
+use agentlog::open::open_log;
+use agentlog::registry::{Registry, RegistryError, serve};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const CT: &str = "application/vnd.schemaregistry.v1+json";
+const V1: &str = r#"{"type":"record","name":"Order","namespace":"io.agentlog.test","fields":[{"name":"id","type":"string"}]}"#;
+/// V1 plus a field with a default: BACKWARD compatible.
+const V2: &str = r#"{"type":"record","name":"Order","namespace":"io.agentlog.test","fields":[{"name":"id","type":"string"},{"name":"qty","type":"int","default":1}]}"#;
+/// A new required field: not BACKWARD compatible with V2.
+const V3_BREAKING: &str = r#"{"type":"record","name":"Order","namespace":"io.agentlog.test","fields":[{"name":"id","type":"string"},{"name":"qty","type":"int","default":1},{"name":"price","type":"double"}]}"#;
+
+/// The broker the Kafka variants use, or `None` to skip them outside CI.
+fn kafka_bootstrap() -> Option<String> {
+    match std::env::var("AGENTLOG_TEST_KAFKA") {
+        Ok(servers) if !servers.trim().is_empty() => Some(servers),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but AGENTLOG_TEST_KAFKA does not name a broker: Kafka tests may not skip in CI")
+        }
+        _ => None,
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+}
+
+fn embedded_config(dir: &tempfile::TempDir) -> LogConfig {
+    let mut config = Config::load_with_env(None, Vec::new()).expect("default config");
+    config.log.backend = Backend::Embedded;
+    config.log.embedded.data_dir = dir.path().join("log");
+    config.log
+}
+
+fn kafka_config(bootstrap: &str) -> LogConfig {
+    let mut config = Config::load_with_env(None, Vec::new()).expect("default config");
+    config.log.backend = Backend::Kafka;
+    config.log.kafka.bootstrap_servers = bootstrap.to_string();
+    config.log
+}
+
+/// A registry served on 127.0.0.1 with its log; `stop` tears everything down in order.
+struct Server {
+    log: Arc<dyn EventLog>,
+    registry: Arc<Registry>,
+    url: String,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), RegistryError>>,
+    http: reqwest::Client,
+}
+
+impl Server {
+    async fn start(config: &LogConfig, topic: &str) -> Server {
+        let log = open_log(config).expect("open log");
+        let shutdown = CancellationToken::new();
+        let registry = Registry::open(log.clone(), topic, shutdown.clone()).await.expect("open registry");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("local addr"));
+        let task = tokio::spawn(serve(registry.clone(), listener, shutdown.clone()));
+        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("http client");
+        Server { log, registry, url, shutdown, task, http }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("server task").expect("server ran");
+        self.registry.close().await;
+        drop(self.registry);
+        self.log.shutdown(Duration::from_secs(10)).await.expect("log shutdown");
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.url)).header("Accept", CT);
+        if let Some(body) = body {
+            request = request.header("Content-Type", CT).body(body.to_string());
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        assert_eq!(content_type, CT, "{path}");
+        let text = response.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn register(&self, subject: &str, schema: &str) -> (StatusCode, Value) {
+        self.post(&format!("/subjects/{subject}/versions"), json!({ "schema": schema, "schemaType": "AVRO" })).await
+    }
+}
+
+fn assert_error(answer: &(StatusCode, Value), status: StatusCode, code: u64) {
+    assert_eq!(answer.0, status, "{:?}", answer.1);
+    assert_eq!(answer.1["error_code"], json!(code), "{:?}", answer.1);
+    assert!(answer.1["message"].as_str().is_some_and(|m| !m.is_empty()), "{:?}", answer.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_lookup_versions_delete() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(&embedded_config(&dir), "agentlog.schemas").await;
+    let subject = "orders-io.agentlog.test.Order";
+
+    let (status, body) = server.register(subject, V1).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({ "id": 1 }));
+    // Same schema again (other formatting): same id, no new version.
+    let spaced = serde_json::to_string_pretty(&serde_json::from_str::<Value>(V1).expect("json")).expect("json");
+    assert_eq!(server.register(subject, &spaced).await.1, json!({ "id": 1 }));
+    assert_eq!(server.get(&format!("/subjects/{subject}/versions")).await.1, json!([1]));
+
+    let (status, body) = server.register(subject, V2).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({ "id": 2 }));
+    // The same schema under another subject keeps its global id.
+    assert_eq!(server.register("other-io.agentlog.test.Order", V1).await.1, json!({ "id": 1 }));
+
+    assert_eq!(server.get("/schemas/ids/2").await.1, json!({ "schema": V2 }));
+    assert_eq!(server.get("/schemas/ids/1/subjects").await.1, json!(["orders-io.agentlog.test.Order", "other-io.agentlog.test.Order"]));
+    assert_eq!(server.get("/subjects").await.1, json!(["orders-io.agentlog.test.Order", "other-io.agentlog.test.Order"]));
+    assert_eq!(server.get(&format!("/subjects/{subject}/versions")).await.1, json!([1, 2]));
+    assert_eq!(
+        server.get(&format!("/subjects/{subject}/versions/latest")).await.1,
+        json!({ "subject": subject, "version": 2, "id": 2, "schema": V2 })
+    );
+    assert_eq!(server.get(&format!("/subjects/{subject}/versions/1")).await.1["id"], json!(1));
+
+    // Lookup by schema.
+    let (status, found) = server.post(&format!("/subjects/{subject}"), json!({ "schema": V1 })).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(found, json!({ "subject": subject, "version": 1, "id": 1, "schema": V1 }));
+    assert_error(&server.post(&format!("/subjects/{subject}"), json!({ "schema": V3_BREAKING })).await, StatusCode::NOT_FOUND, 40403);
+
+    // Compatibility endpoint.
+    let (status, compat) = server.post(&format!("/compatibility/subjects/{subject}/versions/latest?verbose=true"), json!({ "schema": V3_BREAKING })).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(compat["is_compatible"], json!(false));
+    assert!(compat["messages"].as_array().is_some_and(|m| !m.is_empty()), "{compat}");
+    assert_eq!(server.post(&format!("/compatibility/subjects/{subject}/versions/latest"), json!({ "schema": V2 })).await.1, json!({ "is_compatible": true }));
+
+    // Soft delete: version 2 disappears from the subject, its id stays readable.
+    let (status, deleted) = server.send(reqwest::Method::DELETE, &format!("/subjects/{subject}/versions/2"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(deleted, json!(2));
+    assert_eq!(server.get(&format!("/subjects/{subject}/versions")).await.1, json!([1]));
+    assert_eq!(server.get(&format!("/subjects/{subject}/versions?deleted=true")).await.1, json!([1, 2]));
+    assert_eq!(server.get(&format!("/subjects/{subject}/versions/latest")).await.1["version"], json!(1));
+    assert_error(&server.get(&format!("/subjects/{subject}/versions/2")).await, StatusCode::NOT_FOUND, 40402);
+    assert_eq!(server.get("/schemas/ids/2").await.1, json!({ "schema": V2 }));
+    // Registering it again makes a new version (numbers are never reused) with the same id.
+    assert_eq!(server.register(subject, V2).await.1, json!({ "id": 2 }));
+    assert_eq!(server.get(&format!("/subjects/{subject}/versions")).await.1, json!([1, 3]));
+
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_use_confluent_codes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(&embedded_config(&dir), "agentlog.schemas").await;
+
+    assert_error(&server.get("/subjects/nope/versions").await, StatusCode::NOT_FOUND, 40401);
+    assert_error(&server.get("/subjects/nope/versions/latest").await, StatusCode::NOT_FOUND, 40401);
+    assert_error(&server.get("/schemas/ids/999999").await, StatusCode::NOT_FOUND, 40403);
+    let invalid = server.register("s", r#"{"type":"record","name":"X","fields":[{"name":"a","type":"nosuchtype"}]}"#).await;
+    assert_error(&invalid, StatusCode::UNPROCESSABLE_ENTITY, 42201);
+    assert_error(&server.register("s", "not json at all").await, StatusCode::UNPROCESSABLE_ENTITY, 42201);
+    assert_eq!(server.register("s", V1).await.0, StatusCode::OK);
+    assert_error(&server.get("/subjects/s/versions/zero").await, StatusCode::UNPROCESSABLE_ENTITY, 42202);
+    assert_error(&server.get("/subjects/s/versions/7").await, StatusCode::NOT_FOUND, 40402);
+    let bad_level = server.send(reqwest::Method::PUT, "/config", Some(json!({ "compatibility": "SIDEWAYS" }))).await;
+    assert_error(&bad_level, StatusCode::UNPROCESSABLE_ENTITY, 42203);
+
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compatibility_levels_gate_registration() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(&embedded_config(&dir), "agentlog.schemas").await;
+    let subject = "levels-io.agentlog.test.Order";
+
+    assert_eq!(server.get("/config").await.1, json!({ "compatibilityLevel": "BACKWARD" }));
+    assert_eq!(server.register(subject, V2).await.1, json!({ "id": 1 }));
+    let rejected = server.register(subject, V3_BREAKING).await;
+    assert_error(&rejected, StatusCode::CONFLICT, 409);
+    assert!(rejected.1["message"].as_str().is_some_and(|m| m.contains("price")), "the message names why: {}", rejected.1);
+
+    // Per-subject NONE lets it through; the global level is untouched.
+    let (status, body) = server.send(reqwest::Method::PUT, &format!("/config/{subject}"), Some(json!({ "compatibility": "NONE" }))).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({ "compatibility": "NONE" })));
+    assert_eq!(server.get(&format!("/config/{subject}")).await.1, json!({ "compatibilityLevel": "NONE" }));
+    assert_eq!(server.get("/config").await.1, json!({ "compatibilityLevel": "BACKWARD" }));
+    assert_eq!(server.register(subject, V3_BREAKING).await.1, json!({ "id": 2 }));
+
+    let (status, body) = server.send(reqwest::Method::PUT, "/config", Some(json!({ "compatibility": "full" }))).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({ "compatibility": "FULL" })));
+    assert_eq!(server.get("/config").await.1, json!({ "compatibilityLevel": "FULL" }));
+    assert_eq!(server.get("/config/unconfigured").await.1, json!({ "compatibilityLevel": "FULL" }));
+
+    server.stop().await;
+}
+
+/// Registers, restarts (server and log), and checks subjects, versions, ids and config survive,
+/// and that ids keep increasing after the restart.
+async fn survives_restart(config: LogConfig, topic: &str) {
+    let server = Server::start(&config, topic).await;
+    let a = format!("{}-io.agentlog.test.Order", unique("a"));
+    let b = format!("{}-io.agentlog.test.Order", unique("b"));
+    assert_eq!(server.register(&a, V1).await.1, json!({ "id": 1 }));
+    assert_eq!(server.register(&a, V2).await.1, json!({ "id": 2 }));
+    assert_eq!(server.register(&b, V2).await.1, json!({ "id": 2 }));
+    assert_eq!(server.send(reqwest::Method::PUT, &format!("/config/{b}"), Some(json!({ "compatibility": "NONE" }))).await.0, StatusCode::OK);
+    assert_eq!(server.send(reqwest::Method::DELETE, &format!("/subjects/{a}/versions/1"), None).await.1, json!(1));
+    server.stop().await;
+
+    let server = Server::start(&config, topic).await;
+    let mut subjects = vec![a.clone(), b.clone()];
+    subjects.sort();
+    assert_eq!(server.get("/subjects").await.1, json!(subjects));
+    assert_eq!(server.get(&format!("/subjects/{a}/versions")).await.1, json!([2]));
+    assert_eq!(server.get(&format!("/subjects/{a}/versions?deleted=true")).await.1, json!([1, 2]));
+    assert_eq!(server.get(&format!("/subjects/{b}/versions/latest")).await.1, json!({ "subject": b, "version": 1, "id": 2, "schema": V2 }));
+    assert_eq!(server.get("/schemas/ids/1").await.1, json!({ "schema": V1 }));
+    assert_eq!(server.get(&format!("/config/{b}")).await.1, json!({ "compatibilityLevel": "NONE" }));
+    assert_eq!(server.register(&a, V2).await.1, json!({ "id": 2 }), "still registered after restart");
+    assert_eq!(server.register(&b, V3_BREAKING).await.1, json!({ "id": 3 }), "ids continue after restart");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_subjects_versions_and_ids_embedded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    survives_restart(embedded_config(&dir), "agentlog.schemas").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_subjects_versions_and_ids_kafka() {
+    let Some(bootstrap) = kafka_bootstrap() else {
+        eprintln!("AGENTLOG_TEST_KAFKA not set: skipping the Kafka registry test");
+        return;
+    };
+    survives_restart(kafka_config(&bootstrap), &unique("agentlog.schemas")).await;
+}
+
+/// Two registries on one log: a write through one becomes visible in the other (the tail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_sees_writes_through_its_tail() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = open_log(&embedded_config(&dir)).expect("open log");
+    let shutdown = CancellationToken::new();
+    let writer = Registry::open(log.clone(), "agentlog.schemas", shutdown.clone()).await.expect("writer");
+    let reader = Registry::open(log.clone(), "agentlog.schemas", shutdown.clone()).await.expect("reader");
+    let id = writer.register("shared-io.agentlog.test.Order", V1).await.expect("register");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while reader.schema_by_id(id).is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the second instance never saw the write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(reader.versions("shared-io.agentlog.test.Order", false).expect("versions"), vec![1]);
+    shutdown.cancel();
+    writer.close().await;
+    reader.close().await;
+    log.shutdown(Duration::from_secs(10)).await.expect("log shutdown");
+}
