@@ -57,4 +57,5 @@ conformance_suite!(
     admin_creates_describes_and_deletes,
     topics_apply_creates_and_reports_drift,
     a_waiting_consumer_gets_every_record,
+    undecodable_events_are_dead_lettered,
 );

@@ -460,3 +460,99 @@ pub async fn a_waiting_consumer_gets_every_record(h: &mut Harness) {
     stop_tx.send(()).expect("stop reader");
     reader.await.expect("reader");
 }
+
+/// Records that cannot be decoded never stop a consumer: each goes to the DLQ with the reason,
+/// and the good records around them are read. Uses the built-in registry on a real port.
+pub async fn undecodable_events_are_dead_lettered(h: &mut Harness) {
+    use agentlog::events::reader::{DLQ_ERROR, DLQ_REASON, DLQ_SOURCE, EventReader, ReadOutcome};
+    use agentlog::events::wire::WireCodec;
+    use agentlog::events::{Lane, Meta, TaskSubmitted, TimestampMicros};
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let registry = agentlog::registry::Registry::open(h.log().clone(), &unique("schemas"), shutdown.clone())
+        .await
+        .expect("registry");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(agentlog::registry::serve(registry.clone(), listener, shutdown.clone()));
+
+    let topic = h.topic(1).await;
+    let dlq = h.topic(1).await;
+    let codec = std::sync::Arc::new(WireCodec::new(&url).expect("codec"));
+    let task = |id: &str| TaskSubmitted {
+        meta: Meta {
+            event_id: format!("e-{id}"),
+            occurred_at: TimestampMicros::now(),
+            tenant: "t".into(),
+            correlation_id: id.into(),
+            causation_id: None,
+            trace_parent: None,
+            trace_state: None,
+            producer_id: "test".into(),
+        },
+        task_id: id.into(),
+        agent_type: "echo".into(),
+        lane: Lane::Normal,
+        input: b"{}".to_vec(),
+        content_type: "application/json".into(),
+        attempt: 1,
+        max_attempts: 1,
+        timeout_ms: 1000,
+        deadline: None,
+        not_before: None,
+        ordering_key: None,
+        idempotency_key: None,
+        parent_task_id: None,
+        job_id: None,
+        labels: Default::default(),
+    };
+    let good = codec.encode(&topic, &task("first")).await.expect("encode");
+    let mut unknown_id = vec![0, 0x00, 0x0f, 0x42, 0x3f];
+    unknown_id.extend_from_slice(&good[5..]);
+    let mut trailing_garbage = good.clone();
+    trailing_garbage.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    let payloads: Vec<Vec<u8>> = vec![
+        good.clone(),
+        vec![7, 0, 0, 0, 1, 2, 3],
+        vec![0, 0, 0],
+        unknown_id,
+        good[..good.len() / 2].to_vec(),
+        trailing_garbage,
+        codec.encode(&topic, &task("last")).await.expect("encode"),
+    ];
+    for (i, payload) in payloads.iter().enumerate() {
+        h.produce(Record::new(&topic, payload.clone()).with_key(Bytes::from(format!("k{i}")))).await;
+    }
+
+    let mut consumer = h.log().consumer(ConsumerOptions::default()).expect("consumer");
+    consumer.assign(&assign_all(&topic, 1, SeekTo::Earliest)).await.expect("assign");
+    let mut reader = EventReader::<TaskSubmitted>::new(consumer, codec, h.log().producer().expect("producer"), &dlq);
+    let mut outcomes = Vec::new();
+    while outcomes.len() < payloads.len() {
+        match tokio::time::timeout(WITHIN, reader.next()).await.expect("outcome in time").expect("read") {
+            ReadOutcome::Event { event, .. } => outcomes.push(format!("event:{}", event.task_id)),
+            ReadOutcome::DeadLettered { error, .. } => {
+                outcomes.push(format!("dlq:{}", agentlog::events::reader::error_kind(&error)))
+            }
+            ReadOutcome::Rebalance(_) => {}
+        }
+    }
+    assert_eq!(
+        outcomes,
+        vec!["event:first", "dlq:wrong_magic_byte", "dlq:truncated", "dlq:unknown_schema_id", "dlq:truncated", "dlq:corrupt", "event:last"]
+    );
+
+    let mut letters = h.log().consumer(ConsumerOptions::default()).expect("consumer");
+    letters.assign(&assign_all(&dlq, 1, SeekTo::Earliest)).await.expect("assign");
+    let dead = read_records(letters.as_mut(), 5, WITHIN).await;
+    assert_eq!(dead[0].payload, Bytes::from(payloads[1].clone()), "the original bytes are kept");
+    assert_eq!(dead[0].key, Some(Bytes::from("k1")));
+    assert_eq!(dead[0].header(DLQ_ERROR), Some(&Bytes::from("wrong_magic_byte")));
+    assert!(String::from_utf8_lossy(dead[0].header(DLQ_REASON).expect("reason")).contains("magic byte"));
+    assert_eq!(dead[0].header(DLQ_SOURCE), Some(&Bytes::from(format!("{topic}/0/1"))));
+    assert_eq!(dead[2].header(DLQ_ERROR), Some(&Bytes::from("unknown_schema_id")));
+
+    shutdown.cancel();
+    server.await.expect("server task").expect("server");
+    registry.close().await;
+}
