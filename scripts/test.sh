@@ -12,10 +12,20 @@ AGENTLOG_TEST_KAFKA=$(scripts/kafka-local.sh bootstrap)
 export AGENTLOG_TEST_KAFKA
 echo "tests use Kafka at $AGENTLOG_TEST_KAFKA"
 
+venv=$(scripts/python-env.sh)
+
 set +e
 cargo test --release --all-targets 2>&1 | tee "$log_dir/test.log"
 status=${PIPESTATUS[0]}
 set -e
+
+# Schema evolution: a change that would break a reader of the released schemas fails here.
+bin="${CARGO_TARGET_DIR:-target}/release/agentlog"
+cargo build --release --quiet
+"$bin" schemas check || status=1
+
+# Interop with Confluent's own Python client against the same Kafka.
+AGENTLOG_BIN="$bin" "$venv/bin/python" -m pytest -q -p no:warnings tests/interop || status=1
 
 embedded=$(grep -cE '^test embedded::[a-z0-9_]+ \.\.\. ok$' "$log_dir/test.log" || true)
 kafka=$(grep -cE '^test kafka::[a-z0-9_]+ \.\.\. ok$' "$log_dir/test.log" || true)

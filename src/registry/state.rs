@@ -171,7 +171,7 @@ impl State {
     pub fn find_in_subject(&self, subject: &str, normalized: &str, include_deleted: bool) -> Option<SubjectVersion> {
         let id = self.id_for(normalized)?;
         let versions = self.subjects.get(subject)?;
-        let (version, entry) = versions.iter().filter(|(_, v)| v.id == id && (include_deleted || !v.deleted)).next_back()?;
+        let (version, entry) = versions.iter().rfind(|(_, v)| v.id == id && (include_deleted || !v.deleted))?;
         self.subject_version(subject, *version, *entry).ok()
     }
 

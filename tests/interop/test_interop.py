@@ -122,7 +122,7 @@ def test_python_reads_what_agentlog_wrote(registry_url):
         assert value["task_id"] == f"sample-{i}"
         assert value["agent_type"] == "echo"
         assert value["lane"] == "HIGH"
-        assert value["input"] == json.dumps({"n": i}).encode()
+        assert json.loads(value["input"]) == {"n": i}
         assert value["meta"]["tenant"] == "interop"
     # The subject follows TopicRecordNameStrategy, as agentlog's topics carry several types.
     assert f"{topic}-io.agentlog.v1.TaskSubmitted" in client.get_subjects()
