@@ -90,6 +90,8 @@ pub struct WireCodec {
     decoder: AvroDecoder,
     /// Per Rust type: computed once, since deriving and serializing a schema is not free.
     types: RwLock<HashMap<TypeId, Arc<TypeSchema>>>,
+    /// Per (writer schema id, reader type): whether the two schemas are the same.
+    identical: RwLock<HashMap<(u32, String), bool>>,
 }
 
 impl WireCodec {
@@ -105,7 +107,7 @@ impl WireCodec {
 
     /// A codec with caller-built settings (authentication, several URLs, proxy choices).
     pub fn with_settings(settings: SrSettings) -> Self {
-        Self { encoder: AvroEncoder::new(settings.clone()), decoder: AvroDecoder::new(settings), types: RwLock::new(HashMap::new()) }
+        Self { encoder: AvroEncoder::new(settings.clone()), decoder: AvroDecoder::new(settings), types: RwLock::new(HashMap::new()), identical: RwLock::new(HashMap::new()) }
     }
 
     /// The subject a `T` is registered under on `topic` (TopicRecordNameStrategy).
@@ -132,15 +134,37 @@ impl WireCodec {
     /// to `T`'s schema by Avro's rules, so data written with an older or newer compatible
     /// schema reads fine. Returns the writer schema id too.
     pub async fn decode<T: DeserializeOwned + AvroSchema + 'static>(&self, bytes: &[u8]) -> Result<(u32, T), WireError> {
-        let (id, value) = self.decode_value(bytes).await?;
+        let (id, value, writer) = self.decode_with_writer(bytes).await?;
         let ty = self.type_schema::<T>()?;
-        let resolved = value.resolve(&ty.reader).map_err(|e| WireError::Unresolvable { id, reason: e.to_string() })?;
+        // Resolution walks both schemas and the value; when the writer schema is the reader's
+        // own (the common case) it changes nothing, so it is skipped. Known per (id, type).
+        let resolved = if self.writer_is_reader(id, &writer.parsed, &ty) {
+            value
+        } else {
+            value.resolve(&ty.reader).map_err(|e| WireError::Unresolvable { id, reason: e.to_string() })?
+        };
         let typed = apache_avro::from_value::<T>(&resolved).map_err(|e| WireError::Unresolvable { id, reason: e.to_string() })?;
         Ok((id, typed))
     }
 
+    /// Whether the schema registered as `id` is exactly `ty`'s (canonical form), cached.
+    fn writer_is_reader(&self, id: u32, writer: &Schema, ty: &TypeSchema) -> bool {
+        let key = (id, ty.full_name.clone());
+        if let Some(same) = self.identical.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return *same;
+        }
+        let same = writer.canonical_form() == ty.reader.canonical_form();
+        self.identical.write().unwrap_or_else(|e| e.into_inner()).insert(key, same);
+        same
+    }
+
     /// Decodes a payload into a generic Avro value in the writer's schema.
     pub async fn decode_value(&self, bytes: &[u8]) -> Result<(u32, Value), WireError> {
+        let (id, value, _) = self.decode_with_writer(bytes).await?;
+        Ok((id, value))
+    }
+
+    async fn decode_with_writer(&self, bytes: &[u8]) -> Result<(u32, Value, Arc<schema_registry_converter::avro_common::AvroSchema>), WireError> {
         let (id, datum) = split_frame(bytes)?;
         let schema = self.decoder.get_schema(id).await.map_err(|e| self.lookup_error(id, e))?;
         let unusable = |e: apache_avro::Error| WireError::Unresolvable { id, reason: format!("writer schema unusable: {e}") };
@@ -159,7 +183,7 @@ impl WireCodec {
         if trailing > 0 {
             return Err(WireError::Corrupt { id, reason: format!("{trailing} bytes left after the datum") });
         }
-        Ok((id, value))
+        Ok((id, value, schema))
     }
 
     fn lookup_error(&self, id: u32, e: SRCError) -> WireError {
