@@ -134,15 +134,26 @@ impl WireCodec {
     /// to `T`'s schema by Avro's rules, so data written with an older or newer compatible
     /// schema reads fine. Returns the writer schema id too.
     pub async fn decode<T: DeserializeOwned + AvroSchema + 'static>(&self, bytes: &[u8]) -> Result<(u32, T), WireError> {
-        let (id, value, writer) = self.decode_with_writer(bytes).await?;
+        let (id, datum) = split_frame(bytes)?;
+        let writer = self.decoder.get_schema(id).await.map_err(|e| self.lookup_error(id, e))?;
         let ty = self.type_schema::<T>()?;
-        // Resolution walks both schemas and the value; when the writer schema is the reader's
-        // own (the common case) it changes nothing, so it is skipped. Known per (id, type).
-        let resolved = if self.writer_is_reader(id, &writer.parsed, &ty) {
-            value
-        } else {
-            value.resolve(&ty.reader).map_err(|e| WireError::Unresolvable { id, reason: e.to_string() })?
-        };
+        if self.writer_is_reader(id, &writer.parsed, &ty) {
+            // Fast path, the common case: the writer schema is `T`'s own, so the datum is
+            // deserialized straight into `T` with no intermediate Value and no resolution.
+            let unusable = |e: apache_avro::Error| WireError::Unresolvable { id, reason: format!("writer schema unusable: {e}") };
+            let reader = GenericDatumReader::builder(&writer.parsed).build().map_err(unusable)?;
+            let mut cursor = Cursor::new(datum);
+            let typed = reader.read_deser::<T>(&mut cursor).map_err(|e| {
+                if hits_eof(&e) { WireError::Truncated { len: bytes.len() } } else { WireError::Corrupt { id, reason: e.to_string() } }
+            })?;
+            let trailing = datum.len() as u64 - cursor.position().min(datum.len() as u64);
+            if trailing > 0 {
+                return Err(WireError::Corrupt { id, reason: format!("{trailing} bytes left after the datum") });
+            }
+            return Ok((id, typed));
+        }
+        let (id, value, _) = self.decode_with_writer(bytes).await?;
+        let resolved = value.resolve(&ty.reader).map_err(|e| WireError::Unresolvable { id, reason: e.to_string() })?;
         let typed = apache_avro::from_value::<T>(&resolved).map_err(|e| WireError::Unresolvable { id, reason: e.to_string() })?;
         Ok((id, typed))
     }
