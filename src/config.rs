@@ -26,6 +26,16 @@ pub enum ConfigError {
 pub struct Config {
     pub log: LogConfig,
     pub topics: TopicsConfig,
+    pub registry: RegistryConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Address the built-in registry listens on.
+    pub listen: String,
+    /// Registry the codecs use: the built-in one or an external Confluent Schema Registry.
+    pub url: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,6 +157,12 @@ impl Config {
                 reason: "must name at least one host:port when log.backend = \"kafka\"".into(),
             });
         }
+        if !(self.registry.url.starts_with("http://") || self.registry.url.starts_with("https://")) {
+            return Err(ConfigError::Field {
+                field: "registry.url",
+                reason: format!("`{}` must start with http:// or https://", self.registry.url),
+            });
+        }
         if self.topics.replication_factor < 1 {
             return Err(ConfigError::Field { field: "topics.replication_factor", reason: "must be at least 1".into() });
         }
@@ -241,6 +257,12 @@ mod tests {
         let err = load_str("[log]\nbackend = \"kafak\"\n", &[]).expect_err("bad value");
         let message = err.to_string();
         assert!(message.contains("log.backend") && message.contains("kafak"), "{message}");
+    }
+
+    #[test]
+    fn a_registry_url_without_scheme_names_the_field() {
+        let err = load_str("[registry]\nurl = \"schema-registry:8081\"\n", &[]).expect_err("no scheme");
+        assert!(err.to_string().contains("registry.url"), "{err}");
     }
 
     #[test]

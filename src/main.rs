@@ -70,8 +70,9 @@ enum Command {
     },
     /// Serves the built-in Confluent-compatible schema registry (schemas on the `schemas` topic).
     Registry {
-        #[arg(long, default_value = "127.0.0.1:8081")]
-        listen: String,
+        /// Default: registry.listen from the config.
+        #[arg(long)]
+        listen: Option<String>,
     },
     /// The Avro schemas in schemas/.
     Schemas {
@@ -125,8 +126,9 @@ enum SchemasAction {
     },
     /// Registers every event schema in a schema registry (TopicRecordNameStrategy subjects).
     Register {
+        /// Default: registry.url from the config.
         #[arg(long)]
-        registry: String,
+        registry: Option<String>,
     },
 }
 
@@ -136,8 +138,9 @@ enum EventsAction {
     EmitSample {
         #[arg(long)]
         topic: String,
+        /// Default: registry.url from the config.
         #[arg(long)]
-        registry: String,
+        registry: Option<String>,
         #[arg(long, default_value_t = 1)]
         count: u32,
     },
@@ -145,8 +148,9 @@ enum EventsAction {
     Read {
         #[arg(long)]
         topic: String,
+        /// Default: registry.url from the config.
         #[arg(long)]
-        registry: String,
+        registry: Option<String>,
         #[arg(long, default_value_t = 1)]
         max: u64,
         /// Dead-letter topic (default: the catalog's `dlq` with the configured prefix).
@@ -211,8 +215,8 @@ async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn Ev
                     Applied::Unchanged(name) => println!("  topic {name}"),
                 }
             }
-            println!("ready; Ctrl-C to stop");
-            shutdown_signal().await;
+            // The embedded log belongs to one process, so dev serves the registry itself.
+            cli::events::run_registry(log, &config.log.topic_prefix, &config.registry.listen).await?;
             println!("stopping");
         }
         Command::Topics { action: TopicsAction::Apply } => {
@@ -276,19 +280,23 @@ async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn Ev
             cli::events::create_topic(log, &name, partitions, replication_factor).await?;
         }
         Command::Registry { listen } => {
+            let listen = listen.unwrap_or_else(|| config.registry.listen.clone());
             cli::events::run_registry(log, &config.log.topic_prefix, &listen).await?;
         }
         Command::Schemas { action: SchemasAction::Check { working, released } } => {
             cli::events::check_schemas(&working, &released)?;
         }
         Command::Schemas { action: SchemasAction::Register { registry } } => {
+            let registry = registry.unwrap_or_else(|| config.registry.url.clone());
             cli::events::register_schemas(&registry, &config.log.topic_prefix).await?;
         }
         Command::Events { action: EventsAction::EmitSample { topic, registry, count } } => {
+            let registry = registry.unwrap_or_else(|| config.registry.url.clone());
             cli::events::emit_sample(log, &topic, &registry, count).await?;
         }
         Command::Events { action: EventsAction::Read { topic, registry, max, dlq, idle_timeout_ms } } => {
             let dlq = dlq.unwrap_or_else(|| format!("{}dlq", config.log.topic_prefix));
+            let registry = registry.unwrap_or_else(|| config.registry.url.clone());
             cli::events::read_events(log, &topic, &registry, &dlq, max, Duration::from_millis(idle_timeout_ms)).await?;
         }
         Command::Lag { group, topic } => {

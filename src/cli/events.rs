@@ -25,6 +25,7 @@ pub async fn run_registry(log: &Arc<dyn EventLog>, topic_prefix: &str, listen: &
     let registry = Registry::open(log.clone(), &topic, shutdown.clone()).await.context("opening the schema registry")?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     println!("schema registry on http://{} (schemas on topic {topic})", listener.local_addr()?);
+    println!("ready; Ctrl-C to stop");
     let server = tokio::spawn(serve(registry.clone(), listener, shutdown.clone()));
     super::shutdown_signal().await;
     shutdown.cancel();
