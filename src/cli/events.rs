@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use agentlog::events::reader::{EventReader, ReadOutcome};
 use agentlog::events::wire::WireCodec;
-use agentlog::events::{Lane, Meta, TaskSubmitted, TimestampMicros, all_schemas, check_evolution, topic_of};
+use agentlog::events::{Lane, Meta, TaskSubmitted, all_schemas, check_evolution, topic_of};
 use agentlog::log::{ConsumerOptions, EventLog, Record, SeekTo, TopicPartition, TopicSpec};
 use agentlog::registry::{Registry, serve};
 
@@ -77,33 +77,9 @@ pub async fn emit_sample(log: &Arc<dyn EventLog>, topic: &str, registry_url: &st
     let producer = log.producer()?;
     for i in 0..count {
         let task_id = format!("sample-{i}");
-        let event = TaskSubmitted {
-            meta: Meta {
-                event_id: format!("evt-{i}-{}", std::process::id()),
-                occurred_at: TimestampMicros::now(),
-                tenant: "interop".into(),
-                correlation_id: task_id.clone(),
-                causation_id: None,
-                trace_parent: None,
-                trace_state: None,
-                producer_id: "agentlog-cli".into(),
-            },
-            task_id: task_id.clone(),
-            agent_type: "echo".into(),
-            lane: Lane::High,
-            input: serde_json::to_vec(&json!({"n": i}))?,
-            content_type: "application/json".into(),
-            attempt: 1,
-            max_attempts: 3,
-            timeout_ms: 60_000,
-            deadline: None,
-            not_before: None,
-            ordering_key: None,
-            idempotency_key: None,
-            parent_task_id: None,
-            job_id: None,
-            labels: Default::default(),
-        };
+        let meta = Meta::new(format!("evt-{i}-{}", std::process::id()), "interop", "agentlog-cli");
+        let mut event = TaskSubmitted::new(meta, task_id.clone(), "echo", Lane::High, serde_json::to_vec(&json!({"n": i}))?);
+        event.max_attempts = 3;
         let payload = codec.encode(topic, &event).await?;
         let position = producer.send(Record::new(topic, payload).with_key(Bytes::from(task_id))).await?.await?;
         println!("{}", json!({"task_id": event.task_id, "partition": position.partition, "offset": position.offset}));

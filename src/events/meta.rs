@@ -32,6 +32,24 @@ pub struct Meta {
     pub producer_id: String,
 }
 
+impl Meta {
+    /// The envelope of a root event: it starts its own flow (correlation id = event id),
+    /// happened now, and has no cause and no trace context yet.
+    pub fn new(event_id: impl Into<String>, tenant: impl Into<String>, producer_id: impl Into<String>) -> Self {
+        let event_id = event_id.into();
+        Self {
+            correlation_id: event_id.clone(),
+            event_id,
+            occurred_at: TimestampMicros::now(),
+            tenant: tenant.into(),
+            causation_id: None,
+            trace_parent: None,
+            trace_state: None,
+            producer_id: producer_id.into(),
+        }
+    }
+}
+
 /// Microseconds since the Unix epoch (UTC), encoded as Avro `long` with logical type
 /// `timestamp-micros`.
 ///

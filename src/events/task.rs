@@ -80,6 +80,31 @@ pub struct TaskSubmitted {
     pub labels: HashMap<String, String>,
 }
 
+impl TaskSubmitted {
+    /// A first attempt with JSON input, one attempt allowed, a 60 s timeout and no deadline,
+    /// delay, keys, parent, job or labels; set the public fields to change any of that.
+    pub fn new(meta: Meta, task_id: impl Into<String>, agent_type: impl Into<String>, lane: Lane, input: Vec<u8>) -> Self {
+        Self {
+            meta,
+            task_id: task_id.into(),
+            agent_type: agent_type.into(),
+            lane,
+            input,
+            content_type: "application/json".into(),
+            attempt: 1,
+            max_attempts: 1,
+            timeout_ms: 60_000,
+            deadline: None,
+            not_before: None,
+            ordering_key: None,
+            idempotency_key: None,
+            parent_task_id: None,
+            job_id: None,
+            labels: HashMap::new(),
+        }
+    }
+}
+
 /// An agent began an attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.agentlog.v1")]

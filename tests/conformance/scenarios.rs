@@ -466,7 +466,7 @@ pub async fn a_waiting_consumer_gets_every_record(h: &mut Harness) {
 pub async fn undecodable_events_are_dead_lettered(h: &mut Harness) {
     use agentlog::events::reader::{DLQ_ERROR, DLQ_REASON, DLQ_SOURCE, EventReader, ReadOutcome};
     use agentlog::events::wire::WireCodec;
-    use agentlog::events::{Lane, Meta, TaskSubmitted, TimestampMicros};
+    use agentlog::events::{Lane, Meta, TaskSubmitted};
 
     let shutdown = tokio_util::sync::CancellationToken::new();
     let registry = agentlog::registry::Registry::open(h.log().clone(), &unique("schemas"), shutdown.clone())
@@ -479,33 +479,7 @@ pub async fn undecodable_events_are_dead_lettered(h: &mut Harness) {
     let topic = h.topic(1).await;
     let dlq = h.topic(1).await;
     let codec = std::sync::Arc::new(WireCodec::new(&url).expect("codec"));
-    let task = |id: &str| TaskSubmitted {
-        meta: Meta {
-            event_id: format!("e-{id}"),
-            occurred_at: TimestampMicros::now(),
-            tenant: "t".into(),
-            correlation_id: id.into(),
-            causation_id: None,
-            trace_parent: None,
-            trace_state: None,
-            producer_id: "test".into(),
-        },
-        task_id: id.into(),
-        agent_type: "echo".into(),
-        lane: Lane::Normal,
-        input: b"{}".to_vec(),
-        content_type: "application/json".into(),
-        attempt: 1,
-        max_attempts: 1,
-        timeout_ms: 1000,
-        deadline: None,
-        not_before: None,
-        ordering_key: None,
-        idempotency_key: None,
-        parent_task_id: None,
-        job_id: None,
-        labels: Default::default(),
-    };
+    let task = |id: &str| TaskSubmitted::new(Meta::new(format!("e-{id}"), "t", "test"), id, "echo", Lane::Normal, b"{}".to_vec());
     let good = codec.encode(&topic, &task("first")).await.expect("encode");
     let mut unknown_id = vec![0, 0x00, 0x0f, 0x42, 0x3f];
     unknown_id.extend_from_slice(&good[5..]);
