@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use agentlog::log::murmur2::partition_for_key;
 use agentlog::log::{
-    ConsumerEvent, ConsumerOptions, Header, LogError, Record, SeekTo, TopicPartition, TopicSpec, lag,
+    ConsumerEvent, ConsumerOptions, LogError, Record, SeekTo, TopicPartition, TopicSpec, lag,
 };
 use agentlog::topics::{self, TopicsError};
 
@@ -407,12 +407,6 @@ pub async fn topics_apply_creates_and_reports_drift(h: &mut Harness) {
     let wants_compact = TopicSpec { cleanup_policy: agentlog::log::CleanupPolicy::Compact, ..fresh.clone() };
     let err = topics::apply(admin.as_ref(), [&wants_compact]).await.expect_err("drift");
     assert!(err.to_string().contains("cleanup policy is delete, the catalog wants compact"), "{err}");
-}
-
-/// Helper kept for scenario authors: the header list as the contract type.
-#[allow(dead_code)]
-fn header(name: &str, value: &str) -> Header {
-    Header { name: name.into(), value: Bytes::from(value.to_string()) }
 }
 
 /// A consumer that is already waiting receives every record appended while it waits, even
