@@ -27,6 +27,9 @@ pub struct Config {
     pub log: LogConfig,
     pub topics: TopicsConfig,
     pub registry: RegistryConfig,
+    /// Agent types by name (`[agents.<name>]`); none by default.
+    #[serde(default)]
+    pub agents: std::collections::BTreeMap<String, crate::agent::AgentTypeConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +166,10 @@ impl Config {
                 reason: format!("`{}` must start with http:// or https://", self.registry.url),
             });
         }
+        let problems: Vec<String> = self.agents.iter().flat_map(|(name, agent)| agent.problems(name)).collect();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems.join("; ")));
+        }
         if self.topics.replication_factor < 1 {
             return Err(ConfigError::Field { field: "topics.replication_factor", reason: "must be at least 1".into() });
         }
@@ -263,6 +270,16 @@ mod tests {
     fn a_registry_url_without_scheme_names_the_field() {
         let err = load_str("[registry]\nurl = \"schema-registry:8081\"\n", &[]).expect_err("no scheme");
         assert!(err.to_string().contains("registry.url"), "{err}");
+    }
+
+    #[test]
+    fn agent_types_load_and_bad_ones_name_the_key() {
+        let config = load_str("[agents.echo]\nruntime = { kind = \"builtin\", name = \"echo\" }\nconcurrency = 2\n", &[])
+            .expect("agent type loads");
+        assert_eq!(config.agents["echo"].concurrency, 2);
+        let err = load_str("[agents.echo]\nruntime = { kind = \"builtin\", name = \"echo\" }\nlanes = [\"fast\"]\n", &[])
+            .expect_err("unknown lane");
+        assert!(err.to_string().contains("agents.echo.lanes: unknown lane `fast`"), "{err}");
     }
 
     #[test]

@@ -7,11 +7,15 @@
 //! - [`topics`]: the topic catalog (`topics/*.toml`), applied to either backend, with drift
 //!   between the catalog and the cluster reported per topic.
 //! - [`config`]: layered configuration (defaults, file, `AGENTLOG__` environment).
+//! - [`events`]: Avro event types, their schemas and Confluent's wire format; [`registry`]: the
+//!   built-in Confluent-compatible schema registry on the `schemas` topic.
+//! - [`agent`]: agent types from config, retry policy, and the worker's offset tracker.
 //! - [`bench`]: the log benchmark behind `agentlog bench log`.
 //!
 //! Producers append records; the backend assigns partition and offset (murmur2 of the key);
 //! consumers in a group split the partitions and commit the next offset to read.
 
+pub mod agent;
 pub mod bench;
 pub mod config;
 pub mod events;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use agentlog::bench::{LogBenchOptions, run_log_bench};
+use agentlog::agent::lane_topic_specs;
 use agentlog::config::Config;
 use agentlog::log::{ConsumerEvent, ConsumerOptions, EventLog, Record, SeekTo, TopicPartition, lag};
 use agentlog::open::open_log;
@@ -205,9 +206,15 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
 
 async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn EventLog>) -> anyhow::Result<()> {
     let catalog = || Catalog::builtin(&config.log.topic_prefix, config.topics.replication_factor);
+    // The catalog's topics plus one topic per lane of every declared agent type.
+    let all_specs = || -> anyhow::Result<Vec<agentlog::log::TopicSpec>> {
+        let mut specs: Vec<agentlog::log::TopicSpec> = catalog()?.specs().cloned().collect();
+        specs.extend(lane_topic_specs(&config.agents, &config.log.topic_prefix, config.topics.replication_factor));
+        Ok(specs)
+    };
     match command {
         Command::Dev => {
-            let applied = topics::apply(log.admin().as_ref(), catalog()?.specs()).await?;
+            let applied = topics::apply(log.admin().as_ref(), &all_specs()?).await?;
             println!("agentlog dev: {} event log at {}", log.backend(), log.location());
             for a in &applied {
                 match a {
@@ -220,7 +227,7 @@ async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn Ev
             println!("stopping");
         }
         Command::Topics { action: TopicsAction::Apply } => {
-            for a in topics::apply(log.admin().as_ref(), catalog()?.specs()).await? {
+            for a in topics::apply(log.admin().as_ref(), &all_specs()?).await? {
                 match a {
                     Applied::Created(name) => println!("created   {name}"),
                     Applied::Unchanged(name) => println!("ok        {name}"),

@@ -1,0 +1,190 @@
+//! Agent types as declared in config (`[agents.<name>]`): what runs them, how many at once,
+//! for how long, how failures retry, and which lanes they read. Each type owns one topic per
+//! lane, `tasks.<type>.<lane>`, created by `agentlog topics apply` with the catalog.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::retry::RetryPolicy;
+use crate::log::TopicSpec;
+
+/// The four lanes, highest priority first; a worker never starts a lower-lane task while a
+/// higher-lane one of its assignment waits.
+pub const LANES: [&str; 4] = ["critical", "high", "normal", "low"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentTypeConfig {
+    #[serde(default)]
+    pub description: String,
+    pub runtime: RuntimeConfig,
+    /// Tasks one worker runs at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Per-attempt timeout; an attempt past it fails with kind `timeout`.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Lanes this type reads, a subset of critical/high/normal/low.
+    #[serde(default = "default_lanes")]
+    pub lanes: Vec<String>,
+    /// Partitions of each lane topic: the most workers that can share one lane.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Optional JSON Schema (inline JSON text) that inputs must satisfy.
+    #[serde(default)]
+    pub input_schema: Option<String>,
+}
+
+/// How an agent type runs a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RuntimeConfig {
+    /// A Rust agent compiled into agentlog, by name.
+    Builtin { name: String },
+    /// POST the task as JSON to an endpoint the agent's author runs.
+    Http { url: String },
+    /// A program: input on stdin, output on stdout; task data never reaches argv or a shell.
+    Exec {
+        program: String,
+        #[serde(default)]
+        args: Vec<String>,
+    },
+}
+
+fn default_concurrency() -> u32 {
+    4
+}
+fn default_timeout_ms() -> u64 {
+    300_000
+}
+fn default_lanes() -> Vec<String> {
+    LANES.iter().map(|l| l.to_string()).collect()
+}
+fn default_partitions() -> i32 {
+    6
+}
+
+impl AgentTypeConfig {
+    /// Problems with the declaration of agent type `name`, each naming the full key.
+    pub fn problems(&self, name: &str) -> Vec<String> {
+        let key = |field: &str| format!("agents.{name}.{field}");
+        let mut out = Vec::new();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') {
+            out.push(format!("agents.{name}: an agent type name is lowercase letters, digits, '-' and '_' (it becomes part of topic names)"));
+        }
+        if self.concurrency == 0 {
+            out.push(format!("{} must be at least 1", key("concurrency")));
+        }
+        if self.timeout_ms == 0 {
+            out.push(format!("{} must be greater than 0", key("timeout_ms")));
+        }
+        if self.partitions < 1 {
+            out.push(format!("{} must be at least 1", key("partitions")));
+        }
+        if self.lanes.is_empty() {
+            out.push(format!("{} must name at least one lane", key("lanes")));
+        }
+        for (i, lane) in self.lanes.iter().enumerate() {
+            if !LANES.contains(&lane.as_str()) {
+                out.push(format!("{}: unknown lane `{lane}` (known: {})", key("lanes"), LANES.join(", ")));
+            } else if self.lanes[..i].contains(lane) {
+                out.push(format!("{}: lane `{lane}` is listed twice", key("lanes")));
+            }
+        }
+        match &self.runtime {
+            RuntimeConfig::Builtin { name: agent } if agent.is_empty() => out.push(format!("{} must not be empty", key("runtime.name"))),
+            RuntimeConfig::Http { url } if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                out.push(format!("{}: `{url}` must start with http:// or https://", key("runtime.url")))
+            }
+            RuntimeConfig::Exec { program, .. } if program.is_empty() => out.push(format!("{} must not be empty", key("runtime.program"))),
+            _ => {}
+        }
+        if let Some(schema) = &self.input_schema
+            && let Err(e) = serde_json::from_str::<serde_json::Value>(schema)
+        {
+            out.push(format!("{}: not valid JSON: {e}", key("input_schema")));
+        }
+        out.extend(self.retry.problems().into_iter().map(|p| format!("agents.{name}.{p}")));
+        out
+    }
+
+    /// The lane topics of agent type `name`, highest priority first, with the topic prefix.
+    pub fn lane_topics(&self, name: &str, prefix: &str) -> Vec<String> {
+        LANES
+            .iter()
+            .filter(|lane| self.lanes.iter().any(|l| l == *lane))
+            .map(|lane| format!("{prefix}tasks.{name}.{lane}"))
+            .collect()
+    }
+}
+
+/// Topic specs of every declared agent type's lanes, for `topics apply`.
+pub fn lane_topic_specs(agents: &BTreeMap<String, AgentTypeConfig>, prefix: &str, replication_factor: i16) -> Vec<TopicSpec> {
+    let mut specs = Vec::new();
+    for (name, agent) in agents {
+        for topic in agent.lane_topics(name, prefix) {
+            let mut spec = TopicSpec::new(topic, agent.partitions);
+            spec.replication_factor = replication_factor;
+            // Commands must outlive the longest backlog a team tolerates; a week by default.
+            spec.retention_ms = Some(604_800_000);
+            specs.push(spec);
+        }
+    }
+    specs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn echo() -> AgentTypeConfig {
+        toml::from_str("runtime = { kind = \"builtin\", name = \"echo\" }\n").expect("minimal agent type")
+    }
+
+    #[test]
+    fn defaults_read_every_lane_in_priority_order() {
+        let agent = echo();
+        assert!(agent.problems("echo").is_empty(), "{:?}", agent.problems("echo"));
+        assert_eq!(
+            agent.lane_topics("echo", "agentlog."),
+            vec!["agentlog.tasks.echo.critical", "agentlog.tasks.echo.high", "agentlog.tasks.echo.normal", "agentlog.tasks.echo.low"]
+        );
+    }
+
+    #[test]
+    fn lanes_keep_priority_order_whatever_the_config_order() {
+        let agent = AgentTypeConfig { lanes: vec!["low".into(), "critical".into()], ..echo() };
+        assert_eq!(agent.lane_topics("x", ""), vec!["tasks.x.critical", "tasks.x.low"]);
+    }
+
+    #[test]
+    fn problems_name_the_full_key() {
+        let agent = AgentTypeConfig {
+            concurrency: 0,
+            lanes: vec!["urgent".into()],
+            runtime: RuntimeConfig::Http { url: "agent:8080".into() },
+            retry: RetryPolicy { max_attempts: 0, ..RetryPolicy::default() },
+            ..echo()
+        };
+        let problems = agent.problems("summarize").join("\n");
+        for expected in [
+            "agents.summarize.concurrency",
+            "agents.summarize.lanes: unknown lane `urgent`",
+            "agents.summarize.runtime.url",
+            "agents.summarize.retry.max_attempts",
+        ] {
+            assert!(problems.contains(expected), "missing {expected} in:\n{problems}");
+        }
+        assert!(!echo().problems("Bad Name").is_empty());
+    }
+
+    #[test]
+    fn unknown_runtime_fields_are_rejected() {
+        let err = toml::from_str::<AgentTypeConfig>("runtime = { kind = \"exec\", program = \"/bin/cat\", shell = true }\n")
+            .expect_err("shell is not a field");
+        assert!(err.to_string().contains("shell"), "{err}");
+    }
+}

@@ -1,0 +1,12 @@
+//! Agents as consumer-group workers. This holds the parts of the worker that stand on their
+//! own: the agent-type catalog from config, retry policy and backoff, and the offset tracker
+//! that decides what may be committed when tasks finish out of order. The worker loop,
+//! runtimes and supervisor come next (issue 4).
+
+pub mod catalog;
+pub mod offsets;
+pub mod retry;
+
+pub use catalog::{AgentTypeConfig, LANES, RuntimeConfig, lane_topic_specs};
+pub use offsets::{OffsetTracker, PartitionProgress};
+pub use retry::RetryPolicy;
