@@ -1,0 +1,143 @@
+//! Agents compiled into agentlog, picked by name (`runtime = { kind = "builtin", name = "…" }`):
+//! the demo agents of `make dev` and the no-op agent of benchmarks.
+//!
+//! - `echo`: returns its input unchanged, with its content type.
+//! - `sleep`: input `{"ms": N}`; sleeps N ms (ending early, as `cancelled`, when the task is
+//!   cancelled), then answers `{"slept_ms": N}`.
+//! - `textstats`: input `{"text": "…"}`; answers `{"chars": C, "words": W, "lines": L}`
+//!   (Unicode scalar values, whitespace-separated words, lines as `str::lines` counts them).
+//!
+//! Input a builtin cannot read fails with kind `rejected`, not retryable.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::{Agent, AgentFailure, RuntimeError, TaskContext, TaskOutput};
+
+/// Names of the builtin agents, for error messages and `GET /v1/agent-types`.
+pub const KNOWN: [&str; 3] = ["echo", "sleep", "textstats"];
+
+/// One of the builtin agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    Echo,
+    Sleep,
+    TextStats,
+}
+
+impl Builtin {
+    pub fn by_name(name: &str) -> Result<Self, RuntimeError> {
+        match name {
+            "echo" => Ok(Self::Echo),
+            "sleep" => Ok(Self::Sleep),
+            "textstats" => Ok(Self::TextStats),
+            _ => Err(RuntimeError::UnknownBuiltin { name: name.to_string(), known: KNOWN.iter().map(|k| k.to_string()).collect() }),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Echo => "echo",
+            Self::Sleep => "sleep",
+            Self::TextStats => "textstats",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SleepInput {
+    ms: u64,
+}
+
+#[derive(Deserialize)]
+struct TextInput {
+    text: String,
+}
+
+fn parse<'a, T: Deserialize<'a>>(agent: &str, input: &'a [u8], expected: &str) -> Result<T, AgentFailure> {
+    serde_json::from_slice(input).map_err(|e| AgentFailure::rejected(format!("{agent}: input must be JSON {expected}: {e}")))
+}
+
+fn json(value: serde_json::Value) -> TaskOutput {
+    TaskOutput { output: Bytes::from(value.to_string()), content_type: "application/json".into() }
+}
+
+#[async_trait::async_trait]
+impl Agent for Builtin {
+    async fn run(&self, ctx: TaskContext) -> Result<TaskOutput, AgentFailure> {
+        if ctx.cancel.is_cancelled() {
+            return Err(AgentFailure::cancelled());
+        }
+        match self {
+            Self::Echo => Ok(TaskOutput { output: ctx.input, content_type: ctx.content_type }),
+            Self::Sleep => {
+                let SleepInput { ms } = parse("sleep", &ctx.input, r#"{"ms": N}"#)?;
+                tokio::select! {
+                    _ = ctx.cancel.cancelled() => Err(AgentFailure::cancelled()),
+                    _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(json(serde_json::json!({ "slept_ms": ms }))),
+                }
+            }
+            Self::TextStats => {
+                let TextInput { text } = parse("textstats", &ctx.input, r#"{"text": "..."}"#)?;
+                Ok(json(serde_json::json!({
+                    "chars": text.chars().count(),
+                    "words": text.split_whitespace().count(),
+                    "lines": text.lines().count(),
+                })))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_util::sync::CancellationToken;
+
+    fn ctx(input: &str) -> TaskContext {
+        TaskContext {
+            task_id: "t1".into(),
+            agent_type: "demo".into(),
+            attempt: 1,
+            input: Bytes::from(input.to_string()),
+            content_type: "application/json".into(),
+            labels: Default::default(),
+            idempotency_key: "t1".into(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn textstats_counts_chars_words_and_lines() {
+        let out = Builtin::TextStats.run(ctx(r#"{"text": "héllo world\nsecond line\n"}"#)).await.expect("stats");
+        let v: serde_json::Value = serde_json::from_slice(&out.output).unwrap();
+        assert_eq!(v, serde_json::json!({"chars": 24, "words": 4, "lines": 2}));
+        assert_eq!(out.content_type, "application/json");
+    }
+
+    #[tokio::test]
+    async fn unreadable_input_is_rejected_not_retryable() {
+        let err = Builtin::Sleep.run(ctx(r#"{"seconds": 1}"#)).await.expect_err("bad input");
+        assert_eq!(err.kind, "rejected");
+        assert!(!err.retryable);
+        assert!(err.message.contains(r#"{"ms": N}"#), "{err}");
+        let err = Builtin::TextStats.run(ctx("not json")).await.expect_err("bad input");
+        assert_eq!(err.kind, "rejected");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_task_does_not_start() {
+        let c = ctx("hi");
+        c.cancel.cancel();
+        assert_eq!(Builtin::Echo.run(c).await.expect_err("cancelled").kind, "cancelled");
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for name in KNOWN {
+            assert_eq!(Builtin::by_name(name).unwrap().name(), name);
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The `http` runtime: POSTs each attempt as JSON to the agent type's URL, over one pooled
+//! keep-alive client per agent type, with an `Idempotency-Key` header.
+//!
+//! Request body (`Content-Type: application/json`):
+//!
+//! ```json
+//! {"task_id": "…", "agent_type": "…", "attempt": 1, "idempotency_key": "…",
+//!  "content_type": "application/json", "input": {"any": "json"}, "input_encoding": "json",
+//!  "labels": {"k": "v"}}
+//! ```
+//!
+//! `input` is the input itself when `content_type` is JSON (`application/json` or `…+json`,
+//! parameters ignored) and the input parses (`input_encoding: "json"`); otherwise a string:
+//! the input as text when it is valid UTF-8 (`"utf8"`), else its standard base64 with padding
+//! (`"base64"`). An agent reads `input_encoding` to know which.
+//!
+//! Answers:
+//! - 2xx → completed; output = the response body (at most [`MAX_OUTPUT_BYTES`], else kind
+//!   `output_too_large`, not retryable) with the response's Content-Type
+//!   (`application/octet-stream` when absent);
+//! - 408 → kind `timeout`, retryable; 429 → kind `transient`, retryable (the agent asked to
+//!   slow down, not refused the task);
+//! - other 4xx → kind `rejected`, not retryable; the message has the status and the first
+//!   [`ERROR_BODY_EXCERPT_BYTES`] of the body;
+//! - 5xx → kind `transient`, retryable, same message shape;
+//! - 1xx/3xx (redirects are not followed: a POST with side effects is not re-sent elsewhere)
+//!   → kind `rejected`, not retryable;
+//! - connection and other transport errors → kind `transient`, retryable;
+//! - request timeout (the agent type's per-attempt timeout) → kind `timeout`, retryable;
+//! - cancel → the request is abandoned (its connection closed), kind `cancelled`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use serde::Serialize;
+
+use super::{Agent, AgentFailure, MAX_OUTPUT_BYTES, RuntimeError, TaskContext, TaskOutput, head_text, kind};
+
+/// How much of an error answer's body a failure message quotes.
+pub const ERROR_BODY_EXCERPT_BYTES: usize = 1024;
+
+/// The header carrying [`TaskContext::idempotency_key`].
+pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
+
+#[derive(Debug, Clone)]
+pub struct HttpAgent {
+    url: reqwest::Url,
+    client: reqwest::Client,
+}
+
+impl HttpAgent {
+    /// An agent posting to `url`; `timeout` bounds each request, body included.
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, RuntimeError> {
+        let invalid = |reason: String| RuntimeError::InvalidUrl { url: url.to_string(), reason };
+        let parsed = reqwest::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(invalid(format!("scheme `{}` is not http or https", parsed.scheme())));
+        }
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("no host".into()));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_keepalive(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("agentlog/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| RuntimeError::Client(describe(&e)))?;
+        Ok(Self { url: parsed, client })
+    }
+
+    pub fn url(&self) -> &reqwest::Url {
+        &self.url
+    }
+
+    async fn call(&self, ctx: &TaskContext) -> Result<TaskOutput, AgentFailure> {
+        let key = HeaderValue::from_str(&ctx.idempotency_key)
+            .map_err(|_| AgentFailure::rejected("the idempotency key is not a valid HTTP header value"))?;
+        let body = RequestBody::of(ctx);
+        let mut response = self
+            .client
+            .post(self.url.clone())
+            .header(IDEMPOTENCY_KEY_HEADER, key)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| transport_failure(&self.url, &e))?;
+        let status = response.status();
+        if status.is_success() {
+            let content_type = response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/octet-stream")
+                .to_string();
+            let output = match read_body(&mut response, MAX_OUTPUT_BYTES).await.map_err(|e| transport_failure(&self.url, &e))? {
+                (body, false) => body,
+                (_, true) => {
+                    return Err(AgentFailure::new(
+                        kind::OUTPUT_TOO_LARGE,
+                        format!("{} answered with more than {MAX_OUTPUT_BYTES} bytes", self.url),
+                        false,
+                    ));
+                }
+            };
+            return Ok(TaskOutput { output, content_type });
+        }
+        // The excerpt is best effort: a body that fails to arrive leaves it empty.
+        let excerpt = match read_body(&mut response, ERROR_BODY_EXCERPT_BYTES).await {
+            Ok((body, cut)) => {
+                let text = head_text(&body, ERROR_BODY_EXCERPT_BYTES);
+                if cut && !text.ends_with('…') { format!("{text}…") } else { text }
+            }
+            Err(_) => String::new(),
+        };
+        let message = format!("{} answered HTTP {status}: {}", self.url, excerpt.trim());
+        let message = message.trim_end_matches([':', ' ']).to_string();
+        Err(match status.as_u16() {
+            408 => AgentFailure::new(kind::TIMEOUT, message, true),
+            429 => AgentFailure::transient(message),
+            400..=499 => AgentFailure::rejected(message),
+            500..=599 => AgentFailure::transient(message),
+            _ => AgentFailure::rejected(message),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Agent for HttpAgent {
+    async fn run(&self, ctx: TaskContext) -> Result<TaskOutput, AgentFailure> {
+        if ctx.cancel.is_cancelled() {
+            return Err(AgentFailure::cancelled());
+        }
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => Err(AgentFailure::cancelled()),
+            result = self.call(&ctx) => result,
+        }
+    }
+}
+
+/// The JSON an http agent receives.
+#[derive(Debug, Serialize)]
+pub struct RequestBody<'a> {
+    pub task_id: &'a str,
+    pub agent_type: &'a str,
+    pub attempt: u32,
+    pub idempotency_key: &'a str,
+    pub content_type: &'a str,
+    pub input: serde_json::Value,
+    /// `json`, `utf8` or `base64`: how `input` carries the task's input.
+    pub input_encoding: &'static str,
+    pub labels: &'a HashMap<String, String>,
+}
+
+impl<'a> RequestBody<'a> {
+    pub fn of(ctx: &'a TaskContext) -> Self {
+        let (input, input_encoding) = encode_input(&ctx.input, &ctx.content_type);
+        RequestBody {
+            task_id: &ctx.task_id,
+            agent_type: &ctx.agent_type,
+            attempt: ctx.attempt,
+            idempotency_key: &ctx.idempotency_key,
+            content_type: &ctx.content_type,
+            input,
+            input_encoding,
+            labels: &ctx.labels,
+        }
+    }
+}
+
+/// Whether a content type is JSON: `application/json` or `application/…+json`, any parameters.
+pub fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The input as a JSON value and the name of its encoding (`json`, `utf8`, `base64`).
+pub fn encode_input(input: &[u8], content_type: &str) -> (serde_json::Value, &'static str) {
+    if is_json(content_type)
+        && let Ok(value) = serde_json::from_slice::<serde_json::Value>(input)
+    {
+        return (value, "json");
+    }
+    match std::str::from_utf8(input) {
+        Ok(text) => (serde_json::Value::String(text.to_string()), "utf8"),
+        Err(_) => (serde_json::Value::String(base64(input)), "base64"),
+    }
+}
+
+/// Standard base64 (RFC 4648, with padding).
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = (chunk[0] as u32) << 16 | (*chunk.get(1).unwrap_or(&0) as u32) << 8 | *chunk.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Reads the body, at most `limit` bytes; the flag says whether more was there (and dropped).
+async fn read_body(response: &mut reqwest::Response, limit: usize) -> Result<(Bytes, bool), reqwest::Error> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            body.extend_from_slice(&chunk[..limit - body.len()]);
+            return Ok((body.freeze(), true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body.freeze(), false))
+}
+
+fn transport_failure(url: &reqwest::Url, e: &reqwest::Error) -> AgentFailure {
+    if e.is_timeout() {
+        AgentFailure::new(kind::TIMEOUT, format!("{url} did not answer in time: {}", describe(e)), true)
+    } else if e.is_connect() {
+        AgentFailure::transient(format!("connecting to {url}: {}", describe(e)))
+    } else {
+        AgentFailure::transient(format!("calling {url}: {}", describe(e)))
+    }
+}
+
+/// An error with its chain of sources, `: `-separated.
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        for (input, expected) in
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")]
+        {
+            assert_eq!(base64(input.as_bytes()), expected, "{input}");
+        }
+        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
+    }
+
+    #[test]
+    fn input_is_json_text_or_base64() {
+        assert_eq!(encode_input(br#"{"a":1}"#, "application/json"), (serde_json::json!({"a": 1}), "json"));
+        assert_eq!(encode_input(br#"[1]"#, "Application/JSON; charset=utf-8"), (serde_json::json!([1]), "json"));
+        assert_eq!(encode_input(br#"{"a":1}"#, "application/vnd.x+json"), (serde_json::json!({"a": 1}), "json"));
+        // Declared JSON that does not parse travels as text.
+        assert_eq!(encode_input(b"{nope", "application/json"), (serde_json::json!("{nope"), "utf8"));
+        assert_eq!(encode_input(b"hello", "text/plain"), (serde_json::json!("hello"), "utf8"));
+        assert_eq!(encode_input(&[0xff, 0x00], "application/octet-stream"), (serde_json::json!("/wA="), "base64"));
+    }
+
+    #[test]
+    fn bad_urls_are_refused_at_build() {
+        let t = Duration::from_secs(1);
+        assert!(HttpAgent::new("http://127.0.0.1:8080/run", t).is_ok());
+        assert!(HttpAgent::new("https://agents.example.com/run", t).is_ok());
+        for bad in ["", "localhost:8080", "ftp://h/", "http://"] {
+            let err = HttpAgent::new(bad, t).err().unwrap_or_else(|| panic!("`{bad}` accepted"));
+            assert!(matches!(err, RuntimeError::InvalidUrl { .. }), "{bad}: {err}");
+        }
+    }
+}
