@@ -58,4 +58,5 @@ conformance_suite!(
     topics_apply_creates_and_reports_drift,
     a_waiting_consumer_gets_every_record,
     undecodable_events_are_dead_lettered,
+    worker_runs_tasks_and_commits_after_outcomes,
 );

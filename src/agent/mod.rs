@@ -9,8 +9,10 @@ pub mod offsets;
 pub mod retry;
 pub mod runtime;
 pub mod scheduler;
+pub mod worker;
 
 pub use catalog::{AgentTypeConfig, LANES, RuntimeConfig, lane_topic_specs};
 pub use offsets::{OffsetTracker, PartitionProgress};
 pub use retry::RetryPolicy;
 pub use scheduler::Scheduler;
+pub use worker::{WorkerError, WorkerReport, WorkerSettings, run_worker};

@@ -98,7 +98,7 @@ impl<T: serde::de::DeserializeOwned + apache_avro::AvroSchema + 'static> EventRe
                 Err(EventReadError::Registry { source_position: format!("{tp}@{}", record.offset), error })
             }
             Err(error) => {
-                let dead_letter = self.dead_letter(&record, &error).await?;
+                let dead_letter = dead_letter(self.producer.as_ref(), &self.dlq_topic, &record, &error).await?;
                 tracing::warn!(
                     topic = %record.topic, partition = record.partition, offset = record.offset,
                     error_kind = error_kind(&error), reason = %error, dlq = %self.dlq_topic,
@@ -108,23 +108,25 @@ impl<T: serde::de::DeserializeOwned + apache_avro::AvroSchema + 'static> EventRe
             }
         }
     }
+}
 
-    async fn dead_letter(&self, record: &ConsumedRecord, error: &WireError) -> Result<Position, LogError> {
-        let mut headers = record.headers.clone();
-        headers.push(Header { name: DLQ_REASON.into(), value: Bytes::from(error.to_string()) });
-        headers.push(Header { name: DLQ_ERROR.into(), value: Bytes::from_static(error_kind(error).as_bytes()) });
-        headers.push(Header {
-            name: DLQ_SOURCE.into(),
-            value: Bytes::from(format!("{}/{}/{}", record.topic, record.partition, record.offset)),
-        });
-        let letter = Record {
-            topic: self.dlq_topic.clone(),
-            partition: None,
-            key: record.key.clone(),
-            headers,
-            payload: record.payload.clone(),
-            timestamp_ms: Some(record.timestamp_ms),
-        };
-        self.producer.send(letter).await?.await
-    }
+/// Appends `record` to `dlq_topic` with why it could not be decoded. A free function rather
+/// than a method so the reader's future stays `Send` (the consumer inside is not `Sync`).
+async fn dead_letter(producer: &dyn Producer, dlq_topic: &str, record: &ConsumedRecord, error: &WireError) -> Result<Position, LogError> {
+    let mut headers = record.headers.clone();
+    headers.push(Header { name: DLQ_REASON.into(), value: Bytes::from(error.to_string()) });
+    headers.push(Header { name: DLQ_ERROR.into(), value: Bytes::from_static(error_kind(error).as_bytes()) });
+    headers.push(Header {
+        name: DLQ_SOURCE.into(),
+        value: Bytes::from(format!("{}/{}/{}", record.topic, record.partition, record.offset)),
+    });
+    let letter = Record {
+        topic: dlq_topic.to_string(),
+        partition: None,
+        key: record.key.clone(),
+        headers,
+        payload: record.payload.clone(),
+        timestamp_ms: Some(record.timestamp_ms),
+    };
+    producer.send(letter).await?.await
 }

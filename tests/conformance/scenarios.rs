@@ -524,3 +524,87 @@ pub async fn undecodable_events_are_dead_lettered(h: &mut Harness) {
     server.await.expect("server task").expect("server");
     registry.close().await;
 }
+
+/// A worker takes tasks from its lane topics, runs them, writes each outcome to
+/// `task.results`, and commits exactly what is done.
+pub async fn worker_runs_tasks_and_commits_after_outcomes(h: &mut Harness) {
+    use agentlog::agent::runtime::build;
+    use agentlog::agent::{AgentTypeConfig, WorkerSettings, run_worker};
+    use agentlog::events::wire::WireCodec;
+    use agentlog::events::{Lane, Meta, TaskCompleted, TaskSubmitted};
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let registry = agentlog::registry::Registry::open(h.log().clone(), &unique("schemas"), shutdown.clone())
+        .await
+        .expect("registry");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(agentlog::registry::serve(registry.clone(), listener, shutdown.clone()));
+    let codec = std::sync::Arc::new(WireCodec::new(&url).expect("codec"));
+
+    let prefix = format!("{}.", unique("p"));
+    let agent_type = unique("echo");
+    let agent: AgentTypeConfig =
+        toml::from_str("runtime = { kind = \"builtin\", name = \"echo\" }\nconcurrency = 4\npartitions = 2\n").expect("agent type");
+    let admin = h.log().admin();
+    let lane_topics = agent.lane_topics(&agent_type, &prefix);
+    for topic in &lane_topics {
+        admin.create_topic(&TopicSpec::new(topic, 2)).await.expect("lane topic");
+    }
+    for name in ["task.results", "task.events", "dlq"] {
+        admin.create_topic(&TopicSpec::new(format!("{prefix}{name}"), 2)).await.expect("topic");
+    }
+
+    let producer = h.log().producer().expect("producer");
+    let mut expected = std::collections::BTreeMap::new();
+    for i in 0..40 {
+        let lane = if i % 4 == 0 { Lane::High } else { Lane::Normal };
+        let task_id = format!("task-{i}");
+        let input = format!("{{\"n\":{i}}}").into_bytes();
+        let mut task = TaskSubmitted::new(Meta::new(format!("e{i}"), "t", "test"), &task_id, &agent_type, lane, input.clone());
+        task.ordering_key = Some(format!("k{}", i % 5));
+        let topic = format!("{prefix}tasks.{agent_type}.{}", lane.as_str());
+        let payload = codec.encode(&topic, &task).await.expect("encode");
+        producer.send(Record::new(&topic, payload).with_key(Bytes::from(task_id.clone()))).await.expect("accepted").await.expect("durable");
+        expected.insert(task_id, input);
+    }
+
+    let settings = WorkerSettings {
+        agent_type: agent_type.clone(),
+        agent: agent.clone(),
+        topic_prefix: prefix.clone(),
+        worker_id: "worker-1".into(),
+        prefetch_per_lane: 8,
+        drain_timeout: Duration::from_secs(10),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let runtime = build(&agent.runtime, Duration::from_secs(5)).expect("echo agent");
+    let worker = tokio::spawn(run_worker(h.log().clone(), codec.clone(), runtime, settings, stop.clone()));
+
+    let results = format!("{prefix}task.results");
+    let mut reader = h.log().consumer(ConsumerOptions::default()).expect("consumer");
+    reader.assign(&assign_all(&results, 2, SeekTo::Earliest)).await.expect("assign");
+    let mut outputs = std::collections::BTreeMap::new();
+    while outputs.len() < expected.len() {
+        let record = read_records(reader.as_mut(), 1, WITHIN).await.remove(0);
+        let (_, done) = codec.decode::<TaskCompleted>(&record.payload).await.expect("a TaskCompleted");
+        assert_eq!(record.key.as_deref(), Some(done.task_id.as_bytes()), "outcomes are keyed by task id");
+        outputs.insert(done.task_id.clone(), done.output);
+    }
+    assert_eq!(outputs, expected, "every task completed once with its input echoed");
+
+    stop.cancel();
+    let report = worker.await.expect("worker task").expect("worker");
+    assert_eq!((report.completed, report.failed, report.dead_lettered, report.abandoned), (40, 0, 0, 0));
+    let group = format!("agents.{agent_type}");
+    let mut committed = 0;
+    for topic in &lane_topics {
+        let parts: Vec<TopicPartition> = (0..2).map(|p| TopicPartition::new(topic, p)).collect();
+        committed += admin.committed_offsets(&group, &parts).await.expect("committed").into_iter().flatten().sum::<i64>();
+    }
+    assert_eq!(committed, 40, "the group committed every finished task and nothing more");
+
+    shutdown.cancel();
+    server.await.expect("server task").expect("server");
+    registry.close().await;
+}
