@@ -69,6 +69,18 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         idle_timeout_ms: u64,
     },
+    /// Runs a worker for one agent type: a member of consumer group `agents.<type>`. On Ctrl-C
+    /// or SIGTERM it drains: stops taking work, finishes in-flight tasks, commits, leaves.
+    Worker {
+        #[arg(long)]
+        agent_type: String,
+        /// Overrides the agent type's configured concurrency.
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Seconds a drain waits for running tasks before leaving them to another worker.
+        #[arg(long, default_value_t = 30)]
+        drain_timeout_s: u64,
+    },
     /// Serves the built-in Confluent-compatible schema registry (schemas on the `schemas` topic).
     Registry {
         /// Default: registry.listen from the config.
@@ -285,6 +297,9 @@ async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn Ev
         }
         Command::Topics { action: TopicsAction::Create { name, partitions, replication_factor } } => {
             cli::events::create_topic(log, &name, partitions, replication_factor).await?;
+        }
+        Command::Worker { agent_type, concurrency, drain_timeout_s } => {
+            cli::worker::run(log, config, &agent_type, concurrency, Duration::from_secs(drain_timeout_s)).await?;
         }
         Command::Registry { listen } => {
             let listen = listen.unwrap_or_else(|| config.registry.listen.clone());

@@ -1,6 +1,7 @@
 //! Command implementations of the `agentlog` binary that are more than a call into the library.
 
 pub mod events;
+pub mod worker;
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
