@@ -59,4 +59,5 @@ conformance_suite!(
     a_waiting_consumer_gets_every_record,
     undecodable_events_are_dead_lettered,
     worker_runs_tasks_and_commits_after_outcomes,
+    a_task_longer_than_max_poll_interval_does_not_evict_the_worker,
 );

@@ -608,3 +608,91 @@ pub async fn worker_runs_tasks_and_commits_after_outcomes(h: &mut Harness) {
     server.await.expect("server task").expect("server");
     registry.close().await;
 }
+
+/// An agent call longer than the consumer's max poll interval must not get the worker evicted
+/// from its group: the worker keeps polling while the task runs, so after the call the
+/// member still owns its partition and its commit lands. (librdkafka leaves the group when
+/// the application stops polling for `max.poll.interval.ms`; here that is 3 s and the task
+/// takes 7 s. The embedded log has no such limit; the scenario holds there trivially.)
+pub async fn a_task_longer_than_max_poll_interval_does_not_evict_the_worker(h: &mut Harness) {
+    use agentlog::agent::runtime::build;
+    use agentlog::agent::{AgentTypeConfig, WorkerSettings, run_worker};
+    use agentlog::events::wire::WireCodec;
+    use agentlog::events::{Lane, Meta, TaskCompleted, TaskSubmitted};
+
+    // A log whose consumers must poll at least every 3 s (Kafka; ignored by the embedded log).
+    let mut config = h.config.log.clone();
+    config.kafka.consumer_properties.insert("max.poll.interval.ms".into(), "3000".into());
+    // librdkafka refuses a max poll interval below the session timeout on every consumer.
+    config.kafka.consumer_properties.insert("session.timeout.ms".into(), "3000".into());
+    let log = if h.backend == agentlog::config::Backend::Kafka {
+        agentlog::open::open_log(&config).expect("kafka with a short max poll interval")
+    } else {
+        h.log().clone()
+    };
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let registry = agentlog::registry::Registry::open(log.clone(), &unique("schemas"), shutdown.clone()).await.expect("registry");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(agentlog::registry::serve(registry.clone(), listener, shutdown.clone()));
+    let codec = std::sync::Arc::new(WireCodec::new(&url).expect("codec"));
+
+    let prefix = format!("{}.", unique("p"));
+    let agent_type = unique("sleep");
+    let agent: AgentTypeConfig = toml::from_str(
+        "runtime = { kind = \"builtin\", name = \"sleep\" }\nconcurrency = 1\npartitions = 1\nlanes = [\"normal\"]\ntimeout_ms = 60000\n",
+    )
+    .expect("agent type");
+    let admin = log.admin();
+    let lane_topic = format!("{prefix}tasks.{agent_type}.normal");
+    admin.create_topic(&TopicSpec::new(&lane_topic, 1)).await.expect("lane topic");
+    for name in ["task.results", "task.events", "dlq"] {
+        admin.create_topic(&TopicSpec::new(format!("{prefix}{name}"), 1)).await.expect("topic");
+    }
+    let task = TaskSubmitted::new(Meta::new("e-long", "t", "test"), "long", &agent_type, Lane::Normal, br#"{"ms": 7000}"#.to_vec());
+    let payload = codec.encode(&lane_topic, &task).await.expect("encode");
+    log.producer().expect("producer").send(Record::new(&lane_topic, payload)).await.expect("accepted").await.expect("durable");
+
+    let settings = WorkerSettings {
+        agent_type: agent_type.clone(),
+        agent: agent.clone(),
+        topic_prefix: prefix.clone(),
+        worker_id: "worker-long".into(),
+        prefetch_per_lane: 1,
+        drain_timeout: Duration::from_secs(10),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let runtime = build(&agent.runtime, Duration::from_secs(60)).expect("sleep agent");
+    let worker = tokio::spawn(run_worker(log.clone(), codec.clone(), runtime, settings, stop.clone()));
+
+    let results = format!("{prefix}task.results");
+    let mut reader = log.consumer(ConsumerOptions::default()).expect("consumer");
+    reader.assign(&assign_all(&results, 1, SeekTo::Earliest)).await.expect("assign");
+    let record = read_records(reader.as_mut(), 1, WITHIN).await.remove(0);
+    let (_, done) = codec.decode::<TaskCompleted>(&record.payload).await.expect("a TaskCompleted");
+    assert_eq!(done.task_id, "long");
+    assert!(done.duration_ms >= 7000, "the call really outlasted the poll interval: {} ms", done.duration_ms);
+
+    // The commit follows the outcome; once it is there, the member was never evicted (an
+    // evicted member's commit is refused and the task would be delivered again).
+    let tp = TopicPartition::new(&lane_topic, 0);
+    let group = format!("agents.{agent_type}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let committed = admin.committed_offsets(&group, std::slice::from_ref(&tp)).await.expect("committed");
+        if committed == vec![Some(1)] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker's commit never landed: {committed:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    let report = worker.await.expect("worker task").expect("worker");
+    assert_eq!(report.completed, 1, "{report:?}");
+    assert_eq!(report.failed, 0, "{report:?}");
+
+    shutdown.cancel();
+    server.await.expect("server task").expect("server");
+    registry.close().await;
+}

@@ -75,6 +75,17 @@ pub(crate) fn consumer_config(config: &KafkaConfig, group: Option<&str>, client_
     for (key, value) in config.properties.iter().chain(&config.consumer_properties) {
         client.set(key, value);
     }
+    if group.is_some() && config.group_protocol == GroupProtocol::Consumer {
+        // Under KIP-848 the broker owns session timeout, heartbeats and assignment, and
+        // librdkafka refuses to create a consumer that sets them. They stay valid for the
+        // assign-only and classic consumers that share the same pass-through properties.
+        for key in ["session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy"] {
+            if client.get(key).is_some() {
+                tracing::debug!(key, "ignored for group.protocol=consumer: the broker decides it");
+                client.remove(key);
+            }
+        }
+    }
     client
 }
 
