@@ -129,3 +129,35 @@ pub async fn read_until_marker(consumer: &mut dyn Consumer, marker: &[u8], withi
 }
 
 pub const WITHIN: Duration = Duration::from_secs(30);
+
+/// The built-in schema registry on a real port over a backend, for scenarios that encode
+/// events; stopped with [`TestRegistry::stop`].
+pub struct TestRegistry {
+    pub url: String,
+    shutdown: tokio_util::sync::CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), agentlog::registry::RegistryError>>,
+    registry: Arc<agentlog::registry::Registry>,
+}
+
+impl TestRegistry {
+    pub async fn start(log: &Arc<dyn EventLog>) -> TestRegistry {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let registry = agentlog::registry::Registry::open(log.clone(), &unique("schemas"), shutdown.clone())
+            .await
+            .expect("registry");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(agentlog::registry::serve(registry.clone(), listener, shutdown.clone()));
+        TestRegistry { url, shutdown, server, registry }
+    }
+
+    pub fn codec(&self) -> Arc<agentlog::events::wire::WireCodec> {
+        Arc::new(agentlog::events::wire::WireCodec::new(&self.url).expect("codec"))
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.server.await.expect("server task").expect("server");
+        self.registry.close().await;
+    }
+}

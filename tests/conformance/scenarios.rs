@@ -13,7 +13,7 @@ use agentlog::log::{
 };
 use agentlog::topics::{self, TopicsError};
 
-use super::harness::{Harness, WITHIN, agentlog_bin, read_records, read_until_marker, unique};
+use super::harness::{Harness, TestRegistry, WITHIN, agentlog_bin, read_records, read_until_marker, unique};
 
 fn assign_all(topic: &str, partitions: i32, to: SeekTo) -> Vec<(TopicPartition, SeekTo)> {
     (0..partitions).map(|p| (TopicPartition::new(topic, p), to)).collect()
@@ -459,20 +459,13 @@ pub async fn a_waiting_consumer_gets_every_record(h: &mut Harness) {
 /// and the good records around them are read. Uses the built-in registry on a real port.
 pub async fn undecodable_events_are_dead_lettered(h: &mut Harness) {
     use agentlog::events::reader::{DLQ_ERROR, DLQ_REASON, DLQ_SOURCE, EventReader, ReadOutcome};
-    use agentlog::events::wire::WireCodec;
     use agentlog::events::{Lane, Meta, TaskSubmitted};
 
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let registry = agentlog::registry::Registry::open(h.log().clone(), &unique("schemas"), shutdown.clone())
-        .await
-        .expect("registry");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let server = tokio::spawn(agentlog::registry::serve(registry.clone(), listener, shutdown.clone()));
+    let registry = TestRegistry::start(h.log()).await;
 
     let topic = h.topic(1).await;
     let dlq = h.topic(1).await;
-    let codec = std::sync::Arc::new(WireCodec::new(&url).expect("codec"));
+    let codec = registry.codec();
     let task = |id: &str| TaskSubmitted::new(Meta::new(format!("e-{id}"), "t", "test"), id, "echo", Lane::Normal, b"{}".to_vec());
     let good = codec.encode(&topic, &task("first")).await.expect("encode");
     let mut unknown_id = vec![0, 0x00, 0x0f, 0x42, 0x3f];
@@ -520,9 +513,7 @@ pub async fn undecodable_events_are_dead_lettered(h: &mut Harness) {
     assert_eq!(dead[0].header(DLQ_SOURCE), Some(&Bytes::from(format!("{topic}/0/1"))));
     assert_eq!(dead[2].header(DLQ_ERROR), Some(&Bytes::from("unknown_schema_id")));
 
-    shutdown.cancel();
-    server.await.expect("server task").expect("server");
-    registry.close().await;
+    registry.stop().await;
 }
 
 /// A worker takes tasks from its lane topics, runs them, writes each outcome to
@@ -530,17 +521,10 @@ pub async fn undecodable_events_are_dead_lettered(h: &mut Harness) {
 pub async fn worker_runs_tasks_and_commits_after_outcomes(h: &mut Harness) {
     use agentlog::agent::runtime::build;
     use agentlog::agent::{AgentTypeConfig, WorkerSettings, run_worker};
-    use agentlog::events::wire::WireCodec;
     use agentlog::events::{Lane, Meta, TaskCompleted, TaskSubmitted};
 
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let registry = agentlog::registry::Registry::open(h.log().clone(), &unique("schemas"), shutdown.clone())
-        .await
-        .expect("registry");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let server = tokio::spawn(agentlog::registry::serve(registry.clone(), listener, shutdown.clone()));
-    let codec = std::sync::Arc::new(WireCodec::new(&url).expect("codec"));
+    let registry = TestRegistry::start(h.log()).await;
+    let codec = registry.codec();
 
     let prefix = format!("{}.", unique("p"));
     let agent_type = unique("echo");
@@ -604,9 +588,7 @@ pub async fn worker_runs_tasks_and_commits_after_outcomes(h: &mut Harness) {
     }
     assert_eq!(committed, 40, "the group committed every finished task and nothing more");
 
-    shutdown.cancel();
-    server.await.expect("server task").expect("server");
-    registry.close().await;
+    registry.stop().await;
 }
 
 /// An agent call longer than the consumer's max poll interval must not get the worker evicted
@@ -617,7 +599,6 @@ pub async fn worker_runs_tasks_and_commits_after_outcomes(h: &mut Harness) {
 pub async fn a_task_longer_than_max_poll_interval_does_not_evict_the_worker(h: &mut Harness) {
     use agentlog::agent::runtime::build;
     use agentlog::agent::{AgentTypeConfig, WorkerSettings, run_worker};
-    use agentlog::events::wire::WireCodec;
     use agentlog::events::{Lane, Meta, TaskCompleted, TaskSubmitted};
 
     // A log whose consumers must poll at least every 3 s (Kafka; ignored by the embedded log).
@@ -631,12 +612,8 @@ pub async fn a_task_longer_than_max_poll_interval_does_not_evict_the_worker(h: &
         h.log().clone()
     };
 
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let registry = agentlog::registry::Registry::open(log.clone(), &unique("schemas"), shutdown.clone()).await.expect("registry");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let server = tokio::spawn(agentlog::registry::serve(registry.clone(), listener, shutdown.clone()));
-    let codec = std::sync::Arc::new(WireCodec::new(&url).expect("codec"));
+    let registry = TestRegistry::start(&log).await;
+    let codec = registry.codec();
 
     let prefix = format!("{}.", unique("p"));
     let agent_type = unique("sleep");
@@ -692,7 +669,5 @@ pub async fn a_task_longer_than_max_poll_interval_does_not_evict_the_worker(h: &
     assert_eq!(report.completed, 1, "{report:?}");
     assert_eq!(report.failed, 0, "{report:?}");
 
-    shutdown.cancel();
-    server.await.expect("server task").expect("server");
-    registry.close().await;
+    registry.stop().await;
 }
