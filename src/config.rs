@@ -30,6 +30,9 @@ pub struct Config {
     /// Agent types by name (`[agents.<name>]`); none by default.
     #[serde(default)]
     pub agents: std::collections::BTreeMap<String, crate::agent::AgentTypeConfig>,
+    /// Heartbeat interval and how many missed ones make an agent lost.
+    #[serde(default)]
+    pub supervisor: crate::supervisor::SupervisorConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -22,4 +22,5 @@ pub mod events;
 pub mod log;
 pub mod open;
 pub mod registry;
+pub mod supervisor;
 pub mod topics;

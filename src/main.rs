@@ -81,6 +81,51 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         drain_timeout_s: u64,
     },
+    /// Timers (delays, retry backoff), the heartbeat monitor and job aggregation; one
+    /// instance leads at a time (elected through the log).
+    Supervisor,
+    /// Submits a task and prints where it was written (and, with --wait-s, its outcome).
+    Submit {
+        #[arg(long)]
+        agent_type: String,
+        /// The task's input, JSON.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        #[arg(long, default_value = "normal")]
+        lane: String,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Ordering key: tasks sharing it run one at a time, in order.
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        task_id: Option<String>,
+        /// Start no earlier than this many ms from now (a durable timer).
+        #[arg(long)]
+        delay_ms: Option<u64>,
+        /// Expire unless started within this many ms from now.
+        #[arg(long)]
+        deadline_ms: Option<u64>,
+        #[arg(long)]
+        max_attempts: Option<i32>,
+        /// Wait up to this many seconds for the outcome and print it.
+        #[arg(long)]
+        wait_s: Option<u64>,
+    },
+    /// Asks for a task to be cancelled (before it starts: it never runs; running: it gets
+    /// its cancel signal).
+    Cancel {
+        task_id: String,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Dead-lettered tasks: list them, re-submit them with a fresh attempt budget.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Serves the built-in Confluent-compatible schema registry (schemas on the `schemas` topic).
     Registry {
         /// Default: registry.listen from the config.
@@ -108,6 +153,19 @@ enum Command {
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    List,
+    Resubmit {
+        /// The task to re-submit (its latest dead letter).
+        #[arg(long)]
+        task: Option<String>,
+        /// Every dead-lettered task.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -234,9 +292,9 @@ async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn Ev
                     Applied::Unchanged(name) => println!("  topic {name}"),
                 }
             }
-            // The embedded log belongs to one process, so dev serves the registry itself.
-            cli::events::run_registry(log, &config.log.topic_prefix, &config.registry.listen).await?;
-            println!("stopping");
+            // The embedded log belongs to one process, so dev runs everything itself.
+            cli::dev::run(log, config).await?;
+            println!("stopped");
         }
         Command::Topics { action: TopicsAction::Apply } => {
             for a in topics::apply(log.admin().as_ref(), &all_specs()?).await? {
@@ -301,6 +359,25 @@ async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn Ev
         Command::Worker { agent_type, concurrency, drain_timeout_s } => {
             cli::worker::run(log, config, &agent_type, concurrency, Duration::from_secs(drain_timeout_s)).await?;
         }
+        Command::Supervisor => cli::worker::run_supervisor_command(log, config).await?,
+        Command::Submit { agent_type, input, lane, tenant, key, task_id, delay_ms, deadline_ms, max_attempts, wait_s } => {
+            let args = cli::tasks::SubmitArgs {
+                agent_type,
+                input,
+                lane,
+                tenant,
+                ordering_key: key,
+                task_id,
+                delay_ms,
+                deadline_ms,
+                max_attempts,
+                wait: wait_s.map(Duration::from_secs),
+            };
+            cli::tasks::submit(log, config, args).await?;
+        }
+        Command::Cancel { task_id, tenant, reason } => cli::tasks::cancel(log, config, &task_id, &tenant, reason).await?,
+        Command::Dlq { action: DlqAction::List } => cli::tasks::dlq_list(log, config).await?,
+        Command::Dlq { action: DlqAction::Resubmit { task, all } } => cli::tasks::dlq_resubmit(log, config, task, all).await?,
         Command::Registry { listen } => {
             let listen = listen.unwrap_or_else(|| config.registry.listen.clone());
             cli::events::run_registry(log, &config.log.topic_prefix, &listen).await?;

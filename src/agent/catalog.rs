@@ -36,6 +36,10 @@ pub struct AgentTypeConfig {
     /// Optional JSON Schema (inline JSON text) that inputs must satisfy.
     #[serde(default)]
     pub input_schema: Option<String>,
+    /// Outcome and offset commit in one transaction, so each task has exactly one outcome on
+    /// `task.results` even when a worker dies between writing and committing.
+    #[serde(default)]
+    pub exactly_once: bool,
 }
 
 /// How an agent type runs a task.

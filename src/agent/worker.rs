@@ -2,30 +2,37 @@
 //!
 //! The poll loop never waits for an agent: tasks run as spawned attempts, and the loop keeps
 //! reading (pausing a lane's partitions while its prefetch buffer is full) so a long LLM call
-//! never gets the member evicted from its group. An offset is committed only after the task's
-//! outcome is durably on `task.results`, and only as far as every earlier task of the
-//! partition is done (at-least-once). A record that cannot be decoded is dead-lettered by the
-//! [`EventReader`] and counts as done.
+//! never gets the member evicted from its group. An offset is committed only after the
+//! task's outcome records are durable, and only as far as every earlier task of the partition
+//! is done (at-least-once). With `exactly_once` the outcome records of the contiguous done
+//! prefix and the offset commit go in one transaction, so an outcome appears on
+//! `task.results` exactly once even if the worker dies between the two. A record that cannot
+//! be decoded is dead-lettered by the [`EventReader`] and counts as done.
 //!
-//! Not yet here (issue 4): retries through durable timers, dead-lettering after max attempts,
-//! deadlines, cancellation, heartbeats and agent lifecycle events, delegation.
+//! Alongside the loop the worker owns two tasks: the control-topic reader that delivers
+//! cancel requests ([`super::cancels`]) and the heartbeat of its [`Presence`]. Both stop when
+//! the worker stops.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::attempt::{AttemptEnv, Ending, Outcome, run_attempt};
+use super::cancels::{Cancels, watch_control};
 use super::catalog::{AgentTypeConfig, LANES};
 use super::offsets::OffsetTracker;
-use super::runtime::{Agent, AgentFailure, TaskContext, TaskOutput};
+use super::presence::{Identity, Load, Presence, PresenceError};
+use super::runtime::Agent;
 use super::scheduler::Scheduler;
+use super::topics::TaskTopics;
 use crate::events::reader::{EventReadError, EventReader, ReadOutcome};
 use crate::events::wire::{WireCodec, WireError};
-use crate::events::{Meta, TaskCompleted, TaskFailed, TaskStarted, TaskSubmitted};
-use crate::log::{ConsumerEvent, ConsumerOptions, EventLog, LogError, Producer, Record, TopicPartition};
+use crate::events::{AgentState, TaskSubmitted};
+use crate::log::{ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, EventLog, LogError, Producer, Record, TopicPartition, TransactionalProducer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -35,6 +42,10 @@ pub enum WorkerError {
     Read(#[from] EventReadError),
     #[error("encoding an outcome event failed: {0}")]
     Encode(#[from] WireError),
+    #[error("agent lifecycle event: {0}")]
+    Presence(#[from] PresenceError),
+    #[error("an attempt task panicked or was aborted: {0}")]
+    Attempt(String),
 }
 
 /// What a worker needs to know about itself.
@@ -43,13 +54,15 @@ pub struct WorkerSettings {
     pub agent_type: String,
     pub agent: AgentTypeConfig,
     pub topic_prefix: String,
-    /// Stable id of this worker (host and pid, say): the `agent_id` of its events.
+    /// Stable id of this worker (type, host and pid, say): the `agent_id` of its events.
     pub worker_id: String,
     /// Tasks buffered per lane beyond those running.
     pub prefetch_per_lane: usize,
     /// How long a drain waits for running tasks before abandoning them (uncommitted, so
     /// another member runs them again).
     pub drain_timeout: Duration,
+    /// How often the worker heartbeats on `agent.heartbeats`.
+    pub heartbeat_interval: Duration,
 }
 
 /// Counts of what a worker did, returned when it stops.
@@ -57,30 +70,57 @@ pub struct WorkerSettings {
 pub struct WorkerReport {
     pub completed: u64,
     pub failed: u64,
+    pub retried: u64,
     pub dead_lettered: u64,
+    pub cancelled: u64,
+    pub expired: u64,
+    /// Taken before their `not_before` and handed back to `timers`.
+    pub deferred: u64,
+    /// Records that could not be decoded, moved to `dlq` by the reader.
+    pub undecodable: u64,
     /// Attempts still running when the drain timed out; their offsets were not committed.
     pub abandoned: u64,
 }
 
+impl WorkerReport {
+    fn count(&mut self, ending: Ending) {
+        match ending {
+            Ending::Completed => self.completed += 1,
+            Ending::Failed => self.failed += 1,
+            Ending::RetryScheduled => self.retried += 1,
+            Ending::DeadLettered => self.dead_lettered += 1,
+            Ending::Cancelled => self.cancelled += 1,
+            Ending::Expired => self.expired += 1,
+            Ending::Deferred => self.deferred += 1,
+        }
+    }
+}
+
 /// A task taken from a lane topic.
 struct Taken {
-    tp: TopicPartition,
-    offset: i64,
+    record: ConsumedRecord,
     task: TaskSubmitted,
 }
 
-/// A finished attempt, back in the poll loop.
+/// A finished turn, back in the poll loop. With at-least-once its records are already
+/// durable; with exactly-once they wait for the transaction.
 struct Done {
     tp: TopicPartition,
     offset: i64,
     key: Option<String>,
-    task: TaskSubmitted,
-    result: Result<TaskOutput, AgentFailure>,
-    elapsed: Duration,
+    outcome: Result<Outcome, WorkerError>,
+}
+
+/// How outcomes reach the log.
+enum Delivery {
+    /// Each attempt writes its own records and waits for them before reporting done.
+    AtLeastOnce,
+    /// Records of the contiguous done prefix go in one transaction with the offset commit.
+    ExactlyOnce { producer: Arc<dyn TransactionalProducer>, stash: HashMap<TopicPartition, BTreeMap<i64, Vec<Record>>> },
 }
 
 /// Runs until `shutdown` is cancelled, then drains: stops taking work, lets running tasks
-/// finish within `drain_timeout`, commits, and leaves the group.
+/// finish within `drain_timeout`, commits, leaves the group and deregisters.
 pub async fn run_worker(
     log: Arc<dyn EventLog>,
     codec: Arc<WireCodec>,
@@ -88,197 +128,256 @@ pub async fn run_worker(
     settings: WorkerSettings,
     shutdown: CancellationToken,
 ) -> Result<WorkerReport, WorkerError> {
-    let prefix = &settings.topic_prefix;
-    let topics = settings.agent.lane_topics(&settings.agent_type, prefix);
-    let lane_of: HashMap<String, usize> = topics
+    let topics = TaskTopics::new(settings.topic_prefix.clone());
+    let lane_topics = settings.agent.lane_topics(&settings.agent_type, topics.prefix());
+    let lane_of: HashMap<String, usize> = lane_topics
         .iter()
         .map(|t| (t.clone(), LANES.iter().position(|l| t.ends_with(&format!(".{l}"))).unwrap_or(LANES.len() - 1)))
         .collect();
-    let mut consumer = log.consumer(ConsumerOptions {
-        group: Some(format!("agents.{}", settings.agent_type)),
-        client_id: Some(settings.worker_id.clone()),
-    })?;
-    consumer.subscribe(&topics)?;
     let producer = log.producer()?;
-    let mut reader = EventReader::<TaskSubmitted>::new(consumer, codec.clone(), producer.clone(), format!("{prefix}dlq"));
-    let outcomes = Outcomes { codec, producer, results: format!("{prefix}task.results"), events: format!("{prefix}task.events"), worker_id: settings.worker_id.clone() };
+
+    // Cancel requests first: a task cancelled before this worker started must not run.
+    let cancels = Arc::new(Cancels::default());
+    let background = CancellationToken::new();
+    let control = watch_control(&log, codec.clone(), &topics, cancels.clone(), background.clone()).await?;
+
+    let load = Arc::new(Load::default());
+    let identity = Identity {
+        agent_id: settings.worker_id.clone(),
+        agent_type: settings.agent_type.clone(),
+        capabilities: vec![settings.agent_type.clone()],
+        concurrency: settings.agent.concurrency as i32,
+        tenant: "system".into(),
+    };
+    let mut presence = Presence::register(codec.clone(), producer.clone(), topics.clone(), identity, settings.heartbeat_interval, load.clone()).await?;
+
+    let mut consumer = log.consumer(ConsumerOptions { group: Some(format!("agents.{}", settings.agent_type)), client_id: Some(settings.worker_id.clone()) })?;
+    consumer.subscribe(&lane_topics)?;
+    let mut delivery = if settings.agent.exactly_once {
+        let id = format!("agentlog-worker-{}", settings.worker_id);
+        Delivery::ExactlyOnce { producer: log.transactional_producer(&id)?, stash: HashMap::new() }
+    } else {
+        Delivery::AtLeastOnce
+    };
+    let mut reader = EventReader::<TaskSubmitted>::new(consumer, codec.clone(), producer.clone(), topics.dlq());
+    let env = Arc::new(AttemptEnv {
+        agent,
+        agent_type: settings.agent_type.clone(),
+        worker_id: settings.worker_id.clone(),
+        codec,
+        producer: producer.clone(),
+        topics,
+        policy: settings.agent.retry.clone(),
+        timeout: Duration::from_millis(settings.agent.timeout_ms),
+        cancels,
+    });
+    let writes_own = matches!(delivery, Delivery::AtLeastOnce);
 
     let mut scheduler: Scheduler<Taken> = Scheduler::new(settings.agent.concurrency as usize, settings.prefetch_per_lane);
     let mut tracker = OffsetTracker::default();
     let mut running: JoinSet<Done> = JoinSet::new();
-    let attempts = CancellationToken::new();
     // Per lane: whether its partitions are paused; `None` after a rebalance, to re-apply.
     let mut paused: [Option<bool>; LANES.len()] = [None; LANES.len()];
     let mut report = WorkerReport::default();
-    let timeout = Duration::from_millis(settings.agent.timeout_ms);
 
-    loop {
-        while let Some((_, taken)) = scheduler.next() {
-            running.spawn(attempt(taken, agent.clone(), outcomes.clone(), settings.agent_type.clone(), timeout, attempts.child_token()));
-        }
-        update_pauses(reader.consumer(), &scheduler, &topics, &lane_of, &mut paused)?;
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            Some(joined) = running.join_next(), if !running.is_empty() => {
-                let done = joined.map_err(|_| LogError::Shutdown)?;
-                finish(done, &outcomes, &mut scheduler, &mut tracker, reader.consumer(), &mut report).await?;
+    let result: Result<(), WorkerError> = async {
+        loop {
+            while let Some((_, taken)) = scheduler.next() {
+                load.in_flight.fetch_add(1, Ordering::Relaxed);
+                running.spawn(turn(env.clone(), taken, writes_own));
             }
-            outcome = reader.next() => match outcome? {
-                ReadOutcome::Event { record, event, .. } => {
-                    let tp = record.topic_partition();
-                    let lane = lane_of.get(&record.topic).copied().unwrap_or(LANES.len() - 1);
-                    tracker.started(&tp, record.offset);
-                    let key = event.ordering_key.clone();
-                    scheduler.push(lane, key, Taken { tp, offset: record.offset, task: event });
-                }
-                ReadOutcome::DeadLettered { record, .. } => {
-                    report.dead_lettered += 1;
-                    let tp = record.topic_partition();
-                    tracker.started(&tp, record.offset);
-                    if let Some(position) = tracker.finished(&tp, record.offset) {
-                        commit(reader.consumer(), &tp, position).await?;
+            update_pauses(reader.consumer(), &scheduler, &lane_topics, &lane_of, &mut paused)?;
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(joined) = running.join_next(), if !running.is_empty() => {
+                    let mut batch = vec![joined];
+                    // Everything else already finished goes in the same commit.
+                    while let Some(more) = running.try_join_next() {
+                        batch.push(more);
                     }
+                    finish(batch, &mut delivery, &mut scheduler, &mut tracker, reader.consumer(), &mut report, &load).await?;
                 }
-                ReadOutcome::Rebalance(ConsumerEvent::Revoked(parts)) => {
-                    // Waiting tasks of lost partitions belong to their new owner.
-                    scheduler.remove_waiting(|t| parts.contains(&t.tp));
-                    tracker.revoke(&parts);
-                    paused = [None; LANES.len()];
-                }
-                ReadOutcome::Rebalance(_) => paused = [None; LANES.len()],
-            },
+                outcome = reader.next() => match outcome? {
+                    ReadOutcome::Event { record, event, .. } => {
+                        let lane = lane_of.get(&record.topic).copied().unwrap_or(LANES.len() - 1);
+                        tracker.started(&record.topic_partition(), record.offset);
+                        let key = event.ordering_key.clone();
+                        scheduler.push(lane, key, Taken { record, task: event });
+                    }
+                    ReadOutcome::DeadLettered { record, .. } => {
+                        report.undecodable += 1;
+                        let tp = record.topic_partition();
+                        tracker.started(&tp, record.offset);
+                        if let Some(position) = tracker.finished(&tp, record.offset) {
+                            commit(reader.consumer(), &[(tp, position)]).await?;
+                        }
+                    }
+                    ReadOutcome::Rebalance(ConsumerEvent::Revoked(parts)) => {
+                        // Waiting tasks of lost partitions belong to their new owner.
+                        scheduler.remove_waiting(|t| parts.contains(&t.record.topic_partition()));
+                        tracker.revoke(&parts);
+                        if let Delivery::ExactlyOnce { stash, .. } = &mut delivery {
+                            stash.retain(|tp, _| !parts.contains(tp));
+                        }
+                        paused = [None; LANES.len()];
+                    }
+                    ReadOutcome::Rebalance(_) => paused = [None; LANES.len()],
+                },
+            }
         }
-    }
 
-    // Drain: nothing new starts; waiting tasks stay uncommitted for the next owner.
-    scheduler.drain_waiting();
-    let deadline = tokio::time::Instant::now() + settings.drain_timeout;
-    while !running.is_empty() {
-        match tokio::time::timeout_at(deadline, running.join_next()).await {
-            Ok(Some(joined)) => {
-                let done = joined.map_err(|_| LogError::Shutdown)?;
-                finish(done, &outcomes, &mut scheduler, &mut tracker, reader.consumer(), &mut report).await?;
-            }
-            Ok(None) => break,
-            Err(_) => {
-                report.abandoned = running.len() as u64;
-                attempts.cancel();
-                running.shutdown().await;
-                break;
+        // Drain: nothing new starts; waiting tasks stay uncommitted for the next owner.
+        presence.change(AgentState::Draining, Some("shutdown requested".into())).await?;
+        scheduler.drain_waiting();
+        let deadline = tokio::time::Instant::now() + settings.drain_timeout;
+        while !running.is_empty() {
+            match tokio::time::timeout_at(deadline, running.join_next()).await {
+                Ok(Some(joined)) => {
+                    finish(vec![joined], &mut delivery, &mut scheduler, &mut tracker, reader.consumer(), &mut report, &load).await?;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    report.abandoned = running.len() as u64;
+                    running.shutdown().await;
+                    break;
+                }
             }
         }
+        Ok(())
     }
-    reader.into_consumer().close().await?;
+    .await;
+
+    // Whatever happened, the owned tasks stop and the member leaves the group.
+    running.shutdown().await;
+    background.cancel();
+    if let Err(error) = control.await {
+        tracing::warn!(%error, "control reader ended abnormally");
+    }
+    let closed = reader.into_consumer().close().await;
+    result?;
+    closed?;
+    presence.deregister("drained").await?;
     Ok(report)
 }
 
-/// Where outcome events go, and how they are encoded.
-#[derive(Clone)]
-struct Outcomes {
-    codec: Arc<WireCodec>,
-    producer: Arc<dyn Producer>,
-    results: String,
-    events: String,
-    worker_id: String,
+/// One task's turn, as a spawned task: the attempt and, with at-least-once, writing its records.
+async fn turn(env: Arc<AttemptEnv>, taken: Taken, write: bool) -> Done {
+    let Taken { record, task } = taken;
+    let tp = record.topic_partition();
+    let outcome = async {
+        let outcome = run_attempt(&env, &record, &task).await?;
+        if write {
+            write_all(env.producer.as_ref(), &outcome.records).await?;
+        }
+        Ok::<_, WorkerError>(outcome)
+    }
+    .await;
+    Done { tp, offset: record.offset, key: task.ordering_key.clone(), outcome }
 }
 
-impl Outcomes {
-    fn meta(&self, cause: &TaskSubmitted) -> Meta {
-        let mut meta = Meta::new(format!("{}:{}:{}", cause.task_id, cause.attempt, rand::random::<u64>()), cause.meta.tenant.clone(), self.worker_id.clone());
-        meta.correlation_id = cause.meta.correlation_id.clone();
-        meta.causation_id = Some(cause.meta.event_id.clone());
-        meta.trace_parent = cause.meta.trace_parent.clone();
-        meta.trace_state = cause.meta.trace_state.clone();
-        meta
+/// Appends records and waits until every one is durable.
+async fn write_all(producer: &dyn Producer, records: &[Record]) -> Result<(), LogError> {
+    let mut deliveries = Vec::with_capacity(records.len());
+    for record in records {
+        deliveries.push(producer.send(record.clone()).await?);
     }
-
-    /// Appends an event keyed by task id and waits until it is durable.
-    async fn write<T: serde::Serialize + apache_avro::AvroSchema + 'static>(&self, topic: &str, task_id: &str, event: &T) -> Result<(), WorkerError> {
-        let payload = self.codec.encode(topic, event).await?;
-        self.producer.send(Record::new(topic, payload).with_key(Bytes::from(task_id.to_string()))).await?.await?;
-        Ok(())
-    }
-}
-
-/// One attempt: announce it, run the agent under the timeout, hand the result back.
-async fn attempt(taken: Taken, agent: Arc<dyn Agent>, outcomes: Outcomes, agent_type: String, timeout: Duration, cancel: CancellationToken) -> Done {
-    let Taken { tp, offset, task } = taken;
-    let started = TaskStarted { meta: outcomes.meta(&task), task_id: task.task_id.clone(), agent_id: outcomes.worker_id.clone(), attempt: task.attempt };
-    if let Err(error) = outcomes.write(&outcomes.events, &task.task_id, &started).await {
-        // The start event is informational; the outcome below is what the task relies on.
-        tracing::warn!(task_id = %task.task_id, %error, "could not record TaskStarted");
-    }
-    let context = TaskContext {
-        task_id: task.task_id.clone(),
-        agent_type,
-        attempt: task.attempt.max(1) as u32,
-        input: Bytes::from(task.input.clone()),
-        content_type: task.content_type.clone(),
-        labels: task.labels.clone(),
-        idempotency_key: task.idempotency_key.clone().unwrap_or_else(|| task.task_id.clone()),
-        cancel: cancel.clone(),
-    };
-    let begun = Instant::now();
-    let result = match tokio::time::timeout(timeout, agent.run(context)).await {
-        Ok(result) => result,
-        Err(_) => {
-            cancel.cancel();
-            Err(AgentFailure { kind: "timeout".into(), message: format!("attempt exceeded {timeout:?}"), retryable: true })
-        }
-    };
-    Done { tp, offset, key: task.ordering_key.clone(), task, result, elapsed: begun.elapsed() }
-}
-
-/// Records the outcome durably, then frees the slot and commits what is contiguous.
-async fn finish(
-    done: Done,
-    outcomes: &Outcomes,
-    scheduler: &mut Scheduler<Taken>,
-    tracker: &mut OffsetTracker,
-    consumer: &mut dyn crate::log::Consumer,
-    report: &mut WorkerReport,
-) -> Result<(), WorkerError> {
-    let task = &done.task;
-    match &done.result {
-        Ok(output) => {
-            let event = TaskCompleted {
-                meta: outcomes.meta(task),
-                task_id: task.task_id.clone(),
-                attempt: task.attempt,
-                output: output.output.to_vec(),
-                content_type: output.content_type.clone(),
-                duration_ms: done.elapsed.as_millis() as i64,
-            };
-            outcomes.write(&outcomes.results, &task.task_id, &event).await?;
-            report.completed += 1;
-        }
-        Err(failure) => {
-            let event = TaskFailed {
-                meta: outcomes.meta(task),
-                task_id: task.task_id.clone(),
-                attempt: task.attempt,
-                error_kind: failure.kind.clone(),
-                message: failure.message.clone(),
-                retryable: failure.retryable,
-            };
-            outcomes.write(&outcomes.results, &task.task_id, &event).await?;
-            report.failed += 1;
-        }
-    }
-    scheduler.finished(done.key.as_deref());
-    if let Some(position) = tracker.finished(&done.tp, done.offset) {
-        commit(consumer, &done.tp, position).await?;
+    for delivery in deliveries {
+        delivery.await?;
     }
     Ok(())
 }
 
-/// Commits one position; a partition that moved meanwhile is the new owner's to commit.
-async fn commit(consumer: &mut dyn crate::log::Consumer, tp: &TopicPartition, position: i64) -> Result<(), WorkerError> {
-    match consumer.commit(&[(tp.clone(), position)]).await {
-        Ok(()) => Ok(()),
+/// Frees the slots of finished turns and commits what became contiguous.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    batch: Vec<Result<Done, tokio::task::JoinError>>,
+    delivery: &mut Delivery,
+    scheduler: &mut Scheduler<Taken>,
+    tracker: &mut OffsetTracker,
+    consumer: &mut dyn Consumer,
+    report: &mut WorkerReport,
+    load: &Load,
+) -> Result<(), WorkerError> {
+    let mut positions: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+    for joined in batch {
+        let done = joined.map_err(|e| WorkerError::Attempt(e.to_string()))?;
+        load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // An outcome that could not be written is fatal: the offset stays uncommitted and the
+        // task runs again on whoever owns the partition next.
+        let outcome = done.outcome?;
+        report.count(outcome.ending);
+        match outcome.ending {
+            Ending::Completed => load.completed.fetch_add(1, Ordering::Relaxed),
+            Ending::Failed | Ending::DeadLettered => load.failed.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        scheduler.finished(done.key.as_deref());
+        if let Delivery::ExactlyOnce { stash, .. } = delivery {
+            stash.entry(done.tp.clone()).or_default().insert(done.offset, outcome.records);
+        }
+        if let Some(position) = tracker.finished(&done.tp, done.offset) {
+            positions.insert(done.tp, position);
+        }
+    }
+    if positions.is_empty() {
+        return Ok(());
+    }
+    let positions: Vec<(TopicPartition, i64)> = positions.into_iter().collect();
+    match delivery {
+        Delivery::AtLeastOnce => commit(consumer, &positions).await,
+        Delivery::ExactlyOnce { producer, stash } => {
+            let mut records = Vec::new();
+            for (tp, position) in &positions {
+                if let Some(pending) = stash.get_mut(tp) {
+                    let later = pending.split_off(position);
+                    records.extend(std::mem::replace(pending, later).into_values().flatten());
+                }
+            }
+            commit_transaction(producer.as_ref(), consumer, records, &positions).await
+        }
+    }
+}
+
+/// Writes the records and commits the positions atomically. A transaction refused because
+/// the group moved on (a zombie after a rebalance) is aborted: the new owner re-runs those
+/// tasks, and their outcomes appear once, from it.
+async fn commit_transaction(
+    producer: &dyn TransactionalProducer,
+    consumer: &mut dyn Consumer,
+    records: Vec<Record>,
+    positions: &[(TopicPartition, i64)],
+) -> Result<(), WorkerError> {
+    let group = consumer.group_metadata();
+    let mut transaction = producer.begin().await?;
+    for record in records {
+        if let Err(error) = transaction.send(record).await {
+            transaction.abort().await?;
+            return Err(error.into());
+        }
+    }
+    match transaction.commit_with_offsets(positions, group.as_ref()).await {
+        Ok(_) => Ok(()),
         Err(LogError::NotAssigned { .. }) => {
-            tracing::info!(topic = %tp.topic, partition = tp.partition, position, "partition moved before its commit; the new owner re-runs the rest");
+            tracing::info!(?positions, "partitions moved before the transaction committed; the new owner re-runs those tasks");
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Commits positions; a partition that moved meanwhile is the new owner's to commit.
+async fn commit(consumer: &mut dyn Consumer, positions: &[(TopicPartition, i64)]) -> Result<(), WorkerError> {
+    match consumer.commit(positions).await {
+        Ok(()) => Ok(()),
+        Err(LogError::NotAssigned { .. }) if positions.len() > 1 => {
+            for one in positions {
+                Box::pin(commit(consumer, std::slice::from_ref(one))).await?;
+            }
+            Ok(())
+        }
+        Err(LogError::NotAssigned { topic, partition, .. }) => {
+            tracing::info!(%topic, partition, "partition moved before its commit; the new owner re-runs the rest");
             Ok(())
         }
         Err(e) => Err(e.into()),
@@ -287,7 +386,7 @@ async fn commit(consumer: &mut dyn crate::log::Consumer, tp: &TopicPartition, po
 
 /// Pauses the partitions of lanes whose buffer is full and resumes the others.
 fn update_pauses(
-    consumer: &mut dyn crate::log::Consumer,
+    consumer: &mut dyn Consumer,
     scheduler: &Scheduler<Taken>,
     topics: &[String],
     lane_of: &HashMap<String, usize>,

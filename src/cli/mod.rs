@@ -1,6 +1,8 @@
 //! Command implementations of the `agentlog` binary that are more than a call into the library.
 
+pub mod dev;
 pub mod events;
+pub mod tasks;
 pub mod worker;
 
 /// Resolves on Ctrl-C or SIGTERM.

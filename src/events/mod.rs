@@ -12,6 +12,7 @@
 //! - [`check`]: `schemas check`, the compatibility gate.
 
 pub mod agent;
+pub mod any;
 pub mod catalog;
 pub mod check;
 pub mod job;
@@ -30,6 +31,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use agent::*;
+pub use any::{AnyEvent, decode_any};
 pub use catalog::{EventType, META_AVSC, all_schemas, event_types, topic_of};
 pub use check::{CheckError, check_evolution};
 pub use job::*;

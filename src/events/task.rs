@@ -81,8 +81,8 @@ pub struct TaskSubmitted {
 }
 
 impl TaskSubmitted {
-    /// A first attempt with JSON input, one attempt allowed, a 60 s timeout and no deadline,
-    /// delay, keys, parent, job or labels; set the public fields to change any of that.
+    /// A first attempt with JSON input; attempts and timeout left to the agent type's policy
+    /// (0); no deadline, delay, keys, parent, job or labels. Set the public fields to change that.
     pub fn new(meta: Meta, task_id: impl Into<String>, agent_type: impl Into<String>, lane: Lane, input: Vec<u8>) -> Self {
         Self {
             meta,
@@ -92,8 +92,8 @@ impl TaskSubmitted {
             input,
             content_type: "application/json".into(),
             attempt: 1,
-            max_attempts: 1,
-            timeout_ms: 60_000,
+            max_attempts: 0,
+            timeout_ms: 0,
             deadline: None,
             not_before: None,
             ordering_key: None,

@@ -169,6 +169,14 @@ impl WireCodec {
         same
     }
 
+    /// Full name of the schema that wrote `bytes` (`io.agentlog.v1.TaskCompleted`), from the
+    /// id in its frame; schemas are cached, so this costs a registry call once per id.
+    pub async fn writer_name(&self, bytes: &[u8]) -> Result<String, WireError> {
+        let (id, _) = split_frame(bytes)?;
+        let writer = self.decoder.get_schema(id).await.map_err(|e| self.lookup_error(id, e))?;
+        writer.parsed.name().map(|n| n.fullname(None)).ok_or(WireError::Unresolvable { id, reason: "the writer schema is not a named type".into() })
+    }
+
     /// Decodes a payload into a generic Avro value in the writer's schema.
     pub async fn decode_value(&self, bytes: &[u8]) -> Result<(u32, Value), WireError> {
         let (id, value, _) = self.decode_with_writer(bytes).await?;

@@ -13,7 +13,7 @@ use agentlog::log::{
 };
 use agentlog::topics::{self, TopicsError};
 
-use super::harness::{Harness, TestRegistry, WITHIN, agentlog_bin, read_records, read_until_marker, unique};
+use super::harness::{Harness, TestRegistry, WITHIN, agentlog_bin, create_task_topics, read_records, read_until_marker, unique};
 
 fn assign_all(topic: &str, partitions: i32, to: SeekTo) -> Vec<(TopicPartition, SeekTo)> {
     (0..partitions).map(|p| (TopicPartition::new(topic, p), to)).collect()
@@ -535,9 +535,7 @@ pub async fn worker_runs_tasks_and_commits_after_outcomes(h: &mut Harness) {
     for topic in &lane_topics {
         admin.create_topic(&TopicSpec::new(topic, 2)).await.expect("lane topic");
     }
-    for name in ["task.results", "task.events", "dlq"] {
-        admin.create_topic(&TopicSpec::new(format!("{prefix}{name}"), 2)).await.expect("topic");
-    }
+    create_task_topics(h.log(), &prefix, 2).await;
 
     let producer = h.log().producer().expect("producer");
     let mut expected = std::collections::BTreeMap::new();
@@ -560,6 +558,7 @@ pub async fn worker_runs_tasks_and_commits_after_outcomes(h: &mut Harness) {
         worker_id: "worker-1".into(),
         prefetch_per_lane: 8,
         drain_timeout: Duration::from_secs(10),
+        heartbeat_interval: Duration::from_secs(1),
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let runtime = build(&agent.runtime, Duration::from_secs(5)).expect("echo agent");
@@ -579,7 +578,7 @@ pub async fn worker_runs_tasks_and_commits_after_outcomes(h: &mut Harness) {
 
     stop.cancel();
     let report = worker.await.expect("worker task").expect("worker");
-    assert_eq!((report.completed, report.failed, report.dead_lettered, report.abandoned), (40, 0, 0, 0));
+    assert_eq!((report.completed, report.failed, report.dead_lettered, report.undecodable, report.abandoned), (40, 0, 0, 0, 0));
     let group = format!("agents.{agent_type}");
     let mut committed = 0;
     for topic in &lane_topics {
@@ -624,9 +623,7 @@ pub async fn a_task_longer_than_max_poll_interval_does_not_evict_the_worker(h: &
     let admin = log.admin();
     let lane_topic = format!("{prefix}tasks.{agent_type}.normal");
     admin.create_topic(&TopicSpec::new(&lane_topic, 1)).await.expect("lane topic");
-    for name in ["task.results", "task.events", "dlq"] {
-        admin.create_topic(&TopicSpec::new(format!("{prefix}{name}"), 1)).await.expect("topic");
-    }
+    create_task_topics(&log, &prefix, 1).await;
     let task = TaskSubmitted::new(Meta::new("e-long", "t", "test"), "long", &agent_type, Lane::Normal, br#"{"ms": 7000}"#.to_vec());
     let payload = codec.encode(&lane_topic, &task).await.expect("encode");
     log.producer().expect("producer").send(Record::new(&lane_topic, payload)).await.expect("accepted").await.expect("durable");
@@ -638,6 +635,7 @@ pub async fn a_task_longer_than_max_poll_interval_does_not_evict_the_worker(h: &
         worker_id: "worker-long".into(),
         prefetch_per_lane: 1,
         drain_timeout: Duration::from_secs(10),
+        heartbeat_interval: Duration::from_secs(1),
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let runtime = build(&agent.runtime, Duration::from_secs(60)).expect("sleep agent");

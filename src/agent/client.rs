@@ -1,0 +1,151 @@
+//! Submitting work and asking for cancellation: what the CLI, the API, delegating agents and
+//! tests use to put commands on the log. A task whose `not_before` lies in the future goes to
+//! the `timers` topic, which the supervisor fires when due; every other task goes straight to
+//! its lane topic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::topics::TaskTopics;
+use crate::events::wire::{WireCodec, WireError};
+use crate::events::{Event, JobSubmitted, Meta, TaskCancelRequested, TaskSubmitted, TimestampMicros};
+use crate::log::{EventLog, LogError, Position, Producer, Record};
+
+/// Header on a timer record: when it is due, in ms since the epoch (readable without decoding).
+pub const TIMER_DUE: &str = "agentlog.timer.due";
+/// Header on the marker the supervisor appends once a timer fired: the fired timer's offset.
+pub const TIMER_FIRED: &str = "agentlog.timer.fired";
+
+/// The longest delay a task may ask for: the retention of the `timers` topic, since a timer
+/// must still be on the log when it falls due.
+pub const MAX_DELAY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("encoding failed: {0}")]
+    Encode(#[from] WireError),
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// Where a submitted task went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    pub task_id: String,
+    pub topic: String,
+    pub position: Position,
+    /// Whether it waits on the `timers` topic for its `not_before`.
+    pub delayed: bool,
+}
+
+#[derive(Clone)]
+pub struct TaskClient {
+    codec: Arc<WireCodec>,
+    producer: Arc<dyn Producer>,
+    topics: TaskTopics,
+    producer_id: String,
+}
+
+impl TaskClient {
+    pub fn new(log: &Arc<dyn EventLog>, codec: Arc<WireCodec>, topics: TaskTopics, producer_id: impl Into<String>) -> Result<Self, ClientError> {
+        Ok(Self { producer: log.producer()?, codec, topics, producer_id: producer_id.into() })
+    }
+
+    pub fn topics(&self) -> &TaskTopics {
+        &self.topics
+    }
+
+    pub fn codec(&self) -> &Arc<WireCodec> {
+        &self.codec
+    }
+
+    /// A fresh envelope from this client.
+    pub fn meta(&self, tenant: &str) -> Meta {
+        Meta::new(new_id("ev"), tenant, self.producer_id.clone())
+    }
+
+    /// Appends the command and waits until it is durable: once this returns, the task is
+    /// accepted and will get an outcome.
+    pub async fn submit(&self, task: &TaskSubmitted) -> Result<Submitted, ClientError> {
+        let now = TimestampMicros::now();
+        if let (Some(deadline), Some(not_before)) = (task.deadline, task.not_before)
+            && deadline <= not_before
+        {
+            return Err(ClientError::Invalid { field: "deadline", reason: "is not after not_before: the task could never start".into() });
+        }
+        let delayed = task.not_before.is_some_and(|at| at > now);
+        if let Some(at) = task.not_before.filter(|_| delayed)
+            && at.0 - now.0 > MAX_DELAY.as_micros() as i64
+        {
+            return Err(ClientError::Invalid { field: "not_before", reason: format!("is more than {} days ahead (the retention of the timers topic)", MAX_DELAY.as_secs() / 86_400) });
+        }
+        let (topic, position) = if delayed {
+            (self.topics.timers(), self.schedule(task).await?)
+        } else {
+            (self.topics.lane(&task.agent_type, task.lane), self.enqueue(task).await?)
+        };
+        Ok(Submitted { task_id: task.task_id.clone(), topic, position, delayed })
+    }
+
+    /// Appends the command to its lane topic now, whatever its `not_before`.
+    pub async fn enqueue(&self, task: &TaskSubmitted) -> Result<Position, ClientError> {
+        let topic = self.topics.lane(&task.agent_type, task.lane);
+        let payload = self.codec.encode(&topic, task).await?;
+        let record = Record::new(topic, payload).with_key(Bytes::from(task.key().to_string()));
+        Ok(self.producer.send(record).await?.await?)
+    }
+
+    /// Appends the command to `timers`, due at its `not_before`.
+    pub async fn schedule(&self, task: &TaskSubmitted) -> Result<Position, ClientError> {
+        Ok(self.producer.send(timer_record(&self.codec, &self.topics, task).await?).await?.await?)
+    }
+
+    /// Submits a job: its `JobSubmitted` first (so the supervisor knows the tasks before any
+    /// finishes), then every task, each carrying the job id.
+    pub async fn submit_job(&self, job_id: &str, tenant: &str, mut tasks: Vec<TaskSubmitted>) -> Result<Vec<Submitted>, ClientError> {
+        if tasks.is_empty() {
+            return Err(ClientError::Invalid { field: "tasks", reason: "a job needs at least one task".into() });
+        }
+        let job = JobSubmitted { meta: self.meta(tenant), job_id: job_id.to_string(), task_ids: tasks.iter().map(|t| t.task_id.clone()).collect(), total: tasks.len() as i32 };
+        let topic = self.topics.events();
+        let payload = self.codec.encode(&topic, &job).await?;
+        self.producer.send(Record::new(topic, payload).with_key(Bytes::from(job_id.to_string()))).await?.await?;
+        let mut out = Vec::with_capacity(tasks.len());
+        for task in &mut tasks {
+            task.job_id = Some(job_id.to_string());
+            task.meta.correlation_id = job.meta.correlation_id.clone();
+            out.push(self.submit(task).await?);
+        }
+        Ok(out)
+    }
+
+    /// Asks for a task to be cancelled. The request is broadcast on `control`, which every
+    /// worker and the supervisor read: a task not started yet never runs, a running one gets
+    /// its cancel signal. It is also recorded on `task.events` for the task's timeline.
+    pub async fn cancel(&self, task_id: &str, tenant: &str, reason: Option<String>) -> Result<(), ClientError> {
+        let request = TaskCancelRequested { meta: self.meta(tenant), task_id: task_id.to_string(), reason, requested_by: Some(self.producer_id.clone()) };
+        for topic in [self.topics.control(), self.topics.events()] {
+            let payload = self.codec.encode(&topic, &request).await?;
+            self.producer.send(Record::new(topic, payload).with_key(Bytes::from(task_id.to_string()))).await?.await?;
+        }
+        Ok(())
+    }
+}
+
+/// The `timers` record of a delayed command: keyed by task id (so its fired marker lands on
+/// the same partition), due time in a header.
+pub async fn timer_record(codec: &WireCodec, topics: &TaskTopics, task: &TaskSubmitted) -> Result<Record, WireError> {
+    let topic = topics.timers();
+    let payload = codec.encode(&topic, task).await?;
+    let due_ms = task.not_before.map(|t| t.0 / 1000).unwrap_or(0);
+    Ok(Record::new(topic, payload).with_key(Bytes::from(task.task_id.clone())).with_header(TIMER_DUE, Bytes::from(due_ms.to_string())))
+}
+
+/// A unique id with a readable prefix (`task-…`): time-ordered, then random.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{:x}{:08x}", TimestampMicros::now().0, rand::random::<u32>())
+}

@@ -1,0 +1,125 @@
+//! Dead-lettered tasks: a task whose retryable failures used up its attempts is parked on the
+//! `dlq` topic as the original command (untouched bytes, so a redrive re-sends what was
+//! submitted) with headers saying why. Undecodable records the [`EventReader`] parks there
+//! share the format. Operators list them and re-submit them with a fresh attempt budget.
+//!
+//! [`EventReader`]: crate::events::reader::EventReader
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::client::{ClientError, Submitted, TaskClient};
+use crate::events::TaskSubmitted;
+use crate::events::reader::{DLQ_ERROR, DLQ_REASON, DLQ_SOURCE};
+use crate::log::{ConsumedRecord, ConsumerEvent, ConsumerOptions, EventLog, Header, LogError, Record, SeekTo, TopicPartition};
+
+/// Header: how many attempts the task had.
+pub const DLQ_ATTEMPTS: &str = "agentlog.dlq.attempts";
+
+/// The dead-letter record of a task that used up its attempts.
+pub fn task_dead_letter(dlq_topic: &str, source: &ConsumedRecord, attempts: i32, error_kind: &str, reason: &str) -> Record {
+    let mut headers: Vec<Header> = source.headers.iter().filter(|h| !h.name.starts_with("agentlog.dlq.")).cloned().collect();
+    headers.push(Header { name: DLQ_REASON.into(), value: Bytes::from(reason.to_string()) });
+    headers.push(Header { name: DLQ_ERROR.into(), value: Bytes::from(error_kind.to_string()) });
+    headers.push(Header { name: DLQ_SOURCE.into(), value: Bytes::from(format!("{}/{}/{}", source.topic, source.partition, source.offset)) });
+    headers.push(Header { name: DLQ_ATTEMPTS.into(), value: Bytes::from(attempts.to_string()) });
+    Record { topic: dlq_topic.to_string(), partition: None, key: source.key.clone(), headers, payload: source.payload.clone(), timestamp_ms: None }
+}
+
+/// One entry of the dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: String,
+    pub error_kind: String,
+    pub source: String,
+    pub attempts: Option<i32>,
+    /// The parked command, when it decodes as one.
+    pub task: Option<TaskSubmitted>,
+    pub record: ConsumedRecord,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("no dead letter for task `{0}`")]
+    NotFound(String),
+    #[error("dead letter at {partition}/{offset} is not a task command ({reason}); it cannot be re-submitted")]
+    NotATask { partition: i32, offset: i64, reason: String },
+}
+
+/// Every entry on the dead-letter topic, oldest first per partition (reads up to the
+/// high watermarks taken at the start, so it ends).
+pub async fn list(log: &Arc<dyn EventLog>, client: &TaskClient) -> Result<Vec<DeadLetter>, DlqError> {
+    let topic = client.topics().dlq();
+    let admin = log.admin();
+    let partitions = admin.describe_topic(&topic).await?.partitions;
+    let mut ends = Vec::new();
+    for p in 0..partitions {
+        let tp = TopicPartition::new(&topic, p);
+        let marks = admin.watermarks(&tp).await?;
+        if marks.high > marks.low {
+            ends.push((tp, marks.high));
+        }
+    }
+    let mut letters = Vec::new();
+    if ends.is_empty() {
+        return Ok(letters);
+    }
+    let mut consumer = log.consumer(ConsumerOptions::default())?;
+    consumer.assign(&ends.iter().map(|(tp, _)| (tp.clone(), SeekTo::Earliest)).collect::<Vec<_>>()).await?;
+    let mut remaining: std::collections::HashMap<i32, i64> = ends.iter().map(|(tp, high)| (tp.partition, *high)).collect();
+    while !remaining.is_empty() {
+        let event = tokio::time::timeout(Duration::from_secs(30), consumer.next_event()).await.map_err(|_| LogError::Timeout { operation: "reading the dead-letter topic", after: Duration::from_secs(30) })??;
+        let ConsumerEvent::Record(record) = event else { continue };
+        if let Some(high) = remaining.get(&record.partition)
+            && record.offset + 1 >= *high
+        {
+            remaining.remove(&record.partition);
+        }
+        let header = |name: &str| record.header(name).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+        let task = client.codec().decode::<TaskSubmitted>(&record.payload).await.ok().map(|(_, t)| t);
+        letters.push(DeadLetter {
+            partition: record.partition,
+            offset: record.offset,
+            reason: header(DLQ_REASON),
+            error_kind: header(DLQ_ERROR),
+            source: header(DLQ_SOURCE),
+            attempts: header(DLQ_ATTEMPTS).parse().ok(),
+            task,
+            record,
+        });
+    }
+    consumer.close().await?;
+    Ok(letters)
+}
+
+/// Re-submits a parked task with a fresh attempt budget (attempt 1, no delay), keeping its
+/// id, input and keys; the new command's causation id is the parked one's event id.
+pub async fn resubmit(client: &TaskClient, letter: &DeadLetter) -> Result<Submitted, DlqError> {
+    let Some(parked) = &letter.task else {
+        return Err(DlqError::NotATask { partition: letter.partition, offset: letter.offset, reason: letter.reason.clone() });
+    };
+    let mut task = parked.clone();
+    task.meta = client.meta(&parked.meta.tenant);
+    task.meta.correlation_id = parked.meta.correlation_id.clone();
+    task.meta.causation_id = Some(parked.meta.event_id.clone());
+    task.attempt = 1;
+    task.not_before = None;
+    Ok(client.submit(&task).await?)
+}
+
+/// The latest dead letter of `task_id`.
+pub fn find<'a>(letters: &'a [DeadLetter], task_id: &str) -> Result<&'a DeadLetter, DlqError> {
+    letters
+        .iter()
+        .filter(|l| l.task.as_ref().is_some_and(|t| t.task_id == task_id))
+        .max_by_key(|l| l.record.timestamp_ms)
+        .ok_or_else(|| DlqError::NotFound(task_id.to_string()))
+}

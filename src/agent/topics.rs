@@ -1,0 +1,49 @@
+//! Names of the topics the task lifecycle uses, under the configured prefix, in one place so
+//! the worker, supervisor, client and tests cannot disagree about them.
+
+use crate::events::Lane;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskTopics {
+    prefix: String,
+}
+
+impl TaskTopics {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn named(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// `tasks.<type>.<lane>`: submit commands.
+    pub fn lane(&self, agent_type: &str, lane: Lane) -> String {
+        self.named(&crate::events::lane_topic(agent_type, lane))
+    }
+    pub fn events(&self) -> String {
+        self.named("task.events")
+    }
+    pub fn results(&self) -> String {
+        self.named("task.results")
+    }
+    pub fn dlq(&self) -> String {
+        self.named("dlq")
+    }
+    pub fn timers(&self) -> String {
+        self.named("timers")
+    }
+    pub fn control(&self) -> String {
+        self.named("control")
+    }
+    pub fn agent_events(&self) -> String {
+        self.named("agent.events")
+    }
+    pub fn heartbeats(&self) -> String {
+        self.named("agent.heartbeats")
+    }
+}

@@ -1,0 +1,114 @@
+//! Decoding records of topics that carry several event types (`task.events`, `task.results`,
+//! `agent.events`, `control`): the writer schema's name, looked up by the id in the frame,
+//! says which type to decode into. No header is needed, so records written by any
+//! Confluent-compatible producer decode too.
+
+use super::wire::{WireCodec, WireError};
+use super::*;
+
+/// Any agentlog event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnyEvent {
+    TaskSubmitted(TaskSubmitted),
+    TaskStarted(TaskStarted),
+    TaskProgress(TaskProgress),
+    TaskRetryScheduled(TaskRetryScheduled),
+    TaskCompleted(TaskCompleted),
+    TaskFailed(TaskFailed),
+    TaskDeadLettered(TaskDeadLettered),
+    TaskCancelRequested(TaskCancelRequested),
+    TaskCancelled(TaskCancelled),
+    TaskExpired(TaskExpired),
+    AgentRegistered(AgentRegistered),
+    AgentHeartbeat(AgentHeartbeat),
+    AgentStateChanged(AgentStateChanged),
+    AgentLost(AgentLost),
+    AgentDeregistered(AgentDeregistered),
+    JobSubmitted(JobSubmitted),
+    JobCompleted(JobCompleted),
+    /// A schema this build does not know (a newer event type): skipped by readers, not an error.
+    Unknown { name: String },
+}
+
+impl AnyEvent {
+    /// The task this event is about, for task events.
+    pub fn task_id(&self) -> Option<&str> {
+        Some(match self {
+            AnyEvent::TaskSubmitted(e) => &e.task_id,
+            AnyEvent::TaskStarted(e) => &e.task_id,
+            AnyEvent::TaskProgress(e) => &e.task_id,
+            AnyEvent::TaskRetryScheduled(e) => &e.task_id,
+            AnyEvent::TaskCompleted(e) => &e.task_id,
+            AnyEvent::TaskFailed(e) => &e.task_id,
+            AnyEvent::TaskDeadLettered(e) => &e.task_id,
+            AnyEvent::TaskCancelRequested(e) => &e.task_id,
+            AnyEvent::TaskCancelled(e) => &e.task_id,
+            AnyEvent::TaskExpired(e) => &e.task_id,
+            _ => return None,
+        })
+    }
+
+    /// Whether this is a terminal task outcome (what `task.results` holds).
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            AnyEvent::TaskCompleted(_) | AnyEvent::TaskFailed(_) | AnyEvent::TaskDeadLettered(_) | AnyEvent::TaskCancelled(_) | AnyEvent::TaskExpired(_)
+        )
+    }
+
+    /// Short name of the variant (`TaskCompleted`), for logs and tests.
+    pub fn name(&self) -> &str {
+        match self {
+            AnyEvent::TaskSubmitted(_) => "TaskSubmitted",
+            AnyEvent::TaskStarted(_) => "TaskStarted",
+            AnyEvent::TaskProgress(_) => "TaskProgress",
+            AnyEvent::TaskRetryScheduled(_) => "TaskRetryScheduled",
+            AnyEvent::TaskCompleted(_) => "TaskCompleted",
+            AnyEvent::TaskFailed(_) => "TaskFailed",
+            AnyEvent::TaskDeadLettered(_) => "TaskDeadLettered",
+            AnyEvent::TaskCancelRequested(_) => "TaskCancelRequested",
+            AnyEvent::TaskCancelled(_) => "TaskCancelled",
+            AnyEvent::TaskExpired(_) => "TaskExpired",
+            AnyEvent::AgentRegistered(_) => "AgentRegistered",
+            AnyEvent::AgentHeartbeat(_) => "AgentHeartbeat",
+            AnyEvent::AgentStateChanged(_) => "AgentStateChanged",
+            AnyEvent::AgentLost(_) => "AgentLost",
+            AnyEvent::AgentDeregistered(_) => "AgentDeregistered",
+            AnyEvent::JobSubmitted(_) => "JobSubmitted",
+            AnyEvent::JobCompleted(_) => "JobCompleted",
+            AnyEvent::Unknown { name } => name,
+        }
+    }
+}
+
+/// Decodes a Confluent-framed payload into whichever event type wrote it.
+pub async fn decode_any(codec: &WireCodec, bytes: &[u8]) -> Result<AnyEvent, WireError> {
+    let name = codec.writer_name(bytes).await?;
+    macro_rules! pick {
+        ($($ty:ident),*) => {
+            match name.as_str() {
+                $(concat!("io.agentlog.v1.", stringify!($ty)) => AnyEvent::$ty(codec.decode::<$ty>(bytes).await?.1),)*
+                _ => AnyEvent::Unknown { name },
+            }
+        };
+    }
+    Ok(pick!(
+        TaskSubmitted,
+        TaskStarted,
+        TaskProgress,
+        TaskRetryScheduled,
+        TaskCompleted,
+        TaskFailed,
+        TaskDeadLettered,
+        TaskCancelRequested,
+        TaskCancelled,
+        TaskExpired,
+        AgentRegistered,
+        AgentHeartbeat,
+        AgentStateChanged,
+        AgentLost,
+        AgentDeregistered,
+        JobSubmitted,
+        JobCompleted
+    ))
+}

@@ -1,0 +1,147 @@
+//! `agentlog supervisor`: durable timers (delayed tasks, retry backoff), the heartbeat monitor
+//! (AgentLost) and job aggregation (JobCompleted).
+//!
+//! One instance is active at a time, elected through the log: every supervisor joins consumer
+//! group `agentlog.supervisor` on the single-partition `control` topic, and whoever owns that
+//! partition leads. When the leader dies the group hands the partition to a standby, which
+//! rebuilds its state from the log and takes over. Components read their topics without a
+//! group, so a new leader always sees the whole picture.
+
+pub mod follow;
+pub mod jobs;
+pub mod liveness;
+pub mod timers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::cancels::{Cancels, watch_control};
+use crate::agent::client::{ClientError, TaskClient};
+use crate::agent::topics::TaskTopics;
+use crate::events::wire::{WireCodec, WireError};
+use crate::log::{ConsumerEvent, ConsumerOptions, EventLog, LogError, TopicPartition};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("encoding a supervisor event failed: {0}")]
+    Encode(#[from] WireError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("a supervisor component panicked: {0}")]
+    Component(String),
+}
+
+/// `[supervisor]` in config: heartbeats (workers send them, the supervisor watches them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    /// How often workers heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// Heartbeats missed in a row before an instance is declared lost.
+    pub missed_heartbeats: u32,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self { heartbeat_interval_ms: 1_000, missed_heartbeats: 3 }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SupervisorSettings {
+    pub topic_prefix: String,
+    pub supervisor_id: String,
+    pub config: SupervisorConfig,
+}
+
+/// Runs until `shutdown`, leading whenever the group gives this instance the control partition.
+pub async fn run_supervisor(log: Arc<dyn EventLog>, codec: Arc<WireCodec>, settings: SupervisorSettings, shutdown: CancellationToken) -> Result<(), SupervisorError> {
+    let topics = TaskTopics::new(settings.topic_prefix.clone());
+    let control = TopicPartition::new(topics.control(), 0);
+    let mut election = log.consumer(ConsumerOptions { group: Some("agentlog.supervisor".into()), client_id: Some(settings.supervisor_id.clone()) })?;
+    election.subscribe(std::slice::from_ref(&control.topic))?;
+    let mut leading: Option<Leadership> = None;
+    let result = loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            // A component that fails ends the term; the error ends the supervisor (its process
+            // restarts, the group elects again).
+            Some(joined) = async { match &mut leading { Some(l) => l.components.join_next().await, None => None } }, if leading.is_some() => {
+                match joined {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(error)) => break Err(error),
+                    Err(error) => break Err(SupervisorError::Component(error.to_string())),
+                }
+            }
+            event = election.next_event() => event,
+        };
+        match event {
+            Ok(ConsumerEvent::Assigned(parts)) if parts.contains(&control) && leading.is_none() => {
+                tracing::info!(supervisor = %settings.supervisor_id, "leading: starting timers, heartbeat monitor and jobs");
+                match Leadership::start(&log, &codec, &topics, &settings).await {
+                    Ok(l) => leading = Some(l),
+                    Err(error) => break Err(error),
+                }
+            }
+            Ok(ConsumerEvent::Revoked(parts)) if parts.contains(&control) => {
+                if let Some(l) = leading.take() {
+                    tracing::info!(supervisor = %settings.supervisor_id, "no longer leading");
+                    l.stop().await;
+                }
+            }
+            // The leader does not consume control records: the election is all it wants.
+            Ok(_) => {}
+            Err(error) => break Err(error.into()),
+        }
+    };
+    if let Some(l) = leading.take() {
+        l.stop().await;
+    }
+    if let Err(error) = election.close().await {
+        tracing::debug!(%error, "leaving the supervisor group");
+    }
+    result
+}
+
+/// The components of one term as leader, and how to stop them.
+struct Leadership {
+    components: JoinSet<Result<(), SupervisorError>>,
+    stop: CancellationToken,
+}
+
+impl Leadership {
+    async fn start(log: &Arc<dyn EventLog>, codec: &Arc<WireCodec>, topics: &TaskTopics, settings: &SupervisorSettings) -> Result<Leadership, SupervisorError> {
+        let stop = CancellationToken::new();
+        let cancels = Arc::new(Cancels::tracking_new());
+        let watcher = watch_control(log, codec.clone(), topics, cancels.clone(), stop.clone()).await?;
+        let mut components = JoinSet::new();
+        components.spawn(async move { watcher.await.map_err(|e| SupervisorError::Component(e.to_string())) });
+        let client = TaskClient::new(log, codec.clone(), topics.clone(), settings.supervisor_id.clone())?;
+        let (l, s) = (log.clone(), stop.clone());
+        components.spawn(async move { timers::run_timers(l, client, cancels, s).await.map(|_| ()) });
+        let (l, c, t, s) = (log.clone(), codec.clone(), topics.clone(), stop.clone());
+        let interval = Duration::from_millis(settings.config.heartbeat_interval_ms);
+        let missed = settings.config.missed_heartbeats;
+        components.spawn(async move { liveness::run_liveness(l, c, t, interval, missed, s).await.map(|_| ()) });
+        let (l, c, t, s) = (log.clone(), codec.clone(), topics.clone(), stop.clone());
+        components.spawn(async move { jobs::run_jobs(l, c, t, s).await.map(|_| ()) });
+        Ok(Leadership { components, stop })
+    }
+
+    async fn stop(mut self) {
+        self.stop.cancel();
+        while let Some(joined) = self.components.join_next().await {
+            match joined {
+                Ok(Err(error)) => tracing::warn!(%error, "supervisor component failed while stopping"),
+                Err(error) => tracing::warn!(%error, "supervisor component panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+}

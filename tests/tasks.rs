@@ -1,0 +1,61 @@
+//! The task lifecycle on both backends: retries through durable timers, dead letters,
+//! timeouts and expiry, cancellation, priority lanes, ordering keys, the http and exec
+//! runtimes, drains, heartbeats and lost agents, delays, jobs and exactly-once outcomes.
+//! Kafka runs when `AGENTLOG_TEST_KAFKA` names a broker (`make test` starts one; under
+//! `CI=true` a missing broker fails the run).
+
+#[path = "conformance/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+mod tasks {
+    pub mod fixture;
+    pub mod scenarios;
+}
+
+use harness::{Harness, kafka_bootstrap};
+use tasks::scenarios;
+
+macro_rules! task_suite {
+    ($($scenario:ident),* $(,)?) => {
+        mod embedded {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let mut harness = Harness::embedded();
+                    scenarios::$scenario(&mut harness).await;
+                    harness.release().await;
+                }
+            )*
+        }
+        mod kafka {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let Some(bootstrap) = kafka_bootstrap() else {
+                        eprintln!("SKIPPED kafka::{}: AGENTLOG_TEST_KAFKA is not set", stringify!($scenario));
+                        return;
+                    };
+                    let mut harness = Harness::kafka(&bootstrap);
+                    scenarios::$scenario(&mut harness).await;
+                    harness.release().await;
+                }
+            )*
+        }
+    };
+}
+
+task_suite!(
+    retry_then_success_and_non_retryable_failure,
+    poison_task_is_dead_lettered_and_can_be_resubmitted,
+    timeouts_retry_and_expired_tasks_never_run,
+    cancel_before_and_during_a_run,
+    a_high_task_overtakes_a_low_backlog,
+    ordering_keys_hold_under_concurrency,
+    http_and_exec_runtimes_map_failures,
+    a_drain_loses_nothing_and_runs_nothing_twice,
+    a_silent_agent_is_declared_lost,
+    delayed_tasks_and_jobs,
+    exactly_once_outcomes,
+);

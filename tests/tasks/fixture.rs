@@ -1,0 +1,264 @@
+//! What every task-lifecycle scenario gets: the catalog topics under a unique prefix, a schema
+//! registry, a client, workers and a supervisor it can start and stop, and readers of the
+//! outcome topics with deadlines instead of sleeps.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use agentlog::agent::runtime::{Agent, AgentFailure, TaskContext, TaskOutput};
+use agentlog::agent::{AgentTypeConfig, TaskClient, TaskTopics, WorkerError, WorkerReport, WorkerSettings, run_worker};
+use agentlog::events::wire::WireCodec;
+use agentlog::events::{AnyEvent, Lane, TaskSubmitted, decode_any};
+use agentlog::log::{ConsumerEvent, ConsumerOptions, EventLog, SeekTo, TopicPartition, TopicSpec};
+use agentlog::supervisor::{SupervisorConfig, SupervisorSettings, run_supervisor};
+
+use crate::harness::{Harness, TestRegistry, create_task_topics, unique};
+
+pub const PARTITIONS: i32 = 2;
+
+pub struct Fixture {
+    pub log: Arc<dyn EventLog>,
+    pub registry: Option<TestRegistry>,
+    pub codec: Arc<WireCodec>,
+    pub topics: TaskTopics,
+    pub client: TaskClient,
+    workers: Vec<(CancellationToken, JoinHandle<Result<WorkerReport, WorkerError>>)>,
+    supervisor: Option<(CancellationToken, JoinHandle<Result<(), agentlog::supervisor::SupervisorError>>)>,
+    pub heartbeat: Duration,
+}
+
+impl Fixture {
+    pub async fn new(h: &Harness) -> Fixture {
+        Self::with_log(h.log().clone()).await
+    }
+
+    pub async fn with_log(log: Arc<dyn EventLog>) -> Fixture {
+        let registry = TestRegistry::start(&log).await;
+        let codec = registry.codec();
+        let prefix = format!("{}.", unique("p"));
+        create_task_topics(&log, &prefix, PARTITIONS).await;
+        let topics = TaskTopics::new(prefix);
+        let client = TaskClient::new(&log, codec.clone(), topics.clone(), "test").expect("client");
+        Fixture { log, registry: Some(registry), codec, topics, client, workers: Vec::new(), supervisor: None, heartbeat: Duration::from_millis(200) }
+    }
+
+    /// Declares an agent type from TOML and creates its lane topics.
+    pub async fn agent_type(&self, name: &str, toml_text: &str) -> (String, AgentTypeConfig) {
+        let name = unique(name);
+        let agent: AgentTypeConfig = toml::from_str(toml_text).expect("agent type TOML");
+        for topic in agent.lane_topics(&name, self.topics.prefix()) {
+            self.log.admin().create_topic(&TopicSpec::new(topic, PARTITIONS)).await.expect("lane topic");
+        }
+        (name, agent)
+    }
+
+    pub fn start_worker(&mut self, agent_type: &str, agent: &AgentTypeConfig, runtime: Arc<dyn Agent>, worker_id: &str) {
+        let settings = WorkerSettings {
+            agent_type: agent_type.to_string(),
+            agent: agent.clone(),
+            topic_prefix: self.topics.prefix().to_string(),
+            worker_id: worker_id.to_string(),
+            prefetch_per_lane: 8,
+            drain_timeout: Duration::from_secs(20),
+            heartbeat_interval: self.heartbeat,
+        };
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(run_worker(self.log.clone(), self.codec.clone(), runtime, settings, stop.clone()));
+        self.workers.push((stop, handle));
+    }
+
+    /// Drains worker `i` (as SIGTERM does) and returns its report.
+    pub async fn drain_worker(&mut self, i: usize) -> WorkerReport {
+        let (stop, handle) = self.workers.remove(i);
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(60), handle).await.expect("drained in time").expect("worker task").expect("worker")
+    }
+
+    /// Kills worker `i` without any drain (the in-process stand-in for a crash).
+    pub fn abort_worker(&mut self, i: usize) {
+        let (_, handle) = self.workers.remove(i);
+        handle.abort();
+    }
+
+    pub fn start_supervisor(&mut self, missed_heartbeats: u32) {
+        let settings = SupervisorSettings {
+            topic_prefix: self.topics.prefix().to_string(),
+            supervisor_id: unique("supervisor"),
+            config: SupervisorConfig { heartbeat_interval_ms: self.heartbeat.as_millis() as u64, missed_heartbeats },
+        };
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(run_supervisor(self.log.clone(), self.codec.clone(), settings, stop.clone()));
+        self.supervisor = Some((stop, handle));
+    }
+
+    pub fn task(&self, agent_type: &str, lane: Lane, input: &str) -> TaskSubmitted {
+        let id = unique("task");
+        TaskSubmitted::new(self.client.meta("tenant-a"), id, agent_type, lane, input.as_bytes().to_vec())
+    }
+
+    pub async fn submit(&self, task: &TaskSubmitted) {
+        self.client.submit(task).await.expect("submitted");
+    }
+
+    /// A reader of every partition of `topic` from the start.
+    pub async fn reader(&self, topic: &str) -> EventStream {
+        let partitions = self.log.admin().describe_topic(topic).await.expect("describe").partitions;
+        let mut consumer = self.log.consumer(ConsumerOptions::default()).expect("consumer");
+        let assignment: Vec<_> = (0..partitions).map(|p| (TopicPartition::new(topic, p), SeekTo::Earliest)).collect();
+        consumer.assign(&assignment).await.expect("assign");
+        EventStream { consumer, codec: self.codec.clone() }
+    }
+
+    /// Waits until every task in `ids` has a terminal outcome; returns them by task id (the
+    /// first outcome of each) and fails on a second outcome for one task.
+    pub async fn outcomes(&self, ids: &[String], within: Duration) -> HashMap<String, AnyEvent> {
+        let mut stream = self.reader(&self.topics.results()).await;
+        let mut found: HashMap<String, AnyEvent> = HashMap::new();
+        let deadline = Instant::now() + within;
+        while ids.iter().any(|id| !found.contains_key(id)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(event) = stream.next(left).await else {
+                let missing: Vec<&String> = ids.iter().filter(|id| !found.contains_key(*id)).collect();
+                panic!("no outcome within {within:?} for {missing:?}");
+            };
+            let id = event.task_id().expect("task.results holds task outcomes").to_string();
+            assert!(event.is_terminal(), "task.results holds only terminal outcomes, got {}", event.name());
+            if found.insert(id.clone(), event).is_some() {
+                panic!("task {id} has two outcomes");
+            }
+        }
+        found
+    }
+
+    /// Every event on `topic` written so far: reads up to the high watermarks taken now (or
+    /// until nothing more arrives for `idle`, since transaction markers are never delivered).
+    pub async fn all_events(&self, topic: &str, idle: Duration) -> Vec<AnyEvent> {
+        let admin = self.log.admin();
+        let partitions = admin.describe_topic(topic).await.expect("describe").partitions;
+        let mut ends = HashMap::new();
+        for p in 0..partitions {
+            let tp = TopicPartition::new(topic, p);
+            let marks = admin.watermarks(&tp).await.expect("watermarks");
+            if marks.high > marks.low {
+                ends.insert(p, marks.high);
+            }
+        }
+        let mut consumer = self.log.consumer(ConsumerOptions::default()).expect("consumer");
+        let assignment: Vec<_> = (0..partitions).map(|p| (TopicPartition::new(topic, p), SeekTo::Earliest)).collect();
+        consumer.assign(&assignment).await.expect("assign");
+        let mut out = Vec::new();
+        while !ends.is_empty() {
+            match tokio::time::timeout(idle, consumer.next_event()).await {
+                Err(_) => break,
+                Ok(Ok(ConsumerEvent::Record(record))) => {
+                    if ends.get(&record.partition).is_some_and(|high| record.offset + 1 >= *high) {
+                        ends.remove(&record.partition);
+                    }
+                    if !record.payload.is_empty() {
+                        out.push(decode_any(&self.codec, &record.payload).await.expect("decodable event"));
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("reading {topic} failed: {e}"),
+            }
+        }
+        out
+    }
+
+    pub async fn stop(mut self) -> Vec<WorkerReport> {
+        let mut reports = Vec::new();
+        while !self.workers.is_empty() {
+            reports.push(self.drain_worker(0).await);
+        }
+        if let Some((stop, handle)) = self.supervisor.take() {
+            stop.cancel();
+            tokio::time::timeout(Duration::from_secs(30), handle).await.expect("supervisor stopped in time").expect("supervisor task").expect("supervisor");
+        }
+        if let Some(registry) = self.registry.take() {
+            registry.stop().await;
+        }
+        reports
+    }
+}
+
+pub struct EventStream {
+    consumer: Box<dyn agentlog::log::Consumer>,
+    codec: Arc<WireCodec>,
+}
+
+impl EventStream {
+    /// The next decoded event, or `None` if none arrives within `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<AnyEvent> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.consumer.next_event()).await {
+                Err(_) => return None,
+                Ok(Ok(ConsumerEvent::Record(record))) => {
+                    if record.payload.is_empty() {
+                        continue;
+                    }
+                    return Some(decode_any(&self.codec, &record.payload).await.expect("decodable event"));
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("reading events failed: {e}"),
+            }
+        }
+    }
+}
+
+/// What a scripted agent saw: task ids in the order attempts started, with attempt numbers.
+#[derive(Default)]
+pub struct Journal {
+    pub started: Mutex<Vec<(String, u32, Instant)>>,
+    pub finished: Mutex<Vec<(String, u32, Instant)>>,
+}
+
+impl Journal {
+    pub fn started_ids(&self) -> Vec<String> {
+        self.started.lock().unwrap().iter().map(|(id, _, _)| id.clone()).collect()
+    }
+    pub fn attempts_of(&self, task_id: &str) -> Vec<u32> {
+        self.started.lock().unwrap().iter().filter(|(id, _, _)| id == task_id).map(|(_, a, _)| *a).collect()
+    }
+}
+
+/// A test agent driven by its input JSON: `{"sleep_ms": n, "fail_until": k, "fail_kind": "transient",
+/// "ignore_cancel": bool}` — fails attempts below `fail_until` with `fail_kind`, sleeps, then
+/// echoes its input.
+pub struct Scripted {
+    pub journal: Arc<Journal>,
+}
+
+#[async_trait]
+impl Agent for Scripted {
+    async fn run(&self, ctx: TaskContext) -> Result<TaskOutput, AgentFailure> {
+        self.journal.started.lock().unwrap().push((ctx.task_id.clone(), ctx.attempt, Instant::now()));
+        let input: serde_json::Value = serde_json::from_slice(&ctx.input).unwrap_or_default();
+        let sleep = Duration::from_millis(input["sleep_ms"].as_u64().unwrap_or(0));
+        let ignore_cancel = input["ignore_cancel"].as_bool().unwrap_or(false);
+        if ignore_cancel {
+            tokio::time::sleep(sleep).await;
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = ctx.cancel.cancelled() => return Err(AgentFailure::cancelled()),
+            }
+        }
+        self.journal.finished.lock().unwrap().push((ctx.task_id.clone(), ctx.attempt, Instant::now()));
+        if (ctx.attempt as u64) < input["fail_until"].as_u64().unwrap_or(0) {
+            let kind = input["fail_kind"].as_str().unwrap_or("transient").to_string();
+            return Err(AgentFailure::new(kind, format!("scripted failure of attempt {}", ctx.attempt), true));
+        }
+        Ok(TaskOutput { output: ctx.input.clone(), content_type: ctx.content_type.clone() })
+    }
+}
+
+pub fn scripted() -> (Arc<Journal>, Arc<dyn Agent>) {
+    let journal = Arc::new(Journal::default());
+    (journal.clone(), Arc::new(Scripted { journal }))
+}

@@ -1,0 +1,488 @@
+//! Task-lifecycle scenarios; each runs on the embedded log and on Kafka.
+
+use std::time::{Duration, Instant};
+
+use agentlog::agent::dlq;
+use agentlog::agent::runtime::build;
+use agentlog::events::{AgentState, AnyEvent, Lane, TimestampMicros};
+
+use super::fixture::{Fixture, scripted};
+use crate::harness::Harness;
+
+const WITHIN: Duration = Duration::from_secs(40);
+
+const RETRYING: &str = r#"
+runtime = { kind = "builtin", name = "echo" }
+concurrency = 4
+timeout_ms = 10000
+[retry]
+max_attempts = 3
+initial_backoff_ms = 100
+max_backoff_ms = 400
+jitter = 0.0
+"#;
+
+/// A retryable failure goes through a durable timer (TaskRetryScheduled, then a new attempt
+/// fired by the supervisor) and succeeds on the third attempt; a non-retryable kind fails at
+/// once, without retries.
+pub async fn retry_then_success_and_non_retryable_failure(h: &mut Harness) {
+    let mut f = Fixture::new(h).await;
+    let (ty, agent) = f.agent_type("flaky", RETRYING).await;
+    let (journal, runtime) = scripted();
+    f.start_supervisor(3);
+    f.start_worker(&ty, &agent, runtime, "w1");
+    let flaky = f.task(&ty, Lane::Normal, r#"{"fail_until": 3}"#);
+    let rejected = f.task(&ty, Lane::Normal, r#"{"fail_until": 9, "fail_kind": "rejected"}"#);
+    let begun = Instant::now();
+    f.submit(&flaky).await;
+    f.submit(&rejected).await;
+    let outcomes = f.outcomes(&[flaky.task_id.clone(), rejected.task_id.clone()], WITHIN).await;
+    match &outcomes[&flaky.task_id] {
+        AnyEvent::TaskCompleted(done) => assert_eq!(done.attempt, 3, "completed on the third attempt"),
+        other => panic!("expected TaskCompleted, got {other:?}"),
+    }
+    // Backoffs of 100 and 200 ms lie between the attempts: no retry ran early.
+    assert!(begun.elapsed() >= Duration::from_millis(300), "retries waited for their backoff");
+    assert_eq!(journal.attempts_of(&flaky.task_id), vec![1, 2, 3]);
+    match &outcomes[&rejected.task_id] {
+        AnyEvent::TaskFailed(failed) => {
+            assert_eq!((failed.attempt, failed.error_kind.as_str(), failed.retryable), (1, "rejected", false));
+        }
+        other => panic!("expected TaskFailed, got {other:?}"),
+    }
+    assert_eq!(journal.attempts_of(&rejected.task_id), vec![1], "a non-retryable kind is not retried");
+    let events = f.all_events(&f.topics.events(), Duration::from_secs(2)).await;
+    let scheduled: Vec<i32> = events
+        .iter()
+        .filter_map(|e| match e {
+            AnyEvent::TaskRetryScheduled(r) if r.task_id == flaky.task_id => Some(r.attempt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(scheduled, vec![1, 2], "each retry was scheduled on task.events");
+    f.stop().await;
+}
+
+/// A task that keeps failing is dead-lettered after max attempts with its last error, parked
+/// on `dlq` as the original command, listed there, and re-submitted with a fresh budget.
+pub async fn poison_task_is_dead_lettered_and_can_be_resubmitted(h: &mut Harness) {
+    let mut f = Fixture::new(h).await;
+    let (ty, agent) = f.agent_type("poison", RETRYING).await;
+    let (journal, runtime) = scripted();
+    f.start_supervisor(3);
+    f.start_worker(&ty, &agent, runtime, "w1");
+    // Fails attempts 1..=3 (all it gets), and would succeed from attempt 4 on.
+    let poison = f.task(&ty, Lane::High, r#"{"fail_until": 4}"#);
+    f.submit(&poison).await;
+    let outcomes = f.outcomes(std::slice::from_ref(&poison.task_id), WITHIN).await;
+    match &outcomes[&poison.task_id] {
+        AnyEvent::TaskDeadLettered(dead) => {
+            assert_eq!(dead.attempts, 3);
+            assert!(dead.last_error.contains("scripted failure of attempt 3"), "last error kept: {}", dead.last_error);
+        }
+        other => panic!("expected TaskDeadLettered, got {other:?}"),
+    }
+    assert_eq!(journal.attempts_of(&poison.task_id), vec![1, 2, 3]);
+
+    let letters = dlq::list(&f.log, &f.client).await.expect("dlq list");
+    let letter = dlq::find(&letters, &poison.task_id).expect("the task is on the dlq");
+    assert_eq!(letter.attempts, Some(3));
+    assert_eq!(letter.error_kind, "transient");
+    assert_eq!(letter.task.as_ref().map(|t| t.input.clone()), Some(poison.input.clone()), "the original command is parked");
+
+    // A fresh budget: attempt numbers restart at 1, so with fail_until 4 it is parked again
+    // after three more attempts — the re-submission really ran.
+    dlq::resubmit(&f.client, letter).await.expect("resubmit");
+    let deadline = Instant::now() + WITHIN;
+    while journal.attempts_of(&poison.task_id).len() < 6 {
+        assert!(Instant::now() < deadline, "re-submitted task did not run: {:?}", journal.attempts_of(&poison.task_id));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(journal.attempts_of(&poison.task_id), vec![1, 2, 3, 1, 2, 3]);
+    f.stop().await;
+}
+
+/// An attempt past its timeout fails with kind `timeout` and follows the retry policy; a task
+/// taken after its deadline ends Expired without running.
+pub async fn timeouts_retry_and_expired_tasks_never_run(h: &mut Harness) {
+    let mut f = Fixture::new(h).await;
+    let (ty, agent) = f.agent_type(
+        "slow",
+        "runtime = { kind = \"builtin\", name = \"echo\" }\ntimeout_ms = 300\n[retry]\nmax_attempts = 2\ninitial_backoff_ms = 50\njitter = 0.0\n",
+    )
+    .await;
+    let (journal, runtime) = scripted();
+    f.start_supervisor(3);
+    f.start_worker(&ty, &agent, runtime, "w1");
+    let slow = f.task(&ty, Lane::Normal, r#"{"sleep_ms": 5000}"#);
+    let mut late = f.task(&ty, Lane::Normal, r#"{}"#);
+    late.deadline = Some(TimestampMicros(TimestampMicros::now().0 - 1_000_000));
+    f.submit(&slow).await;
+    f.submit(&late).await;
+    let outcomes = f.outcomes(&[slow.task_id.clone(), late.task_id.clone()], WITHIN).await;
+    match &outcomes[&slow.task_id] {
+        AnyEvent::TaskDeadLettered(dead) => {
+            assert_eq!(dead.attempts, 2);
+            assert!(dead.last_error.starts_with("timeout"), "{}", dead.last_error);
+        }
+        other => panic!("expected TaskDeadLettered after two timeouts, got {other:?}"),
+    }
+    assert!(matches!(outcomes[&late.task_id], AnyEvent::TaskExpired(_)), "{:?}", outcomes[&late.task_id]);
+    assert!(journal.attempts_of(&late.task_id).is_empty(), "an expired task never runs");
+    f.stop().await;
+}
+
+/// Cancel before start: the task never runs (queued behind a busy worker, or waiting on a
+/// timer). Cancel during a run: the agent gets its signal and the task ends Cancelled within
+/// 1 s, even for an agent that ignores the signal.
+pub async fn cancel_before_and_during_a_run(h: &mut Harness) {
+    let mut f = Fixture::new(h).await;
+    let (ty, agent) = f.agent_type("cancellable", "runtime = { kind = \"builtin\", name = \"echo\" }\nconcurrency = 1\nlanes = [\"normal\"]\n").await;
+    let (journal, runtime) = scripted();
+    f.start_supervisor(3);
+    f.start_worker(&ty, &agent, runtime, "w1");
+
+    let running = f.task(&ty, Lane::Normal, r#"{"sleep_ms": 30000}"#);
+    let mut queued = f.task(&ty, Lane::Normal, r#"{}"#);
+    queued.ordering_key = running.ordering_key.clone();
+    let mut delayed = f.task(&ty, Lane::Normal, r#"{}"#);
+    delayed.not_before = Some(TimestampMicros(TimestampMicros::now().0 + 20_000_000));
+    let stubborn = f.task(&ty, Lane::Normal, r#"{"sleep_ms": 30000, "ignore_cancel": true}"#);
+    f.submit(&running).await;
+    f.submit(&delayed).await;
+    wait_started(&journal, &running.task_id).await;
+    f.submit(&queued).await;
+
+    // `queued` waits behind `running` (concurrency 1): cancel it, then the running one.
+    f.client.cancel(&queued.task_id, "tenant-a", Some("not needed".into())).await.expect("cancel");
+    f.client.cancel(&delayed.task_id, "tenant-a", None).await.expect("cancel");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    f.client.cancel(&running.task_id, "tenant-a", None).await.expect("cancel");
+    let outcomes = f.outcomes(&[running.task_id.clone(), queued.task_id.clone(), delayed.task_id.clone()], WITHIN).await;
+    let cancel_took = asked.elapsed();
+    for id in [&running.task_id, &queued.task_id, &delayed.task_id] {
+        assert!(matches!(outcomes[id], AnyEvent::TaskCancelled(_)), "{id}: {:?}", outcomes[id]);
+    }
+    assert!(cancel_took < Duration::from_secs(1), "a running task ended Cancelled {cancel_took:?} after the request");
+    assert!(journal.attempts_of(&queued.task_id).is_empty(), "a task cancelled before it started never ran");
+    assert!(journal.attempts_of(&delayed.task_id).is_empty(), "a delayed task cancelled on its timer never ran");
+
+    // An agent that ignores the signal is dropped after the grace period.
+    f.submit(&stubborn).await;
+    wait_started(&journal, &stubborn.task_id).await;
+    let asked = Instant::now();
+    f.client.cancel(&stubborn.task_id, "tenant-a", None).await.expect("cancel");
+    let outcomes = f.outcomes(std::slice::from_ref(&stubborn.task_id), WITHIN).await;
+    assert!(matches!(outcomes[&stubborn.task_id], AnyEvent::TaskCancelled(_)));
+    assert!(asked.elapsed() < Duration::from_secs(1), "ignored cancel still ended within 1 s: {:?}", asked.elapsed());
+    f.stop().await;
+}
+
+async fn wait_started(journal: &super::fixture::Journal, task_id: &str) {
+    let deadline = Instant::now() + WITHIN;
+    while !journal.started_ids().iter().any(|id| id == task_id) {
+        assert!(Instant::now() < deadline, "{task_id} never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A backlog of low tasks, then one high task: the high one starts next.
+pub async fn a_high_task_overtakes_a_low_backlog(h: &mut Harness) {
+    let mut f = Fixture::new(h).await;
+    let (ty, agent) = f.agent_type("prio", "runtime = { kind = \"builtin\", name = \"echo\" }\nconcurrency = 1\n").await;
+    let (journal, runtime) = scripted();
+    let mut low = Vec::new();
+    for _ in 0..12 {
+        let task = f.task(&ty, Lane::Low, r#"{"sleep_ms": 150}"#);
+        f.submit(&task).await;
+        low.push(task.task_id);
+    }
+    f.start_worker(&ty, &agent, runtime, "w1");
+    let deadline = Instant::now() + WITHIN;
+    while journal.started_ids().len() < 2 {
+        assert!(Instant::now() < deadline, "the backlog never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let high = f.task(&ty, Lane::High, r#"{}"#);
+    f.submit(&high).await;
+    let started_before = journal.started_ids().len();
+    let mut ids = low.clone();
+    ids.push(high.task_id.clone());
+    f.outcomes(&ids, WITHIN).await;
+    let order = journal.started_ids();
+    let position = order.iter().position(|id| *id == high.task_id).expect("high ran");
+    // It starts as soon as the one low task running at submission finishes.
+    assert!(position <= started_before, "high started at {position}, {started_before} had started when it was submitted: {order:?}");
+    assert!(position < order.len() - 1, "high started before the rest of the backlog");
+    f.stop().await;
+}
+
+/// Tasks sharing an ordering key run one at a time and in submission order, while different
+/// keys run concurrently.
+pub async fn ordering_keys_hold_under_concurrency(h: &mut Harness) {
+    let mut f = Fixture::new(h).await;
+    let (ty, agent) = f.agent_type("ordered", "runtime = { kind = \"builtin\", name = \"echo\" }\nconcurrency = 4\n").await;
+    let (journal, runtime) = scripted();
+    f.start_worker(&ty, &agent, runtime, "w1");
+    let mut by_key: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut ids = Vec::new();
+    for i in 0..24 {
+        let key = format!("k{}", i % 3);
+        let mut task = f.task(&ty, Lane::Normal, r#"{"sleep_ms": 20}"#);
+        task.ordering_key = Some(key.clone());
+        f.submit(&task).await;
+        by_key.entry(key).or_default().push(task.task_id.clone());
+        ids.push(task.task_id);
+    }
+    f.outcomes(&ids, WITHIN).await;
+    let started = journal.started.lock().unwrap().clone();
+    let finished = journal.finished.lock().unwrap().clone();
+    let mut overlapping_keys = false;
+    for (key, tasks) in &by_key {
+        let order: Vec<&String> = started.iter().filter(|(id, _, _)| tasks.contains(id)).map(|(id, _, _)| id).collect();
+        assert_eq!(order, tasks.iter().collect::<Vec<_>>(), "key {key} ran in submission order");
+        for pair in tasks.windows(2) {
+            let end_prev = finished.iter().find(|(id, _, _)| *id == pair[0]).expect("finished").2;
+            let start_next = started.iter().find(|(id, _, _)| *id == pair[1]).expect("started").2;
+            assert!(start_next >= end_prev, "key {key}: {} started before {} finished", pair[1], pair[0]);
+        }
+    }
+    // Different keys did overlap (the worker really ran concurrently).
+    for (i, (id, _, _)) in started.iter().enumerate() {
+        let end = finished.iter().find(|(f, _, _)| f == id).expect("finished").2;
+        if started.iter().skip(i + 1).any(|(_, _, s)| *s < end) {
+            overlapping_keys = true;
+        }
+    }
+    assert!(overlapping_keys, "tasks of different keys ran concurrently");
+    f.stop().await;
+}
+
+/// The http runtime in a worker: 2xx completes, 4xx fails without retry, 5xx retries and is
+/// dead-lettered. The exec runtime: stdout is the output, a non-zero exit fails with stderr.
+pub async fn http_and_exec_runtimes_map_failures(h: &mut Harness) {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/agent",
+        post(|body: String| async move {
+            let status = if body.contains("\"bad\"") {
+                axum::http::StatusCode::BAD_REQUEST
+            } else if body.contains("\"down\"") {
+                axum::http::StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                axum::http::StatusCode::OK
+            };
+            (status, r#"{"answer":42}"#)
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/agent", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut f = Fixture::new(h).await;
+    f.start_supervisor(3);
+    let http_toml = format!("runtime = {{ kind = \"http\", url = \"{url}\" }}\n[retry]\nmax_attempts = 2\ninitial_backoff_ms = 50\njitter = 0.0\n");
+    let (http_ty, http_agent) = f.agent_type("http", &http_toml).await;
+    let runtime = build(&http_agent.runtime, Duration::from_secs(5)).expect("http runtime");
+    f.start_worker(&http_ty, &http_agent, runtime, "http-1");
+    let exec_toml = "runtime = { kind = \"exec\", program = \"/bin/sh\", args = [\"-c\", \"read line; case \\\"$line\\\" in *fail*) echo boom >&2; exit 3;; *) echo \\\"got $line\\\";; esac\"] }\n";
+    let (exec_ty, exec_agent) = f.agent_type("exec", exec_toml).await;
+    let runtime = build(&exec_agent.runtime, Duration::from_secs(5)).expect("exec runtime");
+    f.start_worker(&exec_ty, &exec_agent, runtime, "exec-1");
+
+    let ok = f.task(&http_ty, Lane::Normal, r#"{"q":"fine"}"#);
+    let bad = f.task(&http_ty, Lane::Normal, r#"{"q":"bad"}"#);
+    let down = f.task(&http_ty, Lane::Normal, r#"{"q":"down"}"#);
+    let exec_ok = f.task(&exec_ty, Lane::Normal, r#"{"q":"hello"}"#);
+    let exec_fail = f.task(&exec_ty, Lane::Normal, r#"{"q":"fail"}"#);
+    for t in [&ok, &bad, &down, &exec_ok, &exec_fail] {
+        f.submit(t).await;
+    }
+    let ids: Vec<String> = [&ok, &bad, &down, &exec_ok, &exec_fail].iter().map(|t| t.task_id.clone()).collect();
+    let outcomes = f.outcomes(&ids, WITHIN).await;
+    match &outcomes[&ok.task_id] {
+        AnyEvent::TaskCompleted(c) => assert_eq!(c.output, br#"{"answer":42}"#.to_vec()),
+        other => panic!("2xx: {other:?}"),
+    }
+    match &outcomes[&bad.task_id] {
+        AnyEvent::TaskFailed(e) => assert_eq!((e.error_kind.as_str(), e.attempt), ("rejected", 1)),
+        other => panic!("4xx: {other:?}"),
+    }
+    match &outcomes[&down.task_id] {
+        AnyEvent::TaskDeadLettered(d) => {
+            assert_eq!(d.attempts, 2);
+            assert!(d.last_error.starts_with("transient"), "{}", d.last_error);
+        }
+        other => panic!("5xx: {other:?}"),
+    }
+    match &outcomes[&exec_ok.task_id] {
+        AnyEvent::TaskCompleted(c) => assert_eq!(String::from_utf8_lossy(&c.output).trim(), r#"got {"q":"hello"}"#),
+        other => panic!("exec ok: {other:?}"),
+    }
+    match &outcomes[&exec_fail.task_id] {
+        AnyEvent::TaskFailed(e) => {
+            assert_eq!(e.error_kind, "exit");
+            assert!(e.message.contains("boom"), "stderr's tail is in the error: {}", e.message);
+        }
+        other => panic!("exec failure: {other:?}"),
+    }
+    f.stop().await;
+    server.abort();
+}
+
+/// SIGTERM drain: the worker stops taking work, finishes what runs, commits and leaves; a
+/// second worker runs the rest. Every task has exactly one outcome: nothing lost, nothing run
+/// twice. The worker's lifecycle is on `agent.events`.
+pub async fn a_drain_loses_nothing_and_runs_nothing_twice(h: &mut Harness) {
+    let mut f = Fixture::new(h).await;
+    let (ty, agent) = f.agent_type("drained", "runtime = { kind = \"builtin\", name = \"echo\" }\nconcurrency = 3\n").await;
+    let (journal, runtime) = scripted();
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        let task = f.task(&ty, Lane::Normal, r#"{"sleep_ms": 100}"#);
+        f.submit(&task).await;
+        ids.push(task.task_id);
+    }
+    f.start_worker(&ty, &agent, runtime.clone(), "first");
+    let deadline = Instant::now() + WITHIN;
+    while journal.started_ids().len() < 5 {
+        assert!(Instant::now() < deadline, "work never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first = f.drain_worker(0).await;
+    assert_eq!(first.abandoned, 0, "the drain finished what was running");
+    assert!(first.completed >= 5 && first.completed < 30, "drained mid-way: {first:?}");
+    f.start_worker(&ty, &agent, runtime, "second");
+    let outcomes = f.outcomes(&ids, WITHIN).await;
+    assert!(outcomes.values().all(|e| matches!(e, AnyEvent::TaskCompleted(_))));
+    let second = f.drain_worker(0).await;
+    assert_eq!(first.completed + second.completed, 30, "every task ran exactly once: {first:?} {second:?}");
+    let mut runs = journal.started_ids();
+    runs.sort();
+    runs.dedup();
+    assert_eq!(runs.len(), journal.started_ids().len(), "no task ran twice");
+
+    let lifecycle: Vec<String> = f
+        .all_events(&f.topics.agent_events(), Duration::from_secs(2))
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            AnyEvent::AgentRegistered(r) if r.agent_id == "first" => Some("registered".to_string()),
+            AnyEvent::AgentStateChanged(c) if c.agent_id == "first" => Some(format!("{:?}", c.to_state)),
+            AnyEvent::AgentDeregistered(d) if d.agent_id == "first" => Some("deregistered".to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lifecycle, ["registered", "Running", "Draining", "Stopped", "deregistered"]);
+    f.stop().await;
+}
+
+/// Heartbeats carry load; a worker that dies without deregistering is declared AgentLost by
+/// the supervisor after the missed heartbeats, one that drains is not.
+pub async fn a_silent_agent_is_declared_lost(h: &mut Harness) {
+    let mut f = Fixture::new(h).await;
+    let (ty, agent) = f.agent_type("mortal", "runtime = { kind = \"builtin\", name = \"echo\" }\n").await;
+    let (_, runtime) = scripted();
+    // Four missed heartbeats of 200 ms: short for the test, long enough that a busy 2-core
+    // machine does not make a live agent look dead.
+    f.start_supervisor(4);
+    f.start_worker(&ty, &agent, runtime.clone(), "doomed");
+    f.start_worker(&ty, &agent, runtime, "orderly");
+    tokio::time::sleep(f.heartbeat * 4).await;
+    f.abort_worker(0);
+    let killed = Instant::now();
+    let mut stream = f.reader(&f.topics.agent_events()).await;
+    let lost = loop {
+        match stream.next(Duration::from_secs(10)).await {
+            Some(AnyEvent::AgentLost(lost)) => break lost,
+            Some(_) => {}
+            None => panic!("no AgentLost within 10 s of the kill"),
+        }
+    };
+    assert_eq!(lost.agent_id, "doomed");
+    assert!(lost.missed_heartbeats >= 4, "{lost:?}");
+    let detect = killed.elapsed();
+    // 4 missed heartbeats of 200 ms, checked every 100 ms: well under 2 s.
+    assert!(detect < Duration::from_secs(2), "lost after {detect:?}");
+    let beats = f.all_events(&f.topics.heartbeats(), Duration::from_secs(1)).await;
+    let orderly: Vec<_> = beats.iter().filter_map(|e| if let AnyEvent::AgentHeartbeat(b) = e { (b.agent_id == "orderly").then_some(b) } else { None }).collect();
+    assert!(orderly.len() >= 3, "heartbeats every interval");
+    assert!(orderly.windows(2).all(|w| w[1].sequence == w[0].sequence + 1), "heartbeat sequence has no gaps");
+    assert!(orderly.iter().all(|b| b.capacity == 4 && b.memory_bytes > 0));
+    f.drain_worker(0).await;
+    tokio::time::sleep(f.heartbeat * 6).await;
+    let states = f.all_events(&f.topics.agent_events(), Duration::from_secs(1)).await;
+    assert!(!states.iter().any(|e| matches!(e, AnyEvent::AgentLost(l) if l.agent_id == "orderly")), "a drained agent is not lost");
+    assert!(states.iter().any(|e| matches!(e, AnyEvent::AgentStateChanged(c) if c.agent_id == "orderly" && c.to_state == AgentState::Stopped)));
+    f.stop().await;
+}
+
+/// A delayed task waits on a durable timer and starts no earlier than its not_before; a job's
+/// tasks complete and the supervisor appends JobCompleted with the counts.
+pub async fn delayed_tasks_and_jobs(h: &mut Harness) {
+    let mut f = Fixture::new(h).await;
+    let (ty, agent) = f.agent_type("later", "runtime = { kind = \"builtin\", name = \"echo\" }\n").await;
+    let (journal, runtime) = scripted();
+    f.start_supervisor(3);
+    f.start_worker(&ty, &agent, runtime, "w1");
+    let mut delayed = f.task(&ty, Lane::Normal, r#"{}"#);
+    let due = TimestampMicros(TimestampMicros::now().0 + 1_500_000);
+    delayed.not_before = Some(due);
+    let submitted = f.client.submit(&delayed).await.expect("submit");
+    assert!(submitted.delayed && submitted.topic == f.topics.timers());
+    let job_tasks = vec![
+        f.task(&ty, Lane::Normal, r#"{}"#),
+        f.task(&ty, Lane::High, r#"{}"#),
+        f.task(&ty, Lane::Normal, r#"{"fail_until": 9, "fail_kind": "rejected"}"#),
+    ];
+    let job_ids: Vec<String> = job_tasks.iter().map(|t| t.task_id.clone()).collect();
+    f.client.submit_job("job-1", "tenant-a", job_tasks).await.expect("job");
+    let outcomes = f.outcomes(&[delayed.task_id.clone()], WITHIN).await;
+    assert!(matches!(outcomes[&delayed.task_id], AnyEvent::TaskCompleted(_)));
+    assert_eq!(journal.attempts_of(&delayed.task_id), vec![1]);
+    let events = f.all_events(&f.topics.events(), Duration::from_secs(1)).await;
+    let started_at = events
+        .iter()
+        .find_map(|e| if let AnyEvent::TaskStarted(s) = e { (s.task_id == delayed.task_id).then_some(s.meta.occurred_at) } else { None })
+        .expect("TaskStarted");
+    assert!(started_at >= due, "started {} µs before its not_before", due.0 - started_at.0);
+
+    f.outcomes(&job_ids, WITHIN).await;
+    let mut stream = f.reader(&f.topics.events()).await;
+    let completed = loop {
+        match stream.next(Duration::from_secs(10)).await {
+            Some(AnyEvent::JobCompleted(j)) => break j,
+            Some(_) => {}
+            None => panic!("no JobCompleted"),
+        }
+    };
+    assert_eq!((completed.job_id.as_str(), completed.completed, completed.failed), ("job-1", 2, 1));
+    f.stop().await;
+}
+
+/// With exactly_once, outcomes and offset commits are one transaction: every task has exactly
+/// one outcome on task.results (read_committed), retries included.
+pub async fn exactly_once_outcomes(h: &mut Harness) {
+    let mut f = Fixture::new(h).await;
+    let toml_text = RETRYING.replace("[retry]", "exactly_once = true\n[retry]");
+    let (ty, agent) = f.agent_type("once", &toml_text).await;
+    assert!(agent.exactly_once);
+    let (_, runtime) = scripted();
+    f.start_supervisor(3);
+    f.start_worker(&ty, &agent, runtime, "w1");
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let input = if i % 10 == 0 { r#"{"fail_until": 2, "sleep_ms": 5}"# } else { r#"{"sleep_ms": 5}"# };
+        let task = f.task(&ty, Lane::Normal, input);
+        f.submit(&task).await;
+        ids.push(task.task_id);
+    }
+    let outcomes = f.outcomes(&ids, WITHIN).await;
+    assert!(outcomes.values().all(|e| matches!(e, AnyEvent::TaskCompleted(_))));
+    let all = f.all_events(&f.topics.results(), Duration::from_secs(2)).await;
+    assert_eq!(all.len(), 30, "exactly one outcome per task on task.results");
+    let reports = f.stop().await;
+    assert_eq!(reports[0].completed, 30);
+    assert_eq!(reports[0].retried, 3);
+}
