@@ -252,6 +252,25 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// Tasks end to end through a worker with a no-op agent: tasks/s and submit→outcome
+    /// latency at a fixed offered load.
+    Tasks {
+        #[arg(long, default_value_t = 200_000)]
+        tasks: u64,
+        /// Offered load of the latency phase, tasks/s.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        #[arg(long, default_value_t = 64)]
+        concurrency: u32,
+        #[arg(long)]
+        exactly_once: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -401,6 +420,15 @@ async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn Ev
         Command::Lag { group, topic } => {
             for l in lag::group_lag(log.admin().as_ref(), &group, &topic).await? {
                 println!("{}", serde_json::to_string(&l)?);
+            }
+        }
+        Command::Bench { what: BenchWhat::Tasks { tasks, rate, seconds, partitions, concurrency, exactly_once, json } } => {
+            let options = agentlog::bench::tasks::TaskBenchOptions { tasks, rate, seconds, partitions, concurrency, exactly_once };
+            let report = agentlog::bench::tasks::run_task_bench(log.clone(), &options).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
             }
         }
         Command::Bench { what: BenchWhat::Log { records, size, partitions, rate, seconds, json } } => {

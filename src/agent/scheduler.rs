@@ -52,6 +52,13 @@ impl<T> Scheduler<T> {
         self.lanes[lane.min(LANE_COUNT - 1)].len() >= self.prefetch
     }
 
+    /// Whether `lane` has drained to half its prefetch: the point to resume a paused lane.
+    /// (Pausing when full and resuming only at half keeps a busy lane from flapping between
+    /// pause and resume on every task, which costs the Kafka consumer its fetched data.)
+    pub fn lane_low(&self, lane: Lane) -> bool {
+        self.lanes[lane.min(LANE_COUNT - 1)].len() <= self.prefetch / 2
+    }
+
     /// The next task to start, if the rules allow one; it counts as running until
     /// [`Scheduler::finished`] is called with its key.
     pub fn next(&mut self) -> Option<(Lane, T)> {

@@ -65,6 +65,12 @@ pub struct WorkerSettings {
     pub heartbeat_interval: Duration,
 }
 
+/// How often finished work is committed. Outcomes are written as each task finishes; only the
+/// offset commit (with exactly-once: the transaction holding outcomes and offsets) waits for
+/// the next tick, so one commit round trip serves every task finished meanwhile. A crash
+/// redelivers at most this much finished work (at-least-once).
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(20);
+
 /// Counts of what a worker did, returned when it stops.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WorkerReport {
@@ -179,6 +185,10 @@ pub async fn run_worker(
     // Per lane: whether its partitions are paused; `None` after a rebalance, to re-apply.
     let mut paused: [Option<bool>; LANES.len()] = [None; LANES.len()];
     let mut report = WorkerReport::default();
+    // Commit positions of finished work, flushed on the commit tick.
+    let mut pending: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+    let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
+    commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let result: Result<(), WorkerError> = async {
         loop {
@@ -196,7 +206,10 @@ pub async fn run_worker(
                     while let Some(more) = running.try_join_next() {
                         batch.push(more);
                     }
-                    finish(batch, &mut delivery, &mut scheduler, &mut tracker, reader.consumer(), &mut report, &load).await?;
+                    finish(batch, &mut delivery, &mut scheduler, &mut tracker, &mut pending, &mut report, &load)?;
+                }
+                _ = commit_tick.tick(), if !pending.is_empty() => {
+                    flush(&mut pending, &mut delivery, reader.consumer()).await?;
                 }
                 outcome = reader.next() => match outcome? {
                     ReadOutcome::Event { record, event, .. } => {
@@ -210,10 +223,13 @@ pub async fn run_worker(
                         let tp = record.topic_partition();
                         tracker.started(&tp, record.offset);
                         if let Some(position) = tracker.finished(&tp, record.offset) {
-                            commit(reader.consumer(), &[(tp, position)]).await?;
+                            pending.insert(tp, position);
                         }
                     }
                     ReadOutcome::Rebalance(ConsumerEvent::Revoked(parts)) => {
+                        // Commit what finished while the partitions were still ours (a moved
+                        // partition's commit is refused and its new owner re-runs the rest).
+                        flush(&mut pending, &mut delivery, reader.consumer()).await?;
                         // Waiting tasks of lost partitions belong to their new owner.
                         scheduler.remove_waiting(|t| parts.contains(&t.record.topic_partition()));
                         tracker.revoke(&parts);
@@ -234,7 +250,7 @@ pub async fn run_worker(
         while !running.is_empty() {
             match tokio::time::timeout_at(deadline, running.join_next()).await {
                 Ok(Some(joined)) => {
-                    finish(vec![joined], &mut delivery, &mut scheduler, &mut tracker, reader.consumer(), &mut report, &load).await?;
+                    finish(vec![joined], &mut delivery, &mut scheduler, &mut tracker, &mut pending, &mut report, &load)?;
                 }
                 Ok(None) => break,
                 Err(_) => {
@@ -244,6 +260,7 @@ pub async fn run_worker(
                 }
             }
         }
+        flush(&mut pending, &mut delivery, reader.consumer()).await?;
         Ok(())
     }
     .await;
@@ -288,18 +305,16 @@ async fn write_all(producer: &dyn Producer, records: &[Record]) -> Result<(), Lo
     Ok(())
 }
 
-/// Frees the slots of finished turns and commits what became contiguous.
-#[allow(clippy::too_many_arguments)]
-async fn finish(
+/// Frees the slots of finished turns and notes the commit positions that became contiguous.
+fn finish(
     batch: Vec<Result<Done, tokio::task::JoinError>>,
     delivery: &mut Delivery,
     scheduler: &mut Scheduler<Taken>,
     tracker: &mut OffsetTracker,
-    consumer: &mut dyn Consumer,
+    pending: &mut BTreeMap<TopicPartition, i64>,
     report: &mut WorkerReport,
     load: &Load,
 ) -> Result<(), WorkerError> {
-    let mut positions: BTreeMap<TopicPartition, i64> = BTreeMap::new();
     for joined in batch {
         let done = joined.map_err(|e| WorkerError::Attempt(e.to_string()))?;
         load.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -317,21 +332,28 @@ async fn finish(
             stash.entry(done.tp.clone()).or_default().insert(done.offset, outcome.records);
         }
         if let Some(position) = tracker.finished(&done.tp, done.offset) {
-            positions.insert(done.tp, position);
+            pending.insert(done.tp, position);
         }
     }
-    if positions.is_empty() {
+    Ok(())
+}
+
+/// Commits the pending positions: with at-least-once an offset commit (the outcomes are
+/// durable already), with exactly-once one transaction holding the outcomes of the committed
+/// prefix and the offsets.
+async fn flush(pending: &mut BTreeMap<TopicPartition, i64>, delivery: &mut Delivery, consumer: &mut dyn Consumer) -> Result<(), WorkerError> {
+    if pending.is_empty() {
         return Ok(());
     }
-    let positions: Vec<(TopicPartition, i64)> = positions.into_iter().collect();
+    let positions: Vec<(TopicPartition, i64)> = std::mem::take(pending).into_iter().collect();
     match delivery {
         Delivery::AtLeastOnce => commit(consumer, &positions).await,
         Delivery::ExactlyOnce { producer, stash } => {
             let mut records = Vec::new();
             for (tp, position) in &positions {
-                if let Some(pending) = stash.get_mut(tp) {
-                    let later = pending.split_off(position);
-                    records.extend(std::mem::replace(pending, later).into_values().flatten());
+                if let Some(waiting) = stash.get_mut(tp) {
+                    let later = waiting.split_off(position);
+                    records.extend(std::mem::replace(waiting, later).into_values().flatten());
                 }
             }
             commit_transaction(producer.as_ref(), consumer, records, &positions).await
@@ -384,7 +406,7 @@ async fn commit(consumer: &mut dyn Consumer, positions: &[(TopicPartition, i64)]
     }
 }
 
-/// Pauses the partitions of lanes whose buffer is full and resumes the others.
+/// Pauses the partitions of lanes whose buffer is full, and resumes them once half drained.
 fn update_pauses(
     consumer: &mut dyn Consumer,
     scheduler: &Scheduler<Taken>,
@@ -395,7 +417,10 @@ fn update_pauses(
     let assignment = consumer.assignment();
     for topic in topics {
         let lane = lane_of.get(topic).copied().unwrap_or(LANES.len() - 1);
-        let full = scheduler.lane_full(lane);
+        let full = match paused[lane] {
+            Some(true) => !scheduler.lane_low(lane),
+            _ => scheduler.lane_full(lane),
+        };
         if paused[lane] == Some(full) {
             continue;
         }

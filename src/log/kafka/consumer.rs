@@ -65,6 +65,10 @@ fn to_tpl<'a>(partitions: impl IntoIterator<Item = (&'a TopicPartition, Offset)>
     Ok(tpl)
 }
 
+/// Held records of a paused partition past which it is paused in librdkafka as well,
+/// bounding the memory a long pause can take.
+const HARD_PAUSE_AT: usize = 10_000;
+
 pub(crate) struct KafkaConsumer {
     consumer: Arc<StreamConsumer<RebalanceEvents>>,
     group: Option<String>,
@@ -75,7 +79,14 @@ pub(crate) struct KafkaConsumer {
     ready: VecDeque<ConsumerEvent>,
     /// Records of paused partitions that librdkafka had already fetched.
     held: HashMap<TopicPartition, VecDeque<ConsumerEvent>>,
+    /// Paused partitions. A pause is kept here first (records are held back, librdkafka
+    /// keeps fetching); only a partition holding [`HARD_PAUSE_AT`] records is paused in
+    /// librdkafka too (`hard_paused`). librdkafka discards what it fetched for a paused
+    /// partition and refetches after a resume only once its in-flight fetch returns (up to
+    /// `fetch.wait.max.ms`), so pausing there on every full buffer capped a busy worker at
+    /// a few hundred records/s.
     paused: HashSet<TopicPartition>,
+    hard_paused: HashSet<TopicPartition>,
     assignment: HashSet<TopicPartition>,
     /// Assign-only mode: where each partition reads next, to re-assign on a seek.
     positions: HashMap<TopicPartition, Offset>,
@@ -98,6 +109,7 @@ impl KafkaConsumer {
             ready: VecDeque::new(),
             held: HashMap::new(),
             paused: HashSet::new(),
+            hard_paused: HashSet::new(),
             assignment: HashSet::new(),
             positions: HashMap::new(),
         }
@@ -147,6 +159,7 @@ impl KafkaConsumer {
                         self.assignment.remove(p);
                         self.held.remove(p);
                         self.paused.remove(p);
+                        self.hard_paused.remove(p);
                     }
                     // Records already queued for revoked partitions belong to their new owner.
                     self.ready.retain(|e| !matches!(e, ConsumerEvent::Record(r) if parts.contains(&r.topic_partition())));
@@ -203,6 +216,12 @@ impl Consumer for KafkaConsumer {
         self.assignment = self.positions.keys().cloned().collect();
         self.ready.clear();
         self.held.clear();
+        // Paused partitions start out holding again; make sure librdkafka fetches them.
+        let hard: Vec<TopicPartition> = self.hard_paused.drain().filter(|p| self.assignment.contains(p)).collect();
+        if !hard.is_empty() {
+            let tpl = to_tpl(hard.iter().map(|p| (p, Offset::Invalid)))?;
+            self.consumer.resume(&tpl).map_err(|e| self.err("resume", e))?;
+        }
         Ok(())
     }
 
@@ -213,7 +232,13 @@ impl Consumer for KafkaConsumer {
                 if let ConsumerEvent::Record(r) = &event {
                     let tp = r.topic_partition();
                     if self.paused.contains(&tp) {
-                        self.held.entry(tp).or_default().push_back(event);
+                        let held = self.held.entry(tp.clone()).or_default();
+                        held.push_back(event);
+                        if held.len() >= HARD_PAUSE_AT && !self.hard_paused.contains(&tp) {
+                            let tpl = to_tpl(std::iter::once((&tp, Offset::Invalid)))?;
+                            self.consumer.pause(&tpl).map_err(|e| self.err("pause", e))?;
+                            self.hard_paused.insert(tp);
+                        }
                         continue;
                     }
                     if self.positions.contains_key(&tp) {
@@ -277,16 +302,20 @@ impl Consumer for KafkaConsumer {
     }
 
     fn pause(&mut self, partitions: &[TopicPartition]) -> LogResult<()> {
-        let tpl = to_tpl(partitions.iter().map(|p| (p, Offset::Invalid)))?;
-        self.consumer.pause(&tpl).map_err(|e| self.err("pause", e))?;
+        // Validated like a real pause, so a bad partition fails here rather than later.
+        to_tpl(partitions.iter().map(|p| (p, Offset::Invalid)))?;
         self.paused.extend(partitions.iter().cloned());
         Ok(())
     }
 
     fn resume(&mut self, partitions: &[TopicPartition]) -> LogResult<()> {
-        let tpl = to_tpl(partitions.iter().map(|p| (p, Offset::Invalid)))?;
-        self.consumer.resume(&tpl).map_err(|e| self.err("resume", e))?;
+        let hard: Vec<&TopicPartition> = partitions.iter().filter(|p| self.hard_paused.contains(*p)).collect();
+        if !hard.is_empty() {
+            let tpl = to_tpl(hard.iter().map(|p| (*p, Offset::Invalid)))?;
+            self.consumer.resume(&tpl).map_err(|e| self.err("resume", e))?;
+        }
         for p in partitions {
+            self.hard_paused.remove(p);
             self.paused.remove(p);
             if let Some(held) = self.held.remove(p) {
                 for event in held.into_iter().rev() {

@@ -32,6 +32,8 @@ pub enum BenchError {
     Incomplete { seen: u64, expected: u64, timeout: Duration },
     #[error("histogram: {0}")]
     Histogram(String),
+    #[error("setting up the benchmark: {0}")]
+    Setup(String),
 }
 
 #[derive(Debug, Serialize)]
