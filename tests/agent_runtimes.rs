@@ -31,6 +31,7 @@ fn ctx(input: impl Into<Bytes>, content_type: &str) -> TaskContext {
         labels: HashMap::from([("team".to_string(), "search".to_string())]),
         idempotency_key: "task-0001/idem".into(),
         cancel: CancellationToken::new(),
+        delegate: None,
     }
 }
 

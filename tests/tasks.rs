@@ -58,4 +58,5 @@ task_suite!(
     a_silent_agent_is_declared_lost,
     delayed_tasks_and_jobs,
     exactly_once_outcomes,
+    a_coordinator_delegates_and_aggregates,
 );

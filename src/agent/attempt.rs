@@ -61,6 +61,8 @@ pub struct AttemptEnv {
     pub policy: RetryPolicy,
     pub timeout: Duration,
     pub cancels: Arc<Cancels>,
+    /// For agent types that delegate: how sub-tasks are submitted and awaited.
+    pub delegation: Option<(super::client::TaskClient, Arc<super::outcomes::OutcomeWatch>)>,
 }
 
 /// The outcome records of a task's turn, ready to write.
@@ -132,6 +134,11 @@ async fn run_agent(env: &AttemptEnv, task: &TaskSubmitted, cancel: CancellationT
         labels: task.labels.clone(),
         idempotency_key: task.idempotency_key.clone().unwrap_or_else(|| task.task_id.clone()),
         cancel: cancel.clone(),
+        delegate: env.delegation.as_ref().map(|(client, outcomes)| super::delegate::Delegate {
+            client: client.clone(),
+            outcomes: outcomes.clone(),
+            parent: Arc::new(task.clone()),
+        }),
     };
     let begun = Instant::now();
     let run = env.agent.run(context);

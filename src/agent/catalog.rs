@@ -40,6 +40,10 @@ pub struct AgentTypeConfig {
     /// `task.results` even when a worker dies between writing and committing.
     #[serde(default)]
     pub exactly_once: bool,
+    /// Its agents submit sub-tasks and await them: the worker follows `task.results` for
+    /// their outcomes and hands each attempt a delegate.
+    #[serde(default)]
+    pub delegates: bool,
 }
 
 /// How an agent type runs a task.

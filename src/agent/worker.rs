@@ -166,6 +166,15 @@ pub async fn run_worker(
         Delivery::AtLeastOnce
     };
     let mut reader = EventReader::<TaskSubmitted>::new(consumer, codec.clone(), producer.clone(), topics.dlq());
+    // Delegating agents await sub-task outcomes; an hour back covers children of attempts
+    // re-run after a crash.
+    let delegation = if settings.agent.delegates {
+        let since = crate::events::TimestampMicros::now().0 / 1000 - 3_600_000;
+        let watch = Arc::new(super::outcomes::OutcomeWatch::start(&log, codec.clone(), &topics, since).await?);
+        Some((super::client::TaskClient::new(&log, codec.clone(), topics.clone(), settings.worker_id.clone()).map_err(|e| WorkerError::Attempt(e.to_string()))?, watch))
+    } else {
+        None
+    };
     let env = Arc::new(AttemptEnv {
         agent,
         agent_type: settings.agent_type.clone(),
@@ -176,8 +185,10 @@ pub async fn run_worker(
         policy: settings.agent.retry.clone(),
         timeout: Duration::from_millis(settings.agent.timeout_ms),
         cancels,
+        delegation,
     });
     let writes_own = matches!(delivery, Delivery::AtLeastOnce);
+    let outcomes = env.delegation.as_ref().map(|(_, watch)| watch.clone());
 
     let mut scheduler: Scheduler<Taken> = Scheduler::new(settings.agent.concurrency as usize, settings.prefetch_per_lane);
     let mut tracker = OffsetTracker::default();
@@ -268,6 +279,9 @@ pub async fn run_worker(
     // Whatever happened, the owned tasks stop and the member leaves the group.
     running.shutdown().await;
     background.cancel();
+    if let Some(watch) = outcomes {
+        watch.stop().await;
+    }
     if let Err(error) = control.await {
         tracing::warn!(%error, "control reader ended abnormally");
     }

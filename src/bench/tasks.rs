@@ -106,6 +106,7 @@ pub async fn run_task_bench(log: Arc<dyn EventLog>, options: &TaskBenchOptions) 
         partitions: options.partitions,
         input_schema: None,
         exactly_once: options.exactly_once,
+        delegates: false,
     };
     let settings = WorkerSettings {
         agent_type: AGENT_TYPE.into(),

@@ -49,7 +49,12 @@ impl Fixture {
 
     /// Declares an agent type from TOML and creates its lane topics.
     pub async fn agent_type(&self, name: &str, toml_text: &str) -> (String, AgentTypeConfig) {
-        let name = unique(name);
+        self.agent_type_named(&unique(name), toml_text).await
+    }
+
+    /// Like [`Fixture::agent_type`] with exactly this name (topics are unique by prefix).
+    pub async fn agent_type_named(&self, name: &str, toml_text: &str) -> (String, AgentTypeConfig) {
+        let name = name.to_string();
         let agent: AgentTypeConfig = toml::from_str(toml_text).expect("agent type TOML");
         for topic in agent.lane_topics(&name, self.topics.prefix()) {
             self.log.admin().create_topic(&TopicSpec::new(topic, PARTITIONS)).await.expect("lane topic");

@@ -486,3 +486,36 @@ pub async fn exactly_once_outcomes(h: &mut Harness) {
     assert_eq!(reports[0].completed, 30);
     assert_eq!(reports[0].retried, 3);
 }
+
+/// Delegation: the coordinator agent fans out to echo, textstats and sleep through its
+/// delegate and aggregates their outcomes; the children carry the parent's id.
+pub async fn a_coordinator_delegates_and_aggregates(h: &mut Harness) {
+    let mut f = Fixture::new(h).await;
+    let mut types = Vec::new();
+    for (name, extra) in [("coordinator", "delegates = true\n"), ("echo", ""), ("textstats", ""), ("sleep", "")] {
+        let (ty, agent) = f.agent_type_named(name, &format!("runtime = {{ kind = \"builtin\", name = \"{name}\" }}\n{extra}")).await;
+        types.push((ty, agent));
+    }
+    for (ty, agent) in &types {
+        let runtime = build(&agent.runtime, Duration::from_secs(10)).expect("builtin");
+        f.start_worker(ty, agent, runtime, &format!("{ty}-1"));
+    }
+    let parent = f.task("coordinator", Lane::High, r#"{"text": "hello big world", "sleep_ms": 50}"#);
+    f.submit(&parent).await;
+    let outcomes = f.outcomes(std::slice::from_ref(&parent.task_id), WITHIN).await;
+    let AnyEvent::TaskCompleted(done) = &outcomes[&parent.task_id] else { panic!("coordinator: {:?}", outcomes[&parent.task_id]) };
+    let answer: serde_json::Value = serde_json::from_slice(&done.output).expect("json");
+    assert_eq!(answer["textstats"], serde_json::json!({"chars": 15, "words": 3, "lines": 1}));
+    assert_eq!(answer["echo"], serde_json::json!({"text": "hello big world"}));
+    assert_eq!(answer["sleep"], serde_json::json!({"slept_ms": 50}));
+    let children: Vec<String> = (0..3).map(|n| format!("{}.{n}", parent.task_id)).collect();
+    assert_eq!(answer["children"], serde_json::json!(children));
+    let child_outcomes = f.outcomes(&children, WITHIN).await;
+    assert!(child_outcomes.values().all(|e| matches!(e, AnyEvent::TaskCompleted(_))));
+    let stream = f.all_events(&f.topics.lane("echo", Lane::High), Duration::from_secs(3)).await;
+    assert!(
+        stream.iter().any(|e| matches!(e, AnyEvent::TaskSubmitted(t) if t.parent_task_id.as_deref() == Some(parent.task_id.as_str()))),
+        "the child command names its parent"
+    );
+    f.stop().await;
+}

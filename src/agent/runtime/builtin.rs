@@ -6,6 +6,9 @@
 //!   cancelled), then answers `{"slept_ms": N}`.
 //! - `textstats`: input `{"text": "…"}`; answers `{"chars": C, "words": W, "lines": L}`
 //!   (Unicode scalar values, whitespace-separated words, lines as `str::lines` counts them).
+//! - `coordinator`: input `{"text": "…", "sleep_ms": N}`; delegates to the agent types named
+//!   `echo`, `textstats` and (when `sleep_ms` is given) `sleep`, awaits their outcomes and
+//!   answers `{"echo": …, "textstats": …, "sleep": …}`. Its type needs `delegates = true`.
 //!
 //! Input a builtin cannot read fails with kind `rejected`, not retryable.
 
@@ -17,7 +20,7 @@ use serde::Deserialize;
 use super::{Agent, AgentFailure, RuntimeError, TaskContext, TaskOutput};
 
 /// Names of the builtin agents, for error messages and `GET /v1/agent-types`.
-pub const KNOWN: [&str; 3] = ["echo", "sleep", "textstats"];
+pub const KNOWN: [&str; 4] = ["echo", "sleep", "textstats", "coordinator"];
 
 /// One of the builtin agents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +28,7 @@ pub enum Builtin {
     Echo,
     Sleep,
     TextStats,
+    Coordinator,
 }
 
 impl Builtin {
@@ -33,6 +37,7 @@ impl Builtin {
             "echo" => Ok(Self::Echo),
             "sleep" => Ok(Self::Sleep),
             "textstats" => Ok(Self::TextStats),
+            "coordinator" => Ok(Self::Coordinator),
             _ => Err(RuntimeError::UnknownBuiltin { name: name.to_string(), known: KNOWN.iter().map(|k| k.to_string()).collect() }),
         }
     }
@@ -42,6 +47,7 @@ impl Builtin {
             Self::Echo => "echo",
             Self::Sleep => "sleep",
             Self::TextStats => "textstats",
+            Self::Coordinator => "coordinator",
         }
     }
 }
@@ -87,8 +93,52 @@ impl Agent for Builtin {
                     "lines": text.lines().count(),
                 })))
             }
+            Self::Coordinator => coordinate(ctx).await,
         }
     }
+}
+
+#[derive(Deserialize)]
+struct CoordinatorInput {
+    text: String,
+    sleep_ms: Option<u64>,
+}
+
+/// How long the coordinator waits for each sub-task.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Fans out to echo, textstats and sleep, then fans in.
+async fn coordinate(ctx: TaskContext) -> Result<TaskOutput, AgentFailure> {
+    let input: CoordinatorInput = parse("coordinator", &ctx.input, r#"{"text": "...", "sleep_ms": N}"#)?;
+    let Some(delegate) = ctx.delegate.clone() else {
+        return Err(AgentFailure::rejected("coordinator: its agent type needs `delegates = true` to submit sub-tasks"));
+    };
+    let mut plan: Vec<(&str, serde_json::Value)> =
+        vec![("echo", serde_json::json!({ "text": input.text })), ("textstats", serde_json::json!({ "text": input.text }))];
+    if let Some(ms) = input.sleep_ms {
+        plan.push(("sleep", serde_json::json!({ "ms": ms })));
+    }
+    let mut children = Vec::new();
+    for (n, (agent_type, child_input)) in plan.iter().enumerate() {
+        let id = delegate.submit(n, agent_type, child_input.to_string().into_bytes()).await.map_err(|e| AgentFailure::transient(format!("coordinator: {e}")))?;
+        children.push((*agent_type, id));
+    }
+    let mut answer = serde_json::Map::new();
+    for (agent_type, id) in &children {
+        let outcome = tokio::select! {
+            _ = ctx.cancel.cancelled() => return Err(AgentFailure::cancelled()),
+            outcome = delegate.outcome(id, CHILD_TIMEOUT) => outcome.map_err(|e| AgentFailure::transient(format!("coordinator: {e}")))?,
+        };
+        match outcome {
+            crate::events::AnyEvent::TaskCompleted(done) => {
+                let value = serde_json::from_slice(&done.output).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&done.output).into_owned()));
+                answer.insert(agent_type.to_string(), value);
+            }
+            other => return Err(AgentFailure::new("child_failed", format!("sub-task {id} ({agent_type}) ended {}", other.name()), false)),
+        }
+    }
+    answer.insert("children".into(), serde_json::json!(children.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>()));
+    Ok(json(serde_json::Value::Object(answer)))
 }
 
 #[cfg(test)]
@@ -106,6 +156,7 @@ mod tests {
             labels: Default::default(),
             idempotency_key: "t1".into(),
             cancel: CancellationToken::new(),
+            delegate: None,
         }
     }
 

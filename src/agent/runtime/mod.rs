@@ -57,6 +57,8 @@ pub struct TaskContext {
     pub idempotency_key: String,
     /// Cancelled when the task is cancelled; the agent stops and returns kind `cancelled`.
     pub cancel: CancellationToken,
+    /// Sub-task submission and awaiting, for agent types declared with `delegates = true`.
+    pub delegate: Option<crate::agent::delegate::Delegate>,
 }
 
 /// A completed attempt's result.

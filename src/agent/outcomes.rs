@@ -1,0 +1,120 @@
+//! Following `task.results` to learn when particular tasks end: what a delegating agent awaits
+//! its sub-tasks with, and what `wait` on a submit uses. Outcomes are kept in a bounded map
+//! (oldest forgotten first); a waiter registered before or after the outcome arrives gets it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::topics::TaskTopics;
+use crate::events::wire::WireCodec;
+use crate::events::{AnyEvent, decode_any};
+use crate::log::{EventLog, LogError, SeekTo};
+use crate::supervisor::follow::Follower;
+
+/// Outcomes remembered at most.
+const MAX_KEPT: usize = 200_000;
+
+#[derive(Default)]
+struct Kept {
+    outcomes: HashMap<String, AnyEvent>,
+    order: VecDeque<String>,
+}
+
+pub struct OutcomeWatch {
+    kept: Arc<Mutex<Kept>>,
+    arrived: Arc<Notify>,
+    stop: CancellationToken,
+    follower: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl OutcomeWatch {
+    /// Follows `task.results` from `since_ms` (ms since the epoch) on.
+    pub async fn start(log: &Arc<dyn EventLog>, codec: Arc<WireCodec>, topics: &TaskTopics, since_ms: i64) -> Result<OutcomeWatch, LogError> {
+        let mut follower = Follower::open(log, &[topics.results()], SeekTo::Timestamp(since_ms)).await?;
+        let kept = Arc::new(Mutex::new(Kept::default()));
+        let arrived = Arc::new(Notify::new());
+        let stop = CancellationToken::new();
+        let (k, a, s) = (kept.clone(), arrived.clone(), stop.clone());
+        let handle = tokio::spawn(async move {
+            loop {
+                let record = tokio::select! {
+                    _ = s.cancelled() => break,
+                    record = follower.next() => record,
+                };
+                let record = match record {
+                    Ok(Some(record)) => record,
+                    Ok(None) => continue,
+                    Err(error) => {
+                        tracing::warn!(%error, "following task.results failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
+                let event = match decode_any(&codec, &record.payload).await {
+                    Ok(event) if event.is_terminal() => event,
+                    Ok(_) => continue,
+                    Err(error) => {
+                        tracing::warn!(offset = record.offset, %error, "skipping an undecodable outcome");
+                        continue;
+                    }
+                };
+                let Some(id) = event.task_id().map(str::to_string) else { continue };
+                {
+                    let mut kept = k.lock().unwrap_or_else(|e| e.into_inner());
+                    if kept.outcomes.insert(id.clone(), event).is_none() {
+                        kept.order.push_back(id);
+                        while kept.order.len() > MAX_KEPT {
+                            if let Some(old) = kept.order.pop_front() {
+                                kept.outcomes.remove(&old);
+                            }
+                        }
+                    }
+                }
+                a.notify_waiters();
+            }
+            follower.close().await;
+        });
+        Ok(OutcomeWatch { kept, arrived, stop, follower: Mutex::new(Some(handle)) })
+    }
+
+    pub fn get(&self, task_id: &str) -> Option<AnyEvent> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner()).outcomes.get(task_id).cloned()
+    }
+
+    /// The task's outcome, waiting up to `timeout` for it.
+    pub async fn wait(&self, task_id: &str, timeout: Duration) -> Option<AnyEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Register interest before looking, so an outcome landing in between still wakes us.
+            let notified = self.arrived.notified();
+            if let Some(outcome) = self.get(task_id) {
+                return Some(outcome);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.get(task_id);
+            }
+        }
+    }
+
+    /// Stops following and waits for the follower task.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        let handle = self.follower.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle
+            && let Err(error) = handle.await
+        {
+            tracing::warn!(%error, "outcome follower ended abnormally");
+        }
+    }
+}
+
+impl Drop for OutcomeWatch {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
