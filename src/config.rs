@@ -33,6 +33,9 @@ pub struct Config {
     /// Heartbeat interval and how many missed ones make an agent lost.
     #[serde(default)]
     pub supervisor: crate::supervisor::SupervisorConfig,
+    /// The HTTP API.
+    #[serde(default)]
+    pub api: crate::api::ApiConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -16,6 +16,7 @@
 //! consumers in a group split the partitions and commit the next offset to read.
 
 pub mod agent;
+pub mod api;
 pub mod bench;
 pub mod config;
 pub mod events;

@@ -1,6 +1,7 @@
 //! `agentlog dev`: the whole platform in one process on the embedded log — topics, the schema
-//! registry, the supervisor and one worker per declared agent type (the demo agents of
-//! `config/dev.toml`). Ctrl-C drains the workers and stops everything.
+//! registry, the supervisor, one worker per declared agent type (the demo agents of
+//! `config/dev.toml`) and the HTTP API to submit work. Ctrl-C drains the workers and stops
+//! everything.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,31 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
         println!("worker  {name:<10} {} (concurrency {}, lanes {})", agent.description, agent.concurrency, agent.lanes.join("/"));
     }
     println!("supervisor running (timers, heartbeats, jobs)");
+
+    // The HTTP API: the way to submit work while this process owns the embedded log.
+    let topics = agentlog::agent::TaskTopics::new(config.log.topic_prefix.clone());
+    let since = agentlog::events::TimestampMicros::now().0 / 1000 - 60_000;
+    let outcomes = Arc::new(agentlog::agent::outcomes::OutcomeWatch::start(log, codec.clone(), &topics, since).await?);
+    let state = Arc::new(agentlog::api::ApiState {
+        log: log.clone(),
+        client: agentlog::agent::TaskClient::new(log, codec.clone(), topics, "api")?,
+        agents: config.agents.clone(),
+        outcomes: outcomes.clone(),
+        config: config.api.clone(),
+    });
+    let api_listener = agentlog::api::bind(&config.api).await?;
+    let api_url = format!("http://{}", api_listener.local_addr()?);
+    let api = tokio::spawn(agentlog::api::serve(api_listener, state, config.log.max_record_bytes, shutdown.clone()));
+    println!("HTTP API on {api_url}");
+    println!();
+    println!("submit and wait for the outcome:");
+    println!("  curl -s -X POST '{api_url}/v1/tasks?wait_ms=5000' -H 'content-type: application/json' \\");
+    println!("       -d '{{\"agent_type\": \"textstats\", \"input\": {{\"text\": \"hello agent world\"}}}}'");
+    println!("fan out through the coordinator (echo + textstats + sleep), high lane:");
+    println!("  curl -s -X POST '{api_url}/v1/tasks?wait_ms=10000' -H 'content-type: application/json' \\");
+    println!("       -d '{{\"agent_type\": \"coordinator\", \"lane\": \"high\", \"input\": {{\"text\": \"one two three\", \"sleep_ms\": 500}}}}'");
+    println!("then: GET {api_url}/v1/tasks/<id>/outcome?wait_ms=5000, POST {api_url}/v1/tasks/<id>/cancel, GET {api_url}/v1/dlq");
+    println!();
     println!("ready; Ctrl-C drains the workers and stops");
     super::shutdown_signal().await;
     println!("draining");
@@ -47,6 +73,10 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
         failed = Some(anyhow::anyhow!("supervisor: {error}"));
     }
     shutdown.cancel();
+    if let Err(error) = api.await.context("api task")? {
+        failed = Some(anyhow::anyhow!("api: {error}"));
+    }
+    outcomes.stop().await;
     let served = server.await.context("registry server task")?;
     registry.close().await;
     served.context("schema registry")?;

@@ -10,7 +10,7 @@ use agentlog::agent::client::new_id;
 use agentlog::agent::{TaskClient, TaskTopics, dlq};
 use agentlog::config::Config;
 use agentlog::events::wire::WireCodec;
-use agentlog::events::{AnyEvent, Lane, TaskSubmitted, TimestampMicros, decode_any};
+use agentlog::events::{Lane, TaskSubmitted, TimestampMicros, decode_any};
 use agentlog::log::{ConsumerEvent, ConsumerOptions, EventLog, SeekTo, TopicPartition};
 
 pub struct SubmitArgs {
@@ -73,14 +73,10 @@ async fn wait_for_outcome(log: &Arc<dyn EventLog>, codec: &WireCodec, results: &
             continue;
         }
         let event = decode_any(codec, &record.payload).await?;
-        let summary = match &event {
-            AnyEvent::TaskCompleted(e) => json!({"task_id": task_id, "outcome": "completed", "attempt": e.attempt, "output": String::from_utf8_lossy(&e.output)}),
-            AnyEvent::TaskFailed(e) => json!({"task_id": task_id, "outcome": "failed", "attempt": e.attempt, "error_kind": e.error_kind, "message": e.message}),
-            AnyEvent::TaskDeadLettered(e) => json!({"task_id": task_id, "outcome": "dead_lettered", "attempts": e.attempts, "last_error": e.last_error}),
-            AnyEvent::TaskCancelled(e) => json!({"task_id": task_id, "outcome": "cancelled", "reason": e.reason}),
-            AnyEvent::TaskExpired(_) => json!({"task_id": task_id, "outcome": "expired"}),
-            other => json!({"task_id": task_id, "event": other.name()}),
-        };
+        if !event.is_terminal() {
+            continue;
+        }
+        let summary = agentlog::agent::outcomes::outcome_json(&event);
         consumer.close().await?;
         return Ok(summary.to_string());
     }

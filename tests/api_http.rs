@@ -1,0 +1,121 @@
+//! The HTTP API on a real port over the embedded log, with a real worker and supervisor:
+//! submit and wait, the 400s that name the field (and write nothing), 413, cancel, DLQ, and
+//! the refusal to bind beyond loopback.
+
+#[path = "conformance/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+#[path = "tasks/fixture.rs"]
+#[allow(dead_code)]
+mod fixture;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use agentlog::agent::outcomes::OutcomeWatch;
+use agentlog::agent::runtime::build;
+use agentlog::api::{ApiConfig, ApiState, ApiStartError, bind, serve};
+use agentlog::events::{Lane, TimestampMicros};
+use agentlog::log::TopicPartition;
+
+use fixture::Fixture;
+use harness::Harness;
+
+const MAX_BODY: usize = 64 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_wait_validate_cancel_and_dlq_over_http() {
+    let mut h = Harness::embedded();
+    let mut f = Fixture::new(&h).await;
+    let (echo, echo_agent) = f.agent_type_named("echo", "runtime = { kind = \"builtin\", name = \"echo\" }\nlanes = [\"high\", \"normal\"]\n").await;
+    f.start_worker(&echo, &echo_agent, build(&echo_agent.runtime, Duration::from_secs(5)).expect("echo"), "echo-1");
+    f.start_supervisor(3);
+    let since = TimestampMicros::now().0 / 1000 - 1_000;
+    let outcomes = Arc::new(OutcomeWatch::start(&f.log, f.codec.clone(), &f.topics, since).await.expect("outcome watch"));
+    let mut agents = BTreeMap::new();
+    agents.insert(echo.clone(), echo_agent.clone());
+    let state = Arc::new(ApiState { log: f.log.clone(), client: f.client.clone(), agents, outcomes: outcomes.clone(), config: ApiConfig::default() });
+    let config = ApiConfig { listen: "127.0.0.1:0".into(), ..ApiConfig::default() };
+    let listener = bind(&config).await.expect("bind loopback");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(serve(listener, state, MAX_BODY, stop.clone()));
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| http.post(format!("{base}{path}")).json(&body).send();
+
+    // Submit and wait: the outcome comes back in the answer.
+    let answer = post("/v1/tasks?wait_ms=10000", json!({"agent_type": echo, "input": {"q": 1}, "lane": "high"})).await.expect("submit");
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.expect("json");
+    assert_eq!(body["outcome"]["status"], "completed");
+    assert_eq!(body["outcome"]["output"], json!({"q": 1}));
+    assert_eq!(body["topic"], f.topics.lane(&echo, Lane::High));
+
+    // Rejected requests name the field and write nothing.
+    let lane_topic = f.topics.lane(&echo, Lane::Normal);
+    let before = lane_high_watermarks(&f, &lane_topic).await;
+    let cases = [
+        (json!({"agent_type": "summarize", "input": {}}), "agent_type", "known: echo"),
+        (json!({"agent_type": echo, "input": {}, "lane": "fast"}), "lane", "not a lane"),
+        (json!({"agent_type": echo, "input": {}, "lane": "low"}), "lane", "does not read lane `low`"),
+        (json!({"agent_type": echo, "input": {}, "deadline_ms": 0}), "deadline_ms", "already passed"),
+        (json!({"agent_type": echo, "input": {}, "max_attempts": 0}), "max_attempts", "at least 1"),
+        (json!({"agent_type": echo, "input": {}, "colour": "red"}), "body", "unknown field `colour`"),
+        (json!({"input": {}}), "body", "missing field `agent_type`"),
+    ];
+    for (request, field, says) in cases {
+        let answer = post("/v1/tasks", request.clone()).await.expect("answer");
+        assert_eq!(answer.status(), 400, "{request}");
+        let body: Value = answer.json().await.expect("json error");
+        assert_eq!(body["error"]["field"], field, "{request}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap_or("").contains(says), "{request}: {body}");
+    }
+    let malformed = http.post(format!("{base}/v1/tasks")).header("content-type", "application/json").body("{\"agent_type\": ").send().await.expect("answer");
+    assert_eq!(malformed.status(), 400);
+    let oversized = json!({"agent_type": echo, "input": {"blob": "x".repeat(MAX_BODY)}});
+    assert_eq!(post("/v1/tasks", oversized).await.expect("answer").status(), 413);
+    assert_eq!(lane_high_watermarks(&f, &lane_topic).await, before, "nothing was written for rejected requests");
+
+    // Cancel a delayed task: its timer is dropped and the outcome says cancelled.
+    let answer = post("/v1/tasks", json!({"agent_type": echo, "input": {}, "delay_ms": 20000})).await.expect("submit");
+    assert_eq!(answer.status(), 202);
+    let body: Value = answer.json().await.expect("json");
+    assert_eq!(body["delayed"], true);
+    let id = body["task_id"].as_str().expect("id").to_string();
+    assert_eq!(post(&format!("/v1/tasks/{id}/cancel"), json!({"reason": "changed my mind"})).await.expect("cancel").status(), 202);
+    let outcome: Value = http.get(format!("{base}/v1/tasks/{id}/outcome?wait_ms=10000")).send().await.expect("outcome").json().await.expect("json");
+    assert_eq!(outcome["status"], "cancelled");
+    assert_eq!(outcome["reason"], "changed my mind");
+    let unknown = http.get(format!("{base}/v1/tasks/no-such-task/outcome")).send().await.expect("outcome");
+    assert_eq!(unknown.status(), 404);
+
+    let dlq: Value = http.get(format!("{base}/v1/dlq")).send().await.expect("dlq").json().await.expect("json");
+    assert_eq!(dlq["dead_letters"], json!([]));
+    assert_eq!(post("/v1/dlq/no-such-task/resubmit", json!({})).await.expect("resubmit").status(), 404);
+
+    stop.cancel();
+    server.await.expect("server task").expect("server");
+    outcomes.stop().await;
+    f.stop().await;
+    h.release().await;
+}
+
+async fn lane_high_watermarks(f: &Fixture, topic: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    for p in 0..fixture::PARTITIONS {
+        out.push(f.log.admin().watermarks(&TopicPartition::new(topic, p)).await.expect("watermarks").high);
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_api_refuses_to_bind_beyond_loopback() {
+    let config = ApiConfig { listen: "0.0.0.0:0".into(), ..ApiConfig::default() };
+    assert!(matches!(bind(&config).await, Err(ApiStartError::NotLoopback(_))));
+    let config = ApiConfig { listen: "localhost-ish".into(), ..ApiConfig::default() };
+    assert!(matches!(bind(&config).await, Err(ApiStartError::BadAddress(_))));
+}
