@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make test`: starts a local Kafka, runs every test against both backends, stops Kafka, and
-# prints how many conformance scenarios passed per backend.
+# prints how many scenarios of the both-backend suites passed per backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,12 +30,12 @@ AGENTLOG_BIN="$bin" "$venv/bin/python" -m pytest -q -p no:warnings tests/interop
 embedded=$(grep -cE '^test embedded::[a-z0-9_]+ \.\.\. ok$' "$log_dir/test.log" || true)
 kafka=$(grep -cE '^test kafka::[a-z0-9_]+ \.\.\. ok$' "$log_dir/test.log" || true)
 echo
-echo "conformance suite: embedded ${embedded} passed, kafka ${kafka} passed"
+echo "both-backend suites (conformance, task lifecycle): embedded ${embedded} passed, kafka ${kafka} passed"
 if [ "$status" -ne 0 ]; then
   echo "tests failed" >&2
   exit "$status"
 fi
 if [ "$embedded" -eq 0 ] || [ "$kafka" -ne "$embedded" ]; then
-  echo "the conformance suite must run every scenario on both backends" >&2
+  echo "the both-backend suites must run every scenario on both backends" >&2
   exit 1
 fi
