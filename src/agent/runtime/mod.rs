@@ -182,7 +182,7 @@ mod tests {
         let err = build(&RuntimeConfig::Exec { program: String::new(), args: vec![] }, t).err().expect("empty program refused");
         assert!(matches!(err, RuntimeError::InvalidProgram(_)), "{err}");
         let err = build(&RuntimeConfig::Builtin { name: "nope".into() }, t).err().expect("unknown builtin refused");
-        assert_eq!(err.to_string(), "unknown builtin agent `nope` (known: echo, sleep, textstats)");
+        assert_eq!(err.to_string(), "unknown builtin agent `nope` (known: echo, sleep, textstats, coordinator)");
     }
 
     #[test]
