@@ -43,6 +43,9 @@ impl Harness {
         config.log.backend = Backend::Kafka;
         config.log.kafka.bootstrap_servers = bootstrap.to_string();
         config.log.max_record_bytes = 100_000;
+        // The broker's JVM, the tests and their workers share 2 cores: give admin and metadata
+        // calls more room than the 5 s default before they count as failed.
+        config.log.kafka.request_timeout_ms = 15_000;
         let log = open_log(&config.log).expect("connect to kafka");
         Harness { backend: Backend::Kafka, config, log: Some(log), _dir: None }
     }
