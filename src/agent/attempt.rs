@@ -139,6 +139,14 @@ async fn run_agent(env: &AttemptEnv, task: &TaskSubmitted, cancel: CancellationT
             outcomes: outcomes.clone(),
             parent: Arc::new(task.clone()),
         }),
+        progress: Some(super::progress::Progress {
+            codec: env.codec.clone(),
+            producer: env.producer.clone(),
+            topic: env.topics.events(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+            meta: meta(env, task),
+        }),
     };
     let begun = Instant::now();
     let run = env.agent.run(context);

@@ -14,6 +14,7 @@ pub mod dlq;
 pub mod offsets;
 pub mod outcomes;
 pub mod presence;
+pub mod progress;
 pub mod retry;
 pub mod runtime;
 pub mod scheduler;

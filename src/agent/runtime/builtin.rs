@@ -3,7 +3,7 @@
 //!
 //! - `echo`: returns its input unchanged, with its content type.
 //! - `sleep`: input `{"ms": N}`; sleeps N ms (ending early, as `cancelled`, when the task is
-//!   cancelled), then answers `{"slept_ms": N}`.
+//!   cancelled), reporting 50% progress halfway, then answers `{"slept_ms": N}`.
 //! - `textstats`: input `{"text": "…"}`; answers `{"chars": C, "words": W, "lines": L}`
 //!   (Unicode scalar values, whitespace-separated words, lines as `str::lines` counts them).
 //! - `coordinator`: input `{"text": "…", "sleep_ms": N}`; delegates to the agent types named
@@ -80,9 +80,17 @@ impl Agent for Builtin {
             Self::Echo => Ok(TaskOutput { output: ctx.input, content_type: ctx.content_type }),
             Self::Sleep => {
                 let SleepInput { ms } = parse("sleep", &ctx.input, r#"{"ms": N}"#)?;
+                let half = Duration::from_millis(ms / 2);
+                let sleep = async {
+                    tokio::time::sleep(half).await;
+                    if let Some(progress) = &ctx.progress {
+                        progress.report(Some(50.0), Some(format!("slept {} of {ms} ms", half.as_millis()))).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(ms) - half).await;
+                };
                 tokio::select! {
                     _ = ctx.cancel.cancelled() => Err(AgentFailure::cancelled()),
-                    _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(json(serde_json::json!({ "slept_ms": ms }))),
+                    _ = sleep => Ok(json(serde_json::json!({ "slept_ms": ms }))),
                 }
             }
             Self::TextStats => {
@@ -157,6 +165,7 @@ mod tests {
             idempotency_key: "t1".into(),
             cancel: CancellationToken::new(),
             delegate: None,
+            progress: None,
         }
     }
 

@@ -59,6 +59,8 @@ pub struct TaskContext {
     pub cancel: CancellationToken,
     /// Sub-task submission and awaiting, for agent types declared with `delegates = true`.
     pub delegate: Option<crate::agent::delegate::Delegate>,
+    /// Reports TaskProgress on `task.events` (absent when an agent runs outside a worker).
+    pub progress: Option<crate::agent::progress::Progress>,
 }
 
 /// A completed attempt's result.
