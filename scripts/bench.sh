@@ -22,4 +22,4 @@ AGENTLOG__LOG__BACKEND=kafka AGENTLOG__LOG__KAFKA__BOOTSTRAP_SERVERS="$(scripts/
   "$bin" bench log --records "$records"
 echo "== kafka tasks end to end"
 AGENTLOG__LOG__BACKEND=kafka AGENTLOG__LOG__KAFKA__BOOTSTRAP_SERVERS="$(scripts/kafka-local.sh bootstrap)" \
-  "$bin" bench tasks --tasks 100000 --rate 5000 --seconds 10
+  "$bin" bench tasks --tasks 100000 --rate 5000 --seconds 10 --failover

@@ -268,6 +268,9 @@ enum BenchWhat {
         concurrency: u32,
         #[arg(long)]
         exactly_once: bool,
+        /// Also measure kill -9 failover and a worker joining (Kafka; spawns worker processes).
+        #[arg(long)]
+        failover: bool,
         #[arg(long)]
         json: bool,
     },
@@ -422,13 +425,24 @@ async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn Ev
                 println!("{}", serde_json::to_string(&l)?);
             }
         }
-        Command::Bench { what: BenchWhat::Tasks { tasks, rate, seconds, partitions, concurrency, exactly_once, json } } => {
+        Command::Bench { what: BenchWhat::Tasks { tasks, rate, seconds, partitions, concurrency, exactly_once, failover, json } } => {
+            if failover && log.backend() != "kafka" {
+                bail!("--failover needs the Kafka backend (AGENTLOG__LOG__BACKEND=kafka): the embedded log lives in one process");
+            }
             let options = agentlog::bench::tasks::TaskBenchOptions { tasks, rate, seconds, partitions, concurrency, exactly_once };
             let report = agentlog::bench::tasks::run_task_bench(log.clone(), &options).await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 println!("{report}");
+            }
+            if failover {
+                let report = agentlog::bench::failover::run_failover_bench(log.clone(), &config.log).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    println!("{report}");
+                }
             }
         }
         Command::Bench { what: BenchWhat::Log { records, size, partitions, rate, seconds, json } } => {

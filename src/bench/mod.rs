@@ -1,8 +1,10 @@
 //! `agentlog bench`: end-to-end load against a backend.
 //!
 //! - [`log`]: records through the event log alone (throughput, produce→consume latency);
-//! - [`tasks`]: tasks through a real worker with a no-op agent (submit→outcome).
+//! - [`tasks`]: tasks through a real worker with a no-op agent (submit→outcome);
+//! - [`failover`]: kill -9 of a worker process on Kafka, and a worker joining a live group.
 
+pub mod failover;
 pub mod log;
 pub mod tasks;
 

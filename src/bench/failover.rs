@@ -1,0 +1,216 @@
+//! `agentlog bench tasks --failover` (Kafka): how long a kill -9 of a worker takes to heal.
+//! Two `agentlog worker` processes (this binary) serve a steady offered load of 40 tasks/s of
+//! 400 ms each with spare capacity (concurrency 16 each), so the figure measures the
+//! failover and not a queue. One is killed with SIGKILL once it runs tasks; the failover time
+//! is from the kill to the last of its in-flight tasks completed by the survivor (the
+//! outcome's own timestamp). Then a third worker joins the live group and the time from its
+//! registration to its first task is the join time. Exactly-once is on, so duplicates count.
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::log::BenchError;
+use crate::agent::{TaskClient, TaskTopics};
+use crate::config::LogConfig;
+use crate::events::wire::WireCodec;
+use crate::events::{AnyEvent, Lane, TaskSubmitted, TimestampMicros, decode_any};
+use crate::log::{EventLog, SeekTo, TopicSpec};
+use crate::registry::{Registry, serve};
+use crate::supervisor::follow::Follower;
+
+const AGENT_TYPE: &str = "bench_sleep";
+const PARTITIONS: i32 = 4;
+
+#[derive(Debug, Serialize)]
+pub struct FailoverReport {
+    pub accepted: usize,
+    pub in_flight_on_killed: usize,
+    pub lost: usize,
+    pub duplicated: usize,
+    pub failover_ms: i64,
+    pub join_ms: i64,
+}
+
+impl std::fmt::Display for FailoverReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "failover (kill -9 of one of two workers, 40 tasks/s of 400 ms, exactly-once): {} ms", self.failover_ms)?;
+        writeln!(f, "  accepted={} in-flight on the killed worker={} lost={} duplicated={}", self.accepted, self.in_flight_on_killed, self.lost, self.duplicated)?;
+        write!(f, "join: a new worker started its first task {} ms after registering", self.join_ms)
+    }
+}
+
+/// A worker child process, killed when dropped.
+struct Worker(Child);
+
+impl Worker {
+    fn id_suffix(&self) -> String {
+        format!("-{}", self.0.id())
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What the follower saw.
+#[derive(Default)]
+struct Seen {
+    started: Vec<(String, String)>,
+    outcomes: HashMap<String, Vec<TimestampMicros>>,
+    registered: HashMap<String, TimestampMicros>,
+    first_start: HashMap<String, TimestampMicros>,
+}
+
+pub async fn run_failover_bench(log: Arc<dyn EventLog>, config: &LogConfig) -> Result<FailoverReport, BenchError> {
+    let setup = |e: &dyn std::fmt::Display| BenchError::Setup(e.to_string());
+    if log.backend() != "kafka" {
+        return Err(BenchError::Setup("--failover needs the Kafka backend: the embedded log lives in one process".into()));
+    }
+    let suffix = format!("{}-{}", std::process::id(), rand::random::<u32>());
+    let topics = TaskTopics::new(format!("bench-failover.{suffix}."));
+    let admin = log.admin();
+    for name in ["task.events", "task.results", "dlq", "timers", "agent.events", "agent.heartbeats"] {
+        admin.create_topic(&TopicSpec::new(format!("{}{name}", topics.prefix()), PARTITIONS)).await?;
+    }
+    admin.create_topic(&TopicSpec::new(topics.control(), 1)).await?;
+    admin.create_topic(&TopicSpec::new(topics.lane(AGENT_TYPE, Lane::Normal), PARTITIONS)).await?;
+
+    let stop = CancellationToken::new();
+    let registry = Registry::open(log.clone(), &format!("{}schemas", topics.prefix()), stop.clone()).await.map_err(|e| setup(&e))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| setup(&e))?;
+    let url = format!("http://{}", listener.local_addr().map_err(|e| setup(&e))?);
+    let server = tokio::spawn(serve(registry.clone(), listener, stop.clone()));
+    let result = measure(&log, config, &topics, &url).await;
+    stop.cancel();
+    let _ = server.await;
+    registry.close().await;
+    result
+}
+
+async fn measure(log: &Arc<dyn EventLog>, config: &LogConfig, topics: &TaskTopics, registry_url: &str) -> Result<FailoverReport, BenchError> {
+    let setup = |e: &dyn std::fmt::Display| BenchError::Setup(e.to_string());
+    let codec = Arc::new(WireCodec::new(registry_url).map_err(|e| setup(&e))?);
+    let dir = std::env::temp_dir().join(format!("agentlog-failover-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| setup(&e))?;
+    let config_path = dir.join("worker.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[log]\nbackend = \"kafka\"\ntopic_prefix = \"{}\"\n[log.kafka]\nbootstrap_servers = \"{}\"\n\
+             [registry]\nurl = \"{registry_url}\"\nlisten = \"127.0.0.1:0\"\n[supervisor]\nheartbeat_interval_ms = 250\n\
+             [agents.{AGENT_TYPE}]\nruntime = {{ kind = \"builtin\", name = \"sleep\" }}\nconcurrency = 16\nlanes = [\"normal\"]\n\
+             partitions = {PARTITIONS}\nexactly_once = true\n",
+            topics.prefix(),
+            config.kafka.bootstrap_servers
+        ),
+    )
+    .map_err(|e| setup(&e))?;
+    let exe = std::env::current_exe().map_err(|e| setup(&e))?;
+    let spawn = |name: &str| -> Result<Worker, BenchError> {
+        let stderr = std::fs::File::create(dir.join(format!("{name}.log"))).map_err(|e| setup(&e))?;
+        Command::new(&exe)
+            .args(["--config", &config_path.display().to_string(), "worker", "--agent-type", AGENT_TYPE, "--drain-timeout-s", "5"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map(Worker)
+            .map_err(|e| setup(&e))
+    };
+
+    let mut follower = Follower::open(log, &[topics.events(), topics.results(), topics.agent_events()], SeekTo::Earliest).await?;
+    let mut seen = Seen::default();
+    let mut a = spawn("a")?;
+    let b = spawn("b")?;
+    let wait = Duration::from_secs(60);
+    follow(&mut follower, &codec, &mut seen, wait, |s| s.registered.len() >= 2).await?;
+
+    let client = TaskClient::new(log, codec.clone(), topics.clone(), "bench").map_err(|e| setup(&e))?;
+    let submitter = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(25));
+            for i in 0..240 {
+                tick.tick().await;
+                let task = TaskSubmitted::new(client.meta("bench"), format!("failover-{i}"), AGENT_TYPE, Lane::Normal, br#"{"ms": 400}"#.to_vec());
+                client.submit(&task).await?;
+                accepted.push(task.task_id);
+            }
+            Ok::<_, crate::agent::ClientError>(accepted)
+        })
+    };
+    let a_suffix = a.id_suffix();
+    let on_a = |s: &Seen| s.started.iter().filter(|(_, agent)| agent.ends_with(&a_suffix)).count();
+    follow(&mut follower, &codec, &mut seen, wait, |s| on_a(s) >= 6).await?;
+    a.0.kill().map_err(|e| setup(&e))?;
+    let killed_at = TimestampMicros::now();
+    let _ = a.0.wait();
+    let in_flight: HashSet<String> =
+        seen.started.iter().filter(|(id, agent)| agent.ends_with(&a_suffix) && !seen.outcomes.contains_key(id)).map(|(id, _)| id.clone()).collect();
+    let accepted = submitter.await.map_err(|e| setup(&e))?.map_err(|e| setup(&e))?;
+    follow(&mut follower, &codec, &mut seen, Duration::from_secs(120), |s| accepted.iter().all(|id| s.outcomes.contains_key(id))).await?;
+    let failover_ms = in_flight.iter().filter_map(|id| seen.outcomes.get(id).and_then(|o| o.first())).map(|at| (at.0 - killed_at.0) / 1000).max().unwrap_or(0);
+
+    for i in 0..40 {
+        let task = TaskSubmitted::new(client.meta("bench"), format!("join-{i}"), AGENT_TYPE, Lane::Normal, br#"{"ms": 300}"#.to_vec());
+        client.submit(&task).await.map_err(|e| setup(&e))?;
+    }
+    let c = spawn("c")?;
+    let c_suffix = c.id_suffix();
+    follow(&mut follower, &codec, &mut seen, wait, |s| s.first_start.keys().any(|agent| agent.ends_with(&c_suffix))).await?;
+    let registered = seen.registered.iter().find(|(agent, _)| agent.ends_with(&c_suffix)).map(|(_, at)| at.0).unwrap_or(0);
+    let first = seen.first_start.iter().find(|(agent, _)| agent.ends_with(&c_suffix)).map(|(_, at)| at.0).unwrap_or(0);
+    drop(c);
+    drop(b);
+    follower.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(FailoverReport {
+        accepted: accepted.len(),
+        in_flight_on_killed: in_flight.len(),
+        lost: accepted.iter().filter(|id| !seen.outcomes.contains_key(*id)).count(),
+        duplicated: seen.outcomes.values().filter(|o| o.len() > 1).count(),
+        failover_ms,
+        join_ms: (first - registered) / 1000,
+    })
+}
+
+/// Reads events until `done` holds, failing after `within`.
+async fn follow(follower: &mut Follower, codec: &WireCodec, seen: &mut Seen, within: Duration, done: impl Fn(&Seen) -> bool) -> Result<(), BenchError> {
+    let deadline = tokio::time::Instant::now() + within;
+    while !done(seen) {
+        let record = match tokio::time::timeout_at(deadline, follower.next()).await {
+            Err(_) => return Err(BenchError::Setup(format!("the failover run did not reach its next step within {within:?}"))),
+            Ok(record) => record?,
+        };
+        let Some(record) = record else { continue };
+        match decode_any(codec, &record.payload).await {
+            Ok(AnyEvent::TaskStarted(s)) => {
+                seen.first_start.entry(s.agent_id.clone()).or_insert(s.meta.occurred_at);
+                seen.started.push((s.task_id, s.agent_id));
+            }
+            Ok(AnyEvent::AgentRegistered(r)) => {
+                seen.registered.insert(r.agent_id, r.meta.occurred_at);
+            }
+            Ok(event) if event.is_terminal() => {
+                let at = match &event {
+                    AnyEvent::TaskCompleted(c) => c.meta.occurred_at,
+                    _ => TimestampMicros::now(),
+                };
+                if let Some(id) = event.task_id() {
+                    seen.outcomes.entry(id.to_string()).or_default().push(at);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
