@@ -276,6 +276,11 @@ enum BenchWhat {
     },
 }
 
+/// mimalloc instead of glibc malloc: the task path allocates per event on several threads,
+/// and glibc's arena locks showed in the profile (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
