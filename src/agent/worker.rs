@@ -238,6 +238,13 @@ pub async fn run_worker(
                         }
                     }
                     ReadOutcome::Rebalance(ConsumerEvent::Revoked(parts)) => {
+                        if let Delivery::ExactlyOnce { stash, .. } = &mut delivery {
+                            // The revoked partitions may already be their new owner's, who
+                            // re-runs everything not committed: outcomes of ours that are not
+                            // committed yet must never be, or they would appear twice.
+                            pending.retain(|tp, _| !parts.contains(tp));
+                            stash.retain(|tp, _| !parts.contains(tp));
+                        }
                         // Commit what finished while the partitions were still ours (a moved
                         // partition's commit is refused and its new owner re-runs the rest).
                         flush(&mut pending, &mut delivery, reader.consumer()).await?;
@@ -359,7 +366,18 @@ async fn flush(pending: &mut BTreeMap<TopicPartition, i64>, delivery: &mut Deliv
     if pending.is_empty() {
         return Ok(());
     }
-    let positions: Vec<(TopicPartition, i64)> = std::mem::take(pending).into_iter().collect();
+    let mut positions: Vec<(TopicPartition, i64)> = std::mem::take(pending).into_iter().collect();
+    if let Delivery::ExactlyOnce { stash, .. } = delivery {
+        // Only partitions still ours: a transactional offset commit is checked against the
+        // member's epoch, not against its assignment, so the broker would take a commit for a
+        // partition that moved, and its outcomes would appear a second time from the new owner.
+        let owned: std::collections::HashSet<TopicPartition> = consumer.assignment().into_iter().collect();
+        positions.retain(|(tp, _)| owned.contains(tp));
+        stash.retain(|tp, _| owned.contains(tp));
+        if positions.is_empty() {
+            return Ok(());
+        }
+    }
     match delivery {
         Delivery::AtLeastOnce => commit(consumer, &positions).await,
         Delivery::ExactlyOnce { producer, stash } => {

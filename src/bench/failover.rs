@@ -71,7 +71,8 @@ impl Drop for Worker {
 #[derive(Default)]
 struct Seen {
     started: Vec<(String, String)>,
-    outcomes: HashMap<String, Vec<TimestampMicros>>,
+    /// task id → (written at, by whom) of each outcome.
+    outcomes: HashMap<String, Vec<(TimestampMicros, String)>>,
     registered: HashMap<String, TimestampMicros>,
     first_start: HashMap<String, TimestampMicros>,
 }
@@ -166,7 +167,7 @@ async fn measure(log: &Arc<dyn EventLog>, config: &LogConfig, topics: &TaskTopic
         seen.started.iter().filter(|(id, agent)| agent.ends_with(&a_suffix) && !seen.outcomes.contains_key(id)).map(|(id, _)| id.clone()).collect();
     let accepted = submitter.await.map_err(|e| setup(&e))?.map_err(|e| setup(&e))?;
     follow(&mut follower, &codec, &mut seen, Duration::from_secs(120), |s| accepted.iter().all(|id| s.outcomes.contains_key(id))).await?;
-    let failover_ms = in_flight.iter().filter_map(|id| seen.outcomes.get(id).and_then(|o| o.first())).map(|at| (at.0 - killed_at.0) / 1000).max().unwrap_or(0);
+    let failover_ms = in_flight.iter().filter_map(|id| seen.outcomes.get(id).and_then(|o| o.first())).map(|(at, _)| (at.0 - killed_at.0) / 1000).max().unwrap_or(0);
 
     for i in 0..40 {
         let task = TaskSubmitted::new(client.meta("bench"), format!("join-{i}"), AGENT_TYPE, Lane::Normal, br#"{"ms": 300}"#.to_vec());
@@ -187,7 +188,12 @@ async fn measure(log: &Arc<dyn EventLog>, config: &LogConfig, topics: &TaskTopic
         lost: accepted.iter().filter(|id| !seen.outcomes.contains_key(*id)).count(),
         duplicated: seen.outcomes.values().filter(|o| o.len() > 1).count(),
         duplicated_sample: {
-            let mut ids: Vec<String> = seen.outcomes.iter().filter(|(_, o)| o.len() > 1).map(|(id, _)| id.clone()).collect();
+            let mut ids: Vec<String> = seen
+                .outcomes
+                .iter()
+                .filter(|(_, o)| o.len() > 1)
+                .map(|(id, o)| format!("{id} (by {})", o.iter().map(|(_, by)| by.as_str()).collect::<Vec<_>>().join(" and ")))
+                .collect();
             ids.sort();
             ids.truncate(10);
             ids
@@ -215,12 +221,12 @@ async fn follow(follower: &mut Follower, codec: &WireCodec, seen: &mut Seen, wit
                 seen.registered.insert(r.agent_id, r.meta.occurred_at);
             }
             Ok(event) if event.is_terminal() => {
-                let at = match &event {
-                    AnyEvent::TaskCompleted(c) => c.meta.occurred_at,
-                    _ => TimestampMicros::now(),
+                let (at, by) = match &event {
+                    AnyEvent::TaskCompleted(c) => (c.meta.occurred_at, c.meta.producer_id.clone()),
+                    _ => (TimestampMicros::now(), String::new()),
                 };
                 if let Some(id) = event.task_id() {
-                    seen.outcomes.entry(id.to_string()).or_default().push(at);
+                    seen.outcomes.entry(id.to_string()).or_default().push((at, by));
                 }
             }
             _ => {}

@@ -327,7 +327,16 @@ impl Consumer for KafkaConsumer {
     }
 
     fn assignment(&self) -> Vec<TopicPartition> {
-        let mut parts: Vec<TopicPartition> = self.assignment.iter().cloned().collect();
+        // A revocation librdkafka already applied but not yet handed out as an event counts:
+        // those partitions may be another member's by now.
+        let revoked: HashSet<TopicPartition> = self
+            .consumer
+            .context()
+            .pending
+            .lock()
+            .map(|q| q.iter().filter_map(|e| if let ConsumerEvent::Revoked(p) = e { Some(p.clone()) } else { None }).flatten().collect())
+            .unwrap_or_default();
+        let mut parts: Vec<TopicPartition> = self.assignment.iter().filter(|p| !revoked.contains(*p)).cloned().collect();
         parts.sort();
         parts
     }
