@@ -251,9 +251,6 @@ pub async fn run_worker(
                         // Waiting tasks of lost partitions belong to their new owner.
                         scheduler.remove_waiting(|t| parts.contains(&t.record.topic_partition()));
                         tracker.revoke(&parts);
-                        if let Delivery::ExactlyOnce { stash, .. } = &mut delivery {
-                            stash.retain(|tp, _| !parts.contains(tp));
-                        }
                         paused = [None; LANES.len()];
                     }
                     ReadOutcome::Rebalance(_) => paused = [None; LANES.len()],
