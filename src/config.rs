@@ -36,6 +36,9 @@ pub struct Config {
     /// The HTTP API.
     #[serde(default)]
     pub api: crate::api::ApiConfig,
+    /// Where the projection lives.
+    #[serde(default)]
+    pub projection: crate::projection::ProjectionConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -22,6 +22,7 @@ pub mod config;
 pub mod events;
 pub mod log;
 pub mod open;
+pub mod projection;
 pub mod registry;
 pub mod supervisor;
 pub mod topics;

@@ -84,6 +84,8 @@ enum Command {
     /// Timers (delays, retry backoff), the heartbeat monitor and job aggregation; one
     /// instance leads at a time (elected through the log).
     Supervisor,
+    /// The projector and the HTTP API over it (and, on the embedded log, the schema registry).
+    Api,
     /// Submits a task and prints where it was written (and, with --wait-s, its outcome).
     Submit {
         #[arg(long)]
@@ -387,6 +389,10 @@ async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn Ev
             cli::worker::run(log, config, &agent_type, concurrency, Duration::from_secs(drain_timeout_s)).await?;
         }
         Command::Supervisor => cli::worker::run_supervisor_command(log, config).await?,
+        Command::Api => {
+            topics::apply(log.admin().as_ref(), &all_specs()?).await?;
+            cli::api::run(log, config).await?;
+        }
         Command::Submit { agent_type, input, lane, tenant, key, task_id, delay_ms, deadline_ms, max_attempts, wait_s } => {
             let args = cli::tasks::SubmitArgs {
                 agent_type,

@@ -16,10 +16,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use agentlog::agent::outcomes::OutcomeWatch;
 use agentlog::agent::runtime::build;
 use agentlog::api::{ApiConfig, ApiState, ApiStartError, bind, serve};
-use agentlog::events::{Lane, TimestampMicros};
+use agentlog::events::Lane;
+use agentlog::projection::{Projection, ProjectionStore, sources};
 use agentlog::log::TopicPartition;
 
 use fixture::Fixture;
@@ -34,15 +34,16 @@ async fn submit_wait_validate_cancel_and_dlq_over_http() {
     let (echo, echo_agent) = f.agent_type_named("echo", "runtime = { kind = \"builtin\", name = \"echo\" }\nlanes = [\"high\", \"normal\"]\n").await;
     f.start_worker(&echo, &echo_agent, build(&echo_agent.runtime, Duration::from_secs(5)).expect("echo"), "echo-1");
     f.start_supervisor(3);
-    let since = TimestampMicros::now().0 / 1000 - 1_000;
-    let outcomes = Arc::new(OutcomeWatch::start(&f.log, f.codec.clone(), &f.topics, since).await.expect("outcome watch"));
     let mut agents = BTreeMap::new();
     agents.insert(echo.clone(), echo_agent.clone());
-    let state = Arc::new(ApiState { log: f.log.clone(), client: f.client.clone(), agents, outcomes: outcomes.clone(), config: ApiConfig::default() });
+    let stop = CancellationToken::new();
+    let dir = tempfile::tempdir().expect("projection dir");
+    let projection = Projection::new(ProjectionStore::open(dir.path()).expect("projection store"), sources(&f.topics, &agents)).expect("projection");
+    let projector = tokio::spawn(agentlog::projection::run(f.log.clone(), f.codec.clone(), projection.clone(), stop.clone()));
+    let state = Arc::new(ApiState::new(f.log.clone(), f.client.clone(), agents, projection, ApiConfig::default()).expect("api state"));
     let config = ApiConfig { listen: "127.0.0.1:0".into(), ..ApiConfig::default() };
     let listener = bind(&config).await.expect("bind loopback");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let stop = CancellationToken::new();
     let server = tokio::spawn(serve(listener, state, MAX_BODY, stop.clone()));
     let http = reqwest::Client::new();
     let post = |path: &str, body: Value| http.post(format!("{base}{path}")).json(&body).send();
@@ -89,7 +90,7 @@ async fn submit_wait_validate_cancel_and_dlq_over_http() {
     assert_eq!(post(&format!("/v1/tasks/{id}/cancel"), json!({"reason": "changed my mind"})).await.expect("cancel").status(), 202);
     let outcome: Value = http.get(format!("{base}/v1/tasks/{id}/outcome?wait_ms=10000")).send().await.expect("outcome").json().await.expect("json");
     assert_eq!(outcome["status"], "cancelled");
-    assert_eq!(outcome["reason"], "changed my mind");
+    assert_eq!(outcome["message"], "changed my mind");
     let unknown = http.get(format!("{base}/v1/tasks/no-such-task/outcome")).send().await.expect("outcome");
     assert_eq!(unknown.status(), 404);
 
@@ -99,7 +100,7 @@ async fn submit_wait_validate_cancel_and_dlq_over_http() {
 
     stop.cancel();
     server.await.expect("server task").expect("server");
-    outcomes.stop().await;
+    projector.await.expect("projector task").expect("projector");
     f.stop().await;
     h.release().await;
 }

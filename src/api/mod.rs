@@ -1,10 +1,18 @@
-//! The HTTP API (`/v1`, JSON). This first part submits and cancels tasks, waits for
-//! outcomes and handles dead letters; reads of task state come with the projections.
+//! The HTTP API (`/v1`, JSON, OpenAPI at `/openapi.json`): submit, read, list, cancel and
+//! stream tasks; agents, agent types with lag, jobs, stats; dead letters; health, readiness
+//! and Prometheus metrics. Reads come from the projection (RocksDB); writes go to the log.
 //!
-//! Until API keys exist the API binds only to loopback addresses: anything else is refused
-//! at start-up, since it would let anyone on the network submit work.
+//! API keys (stored as SHA-256 digests in config) map requests to tenants. Without keys the
+//! API serves one tenant and binds only to loopback addresses: anything else is refused at
+//! start-up, since it would let anyone on the network submit work.
 
+pub mod auth;
 pub mod error;
+pub mod metrics;
+pub mod openapi;
+pub mod ops;
+pub mod reads;
+pub mod stream;
 pub mod tasks;
 
 use std::collections::BTreeMap;
@@ -18,23 +26,60 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::outcomes::OutcomeWatch;
 use crate::agent::{AgentTypeConfig, TaskClient};
 use crate::log::EventLog;
+use crate::projection::Projection;
 
 /// `[api]` in config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
-    /// Address the HTTP API listens on (loopback only until API keys exist).
+    /// Address the HTTP API listens on. Non-loopback addresses need `keys`.
     pub listen: String,
     /// Longest `wait_ms` a request may ask for.
     pub max_wait_ms: u64,
+    /// Most tasks one `POST /v1/tasks/batch` may carry.
+    pub max_batch: usize,
+    /// API keys: each maps a key (by its SHA-256 digest, hex) to a tenant.
+    pub keys: Vec<ApiKeyConfig>,
+    /// Requests per second per tenant (0: unlimited); bursts up to `burst`.
+    pub rate_per_s: u32,
+    pub burst: u32,
+    /// Most open (submitted, not finished) tasks per tenant (0: unlimited). Counted from the
+    /// projection, so it trails submissions by the projection's lag.
+    pub max_in_flight: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub tenant: String,
+    /// `sha256sum` of the key, hex (`printf %s "$KEY" | sha256sum`).
+    pub sha256: String,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into(), max_wait_ms: 30_000 }
+        Self { listen: "127.0.0.1:8080".into(), max_wait_ms: 30_000, max_batch: 500, keys: Vec::new(), rate_per_s: 0, burst: 0, max_in_flight: 0 }
+    }
+}
+
+impl ApiConfig {
+    /// Problems with `[api]`, each naming the full key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.max_batch == 0 {
+            out.push("api.max_batch must be at least 1".to_string());
+        }
+        for (i, key) in self.keys.iter().enumerate() {
+            if key.sha256.len() != 64 || !key.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                out.push(format!("api.keys[{i}].sha256 must be 64 hex digits (the SHA-256 of the key)"));
+            }
+            if key.tenant.is_empty() {
+                out.push(format!("api.keys[{i}].tenant must not be empty"));
+            }
+        }
+        out
     }
 }
 
@@ -42,8 +87,12 @@ impl Default for ApiConfig {
 pub enum ApiStartError {
     #[error("api.listen `{0}` is not a host:port address")]
     BadAddress(String),
-    #[error("api.listen `{0}` is not a loopback address; without API keys (not built yet) the API only serves this machine")]
+    #[error("api.listen `{0}` is not a loopback address and no api.keys are configured: without keys the API only serves this machine")]
     NotLoopback(String),
+    #[error("[api]: {0}")]
+    Config(String),
+    #[error("agents.{agent_type}.input_schema is not a valid JSON Schema: {reason}")]
+    Schema { agent_type: String, reason: String },
     #[error("binding {address}: {source}")]
     Bind { address: String, source: std::io::Error },
     #[error("serving the API: {0}")]
@@ -55,31 +104,79 @@ pub struct ApiState {
     pub log: Arc<dyn EventLog>,
     pub client: TaskClient,
     pub agents: BTreeMap<String, AgentTypeConfig>,
-    pub outcomes: Arc<OutcomeWatch>,
+    pub projection: Arc<Projection>,
     pub config: ApiConfig,
+    pub auth: auth::Auth,
+    pub schemas: BTreeMap<String, jsonschema::Validator>,
+    pub metrics: metrics::Metrics,
+    /// Cancelled when the server shuts down: ends open event streams.
+    pub closing: CancellationToken,
+}
+
+impl ApiState {
+    pub fn new(
+        log: Arc<dyn EventLog>,
+        client: TaskClient,
+        agents: BTreeMap<String, AgentTypeConfig>,
+        projection: Arc<Projection>,
+        config: ApiConfig,
+    ) -> Result<ApiState, ApiStartError> {
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(ApiStartError::Config(problems.join("; ")));
+        }
+        let mut schemas = BTreeMap::new();
+        for (name, agent) in &agents {
+            if let Some(text) = &agent.input_schema {
+                let schema: serde_json::Value = serde_json::from_str(text).map_err(|e| ApiStartError::Schema { agent_type: name.clone(), reason: e.to_string() })?;
+                let validator = jsonschema::validator_for(&schema).map_err(|e| ApiStartError::Schema { agent_type: name.clone(), reason: e.to_string() })?;
+                schemas.insert(name.clone(), validator);
+            }
+        }
+        let auth = auth::Auth::new(&config);
+        Ok(ApiState { log, client, agents, projection, config, auth, schemas, metrics: metrics::Metrics::new(), closing: CancellationToken::new() })
+    }
 }
 
 pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/v1/tasks", post(tasks::submit))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .route("/v1/tasks", post(tasks::submit).get(tasks::list))
+        .route("/v1/tasks/batch", post(tasks::submit_batch))
+        .route("/v1/tasks/{id}", get(tasks::get))
         .route("/v1/tasks/{id}/outcome", get(tasks::outcome))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/v1/agents", get(reads::agents))
+        .route("/v1/agent-types", get(reads::agent_types))
+        .route("/v1/jobs", get(reads::jobs))
+        .route("/v1/jobs/{id}", get(reads::job))
+        .route("/v1/stats", get(reads::stats))
+        .route("/v1/stream/outcomes", get(stream::outcomes))
         .route("/v1/dlq", get(tasks::dlq_list))
         .route("/v1/dlq/{id}/resubmit", post(tasks::dlq_resubmit))
+        .fallback(ops::not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
 
-/// Binds `config.listen` (loopback only).
+/// Binds `config.listen`; a non-loopback address needs API keys.
 pub async fn bind(config: &ApiConfig) -> Result<TcpListener, ApiStartError> {
     let address: SocketAddr = config.listen.parse().map_err(|_| ApiStartError::BadAddress(config.listen.clone()))?;
-    if !address.ip().is_loopback() {
+    if !address.ip().is_loopback() && config.keys.is_empty() {
         return Err(ApiStartError::NotLoopback(config.listen.clone()));
     }
     TcpListener::bind(address).await.map_err(|source| ApiStartError::Bind { address: config.listen.clone(), source })
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<ApiState>, max_body_bytes: usize, shutdown: CancellationToken) -> Result<(), ApiStartError> {
-    axum::serve(listener, router(state, max_body_bytes)).with_graceful_shutdown(shutdown.cancelled_owned()).await.map_err(ApiStartError::Serve)
+    let closing = state.closing.clone();
+    let signal = async move {
+        shutdown.cancelled().await;
+        closing.cancel();
+    };
+    axum::serve(listener, router(state, max_body_bytes)).with_graceful_shutdown(signal).await.map_err(ApiStartError::Serve)
 }

@@ -1,37 +1,47 @@
-//! `POST /v1/tasks`, `GET /v1/tasks/{id}/outcome`, `POST /v1/tasks/{id}/cancel`,
-//! `GET /v1/dlq`, `POST /v1/dlq/{id}/resubmit`.
+//! Tasks over HTTP: submit (single, batch, idempotency key, wait), get (read your writes with
+//! `after`), list with filters and cursor pagination, outcome, cancel; dead letters.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
+use super::auth::Tenant;
 use super::error::ApiError;
-use crate::agent::client::{ClientError, new_id};
+use crate::agent::client::{ClientError, Submitted, new_id};
 use crate::agent::dlq;
-use crate::agent::outcomes::outcome_json;
 use crate::events::{Lane, TaskSubmitted, TimestampMicros};
+use crate::projection::store::unhex;
+use crate::projection::views::{TASK_STATUSES, TaskView};
+use crate::projection::{Projection, TaskFilter};
 
-#[derive(Debug, Deserialize)]
+/// A task to run.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitTask {
+    /// A declared agent type (`GET /v1/agent-types`).
     pub agent_type: String,
+    /// The agent's input (JSON); checked against the type's input schema when it has one.
+    #[schema(value_type = Object)]
     pub input: Value,
+    /// critical, high, normal (default) or low; one of the type's lanes.
     #[serde(default)]
     pub lane: Option<String>,
-    #[serde(default)]
-    pub tenant: Option<String>,
+    /// Your id for the task (default: generated).
     #[serde(default)]
     pub task_id: Option<String>,
+    /// Tasks with the same key run one at a time, in order.
     #[serde(default)]
     pub ordering_key: Option<String>,
+    /// A second submit with the same key returns the original task instead of a new one.
     #[serde(default)]
     pub idempotency_key: Option<String>,
     /// Start no earlier than this many ms from now.
@@ -46,14 +56,60 @@ pub struct SubmitTask {
     pub labels: HashMap<String, String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBatch {
+    pub tasks: Vec<SubmitTask>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Wait {
+    /// Wait up to this many ms for the outcome (bounded by `api.max_wait_ms`).
     #[serde(default)]
     pub wait_ms: Option<u64>,
 }
 
-fn wait_of(state: &ApiState, wait: &Wait) -> Option<Duration> {
-    wait.wait_ms.filter(|ms| *ms > 0).map(|ms| Duration::from_millis(ms.min(state.config.max_wait_ms)))
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct GetTask {
+    /// A position a submit returned (`topic:partition:offset`): answer only once the
+    /// projection has applied it (read your writes), waiting up to `wait_ms` (default 5000).
+    #[serde(default)]
+    pub after: Option<String>,
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListTasks {
+    /// pending, queued, scheduled, running, retrying, completed, failed, dead_lettered,
+    /// cancelled or expired.
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub agent_type: Option<String>,
+    /// Only tasks created at or after this time (ms since the epoch).
+    #[serde(default)]
+    pub created_after_ms: Option<i64>,
+    /// Page size, 1 to 500 (default 50).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cancel {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+fn wait_of(state: &ApiState, wait_ms: Option<u64>) -> Option<Duration> {
+    wait_ms.filter(|ms| *ms > 0).map(|ms| Duration::from_millis(ms.min(state.config.max_wait_ms)))
 }
 
 fn client_error(e: ClientError) -> ApiError {
@@ -63,80 +119,315 @@ fn client_error(e: ClientError) -> ApiError {
     }
 }
 
-pub async fn submit(State(state): State<Arc<ApiState>>, Query(wait): Query<Wait>, body: Result<Json<SubmitTask>, JsonRejection>) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(request) = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError { status: StatusCode::PAYLOAD_TOO_LARGE, code: "payload_too_large", message: e.body_text(), field: Some("body".into()) },
+pub fn body_error(e: JsonRejection) -> ApiError {
+    match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError { field: Some("body".into()), ..ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.body_text()) },
         _ => ApiError::bad_field("body", e.body_text()),
-    })?;
+    }
+}
+
+pub fn query_error(e: QueryRejection) -> ApiError {
+    ApiError::bad_field("query", e.body_text())
+}
+
+/// Micro- to milliseconds for the JSON of views.
+fn ms(us: i64) -> i64 {
+    us / 1000
+}
+
+/// The JSON of a task.
+pub fn task_json(view: &TaskView) -> Value {
+    let timeline: Vec<Value> = view
+        .timeline
+        .iter()
+        .map(|e| json!({"at_ms": ms(e.at_us), "event": e.event, "attempt": e.attempt, "agent_id": e.agent_id, "detail": e.detail}))
+        .collect();
+    json!({
+        "task_id": view.task_id,
+        "tenant": view.tenant,
+        "agent_type": view.agent_type,
+        "lane": view.lane,
+        "status": view.status,
+        "attempts": view.attempts,
+        "max_attempts": view.max_attempts,
+        "agent_id": view.agent_id,
+        "created_at_ms": (view.created_at_us != i64::MAX).then(|| ms(view.created_at_us)),
+        "updated_at_ms": ms(view.updated_at_us),
+        "job_id": view.job_id,
+        "parent_task_id": view.parent_task_id,
+        "idempotency_key": view.idempotency_key,
+        "ordering_key": view.ordering_key,
+        "labels": view.labels,
+        "input": view.input,
+        "not_before_ms": view.not_before_us.map(ms),
+        "deadline_ms": view.deadline_us.map(ms),
+        "cancel_requested": view.cancel_requested,
+        "progress": view.progress.as_ref().map(|p| json!({"percent": p.percent, "message": p.message, "attempt": p.attempt, "at_ms": ms(p.at_us)})),
+        "outcome": view.outcome.as_ref().map(|o| json!({
+            "status": o.status, "at_ms": ms(o.at_us), "attempt": o.attempt, "output": o.output,
+            "duration_ms": o.duration_ms, "error_kind": o.error_kind, "message": o.message,
+        })),
+        "timeline": timeline,
+    })
+}
+
+/// Checks a submit request and turns it into the command; errors name the field, prefixed
+/// with `prefix` in batches (`tasks[3].lane`).
+fn validate(state: &ApiState, tenant: &str, request: SubmitTask, prefix: &str) -> Result<TaskSubmitted, ApiError> {
+    let field = |name: &str| format!("{prefix}{name}");
     let Some(declared) = state.agents.get(&request.agent_type) else {
         let known: Vec<&str> = state.agents.keys().map(String::as_str).collect();
-        return Err(ApiError::bad_field("agent_type", format!("unknown agent type `{}`; known: {}", request.agent_type, known.join(", "))));
+        return Err(ApiError::bad_field(field("agent_type"), format!("unknown agent type `{}`; known: {}", request.agent_type, known.join(", "))));
     };
     let lane_name = request.lane.as_deref().unwrap_or("normal");
     let Some(lane) = Lane::ALL.into_iter().find(|l| l.as_str() == lane_name) else {
-        return Err(ApiError::bad_field("lane", format!("`{lane_name}` is not a lane; lanes: critical, high, normal, low")));
+        return Err(ApiError::bad_field(field("lane"), format!("`{lane_name}` is not a lane; lanes: critical, high, normal, low")));
     };
     if !declared.lanes.iter().any(|l| l == lane.as_str()) {
-        return Err(ApiError::bad_field("lane", format!("agent type `{}` does not read lane `{lane}`; its lanes: {}", request.agent_type, declared.lanes.join(", "))));
+        return Err(ApiError::bad_field(field("lane"), format!("agent type `{}` does not read lane `{lane}`; its lanes: {}", request.agent_type, declared.lanes.join(", "))));
     }
     if request.deadline_ms == Some(0) {
-        return Err(ApiError::bad_field("deadline_ms", "deadline_ms must be greater than 0 (a deadline now has already passed)"));
+        return Err(ApiError::bad_field(field("deadline_ms"), "deadline_ms must be greater than 0 (a deadline now has already passed)"));
     }
     if request.max_attempts.is_some_and(|n| n < 1) {
-        return Err(ApiError::bad_field("max_attempts", "max_attempts must be at least 1"));
+        return Err(ApiError::bad_field(field("max_attempts"), "max_attempts must be at least 1"));
+    }
+    if let Some(id) = &request.task_id
+        && (id.is_empty() || id.len() > 200 || id.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_field(field("task_id"), "task_id must be 1 to 200 characters without control characters"));
+    }
+    if let Some(validator) = state.schemas.get(&request.agent_type)
+        && let Err(error) = validator.validate(&request.input)
+    {
+        let at = error.instance_path().to_string();
+        let path = if at.is_empty() { field("input") } else { format!("{}{at}", field("input")) };
+        return Err(ApiError::bad_field(path, format!("input does not match the input schema of agent type `{}`: {error}", request.agent_type)));
     }
     let task_id = request.task_id.clone().unwrap_or_else(|| new_id("task"));
-    let tenant = request.tenant.clone().unwrap_or_else(|| "default".into());
-    let input = serde_json::to_vec(&request.input).map_err(|e| ApiError::bad_field("input", e.to_string()))?;
-    let mut task = TaskSubmitted::new(state.client.meta(&tenant), &task_id, &request.agent_type, lane, input);
+    let input = serde_json::to_vec(&request.input).map_err(|e| ApiError::bad_field(field("input"), e.to_string()))?;
+    let mut task = TaskSubmitted::new(state.client.meta(tenant), &task_id, &request.agent_type, lane, input);
     let now = TimestampMicros::now().0;
     task.ordering_key = request.ordering_key;
     task.idempotency_key = request.idempotency_key;
-    task.not_before = request.delay_ms.map(|ms| TimestampMicros(now + ms as i64 * 1000));
-    task.deadline = request.deadline_ms.map(|ms| TimestampMicros(now + ms as i64 * 1000));
+    task.not_before = request.delay_ms.map(|ms| TimestampMicros(now.saturating_add((ms as i64).saturating_mul(1000))));
+    task.deadline = request.deadline_ms.map(|ms| TimestampMicros(now.saturating_add((ms as i64).saturating_mul(1000))));
     task.max_attempts = request.max_attempts.unwrap_or(0);
     task.labels = request.labels;
-    let submitted = state.client.submit(&task).await.map_err(client_error)?;
-    let mut body = json!({
+    Ok(task)
+}
+
+fn submitted_json(submitted: &Submitted) -> Value {
+    json!({
         "task_id": submitted.task_id, "topic": submitted.topic,
         "partition": submitted.position.partition, "offset": submitted.position.offset, "delayed": submitted.delayed,
-    });
-    if let Some(wait) = wait_of(&state, &wait)
-        && let Some(outcome) = state.outcomes.wait(&task_id, wait).await
+        "position": format!("{}:{}:{}", submitted.topic, submitted.position.partition, submitted.position.offset),
+    })
+}
+
+/// The task an idempotency key already names, if any.
+fn existing(state: &ApiState, tenant: &str, task: &TaskSubmitted) -> Result<Option<TaskView>, ApiError> {
+    let Some(key) = &task.idempotency_key else { return Ok(None) };
+    let store = state.projection.store();
+    let Some(id) = store.task_by_idempotency_key(tenant, key)? else { return Ok(None) };
+    Ok(store.task(&id)?)
+}
+
+fn check_quota(state: &ApiState, tenant: &str, adding: u64) -> Result<(), ApiError> {
+    if state.config.max_in_flight == 0 {
+        return Ok(());
+    }
+    let open = state.projection.store().tenant_counters(tenant)?.open();
+    if open + adding > state.config.max_in_flight {
+        return Err(ApiError::too_many(
+            "quota_exceeded",
+            format!("tenant `{tenant}` has {open} open tasks; the limit is {} (api.max_in_flight)", state.config.max_in_flight),
+            1,
+        ));
+    }
+    Ok(())
+}
+
+/// Waits for the outcome of `task_id` (of `tenant`) in the projection.
+pub async fn wait_outcome(projection: &Projection, tenant: &str, task_id: &str, timeout: Duration) -> Result<Option<TaskView>, ApiError> {
+    let mut outcomes = projection.subscribe();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(view) = projection.store().task(task_id)?
+            && view.tenant == tenant
+            && view.is_terminal()
+        {
+            return Ok(Some(view));
+        }
+        loop {
+            match tokio::time::timeout_at(deadline, outcomes.recv()).await {
+                Err(_) => return Ok(None),
+                Ok(Ok(notice)) if notice.view.task_id == task_id && notice.tenant == tenant => return Ok(Some(notice.view.clone())),
+                Ok(Ok(_)) => continue,
+                // Missed notices or a closed stream: look in the store again.
+                Ok(Err(_)) => break,
+            }
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/v1/tasks", tag = "tasks", params(Wait), request_body = SubmitTask,
+    responses((status = 202, description = "accepted; `position` is where it was written"), (status = 200, description = "accepted and finished within wait_ms, or an earlier task with the same idempotency key"),
+        (status = 400, description = "a field is wrong (the error names it)"), (status = 401), (status = 413), (status = 429)))]
+pub async fn submit(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    wait: Result<Query<Wait>, QueryRejection>,
+    body: Result<Json<SubmitTask>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Query(wait) = wait.map_err(query_error)?;
+    let Json(request) = body.map_err(body_error)?;
+    let task = validate(&state, &tenant, request, "")?;
+    if let Some(view) = existing(&state, &tenant, &task)? {
+        return Ok((StatusCode::OK, Json(json!({"task_id": view.task_id, "duplicate": true, "task": task_json(&view)}))));
+    }
+    check_quota(&state, &tenant, 1)?;
+    let submitted = state.client.submit(&task).await.map_err(client_error)?;
+    let mut body = submitted_json(&submitted);
+    if let Some(wait) = wait_of(&state, wait.wait_ms)
+        && let Some(view) = wait_outcome(&state.projection, &tenant, &task.task_id, wait).await?
     {
-        body["outcome"] = outcome_json(&outcome);
+        body["task"] = task_json(&view);
+        body["outcome"] = task_json(&view)["outcome"].clone();
         return Ok((StatusCode::OK, Json(body)));
     }
     Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
-pub async fn outcome(State(state): State<Arc<ApiState>>, Path(id): Path<String>, Query(wait): Query<Wait>) -> Result<Json<Value>, ApiError> {
-    let found = match wait_of(&state, &wait) {
-        Some(wait) => state.outcomes.wait(&id, wait).await,
-        None => state.outcomes.get(&id),
+#[utoipa::path(post, path = "/v1/tasks/batch", tag = "tasks", request_body = SubmitBatch,
+    responses((status = 202, description = "all accepted, in order"), (status = 400, description = "a task is wrong (`tasks[i].field`); none was written"), (status = 401), (status = 413), (status = 429)))]
+pub async fn submit_batch(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, body: Result<Json<SubmitBatch>, JsonRejection>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(batch) = body.map_err(body_error)?;
+    if batch.tasks.is_empty() || batch.tasks.len() > state.config.max_batch {
+        return Err(ApiError::bad_field("tasks", format!("a batch holds 1 to {} tasks (api.max_batch); this one has {}", state.config.max_batch, batch.tasks.len())));
+    }
+    // Everything is checked before anything is written.
+    let mut tasks = Vec::with_capacity(batch.tasks.len());
+    for (i, request) in batch.tasks.into_iter().enumerate() {
+        tasks.push(validate(&state, &tenant, request, &format!("tasks[{i}]."))?);
+    }
+    let mut answers = vec![Value::Null; tasks.len()];
+    let mut fresh = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        match existing(&state, &tenant, &task)? {
+            Some(view) => answers[i] = json!({"task_id": view.task_id, "duplicate": true}),
+            None => fresh.push((i, task)),
+        }
+    }
+    check_quota(&state, &tenant, fresh.len() as u64)?;
+    let sends = fresh.iter().map(|(_, task)| state.client.submit(task));
+    let results = futures::future::join_all(sends).await;
+    for ((i, _), result) in fresh.iter().zip(results) {
+        answers[*i] = submitted_json(&result.map_err(client_error)?);
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({ "tasks": answers }))))
+}
+
+/// Parses `topic:partition:offset`.
+fn parse_position(text: &str) -> Option<(String, i32, i64)> {
+    let mut parts = text.rsplitn(3, ':');
+    let offset = parts.next()?.parse().ok()?;
+    let partition = parts.next()?.parse().ok()?;
+    let topic = parts.next()?.to_string();
+    (!topic.is_empty()).then_some((topic, partition, offset))
+}
+
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "task id"), GetTask),
+    responses((status = 200, description = "the task: status, attempts, agent, timeline, result or error"), (status = 404, description = "no such task for this tenant"), (status = 400), (status = 401)))]
+pub async fn get(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Path(id): Path<String>, query: Result<Query<GetTask>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    if let Some(after) = &query.after {
+        let Some((topic, partition, offset)) = parse_position(after) else {
+            return Err(ApiError::bad_field("after", format!("`{after}` is not a position (topic:partition:offset, as a submit returns it)")));
+        };
+        let wait = wait_of(&state, Some(query.wait_ms.unwrap_or(5_000))).unwrap_or_default();
+        if !state.projection.wait_applied(&topic, partition, offset, wait).await {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_caught_up", format!("the projection has not reached {after} yet; retry")));
+        }
+    }
+    match state.projection.store().task(&id)? {
+        Some(view) if view.tenant == tenant => Ok(Json(task_json(&view))),
+        _ => Err(ApiError::not_found("no_task", format!("no task `{id}`"))),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(ListTasks),
+    responses((status = 200, description = "tasks newest first, with `next_cursor` when there are more"), (status = 400), (status = 401)))]
+pub async fn list(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, query: Result<Query<ListTasks>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    if let Some(status) = &query.status
+        && !TASK_STATUSES.contains(&status.as_str())
+    {
+        return Err(ApiError::bad_field("status", format!("`{status}` is not a status; statuses: {}", TASK_STATUSES.join(", "))));
+    }
+    if let Some(agent_type) = &query.agent_type
+        && !state.agents.contains_key(agent_type)
+    {
+        let known: Vec<&str> = state.agents.keys().map(String::as_str).collect();
+        return Err(ApiError::bad_field("agent_type", format!("unknown agent type `{agent_type}`; known: {}", known.join(", "))));
+    }
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_field("limit", "limit must be between 1 and 500"));
+    }
+    let cursor = match &query.cursor {
+        Some(text) => Some(unhex(text).ok_or_else(|| ApiError::bad_field("cursor", "not a cursor this API returned"))?),
+        None => None,
     };
-    found.map(|o| Json(outcome_json(&o))).ok_or_else(|| ApiError::not_found("no_outcome", format!("no outcome for task `{id}` (yet)")))
+    let filter = TaskFilter { tenant, status: query.status, agent_type: query.agent_type, created_after_us: query.created_after_ms.map(|ms| ms.saturating_mul(1000)) };
+    let page = state.projection.store().list_tasks(&filter, cursor.as_deref(), limit)?;
+    let tasks: Vec<Value> = page.tasks.iter().map(task_json).collect();
+    Ok(Json(json!({ "tasks": tasks, "next_cursor": page.next_cursor })))
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Cancel {
-    #[serde(default)]
-    pub reason: Option<String>,
-    #[serde(default)]
-    pub tenant: Option<String>,
+#[utoipa::path(get, path = "/v1/tasks/{id}/outcome", tag = "tasks", params(("id" = String, Path, description = "task id"), Wait),
+    responses((status = 200, description = "the terminal outcome"), (status = 404, description = "no outcome (yet)"), (status = 401)))]
+pub async fn outcome(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Path(id): Path<String>, wait: Result<Query<Wait>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+    let Query(wait) = wait.map_err(query_error)?;
+    let found = match wait_of(&state, wait.wait_ms) {
+        Some(wait) => wait_outcome(&state.projection, &tenant, &id, wait).await?,
+        None => state.projection.store().task(&id)?.filter(|v| v.tenant == tenant && v.is_terminal()),
+    };
+    let view = found.ok_or_else(|| ApiError::not_found("no_outcome", format!("no outcome for task `{id}` (yet)")))?;
+    let mut body = task_json(&view)["outcome"].clone();
+    body["task_id"] = json!(view.task_id);
+    Ok(Json(body))
 }
 
-pub async fn cancel(State(state): State<Arc<ApiState>>, Path(id): Path<String>, body: Option<Json<Cancel>>) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Cancel { reason, tenant } = body.map(|Json(c)| c).unwrap_or_default();
-    state.client.cancel(&id, tenant.as_deref().unwrap_or("default"), reason).await.map_err(client_error)?;
+/// How long a cancel waits for a task it cannot see yet (just submitted, projection behind).
+const CANCEL_LOOKUP: Duration = Duration::from_secs(2);
+
+#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path, description = "task id")), request_body(content = Cancel, description = "optional reason"),
+    responses((status = 202, description = "cancel requested"), (status = 404, description = "no such task for this tenant"), (status = 409, description = "already finished"), (status = 401)))]
+pub async fn cancel(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Path(id): Path<String>, body: Option<Json<Cancel>>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Cancel { reason } = body.map(|Json(c)| c).unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + CANCEL_LOOKUP;
+    let view = loop {
+        match state.projection.store().task(&id)? {
+            Some(view) if view.tenant == tenant => break view,
+            Some(_) => return Err(ApiError::not_found("no_task", format!("no task `{id}`"))),
+            None if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+            None => return Err(ApiError::not_found("no_task", format!("no task `{id}`"))),
+        }
+    };
+    if let Some(outcome) = &view.outcome {
+        return Err(ApiError::new(StatusCode::CONFLICT, "task_finished", format!("task `{id}` already ended {}", outcome.status)));
+    }
+    state.client.cancel(&id, &tenant, reason).await.map_err(client_error)?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "task_id": id, "cancel_requested": true }))))
 }
 
-pub async fn dlq_list(State(state): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/dlq", tag = "dead letters", responses((status = 200, description = "this tenant's dead letters"), (status = 401)))]
+pub async fn dlq_list(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<Json<Value>, ApiError> {
     let letters = dlq::list(&state.log, &state.client).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
     let items: Vec<Value> = letters
         .iter()
+        .filter(|l| l.task.as_ref().is_some_and(|t| t.meta.tenant == tenant))
         .map(|l| {
             json!({
                 "partition": l.partition, "offset": l.offset,
@@ -149,9 +440,14 @@ pub async fn dlq_list(State(state): State<Arc<ApiState>>) -> Result<Json<Value>,
     Ok(Json(json!({ "dead_letters": items })))
 }
 
-pub async fn dlq_resubmit(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
+#[utoipa::path(post, path = "/v1/dlq/{id}/resubmit", tag = "dead letters", params(("id" = String, Path, description = "task id")),
+    responses((status = 202, description = "submitted again with a fresh attempt budget"), (status = 404, description = "no dead letter for this task"), (status = 401)))]
+pub async fn dlq_resubmit(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
     let letters = dlq::list(&state.log, &state.client).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
     let letter = dlq::find(&letters, &id).map_err(|e| ApiError::not_found("no_dead_letter", e.to_string()))?;
+    if letter.task.as_ref().is_none_or(|t| t.meta.tenant != tenant) {
+        return Err(ApiError::not_found("no_dead_letter", format!("no dead letter for task `{id}`")));
+    }
     let submitted = dlq::resubmit(&state.client, letter).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "task_id": submitted.task_id, "topic": submitted.topic, "offset": submitted.position.offset }))))
+    Ok((StatusCode::ACCEPTED, Json(submitted_json(&submitted))))
 }

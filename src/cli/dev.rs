@@ -34,20 +34,11 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
     }
     println!("supervisor running (timers, heartbeats, jobs)");
 
-    // The HTTP API: the way to submit work while this process owns the embedded log.
-    let topics = agentlog::agent::TaskTopics::new(config.log.topic_prefix.clone());
-    let since = agentlog::events::TimestampMicros::now().0 / 1000 - 60_000;
-    let outcomes = Arc::new(agentlog::agent::outcomes::OutcomeWatch::start(log, codec.clone(), &topics, since).await?);
-    let state = Arc::new(agentlog::api::ApiState {
-        log: log.clone(),
-        client: agentlog::agent::TaskClient::new(log, codec.clone(), topics, "api")?,
-        agents: config.agents.clone(),
-        outcomes: outcomes.clone(),
-        config: config.api.clone(),
-    });
-    let api_listener = agentlog::api::bind(&config.api).await?;
-    let api_url = format!("http://{}", api_listener.local_addr()?);
-    let api = tokio::spawn(agentlog::api::serve(api_listener, state, config.log.max_record_bytes, shutdown.clone()));
+    // The projector and the HTTP API: the way to submit and query work while this process
+    // owns the embedded log.
+    let api = super::api::start(log, config, codec.clone()).await?;
+    let api_url = api.url.clone();
+    println!("projection at {}", config.projection.dir.display());
     println!("HTTP API on {api_url}");
     println!();
     println!("submit and wait for the outcome:");
@@ -56,7 +47,11 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
     println!("fan out through the coordinator (echo + textstats + sleep), high lane:");
     println!("  curl -s -X POST '{api_url}/v1/tasks?wait_ms=10000' -H 'content-type: application/json' \\");
     println!("       -d '{{\"agent_type\": \"coordinator\", \"lane\": \"high\", \"input\": {{\"text\": \"one two three\", \"sleep_ms\": 500}}}}'");
-    println!("then: GET {api_url}/v1/tasks/<id>/outcome?wait_ms=5000, POST {api_url}/v1/tasks/<id>/cancel, GET {api_url}/v1/dlq");
+    println!("read a task (status, attempts, timeline, result), list, stream outcomes:");
+    println!("  curl -s {api_url}/v1/tasks/<id>");
+    println!("  curl -s '{api_url}/v1/tasks?status=completed&limit=10'");
+    println!("  curl -N {api_url}/v1/stream/outcomes");
+    println!("also: POST {api_url}/v1/tasks/<id>/cancel, GET {api_url}/v1/agents, /v1/agent-types, /v1/stats, /v1/dlq, /metrics, /openapi.json");
     println!();
     println!("ready; Ctrl-C drains the workers and stops");
     super::shutdown_signal().await;
@@ -72,11 +67,10 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
     if let Err(error) = supervisor.await.context("supervisor task")? {
         failed = Some(anyhow::anyhow!("supervisor: {error}"));
     }
-    shutdown.cancel();
-    if let Err(error) = api.await.context("api task")? {
-        failed = Some(anyhow::anyhow!("api: {error}"));
+    if let Err(error) = api.stop().await {
+        failed = Some(error);
     }
-    outcomes.stop().await;
+    shutdown.cancel();
     let served = server.await.context("registry server task")?;
     registry.close().await;
     served.context("schema registry")?;

@@ -1,5 +1,6 @@
 //! Command implementations of the `agentlog` binary that are more than a call into the library.
 
+pub mod api;
 pub mod dev;
 pub mod events;
 pub mod tasks;

@@ -1,0 +1,136 @@
+//! Prometheus metrics: HTTP requests by route and status with latency, plus the projection's
+//! view of the platform (tasks by outcome, latency percentiles, agents by state, lag),
+//! computed when scraped.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::ApiState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<HttpLabels, Counter>,
+    latency: Family<HttpLabels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<HttpLabels, Counter>::default();
+        // 0.1 ms to ~3 s.
+        let latency = Family::<HttpLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16)));
+        registry.register("agentlog_http_requests", "HTTP requests answered", requests.clone());
+        registry.register("agentlog_http_request_duration_seconds", "HTTP request latency", latency.clone());
+        Metrics { registry, requests, latency }
+    }
+
+    fn observe(&self, labels: HttpLabels, seconds: f64) {
+        self.requests.get_or_create(&labels).inc();
+        self.latency.get_or_create(&labels).observe(seconds);
+    }
+}
+
+/// Middleware: counts and times every request by its route template (not its raw path, so
+/// task ids do not explode the label set).
+pub async fn track(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    state.metrics.observe(HttpLabels { method, route, status: response.status().as_u16() }, started.elapsed().as_secs_f64());
+    response
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    agent_type: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuantileLabels {
+    agent_type: String,
+    quantile: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentLabels {
+    agent_type: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabels {
+    topic: String,
+}
+
+/// The text exposition of everything.
+pub async fn render(state: &ApiState) -> Result<String, String> {
+    let mut out = String::new();
+    encode(&mut out, &state.metrics.registry).map_err(|e| e.to_string())?;
+    // What the projection knows, as of this scrape.
+    let mut registry = Registry::default();
+    let store = state.projection.store();
+    let tasks = Family::<OutcomeLabels, Gauge>::default();
+    let latency = Family::<QuantileLabels, Gauge>::default();
+    for (agent_type, c) in store.type_counters().map_err(|e| e.to_string())? {
+        for (outcome, n) in [
+            ("submitted", c.submitted),
+            ("completed", c.completed),
+            ("failed", c.failed),
+            ("dead_lettered", c.dead_lettered),
+            ("cancelled", c.cancelled),
+            ("expired", c.expired),
+        ] {
+            tasks.get_or_create(&OutcomeLabels { agent_type: agent_type.clone(), outcome: outcome.into() }).set(n as i64);
+        }
+        if let Some(h) = store.histogram(b'l', &agent_type).map_err(|e| e.to_string())? {
+            for q in [0.5, 0.9, 0.99, 0.999] {
+                latency.get_or_create(&QuantileLabels { agent_type: agent_type.clone(), quantile: q.to_string() }).set(h.value_at_quantile(q) as i64);
+            }
+        }
+    }
+    registry.register("agentlog_tasks", "tasks per agent type and outcome (from the projection)", tasks);
+    registry.register("agentlog_task_latency_ms", "submit to outcome latency percentiles per agent type", latency);
+    let agents = Family::<AgentLabels, Gauge>::default();
+    for agent in store.agents().map_err(|e| e.to_string())? {
+        agents.get_or_create(&AgentLabels { agent_type: agent.agent_type.unwrap_or_default(), state: agent.state }).inc();
+    }
+    registry.register("agentlog_agents", "agents per type and state", agents);
+    let caught_up = Gauge::<i64>::default();
+    caught_up.set(i64::from(state.projection.is_caught_up()));
+    registry.register("agentlog_projection_caught_up", "1 once the projection has read the history", caught_up);
+    let lag = Family::<TopicLabels, Gauge>::default();
+    if let Ok(by_topic) = state.projection.lag(&state.log).await {
+        for (topic, n) in by_topic {
+            lag.get_or_create(&TopicLabels { topic }).set(n);
+        }
+    }
+    registry.register("agentlog_projection_lag_records", "records not yet applied to the projection, per source topic", lag);
+    encode(&mut out, &registry).map_err(|e| e.to_string())?;
+    Ok(out)
+}

@@ -1,0 +1,171 @@
+//! Agents (discovery ordered by load), agent types with lag per lane, jobs and stats.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa::IntoParams;
+
+use super::ApiState;
+use super::auth::Tenant;
+use super::error::ApiError;
+use super::tasks::query_error;
+use crate::events::Lane;
+use crate::log::TopicPartition;
+use crate::projection::views::AgentView;
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AgentQuery {
+    #[serde(default)]
+    pub agent_type: Option<String>,
+    /// Agents that declared this capability.
+    #[serde(default)]
+    pub capability: Option<String>,
+    /// starting, running, paused, draining, stopped, lost, deregistered.
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+fn ms(us: i64) -> i64 {
+    us / 1000
+}
+
+fn agent_json(a: &AgentView) -> Value {
+    json!({
+        "agent_id": a.agent_id, "agent_type": a.agent_type, "status": a.state, "host": a.host, "version": a.version,
+        "capabilities": a.capabilities, "concurrency": a.concurrency, "in_flight": a.in_flight, "capacity": a.capacity,
+        "load": a.load(), "completed_total": a.completed_total, "failed_total": a.failed_total,
+        "cpu_percent": a.cpu_percent, "memory_bytes": a.memory_bytes,
+        "registered_at_ms": a.registered_at_us.map(ms), "last_heartbeat_at_ms": a.last_heartbeat_at_us.map(ms),
+    })
+}
+
+#[utoipa::path(get, path = "/v1/agents", tag = "agents", params(AgentQuery),
+    responses((status = 200, description = "agents, least loaded first"), (status = 400), (status = 401)))]
+pub async fn agents(State(state): State<Arc<ApiState>>, Tenant(_): Tenant, query: Result<Query<AgentQuery>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let mut agents: Vec<AgentView> = state
+        .projection
+        .store()
+        .agents()?
+        .into_iter()
+        .filter(|a| query.agent_type.as_ref().is_none_or(|t| a.agent_type.as_ref() == Some(t)))
+        .filter(|a| query.capability.as_ref().is_none_or(|c| a.capabilities.contains(c)))
+        .filter(|a| query.status.as_ref().is_none_or(|s| &a.state == s))
+        .collect();
+    agents.sort_by(|a, b| a.load().total_cmp(&b.load()).then_with(|| a.agent_id.cmp(&b.agent_id)));
+    Ok(Json(json!({ "agents": agents.iter().map(agent_json).collect::<Vec<_>>() })))
+}
+
+#[utoipa::path(get, path = "/v1/agent-types", tag = "agents",
+    responses((status = 200, description = "the catalog, with waiting tasks (lag of group agents.<type>) per lane"), (status = 401), (status = 503)))]
+pub async fn agent_types(State(state): State<Arc<ApiState>>, Tenant(_): Tenant) -> Result<Json<Value>, ApiError> {
+    let admin = state.log.admin();
+    let mut types = Vec::new();
+    for (name, agent) in &state.agents {
+        let group = format!("agents.{name}");
+        let mut lag = BTreeMap::new();
+        for lane in Lane::ALL.into_iter().filter(|l| agent.lanes.iter().any(|x| x == l.as_str())) {
+            let topic = state.client.topics().lane(name, lane);
+            let partitions = admin.describe_topic(&topic).await.map_err(|e| ApiError::unavailable(e.to_string()))?.partitions;
+            let tps: Vec<TopicPartition> = (0..partitions).map(|p| TopicPartition::new(topic.clone(), p)).collect();
+            let committed = admin.committed_offsets(&group, &tps).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+            let mut waiting = 0i64;
+            for (tp, committed) in tps.iter().zip(committed) {
+                let marks = admin.watermarks(tp).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+                waiting += (marks.high - committed.unwrap_or(marks.low).max(marks.low)).max(0);
+            }
+            lag.insert(lane.as_str().to_string(), waiting);
+        }
+        types.push(json!({
+            "name": name, "description": agent.description, "runtime": agent.runtime, "concurrency": agent.concurrency,
+            "timeout_ms": agent.timeout_ms, "retry": agent.retry, "lanes": agent.lanes, "partitions": agent.partitions,
+            "input_schema": agent.input_schema.as_deref().and_then(|s| serde_json::from_str::<Value>(s).ok()),
+            "exactly_once": agent.exactly_once, "lag": lag,
+        }));
+    }
+    Ok(Json(json!({ "agent_types": types })))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct JobQuery {
+    /// Most jobs to return, newest first (1 to 500, default 50).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobQuery), responses((status = 200, description = "this tenant's jobs, newest first"), (status = 400), (status = 401)))]
+pub async fn jobs(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, query: Result<Query<JobQuery>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_field("limit", "limit must be between 1 and 500"));
+    }
+    let jobs: Vec<Value> = state
+        .projection
+        .store()
+        .jobs(usize::MAX)?
+        .into_iter()
+        .filter(|j| j.tenant == tenant)
+        .take(limit)
+        .map(|j| json!({"job_id": j.job_id, "total": j.total, "submitted_at_ms": j.submitted_at_us.map(ms), "completed": j.completed, "failed": j.failed, "completed_at_ms": j.completed_at_us.map(ms)}))
+        .collect();
+    Ok(Json(json!({ "jobs": jobs })))
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "job id")),
+    responses((status = 200, description = "the job with its tasks' statuses counted"), (status = 404), (status = 401)))]
+pub async fn job(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let store = state.projection.store();
+    let job = store.job(&id)?.filter(|j| j.tenant == tenant).ok_or_else(|| ApiError::not_found("no_job", format!("no job `{id}`")))?;
+    let ids: Vec<&str> = job.task_ids.iter().map(String::as_str).collect();
+    let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
+    for view in store.tasks(&ids)? {
+        *by_status.entry(view.map_or_else(|| "pending".to_string(), |v| v.status)).or_default() += 1;
+    }
+    Ok(Json(json!({
+        "job_id": job.job_id, "total": job.total, "task_ids": job.task_ids, "tasks_by_status": by_status,
+        "submitted_at_ms": job.submitted_at_us.map(ms), "completed": job.completed, "failed": job.failed,
+        "completed_at_ms": job.completed_at_us.map(ms), "done": job.completed_at_us.is_some(),
+    })))
+}
+
+fn percentiles(h: Option<hdrhistogram::Histogram<u64>>) -> Value {
+    match h {
+        Some(h) if !h.is_empty() => json!({
+            "count": h.len(), "p50": h.value_at_quantile(0.5), "p90": h.value_at_quantile(0.9),
+            "p99": h.value_at_quantile(0.99), "p999": h.value_at_quantile(0.999), "max": h.max(),
+        }),
+        _ => json!({"count": 0}),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/stats", tag = "stats",
+    responses((status = 200, description = "per agent type: outcomes counted and latency percentiles (ms); this tenant's open tasks"), (status = 401)))]
+pub async fn stats(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<Json<Value>, ApiError> {
+    let store = state.projection.store();
+    let mut types = BTreeMap::new();
+    for (agent_type, counters) in store.type_counters()? {
+        types.insert(
+            agent_type.clone(),
+            json!({
+                "submitted": counters.submitted, "completed": counters.completed, "failed": counters.failed,
+                "dead_lettered": counters.dead_lettered, "cancelled": counters.cancelled, "expired": counters.expired,
+                "submit_to_outcome_ms": percentiles(store.histogram(b'l', &agent_type)?),
+                "run_duration_ms": percentiles(store.histogram(b'd', &agent_type)?),
+            }),
+        );
+    }
+    let tenant_counters = store.tenant_counters(&tenant)?;
+    Ok(Json(json!({
+        "agent_types": types,
+        "tenant": {"name": tenant, "submitted": tenant_counters.submitted, "finished": tenant_counters.terminal, "open": tenant_counters.open()},
+        "projection": {"caught_up": state.projection.is_caught_up()},
+    })))
+}

@@ -1,0 +1,99 @@
+//! `agentlog api`: the projector feeding its RocksDB and the HTTP API over it. On the
+//! embedded log this process owns the log, so it also serves the schema registry; on Kafka
+//! it uses `registry.url` and can run next to workers and supervisors elsewhere.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use agentlog::agent::{TaskClient, TaskTopics};
+use agentlog::api::{ApiState, ApiStartError};
+use agentlog::config::Config;
+use agentlog::events::wire::WireCodec;
+use agentlog::log::EventLog;
+use agentlog::projection::{Projection, ProjectionStore, ProjectorError};
+
+/// The projector and the API server, running.
+pub struct ApiHandle {
+    pub url: String,
+    pub projection: Arc<Projection>,
+    projector: JoinHandle<Result<(), ProjectorError>>,
+    server: JoinHandle<Result<(), ApiStartError>>,
+    stop: CancellationToken,
+}
+
+pub async fn start(log: &Arc<dyn EventLog>, config: &Config, codec: Arc<WireCodec>) -> anyhow::Result<ApiHandle> {
+    let topics = TaskTopics::new(config.log.topic_prefix.clone());
+    std::fs::create_dir_all(&config.projection.dir).with_context(|| format!("creating projection.dir {}", config.projection.dir.display()))?;
+    let store = ProjectionStore::open(&config.projection.dir)?;
+    let projection = Projection::new(store, agentlog::projection::sources(&topics, &config.agents))?;
+    let stop = CancellationToken::new();
+    let projector = tokio::spawn(agentlog::projection::run(log.clone(), codec.clone(), projection.clone(), stop.clone()));
+    let client = TaskClient::new(log, codec, topics, "api")?;
+    let state = Arc::new(ApiState::new(log.clone(), client, config.agents.clone(), projection.clone(), config.api.clone())?);
+    let listener = agentlog::api::bind(&config.api).await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(agentlog::api::serve(listener, state, config.log.max_record_bytes, stop.clone()));
+    Ok(ApiHandle { url, projection, projector, server, stop })
+}
+
+impl ApiHandle {
+    /// Stops serving, then stops the projector (its last batch is already durable).
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        let served = self.server.await.context("api task")?;
+        let projected = self.projector.await.context("projector task")?;
+        served.context("api")?;
+        projected.context("projector")?;
+        Ok(())
+    }
+
+    /// Waits until the projector fails (it runs until stopped otherwise).
+    pub async fn failed(&mut self) -> anyhow::Error {
+        match (&mut self.projector).await {
+            Ok(Ok(())) => anyhow::anyhow!("the projector stopped"),
+            Ok(Err(error)) => anyhow::Error::new(error).context("projector"),
+            Err(error) => anyhow::Error::new(error).context("projector task"),
+        }
+    }
+}
+
+pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let mut registry = None;
+    let registry_url = if log.backend() == "embedded" {
+        let topic = format!("{}schemas", config.log.topic_prefix);
+        let reg = agentlog::registry::Registry::open(log.clone(), &topic, shutdown.clone()).await.context("opening the schema registry")?;
+        let listener = tokio::net::TcpListener::bind(&config.registry.listen).await.with_context(|| format!("binding {}", config.registry.listen))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        registry = Some((reg.clone(), tokio::spawn(agentlog::registry::serve(reg, listener, shutdown.clone()))));
+        println!("schema registry on {url}");
+        url
+    } else {
+        config.registry.url.clone()
+    };
+    let codec = Arc::new(WireCodec::new(&registry_url)?);
+    let mut api = start(log, config, codec).await?;
+    println!("projection at {} (reading {} topics)", config.projection.dir.display(), api.projection.sources().len());
+    println!("HTTP API on {}", api.url);
+    let failure = tokio::select! {
+        _ = super::shutdown_signal() => None,
+        error = api.failed() => Some(error),
+    };
+    let stopped = match failure {
+        Some(error) => {
+            api.stop.cancel();
+            Err(error)
+        }
+        None => api.stop().await,
+    };
+    shutdown.cancel();
+    if let Some((reg, server)) = registry {
+        let served = server.await.context("registry server task")?;
+        reg.close().await;
+        served.context("schema registry")?;
+    }
+    stopped
+}

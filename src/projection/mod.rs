@@ -1,0 +1,30 @@
+//! Projections: state rebuilt from the log into RocksDB and queried over HTTP. The log is
+//! the truth; a projection is derived, disposable and exact — the offsets it has consumed are
+//! written in the same WriteBatch as the state they produced.
+
+pub mod apply;
+pub mod projector;
+pub mod store;
+pub mod views;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use apply::{OutcomeNotice, Source};
+pub use projector::{Projection, ProjectorError, RebuildReport, catch_up, run, sources};
+pub use store::{ProjectionStore, StoreError, TaskFilter};
+
+/// `[projection]` in config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectionConfig {
+    /// Directory of the projection's RocksDB (created if missing).
+    pub dir: PathBuf,
+}
+
+impl Default for ProjectionConfig {
+    fn default() -> Self {
+        Self { dir: PathBuf::from("data/projection") }
+    }
+}

@@ -1,0 +1,391 @@
+//! The projection's RocksDB layout and reads.
+//!
+//! Column families (keys are bytes; `‖` is concatenation, `0` a zero byte):
+//! - `tasks`:   task id → [`TaskView`] (JSON)
+//! - `index`:   `T` tenant 0 created‖id, `S` tenant 0 status 0 created‖id,
+//!   `A` tenant 0 agent type 0 created‖id → empty; `I` tenant 0 idempotency key → task id.
+//!   `created` is `u64::MAX − created_at_us` big-endian so a forward scan is newest first.
+//! - `agents`:  agent id → [`AgentView`]
+//! - `jobs`:    job id → [`JobView`]
+//! - `stats`:   `c` type → [`TypeCounters`]; `l` type → submit→outcome latency histogram,
+//!   `d` type → run duration histogram (hdrhistogram V2, µs resolution in ms);
+//!   `n` tenant → [`TenantCounters`]
+//! - `offsets`: topic 0 partition u32 → next offset i64, written in the same WriteBatch as
+//!   the state those records produced.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::views::{AgentView, JobView, TaskView, TenantCounters, TypeCounters};
+
+pub const CF_TASKS: &str = "tasks";
+pub const CF_INDEX: &str = "index";
+pub const CF_AGENTS: &str = "agents";
+pub const CF_JOBS: &str = "jobs";
+pub const CF_STATS: &str = "stats";
+pub const CF_OFFSETS: &str = "offsets";
+const ALL_CFS: [&str; 6] = [CF_TASKS, CF_INDEX, CF_AGENTS, CF_JOBS, CF_STATS, CF_OFFSETS];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("projection store at {path}: {source}")]
+    Open { path: PathBuf, source: rocksdb::Error },
+    #[error("projection store: {operation}: {source}")]
+    Rocks { operation: &'static str, source: rocksdb::Error },
+    #[error("projection store: column family `{0}` is missing")]
+    MissingFamily(&'static str),
+    #[error("projection store: {what} is not valid: {reason}")]
+    Corrupt { what: String, reason: String },
+}
+
+fn rocks(operation: &'static str) -> impl FnOnce(rocksdb::Error) -> StoreError {
+    move |source| StoreError::Rocks { operation, source }
+}
+
+/// Largest latency a histogram records (ms); larger values are clamped.
+const HIST_MAX_MS: u64 = 7 * 24 * 3_600_000;
+
+pub fn new_histogram() -> Histogram<u64> {
+    // Three significant digits up to a week; `new_with_bounds` only fails for bad bounds.
+    Histogram::new_with_bounds(1, HIST_MAX_MS, 3).unwrap_or_else(|_| Histogram::new(3).expect("3 significant digits are valid"))
+}
+
+pub struct ProjectionStore {
+    db: DB,
+    path: PathBuf,
+}
+
+/// Filters of a task listing.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub tenant: String,
+    pub status: Option<String>,
+    pub agent_type: Option<String>,
+    /// Only tasks created at or after this time (µs).
+    pub created_after_us: Option<i64>,
+}
+
+pub struct TaskPage {
+    pub tasks: Vec<TaskView>,
+    /// Opaque cursor of the next page, when there may be one.
+    pub next_cursor: Option<String>,
+}
+
+pub fn created_key(created_at_us: i64) -> [u8; 8] {
+    (u64::MAX - created_at_us.max(0) as u64).to_be_bytes()
+}
+
+/// The index keys a task view has.
+pub fn index_keys(view: &TaskView) -> Vec<Vec<u8>> {
+    let mut keys = Vec::with_capacity(4);
+    let mut tail = created_key(view.created_at_us).to_vec();
+    tail.extend_from_slice(view.task_id.as_bytes());
+    let with = |tag: u8, parts: &[&str]| {
+        let mut key = vec![tag];
+        key.extend_from_slice(view.tenant.as_bytes());
+        key.push(0);
+        for part in parts {
+            key.extend_from_slice(part.as_bytes());
+            key.push(0);
+        }
+        key
+    };
+    let mut t = with(b'T', &[]);
+    t.extend_from_slice(&tail);
+    keys.push(t);
+    let mut s = with(b'S', &[&view.status]);
+    s.extend_from_slice(&tail);
+    keys.push(s);
+    if let Some(agent_type) = &view.agent_type {
+        let mut a = with(b'A', &[agent_type]);
+        a.extend_from_slice(&tail);
+        keys.push(a);
+    }
+    keys
+}
+
+pub fn idempotency_key(tenant: &str, key: &str) -> Vec<u8> {
+    let mut k = vec![b'I'];
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+pub fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
+    let mut key = topic.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&(partition as u32).to_be_bytes());
+    key
+}
+
+fn parse_offset_key(key: &[u8]) -> Option<(String, i32)> {
+    let zero = key.iter().position(|b| *b == 0)?;
+    let topic = std::str::from_utf8(&key[..zero]).ok()?.to_string();
+    let partition = u32::from_be_bytes(key.get(zero + 1..zero + 5)?.try_into().ok()?) as i32;
+    Some((topic, partition))
+}
+
+pub fn stat_key(tag: u8, name: &str) -> Vec<u8> {
+    let mut key = vec![tag];
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Views are plain data (strings, numbers, maps with string keys): serialising cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(what: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { what: String::from_utf8_lossy(what).into_owned(), reason: e.to_string() })
+}
+
+pub fn encode_histogram(h: &Histogram<u64>) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Serialising into a Vec only fails for histograms too large for the format.
+    let _ = V2Serializer::new().serialize(h, &mut out);
+    out
+}
+
+pub fn decode_histogram(bytes: &[u8]) -> Result<Histogram<u64>, StoreError> {
+    Deserializer::new().deserialize(&mut &bytes[..]).map_err(|e| StoreError::Corrupt { what: "latency histogram".into(), reason: format!("{e:?}") })
+}
+
+impl ProjectionStore {
+    pub fn open(path: &Path) -> Result<ProjectionStore, StoreError> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_max_background_jobs(2);
+        options.set_max_total_wal_size(256 << 20);
+        let cfs = ALL_CFS.iter().map(|name| {
+            let mut cf = Options::default();
+            cf.set_write_buffer_size(if *name == CF_TASKS { 64 << 20 } else { 16 << 20 });
+            ColumnFamilyDescriptor::new(*name, cf)
+        });
+        let db = DB::open_cf_descriptors(&options, path, cfs).map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
+        Ok(ProjectionStore { db, path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StoreError> {
+        self.db.cf_handle(name).ok_or(StoreError::MissingFamily(name))
+    }
+
+    pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        // The WAL without fsync survives a process crash; the log is the truth for power loss
+        // (a lost tail is re-applied from the offsets that were durable with it).
+        self.db.write(batch).map_err(rocks("write batch"))
+    }
+
+    fn get_json<T: DeserializeOwned>(&self, cf: &'static str, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.db.get_cf(self.cf(cf)?, key).map_err(rocks("get"))? {
+            Some(bytes) => decode(key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn task(&self, task_id: &str) -> Result<Option<TaskView>, StoreError> {
+        self.get_json(CF_TASKS, task_id.as_bytes())
+    }
+
+    /// Several tasks in one call (missing ones are `None`).
+    pub fn tasks(&self, ids: &[&str]) -> Result<Vec<Option<TaskView>>, StoreError> {
+        let cf = self.cf(CF_TASKS)?;
+        let found = self.db.batched_multi_get_cf(cf, ids.iter().map(|id| id.as_bytes()), false);
+        found
+            .into_iter()
+            .zip(ids)
+            .map(|(result, id)| match result.map_err(rocks("multi get"))? {
+                Some(bytes) => decode(id.as_bytes(), &bytes).map(Some),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    pub fn agent(&self, agent_id: &str) -> Result<Option<AgentView>, StoreError> {
+        self.get_json(CF_AGENTS, agent_id.as_bytes())
+    }
+
+    pub fn job(&self, job_id: &str) -> Result<Option<JobView>, StoreError> {
+        self.get_json(CF_JOBS, job_id.as_bytes())
+    }
+
+    pub fn task_by_idempotency_key(&self, tenant: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let found = self.db.get_cf(self.cf(CF_INDEX)?, idempotency_key(tenant, key)).map_err(rocks("get"))?;
+        Ok(found.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Tasks newest first, through the narrowest index the filter allows.
+    pub fn list_tasks(&self, filter: &TaskFilter, cursor: Option<&[u8]>, limit: usize) -> Result<TaskPage, StoreError> {
+        let mut prefix = Vec::new();
+        match (&filter.status, &filter.agent_type) {
+            (Some(status), _) => {
+                prefix.push(b'S');
+                prefix.extend_from_slice(filter.tenant.as_bytes());
+                prefix.push(0);
+                prefix.extend_from_slice(status.as_bytes());
+                prefix.push(0);
+            }
+            (None, Some(agent_type)) => {
+                prefix.push(b'A');
+                prefix.extend_from_slice(filter.tenant.as_bytes());
+                prefix.push(0);
+                prefix.extend_from_slice(agent_type.as_bytes());
+                prefix.push(0);
+            }
+            (None, None) => {
+                prefix.push(b'T');
+                prefix.extend_from_slice(filter.tenant.as_bytes());
+                prefix.push(0);
+            }
+        }
+        let mut start = prefix.clone();
+        if let Some(cursor) = cursor {
+            start.extend_from_slice(cursor);
+            // Strictly after the cursor's key.
+            start.push(0);
+        }
+        let index = self.cf(CF_INDEX)?;
+        let mut tasks = Vec::new();
+        let mut last_tail = None;
+        let mut more = false;
+        for item in self.db.iterator_cf(index, IteratorMode::From(&start, Direction::Forward)) {
+            let (key, _) = item.map_err(rocks("index scan"))?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            if tasks.len() >= limit {
+                more = true;
+                break;
+            }
+            let tail = &key[prefix.len()..];
+            if tail.len() < 8 {
+                continue;
+            }
+            let created = i64::try_from(u64::MAX - u64::from_be_bytes(tail[..8].try_into().unwrap_or([0; 8]))).unwrap_or(i64::MAX);
+            if filter.created_after_us.is_some_and(|after| created < after) {
+                // Newest first: everything further is older.
+                break;
+            }
+            let id = String::from_utf8_lossy(&tail[8..]).into_owned();
+            last_tail = Some(tail.to_vec());
+            if let Some(view) = self.task(&id)? {
+                if filter.agent_type.as_ref().is_some_and(|t| view.agent_type.as_ref() != Some(t)) {
+                    continue;
+                }
+                tasks.push(view);
+            }
+        }
+        let next_cursor = if more { last_tail.map(|t| hex(&t)) } else { None };
+        Ok(TaskPage { tasks, next_cursor })
+    }
+
+    pub fn agents(&self) -> Result<Vec<AgentView>, StoreError> {
+        self.scan(CF_AGENTS)
+    }
+
+    pub fn jobs(&self, limit: usize) -> Result<Vec<JobView>, StoreError> {
+        let mut jobs: Vec<JobView> = self.scan(CF_JOBS)?;
+        jobs.sort_by(|a, b| b.submitted_at_us.cmp(&a.submitted_at_us).then_with(|| a.job_id.cmp(&b.job_id)));
+        jobs.truncate(limit);
+        Ok(jobs)
+    }
+
+    fn scan<T: DeserializeOwned>(&self, cf: &'static str) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
+            let (key, value) = item.map_err(rocks("scan"))?;
+            out.push(decode(&key, &value)?);
+        }
+        Ok(out)
+    }
+
+    pub fn type_counters(&self) -> Result<Vec<(String, TypeCounters)>, StoreError> {
+        self.prefixed_stats(b'c')
+    }
+
+    pub fn tenant_counters(&self, tenant: &str) -> Result<TenantCounters, StoreError> {
+        Ok(self.get_json(CF_STATS, &stat_key(b'n', tenant))?.unwrap_or_default())
+    }
+
+    fn prefixed_stats<T: DeserializeOwned>(&self, tag: u8) -> Result<Vec<(String, T)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_STATS)?, IteratorMode::From(&[tag], Direction::Forward)) {
+            let (key, value) = item.map_err(rocks("stats scan"))?;
+            if key.first() != Some(&tag) {
+                break;
+            }
+            out.push((String::from_utf8_lossy(&key[1..]).into_owned(), decode(&key, &value)?));
+        }
+        Ok(out)
+    }
+
+    pub fn histogram(&self, tag: u8, agent_type: &str) -> Result<Option<Histogram<u64>>, StoreError> {
+        match self.db.get_cf(self.cf(CF_STATS)?, stat_key(tag, agent_type)).map_err(rocks("get"))? {
+            Some(bytes) => decode_histogram(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn raw(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get_cf(self.cf(cf)?, key).map_err(rocks("get"))
+    }
+
+    /// The next offset to read per source partition.
+    pub fn offsets(&self) -> Result<HashMap<(String, i32), i64>, StoreError> {
+        let mut out = HashMap::new();
+        for item in self.db.iterator_cf(self.cf(CF_OFFSETS)?, IteratorMode::Start) {
+            let (key, value) = item.map_err(rocks("offsets scan"))?;
+            let Some(tp) = parse_offset_key(&key) else { continue };
+            let bytes: [u8; 8] = value.as_ref().try_into().map_err(|_| StoreError::Corrupt { what: "offset".into(), reason: "not 8 bytes".into() })?;
+            out.insert(tp, i64::from_be_bytes(bytes));
+        }
+        Ok(out)
+    }
+
+    /// A RocksDB checkpoint (hard links where possible): state and offsets as of one instant.
+    pub fn checkpoint(&self, into: &Path) -> Result<(), StoreError> {
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(rocks("checkpoint"))?;
+        checkpoint.create_checkpoint(into).map_err(rocks("create checkpoint"))
+    }
+
+    /// Every key and value of the state (not the offsets), in a stable text form: two
+    /// projections of the same events dump the same text.
+    pub fn dump(&self, out: &mut dyn std::io::Write) -> Result<(), StoreError> {
+        for cf in [CF_TASKS, CF_INDEX, CF_AGENTS, CF_JOBS, CF_STATS] {
+            for item in self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
+                let (key, value) = item.map_err(rocks("dump scan"))?;
+                let value_text = if cf == CF_STATS && matches!(key.first(), Some(b'l' | b'd')) {
+                    let h = decode_histogram(&value)?;
+                    format!("n={} p50={} p99={} max={}", h.len(), h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
+                } else {
+                    String::from_utf8_lossy(&value).into_owned()
+                };
+                writeln!(out, "{cf}\t{}\t{value_text}", hex(&key)).map_err(|e| StoreError::Corrupt { what: "dump output".into(), reason: e.to_string() })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}

@@ -1,0 +1,221 @@
+//! What the projection stores per task, agent, job and agent type. Every field is either
+//! set once from a single partition's first event or is a max/min/set over events, so the
+//! final state does not depend on how records of different partitions interleave: a
+//! projection rebuilt from scratch equals one that was killed and resumed any number of times.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Most timeline entries kept per task: the earliest ones by (time, event, id). Keeping the
+/// N smallest of a set gives the same result in any arrival order.
+pub const TIMELINE_CAP: usize = 100;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    pub task_id: String,
+    pub tenant: String,
+    pub agent_type: Option<String>,
+    pub lane: Option<String>,
+    pub status: String,
+    /// Earliest `occurred_at` of any event of the task (µs since the epoch).
+    pub created_at_us: i64,
+    /// `occurred_at` of the first attempt's TaskSubmitted.
+    pub submitted_at_us: Option<i64>,
+    pub updated_at_us: i64,
+    /// Highest attempt that started.
+    pub attempts: i32,
+    pub max_attempts: Option<i32>,
+    /// The agent that ran the highest started attempt.
+    pub agent_id: Option<String>,
+    pub job_id: Option<String>,
+    pub parent_task_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub ordering_key: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub input: Option<Value>,
+    pub not_before_us: Option<i64>,
+    pub deadline_us: Option<i64>,
+    pub cancel_requested: bool,
+    pub progress: Option<ProgressView>,
+    pub outcome: Option<OutcomeView>,
+    pub timeline: Vec<TimelineEntry>,
+    /// Highest attempt seen on a lane topic, on `timers`, started, and retry-scheduled.
+    pub max_enqueued: i32,
+    pub max_scheduled: i32,
+    pub max_retry: i32,
+    /// Whether this task's submit→outcome latency went into the stats.
+    pub latency_recorded: bool,
+    /// Whether the outcome went into its agent type's counters (needs the type, which only
+    /// TaskSubmitted carries) and into its tenant's counters.
+    pub outcome_counted: bool,
+    pub tenant_counted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgressView {
+    pub at_us: i64,
+    pub event_id: String,
+    pub attempt: i32,
+    pub percent: Option<f32>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeView {
+    pub status: String,
+    pub at_us: i64,
+    pub event_id: String,
+    pub attempt: Option<i32>,
+    pub output: Option<Value>,
+    pub duration_ms: Option<i64>,
+    pub error_kind: Option<String>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub at_us: i64,
+    pub event: String,
+    pub event_id: String,
+    pub attempt: Option<i32>,
+    pub agent_id: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl TaskView {
+    pub fn new(task_id: &str) -> Self {
+        TaskView { task_id: task_id.to_string(), status: "pending".into(), created_at_us: i64::MAX, ..Default::default() }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        self.outcome.is_some()
+    }
+
+    /// The status as a function of the aggregates alone (so it is order-independent).
+    pub fn derive_status(&self) -> String {
+        if let Some(outcome) = &self.outcome {
+            return outcome.status.clone();
+        }
+        let started = self.attempts;
+        let status = if self.max_scheduled > self.max_enqueued.max(started) {
+            "scheduled"
+        } else if started > 0 && started >= self.max_enqueued && self.max_retry < started {
+            "running"
+        } else if self.max_retry > 0 && self.max_retry >= started && self.max_enqueued <= self.max_retry {
+            "retrying"
+        } else if self.max_enqueued > 0 {
+            "queued"
+        } else {
+            "pending"
+        };
+        status.to_string()
+    }
+
+    /// Adds an entry unless an entry with the same event and id is there; keeps the earliest
+    /// [`TIMELINE_CAP`]. Returns whether the entry is new.
+    pub fn add_timeline(&mut self, entry: TimelineEntry) -> bool {
+        if self.timeline.iter().any(|e| e.event_id == entry.event_id && e.event == entry.event) {
+            return false;
+        }
+        let at = self.timeline.partition_point(|e| e < &entry);
+        if at >= TIMELINE_CAP {
+            // Older than everything kept (in sort order it is past the cap): nothing changes,
+            // but it may still carry a first-time aggregate, so report it as new.
+            return true;
+        }
+        self.timeline.insert(at, entry);
+        self.timeline.truncate(TIMELINE_CAP);
+        true
+    }
+}
+
+/// The statuses a task can have, for validation of filters.
+pub const TASK_STATUSES: [&str; 11] =
+    ["pending", "queued", "scheduled", "running", "retrying", "completed", "failed", "dead_lettered", "cancelled", "expired", "unknown"];
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentView {
+    pub agent_id: String,
+    pub agent_type: Option<String>,
+    pub tenant: String,
+    pub host: Option<String>,
+    pub version: Option<String>,
+    pub capabilities: Vec<String>,
+    pub concurrency: Option<i32>,
+    /// From the latest lifecycle event by (time, id).
+    pub state: String,
+    pub state_at_us: i64,
+    pub state_event_id: String,
+    pub registered_at_us: Option<i64>,
+    pub last_heartbeat_at_us: Option<i64>,
+    pub heartbeat_sequence: i64,
+    pub in_flight: i32,
+    pub capacity: i32,
+    pub completed_total: i64,
+    pub failed_total: i64,
+    pub cpu_percent: f64,
+    pub memory_bytes: i64,
+}
+
+impl AgentView {
+    /// In-flight tasks over capacity: what discovery orders by.
+    pub fn load(&self) -> f64 {
+        if self.capacity > 0 { f64::from(self.in_flight) / f64::from(self.capacity) } else { 0.0 }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub job_id: String,
+    pub tenant: String,
+    pub total: i32,
+    pub task_ids: Vec<String>,
+    pub submitted_at_us: Option<i64>,
+    pub completed_at_us: Option<i64>,
+    pub completed: Option<i32>,
+    pub failed: Option<i32>,
+}
+
+/// Counters per agent type; the latency histograms are stored next to them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TypeCounters {
+    pub submitted: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub dead_lettered: u64,
+    pub cancelled: u64,
+    pub expired: u64,
+    pub retries: u64,
+}
+
+impl TypeCounters {
+    pub fn count_outcome(&mut self, status: &str) {
+        match status {
+            "completed" => self.completed += 1,
+            "failed" => self.failed += 1,
+            "dead_lettered" => self.dead_lettered += 1,
+            "cancelled" => self.cancelled += 1,
+            "expired" => self.expired += 1,
+            _ => {}
+        }
+    }
+
+    pub fn terminal(&self) -> u64 {
+        self.completed + self.failed + self.dead_lettered + self.cancelled + self.expired
+    }
+}
+
+/// Open (submitted, not yet terminal) tasks per tenant: the in-flight quota reads it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TenantCounters {
+    pub submitted: u64,
+    pub terminal: u64,
+}
+
+impl TenantCounters {
+    pub fn open(&self) -> u64 {
+        self.submitted.saturating_sub(self.terminal)
+    }
+}
