@@ -86,6 +86,24 @@ enum Command {
     Supervisor,
     /// The projector and the HTTP API over it (and, on the embedded log, the schema registry).
     Api,
+    /// The projection directory, while no `agentlog api` has it open.
+    Projection {
+        #[command(subcommand)]
+        action: ProjectionAction,
+    },
+    /// Rebuilds the projection from the log: into the next generation of projection.dir, or
+    /// with --into into a new directory, optionally only with records up to --as-of-ms.
+    Replay {
+        #[arg(long)]
+        into: Option<std::path::PathBuf>,
+        #[arg(long)]
+        as_of_ms: Option<i64>,
+    },
+    /// RocksDB checkpoints of the projection, with the offsets they were taken at.
+    Snapshot {
+        #[command(subcommand)]
+        action: SnapshotAction,
+    },
     /// Submits a task and prints where it was written (and, with --wait-s, its outcome).
     Submit {
         #[arg(long)]
@@ -155,6 +173,26 @@ enum Command {
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionAction {
+    /// Prints every key and value of the current generation in a stable text form.
+    Dump,
+}
+
+#[derive(Subcommand)]
+enum SnapshotAction {
+    /// Checkpoints the current generation (default: into projection.dir/snapshots/).
+    Create {
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Makes a checkpoint the current generation; the next start tails the log from it.
+    Restore {
+        #[arg(long)]
+        from: std::path::PathBuf,
     },
 }
 
@@ -389,6 +427,10 @@ async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn Ev
             cli::worker::run(log, config, &agent_type, concurrency, Duration::from_secs(drain_timeout_s)).await?;
         }
         Command::Supervisor => cli::worker::run_supervisor_command(log, config).await?,
+        Command::Projection { action: ProjectionAction::Dump } => cli::projection::dump(config)?,
+        Command::Replay { into, as_of_ms } => cli::projection::replay(log, config, into, as_of_ms).await?,
+        Command::Snapshot { action: SnapshotAction::Create { out } } => cli::projection::snapshot_create(config, out)?,
+        Command::Snapshot { action: SnapshotAction::Restore { from } } => cli::projection::snapshot_restore(config, &from)?,
         Command::Api => {
             topics::apply(log.admin().as_ref(), &all_specs()?).await?;
             cli::api::run(log, config).await?;

@@ -6,6 +6,7 @@
 //! API serves one tenant and binds only to loopback addresses: anything else is refused at
 //! start-up, since it would let anyone on the network submit work.
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod metrics;
@@ -48,6 +49,9 @@ pub struct ApiConfig {
     /// Most open (submitted, not finished) tasks per tenant (0: unlimited). Counted from the
     /// projection, so it trails submissions by the projection's lag.
     pub max_in_flight: u64,
+    /// Tenants that may replay and snapshot the projection (`/v1/admin/...`) when keys are
+    /// configured; without keys (loopback only) anyone on this machine may.
+    pub admin_tenants: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,7 +64,7 @@ pub struct ApiKeyConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into(), max_wait_ms: 30_000, max_batch: 500, keys: Vec::new(), rate_per_s: 0, burst: 0, max_in_flight: 0 }
+        Self { listen: "127.0.0.1:8080".into(), max_wait_ms: 30_000, max_batch: 500, keys: Vec::new(), rate_per_s: 0, burst: 0, max_in_flight: 0, admin_tenants: Vec::new() }
     }
 }
 
@@ -109,6 +113,8 @@ pub struct ApiState {
     pub auth: auth::Auth,
     pub schemas: BTreeMap<String, jsonschema::Validator>,
     pub metrics: metrics::Metrics,
+    /// Replay and snapshots, when the server manages a projection directory.
+    pub admin: Option<admin::AdminContext>,
     /// Cancelled when the server shuts down: ends open event streams.
     pub closing: CancellationToken,
 }
@@ -134,7 +140,15 @@ impl ApiState {
             }
         }
         let auth = auth::Auth::new(&config);
-        Ok(ApiState { log, client, agents, projection, config, auth, schemas, metrics: metrics::Metrics::new(), closing: CancellationToken::new() })
+        Ok(ApiState { log, client, agents, projection, config, auth, schemas, metrics: metrics::Metrics::new(), admin: None, closing: CancellationToken::new() })
+    }
+}
+
+impl ApiState {
+    /// Enables `/v1/admin/...` over this projection directory.
+    pub fn with_admin(mut self, admin: admin::AdminContext) -> Self {
+        self.admin = Some(admin);
+        self
     }
 }
 

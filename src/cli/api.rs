@@ -13,7 +13,8 @@ use agentlog::api::{ApiState, ApiStartError};
 use agentlog::config::Config;
 use agentlog::events::wire::WireCodec;
 use agentlog::log::EventLog;
-use agentlog::projection::{Projection, ProjectionStore, ProjectorError};
+use agentlog::api::admin::AdminContext;
+use agentlog::projection::{Generations, Projection, ProjectorError};
 
 /// The projector and the API server, running.
 pub struct ApiHandle {
@@ -26,13 +27,14 @@ pub struct ApiHandle {
 
 pub async fn start(log: &Arc<dyn EventLog>, config: &Config, codec: Arc<WireCodec>) -> anyhow::Result<ApiHandle> {
     let topics = TaskTopics::new(config.log.topic_prefix.clone());
-    std::fs::create_dir_all(&config.projection.dir).with_context(|| format!("creating projection.dir {}", config.projection.dir.display()))?;
-    let store = ProjectionStore::open(&config.projection.dir)?;
+    let generations = Arc::new(Generations::new(&config.projection.dir)?);
+    let store = generations.open_current()?;
     let projection = Projection::new(store, agentlog::projection::sources(&topics, &config.agents))?;
     let stop = CancellationToken::new();
     let projector = tokio::spawn(agentlog::projection::run(log.clone(), codec.clone(), projection.clone(), stop.clone()));
-    let client = TaskClient::new(log, codec, topics, "api")?;
-    let state = Arc::new(ApiState::new(log.clone(), client, config.agents.clone(), projection.clone(), config.api.clone())?);
+    let client = TaskClient::new(log, codec.clone(), topics, "api")?;
+    let admin = AdminContext::new(generations, codec);
+    let state = Arc::new(ApiState::new(log.clone(), client, config.agents.clone(), projection.clone(), config.api.clone())?.with_admin(admin));
     let listener = agentlog::api::bind(&config.api).await?;
     let url = format!("http://{}", listener.local_addr()?);
     let server = tokio::spawn(agentlog::api::serve(listener, state, config.log.max_record_bytes, stop.clone()));

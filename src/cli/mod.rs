@@ -3,6 +3,7 @@
 pub mod api;
 pub mod dev;
 pub mod events;
+pub mod projection;
 pub mod tasks;
 pub mod worker;
 

@@ -3,6 +3,7 @@
 //! written in the same WriteBatch as the state they produced.
 
 pub mod apply;
+pub mod generations;
 pub mod projector;
 pub mod store;
 pub mod views;
@@ -12,14 +13,16 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use apply::{OutcomeNotice, Source};
-pub use projector::{Projection, ProjectorError, RebuildReport, catch_up, run, sources};
+pub use generations::{GenerationError, Generations};
+pub use projector::{Projection, ProjectorError, RebuildReport, ReplayError, catch_up, replay_and_swap, run, sources};
 pub use store::{ProjectionStore, StoreError, TaskFilter};
 
 /// `[projection]` in config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProjectionConfig {
-    /// Directory of the projection's RocksDB (created if missing).
+    /// Directory of the projection: generations of its RocksDB, `CURRENT`, and snapshots
+    /// (created if missing).
     pub dir: PathBuf,
 }
 

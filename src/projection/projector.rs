@@ -379,3 +379,36 @@ pub async fn catch_up(
     }
     result.map(|()| RebuildReport { records: records_total, events, elapsed: started.elapsed() })
 }
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Projector(#[from] ProjectorError),
+    #[error(transparent)]
+    Generation(#[from] super::GenerationError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Rebuilds the projection from the start of the log into the next generation while the
+/// current one keeps serving, then swaps it in; the live projector continues from the new
+/// generation's offsets.
+pub async fn replay_and_swap(
+    log: &Arc<dyn EventLog>,
+    codec: &WireCodec,
+    projection: &Projection,
+    generations: &super::Generations,
+) -> Result<RebuildReport, ReplayError> {
+    let (next, path) = generations.prepare_next()?;
+    let store = ProjectionStore::open(&path)?;
+    let mut report = catch_up(log, codec, projection.sources(), &store, None).await?;
+    // What arrived during the first pass, so the swap does not step back noticeably.
+    let tail = catch_up(log, codec, projection.sources(), &store, None).await?;
+    report.records += tail.records;
+    report.events += tail.events;
+    report.elapsed += tail.elapsed;
+    projection.swap(store)?;
+    generations.switch_to(next)?;
+    tracing::info!(generation = next, events = report.events, elapsed_ms = report.elapsed.as_millis() as u64, "projection replayed and swapped in");
+    Ok(report)
+}

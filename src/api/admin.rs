@@ -1,0 +1,84 @@
+//! Operations on the projection while the API serves: replay (rebuild from the log into a
+//! new generation, then swap it in) and snapshots (RocksDB checkpoints with their offsets).
+//! With API keys, only tenants listed in `api.admin_tenants` may call these.
+
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::ApiState;
+use super::auth::Tenant;
+use super::error::ApiError;
+use crate::events::wire::WireCodec;
+use crate::projection::{Generations, replay_and_swap};
+
+/// What admin operations need besides the API state.
+pub struct AdminContext {
+    pub generations: Arc<Generations>,
+    pub codec: Arc<WireCodec>,
+    /// The last replay: running, or how it ended.
+    pub replay: Mutex<Value>,
+}
+
+impl AdminContext {
+    pub fn new(generations: Arc<Generations>, codec: Arc<WireCodec>) -> AdminContext {
+        AdminContext { generations, codec, replay: Mutex::new(json!({"state": "never"})) }
+    }
+}
+
+fn admitted<'s>(state: &'s ApiState, tenant: &str) -> Result<&'s AdminContext, ApiError> {
+    if state.auth.keys_configured() && !state.config.admin_tenants.iter().any(|t| t == tenant) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("tenant `{tenant}` is not in api.admin_tenants")));
+    }
+    state.admin.as_ref().ok_or_else(|| ApiError::unavailable("this server has no projection directory to manage"))
+}
+
+#[utoipa::path(post, path = "/v1/admin/replay", tag = "operations",
+    responses((status = 202, description = "replay started: the projection is rebuilt from the log and swapped in when caught up"), (status = 409, description = "a replay is running"), (status = 401), (status = 403)))]
+pub async fn replay(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let admin = admitted(&state, &tenant)?;
+    {
+        let mut status = admin.replay.lock().unwrap_or_else(|p| p.into_inner());
+        if status["state"] == "running" {
+            return Err(ApiError::new(StatusCode::CONFLICT, "replay_running", "a replay is already running"));
+        }
+        *status = json!({"state": "running", "started_at_ms": crate::events::TimestampMicros::now().0 / 1000});
+    }
+    let task_state = state.clone();
+    // Owned by the server's closing token: a shutdown abandons the half-built generation
+    // (removed at the next start), never the live one.
+    tokio::spawn(async move {
+        let Some(admin) = task_state.admin.as_ref() else { return };
+        let outcome = tokio::select! {
+            _ = task_state.closing.cancelled() => json!({"state": "abandoned"}),
+            result = replay_and_swap(&task_state.log, &admin.codec, &task_state.projection, &admin.generations) => match result {
+                Ok(report) => json!({"state": "done", "events": report.events, "records": report.records, "elapsed_ms": report.elapsed.as_millis() as u64,
+                    "events_per_s": (report.events as f64 / report.elapsed.as_secs_f64().max(1e-9)) as u64}),
+                Err(error) => json!({"state": "failed", "error": error.to_string()}),
+            },
+        };
+        *admin.replay.lock().unwrap_or_else(|p| p.into_inner()) = outcome;
+    });
+    Ok((StatusCode::ACCEPTED, Json(json!({"state": "running"}))))
+}
+
+#[utoipa::path(get, path = "/v1/admin/replay", tag = "operations", responses((status = 200, description = "the last replay's state"), (status = 401), (status = 403)))]
+pub async fn replay_status(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<Json<Value>, ApiError> {
+    let admin = admitted(&state, &tenant)?;
+    Ok(Json(admin.replay.lock().unwrap_or_else(|p| p.into_inner()).clone()))
+}
+
+#[utoipa::path(post, path = "/v1/admin/snapshots", tag = "operations",
+    responses((status = 201, description = "a checkpoint of the projection with its offsets"), (status = 401), (status = 403)))]
+pub async fn snapshot(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let admin = admitted(&state, &tenant)?;
+    let name = format!("snap-{}", crate::events::TimestampMicros::now().0);
+    let dir = admin.generations.snapshots_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| ApiError::internal(format!("creating {}: {e}", dir.display())))?;
+    let path = dir.join(&name);
+    state.projection.store().checkpoint(&path)?;
+    Ok((StatusCode::CREATED, Json(json!({"snapshot": name, "path": path.display().to_string()}))))
+}
