@@ -314,6 +314,17 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// Projection rebuild (events/s) and restore from a snapshot + tail vs a full rebuild.
+    Projection {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 50_000)]
+        tail: u64,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// mimalloc instead of glibc malloc: the task path allocates per event on several threads,
@@ -496,6 +507,15 @@ async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn Ev
                 } else {
                     println!("{report}");
                 }
+            }
+        }
+        Command::Bench { what: BenchWhat::Projection { events, tail, partitions, json } } => {
+            let options = agentlog::bench::projection::ProjectionBenchOptions { events, tail, partitions };
+            let report = agentlog::bench::projection::run_projection_bench(log.clone(), &options).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
             }
         }
         Command::Bench { what: BenchWhat::Log { records, size, partitions, rate, seconds, json } } => {

@@ -135,6 +135,14 @@ fn ms(us: i64) -> i64 {
     us / 1000
 }
 
+/// Stored input/output text as JSON (text that is not JSON becomes a string).
+fn json_text(text: &Option<String>) -> Value {
+    match text {
+        Some(t) => serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.clone())),
+        None => Value::Null,
+    }
+}
+
 /// The JSON of a task.
 pub fn task_json(view: &TaskView) -> Value {
     let timeline: Vec<Value> = view
@@ -158,13 +166,13 @@ pub fn task_json(view: &TaskView) -> Value {
         "idempotency_key": view.idempotency_key,
         "ordering_key": view.ordering_key,
         "labels": view.labels,
-        "input": view.input,
+        "input": json_text(&view.input),
         "not_before_ms": view.not_before_us.map(ms),
         "deadline_ms": view.deadline_us.map(ms),
         "cancel_requested": view.cancel_requested,
         "progress": view.progress.as_ref().map(|p| json!({"percent": p.percent, "message": p.message, "attempt": p.attempt, "at_ms": ms(p.at_us)})),
         "outcome": view.outcome.as_ref().map(|o| json!({
-            "status": o.status, "at_ms": ms(o.at_us), "attempt": o.attempt, "output": o.output,
+            "status": o.status, "at_ms": ms(o.at_us), "attempt": o.attempt, "output": json_text(&o.output),
             "duration_ms": o.duration_ms, "error_kind": o.error_kind, "message": o.message,
         })),
         "timeline": timeline,

@@ -34,6 +34,8 @@ pub enum BenchError {
     Histogram(String),
     #[error("setting up the benchmark: {0}")]
     Setup(String),
+    #[error(transparent)]
+    Wire(#[from] crate::events::wire::WireError),
 }
 
 #[derive(Debug, Serialize)]

@@ -6,6 +6,7 @@
 
 pub mod failover;
 pub mod log;
+pub mod projection;
 pub mod tasks;
 
 pub use self::log::{BenchError, LogBenchOptions, LogBenchReport, run_log_bench};

@@ -70,7 +70,7 @@ pub async fn replay(log: &Arc<dyn EventLog>, config: &Config, into: Option<PathB
         }
     };
     let store = ProjectionStore::open(&target)?;
-    let report = catch_up(log, &local.codec, &sources, &store, as_of_ms).await;
+    let report = catch_up(log, local.codec.clone(), &sources, &store, as_of_ms).await;
     drop(store);
     local.close().await;
     let report = report?;

@@ -7,7 +7,6 @@ use std::collections::{HashMap, HashSet};
 
 use hdrhistogram::Histogram;
 use rocksdb::WriteBatch;
-use serde_json::Value;
 
 use super::store::{self, CF_AGENTS, CF_INDEX, CF_JOBS, CF_OFFSETS, CF_STATS, CF_TASKS, ProjectionStore, StoreError};
 use super::views::{AgentView, JobView, OutcomeView, ProgressView, TaskView, TenantCounters, TimelineEntry, TypeCounters};
@@ -44,14 +43,14 @@ pub struct Changes<'s> {
     histograms: HashMap<(u8, String), Histogram<u64>>,
     tenants: HashMap<String, TenantCounters>,
     idempotency: HashMap<Vec<u8>, String>,
-    offsets: HashMap<(String, i32), i64>,
+    offsets: HashMap<String, HashMap<i32, i64>>,
     notices: Vec<OutcomeNotice>,
     noticed: HashSet<String>,
     pub applied: usize,
 }
 
-fn json_of(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+fn text_of(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn state_name(state: crate::events::AgentState) -> String {
@@ -79,12 +78,22 @@ impl<'s> Changes<'s> {
     /// Records that `offset` of a source partition has been applied (also for records that
     /// carried nothing to apply, so they are not read again).
     pub fn consumed(&mut self, topic: &str, partition: i32, offset: i64) {
-        let next = self.offsets.entry((topic.to_string(), partition)).or_insert(offset + 1);
+        // Looked up by &str first: one allocation per partition per batch, not per record.
+        let partitions = match self.offsets.get_mut(topic) {
+            Some(partitions) => partitions,
+            None => self.offsets.entry(topic.to_string()).or_default(),
+        };
+        let next = partitions.entry(partition).or_insert(offset + 1);
         *next = (*next).max(offset + 1);
     }
 
     pub fn is_empty(&self) -> bool {
         self.offsets.is_empty()
+    }
+
+    /// The next offsets this batch will write, per (topic, partition).
+    pub fn next_offsets(&self) -> HashMap<(String, i32), i64> {
+        self.offsets.iter().flat_map(|(topic, partitions)| partitions.iter().map(move |(p, next)| ((topic.clone(), *p), *next))).collect()
     }
 
     fn task(&mut self, task_id: &str) -> Result<&mut TaskView, StoreError> {
@@ -116,8 +125,9 @@ impl<'s> Changes<'s> {
 
     fn counters(&mut self, agent_type: &str) -> Result<&mut TypeCounters, StoreError> {
         if !self.counters.contains_key(agent_type) {
-            let found = match self.store.raw(CF_STATS, &store::stat_key(b'c', agent_type))? {
-                Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { what: format!("counters of {agent_type}"), reason: e.to_string() })?,
+            let key = store::stat_key(b'c', agent_type);
+            let found = match self.store.raw(CF_STATS, &key)? {
+                Some(bytes) => store::decode(&key, &bytes)?,
                 None => TypeCounters::default(),
             };
             self.counters.insert(agent_type.to_string(), found);
@@ -189,7 +199,10 @@ impl<'s> Changes<'s> {
             _ => return Ok(()),
         };
         let at = meta.occurred_at.0;
-        let view = self.task(task_id)?;
+        self.task(task_id)?;
+        // Out of the cache while it changes (no clone), back in by `settle`.
+        let Some(TaskEntry { original_keys, view: mut owned }) = self.tasks.remove(task_id) else { return Ok(()) };
+        let view = &mut owned;
         if view.tenant.is_empty() {
             view.tenant = meta.tenant.clone();
         }
@@ -212,7 +225,7 @@ impl<'s> Changes<'s> {
                 view.ordering_key = e.ordering_key.clone().or(view.ordering_key.take());
                 view.labels.extend(e.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
                 if view.input.is_none() {
-                    view.input = Some(json_of(&e.input));
+                    view.input = Some(text_of(&e.input));
                 }
                 view.deadline_us = e.deadline.map(|d| d.0).or(view.deadline_us);
                 entry.attempt = Some(e.attempt);
@@ -264,7 +277,7 @@ impl<'s> Changes<'s> {
                         at_us: at,
                         event_id: e.meta.event_id.clone(),
                         attempt: Some(e.attempt),
-                        output: Some(json_of(&e.output)),
+                        output: Some(text_of(&e.output)),
                         duration_ms: Some(e.duration_ms),
                         error_kind: None,
                         message: None,
@@ -331,13 +344,14 @@ impl<'s> Changes<'s> {
         }
         view.add_timeline(entry);
         view.status = view.derive_status();
-        let view = view.clone();
-        self.settle(view, first_submit)
+        let result = self.settle(&mut owned, first_submit);
+        self.tasks.insert(task_id.to_string(), TaskEntry { original_keys, view: owned });
+        result
     }
 
     /// Counts what became known about a task: its submission, its outcome once its type is
     /// known, its latency once both ends are known. Each at most once per task.
-    fn settle(&mut self, mut view: TaskView, first_submit: bool) -> Result<(), StoreError> {
+    fn settle(&mut self, view: &mut TaskView, first_submit: bool) -> Result<(), StoreError> {
         if first_submit {
             if let Some(agent_type) = &view.agent_type {
                 self.counters(agent_type)?.submitted += 1;
@@ -350,11 +364,9 @@ impl<'s> Changes<'s> {
                 }
             }
         }
-        let mut changed = false;
         if let (Some(outcome), Some(agent_type)) = (view.outcome.clone(), view.agent_type.clone()) {
             if !view.outcome_counted {
                 view.outcome_counted = true;
-                changed = true;
                 self.counters(&agent_type)?.count_outcome(&outcome.status);
                 if let Some(duration) = outcome.duration_ms {
                     self.record(b'd', &agent_type, duration)?;
@@ -363,22 +375,15 @@ impl<'s> Changes<'s> {
             if !view.latency_recorded {
                 if let Some(submitted) = view.submitted_at_us {
                     view.latency_recorded = true;
-                    changed = true;
                     self.record(b'l', &agent_type, (outcome.at_us - submitted) / 1000)?;
                 }
             }
         }
         if view.outcome.is_some() && !view.tenant_counted {
             view.tenant_counted = true;
-            changed = true;
             self.tenant(&view.tenant)?.terminal += 1;
             if self.noticed.insert(view.task_id.clone()) {
                 self.notices.push(OutcomeNotice { tenant: view.tenant.clone(), agent_type: view.agent_type.clone(), view: view.clone() });
-            }
-        }
-        if changed {
-            if let Some(entry) = self.tasks.get_mut(&view.task_id) {
-                entry.view = view;
             }
         }
         Ok(())
@@ -444,19 +449,33 @@ impl<'s> Changes<'s> {
         let mut batch = WriteBatch::default();
         let tasks_cf = store.cf(CF_TASKS)?;
         let index_cf = store.cf(CF_INDEX)?;
-        for (task_id, entry) in self.tasks {
+        // Keys in order: the memtable's skip list inserts a sorted run far faster than
+        // random keys (it reuses its search path).
+        let mut tasks: Vec<(String, TaskEntry)> = self.tasks.into_iter().collect();
+        tasks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut index_deletes = Vec::new();
+        let mut index_puts = Vec::new();
+        for (task_id, entry) in &tasks {
             let keys = store::index_keys(&entry.view);
             for old in &entry.original_keys {
                 if !keys.contains(old) {
-                    batch.delete_cf(index_cf, old);
+                    index_deletes.push(old.clone());
                 }
             }
             for key in keys {
                 if !entry.original_keys.contains(&key) {
-                    batch.put_cf(index_cf, key, []);
+                    index_puts.push(key);
                 }
             }
             batch.put_cf(tasks_cf, task_id.as_bytes(), store::encode(&entry.view));
+        }
+        index_deletes.sort_unstable();
+        index_puts.sort_unstable();
+        for key in index_deletes {
+            batch.delete_cf(index_cf, key);
+        }
+        for key in index_puts {
+            batch.put_cf(index_cf, key, []);
         }
         for (key, task_id) in self.idempotency {
             batch.put_cf(index_cf, key, task_id.as_bytes());
@@ -480,8 +499,10 @@ impl<'s> Changes<'s> {
             batch.put_cf(stats_cf, store::stat_key(b'n', &tenant), store::encode(&counters));
         }
         let offsets_cf = store.cf(CF_OFFSETS)?;
-        for ((topic, partition), next) in self.offsets {
-            batch.put_cf(offsets_cf, store::offset_key(&topic, partition), next.to_be_bytes());
+        for (topic, partitions) in self.offsets {
+            for (partition, next) in partitions {
+                batch.put_cf(offsets_cf, store::offset_key(&topic, partition), next.to_be_bytes());
+            }
         }
         Ok((batch, self.notices))
     }

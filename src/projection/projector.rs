@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{Changes, OutcomeNotice, Source};
 use super::store::{ProjectionStore, StoreError};
 use crate::agent::{AgentTypeConfig, TaskTopics};
+use crate::events::AnyEvent;
 use crate::events::any::decode_any;
 use crate::events::wire::WireCodec;
 use crate::events::Lane;
@@ -189,47 +190,62 @@ async fn open_sources(
     Ok((consumer, behind))
 }
 
-/// Applies `records` as one WriteBatch. Records past `as_of_ms` are left unapplied (and their
-/// offsets untouched). Returns the offsets written, the outcomes and the number applied.
-async fn apply_batch(
+/// Most records the reader decodes and hands over at once while catching up.
+pub const CATCH_UP_BATCH: usize = 16_384;
+/// Records applied in memory before they are written (with their offsets) while catching up.
+pub const CATCH_UP_WRITE_EVERY: usize = 262_144;
+
+type DecodedBatch = Vec<(ConsumedRecord, Option<AnyEvent>)>;
+
+/// Decodes a batch. A record we cannot decode stays in the log; the projection moves past
+/// it (and says so). Fired-timer markers are empty and carry nothing to apply.
+async fn decode_batch(codec: &WireCodec, records: Vec<ConsumedRecord>) -> DecodedBatch {
+    let mut out = Vec::with_capacity(records.len());
+    for record in records {
+        let event = if record.payload.is_empty() {
+            None
+        } else {
+            match decode_any(codec, &record.payload).await {
+                Ok(event) => Some(event),
+                Err(error) => {
+                    tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %error, "projection skipped an undecodable record");
+                    None
+                }
+            }
+        };
+        out.push((record, event));
+    }
+    out
+}
+
+/// Applies a decoded batch as one WriteBatch with the next offsets of its partitions.
+/// Returns those offsets, the outcomes reached and the number of events applied.
+fn apply_decoded(
     store: &ProjectionStore,
-    codec: &WireCodec,
     kinds: &HashMap<String, Source>,
-    records: &[ConsumedRecord],
-    as_of_ms: Option<i64>,
+    batch: &DecodedBatch,
 ) -> Result<(HashMap<(String, i32), i64>, Vec<OutcomeNotice>, usize), ProjectorError> {
     let mut changes = Changes::new(store);
-    let mut offsets = HashMap::new();
-    for record in records {
-        if as_of_ms.is_some_and(|as_of| record.timestamp_ms > as_of) {
-            continue;
-        }
+    for (record, event) in batch {
         changes.consumed(&record.topic, record.partition, record.offset);
-        let next = offsets.entry((record.topic.clone(), record.partition)).or_insert(record.offset + 1);
-        *next = (*next).max(record.offset + 1);
-        // Fired-timer markers are empty; nothing to apply.
-        if record.payload.is_empty() {
-            continue;
+        if let Some(event) = event {
+            changes.apply(kinds.get(&record.topic).copied().unwrap_or(Source::Other), event)?;
         }
-        match decode_any(codec, &record.payload).await {
-            Ok(event) => changes.apply(kinds.get(&record.topic).copied().unwrap_or(Source::Other), &event)?,
-            // A record we cannot decode stays in the log; the projection moves past it.
-            Err(error) => tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %error, "projection skipped an undecodable record"),
-        }
+    }
+    if changes.is_empty() {
+        return Ok((HashMap::new(), Vec::new(), 0));
     }
     let applied = changes.applied;
-    if changes.is_empty() {
-        return Ok((offsets, Vec::new(), 0));
-    }
-    let (batch, notices) = changes.finish()?;
-    store.write(batch)?;
+    let offsets = changes.next_offsets();
+    let (write, notices) = changes.finish()?;
+    store.write(write)?;
     Ok((offsets, notices, applied))
 }
 
-/// Takes the next record, then whatever else is ready, up to [`MAX_BATCH`].
-fn drain_ready(consumer: &mut Box<dyn Consumer>, first: ConsumedRecord) -> Result<Vec<ConsumedRecord>, LogError> {
+/// Takes the next record, then whatever else is ready, up to `max`.
+fn drain_ready(consumer: &mut Box<dyn Consumer>, first: ConsumedRecord, max: usize) -> Result<Vec<ConsumedRecord>, LogError> {
     let mut records = vec![first];
-    while records.len() < MAX_BATCH {
+    while records.len() < max {
         match consumer.next_event().now_or_never() {
             Some(Ok(ConsumerEvent::Record(record))) => records.push(record),
             Some(Ok(_)) => continue,
@@ -244,42 +260,111 @@ fn kinds_of(sources: &[(String, Source)]) -> HashMap<String, Source> {
     sources.iter().cloned().collect()
 }
 
-fn mark_behind(behind: &mut HashMap<(String, i32), i64>, records: &[ConsumedRecord]) {
-    for record in records {
-        let key = (record.topic.clone(), record.partition);
-        if behind.get(&key).is_some_and(|high| record.offset + 1 >= *high) {
-            behind.remove(&key);
+/// High watermarks still to reach, by topic then partition (looked up by &str per record).
+type Behind = HashMap<String, HashMap<i32, i64>>;
+
+fn behind_of(flat: HashMap<(String, i32), i64>) -> Behind {
+    let mut out: Behind = HashMap::new();
+    for ((topic, partition), high) in flat {
+        out.entry(topic).or_default().insert(partition, high);
+    }
+    out
+}
+
+fn high_of(behind: &Behind, topic: &str, partition: i32) -> Option<i64> {
+    behind.get(topic).and_then(|p| p.get(&partition)).copied()
+}
+
+fn remove_behind(behind: &mut Behind, topic: &str, partition: i32) {
+    if let Some(partitions) = behind.get_mut(topic) {
+        partitions.remove(&partition);
+        if partitions.is_empty() {
+            behind.remove(topic);
         }
     }
 }
 
-/// Follows the sources into `projection` until `cancel`.
+/// The reading half of a catch-up: reads what existed at the start (up to `as_of_ms`),
+/// decodes it on this task (so decoding and applying use two cores) and hands batches over.
+/// Ends when everything is read, nothing arrived for [`IDLE`], or the receiver is gone.
+async fn read_history(
+    mut consumer: Box<dyn Consumer>,
+    mut behind: Behind,
+    codec: Arc<WireCodec>,
+    as_of_ms: Option<i64>,
+    batches: mpsc::Sender<Result<DecodedBatch, ProjectorError>>,
+) {
+    while !behind.is_empty() {
+        let first = match tokio::time::timeout(IDLE, consumer.next_event()).await {
+            Err(_) => break,
+            Ok(Ok(ConsumerEvent::Record(record))) => record,
+            Ok(Ok(_)) => continue,
+            Ok(Err(error)) => {
+                let _ = batches.send(Err(error.into())).await;
+                break;
+            }
+        };
+        let mut records = match drain_ready(&mut consumer, first, CATCH_UP_BATCH) {
+            Ok(records) => records,
+            Err(error) => {
+                let _ = batches.send(Err(error.into())).await;
+                break;
+            }
+        };
+        // Only what existed at the start (later records belong to the live projector), and
+        // with --as-of only what was written by then: a partition past it is done.
+        let mut past = Vec::new();
+        records.retain(|r| {
+            if as_of_ms.is_some_and(|as_of| r.timestamp_ms > as_of) {
+                past.push((r.topic.clone(), r.partition));
+                return false;
+            }
+            high_of(&behind, &r.topic, r.partition).is_some_and(|high| r.offset < high)
+        });
+        for record in &records {
+            if high_of(&behind, &record.topic, record.partition).is_some_and(|high| record.offset + 1 >= high) {
+                remove_behind(&mut behind, &record.topic, record.partition);
+            }
+        }
+        for (topic, partition) in past {
+            remove_behind(&mut behind, &topic, partition);
+        }
+        if records.is_empty() {
+            continue;
+        }
+        let decoded = decode_batch(&codec, records).await;
+        if batches.send(Ok(decoded)).await.is_err() {
+            break;
+        }
+    }
+    if let Err(error) = consumer.close().await {
+        tracing::debug!(%error, "closing the catch-up consumer");
+    }
+}
+
+/// Follows the sources into `projection` until `cancel`: first the history (pipelined,
+/// without the WAL, flushed at the end), then record by record as they arrive.
 pub async fn run(log: Arc<dyn EventLog>, codec: Arc<WireCodec>, projection: Arc<Projection>, cancel: CancellationToken) -> Result<(), ProjectorError> {
     let kinds = kinds_of(&projection.sources);
     let mut store = projection.store();
-    let (mut consumer, mut behind) = open_sources(&log, &projection.sources, &store.offsets()?).await?;
-    if behind.is_empty() {
-        projection.caught_up.send_replace(true);
-    }
-    let started = Instant::now();
-    let mut applied_total = 0usize;
+    let report = tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        report = catch_up(&log, codec.clone(), &projection.sources, &store, None) => report?,
+    };
+    tracing::info!(events = report.events, elapsed_ms = report.elapsed.as_millis() as u64, "projection caught up");
+    projection.published(&store.offsets()?, Vec::new());
+    projection.caught_up.send_replace(true);
+    let (mut consumer, _) = open_sources(&log, &projection.sources, &store.offsets()?).await?;
     let result = loop {
-        let next = tokio::select! {
+        let first = tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
-            next = consumer.next_event() => Some(next),
-            _ = tokio::time::sleep(IDLE), if !behind.is_empty() => None,
+            next = consumer.next_event() => match next {
+                Ok(ConsumerEvent::Record(record)) => record,
+                Ok(_) => continue,
+                Err(error) => break Err(error.into()),
+            },
         };
-        let first = match next {
-            None => {
-                behind.clear();
-                projection.caught_up.send_replace(true);
-                continue;
-            }
-            Some(Ok(ConsumerEvent::Record(record))) => record,
-            Some(Ok(_)) => continue,
-            Some(Err(error)) => break Err(error.into()),
-        };
-        let records = match drain_ready(&mut consumer, first) {
+        let records = match drain_ready(&mut consumer, first, MAX_BATCH) {
             Ok(records) => records,
             Err(error) => break Err(error.into()),
         };
@@ -300,19 +385,10 @@ pub async fn run(log: Arc<dyn EventLog>, codec: Arc<WireCodec>, projection: Arc<
             }
             continue;
         }
-        match apply_batch(&store, &codec, &kinds, &records, None).await {
-            Ok((offsets, notices, applied)) => {
-                applied_total += applied;
-                projection.published(&offsets, notices);
-            }
+        let decoded = decode_batch(&codec, records).await;
+        match apply_decoded(&store, &kinds, &decoded) {
+            Ok((offsets, notices, _)) => projection.published(&offsets, notices),
             Err(error) => break Err(error),
-        }
-        if !behind.is_empty() {
-            mark_behind(&mut behind, &records);
-            if behind.is_empty() {
-                tracing::info!(events = applied_total, elapsed_ms = started.elapsed().as_millis() as u64, "projection caught up");
-                projection.caught_up.send_replace(true);
-            }
         }
     };
     if let Err(error) = consumer.close().await {
@@ -330,54 +406,74 @@ pub struct RebuildReport {
 }
 
 /// Applies the sources into `store` from its offsets (empty: from the start) up to the high
-/// watermarks at the start, or only records written at or before `as_of_ms`.
+/// watermarks at the start, or only records written at or before `as_of_ms`. Decoding runs
+/// on a second task; writes skip the WAL and are flushed at the end.
 pub async fn catch_up(
     log: &Arc<dyn EventLog>,
-    codec: &WireCodec,
+    codec: Arc<WireCodec>,
     sources: &[(String, Source)],
     store: &ProjectionStore,
     as_of_ms: Option<i64>,
 ) -> Result<RebuildReport, ProjectorError> {
     let started = Instant::now();
     let kinds = kinds_of(sources);
-    let (mut consumer, mut behind) = open_sources(log, sources, &store.offsets()?).await?;
-    let mut records_total = 0;
+    let (consumer, behind) = open_sources(log, sources, &store.offsets()?).await?;
+    let (sender, mut batches) = mpsc::channel(4);
+    // The reader ends on its own once this receiver is dropped (also when this future is).
+    let reader = tokio::spawn(read_history(consumer, behind_of(behind), codec, as_of_ms, sender));
+    let mut records = 0;
     let mut events = 0;
-    let result = loop {
-        if behind.is_empty() {
-            break Ok(());
-        }
-        let first = match tokio::time::timeout(IDLE, consumer.next_event()).await {
-            Err(_) => break Ok(()),
-            Ok(Ok(ConsumerEvent::Record(record))) => record,
-            Ok(Ok(_)) => continue,
-            Ok(Err(error)) => break Err(error.into()),
+    let mut failure = None;
+    // One set of changes across many batches: a task's events, spread over several topics,
+    // fold into one write of its view. Offsets go into the same WriteBatch as always.
+    let mut changes = Changes::new(store);
+    let mut pending = 0;
+    while let Some(batch) = batches.recv().await {
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(error) => {
+                failure = Some(error);
+                break;
+            }
         };
-        let mut records = match drain_ready(&mut consumer, first) {
-            Ok(records) => records,
-            Err(error) => break Err(error.into()),
-        };
-        // Only what existed at the start: later records belong to the live projector.
-        records.retain(|r| behind.get(&(r.topic.clone(), r.partition)).is_some_and(|high| r.offset < *high));
-        records_total += records.len();
-        match apply_batch(store, codec, &kinds, &records, as_of_ms).await {
-            Ok((_, _, applied)) => events += applied,
-            Err(error) => break Err(error),
+        records += batch.len();
+        pending += batch.len();
+        let applied = batch.iter().try_for_each(|(record, event)| {
+            changes.consumed(&record.topic, record.partition, record.offset);
+            match event {
+                Some(event) => changes.apply(kinds.get(&record.topic).copied().unwrap_or(Source::Other), event),
+                None => Ok(()),
+            }
+        });
+        if let Err(error) = applied {
+            failure = Some(error.into());
+            break;
         }
-        mark_behind(&mut behind, &records);
-        if let Some(as_of) = as_of_ms {
-            // A partition past the instant asked for is done.
-            for record in &records {
-                if record.timestamp_ms > as_of {
-                    behind.remove(&(record.topic.clone(), record.partition));
-                }
+        if pending >= CATCH_UP_WRITE_EVERY {
+            events += changes.applied;
+            let finished = std::mem::replace(&mut changes, Changes::new(store)).finish().and_then(|(write, _)| store.write_unlogged(write));
+            pending = 0;
+            if let Err(error) = finished {
+                failure = Some(error.into());
+                break;
             }
         }
-    };
-    if let Err(error) = consumer.close().await {
-        tracing::debug!(%error, "closing the rebuild consumer");
     }
-    result.map(|()| RebuildReport { records: records_total, events, elapsed: started.elapsed() })
+    if failure.is_none() && !changes.is_empty() {
+        events += changes.applied;
+        if let Err(error) = changes.finish().and_then(|(write, _)| store.write_unlogged(write)) {
+            failure = Some(error.into());
+        }
+    }
+    drop(batches);
+    if reader.await.is_err() {
+        failure.get_or_insert(ProjectorError::Log(LogError::Shutdown));
+    }
+    store.flush()?;
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(RebuildReport { records, events, elapsed: started.elapsed() }),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -395,15 +491,15 @@ pub enum ReplayError {
 /// generation's offsets.
 pub async fn replay_and_swap(
     log: &Arc<dyn EventLog>,
-    codec: &WireCodec,
+    codec: &Arc<WireCodec>,
     projection: &Projection,
     generations: &super::Generations,
 ) -> Result<RebuildReport, ReplayError> {
     let (next, path) = generations.prepare_next()?;
     let store = ProjectionStore::open(&path)?;
-    let mut report = catch_up(log, codec, projection.sources(), &store, None).await?;
+    let mut report = catch_up(log, codec.clone(), projection.sources(), &store, None).await?;
     // What arrived during the first pass, so the swap does not step back noticeably.
-    let tail = catch_up(log, codec, projection.sources(), &store, None).await?;
+    let tail = catch_up(log, codec.clone(), projection.sources(), &store, None).await?;
     report.records += tail.records;
     report.events += tail.events;
     report.elapsed += tail.elapsed;

@@ -140,11 +140,11 @@ pub fn stat_key(tag: u8, name: &str) -> Vec<u8> {
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Views are plain data (strings, numbers, maps with string keys): serialising cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
+    postcard::to_stdvec(value).unwrap_or_default()
 }
 
-fn decode<T: DeserializeOwned>(what: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { what: String::from_utf8_lossy(what).into_owned(), reason: e.to_string() })
+pub fn decode<T: DeserializeOwned>(what: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt { what: String::from_utf8_lossy(what).into_owned(), reason: e.to_string() })
 }
 
 pub fn encode_histogram(h: &Histogram<u64>) -> Vec<u8> {
@@ -165,9 +165,17 @@ impl ProjectionStore {
         options.create_missing_column_families(true);
         options.set_max_background_jobs(2);
         options.set_max_total_wal_size(256 << 20);
+        // Catch-up writes skip the WAL; atomic flushes keep state and offsets of all column
+        // families consistent on disk without it.
+        options.set_atomic_flush(true);
         let cfs = ALL_CFS.iter().map(|name| {
             let mut cf = Options::default();
             cf.set_write_buffer_size(if *name == CF_TASKS { 64 << 20 } else { 16 << 20 });
+            // Applying events looks tasks up by id, mostly ids not stored yet: bloom filters
+            // answer those misses without reading blocks.
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_bloom_filter(10.0, false);
+            cf.set_block_based_table_factory(&table);
             ColumnFamilyDescriptor::new(*name, cf)
         });
         let db = DB::open_cf_descriptors(&options, path, cfs).map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
@@ -186,6 +194,21 @@ impl ProjectionStore {
         // The WAL without fsync survives a process crash; the log is the truth for power loss
         // (a lost tail is re-applied from the offsets that were durable with it).
         self.db.write(batch).map_err(rocks("write batch"))
+    }
+
+    /// Writes without the WAL (catching up: a crash loses only memtables, and the flushed
+    /// state with its offsets stays consistent through atomic flushes). Call [`Self::flush`]
+    /// at the end.
+    pub fn write_unlogged(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut options = rocksdb::WriteOptions::default();
+        options.disable_wal(true);
+        self.db.write_opt(batch, &options).map_err(rocks("write batch"))
+    }
+
+    /// Flushes every column family's memtable together.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let cfs: Vec<&ColumnFamily> = ALL_CFS.iter().map(|name| self.cf(name)).collect::<Result<_, _>>()?;
+        self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default()).map_err(rocks("flush"))
     }
 
     fn get_json<T: DeserializeOwned>(&self, cf: &'static str, key: &[u8]) -> Result<Option<T>, StoreError> {
@@ -366,11 +389,18 @@ impl ProjectionStore {
         for cf in [CF_TASKS, CF_INDEX, CF_AGENTS, CF_JOBS, CF_STATS] {
             for item in self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
                 let (key, value) = item.map_err(rocks("dump scan"))?;
-                let value_text = if cf == CF_STATS && matches!(key.first(), Some(b'l' | b'd')) {
-                    let h = decode_histogram(&value)?;
-                    format!("n={} p50={} p99={} max={}", h.len(), h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
-                } else {
-                    String::from_utf8_lossy(&value).into_owned()
+                let json = |v: serde_json::Result<String>| v.unwrap_or_else(|e| format!("unprintable: {e}"));
+                let value_text = match (cf, key.first()) {
+                    (CF_STATS, Some(b'l' | b'd')) => {
+                        let h = decode_histogram(&value)?;
+                        format!("n={} p50={} p99={} max={}", h.len(), h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
+                    }
+                    (CF_STATS, Some(b'c')) => json(serde_json::to_string(&decode::<TypeCounters>(&key, &value)?)),
+                    (CF_STATS, _) => json(serde_json::to_string(&decode::<TenantCounters>(&key, &value)?)),
+                    (CF_TASKS, _) => json(serde_json::to_string(&decode::<TaskView>(&key, &value)?)),
+                    (CF_AGENTS, _) => json(serde_json::to_string(&decode::<AgentView>(&key, &value)?)),
+                    (CF_JOBS, _) => json(serde_json::to_string(&decode::<JobView>(&key, &value)?)),
+                    _ => String::from_utf8_lossy(&value).into_owned(),
                 };
                 writeln!(out, "{cf}\t{}\t{value_text}", hex(&key)).map_err(|e| StoreError::Corrupt { what: "dump output".into(), reason: e.to_string() })?;
             }

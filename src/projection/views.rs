@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// Most timeline entries kept per task: the earliest ones by (time, event, id). Keeping the
 /// N smallest of a set gives the same result in any arrival order.
@@ -34,7 +33,8 @@ pub struct TaskView {
     pub idempotency_key: Option<String>,
     pub ordering_key: Option<String>,
     pub labels: BTreeMap<String, String>,
-    pub input: Option<Value>,
+    /// The input as submitted (JSON text, or the bytes lossily as text).
+    pub input: Option<String>,
     pub not_before_us: Option<i64>,
     pub deadline_us: Option<i64>,
     pub cancel_requested: bool,
@@ -68,7 +68,8 @@ pub struct OutcomeView {
     pub at_us: i64,
     pub event_id: String,
     pub attempt: Option<i32>,
-    pub output: Option<Value>,
+    /// The output as the agent wrote it (JSON text, or the bytes lossily as text).
+    pub output: Option<String>,
     pub duration_ms: Option<i64>,
     pub error_kind: Option<String>,
     pub message: Option<String>,
