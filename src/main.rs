@@ -443,7 +443,11 @@ async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn Ev
         Command::Snapshot { action: SnapshotAction::Create { out } } => cli::projection::snapshot_create(config, out)?,
         Command::Snapshot { action: SnapshotAction::Restore { from } } => cli::projection::snapshot_restore(config, &from)?,
         Command::Api => {
-            topics::apply(log.admin().as_ref(), &all_specs()?).await?;
+            // The embedded log belongs to this process, so it sets up its topics; on Kafka
+            // that is `agentlog topics apply`'s job.
+            if log.backend() == "embedded" {
+                topics::apply(log.admin().as_ref(), &all_specs()?).await?;
+            }
             cli::api::run(log, config).await?;
         }
         Command::Submit { agent_type, input, lane, tenant, key, task_id, delay_ms, deadline_ms, max_attempts, wait_s } => {
