@@ -314,6 +314,26 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// HTTP load against a running API (`agentlog dev` or `agentlog api`), from this
+    /// separate process, at a fixed offered rate. Does not open the log.
+    Api {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// get (a task by id) or submit (one task per request).
+        #[arg(long, default_value = "get")]
+        op: String,
+        #[arg(long, default_value = "echo")]
+        agent_type: String,
+        #[arg(long, default_value_t = 5_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Tasks submitted before a `get` run, to read back.
+        #[arg(long, default_value_t = 10_000)]
+        tasks: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Projection rebuild (events/s) and restore from a snapshot + tail vs a full rebuild.
     Projection {
         #[arg(long, default_value_t = 1_000_000)]
@@ -346,6 +366,23 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    // Commands that need no log: they must work while another process owns the embedded log.
+    match command {
+        Command::Bench { what: BenchWhat::Api { url, op, agent_type, rate, seconds, tasks, json } } => {
+            let options = agentlog::bench::api::ApiBenchOptions { url, op, agent_type, rate, seconds, tasks };
+            let report = agentlog::bench::api::run_api_bench(&options).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            return Ok(());
+        }
+        Command::Projection { action: ProjectionAction::Dump } => return cli::projection::dump(&config),
+        Command::Snapshot { action: SnapshotAction::Create { out } } => return cli::projection::snapshot_create(&config, out),
+        Command::Snapshot { action: SnapshotAction::Restore { from } } => return cli::projection::snapshot_restore(&config, &from),
+        _ => {}
+    }
     let log = open_log(&config.log).context("opening the event log")?;
     let result = dispatch(command, &config, &log).await;
     log.shutdown(Duration::from_secs(10)).await.context("shutting down the event log")?;
@@ -438,10 +475,8 @@ async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn Ev
             cli::worker::run(log, config, &agent_type, concurrency, Duration::from_secs(drain_timeout_s)).await?;
         }
         Command::Supervisor => cli::worker::run_supervisor_command(log, config).await?,
-        Command::Projection { action: ProjectionAction::Dump } => cli::projection::dump(config)?,
         Command::Replay { into, as_of_ms } => cli::projection::replay(log, config, into, as_of_ms).await?,
-        Command::Snapshot { action: SnapshotAction::Create { out } } => cli::projection::snapshot_create(config, out)?,
-        Command::Snapshot { action: SnapshotAction::Restore { from } } => cli::projection::snapshot_restore(config, &from)?,
+        Command::Projection { .. } | Command::Snapshot { .. } | Command::Bench { what: BenchWhat::Api { .. } } => unreachable!("handled before the log is opened"),
         Command::Api => {
             // The embedded log belongs to this process, so it sets up its topics; on Kafka
             // that is `agentlog topics apply`'s job.

@@ -4,6 +4,7 @@
 //! - [`tasks`]: tasks through a real worker with a no-op agent (submit→outcome);
 //! - [`failover`]: kill -9 of a worker process on Kafka, and a worker joining a live group.
 
+pub mod api;
 pub mod failover;
 pub mod log;
 pub mod projection;
