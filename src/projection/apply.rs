@@ -144,6 +144,22 @@ impl<'s> Changes<'s> {
         Ok(())
     }
 
+    /// Removes one value [`Changes::record`] recorded.
+    fn unrecord(&mut self, tag: u8, agent_type: &str, value_ms: i64) -> Result<(), StoreError> {
+        let key = (tag, agent_type.to_string());
+        if !self.histograms.contains_key(&key) {
+            let Some(found) = self.store.histogram(tag, agent_type)? else { return Ok(()) };
+            self.histograms.insert(key.clone(), found);
+        }
+        let histogram = self.histograms.get_mut(&key).expect("inserted above");
+        let mut one = store::new_histogram();
+        one.saturating_record(value_ms.max(1) as u64);
+        if let Err(error) = histogram.subtract(&one) {
+            tracing::warn!(agent_type = %agent_type, ?error, "could not take a replaced outcome out of a histogram");
+        }
+        Ok(())
+    }
+
     /// Applies one decoded event. Redelivered events change nothing.
     pub fn apply(&mut self, source: Source, event: &AnyEvent) -> Result<(), StoreError> {
         self.applied += 1;
@@ -197,6 +213,7 @@ impl<'s> Changes<'s> {
         view.updated_at_us = view.updated_at_us.max(at);
         let mut entry = TimelineEntry { at_us: at, event: event.name().to_string(), event_id: meta.event_id.clone(), attempt: None, agent_id: None, detail: None };
         let mut first_submit = false;
+        let mut replaced = None;
         match event {
             AnyEvent::TaskSubmitted(e) => {
                 // The submitter's tenant is the task's tenant.
@@ -321,7 +338,11 @@ impl<'s> Changes<'s> {
                     Some(old) => old.status == "dead_lettered" && outcome.status != "dead_lettered" && old.event_id != outcome.event_id,
                 };
                 if replace {
-                    if view.outcome.is_some() {
+                    if let Some(old) = view.outcome.take() {
+                        // Whether the dead letter was counted depends on what arrived before
+                        // it (its type, its submit): take it back, so only the final outcome
+                        // counts, as it does when the dead letter was never counted.
+                        replaced = Some((old, view.outcome_counted, view.latency_recorded));
                         view.outcome_counted = false;
                         view.latency_recorded = false;
                     }
@@ -332,7 +353,25 @@ impl<'s> Changes<'s> {
         view.add_timeline(entry);
         view.status = view.derive_status();
         let view = view.clone();
+        if let Some((old, counted, latency_recorded)) = replaced {
+            self.uncount(&view, &old, counted, latency_recorded)?;
+        }
         self.settle(view, first_submit)
+    }
+
+    /// Takes back what [`Changes::settle`] counted for an outcome that a later one replaced.
+    fn uncount(&mut self, view: &TaskView, old: &OutcomeView, counted: bool, latency_recorded: bool) -> Result<(), StoreError> {
+        let Some(agent_type) = view.agent_type.clone() else { return Ok(()) };
+        if counted {
+            self.counters(&agent_type)?.uncount_outcome(&old.status);
+            if let Some(duration) = old.duration_ms {
+                self.unrecord(b'd', &agent_type, duration)?;
+            }
+        }
+        if latency_recorded && let Some(submitted) = view.submitted_at_us {
+            self.unrecord(b'l', &agent_type, (old.at_us - submitted) / 1000)?;
+        }
+        Ok(())
     }
 
     /// Counts what became known about a task: its submission, its outcome once its type is
@@ -345,7 +384,25 @@ impl<'s> Changes<'s> {
             self.tenant(&view.tenant)?.submitted += 1;
             if let Some(key) = &view.idempotency_key {
                 let index_key = store::idempotency_key(&view.tenant, key);
-                if !self.idempotency.contains_key(&index_key) && self.store.raw(CF_INDEX, &index_key)?.is_none() {
+                let holder = match self.idempotency.get(&index_key) {
+                    Some(id) => Some(id.clone()),
+                    None => self.store.raw(CF_INDEX, &index_key)?.map(|id| String::from_utf8_lossy(&id).into_owned()),
+                };
+                // Tasks raced with one key (both submitted before the projection saw either):
+                // the earliest submitted (then the smaller id) keeps it, in any arrival order.
+                let take = match holder {
+                    None => true,
+                    Some(id) if id == view.task_id => false,
+                    Some(id) => {
+                        let theirs = match self.tasks.get(&id) {
+                            Some(entry) => entry.view.submitted_at_us,
+                            None => self.store.task(&id)?.and_then(|v| v.submitted_at_us),
+                        };
+                        let theirs = theirs.unwrap_or(i64::MAX);
+                        (view.submitted_at_us.unwrap_or(i64::MAX), view.task_id.as_str()) < (theirs, id.as_str())
+                    }
+                };
+                if take {
                     self.idempotency.insert(index_key, view.task_id.clone());
                 }
             }
