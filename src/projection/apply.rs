@@ -10,7 +10,7 @@ use rocksdb::WriteBatch;
 
 use super::store::{self, CF_AGENTS, CF_INDEX, CF_JOBS, CF_OFFSETS, CF_STATS, CF_TASKS, ProjectionStore, StoreError};
 use super::views::{AgentView, JobView, OutcomeView, ProgressView, TaskView, TenantCounters, TimelineEntry, TypeCounters};
-use crate::events::AnyEvent;
+use crate::events::{AnyEvent, Meta};
 
 /// What kind of topic a record came from: a TaskSubmitted means "queued" on a lane topic and
 /// "scheduled" on `timers`.
@@ -154,6 +154,22 @@ impl<'s> Changes<'s> {
         Ok(())
     }
 
+    /// Removes one value [`Changes::record`] recorded.
+    fn unrecord(&mut self, tag: u8, agent_type: &str, value_ms: i64) -> Result<(), StoreError> {
+        let key = (tag, agent_type.to_string());
+        if !self.histograms.contains_key(&key) {
+            let Some(found) = self.store.histogram(tag, agent_type)? else { return Ok(()) };
+            self.histograms.insert(key.clone(), found);
+        }
+        let histogram = self.histograms.get_mut(&key).expect("inserted above");
+        let mut one = store::new_histogram();
+        one.saturating_record(value_ms.max(1) as u64);
+        if let Err(error) = histogram.subtract(&one) {
+            tracing::warn!(agent_type = %agent_type, ?error, "could not take a replaced outcome out of a histogram");
+        }
+        Ok(())
+    }
+
     /// Applies one decoded event. Redelivered events change nothing.
     pub fn apply(&mut self, source: Source, event: &AnyEvent) -> Result<(), StoreError> {
         self.applied += 1;
@@ -200,153 +216,33 @@ impl<'s> Changes<'s> {
         };
         let at = meta.occurred_at.0;
         self.task(task_id)?;
-        // Out of the cache while it changes (no clone), back in by `settle`.
+        // Out of the cache while it changes (no clone), always back in below.
         let Some(TaskEntry { original_keys, view: mut owned }) = self.tasks.remove(task_id) else { return Ok(()) };
-        let view = &mut owned;
-        if view.tenant.is_empty() {
-            view.tenant = meta.tenant.clone();
+        let (first_submit, replaced) = apply_to_task(&mut owned, source, event, meta, at);
+        let mut result = Ok(());
+        if let Some((old, counted, latency_recorded)) = replaced {
+            result = self.uncount(&owned, &old, counted, latency_recorded);
         }
-        view.created_at_us = view.created_at_us.min(at);
-        view.updated_at_us = view.updated_at_us.max(at);
-        let mut entry = TimelineEntry { at_us: at, event: event.name().to_string(), event_id: meta.event_id.clone(), attempt: None, agent_id: None, detail: None };
-        let mut first_submit = false;
-        match event {
-            AnyEvent::TaskSubmitted(e) => {
-                // The submitter's tenant is the task's tenant.
-                view.tenant = e.meta.tenant.clone();
-                view.agent_type = Some(e.agent_type.clone());
-                view.lane = Some(e.lane.as_str().to_string());
-                if e.max_attempts > 0 {
-                    view.max_attempts = Some(e.max_attempts);
-                }
-                view.job_id = e.job_id.clone().or(view.job_id.take());
-                view.parent_task_id = e.parent_task_id.clone().or(view.parent_task_id.take());
-                view.idempotency_key = e.idempotency_key.clone().or(view.idempotency_key.take());
-                view.ordering_key = e.ordering_key.clone().or(view.ordering_key.take());
-                view.labels.extend(e.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-                if view.input.is_none() {
-                    view.input = Some(text_of(&e.input));
-                }
-                view.deadline_us = e.deadline.map(|d| d.0).or(view.deadline_us);
-                entry.attempt = Some(e.attempt);
-                match source {
-                    Source::Timers => {
-                        view.max_scheduled = view.max_scheduled.max(e.attempt);
-                        view.not_before_us = e.not_before.map(|d| d.0).or(view.not_before_us);
-                        entry.event = "TaskScheduled".into();
-                        entry.detail = e.not_before.map(|d| format!("not_before {}", d.0));
-                    }
-                    Source::Lane | Source::Other => view.max_enqueued = view.max_enqueued.max(e.attempt),
-                }
-                if e.attempt <= 1 {
-                    first_submit = view.submitted_at_us.is_none();
-                    view.submitted_at_us = Some(view.submitted_at_us.map_or(at, |s| s.min(at)));
-                }
-            }
-            AnyEvent::TaskStarted(e) => {
-                entry.attempt = Some(e.attempt);
-                entry.agent_id = Some(e.agent_id.clone());
-                // Ties (a re-run of the same attempt elsewhere) resolve to the larger id, so
-                // the result does not depend on arrival order.
-                if e.attempt > view.attempts || (e.attempt == view.attempts && view.agent_id.as_ref().is_none_or(|a| *a < e.agent_id)) {
-                    view.agent_id = Some(e.agent_id.clone());
-                }
-                view.attempts = view.attempts.max(e.attempt);
-            }
-            AnyEvent::TaskProgress(e) => {
-                entry.attempt = Some(e.attempt);
-                entry.detail = e.message.clone();
-                let newer = view.progress.as_ref().is_none_or(|p| (p.at_us, &p.event_id) < (at, &e.meta.event_id));
-                if newer {
-                    view.progress = Some(ProgressView { at_us: at, event_id: e.meta.event_id.clone(), attempt: e.attempt, percent: e.percent, message: e.message.clone() });
-                }
-            }
-            AnyEvent::TaskRetryScheduled(e) => {
-                entry.attempt = Some(e.attempt);
-                entry.detail = Some(e.last_error.clone());
-                view.max_retry = view.max_retry.max(e.attempt);
-            }
-            AnyEvent::TaskCancelRequested(e) => {
-                entry.detail = e.reason.clone();
-                view.cancel_requested = true;
-            }
-            _ => {
-                let outcome = match event {
-                    AnyEvent::TaskCompleted(e) => OutcomeView {
-                        status: "completed".into(),
-                        at_us: at,
-                        event_id: e.meta.event_id.clone(),
-                        attempt: Some(e.attempt),
-                        output: Some(text_of(&e.output)),
-                        duration_ms: Some(e.duration_ms),
-                        error_kind: None,
-                        message: None,
-                    },
-                    AnyEvent::TaskFailed(e) => OutcomeView {
-                        status: "failed".into(),
-                        at_us: at,
-                        event_id: e.meta.event_id.clone(),
-                        attempt: Some(e.attempt),
-                        output: None,
-                        duration_ms: None,
-                        error_kind: Some(e.error_kind.clone()),
-                        message: Some(e.message.clone()),
-                    },
-                    AnyEvent::TaskDeadLettered(e) => OutcomeView {
-                        status: "dead_lettered".into(),
-                        at_us: at,
-                        event_id: e.meta.event_id.clone(),
-                        attempt: Some(e.attempts),
-                        output: None,
-                        duration_ms: None,
-                        error_kind: Some(e.reason.clone()),
-                        message: Some(e.last_error.clone()),
-                    },
-                    AnyEvent::TaskCancelled(e) => OutcomeView {
-                        status: "cancelled".into(),
-                        at_us: at,
-                        event_id: e.meta.event_id.clone(),
-                        attempt: None,
-                        output: None,
-                        duration_ms: None,
-                        error_kind: None,
-                        message: e.reason.clone(),
-                    },
-                    AnyEvent::TaskExpired(e) => OutcomeView {
-                        status: "expired".into(),
-                        at_us: at,
-                        event_id: e.meta.event_id.clone(),
-                        attempt: None,
-                        output: None,
-                        duration_ms: None,
-                        error_kind: None,
-                        message: Some(format!("deadline {} passed before the task started", e.deadline.0)),
-                    },
-                    _ => return Ok(()),
-                };
-                entry.attempt = outcome.attempt;
-                entry.detail = outcome.message.clone();
-                // All outcomes of a task are on one partition of `task.results`, so "the
-                // first" is the same in every replay. A dead-lettered task that was
-                // resubmitted may end again: that later outcome replaces it.
-                let replace = match &view.outcome {
-                    None => true,
-                    Some(old) => old.status == "dead_lettered" && outcome.status != "dead_lettered" && old.event_id != outcome.event_id,
-                };
-                if replace {
-                    if view.outcome.is_some() {
-                        view.outcome_counted = false;
-                        view.latency_recorded = false;
-                    }
-                    view.outcome = Some(outcome);
-                }
-            }
+        if result.is_ok() {
+            result = self.settle(&mut owned, first_submit);
         }
-        view.add_timeline(entry);
-        view.status = view.derive_status();
-        let result = self.settle(&mut owned, first_submit);
         self.tasks.insert(task_id.to_string(), TaskEntry { original_keys, view: owned });
         result
+    }
+
+    /// Takes back what [`Changes::settle`] counted for an outcome that a later one replaced.
+    fn uncount(&mut self, view: &TaskView, old: &OutcomeView, counted: bool, latency_recorded: bool) -> Result<(), StoreError> {
+        let Some(agent_type) = view.agent_type.clone() else { return Ok(()) };
+        if counted {
+            self.counters(&agent_type)?.uncount_outcome(&old.status);
+            if let Some(duration) = old.duration_ms {
+                self.unrecord(b'd', &agent_type, duration)?;
+            }
+        }
+        if latency_recorded && let Some(submitted) = view.submitted_at_us {
+            self.unrecord(b'l', &agent_type, (old.at_us - submitted) / 1000)?;
+        }
+        Ok(())
     }
 
     /// Counts what became known about a task: its submission, its outcome once its type is
@@ -359,7 +255,25 @@ impl<'s> Changes<'s> {
             self.tenant(&view.tenant)?.submitted += 1;
             if let Some(key) = &view.idempotency_key {
                 let index_key = store::idempotency_key(&view.tenant, key);
-                if !self.idempotency.contains_key(&index_key) && self.store.raw(CF_INDEX, &index_key)?.is_none() {
+                let holder = match self.idempotency.get(&index_key) {
+                    Some(id) => Some(id.clone()),
+                    None => self.store.raw(CF_INDEX, &index_key)?.map(|id| String::from_utf8_lossy(&id).into_owned()),
+                };
+                // Tasks raced with one key (both submitted before the projection saw either):
+                // the earliest submitted (then the smaller id) keeps it, in any arrival order.
+                let take = match holder {
+                    None => true,
+                    Some(id) if id == view.task_id => false,
+                    Some(id) => {
+                        let theirs = match self.tasks.get(&id) {
+                            Some(entry) => entry.view.submitted_at_us,
+                            None => self.store.task(&id)?.and_then(|v| v.submitted_at_us),
+                        };
+                        let theirs = theirs.unwrap_or(i64::MAX);
+                        (view.submitted_at_us.unwrap_or(i64::MAX), view.task_id.as_str()) < (theirs, id.as_str())
+                    }
+                };
+                if take {
                     self.idempotency.insert(index_key, view.task_id.clone());
                 }
             }
@@ -506,4 +420,157 @@ impl<'s> Changes<'s> {
         }
         Ok((batch, self.notices))
     }
+}
+
+/// What one task event does to its view (nothing here reads or counts anything else).
+/// Returns whether it was the task's first submit, and the outcome it replaced with whether
+/// that one had been counted and its latency recorded.
+fn apply_to_task(view: &mut TaskView, source: Source, event: &AnyEvent, meta: &Meta, at: i64) -> (bool, Option<(OutcomeView, bool, bool)>) {
+    if view.tenant.is_empty() {
+        view.tenant = meta.tenant.clone();
+    }
+    view.created_at_us = view.created_at_us.min(at);
+    view.updated_at_us = view.updated_at_us.max(at);
+    let mut entry = TimelineEntry { at_us: at, event: event.name().to_string(), event_id: meta.event_id.clone(), attempt: None, agent_id: None, detail: None };
+    let mut first_submit = false;
+    let mut replaced = None;
+    match event {
+        AnyEvent::TaskSubmitted(e) => {
+            // The submitter's tenant is the task's tenant.
+            view.tenant = e.meta.tenant.clone();
+            view.agent_type = Some(e.agent_type.clone());
+            view.lane = Some(e.lane.as_str().to_string());
+            if e.max_attempts > 0 {
+                view.max_attempts = Some(e.max_attempts);
+            }
+            view.job_id = e.job_id.clone().or(view.job_id.take());
+            view.parent_task_id = e.parent_task_id.clone().or(view.parent_task_id.take());
+            view.idempotency_key = e.idempotency_key.clone().or(view.idempotency_key.take());
+            view.ordering_key = e.ordering_key.clone().or(view.ordering_key.take());
+            view.labels.extend(e.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+            if view.input.is_none() {
+                view.input = Some(text_of(&e.input));
+            }
+            view.deadline_us = e.deadline.map(|d| d.0).or(view.deadline_us);
+            entry.attempt = Some(e.attempt);
+            match source {
+                Source::Timers => {
+                    view.max_scheduled = view.max_scheduled.max(e.attempt);
+                    view.not_before_us = e.not_before.map(|d| d.0).or(view.not_before_us);
+                    entry.event = "TaskScheduled".into();
+                    entry.detail = e.not_before.map(|d| format!("not_before {}", d.0));
+                }
+                Source::Lane | Source::Other => view.max_enqueued = view.max_enqueued.max(e.attempt),
+            }
+            if e.attempt <= 1 {
+                first_submit = view.submitted_at_us.is_none();
+                view.submitted_at_us = Some(view.submitted_at_us.map_or(at, |s| s.min(at)));
+            }
+        }
+        AnyEvent::TaskStarted(e) => {
+            entry.attempt = Some(e.attempt);
+            entry.agent_id = Some(e.agent_id.clone());
+            // Ties (a re-run of the same attempt elsewhere) resolve to the larger id, so
+            // the result does not depend on arrival order.
+            if e.attempt > view.attempts || (e.attempt == view.attempts && view.agent_id.as_ref().is_none_or(|a| *a < e.agent_id)) {
+                view.agent_id = Some(e.agent_id.clone());
+            }
+            view.attempts = view.attempts.max(e.attempt);
+        }
+        AnyEvent::TaskProgress(e) => {
+            entry.attempt = Some(e.attempt);
+            entry.detail = e.message.clone();
+            let newer = view.progress.as_ref().is_none_or(|p| (p.at_us, &p.event_id) < (at, &e.meta.event_id));
+            if newer {
+                view.progress = Some(ProgressView { at_us: at, event_id: e.meta.event_id.clone(), attempt: e.attempt, percent: e.percent, message: e.message.clone() });
+            }
+        }
+        AnyEvent::TaskRetryScheduled(e) => {
+            entry.attempt = Some(e.attempt);
+            entry.detail = Some(e.last_error.clone());
+            view.max_retry = view.max_retry.max(e.attempt);
+        }
+        AnyEvent::TaskCancelRequested(e) => {
+            entry.detail = e.reason.clone();
+            view.cancel_requested = true;
+        }
+        _ => {
+            let outcome = match event {
+                AnyEvent::TaskCompleted(e) => OutcomeView {
+                    status: "completed".into(),
+                    at_us: at,
+                    event_id: e.meta.event_id.clone(),
+                    attempt: Some(e.attempt),
+                    output: Some(text_of(&e.output)),
+                    duration_ms: Some(e.duration_ms),
+                    error_kind: None,
+                    message: None,
+                },
+                AnyEvent::TaskFailed(e) => OutcomeView {
+                    status: "failed".into(),
+                    at_us: at,
+                    event_id: e.meta.event_id.clone(),
+                    attempt: Some(e.attempt),
+                    output: None,
+                    duration_ms: None,
+                    error_kind: Some(e.error_kind.clone()),
+                    message: Some(e.message.clone()),
+                },
+                AnyEvent::TaskDeadLettered(e) => OutcomeView {
+                    status: "dead_lettered".into(),
+                    at_us: at,
+                    event_id: e.meta.event_id.clone(),
+                    attempt: Some(e.attempts),
+                    output: None,
+                    duration_ms: None,
+                    error_kind: Some(e.reason.clone()),
+                    message: Some(e.last_error.clone()),
+                },
+                AnyEvent::TaskCancelled(e) => OutcomeView {
+                    status: "cancelled".into(),
+                    at_us: at,
+                    event_id: e.meta.event_id.clone(),
+                    attempt: None,
+                    output: None,
+                    duration_ms: None,
+                    error_kind: None,
+                    message: e.reason.clone(),
+                },
+                AnyEvent::TaskExpired(e) => OutcomeView {
+                    status: "expired".into(),
+                    at_us: at,
+                    event_id: e.meta.event_id.clone(),
+                    attempt: None,
+                    output: None,
+                    duration_ms: None,
+                    error_kind: None,
+                    message: Some(format!("deadline {} passed before the task started", e.deadline.0)),
+                },
+                _ => return (first_submit, replaced),
+            };
+            entry.attempt = outcome.attempt;
+            entry.detail = outcome.message.clone();
+            // All outcomes of a task are on one partition of `task.results`, so "the
+            // first" is the same in every replay. A dead-lettered task that was
+            // resubmitted may end again: that later outcome replaces it.
+            let replace = match &view.outcome {
+                None => true,
+                Some(old) => old.status == "dead_lettered" && outcome.status != "dead_lettered" && old.event_id != outcome.event_id,
+            };
+            if replace {
+                if let Some(old) = view.outcome.take() {
+                    // Whether the dead letter was counted depends on what arrived before
+                    // it (its type, its submit): take it back, so only the final outcome
+                    // counts, as it does when the dead letter was never counted.
+                    replaced = Some((old, view.outcome_counted, view.latency_recorded));
+                    view.outcome_counted = false;
+                    view.latency_recorded = false;
+                }
+                view.outcome = Some(outcome);
+            }
+        }
+    }
+    view.add_timeline(entry);
+    view.status = view.derive_status();
+    (first_submit, replaced)
 }

@@ -203,6 +203,19 @@ impl TypeCounters {
         }
     }
 
+    /// Takes back [`TypeCounters::count_outcome`] (an outcome replaced by a later one).
+    pub fn uncount_outcome(&mut self, status: &str) {
+        let counter = match status {
+            "completed" => &mut self.completed,
+            "failed" => &mut self.failed,
+            "dead_lettered" => &mut self.dead_lettered,
+            "cancelled" => &mut self.cancelled,
+            "expired" => &mut self.expired,
+            _ => return,
+        };
+        *counter = counter.saturating_sub(1);
+    }
+
     pub fn terminal(&self) -> u64 {
         self.completed + self.failed + self.dead_lettered + self.cancelled + self.expired
     }

@@ -1,0 +1,589 @@
+//! The projection is a function of the set of events, not of how records of different
+//! partitions interleave or how they are cut into batches, and applying an event again
+//! changes nothing. Events are built by hand and applied with `Changes` into a store in a
+//! temporary directory; `ProjectionStore::dump` is the state compared.
+
+use std::collections::HashMap;
+
+use agentlog::events::{
+    AgentDeregistered, AgentHeartbeat, AgentLost, AgentRegistered, AgentState, AgentStateChanged, AnyEvent, JobSubmitted, Lane, Meta, TaskCancelRequested,
+    TaskCancelled, TaskCompleted, TaskDeadLettered, TaskExpired, TaskFailed, TaskProgress, TaskRetryScheduled, TaskStarted, TaskSubmitted, TimestampMicros,
+};
+use agentlog::projection::apply::Changes;
+use agentlog::projection::{ProjectionStore, Source, TaskFilter};
+
+const TENANT: &str = "acme";
+const TYPE: &str = "echo";
+/// 2023-11-14, in µs: every event time is this plus a few ms.
+const T0: i64 = 1_700_000_000_000_000;
+
+type Ev = (Source, AnyEvent);
+
+fn meta(event_id: &str, at: i64) -> Meta {
+    let mut meta = Meta::new(event_id, TENANT, "test");
+    meta.occurred_at = TimestampMicros(at);
+    meta
+}
+
+fn submitted(event_id: &str, task_id: &str, attempt: i32, at: i64) -> TaskSubmitted {
+    let mut e = TaskSubmitted::new(meta(event_id, at), task_id, TYPE, Lane::Normal, br#"{"q":1}"#.to_vec());
+    e.attempt = attempt;
+    e.max_attempts = 3;
+    e.job_id = Some("job-1".into());
+    e.labels.insert("team".into(), "search".into());
+    e
+}
+
+fn started(event_id: &str, task_id: &str, attempt: i32, agent_id: &str, at: i64) -> AnyEvent {
+    AnyEvent::TaskStarted(TaskStarted { meta: meta(event_id, at), task_id: task_id.into(), agent_id: agent_id.into(), attempt })
+}
+
+fn progress(event_id: &str, task_id: &str, attempt: i32, percent: f32, at: i64) -> AnyEvent {
+    AnyEvent::TaskProgress(TaskProgress { meta: meta(event_id, at), task_id: task_id.into(), attempt, percent: Some(percent), message: Some(format!("{percent}%")), detail: None })
+}
+
+fn retry(event_id: &str, task_id: &str, attempt: i32, at: i64) -> AnyEvent {
+    AnyEvent::TaskRetryScheduled(TaskRetryScheduled {
+        meta: meta(event_id, at),
+        task_id: task_id.into(),
+        attempt,
+        next_attempt_at: TimestampMicros(at + 100_000),
+        backoff_ms: 100,
+        last_error: "transient: flaky".into(),
+    })
+}
+
+fn completed(event_id: &str, task_id: &str, attempt: i32, at: i64) -> AnyEvent {
+    AnyEvent::TaskCompleted(TaskCompleted {
+        meta: meta(event_id, at),
+        task_id: task_id.into(),
+        attempt,
+        output: br#"{"answer":42}"#.to_vec(),
+        content_type: "application/json".into(),
+        duration_ms: 120,
+    })
+}
+
+fn failed(event_id: &str, task_id: &str, attempt: i32, at: i64) -> AnyEvent {
+    AnyEvent::TaskFailed(TaskFailed { meta: meta(event_id, at), task_id: task_id.into(), attempt, error_kind: "fatal".into(), message: "no".into(), retryable: false })
+}
+
+fn dead_lettered(event_id: &str, task_id: &str, attempts: i32, at: i64) -> AnyEvent {
+    AnyEvent::TaskDeadLettered(TaskDeadLettered {
+        meta: meta(event_id, at),
+        task_id: task_id.into(),
+        attempts,
+        last_error: "transient: flaky".into(),
+        reason: "max_attempts".into(),
+        original_command: Vec::new(),
+    })
+}
+
+fn cancelled(event_id: &str, task_id: &str, at: i64) -> AnyEvent {
+    AnyEvent::TaskCancelled(TaskCancelled { meta: meta(event_id, at), task_id: task_id.into(), reason: Some("stop".into()) })
+}
+
+fn expired(event_id: &str, task_id: &str, at: i64) -> AnyEvent {
+    AnyEvent::TaskExpired(TaskExpired { meta: meta(event_id, at), task_id: task_id.into(), deadline: TimestampMicros(at - 1) })
+}
+
+fn cancel_requested(event_id: &str, task_id: &str, at: i64) -> AnyEvent {
+    AnyEvent::TaskCancelRequested(TaskCancelRequested { meta: meta(event_id, at), task_id: task_id.into(), reason: Some("stop".into()), requested_by: Some("api".into()) })
+}
+
+/// Applies `batches`, each as one `Changes`/WriteBatch, into `store`.
+fn apply(store: &ProjectionStore, batches: &[Vec<Ev>]) {
+    for (i, batch) in batches.iter().enumerate() {
+        let mut changes = Changes::new(store);
+        for (offset, (source, event)) in batch.iter().enumerate() {
+            changes.consumed("source", 0, (i * 10_000 + offset) as i64);
+            changes.apply(*source, event).expect("apply");
+        }
+        let (write, _) = changes.finish().expect("finish");
+        store.write(write).expect("write");
+    }
+}
+
+fn dump(store: &ProjectionStore) -> String {
+    let mut out = Vec::new();
+    store.dump(&mut out).expect("dump");
+    String::from_utf8(out).expect("dump is text")
+}
+
+/// A fresh store in a temporary directory (kept alive with it).
+fn fresh() -> (tempfile::TempDir, ProjectionStore) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = ProjectionStore::open(&dir.path().join("p")).expect("open store");
+    (dir, store)
+}
+
+/// The dump after applying `events` cut into batches of `batch` (0: one batch).
+fn project(events: &[Ev], batch: usize) -> String {
+    let (_dir, store) = fresh();
+    let batches: Vec<Vec<Ev>> = if batch == 0 { vec![events.to_vec()] } else { events.chunks(batch).map(<[Ev]>::to_vec).collect() };
+    apply(&store, &batches);
+    dump(&store)
+}
+
+/// Every merge of `streams` that keeps each stream's order (each stream is one partition).
+fn interleavings(streams: &[Vec<Ev>]) -> Vec<Vec<Ev>> {
+    fn go(streams: &[Vec<Ev>], at: &mut Vec<usize>, current: &mut Vec<Ev>, out: &mut Vec<Vec<Ev>>) {
+        let mut done = true;
+        for s in 0..streams.len() {
+            if at[s] < streams[s].len() {
+                done = false;
+                current.push(streams[s][at[s]].clone());
+                at[s] += 1;
+                go(streams, at, current, out);
+                at[s] -= 1;
+                current.pop();
+            }
+        }
+        if done {
+            out.push(current.clone());
+        }
+    }
+    let mut out = Vec::new();
+    go(streams, &mut vec![0; streams.len()], &mut Vec::new(), &mut out);
+    out
+}
+
+/// A small deterministic generator (tests must not depend on luck).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: usize) -> usize {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as usize) % below.max(1)
+    }
+
+    fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.next(i + 1));
+        }
+    }
+}
+
+/// One task's whole life, per partition: attempt 1 fails and is retried through `timers`,
+/// attempt 2 completes.
+fn lifecycle(task: &str) -> Vec<Vec<Ev>> {
+    let first = submitted(&format!("{task}-s1"), task, 1, T0);
+    let mut second = submitted(&format!("{task}-s2"), task, 2, T0 + 3_001);
+    second.not_before = Some(TimestampMicros(T0 + 103_001));
+    let lane = vec![(Source::Lane, AnyEvent::TaskSubmitted(first)), (Source::Lane, AnyEvent::TaskSubmitted(second.clone()))];
+    let timers = vec![(Source::Timers, AnyEvent::TaskSubmitted(second))];
+    let events = vec![
+        (Source::Other, started(&format!("{task}-st1"), task, 1, "worker-a", T0 + 1_000)),
+        (Source::Other, progress(&format!("{task}-p1"), task, 1, 50.0, T0 + 2_000)),
+        (Source::Other, retry(&format!("{task}-r1"), task, 1, T0 + 3_000)),
+        (Source::Other, started(&format!("{task}-st2"), task, 2, "worker-b", T0 + 500_000)),
+    ];
+    let results = vec![(Source::Other, completed(&format!("{task}-c2"), task, 2, T0 + 600_000))];
+    vec![lane, timers, events, results]
+}
+
+fn natural(streams: &[Vec<Ev>]) -> Vec<Ev> {
+    // The order things happen in: by time, lane before timers at equal times.
+    let mut all: Vec<Ev> = streams.iter().flatten().cloned().collect();
+    all.sort_by_key(|(source, event)| (at_of(event), matches!(source, Source::Lane)));
+    all
+}
+
+fn at_of(event: &AnyEvent) -> i64 {
+    match event {
+        AnyEvent::TaskSubmitted(e) => e.meta.occurred_at.0,
+        AnyEvent::TaskStarted(e) => e.meta.occurred_at.0,
+        AnyEvent::TaskProgress(e) => e.meta.occurred_at.0,
+        AnyEvent::TaskRetryScheduled(e) => e.meta.occurred_at.0,
+        AnyEvent::TaskCompleted(e) => e.meta.occurred_at.0,
+        AnyEvent::TaskFailed(e) => e.meta.occurred_at.0,
+        AnyEvent::TaskDeadLettered(e) => e.meta.occurred_at.0,
+        AnyEvent::TaskCancelRequested(e) => e.meta.occurred_at.0,
+        AnyEvent::TaskCancelled(e) => e.meta.occurred_at.0,
+        AnyEvent::TaskExpired(e) => e.meta.occurred_at.0,
+        _ => 0,
+    }
+}
+
+#[test]
+fn a_lifecycle_projects_the_same_in_every_interleaving_and_batching() {
+    let streams = lifecycle("t1");
+    let expected = project(&natural(&streams), 0);
+
+    // What the reference state says.
+    let (_dir, store) = fresh();
+    apply(&store, &[natural(&streams)]);
+    let view = store.task("t1").expect("read").expect("task");
+    assert_eq!(view.status, "completed");
+    assert_eq!(view.attempts, 2);
+    assert_eq!(view.agent_id.as_deref(), Some("worker-b"));
+    assert_eq!(view.tenant, TENANT);
+    assert_eq!(view.agent_type.as_deref(), Some(TYPE));
+    assert_eq!(view.created_at_us, T0);
+    assert_eq!(view.submitted_at_us, Some(T0));
+    assert_eq!(view.updated_at_us, T0 + 600_000);
+    assert_eq!(view.max_attempts, Some(3));
+    assert_eq!(view.job_id.as_deref(), Some("job-1"));
+    assert_eq!(view.outcome.as_ref().and_then(|o| o.output.as_deref()).map(|t| serde_json::from_str::<serde_json::Value>(t).expect("json output")), Some(serde_json::json!({"answer": 42})));
+    assert_eq!(view.progress.as_ref().map(|p| p.percent), Some(Some(50.0)));
+    let timeline: Vec<&str> = view.timeline.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        timeline,
+        ["TaskSubmitted", "TaskStarted", "TaskProgress", "TaskRetryScheduled", "TaskScheduled", "TaskSubmitted", "TaskStarted", "TaskCompleted"],
+        "one entry per event, oldest first; the timer's copy of attempt 2 shows as scheduled"
+    );
+    let counters: HashMap<String, _> = store.type_counters().expect("counters").into_iter().collect();
+    assert_eq!((counters[TYPE].submitted, counters[TYPE].completed, counters[TYPE].terminal()), (1, 1, 1));
+    let latency = store.histogram(b'l', TYPE).expect("read").expect("latency histogram");
+    assert_eq!((latency.len(), latency.max()), (1, 600), "submit→outcome latency counted once, in ms");
+    let duration = store.histogram(b'd', TYPE).expect("read").expect("duration histogram");
+    assert_eq!((duration.len(), duration.max()), (1, 120));
+    let tenant = store.tenant_counters(TENANT).expect("tenant");
+    assert_eq!((tenant.submitted, tenant.terminal, tenant.open()), (1, 1, 0));
+
+    // Every interleaving that keeps each partition's order: 8!/(2!·1!·4!·1!) = 840 of them.
+    let all = interleavings(&streams);
+    assert_eq!(all.len(), 840);
+    let outcome_first = all.iter().position(|order| order[0].1.is_terminal()).expect("an order with the outcome first");
+    let mut rng = Lcg(7);
+    let mut checked = 0;
+    for (i, order) in all.iter().enumerate() {
+        // Every 9th order (and the outcome-first one), in one batch, one event per batch,
+        // and batches of a varying size.
+        if i % 9 != 0 && i != outcome_first && i != all.len() - 1 {
+            continue;
+        }
+        for batch in [0, 1, 1 + rng.next(4)] {
+            assert_eq!(project(order, batch), expected, "order #{i} in batches of {batch}: {:?}", names(order));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 280, "checked {checked} projections");
+}
+
+fn names(order: &[Ev]) -> Vec<String> {
+    order.iter().map(|(source, e)| format!("{}@{source:?}", e.name())).collect()
+}
+
+#[test]
+fn applying_events_again_changes_nothing() {
+    let streams = lifecycle("t1");
+    let once = natural(&streams);
+    let expected = project(&once, 0);
+
+    // Each event twice in a row, in one batch and one per batch.
+    let twice: Vec<Ev> = once.iter().flat_map(|e| [e.clone(), e.clone()]).collect();
+    assert_eq!(project(&twice, 0), expected);
+    assert_eq!(project(&twice, 1), expected);
+
+    // The whole history redelivered in a later batch (a replay after a crash), and every
+    // prefix of it redelivered.
+    let (_dir, store) = fresh();
+    apply(&store, &[once.clone(), once.clone()]);
+    assert_eq!(dump(&store), expected);
+    for cut in 1..once.len() {
+        let (_dir, store) = fresh();
+        apply(&store, &[once[..cut].to_vec(), once.to_vec()]);
+        assert_eq!(dump(&store), expected, "redelivered from the start after {cut} events");
+    }
+
+    // Redelivered in reverse (another interleaving, everything seen before).
+    let (_dir, store) = fresh();
+    let mut reversed = once.clone();
+    reversed.reverse();
+    apply(&store, &[once.clone(), reversed]);
+    assert_eq!(dump(&store), expected);
+}
+
+#[test]
+fn derived_status_follows_the_life_of_a_task_across_batches() {
+    let streams = lifecycle("t1");
+    let order = natural(&streams);
+    let expect = ["queued", "running", "running", "retrying", "scheduled", "queued", "running", "completed"];
+    assert_eq!(order.len(), expect.len());
+    let (_dir, store) = fresh();
+    for (event, status) in order.iter().zip(expect) {
+        apply(&store, &[vec![event.clone()]]);
+        let view = store.task("t1").expect("read").expect("task");
+        assert_eq!(view.status, status, "after {}@{:?}", event.1.name(), event.0);
+        // The status index holds the task under its current status only.
+        for other in ["queued", "running", "retrying", "scheduled", "completed"] {
+            let filter = TaskFilter { tenant: TENANT.into(), status: Some(other.into()), ..TaskFilter::default() };
+            let listed = store.list_tasks(&filter, None, 10).expect("list").tasks.len();
+            assert_eq!(listed, usize::from(other == status), "status index `{other}` after {}", event.1.name());
+        }
+        let by_type = TaskFilter { tenant: TENANT.into(), agent_type: Some(TYPE.into()), ..TaskFilter::default() };
+        assert_eq!(store.list_tasks(&by_type, None, 10).expect("list").tasks.len(), 1);
+        let open = store.tenant_counters(TENANT).expect("tenant").open();
+        assert_eq!(open, u64::from(status != "completed"), "open tasks after {}", event.1.name());
+    }
+
+    // A delayed task: scheduled on `timers`, queued once its timer fires.
+    let mut delayed = submitted("d-s1", "d1", 1, T0);
+    delayed.not_before = Some(TimestampMicros(T0 + 60_000_000));
+    let (_dir, store) = fresh();
+    apply(&store, &[vec![(Source::Timers, AnyEvent::TaskSubmitted(delayed.clone()))]]);
+    let view = store.task("d1").expect("read").expect("task");
+    assert_eq!((view.status.as_str(), view.not_before_us), ("scheduled", Some(T0 + 60_000_000)));
+    apply(&store, &[vec![(Source::Lane, AnyEvent::TaskSubmitted(delayed))]]);
+    assert_eq!(store.task("d1").expect("read").expect("task").status, "queued");
+
+    // Nothing but a cancel request: pending; a start seen before its submit: running.
+    let (_dir, store) = fresh();
+    apply(&store, &[vec![(Source::Other, cancel_requested("x-c", "x1", T0)), (Source::Other, started("y-st", "y1", 1, "w", T0))]]);
+    let x = store.task("x1").expect("read").expect("task");
+    assert_eq!((x.status.as_str(), x.cancel_requested), ("pending", true));
+    assert_eq!(store.task("y1").expect("read").expect("task").status, "running");
+
+    // Each kind of outcome is the status, whatever came before.
+    let outcomes = [
+        ("completed", completed("o1", "k1", 1, T0 + 10)),
+        ("failed", failed("o2", "k2", 1, T0 + 10)),
+        ("dead_lettered", dead_lettered("o3", "k3", 3, T0 + 10)),
+        ("cancelled", cancelled("o4", "k4", T0 + 10)),
+        ("expired", expired("o5", "k5", T0 + 10)),
+    ];
+    let (_dir, store) = fresh();
+    for (status, outcome) in outcomes {
+        let task = outcome.task_id().expect("task event").to_string();
+        apply(&store, &[vec![(Source::Lane, AnyEvent::TaskSubmitted(submitted(&format!("{task}-s"), &task, 1, T0))), (Source::Other, outcome)]]);
+        assert_eq!(store.task(&task).expect("read").expect("task").status, status);
+    }
+    let counters: HashMap<String, _> = store.type_counters().expect("counters").into_iter().collect();
+    let c = &counters[TYPE];
+    assert_eq!((c.submitted, c.completed, c.failed, c.dead_lettered, c.cancelled, c.expired), (5, 1, 1, 1, 1, 1));
+}
+
+#[test]
+fn the_first_terminal_outcome_wins() {
+    let submit = (Source::Lane, AnyEvent::TaskSubmitted(submitted("s1", "t1", 1, T0)));
+    // Both outcomes are on the one partition of task.results the task id hashes to, so
+    // "first" is their order there; the submit may come anywhere.
+    for (first, second, status) in [
+        (completed("c1", "t1", 1, T0 + 10), failed("f1", "t1", 1, T0 + 20), "completed"),
+        (failed("f1", "t1", 1, T0 + 20), completed("c1", "t1", 1, T0 + 10), "failed"),
+        (cancelled("x1", "t1", T0 + 10), completed("c1", "t1", 1, T0 + 20), "cancelled"),
+        (completed("c1", "t1", 1, T0 + 10), dead_lettered("d1", "t1", 1, T0 + 20), "completed"),
+    ] {
+        let streams = vec![vec![submit.clone()], vec![(Source::Other, first.clone()), (Source::Other, second.clone())]];
+        let mut dumps = Vec::new();
+        for order in interleavings(&streams) {
+            let (_dir, store) = fresh();
+            apply(&store, &[order.clone()]);
+            let view = store.task("t1").expect("read").expect("task");
+            assert_eq!(view.status, status, "{:?}", names(&order));
+            let counters: HashMap<String, _> = store.type_counters().expect("counters").into_iter().collect();
+            assert_eq!(counters[TYPE].terminal(), 1, "one outcome counted: {:?}", names(&order));
+            assert_eq!(store.tenant_counters(TENANT).expect("tenant").terminal, 1);
+            dumps.push(dump(&store));
+        }
+        assert!(dumps.windows(2).all(|w| w[0] == w[1]), "{status}: every interleaving projects the same");
+    }
+}
+
+#[test]
+fn a_dead_lettered_task_resubmitted_later_ends_with_its_new_outcome_in_any_interleaving() {
+    // Attempt 1 dead-letters; the task is resubmitted from the DLQ (attempt 1 again, a new
+    // event) and completes. The stats count the task once, by its final outcome.
+    let original = submitted("s1", "t1", 1, T0);
+    let resubmitted = submitted("s1-again", "t1", 1, T0 + 1_000_000);
+    let lane = vec![(Source::Lane, AnyEvent::TaskSubmitted(original)), (Source::Lane, AnyEvent::TaskSubmitted(resubmitted))];
+    let events = vec![(Source::Other, started("st1", "t1", 1, "worker-a", T0 + 1_000)), (Source::Other, started("st2", "t1", 1, "worker-b", T0 + 1_001_000))];
+    let results = vec![(Source::Other, dead_lettered("d1", "t1", 1, T0 + 2_000)), (Source::Other, completed("c2", "t1", 1, T0 + 1_500_000))];
+    let streams = vec![lane, events, results];
+    let all = interleavings(&streams);
+    let (_dir, store) = fresh();
+    apply(&store, &[all[0].clone()]);
+    let expected = dump(&store);
+    let view = store.task("t1").expect("read").expect("task");
+    assert_eq!(view.status, "completed");
+    let counters: HashMap<String, _> = store.type_counters().expect("counters").into_iter().collect();
+    assert_eq!((counters[TYPE].submitted, counters[TYPE].completed, counters[TYPE].dead_lettered), (1, 1, 0));
+    let latency = store.histogram(b'l', TYPE).expect("read").expect("latency");
+    assert_eq!((latency.len(), latency.max()), (1, 1_500), "latency of the final outcome, from the first submit");
+    for (i, order) in all.iter().enumerate() {
+        for batch in [0, 1] {
+            assert_eq!(project(order, batch), expected, "order #{i} in batches of {batch}: {:?}", names(order));
+        }
+    }
+    // And the dead letter seen again after the completion changes nothing.
+    let (_dir, store) = fresh();
+    apply(&store, &[all[0].clone(), vec![(Source::Other, dead_lettered("d1", "t1", 1, T0 + 2_000))]]);
+    assert_eq!(dump(&store), expected);
+}
+
+#[test]
+fn an_idempotency_key_names_the_earliest_task_whatever_the_order() {
+    // Two submits raced with the same key (the API checks the projection, which had not seen
+    // the first yet): both tasks exist; the key names the earlier one in every order.
+    let mut a = submitted("sa", "task-a", 1, T0);
+    a.idempotency_key = Some("k".into());
+    let mut b = submitted("sb", "task-b", 1, T0 + 10);
+    b.idempotency_key = Some("k".into());
+    let a = (Source::Lane, AnyEvent::TaskSubmitted(a));
+    let b = (Source::Lane, AnyEvent::TaskSubmitted(b));
+    let mut dumps = Vec::new();
+    for order in [vec![a.clone(), b.clone()], vec![b.clone(), a.clone()]] {
+        for batch in [0, 1] {
+            let (_dir, store) = fresh();
+            let batches: Vec<Vec<Ev>> = if batch == 0 { vec![order.clone()] } else { order.iter().map(|e| vec![e.clone()]).collect() };
+            apply(&store, &batches);
+            assert_eq!(store.task_by_idempotency_key(TENANT, "k").expect("read").as_deref(), Some("task-a"), "{:?} in batches of {batch}", names(&order));
+            dumps.push(dump(&store));
+        }
+    }
+    assert!(dumps.windows(2).all(|w| w[0] == w[1]));
+}
+
+fn agent_meta(event_id: &str, at: i64) -> Meta {
+    meta(event_id, at)
+}
+
+fn agent_events() -> (Vec<Ev>, Vec<Ev>) {
+    let lifecycle = vec![
+        (Source::Other, AnyEvent::AgentRegistered(AgentRegistered {
+            meta: agent_meta("a-reg", 10),
+            agent_id: "agent-1".into(),
+            agent_type: TYPE.into(),
+            capabilities: vec!["fast".into()],
+            host: "h1".into(),
+            version: "1.0".into(),
+            concurrency: 4,
+        })),
+        (Source::Other, AnyEvent::AgentStateChanged(AgentStateChanged {
+            meta: agent_meta("a-run", 20),
+            agent_id: "agent-1".into(),
+            from_state: AgentState::Starting,
+            to_state: AgentState::Running,
+            reason: None,
+        })),
+        (Source::Other, AnyEvent::AgentStateChanged(AgentStateChanged {
+            meta: agent_meta("a-drain", 40),
+            agent_id: "agent-1".into(),
+            from_state: AgentState::Running,
+            to_state: AgentState::Draining,
+            reason: Some("sigterm".into()),
+        })),
+    ];
+    let heartbeat = |seq: i64, at: i64, in_flight: i32| {
+        (Source::Other, AnyEvent::AgentHeartbeat(AgentHeartbeat {
+            meta: agent_meta(&format!("a-hb{seq}"), at),
+            agent_id: "agent-1".into(),
+            sequence: seq,
+            in_flight,
+            capacity: 4,
+            completed_total: seq * 10,
+            failed_total: seq,
+            cpu_percent: 1.5 * seq as f64,
+            memory_bytes: 1000 * seq,
+        }))
+    };
+    // Sequence 3 was stamped at an earlier time than 2 (a clock step): sequence decides.
+    let heartbeats = vec![heartbeat(1, 15, 1), heartbeat(2, 35, 2), heartbeat(3, 30, 3)];
+    (lifecycle, heartbeats)
+}
+
+#[test]
+fn an_agent_takes_its_state_from_the_latest_lifecycle_event_and_its_load_from_the_highest_heartbeat() {
+    let (lifecycle, heartbeats) = agent_events();
+    let mut all: Vec<Ev> = lifecycle.iter().chain(&heartbeats).cloned().collect();
+    let expected = project(&all, 0);
+    let (_dir, store) = fresh();
+    apply(&store, &[all.clone()]);
+    let agent = store.agent("agent-1").expect("read").expect("agent");
+    assert_eq!(agent.state, "draining");
+    assert_eq!(agent.agent_type.as_deref(), Some(TYPE));
+    assert_eq!((agent.registered_at_us, agent.concurrency), (Some(10), Some(4)));
+    assert_eq!((agent.heartbeat_sequence, agent.last_heartbeat_at_us, agent.in_flight, agent.completed_total), (3, Some(30), 3, 30));
+    assert_eq!(agent.load(), 0.75);
+
+    // Any order at all (even lifecycle events out of their partition's order), any batching.
+    let mut rng = Lcg(11);
+    for round in 0..40 {
+        rng.shuffle(&mut all);
+        let batch = round % 3;
+        assert_eq!(project(&all, batch), expected, "round {round}: {:?}", names(&all));
+    }
+    // Again, and twice: nothing changes.
+    let doubled: Vec<Ev> = all.iter().chain(&all).cloned().collect();
+    assert_eq!(project(&doubled, 2), expected);
+
+    // Lost and deregistered at the same instant: the larger event id wins, in both orders.
+    let at = 50;
+    let lost = (Source::Other, AnyEvent::AgentLost(AgentLost { meta: agent_meta("a-z-lost", at), agent_id: "agent-1".into(), last_heartbeat_at: TimestampMicros(35), missed_heartbeats: 3 }));
+    let gone = (Source::Other, AnyEvent::AgentDeregistered(AgentDeregistered { meta: agent_meta("a-dereg", at), agent_id: "agent-1".into(), reason: "drained".into() }));
+    for tail in [vec![lost.clone(), gone.clone()], vec![gone, lost]] {
+        let (_dir, store) = fresh();
+        apply(&store, &[all.clone(), tail]);
+        assert_eq!(store.agent("agent-1").expect("read").expect("agent").state, "lost");
+    }
+}
+
+#[test]
+fn many_tasks_and_a_job_count_the_same_in_any_interleaving() {
+    // Three tasks of one job, their events spread over two partitions per topic as the log
+    // would (task id → partition), agents alongside; shuffled across partitions.
+    let mut streams: Vec<Vec<Ev>> = vec![Vec::new(); 8];
+    for (n, task) in ["t1", "t2", "t3"].iter().enumerate() {
+        let p = n % 2;
+        let mut life = lifecycle(task);
+        // Shift each task in time so the newest-first index has a real order.
+        for stream in &mut life {
+            for (_, event) in stream.iter_mut() {
+                shift(event, n as i64 * 1_000_000);
+            }
+        }
+        for (topic, stream) in life.into_iter().enumerate() {
+            streams[topic * 2 + p].extend(stream);
+        }
+    }
+    let job = AnyEvent::JobSubmitted(JobSubmitted { meta: meta("job-1", T0 - 1), job_id: "job-1".into(), task_ids: vec!["t1".into(), "t2".into(), "t3".into()], total: 3 });
+    streams[4].insert(0, (Source::Other, job));
+    let (lifecycle_events, heartbeats) = agent_events();
+    streams.push(lifecycle_events);
+    streams.push(heartbeats);
+
+    let reference: Vec<Ev> = streams.iter().flatten().cloned().collect();
+    let expected = project(&reference, 0);
+    let (_dir, store) = fresh();
+    apply(&store, &[reference]);
+    let counters: HashMap<String, _> = store.type_counters().expect("counters").into_iter().collect();
+    assert_eq!((counters[TYPE].submitted, counters[TYPE].completed), (3, 3));
+    assert_eq!(store.histogram(b'l', TYPE).expect("read").expect("latency").len(), 3);
+    let listed: Vec<String> = store.list_tasks(&TaskFilter { tenant: TENANT.into(), ..TaskFilter::default() }, None, 10).expect("list").tasks.into_iter().map(|t| t.task_id).collect();
+    assert_eq!(listed, ["t3", "t2", "t1"], "newest first");
+    assert_eq!(store.job("job-1").expect("read").expect("job").total, 3);
+
+    // Random merges that keep every partition's order, in random batch sizes.
+    let mut rng = Lcg(2024);
+    for round in 0..60 {
+        let mut at = vec![0; streams.len()];
+        let mut order = Vec::new();
+        loop {
+            let open: Vec<usize> = (0..streams.len()).filter(|s| at[*s] < streams[*s].len()).collect();
+            if open.is_empty() {
+                break;
+            }
+            let s = open[rng.next(open.len())];
+            order.push(streams[s][at[s]].clone());
+            at[s] += 1;
+        }
+        let batch = [0, 1, 2, 5, 13][round % 5];
+        assert_eq!(project(&order, batch), expected, "round {round}");
+    }
+}
+
+fn shift(event: &mut AnyEvent, by: i64) {
+    let meta = match event {
+        AnyEvent::TaskSubmitted(e) => {
+            e.not_before = e.not_before.map(|t| TimestampMicros(t.0 + by));
+            &mut e.meta
+        }
+        AnyEvent::TaskStarted(e) => &mut e.meta,
+        AnyEvent::TaskProgress(e) => &mut e.meta,
+        AnyEvent::TaskRetryScheduled(e) => &mut e.meta,
+        AnyEvent::TaskCompleted(e) => &mut e.meta,
+        _ => return,
+    };
+    meta.occurred_at.0 += by;
+}
