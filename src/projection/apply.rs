@@ -46,6 +46,8 @@ pub struct Changes<'s> {
     offsets: HashMap<String, HashMap<i32, i64>>,
     notices: Vec<OutcomeNotice>,
     noticed: HashSet<String>,
+    /// Whether outcomes are collected for the live stream (not while catching up).
+    notify: bool,
     pub applied: usize,
 }
 
@@ -71,8 +73,14 @@ impl<'s> Changes<'s> {
             offsets: HashMap::new(),
             notices: Vec::new(),
             noticed: HashSet::new(),
+            notify: true,
             applied: 0,
         }
+    }
+
+    /// Changes that collect no outcome notices (history being caught up: nobody streams it).
+    pub fn quiet(store: &'s ProjectionStore) -> Self {
+        Changes { notify: false, ..Changes::new(store) }
     }
 
     /// Records that `offset` of a source partition has been applied (also for records that
@@ -278,7 +286,8 @@ impl<'s> Changes<'s> {
                 }
             }
         }
-        if let (Some(outcome), Some(agent_type)) = (view.outcome.clone(), view.agent_type.clone()) {
+        let unsettled = view.outcome.is_some() && view.agent_type.is_some() && (!view.outcome_counted || (!view.latency_recorded && view.submitted_at_us.is_some()));
+        if unsettled && let (Some(outcome), Some(agent_type)) = (view.outcome.clone(), view.agent_type.clone()) {
             if !view.outcome_counted {
                 view.outcome_counted = true;
                 self.counters(&agent_type)?.count_outcome(&outcome.status);
@@ -296,7 +305,7 @@ impl<'s> Changes<'s> {
         if view.outcome.is_some() && !view.tenant_counted {
             view.tenant_counted = true;
             self.tenant(&view.tenant)?.terminal += 1;
-            if self.noticed.insert(view.task_id.clone()) {
+            if self.notify && self.noticed.insert(view.task_id.clone()) {
                 self.notices.push(OutcomeNotice { tenant: view.tenant.clone(), agent_type: view.agent_type.clone(), view: view.clone() });
             }
         }
@@ -571,6 +580,8 @@ fn apply_to_task(view: &mut TaskView, source: Source, event: &AnyEvent, meta: &M
         }
     }
     view.add_timeline(entry);
-    view.status = view.derive_status();
+    if view.status != view.derive_status() {
+        view.status = view.derive_status().to_string();
+    }
     (first_submit, replaced)
 }

@@ -426,7 +426,7 @@ pub async fn catch_up(
     let mut failure = None;
     // One set of changes across many batches: a task's events, spread over several topics,
     // fold into one write of its view. Offsets go into the same WriteBatch as always.
-    let mut changes = Changes::new(store);
+    let mut changes = Changes::quiet(store);
     let mut pending = 0;
     while let Some(batch) = batches.recv().await {
         let batch = match batch {
@@ -451,7 +451,7 @@ pub async fn catch_up(
         }
         if pending >= CATCH_UP_WRITE_EVERY {
             events += changes.applied;
-            let finished = std::mem::replace(&mut changes, Changes::new(store)).finish().and_then(|(write, _)| store.write_unlogged(write));
+            let finished = std::mem::replace(&mut changes, Changes::quiet(store)).finish().and_then(|(write, _)| store.write_unlogged(write));
             pending = 0;
             if let Err(error) = finished {
                 failure = Some(error.into());

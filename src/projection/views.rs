@@ -95,9 +95,9 @@ impl TaskView {
     }
 
     /// The status as a function of the aggregates alone (so it is order-independent).
-    pub fn derive_status(&self) -> String {
+    pub fn derive_status(&self) -> &str {
         if let Some(outcome) = &self.outcome {
-            return outcome.status.clone();
+            return &outcome.status;
         }
         let started = self.attempts;
         let status = if self.max_scheduled > self.max_enqueued.max(started) {
@@ -111,7 +111,7 @@ impl TaskView {
         } else {
             "pending"
         };
-        status.to_string()
+        status
     }
 
     /// Adds an entry unless an entry with the same event and id is there; keeps the earliest
