@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bin="${AGENTLOG_BIN:-${CARGO_TARGET_DIR:-target}/release/agentlog}"
+# The Makefile's default target directory when run on its own.
+bin="${AGENTLOG_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/agentlog/target}/release/agentlog}"
 if [ ! -x "$bin" ]; then
   echo "schemathesis: $bin is missing; build it first (cargo build --release)" >&2
   exit 1
@@ -15,7 +16,9 @@ venv=$(scripts/python-env.sh schemathesis)
 
 work=$(mktemp -d)
 server=
+fuzzer=
 cleanup() {
+  if [ -n "$fuzzer" ]; then kill -TERM "$fuzzer" 2>/dev/null || true; fi
   if [ -n "$server" ] && kill -0 "$server" 2>/dev/null; then
     kill -TERM "$server" 2>/dev/null || true
     # Bounded: a server that does not drain within 30 s is killed.
@@ -103,7 +106,8 @@ fi
 # The seed is fixed so that a failure reproduces (SCHEMATHESIS_SEED=... explores others).
 # It runs in the temp dir, where Schemathesis and Hypothesis leave their caches.
 set +e
-(cd "$work" && "$venv/bin/schemathesis" run "$api/openapi.json" \
+# In the background so that a signal to this script is handled at once, not after the run.
+(cd "$work" && exec "$venv/bin/schemathesis" run "$api/openapi.json" \
   --checks not_a_server_error \
   --exclude-path /v1/stream/outcomes \
   --max-examples 40 \
@@ -112,8 +116,11 @@ set +e
   --seed "${SCHEMATHESIS_SEED:-1}" \
   --generation-database none \
   --no-color \
-  "$@")
+  "$@") &
+fuzzer=$!
+wait "$fuzzer"
 status=$?
+fuzzer=
 set -e
 if [ "$status" -ne 0 ]; then
   echo "schemathesis: failed (exit $status); the server's log:" >&2
