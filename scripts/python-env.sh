@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Prints the path of a Python virtualenv holding the interop test's pinned client
-# (tests/interop/requirements.lock), creating or updating it when the lock file changed.
+# Prints the path of a Python virtualenv holding pinned tools, creating or updating it when
+# its lock file changed. `scripts/python-env.sh` is the interop test's Confluent client
+# (tests/interop/requirements.lock); `scripts/python-env.sh schemathesis` is Schemathesis
+# (tests/schemathesis/requirements.lock), in a venv of its own since their pins differ.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv="${AGENTLOG_CACHE:-$HOME/.cache/agentlog}/venv"
-lock=tests/interop/requirements.lock
+cache="${AGENTLOG_CACHE:-$HOME/.cache/agentlog}"
+case "${1:-interop}" in
+  interop) venv="$cache/venv"; lock=tests/interop/requirements.lock ;;
+  schemathesis) venv="$cache/venv-schemathesis"; lock=tests/schemathesis/requirements.lock ;;
+  *) echo "usage: $0 [interop|schemathesis]" >&2; exit 2 ;;
+esac
 stamp="$venv/.lock-$(sha256sum "$lock" | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   if ! python3 -m venv "$venv" >/dev/null 2>&1; then

@@ -27,6 +27,9 @@ cargo build --release --quiet
 # Interop with Confluent's own Python client against the same Kafka.
 AGENTLOG_BIN="$bin" "$venv/bin/python" -m pytest -q -p no:warnings tests/interop || status=1
 
+# The HTTP API fuzzed from its own OpenAPI document: any 5xx fails.
+AGENTLOG_BIN="$bin" scripts/schemathesis.sh || status=1
+
 embedded=$(grep -cE '^test embedded::[a-z0-9_]+ \.\.\. ok$' "$log_dir/test.log" || true)
 kafka=$(grep -cE '^test kafka::[a-z0-9_]+ \.\.\. ok$' "$log_dir/test.log" || true)
 echo

@@ -22,7 +22,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::routing::{MethodFilter, MethodRouter, on};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -152,25 +154,53 @@ impl ApiState {
     }
 }
 
+/// One route of the API: the method and path it answers, and its handler.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    handler: MethodRouter<Arc<ApiState>>,
+}
+
+fn route<H, T>(method: Method, path: &'static str, handler: H) -> Route
+where
+    H: Handler<T, Arc<ApiState>>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("a method axum routes");
+    Route { method, path, handler: on(filter, handler) }
+}
+
+/// Every route the API serves. `router()` is built from this table alone, and a test in
+/// `openapi` compares it with the paths the OpenAPI document describes, so a route cannot be
+/// served undocumented nor documented without being served.
+pub fn routes() -> Vec<Route> {
+    vec![
+        route(Method::GET, "/healthz", ops::healthz),
+        route(Method::GET, "/readyz", ops::readyz),
+        route(Method::GET, "/metrics", ops::metrics),
+        route(Method::GET, "/openapi.json", ops::openapi),
+        route(Method::POST, "/v1/tasks", tasks::submit),
+        route(Method::GET, "/v1/tasks", tasks::list),
+        route(Method::POST, "/v1/tasks/batch", tasks::submit_batch),
+        route(Method::GET, "/v1/tasks/{id}", tasks::get),
+        route(Method::GET, "/v1/tasks/{id}/outcome", tasks::outcome),
+        route(Method::POST, "/v1/tasks/{id}/cancel", tasks::cancel),
+        route(Method::GET, "/v1/agents", reads::agents),
+        route(Method::GET, "/v1/agent-types", reads::agent_types),
+        route(Method::GET, "/v1/jobs", reads::jobs),
+        route(Method::GET, "/v1/jobs/{id}", reads::job),
+        route(Method::GET, "/v1/stats", reads::stats),
+        route(Method::GET, "/v1/stream/outcomes", stream::outcomes),
+        route(Method::GET, "/v1/dlq", tasks::dlq_list),
+        route(Method::POST, "/v1/dlq/{id}/resubmit", tasks::dlq_resubmit),
+    ]
+}
+
 pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi))
-        .route("/v1/tasks", post(tasks::submit).get(tasks::list))
-        .route("/v1/tasks/batch", post(tasks::submit_batch))
-        .route("/v1/tasks/{id}", get(tasks::get))
-        .route("/v1/tasks/{id}/outcome", get(tasks::outcome))
-        .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
-        .route("/v1/agents", get(reads::agents))
-        .route("/v1/agent-types", get(reads::agent_types))
-        .route("/v1/jobs", get(reads::jobs))
-        .route("/v1/jobs/{id}", get(reads::job))
-        .route("/v1/stats", get(reads::stats))
-        .route("/v1/stream/outcomes", get(stream::outcomes))
-        .route("/v1/dlq", get(tasks::dlq_list))
-        .route("/v1/dlq/{id}/resubmit", post(tasks::dlq_resubmit))
+    // Routes of one path with different methods are merged by `Router::route`.
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, Route { path, handler, .. }| router.route(path, handler))
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(max_body_bytes))

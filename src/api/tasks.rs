@@ -19,6 +19,7 @@ use super::error::ApiError;
 use crate::agent::client::{ClientError, Submitted, new_id};
 use crate::agent::dlq;
 use crate::events::{Lane, TaskSubmitted, TimestampMicros};
+use crate::log::{LogError, TopicPartition};
 use crate::projection::store::unhex;
 use crate::projection::views::{TASK_STATUSES, TaskView};
 use crate::projection::{Projection, TaskFilter};
@@ -26,6 +27,7 @@ use crate::projection::{Projection, TaskFilter};
 /// A task to run.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"agent_type": "echo", "input": {"text": "hello"}})))]
 pub struct SubmitTask {
     /// A declared agent type (`GET /v1/agent-types`).
     pub agent_type: String,
@@ -345,6 +347,21 @@ fn parse_position(text: &str) -> Option<(String, i32, i64)> {
     (!topic.is_empty()).then_some((topic, partition, offset))
 }
 
+/// A position the projection will never reach (a topic it does not read, a partition or
+/// offset never written) is bad input: waiting for it would end in a 503 "retry".
+async fn check_written(state: &ApiState, topic: &str, partition: i32, offset: i64) -> Result<(), ApiError> {
+    let not_written = |why: String| ApiError::bad_field("after", format!("`{topic}:{partition}:{offset}` is not a position a submit returned: {why}"));
+    if !state.projection.sources().iter().any(|(source, _)| source == topic) {
+        return Err(not_written(format!("the API does not read topic `{topic}`")));
+    }
+    match state.log.admin().watermarks(&TopicPartition::new(topic.to_string(), partition)).await {
+        Ok(marks) if (0..marks.high).contains(&offset) => Ok(()),
+        Ok(marks) => Err(not_written(format!("partition {partition} has offsets below {} only", marks.high))),
+        Err(LogError::UnknownTopic { .. } | LogError::UnknownPartition { .. }) => Err(not_written(format!("topic `{topic}` has no partition {partition}"))),
+        Err(e) => Err(ApiError::unavailable(e.to_string())),
+    }
+}
+
 #[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "task id"), GetTask),
     responses((status = 200, description = "the task: status, attempts, agent, timeline, result or error"), (status = 404, description = "no such task for this tenant"), (status = 400), (status = 401)))]
 pub async fn get(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Path(id): Path<String>, query: Result<Query<GetTask>, QueryRejection>) -> Result<Json<Value>, ApiError> {
@@ -353,6 +370,7 @@ pub async fn get(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Pat
         let Some((topic, partition, offset)) = parse_position(after) else {
             return Err(ApiError::bad_field("after", format!("`{after}` is not a position (topic:partition:offset, as a submit returns it)")));
         };
+        check_written(&state, &topic, partition, offset).await?;
         let wait = wait_of(&state, Some(query.wait_ms.unwrap_or(5_000))).unwrap_or_default();
         if !state.projection.wait_applied(&topic, partition, offset, wait).await {
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_caught_up", format!("the projection has not reached {after} yet; retry")));
