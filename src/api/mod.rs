@@ -193,6 +193,9 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, "/v1/stream/outcomes", stream::outcomes),
         route(Method::GET, "/v1/dlq", tasks::dlq_list),
         route(Method::POST, "/v1/dlq/{id}/resubmit", tasks::dlq_resubmit),
+        route(Method::POST, "/v1/admin/replay", admin::replay),
+        route(Method::GET, "/v1/admin/replay", admin::replay_status),
+        route(Method::POST, "/v1/admin/snapshots", admin::snapshot),
     ]
 }
 

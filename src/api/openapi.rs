@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{ops, reads, stream, tasks};
+use super::{admin, ops, reads, stream, tasks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,6 +15,7 @@ use super::{ops, reads, stream, tasks};
         tasks::dlq_list, tasks::dlq_resubmit,
         reads::agents, reads::agent_types, reads::jobs, reads::job, reads::stats,
         stream::outcomes,
+        admin::replay, admin::replay_status, admin::snapshot,
     ),
     components(schemas(tasks::SubmitTask, tasks::SubmitBatch, tasks::Cancel)),
     modifiers(&Security),

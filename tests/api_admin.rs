@@ -1,0 +1,106 @@
+//! Replay while serving: `POST /v1/admin/replay` rebuilds the projection from the log into a
+//! new generation and swaps it in; reads keep answering during and after, the projector
+//! continues on the new generation, and a restart opens the generation that was swapped in.
+//! `POST /v1/admin/snapshots` makes a checkpoint that restores.
+
+#[path = "conformance/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+#[path = "tasks/fixture.rs"]
+#[allow(dead_code)]
+mod fixture;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use agentlog::agent::runtime::build;
+use agentlog::api::admin::AdminContext;
+use agentlog::api::{ApiConfig, ApiState, bind, serve};
+use agentlog::projection::{Generations, Projection, sources};
+
+use fixture::Fixture;
+use harness::Harness;
+
+async fn submit_and_wait(http: &reqwest::Client, base: &str, agent_type: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let answer = http.post(format!("{base}/v1/tasks?wait_ms=10000")).json(&json!({"agent_type": agent_type, "input": {"i": i}})).send().await.expect("submit");
+        assert_eq!(answer.status(), 200, "task {i} finished within the wait");
+        let body: Value = answer.json().await.expect("json");
+        ids.push(body["task_id"].as_str().expect("id").to_string());
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_swaps_in_a_rebuilt_generation_while_serving() {
+    let mut h = Harness::embedded();
+    let mut f = Fixture::new(&h).await;
+    let (echo, echo_agent) = f.agent_type_named("echo", "runtime = { kind = \"builtin\", name = \"echo\" }\n").await;
+    f.start_worker(&echo, &echo_agent, build(&echo_agent.runtime, Duration::from_secs(5)).expect("echo"), "echo-1");
+    let mut agents = BTreeMap::new();
+    agents.insert(echo.clone(), echo_agent);
+    let stop = CancellationToken::new();
+    let dir = tempfile::tempdir().expect("projection dir");
+    let generations = Arc::new(Generations::new(dir.path()).expect("generations"));
+    let projection = Projection::new(generations.open_current().expect("open"), sources(&f.topics, &agents)).expect("projection");
+    let projector = tokio::spawn(agentlog::projection::run(f.log.clone(), f.codec.clone(), projection.clone(), stop.clone()));
+    let state = ApiState::new(f.log.clone(), f.client.clone(), agents, projection.clone(), ApiConfig::default())
+        .expect("api state")
+        .with_admin(AdminContext::new(generations.clone(), f.codec.clone()));
+    let listener = bind(&ApiConfig { listen: "127.0.0.1:0".into(), ..ApiConfig::default() }).await.expect("bind loopback");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(serve(listener, Arc::new(state), 64 * 1024, stop.clone()));
+    let http = reqwest::Client::new();
+
+    let before = submit_and_wait(&http, &base, &echo, 20).await;
+    assert_eq!(generations.current().expect("current"), 0);
+    let answer = http.post(format!("{base}/v1/admin/replay")).send().await.expect("replay");
+    assert_eq!(answer.status(), 202);
+    // While it runs, reads keep answering.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let read = http.get(format!("{base}/v1/tasks/{}", before[0])).send().await.expect("read during replay");
+        assert_eq!(read.status(), 200);
+        let status: Value = http.get(format!("{base}/v1/admin/replay")).send().await.expect("status").json().await.expect("json");
+        if status["state"] != "running" {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "replay did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status["state"], "done", "{status}");
+    assert!(status["events"].as_u64().unwrap_or(0) >= 60, "the replay applied the history: {status}");
+    assert_eq!(generations.current().expect("current"), 1, "the rebuilt generation is current");
+    // The swapped-in generation has everything, and the projector follows it.
+    for id in &before {
+        let task: Value = http.get(format!("{base}/v1/tasks/{id}")).send().await.expect("read").json().await.expect("json");
+        assert_eq!(task["status"], "completed", "{task}");
+    }
+    let after = submit_and_wait(&http, &base, &echo, 5).await;
+    let stats: Value = http.get(format!("{base}/v1/stats")).send().await.expect("stats").json().await.expect("json");
+    assert_eq!(stats["agent_types"][&echo]["completed"], json!(25), "counted once each across the swap: {stats}");
+
+    // A snapshot restores as a new generation.
+    let answer = http.post(format!("{base}/v1/admin/snapshots")).send().await.expect("snapshot");
+    assert_eq!(answer.status(), 201);
+    let snapshot: Value = answer.json().await.expect("json");
+    stop.cancel();
+    server.await.expect("server task").expect("server");
+    projector.await.expect("projector task").expect("projector");
+    drop(projection);
+    let restored = generations.restore(std::path::Path::new(snapshot["path"].as_str().expect("path"))).expect("restore");
+    assert_eq!(restored, 2);
+    let store = generations.open_current().expect("open restored");
+    for id in before.iter().chain(&after) {
+        assert_eq!(store.task(id).expect("read").map(|t| t.status), Some("completed".to_string()), "{id} in the snapshot");
+    }
+    assert!(!dir.path().join("gen-0").exists() && !dir.path().join("gen-1").exists(), "older generations are removed at open");
+    drop(store);
+    f.stop().await;
+    h.release().await;
+}
