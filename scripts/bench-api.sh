@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:?usage: scripts/bench-api.sh WORKDIR}
-bin="${CARGO_TARGET_DIR:-target}/release/agentlog"
+bin="${CARGO_TARGET_DIR:-$HOME/.cache/agentlog/target}/release/agentlog"
 mkdir -p "$work"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 api_port=$(free_port)
