@@ -116,6 +116,9 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), GenerationError> {
         let target = to.join(entry.file_name());
         if entry.file_type().map_err(io(from))?.is_dir() {
             copy_dir(&entry.path(), &target)?;
+        } else if entry.path().extension().is_some_and(|e| e == "sst") && std::fs::hard_link(entry.path(), &target).is_ok() {
+            // Table files are immutable: a hard link (as RocksDB's own checkpoints use) costs
+            // nothing and the snapshot stays intact. Other files (MANIFEST, OPTIONS) are copied.
         } else {
             std::fs::copy(entry.path(), &target).map_err(io(&target))?;
         }
