@@ -76,12 +76,23 @@ pub fn split_frame(bytes: &[u8]) -> Result<(u32, &[u8]), WireError> {
     }
 }
 
-/// What a type contributes to encoding: its subject suffix and the schema the encoder registers.
+/// What a type contributes to encoding: its subject suffix, the schema the encoder registers,
+/// and that schema with its named types resolved, ready for the serializer.
+///
+/// The schema is leaked on purpose: one per Rust event type, made once per process, so the
+/// resolved names (which borrow it) can live in the cache instead of being rebuilt per record.
 struct TypeSchema {
     full_name: String,
     supplied: SuppliedSchema,
-    reader: Schema,
+    reader: &'static Schema,
+    names: ResolvedSchema<'static>,
 }
+
+/// A reader for data whose writer schema is exactly a type's own, built once per schema id:
+/// building one resolves every named type of the schema, which used to cost more than the
+/// decoding itself. The writer schema is leaked like [`TypeSchema`]'s (one per id this
+/// process ever reads; ids are few and never change meaning).
+type FastReader = Arc<GenericDatumReader<'static>>;
 
 /// Encodes and decodes Confluent-framed Avro against one schema registry (the built-in one or
 /// an external Confluent registry). Cheap to share behind an `Arc`; all caches are internal.
@@ -90,8 +101,11 @@ pub struct WireCodec {
     decoder: AvroDecoder,
     /// Per Rust type: computed once, since deriving and serializing a schema is not free.
     types: RwLock<HashMap<TypeId, Arc<TypeSchema>>>,
-    /// Per (writer schema id, reader type): whether the two schemas are the same.
-    identical: RwLock<HashMap<(u32, String), bool>>,
+    /// Per Rust type and topic: the registry id its schema has under that topic's subject.
+    ids: RwLock<HashMap<TypeId, HashMap<String, u32>>>,
+    /// Per (writer schema id, reader type): a reader when the two schemas are the same (the
+    /// fast path), `None` when the data needs resolving.
+    readers: RwLock<HashMap<(u32, TypeId), Option<FastReader>>>,
 }
 
 impl WireCodec {
@@ -107,7 +121,13 @@ impl WireCodec {
 
     /// A codec with caller-built settings (authentication, several URLs, proxy choices).
     pub fn with_settings(settings: SrSettings) -> Self {
-        Self { encoder: AvroEncoder::new(settings.clone()), decoder: AvroDecoder::new(settings), types: RwLock::new(HashMap::new()), identical: RwLock::new(HashMap::new()) }
+        Self {
+            encoder: AvroEncoder::new(settings.clone()),
+            decoder: AvroDecoder::new(settings),
+            types: RwLock::new(HashMap::new()),
+            ids: RwLock::new(HashMap::new()),
+            readers: RwLock::new(HashMap::new()),
+        }
     }
 
     /// The subject a `T` is registered under on `topic` (TopicRecordNameStrategy).
@@ -117,17 +137,34 @@ impl WireCodec {
 
     /// Encodes `value` with `T`'s schema, registering it under `<topic>-<full name>` on first
     /// use (the registry answers with the existing id when it is already registered).
+    ///
+    /// After the first record of a type on a topic this is a map lookup and a serde pass
+    /// straight into Avro binary: no intermediate Avro `Value`, no subject string built.
     pub async fn encode<T: Serialize + AvroSchema + 'static>(&self, topic: &str, value: &T) -> Result<Vec<u8>, WireError> {
         let ty = self.type_schema::<T>()?;
+        let cached = self.ids.read().unwrap_or_else(|e| e.into_inner()).get(&TypeId::of::<T>()).and_then(|by_topic| by_topic.get(topic)).copied();
+        let id = match cached {
+            Some(id) => id,
+            None => self.register::<T>(topic, &ty).await?,
+        };
+        let mut out = Vec::with_capacity(256);
+        out.push(MAGIC_BYTE);
+        out.extend_from_slice(&id.to_be_bytes());
+        apache_avro::write_avro_datum_ref(ty.reader, ty.names.get_names(), value, &mut out).map_err(|e| WireError::Encode { reason: e.to_string() })?;
+        Ok(out)
+    }
+
+    /// Looks up (registering if needed) the id of `T`'s schema under `topic`'s subject.
+    async fn register<T: 'static>(&self, topic: &str, ty: &TypeSchema) -> Result<u32, WireError> {
+        let subject = format!("{topic}-{}", ty.full_name);
         let strategy = SubjectNameStrategy::TopicRecordNameStrategyWithSchema(topic.to_owned(), ty.supplied.clone());
-        self.encoder.encode_struct(value, &strategy).await.map_err(|e| {
-            let subject = format!("{topic}-{}", ty.full_name);
-            match registry_code(&e) {
-                Some(code) if code == 409 || code / 100 == 422 => WireError::Rejected { subject, reason: describe(&e) },
-                _ if is_http_failure(&e) => WireError::Registry { reason: describe(&e) },
-                _ => WireError::Encode { reason: describe(&e) },
-            }
-        })
+        let registered = self.encoder.get_schema_and_id(&subject, strategy).await.map_err(|e| match registry_code(&e) {
+            Some(code) if code == 409 || code / 100 == 422 => WireError::Rejected { subject: subject.clone(), reason: describe(&e) },
+            _ if is_http_failure(&e) => WireError::Registry { reason: describe(&e) },
+            _ => WireError::Encode { reason: describe(&e) },
+        })?;
+        self.ids.write().unwrap_or_else(|e| e.into_inner()).entry(TypeId::of::<T>()).or_default().insert(topic.to_owned(), registered.id);
+        Ok(registered.id)
     }
 
     /// Decodes a payload into `T`, resolving the writer's schema (from the id in the payload)
@@ -135,13 +172,10 @@ impl WireCodec {
     /// schema reads fine. Returns the writer schema id too.
     pub async fn decode<T: DeserializeOwned + AvroSchema + 'static>(&self, bytes: &[u8]) -> Result<(u32, T), WireError> {
         let (id, datum) = split_frame(bytes)?;
-        let writer = self.decoder.get_schema(id).await.map_err(|e| self.lookup_error(id, e))?;
         let ty = self.type_schema::<T>()?;
-        if self.writer_is_reader(id, &writer.parsed, &ty) {
+        if let Some(reader) = self.fast_reader::<T>(id, &ty).await? {
             // Fast path, the common case: the writer schema is `T`'s own, so the datum is
             // deserialized straight into `T` with no intermediate Value and no resolution.
-            let unusable = |e: apache_avro::Error| WireError::Unresolvable { id, reason: format!("writer schema unusable: {e}") };
-            let reader = GenericDatumReader::builder(&writer.parsed).build().map_err(unusable)?;
             let mut cursor = Cursor::new(datum);
             let typed = reader.read_deser::<T>(&mut cursor).map_err(|e| {
                 if hits_eof(&e) { WireError::Truncated { len: bytes.len() } } else { WireError::Corrupt { id, reason: e.to_string() } }
@@ -153,20 +187,28 @@ impl WireCodec {
             return Ok((id, typed));
         }
         let (id, value, _) = self.decode_with_writer(bytes).await?;
-        let resolved = value.resolve(&ty.reader).map_err(|e| WireError::Unresolvable { id, reason: e.to_string() })?;
+        let resolved = value.resolve(ty.reader).map_err(|e| WireError::Unresolvable { id, reason: e.to_string() })?;
         let typed = apache_avro::from_value::<T>(&resolved).map_err(|e| WireError::Unresolvable { id, reason: e.to_string() })?;
         Ok((id, typed))
     }
 
-    /// Whether the schema registered as `id` is exactly `ty`'s (canonical form), cached.
-    fn writer_is_reader(&self, id: u32, writer: &Schema, ty: &TypeSchema) -> bool {
-        let key = (id, ty.full_name.clone());
-        if let Some(same) = self.identical.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return *same;
+    /// A reader for `id` when the schema registered as `id` is exactly `T`'s (canonical form),
+    /// cached per (id, type); `None` when data written with `id` must be resolved.
+    async fn fast_reader<T: 'static>(&self, id: u32, ty: &TypeSchema) -> Result<Option<FastReader>, WireError> {
+        let key = (id, TypeId::of::<T>());
+        let cached = self.readers.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+        if let Some(found) = cached {
+            return Ok(found);
         }
-        let same = writer.canonical_form() == ty.reader.canonical_form();
-        self.identical.write().unwrap_or_else(|e| e.into_inner()).insert(key, same);
-        same
+        let writer = self.decoder.get_schema(id).await.map_err(|e| self.lookup_error(id, e))?;
+        let reader = if writer.parsed.canonical_form() == ty.reader.canonical_form() {
+            let leaked: &'static Schema = Box::leak(Box::new(writer.parsed.clone()));
+            let built = GenericDatumReader::builder(leaked).build().map_err(|e| WireError::Unresolvable { id, reason: format!("writer schema unusable: {e}") })?;
+            Some(Arc::new(built))
+        } else {
+            None
+        };
+        Ok(self.readers.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(reader).clone())
     }
 
     /// Full name of the schema that wrote `bytes` (`io.agentlog.v1.TaskCompleted`), from the
@@ -229,7 +271,9 @@ impl WireCodec {
             .ok_or_else(|| WireError::Encode { reason: "TopicRecordNameStrategy needs a named schema (record, enum or fixed)".to_owned() })?;
         let json = serde_json::to_string(&schema).map_err(|e| WireError::Encode { reason: e.to_string() })?;
         let supplied = SuppliedSchema::new(Some(full_name.clone()), SchemaType::Avro, json);
-        let ty = Arc::new(TypeSchema { full_name, supplied, reader: schema });
+        let reader: &'static Schema = Box::leak(Box::new(schema));
+        let names = ResolvedSchema::try_from(reader).map_err(|e| WireError::Encode { reason: format!("schema of {full_name}: {e}") })?;
+        let ty = Arc::new(TypeSchema { full_name, supplied, reader, names });
         self.types.write().unwrap_or_else(|e| e.into_inner()).insert(key, Arc::clone(&ty));
         Ok(ty)
     }
