@@ -32,7 +32,7 @@ use crate::events::wire::{WireCodec, WireError};
 use crate::events::{
     Meta, TaskCancelled, TaskCompleted, TaskDeadLettered, TaskExpired, TaskFailed, TaskRetryScheduled, TaskStarted, TaskSubmitted, TimestampMicros,
 };
-use crate::log::{ConsumedRecord, Producer, Record};
+use crate::log::{ConsumedRecord, Delivery, Producer, Record};
 
 /// How long an agent gets to honour a cancel signal before its attempt is dropped.
 pub const CANCEL_GRACE: Duration = Duration::from_millis(500);
@@ -69,6 +69,16 @@ pub struct AttemptEnv {
 pub struct Outcome {
     pub ending: Ending,
     pub records: Vec<Record>,
+    /// The TaskStarted write, still on its way: the outcome does not wait for it (a no-op
+    /// task would otherwise pay two sequential broker round trips), the turn does, before its
+    /// offset may be committed.
+    pub started: Option<Delivery>,
+}
+
+impl Outcome {
+    fn new(ending: Ending, records: Vec<Record>) -> Self {
+        Outcome { ending, records, started: None }
+    }
 }
 
 /// Takes the task, runs it if it should run, and returns its outcome records.
@@ -81,23 +91,27 @@ pub async fn run_attempt(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskS
         && deadline <= now
     {
         let event = TaskExpired { meta: meta(env, task), task_id: task.task_id.clone(), deadline };
-        return Ok(Outcome { ending: Ending::Expired, records: vec![record(env, env.topics.results(), task, &event).await?] });
+        return Ok(Outcome::new(Ending::Expired, vec![record(env, env.topics.results(), task, &event).await?]));
     }
     if task.not_before.is_some_and(|at| at.0 > now.0 + 1_000) {
-        return Ok(Outcome { ending: Ending::Deferred, records: vec![timer_record(&env.codec, &env.topics, task).await?] });
+        return Ok(Outcome::new(Ending::Deferred, vec![timer_record(&env.codec, &env.topics, task).await?]));
     }
 
     let cancel = env.cancels.register(&task.task_id);
-    let result = run_agent(env, task, cancel.clone()).await;
+    let (result, elapsed, started) = run_agent(env, task, cancel.clone()).await;
     env.cancels.unregister(&task.task_id);
-    let (output, elapsed) = match result {
-        (Ok(output), elapsed) => (output, elapsed),
-        (Err(_), _) if cancel.is_cancelled() => {
+    let ended = match result {
+        Ok(output) => completed(env, task, output, elapsed).await,
+        Err(_) if cancel.is_cancelled() => {
             let reason = env.cancels.requested(&task.task_id).flatten();
-            return cancelled(env, task, reason).await;
+            cancelled(env, task, reason).await
         }
-        (Err(failure), _) => return failed(env, source, task, failure).await,
+        Err(failure) => failed(env, source, task, failure).await,
     };
+    Ok(Outcome { started, ..ended? })
+}
+
+async fn completed(env: &AttemptEnv, task: &TaskSubmitted, output: TaskOutput, elapsed: Duration) -> Result<Outcome, WireError> {
     let event = TaskCompleted {
         meta: meta(env, task),
         task_id: task.task_id.clone(),
@@ -106,12 +120,16 @@ pub async fn run_attempt(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskS
         content_type: output.content_type,
         duration_ms: elapsed.as_millis() as i64,
     };
-    Ok(Outcome { ending: Ending::Completed, records: vec![record(env, env.topics.results(), task, &event).await?] })
+    Ok(Outcome::new(Ending::Completed, vec![record(env, env.topics.results(), task, &event).await?]))
 }
 
-/// Announces the attempt and runs the agent under its timeout and cancel signal.
-async fn run_agent(env: &AttemptEnv, task: &TaskSubmitted, cancel: CancellationToken) -> (Result<TaskOutput, AgentFailure>, Duration) {
-    let started = TaskStarted { meta: meta(env, task), task_id: task.task_id.clone(), agent_id: env.worker_id.clone(), attempt: task.attempt };
+/// Announces the attempt and runs the agent under its timeout and cancel signal. Returns the
+/// TaskStarted write still in flight, for the caller to await after writing the outcome.
+async fn run_agent(env: &AttemptEnv, task: &TaskSubmitted, cancel: CancellationToken) -> (Result<TaskOutput, AgentFailure>, Duration, Option<Delivery>) {
+    // One envelope for the start event and the progress reports (each report takes a fresh
+    // event id and time), so a task that never reports pays for no second id.
+    let envelope = meta(env, task);
+    let started = TaskStarted { meta: envelope.clone(), task_id: task.task_id.clone(), agent_id: env.worker_id.clone(), attempt: task.attempt };
     // TaskStarted is informational (the timeline); the outcome is what the task relies on, so
     // a start event that cannot be written is logged and the attempt goes on.
     let delivery = match record(env, env.topics.events(), task, &started).await {
@@ -145,7 +163,7 @@ async fn run_agent(env: &AttemptEnv, task: &TaskSubmitted, cancel: CancellationT
             topic: env.topics.events(),
             task_id: task.task_id.clone(),
             attempt: task.attempt,
-            meta: meta(env, task),
+            meta: envelope,
         }),
     };
     let begun = Instant::now();
@@ -161,13 +179,7 @@ async fn run_agent(env: &AttemptEnv, task: &TaskSubmitted, cancel: CancellationT
         }),
         _ = cancelled => Err(AgentFailure::cancelled()),
     };
-    let elapsed = begun.elapsed();
-    if let Ok(delivery) = delivery
-        && let Err(error) = delivery.await
-    {
-        tracing::warn!(task_id = %task.task_id, %error, "TaskStarted was not stored");
-    }
-    (result, elapsed)
+    (result, begun.elapsed(), delivery.ok())
 }
 
 /// Classifies a failure by the retry policy (see the module table).
@@ -191,10 +203,10 @@ async fn failed(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted,
         next.meta = meta(env, task);
         next.attempt = task.attempt + 1;
         next.not_before = Some(due);
-        return Ok(Outcome {
-            ending: Ending::RetryScheduled,
-            records: vec![record(env, env.topics.events(), task, &scheduled).await?, timer_record(&env.codec, &env.topics, &next).await?],
-        });
+        return Ok(Outcome::new(
+            Ending::RetryScheduled,
+            vec![record(env, env.topics.events(), task, &scheduled).await?, timer_record(&env.codec, &env.topics, &next).await?],
+        ));
     }
     if retries_kind {
         let reason = format!("gave up after {attempt} attempts; last error: {last_error}");
@@ -206,21 +218,18 @@ async fn failed(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted,
             reason: "max_attempts".into(),
             original_command: source.payload.to_vec(),
         };
-        return Ok(Outcome {
-            ending: Ending::DeadLettered,
-            records: vec![
-                record(env, env.topics.results(), task, &event).await?,
-                task_dead_letter(&env.topics.dlq(), source, task.attempt, &failure.kind, &reason),
-            ],
-        });
+        return Ok(Outcome::new(
+            Ending::DeadLettered,
+            vec![record(env, env.topics.results(), task, &event).await?, task_dead_letter(&env.topics.dlq(), source, task.attempt, &failure.kind, &reason)],
+        ));
     }
     let event = TaskFailed { meta: meta(env, task), task_id: task.task_id.clone(), attempt: task.attempt, error_kind: failure.kind, message: failure.message, retryable: false };
-    Ok(Outcome { ending: Ending::Failed, records: vec![record(env, env.topics.results(), task, &event).await?] })
+    Ok(Outcome::new(Ending::Failed, vec![record(env, env.topics.results(), task, &event).await?]))
 }
 
 async fn cancelled(env: &AttemptEnv, task: &TaskSubmitted, reason: Option<String>) -> Result<Outcome, WireError> {
     let event = TaskCancelled { meta: meta(env, task), task_id: task.task_id.clone(), reason };
-    Ok(Outcome { ending: Ending::Cancelled, records: vec![record(env, env.topics.results(), task, &event).await?] })
+    Ok(Outcome::new(Ending::Cancelled, vec![record(env, env.topics.results(), task, &event).await?]))
 }
 
 /// An envelope caused by the task's command: same tenant, correlation and trace.

@@ -301,9 +301,16 @@ async fn turn(env: Arc<AttemptEnv>, taken: Taken, write: bool) -> Done {
     let Taken { record, task } = taken;
     let tp = record.topic_partition();
     let outcome = async {
-        let outcome = run_attempt(&env, &record, &task).await?;
+        let mut outcome = run_attempt(&env, &record, &task).await?;
         if write {
             write_all(env.producer.as_ref(), &outcome.records).await?;
+        }
+        // TaskStarted is informational (the timeline): one that could not be stored is
+        // logged and the turn goes on, but it is settled before the offset can be committed.
+        if let Some(started) = outcome.started.take()
+            && let Err(error) = started.await
+        {
+            tracing::warn!(task_id = %task.task_id, %error, "TaskStarted was not stored");
         }
         Ok::<_, WorkerError>(outcome)
     }
@@ -443,7 +450,9 @@ fn update_pauses(
     lane_of: &HashMap<String, usize>,
     paused: &mut [Option<bool>; LANES.len()],
 ) -> Result<(), WorkerError> {
-    let assignment = consumer.assignment();
+    // The assignment is only fetched when a lane's state flips: this runs on every turn of
+    // the poll loop, and on Kafka it copies librdkafka's assignment list.
+    let mut assignment: Option<Vec<TopicPartition>> = None;
     for topic in topics {
         let lane = lane_of.get(topic).copied().unwrap_or(LANES.len() - 1);
         let full = match paused[lane] {
@@ -453,7 +462,7 @@ fn update_pauses(
         if paused[lane] == Some(full) {
             continue;
         }
-        let parts: Vec<TopicPartition> = assignment.iter().filter(|tp| &tp.topic == topic).cloned().collect();
+        let parts: Vec<TopicPartition> = assignment.get_or_insert_with(|| consumer.assignment()).iter().filter(|tp| &tp.topic == topic).cloned().collect();
         if full { consumer.pause(&parts)? } else { consumer.resume(&parts)? }
         paused[lane] = Some(full);
     }
