@@ -58,5 +58,6 @@ task_suite!(
     a_silent_agent_is_declared_lost,
     delayed_tasks_and_jobs,
     exactly_once_outcomes,
+    exactly_once_survives_partitions_moving,
     a_coordinator_delegates_and_aggregates,
 );

@@ -1,5 +1,6 @@
 //! Task-lifecycle scenarios; each runs on the embedded log and on Kafka.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use agentlog::agent::dlq;
@@ -233,7 +234,7 @@ pub async fn ordering_keys_hold_under_concurrency(h: &mut Harness) {
     let (ty, agent) = f.agent_type("ordered", "runtime = { kind = \"builtin\", name = \"echo\" }\nconcurrency = 4\n").await;
     let (journal, runtime) = scripted();
     f.start_worker(&ty, &agent, runtime, "w1");
-    let mut by_key: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut by_key: HashMap<String, Vec<String>> = Default::default();
     let mut ids = Vec::new();
     for i in 0..24 {
         let key = format!("k{}", i % 3);
@@ -493,6 +494,54 @@ pub async fn exactly_once_outcomes(h: &mut Harness) {
     let reports = f.stop().await;
     assert_eq!(reports[0].completed, 30);
     assert_eq!(reports[0].retried, 3);
+}
+
+/// Exactly-once while partitions move: a worker whose tasks finish out of order holds
+/// ("stashes") outcomes until their offsets are contiguous; two more workers join mid-run, so
+/// partitions move away from workers holding such outcomes. Every task still has exactly one
+/// outcome on `task.results` (read committed), whoever ran it and however often.
+pub async fn exactly_once_survives_partitions_moving(h: &mut Harness) {
+    const TASKS: u64 = 150;
+    let mut f = Fixture::new(h).await;
+    let toml_text = "runtime = { kind = \"builtin\", name = \"echo\" }\nconcurrency = 8\ntimeout_ms = 10000\nexactly_once = true\n";
+    let (ty, agent) = f.agent_type("moving", toml_text).await;
+    let (journal, runtime) = scripted();
+    let mut ids = Vec::new();
+    for i in 0..TASKS {
+        // Every third task is slow, so the tasks after it on its partition finish first and
+        // their outcomes wait in the stash.
+        let sleep_ms = if i % 3 == 0 { 120 } else { 5 };
+        let task = f.task(&ty, Lane::Normal, &format!(r#"{{"sleep_ms": {sleep_ms}}}"#));
+        f.submit(&task).await;
+        ids.push(task.task_id);
+    }
+    f.start_worker(&ty, &agent, runtime.clone(), "mover-1");
+    for (joiner, after) in [("mover-2", 20), ("mover-3", 60), ("mover-4", 100)] {
+        let deadline = Instant::now() + WITHIN;
+        while journal.started_ids().len() < after {
+            assert!(Instant::now() < deadline, "only {} of {after} tasks started", journal.started_ids().len());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        f.start_worker(&ty, &agent, runtime.clone(), joiner);
+    }
+    let outcomes = f.outcomes(&ids, WITHIN).await;
+    assert!(outcomes.values().all(|e| matches!(e, AnyEvent::TaskCompleted(_))), "{outcomes:?}");
+    // Drained, so no transaction is left open and read-committed reading sees everything.
+    let mut completed = 0;
+    for _ in 0..4 {
+        completed += f.drain_worker(0).await.completed;
+    }
+    assert!(completed >= TASKS, "every task completed at least once (re-runs after a move are fine): {completed}");
+    let mut per_task: HashMap<String, usize> = HashMap::new();
+    for event in f.all_events(&f.topics.results(), Duration::from_secs(2)).await {
+        if let AnyEvent::TaskCompleted(done) = event {
+            *per_task.entry(done.task_id).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = per_task.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "tasks with more than one committed outcome: {twice:?}");
+    assert_eq!(per_task.len(), TASKS as usize, "one committed outcome for each task");
+    f.stop().await;
 }
 
 /// Delegation: the coordinator agent fans out to echo, textstats and sleep through its
