@@ -20,7 +20,9 @@
 #                        KAFKA_PORT+2(i-1) for clients and KAFKA_PORT+2(i-1)+1 for the controller.
 #   KAFKA_BROKERS        default for --brokers (1)
 #   KAFKA_START_TIMEOUT  seconds to wait for readiness (default 90)
-#   KAFKA_HEAP           broker -Xmx (default 512m)
+#   KAFKA_HEAP           broker heap, -Xms and -Xmx (default 512m)
+#   KAFKA_GC_OPTS        broker garbage collector flags (default G1, 20 ms pause goal);
+#                        GC pauses go to node-N/gc.log
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -40,6 +42,7 @@ RUN_DIR="${KAFKA_LOCAL_DIR:-$HOME/.cache/agentlog/kafka-run}"
 BASE_PORT="${KAFKA_PORT:-19092}"
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 HEAP="${KAFKA_HEAP:-512m}"
+GC_OPTS="${KAFKA_GC_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent}"
 STOP_TIMEOUT=20
 LOCK_TIMEOUT=180
 FETCH_TIMEOUT=1200
@@ -243,7 +246,15 @@ write_node_props() { # $1 = node, $2 = broker count
   } >"$dir/server.properties"
 }
 
-cluster_id() { head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'; }
+# A base64url id like Kafka's own; never one starting with '-', which kafka-storage's argument
+# parser takes for an option (1 start in 64 failed with "--cluster-id: expected one argument").
+cluster_id() {
+  local id="-"
+  while [[ "$id" == -* ]]; do
+    id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+  done
+  echo "$id"
+}
 
 dump_logs() {
   local n="$1" i
@@ -288,9 +299,9 @@ start_node() { # $1 = node
   local i="$1" dir pid
   dir="$(node_dir "$i")"
   # setsid: own session, survives the caller's terminal/process group. fd 9 (lock) closed.
-  setsid nohup "$JAVA" -Xms256m -Xmx"$HEAP" \
-    -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
-    -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
+  # shellcheck disable=SC2086 # KAFKA_GC_OPTS is a list of JVM flags
+  setsid nohup "$JAVA" -Xms"$HEAP" -Xmx"$HEAP" $GC_OPTS -Xlog:gc:file="$dir/gc.log":uptime \
+    -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$RUN_DIR/log4j2-broker.properties" -Dkafka.logs.dir="$dir" \
     -cp "$LIBS_DIR/*" kafka.Kafka "$dir/server.properties" \
     </dev/null >"$dir/kafka.log" 2>&1 9>&- &
