@@ -3,14 +3,18 @@
 
 use crate::events::Lane;
 
+/// The fixed names are built once: workers ask for them several times per task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskTopics {
     prefix: String,
+    events: String,
+    results: String,
 }
 
 impl TaskTopics {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+        let prefix = prefix.into();
+        Self { events: format!("{prefix}task.events"), results: format!("{prefix}task.results"), prefix }
     }
 
     pub fn prefix(&self) -> &str {
@@ -26,10 +30,10 @@ impl TaskTopics {
         self.named(&crate::events::lane_topic(agent_type, lane))
     }
     pub fn events(&self) -> String {
-        self.named("task.events")
+        self.events.clone()
     }
     pub fn results(&self) -> String {
-        self.named("task.results")
+        self.results.clone()
     }
     pub fn dlq(&self) -> String {
         self.named("dlq")

@@ -205,7 +205,9 @@ pub async fn run_worker(
         loop {
             while let Some((_, taken)) = scheduler.next() {
                 load.in_flight.fetch_add(1, Ordering::Relaxed);
-                running.spawn(turn(env.clone(), taken, writes_own));
+                // Boxed: a turn's future is several kilobytes, and spawning it unboxed
+                // copies all of it more than once per task.
+                running.spawn(Box::pin(turn(env.clone(), taken, writes_own)));
             }
             update_pauses(reader.consumer(), &scheduler, &lane_topics, &lane_of, &mut paused)?;
             tokio::select! {
@@ -303,7 +305,9 @@ async fn turn(env: Arc<AttemptEnv>, taken: Taken, write: bool) -> Done {
     let outcome = async {
         let mut outcome = run_attempt(&env, &record, &task).await?;
         if write {
-            write_all(env.producer.as_ref(), &outcome.records).await?;
+            // Written records are not needed afterwards (only exactly-once keeps them, to
+            // write in its transaction), so they move instead of being cloned.
+            write_all(env.producer.as_ref(), std::mem::take(&mut outcome.records)).await?;
         }
         // TaskStarted is informational (the timeline): one that could not be stored is
         // logged and the turn goes on, but it is settled before the offset can be committed.
@@ -319,10 +323,10 @@ async fn turn(env: Arc<AttemptEnv>, taken: Taken, write: bool) -> Done {
 }
 
 /// Appends records and waits until every one is durable.
-async fn write_all(producer: &dyn Producer, records: &[Record]) -> Result<(), LogError> {
+async fn write_all(producer: &dyn Producer, records: Vec<Record>) -> Result<(), LogError> {
     let mut deliveries = Vec::with_capacity(records.len());
     for record in records {
-        deliveries.push(producer.send(record.clone()).await?);
+        deliveries.push(producer.send(record).await?);
     }
     for delivery in deliveries {
         delivery.await?;
