@@ -97,7 +97,7 @@ fn apply(store: &ProjectionStore, batches: &[Vec<Ev>]) {
         let mut changes = Changes::new(store);
         for (offset, (source, event)) in batch.iter().enumerate() {
             changes.consumed("source", 0, (i * 10_000 + offset) as i64);
-            changes.apply(*source, event).expect("apply");
+            changes.apply(*source, event.clone()).expect("apply");
         }
         let (write, _) = changes.finish().expect("finish");
         store.write(write).expect("write");
