@@ -190,8 +190,13 @@ async fn open_sources(
     Ok((consumer, behind))
 }
 
-/// Most records the reader decodes and hands over at once while catching up.
-pub const CATCH_UP_BATCH: usize = 16_384;
+/// Most records the reader decodes and hands over at once while catching up. Small enough
+/// that the allocator reuses a batch's memory for the next (a 16k batch, ~10 MB of decoded
+/// events, was fresh memory every time: page faults were 12% of the reader's time).
+pub const CATCH_UP_BATCH: usize = 2_048;
+/// Decoded batches waiting for the applier: ~130k records, enough to keep the reader busy
+/// while the applier writes a round (a few hundred ms) instead of stalling it.
+const CATCH_UP_QUEUE: usize = 64;
 /// Records applied in memory before they are written (with their offsets) while catching up.
 pub const CATCH_UP_WRITE_EVERY: usize = 262_144;
 
@@ -418,7 +423,7 @@ pub async fn catch_up(
     let started = Instant::now();
     let kinds = kinds_of(sources);
     let (consumer, behind) = open_sources(log, sources, &store.offsets()?).await?;
-    let (sender, mut batches) = mpsc::channel(4);
+    let (sender, mut batches) = mpsc::channel(CATCH_UP_QUEUE);
     // The reader ends on its own once this receiver is dropped (also when this future is).
     let reader = tokio::spawn(read_history(consumer, behind_of(behind), codec, as_of_ms, sender));
     let mut records = 0;

@@ -141,12 +141,35 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).unwrap_or_default()
 }
 
+/// Postcard output appended to a borrowed Vec: single bytes are pushed inline (through
+/// `io::Write` each varint byte was a `memcpy` call, the largest part of encoding a view).
+struct AppendTo<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
 /// Encodes `value` into `buffer` (cleared first) and returns the bytes: one buffer reused for
-/// every view of a batch instead of a new, repeatedly grown Vec per view.
+/// every view of a batch instead of a new, repeatedly grown Vec per view. The bytes are the
+/// same as [`encode`]'s.
 pub fn encode_into<'b, T: Serialize>(value: &T, buffer: &'b mut Vec<u8>) -> &'b [u8] {
     buffer.clear();
-    // Writing into a Vec cannot fail, and views are plain data (see [`encode`]).
-    if postcard::to_io(value, &mut *buffer).is_err() {
+    // Appending to a Vec cannot fail, and views are plain data (see [`encode`]).
+    if postcard::serialize_with_flavor::<T, _, _>(value, AppendTo(&mut *buffer)).is_err() {
         buffer.clear();
     }
     buffer
