@@ -142,7 +142,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Postcard output appended to a borrowed Vec: single bytes are pushed inline (through
-/// `io::Write` each varint byte was a `memcpy` call, the largest part of encoding a view).
+/// `io::Write` each varint byte was a `memcpy` call).
 struct AppendTo<'a>(&'a mut Vec<u8>);
 
 impl postcard::ser_flavors::Flavor for AppendTo<'_> {
