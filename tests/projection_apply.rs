@@ -9,7 +9,7 @@ use agentlog::events::{
     AgentDeregistered, AgentHeartbeat, AgentLost, AgentRegistered, AgentState, AgentStateChanged, AnyEvent, JobSubmitted, Lane, Meta, TaskCancelRequested,
     TaskCancelled, TaskCompleted, TaskDeadLettered, TaskExpired, TaskFailed, TaskProgress, TaskRetryScheduled, TaskStarted, TaskSubmitted, TimestampMicros,
 };
-use agentlog::projection::apply::Changes;
+use agentlog::projection::apply::{Changes, WrittenTasks};
 use agentlog::projection::{ProjectionStore, Source, TaskFilter};
 
 const TENANT: &str = "acme";
@@ -97,7 +97,7 @@ fn apply(store: &ProjectionStore, batches: &[Vec<Ev>]) {
         let mut changes = Changes::new(store);
         for (offset, (source, event)) in batch.iter().enumerate() {
             changes.consumed("source", 0, (i * 10_000 + offset) as i64);
-            changes.apply(*source, event).expect("apply");
+            changes.apply(*source, event.clone()).expect("apply");
         }
         let (write, _) = changes.finish().expect("finish");
         store.write(write).expect("write");
@@ -519,10 +519,9 @@ fn an_agent_takes_its_state_from_the_latest_lifecycle_event_and_its_load_from_th
     }
 }
 
-#[test]
-fn many_tasks_and_a_job_count_the_same_in_any_interleaving() {
-    // Three tasks of one job, their events spread over two partitions per topic as the log
-    // would (task id → partition), agents alongside; shuffled across partitions.
+/// Three tasks of one job, their events spread over two partitions per topic as the log
+/// would (task id → partition), agents alongside: one stream per partition.
+fn job_streams() -> Vec<Vec<Ev>> {
     let mut streams: Vec<Vec<Ev>> = vec![Vec::new(); 8];
     for (n, task) in ["t1", "t2", "t3"].iter().enumerate() {
         let p = n % 2;
@@ -542,7 +541,27 @@ fn many_tasks_and_a_job_count_the_same_in_any_interleaving() {
     let (lifecycle_events, heartbeats) = agent_events();
     streams.push(lifecycle_events);
     streams.push(heartbeats);
+    streams
+}
 
+/// A random merge of `streams` that keeps every stream's order.
+fn merge(streams: &[Vec<Ev>], rng: &mut Lcg) -> Vec<Ev> {
+    let mut at = vec![0; streams.len()];
+    let mut order = Vec::new();
+    loop {
+        let open: Vec<usize> = (0..streams.len()).filter(|s| at[*s] < streams[*s].len()).collect();
+        if open.is_empty() {
+            return order;
+        }
+        let s = open[rng.next(open.len())];
+        order.push(streams[s][at[s]].clone());
+        at[s] += 1;
+    }
+}
+
+#[test]
+fn many_tasks_and_a_job_count_the_same_in_any_interleaving() {
+    let streams = job_streams();
     let reference: Vec<Ev> = streams.iter().flatten().cloned().collect();
     let expected = project(&reference, 0);
     let (_dir, store) = fresh();
@@ -557,19 +576,42 @@ fn many_tasks_and_a_job_count_the_same_in_any_interleaving() {
     // Random merges that keep every partition's order, in random batch sizes.
     let mut rng = Lcg(2024);
     for round in 0..60 {
-        let mut at = vec![0; streams.len()];
-        let mut order = Vec::new();
-        loop {
-            let open: Vec<usize> = (0..streams.len()).filter(|s| at[*s] < streams[*s].len()).collect();
-            if open.is_empty() {
-                break;
-            }
-            let s = open[rng.next(open.len())];
-            order.push(streams[s][at[s]].clone());
-            at[s] += 1;
-        }
+        let order = merge(&streams, &mut rng);
         let batch = [0, 1, 2, 5, 13][round % 5];
         assert_eq!(project(&order, batch), expected, "round {round}");
+    }
+}
+
+/// The dump after applying `events` as a catch-up into a fresh store does: quiet changes
+/// that do not look up tasks they have not written themselves, finished every `round`
+/// records (a task's events land in several rounds, so later rounds must read it back).
+fn catch_up_in_rounds(events: &[Ev], round: usize) -> String {
+    let (_dir, store) = fresh();
+    assert!(!store.holds_tasks().expect("read"));
+    let mut changes = Changes::quiet_fresh(&store, WrittenTasks::default());
+    for (offset, (source, event)) in events.iter().enumerate() {
+        changes.consumed("source", 0, offset as i64);
+        changes.apply(*source, event.clone()).expect("apply");
+        if (offset + 1) % round == 0 {
+            store.write_unlogged(changes.finish_round().expect("finish round")).expect("write");
+        }
+    }
+    let (write, _) = changes.finish().expect("finish");
+    store.write_unlogged(write).expect("write");
+    dump(&store)
+}
+
+#[test]
+fn a_catch_up_into_a_fresh_store_in_rounds_projects_the_same() {
+    let streams = job_streams();
+    let reference: Vec<Ev> = streams.iter().flatten().cloned().collect();
+    let expected = project(&reference, 0);
+    let mut rng = Lcg(99);
+    for n in 0..20 {
+        let order = merge(&streams, &mut rng);
+        for round in [1, 2, 3, 7, order.len()] {
+            assert_eq!(catch_up_in_rounds(&order, round), expected, "merge {n} in rounds of {round}");
+        }
     }
 }
 

@@ -2,15 +2,25 @@
 //! store (read-modify-write through an in-batch cache, so a task touched by many records of
 //! the batch is read and written once) and turns it into one WriteBatch together with the
 //! next offsets of the source partitions.
+//!
+//! Events are taken by value: their strings move into the views instead of being copied
+//! (a rebuild applies millions of them, and the copies were a large part of its time).
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 
 use hdrhistogram::Histogram;
 use rocksdb::WriteBatch;
+use rustc_hash::FxBuildHasher;
 
 use super::store::{self, CF_AGENTS, CF_INDEX, CF_JOBS, CF_OFFSETS, CF_STATS, CF_TASKS, ProjectionStore, StoreError};
 use super::views::{AgentView, JobView, OutcomeView, ProgressView, TaskView, TenantCounters, TimelineEntry, TypeCounters};
 use crate::events::{AnyEvent, Meta};
+
+/// Maps keyed by ids and names the applier hashes several times per event: SipHash's
+/// protection against chosen keys buys nothing here (the keys come from our own log) and
+/// cost more than the lookups themselves.
+type Map<K, V> = HashMap<K, V, FxBuildHasher>;
 
 /// What kind of topic a record came from: a TaskSubmitted means "queued" on a lane topic and
 /// "scheduled" on `timers`.
@@ -34,53 +44,257 @@ struct TaskEntry {
     view: TaskView,
 }
 
-pub struct Changes<'s> {
+/// How big the previous round of a catch-up was, to size the next one's map and batch up
+/// front: growing them by doubling copied and page-faulted hundreds of MB per round.
+#[derive(Debug, Clone, Copy, Default)]
+struct RoundSize {
+    tasks: usize,
+    batch_bytes: usize,
+}
+
+/// Task ids a catch-up into a store that held no tasks has written so far (as hashes). Any
+/// other id is certainly not in the store, so loading it is skipped: on a fresh rebuild most
+/// ids are new, and each lookup of a missing id probed the memtable and every table's bloom
+/// filter. A hash shared by two ids only costs a lookup that finds nothing.
+#[derive(Debug, Default)]
+pub struct WrittenTasks {
+    hashes: HashSet<u64, FxBuildHasher>,
+}
+
+impl WrittenTasks {
+    /// Past this many ids the set stops growing and every id is looked up again (bounded
+    /// memory for very long histories: ~16 bytes per id).
+    const MAX: usize = 8 << 20;
+
+    fn hash(task_id: &str) -> u64 {
+        FxBuildHasher.hash_one(task_id)
+    }
+
+    /// Whether `task_id` may be in the store (`false` means it certainly is not).
+    fn may_hold(&self, task_id: &str) -> bool {
+        self.hashes.len() >= Self::MAX || self.hashes.contains(&Self::hash(task_id))
+    }
+
+    fn insert(&mut self, task_id: &str) {
+        if self.hashes.len() < Self::MAX {
+            self.hashes.insert(Self::hash(task_id));
+        }
+    }
+}
+
+/// A histogram kept per agent type, and the tag of its key in the `stats` column family.
+#[derive(Debug, Clone, Copy)]
+enum Measure {
+    /// Submit → outcome.
+    Latency,
+    /// The run's own duration, as the agent reported it.
+    Duration,
+}
+
+impl Measure {
+    fn tag(self) -> u8 {
+        match self {
+            Measure::Latency => b'l',
+            Measure::Duration => b'd',
+        }
+    }
+}
+
+/// Everything counted across tasks (per agent type, per tenant) and the outcomes to publish:
+/// kept apart from the task views so a view can change while the totals it feeds do.
+struct Totals<'s> {
     store: &'s ProjectionStore,
-    tasks: HashMap<String, TaskEntry>,
-    agents: HashMap<String, AgentView>,
-    jobs: HashMap<String, JobView>,
-    counters: HashMap<String, TypeCounters>,
-    histograms: HashMap<(u8, String), Histogram<u64>>,
-    tenants: HashMap<String, TenantCounters>,
-    idempotency: HashMap<Vec<u8>, String>,
-    offsets: HashMap<String, HashMap<i32, i64>>,
+    counters: Map<String, TypeCounters>,
+    latency: Map<String, Histogram<u64>>,
+    durations: Map<String, Histogram<u64>>,
+    tenants: Map<String, TenantCounters>,
     notices: Vec<OutcomeNotice>,
     noticed: HashSet<String>,
     /// Whether outcomes are collected for the live stream (not while catching up).
     notify: bool,
+}
+
+/// The outcome a later one replaced, with whether it had been counted and its latency
+/// recorded.
+struct Replaced {
+    old: OutcomeView,
+    counted: bool,
+    latency_recorded: bool,
+}
+
+pub struct Changes<'s> {
+    store: &'s ProjectionStore,
+    /// Boxed: a view is large, and a map of views would move all of them on every growth.
+    tasks: Map<String, Box<TaskEntry>>,
+    agents: Map<String, AgentView>,
+    jobs: Map<String, JobView>,
+    totals: Totals<'s>,
+    idempotency: HashMap<Vec<u8>, String>,
+    offsets: Map<String, Map<i32, i64>>,
+    /// Set while catching up into a store that held no tasks at the start.
+    written: Option<WrittenTasks>,
+    round: RoundSize,
     pub applied: usize,
 }
 
-fn text_of(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// Agent input and output as text: the bytes themselves when they are UTF-8 (JSON is), else
+/// lossily.
+fn text_of(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 fn state_name(state: crate::events::AgentState) -> String {
     format!("{state:?}").to_lowercase()
 }
 
-impl<'s> Changes<'s> {
-    pub fn new(store: &'s ProjectionStore) -> Self {
-        Changes {
+impl<'s> Totals<'s> {
+    fn new(store: &'s ProjectionStore, notify: bool) -> Self {
+        Totals {
             store,
-            tasks: HashMap::new(),
-            agents: HashMap::new(),
-            jobs: HashMap::new(),
-            counters: HashMap::new(),
-            histograms: HashMap::new(),
-            tenants: HashMap::new(),
-            idempotency: HashMap::new(),
-            offsets: HashMap::new(),
+            counters: Map::default(),
+            latency: Map::default(),
+            durations: Map::default(),
+            tenants: Map::default(),
             notices: Vec::new(),
             noticed: HashSet::new(),
-            notify: true,
-            applied: 0,
+            notify,
         }
+    }
+
+    fn counters(&mut self, agent_type: &str) -> Result<&mut TypeCounters, StoreError> {
+        if !self.counters.contains_key(agent_type) {
+            let key = store::stat_key(b'c', agent_type);
+            let found = match self.store.raw(CF_STATS, &key)? {
+                Some(bytes) => store::decode(&key, &bytes)?,
+                None => TypeCounters::default(),
+            };
+            self.counters.insert(agent_type.to_string(), found);
+        }
+        Ok(self.counters.get_mut(agent_type).expect("inserted above"))
+    }
+
+    fn tenant(&mut self, tenant: &str) -> Result<&mut TenantCounters, StoreError> {
+        if !self.tenants.contains_key(tenant) {
+            let found = self.store.tenant_counters(tenant)?;
+            self.tenants.insert(tenant.to_string(), found);
+        }
+        Ok(self.tenants.get_mut(tenant).expect("inserted above"))
+    }
+
+    /// The histogram of `agent_type`, loaded from the store if needed; `None` when there is
+    /// none yet and `create` is false.
+    fn histogram(&mut self, measure: Measure, agent_type: &str, create: bool) -> Result<Option<&mut Histogram<u64>>, StoreError> {
+        let histograms = match measure {
+            Measure::Latency => &mut self.latency,
+            Measure::Duration => &mut self.durations,
+        };
+        if !histograms.contains_key(agent_type) {
+            let found = match self.store.histogram(measure.tag(), agent_type)? {
+                Some(found) => found,
+                None if create => store::new_histogram(),
+                None => return Ok(None),
+            };
+            histograms.insert(agent_type.to_string(), found);
+        }
+        Ok(histograms.get_mut(agent_type))
+    }
+
+    fn record(&mut self, measure: Measure, agent_type: &str, value_ms: i64) -> Result<(), StoreError> {
+        if let Some(histogram) = self.histogram(measure, agent_type, true)? {
+            histogram.saturating_record(value_ms.max(1) as u64);
+        }
+        Ok(())
+    }
+
+    /// Removes one value [`Totals::record`] recorded.
+    fn unrecord(&mut self, measure: Measure, agent_type: &str, value_ms: i64) -> Result<(), StoreError> {
+        let Some(histogram) = self.histogram(measure, agent_type, false)? else { return Ok(()) };
+        let mut one = store::new_histogram();
+        one.saturating_record(value_ms.max(1) as u64);
+        if let Err(error) = histogram.subtract(&one) {
+            tracing::warn!(agent_type = %agent_type, ?error, "could not take a replaced outcome out of a histogram");
+        }
+        Ok(())
+    }
+
+    /// Takes back what [`Totals::settle`] counted for an outcome that a later one replaced.
+    fn uncount(&mut self, view: &TaskView, replaced: &Replaced) -> Result<(), StoreError> {
+        let Some(agent_type) = &view.agent_type else { return Ok(()) };
+        if replaced.counted {
+            self.counters(agent_type)?.uncount_outcome(&replaced.old.status);
+            if let Some(duration) = replaced.old.duration_ms {
+                self.unrecord(Measure::Duration, agent_type, duration)?;
+            }
+        }
+        if replaced.latency_recorded && let Some(submitted) = view.submitted_at_us {
+            self.unrecord(Measure::Latency, agent_type, (replaced.old.at_us - submitted) / 1000)?;
+        }
+        Ok(())
+    }
+
+    /// Counts what became known about a task: its submission, its outcome once its type is
+    /// known, its latency once both ends are known. Each at most once per task. (The
+    /// idempotency key of a first submit is claimed by [`Changes::claim_idempotency_key`].)
+    fn settle(&mut self, view: &mut TaskView, first_submit: bool) -> Result<(), StoreError> {
+        if first_submit {
+            if let Some(agent_type) = &view.agent_type {
+                self.counters(agent_type)?.submitted += 1;
+            }
+            self.tenant(&view.tenant)?.submitted += 1;
+        }
+        if let (Some(outcome), Some(agent_type)) = (&view.outcome, &view.agent_type) {
+            if !view.outcome_counted {
+                view.outcome_counted = true;
+                self.counters(agent_type)?.count_outcome(&outcome.status);
+                if let Some(duration) = outcome.duration_ms {
+                    self.record(Measure::Duration, agent_type, duration)?;
+                }
+            }
+            if !view.latency_recorded && let Some(submitted) = view.submitted_at_us {
+                view.latency_recorded = true;
+                self.record(Measure::Latency, agent_type, (outcome.at_us - submitted) / 1000)?;
+            }
+        }
+        if view.outcome.is_some() && !view.tenant_counted {
+            view.tenant_counted = true;
+            self.tenant(&view.tenant)?.terminal += 1;
+            if self.notify && self.noticed.insert(view.task_id.clone()) {
+                self.notices.push(OutcomeNotice { tenant: view.tenant.clone(), agent_type: view.agent_type.clone(), view: view.clone() });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'s> Changes<'s> {
+    pub fn new(store: &'s ProjectionStore) -> Self {
+        Self::with(store, true, None, RoundSize::default())
     }
 
     /// Changes that collect no outcome notices (history being caught up: nobody streams it).
     pub fn quiet(store: &'s ProjectionStore) -> Self {
-        Changes { notify: false, ..Changes::new(store) }
+        Self::with(store, false, None, RoundSize::default())
+    }
+
+    /// Quiet changes of a catch-up into `store`, which held no tasks when the catch-up
+    /// started and has since received only the tasks in `written`.
+    pub fn quiet_fresh(store: &'s ProjectionStore, written: WrittenTasks) -> Self {
+        Self::with(store, false, Some(written), RoundSize::default())
+    }
+
+    fn with(store: &'s ProjectionStore, notify: bool, written: Option<WrittenTasks>, round: RoundSize) -> Self {
+        Changes {
+            store,
+            tasks: Map::with_capacity_and_hasher(round.tasks, FxBuildHasher),
+            agents: Map::default(),
+            jobs: Map::default(),
+            totals: Totals::new(store, notify),
+            idempotency: HashMap::new(),
+            offsets: Map::default(),
+            written,
+            round,
+            applied: 0,
+        }
     }
 
     /// Records that `offset` of a source partition has been applied (also for records that
@@ -104,15 +318,21 @@ impl<'s> Changes<'s> {
         self.offsets.iter().flat_map(|(topic, partitions)| partitions.iter().map(move |(p, next)| ((topic.clone(), *p), *next))).collect()
     }
 
-    fn task(&mut self, task_id: &str) -> Result<&mut TaskView, StoreError> {
-        if !self.tasks.contains_key(task_id) {
-            let (original_keys, view) = match self.store.task(task_id)? {
-                Some(view) => (store::index_keys(&view), view),
-                None => (Vec::new(), TaskView::new(task_id)),
-            };
-            self.tasks.insert(task_id.to_string(), TaskEntry { original_keys, view });
+    /// Makes sure `task_id` is in the cache: loaded from the store, or new.
+    fn load_task(&mut self, task_id: &str) -> Result<(), StoreError> {
+        if self.tasks.contains_key(task_id) {
+            return Ok(());
         }
-        Ok(&mut self.tasks.get_mut(task_id).expect("inserted above").view)
+        let stored = match &self.written {
+            Some(written) if !written.may_hold(task_id) => None,
+            _ => self.store.task(task_id)?,
+        };
+        let (original_keys, view) = match stored {
+            Some(view) => (store::index_keys(&view), view),
+            None => (Vec::new(), TaskView::new(task_id)),
+        };
+        self.tasks.insert(task_id.to_string(), Box::new(TaskEntry { original_keys, view }));
+        Ok(())
     }
 
     fn agent(&mut self, agent_id: &str) -> Result<&mut AgentView, StoreError> {
@@ -131,62 +351,15 @@ impl<'s> Changes<'s> {
         Ok(self.jobs.get_mut(job_id).expect("inserted above"))
     }
 
-    fn counters(&mut self, agent_type: &str) -> Result<&mut TypeCounters, StoreError> {
-        if !self.counters.contains_key(agent_type) {
-            let key = store::stat_key(b'c', agent_type);
-            let found = match self.store.raw(CF_STATS, &key)? {
-                Some(bytes) => store::decode(&key, &bytes)?,
-                None => TypeCounters::default(),
-            };
-            self.counters.insert(agent_type.to_string(), found);
-        }
-        Ok(self.counters.get_mut(agent_type).expect("inserted above"))
-    }
-
-    fn tenant(&mut self, tenant: &str) -> Result<&mut TenantCounters, StoreError> {
-        if !self.tenants.contains_key(tenant) {
-            let found = self.store.tenant_counters(tenant)?;
-            self.tenants.insert(tenant.to_string(), found);
-        }
-        Ok(self.tenants.get_mut(tenant).expect("inserted above"))
-    }
-
-    fn record(&mut self, tag: u8, agent_type: &str, value_ms: i64) -> Result<(), StoreError> {
-        let key = (tag, agent_type.to_string());
-        if !self.histograms.contains_key(&key) {
-            let found = self.store.histogram(tag, agent_type)?.unwrap_or_else(store::new_histogram);
-            self.histograms.insert(key.clone(), found);
-        }
-        let histogram = self.histograms.get_mut(&key).expect("inserted above");
-        histogram.saturating_record(value_ms.max(1) as u64);
-        Ok(())
-    }
-
-    /// Removes one value [`Changes::record`] recorded.
-    fn unrecord(&mut self, tag: u8, agent_type: &str, value_ms: i64) -> Result<(), StoreError> {
-        let key = (tag, agent_type.to_string());
-        if !self.histograms.contains_key(&key) {
-            let Some(found) = self.store.histogram(tag, agent_type)? else { return Ok(()) };
-            self.histograms.insert(key.clone(), found);
-        }
-        let histogram = self.histograms.get_mut(&key).expect("inserted above");
-        let mut one = store::new_histogram();
-        one.saturating_record(value_ms.max(1) as u64);
-        if let Err(error) = histogram.subtract(&one) {
-            tracing::warn!(agent_type = %agent_type, ?error, "could not take a replaced outcome out of a histogram");
-        }
-        Ok(())
-    }
-
     /// Applies one decoded event. Redelivered events change nothing.
-    pub fn apply(&mut self, source: Source, event: &AnyEvent) -> Result<(), StoreError> {
+    pub fn apply(&mut self, source: Source, event: AnyEvent) -> Result<(), StoreError> {
         self.applied += 1;
-        match event {
+        match &event {
             AnyEvent::AgentRegistered(_)
             | AnyEvent::AgentHeartbeat(_)
             | AnyEvent::AgentStateChanged(_)
             | AnyEvent::AgentLost(_)
-            | AnyEvent::AgentDeregistered(_) => return self.apply_agent(event),
+            | AnyEvent::AgentDeregistered(_) => return self.apply_agent(&event),
             AnyEvent::JobSubmitted(e) => {
                 let job = self.job(&e.job_id)?;
                 job.tenant = e.meta.tenant.clone();
@@ -209,105 +382,46 @@ impl<'s> Changes<'s> {
             _ => {}
         }
         let Some(task_id) = event.task_id() else { return Ok(()) };
-        let meta = match event {
-            AnyEvent::TaskSubmitted(e) => &e.meta,
-            AnyEvent::TaskStarted(e) => &e.meta,
-            AnyEvent::TaskProgress(e) => &e.meta,
-            AnyEvent::TaskRetryScheduled(e) => &e.meta,
-            AnyEvent::TaskCompleted(e) => &e.meta,
-            AnyEvent::TaskFailed(e) => &e.meta,
-            AnyEvent::TaskDeadLettered(e) => &e.meta,
-            AnyEvent::TaskCancelRequested(e) => &e.meta,
-            AnyEvent::TaskCancelled(e) => &e.meta,
-            AnyEvent::TaskExpired(e) => &e.meta,
-            _ => return Ok(()),
-        };
-        let at = meta.occurred_at.0;
-        self.task(task_id)?;
-        // Out of the cache while it changes (no clone), always back in below.
-        let Some(TaskEntry { original_keys, view: mut owned }) = self.tasks.remove(task_id) else { return Ok(()) };
-        let (first_submit, replaced) = apply_to_task(&mut owned, source, event, meta, at);
-        let mut result = Ok(());
-        if let Some((old, counted, latency_recorded)) = replaced {
-            result = self.uncount(&owned, &old, counted, latency_recorded);
+        self.load_task(task_id)?;
+        let Some(entry) = self.tasks.get_mut(task_id) else { return Ok(()) };
+        let view = &mut entry.view;
+        let (first_submit, replaced) = apply_to_task(view, source, event);
+        if let Some(replaced) = &replaced {
+            self.totals.uncount(view, replaced)?;
         }
-        if result.is_ok() {
-            result = self.settle(&mut owned, first_submit);
-        }
-        self.tasks.insert(task_id.to_string(), TaskEntry { original_keys, view: owned });
-        result
-    }
-
-    /// Takes back what [`Changes::settle`] counted for an outcome that a later one replaced.
-    fn uncount(&mut self, view: &TaskView, old: &OutcomeView, counted: bool, latency_recorded: bool) -> Result<(), StoreError> {
-        let Some(agent_type) = view.agent_type.clone() else { return Ok(()) };
-        if counted {
-            self.counters(&agent_type)?.uncount_outcome(&old.status);
-            if let Some(duration) = old.duration_ms {
-                self.unrecord(b'd', &agent_type, duration)?;
-            }
-        }
-        if latency_recorded && let Some(submitted) = view.submitted_at_us {
-            self.unrecord(b'l', &agent_type, (old.at_us - submitted) / 1000)?;
+        self.totals.settle(view, first_submit)?;
+        if first_submit && view.idempotency_key.is_some() {
+            let task_id = view.task_id.clone();
+            self.claim_idempotency_key(&task_id)?;
         }
         Ok(())
     }
 
-    /// Counts what became known about a task: its submission, its outcome once its type is
-    /// known, its latency once both ends are known. Each at most once per task.
-    fn settle(&mut self, view: &mut TaskView, first_submit: bool) -> Result<(), StoreError> {
-        if first_submit {
-            if let Some(agent_type) = &view.agent_type {
-                self.counters(agent_type)?.submitted += 1;
-            }
-            self.tenant(&view.tenant)?.submitted += 1;
-            if let Some(key) = &view.idempotency_key {
-                let index_key = store::idempotency_key(&view.tenant, key);
-                let holder = match self.idempotency.get(&index_key) {
-                    Some(id) => Some(id.clone()),
-                    None => self.store.raw(CF_INDEX, &index_key)?.map(|id| String::from_utf8_lossy(&id).into_owned()),
+    /// Points the task's idempotency key at it, unless a task that keeps it holds it: tasks
+    /// raced with one key (both submitted before the projection saw either), and the earliest
+    /// submitted (then the smaller id) keeps it, in any arrival order.
+    fn claim_idempotency_key(&mut self, task_id: &str) -> Result<(), StoreError> {
+        let Some(view) = self.tasks.get(task_id).map(|entry| &entry.view) else { return Ok(()) };
+        let Some(key) = &view.idempotency_key else { return Ok(()) };
+        let index_key = store::idempotency_key(&view.tenant, key);
+        let ours = (view.submitted_at_us.unwrap_or(i64::MAX), view.task_id.clone());
+        let holder = match self.idempotency.get(&index_key) {
+            Some(id) => Some(id.clone()),
+            None => self.store.raw(CF_INDEX, &index_key)?.map(|id| String::from_utf8_lossy(&id).into_owned()),
+        };
+        let take = match holder {
+            None => true,
+            Some(id) if id == ours.1 => false,
+            Some(id) => {
+                let theirs = match self.tasks.get(&id) {
+                    Some(entry) => entry.view.submitted_at_us,
+                    None => self.store.task(&id)?.and_then(|v| v.submitted_at_us),
                 };
-                // Tasks raced with one key (both submitted before the projection saw either):
-                // the earliest submitted (then the smaller id) keeps it, in any arrival order.
-                let take = match holder {
-                    None => true,
-                    Some(id) if id == view.task_id => false,
-                    Some(id) => {
-                        let theirs = match self.tasks.get(&id) {
-                            Some(entry) => entry.view.submitted_at_us,
-                            None => self.store.task(&id)?.and_then(|v| v.submitted_at_us),
-                        };
-                        let theirs = theirs.unwrap_or(i64::MAX);
-                        (view.submitted_at_us.unwrap_or(i64::MAX), view.task_id.as_str()) < (theirs, id.as_str())
-                    }
-                };
-                if take {
-                    self.idempotency.insert(index_key, view.task_id.clone());
-                }
+                (ours.0, ours.1.as_str()) < (theirs.unwrap_or(i64::MAX), id.as_str())
             }
-        }
-        let unsettled = view.outcome.is_some() && view.agent_type.is_some() && (!view.outcome_counted || (!view.latency_recorded && view.submitted_at_us.is_some()));
-        if unsettled && let (Some(outcome), Some(agent_type)) = (view.outcome.clone(), view.agent_type.clone()) {
-            if !view.outcome_counted {
-                view.outcome_counted = true;
-                self.counters(&agent_type)?.count_outcome(&outcome.status);
-                if let Some(duration) = outcome.duration_ms {
-                    self.record(b'd', &agent_type, duration)?;
-                }
-            }
-            if !view.latency_recorded {
-                if let Some(submitted) = view.submitted_at_us {
-                    view.latency_recorded = true;
-                    self.record(b'l', &agent_type, (outcome.at_us - submitted) / 1000)?;
-                }
-            }
-        }
-        if view.outcome.is_some() && !view.tenant_counted {
-            view.tenant_counted = true;
-            self.tenant(&view.tenant)?.terminal += 1;
-            if self.notify && self.noticed.insert(view.task_id.clone()) {
-                self.notices.push(OutcomeNotice { tenant: view.tenant.clone(), agent_type: view.agent_type.clone(), view: view.clone() });
-            }
+        };
+        if take {
+            self.idempotency.insert(index_key, ours.1);
         }
         Ok(())
     }
@@ -366,99 +480,168 @@ impl<'s> Changes<'s> {
         Ok(())
     }
 
+    /// Ends a round of a catch-up: returns its batch to write and starts the next round in
+    /// `self`, knowing what this one wrote. (Outcome notices are not kept: catching up
+    /// publishes none.)
+    pub fn finish_round(&mut self) -> Result<WriteBatch, StoreError> {
+        let mut written = self.written.take();
+        if let Some(written) = &mut written {
+            for task_id in self.tasks.keys() {
+                written.insert(task_id);
+            }
+        }
+        let tasks = self.tasks.len();
+        let next = Changes::with(self.store, self.totals.notify, written, RoundSize { tasks, batch_bytes: self.round.batch_bytes });
+        let round = std::mem::replace(self, next);
+        let (batch, _) = round.finish()?;
+        // A quarter more than this round's, so a slightly bigger round does not double it.
+        self.round.batch_bytes = batch.size_in_bytes() + batch.size_in_bytes() / 4;
+        Ok(batch)
+    }
+
     /// The batch to write and the outcomes it completes.
     pub fn finish(self) -> Result<(WriteBatch, Vec<OutcomeNotice>), StoreError> {
         let store = self.store;
-        let mut batch = WriteBatch::default();
-        let tasks_cf = store.cf(CF_TASKS)?;
+        let mut batch = WriteBatch::with_capacity_bytes(self.round.batch_bytes);
+        put_tasks(store, &mut batch, &self.tasks)?;
         let index_cf = store.cf(CF_INDEX)?;
-        // Keys in order: the memtable's skip list inserts a sorted run far faster than
-        // random keys (it reuses its search path).
-        let mut tasks: Vec<(String, TaskEntry)> = self.tasks.into_iter().collect();
-        tasks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut index_deletes = Vec::new();
-        let mut index_puts = Vec::new();
-        for (task_id, entry) in &tasks {
-            let keys = store::index_keys(&entry.view);
-            for old in &entry.original_keys {
-                if !keys.contains(old) {
-                    index_deletes.push(old.clone());
-                }
-            }
-            for key in keys {
-                if !entry.original_keys.contains(&key) {
-                    index_puts.push(key);
-                }
-            }
-            batch.put_cf(tasks_cf, task_id.as_bytes(), store::encode(&entry.view));
-        }
-        index_deletes.sort_unstable();
-        index_puts.sort_unstable();
-        for key in index_deletes {
-            batch.delete_cf(index_cf, key);
-        }
-        for key in index_puts {
-            batch.put_cf(index_cf, key, []);
-        }
         for (key, task_id) in self.idempotency {
             batch.put_cf(index_cf, key, task_id.as_bytes());
         }
+        let mut buffer = Vec::new();
         let agents_cf = store.cf(CF_AGENTS)?;
-        for (id, view) in self.agents {
-            batch.put_cf(agents_cf, id.as_bytes(), store::encode(&view));
+        for (id, view) in &self.agents {
+            batch.put_cf(agents_cf, id.as_bytes(), store::encode_into(view, &mut buffer));
         }
         let jobs_cf = store.cf(CF_JOBS)?;
-        for (id, view) in self.jobs {
-            batch.put_cf(jobs_cf, id.as_bytes(), store::encode(&view));
+        for (id, view) in &self.jobs {
+            batch.put_cf(jobs_cf, id.as_bytes(), store::encode_into(view, &mut buffer));
         }
+        let totals = self.totals;
         let stats_cf = store.cf(CF_STATS)?;
-        for (agent_type, counters) in self.counters {
-            batch.put_cf(stats_cf, store::stat_key(b'c', &agent_type), store::encode(&counters));
+        for (agent_type, counters) in &totals.counters {
+            batch.put_cf(stats_cf, store::stat_key(b'c', agent_type), store::encode_into(counters, &mut buffer));
         }
-        for ((tag, agent_type), histogram) in self.histograms {
-            batch.put_cf(stats_cf, store::stat_key(tag, &agent_type), store::encode_histogram(&histogram));
-        }
-        for (tenant, counters) in self.tenants {
-            batch.put_cf(stats_cf, store::stat_key(b'n', &tenant), store::encode(&counters));
-        }
-        let offsets_cf = store.cf(CF_OFFSETS)?;
-        for (topic, partitions) in self.offsets {
-            for (partition, next) in partitions {
-                batch.put_cf(offsets_cf, store::offset_key(&topic, partition), next.to_be_bytes());
+        for (measure, histograms) in [(Measure::Latency, &totals.latency), (Measure::Duration, &totals.durations)] {
+            for (agent_type, histogram) in histograms {
+                batch.put_cf(stats_cf, store::stat_key(measure.tag(), agent_type), store::encode_histogram(histogram));
             }
         }
-        Ok((batch, self.notices))
+        for (tenant, counters) in &totals.tenants {
+            batch.put_cf(stats_cf, store::stat_key(b'n', tenant), store::encode_into(counters, &mut buffer));
+        }
+        let offsets_cf = store.cf(CF_OFFSETS)?;
+        for (topic, partitions) in &self.offsets {
+            for (partition, next) in partitions {
+                batch.put_cf(offsets_cf, store::offset_key(topic, *partition), next.to_be_bytes());
+            }
+        }
+        Ok((batch, totals.notices))
     }
 }
 
+/// Puts the task views and their index changes, keys in order within each column family:
+/// the memtable's skip list inserts a sorted run far faster than random keys (it reuses its
+/// search path).
+fn put_tasks(store: &ProjectionStore, batch: &mut WriteBatch, tasks: &Map<String, Box<TaskEntry>>) -> Result<(), StoreError> {
+    let tasks_cf = store.cf(CF_TASKS)?;
+    let index_cf = store.cf(CF_INDEX)?;
+    let mut sorted: Vec<(&String, &Box<TaskEntry>)> = tasks.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut index_deletes = Vec::new();
+    let mut index_puts = Vec::with_capacity(sorted.len() * 3);
+    let mut buffer = Vec::new();
+    for (task_id, entry) in sorted {
+        let keys = store::index_keys(&entry.view);
+        for old in &entry.original_keys {
+            if !keys.contains(old) {
+                index_deletes.push(old.clone());
+            }
+        }
+        for key in keys {
+            if !entry.original_keys.contains(&key) {
+                index_puts.push(key);
+            }
+        }
+        batch.put_cf(tasks_cf, task_id.as_bytes(), store::encode_into(&entry.view, &mut buffer));
+    }
+    index_deletes.sort_unstable();
+    index_puts.sort_unstable();
+    for key in index_deletes {
+        batch.delete_cf(index_cf, key);
+    }
+    for key in index_puts {
+        batch.put_cf(index_cf, key, []);
+    }
+    Ok(())
+}
+
+/// The name a task event has in the timeline.
+fn timeline_name(event: &AnyEvent) -> &'static str {
+    match event {
+        AnyEvent::TaskSubmitted(_) => "TaskSubmitted",
+        AnyEvent::TaskStarted(_) => "TaskStarted",
+        AnyEvent::TaskProgress(_) => "TaskProgress",
+        AnyEvent::TaskRetryScheduled(_) => "TaskRetryScheduled",
+        AnyEvent::TaskCompleted(_) => "TaskCompleted",
+        AnyEvent::TaskFailed(_) => "TaskFailed",
+        AnyEvent::TaskDeadLettered(_) => "TaskDeadLettered",
+        AnyEvent::TaskCancelRequested(_) => "TaskCancelRequested",
+        AnyEvent::TaskCancelled(_) => "TaskCancelled",
+        AnyEvent::TaskExpired(_) => "TaskExpired",
+        _ => "",
+    }
+}
+
+/// The envelope of a task event.
+fn task_meta(event: &mut AnyEvent) -> Option<&mut Meta> {
+    Some(match event {
+        AnyEvent::TaskSubmitted(e) => &mut e.meta,
+        AnyEvent::TaskStarted(e) => &mut e.meta,
+        AnyEvent::TaskProgress(e) => &mut e.meta,
+        AnyEvent::TaskRetryScheduled(e) => &mut e.meta,
+        AnyEvent::TaskCompleted(e) => &mut e.meta,
+        AnyEvent::TaskFailed(e) => &mut e.meta,
+        AnyEvent::TaskDeadLettered(e) => &mut e.meta,
+        AnyEvent::TaskCancelRequested(e) => &mut e.meta,
+        AnyEvent::TaskCancelled(e) => &mut e.meta,
+        AnyEvent::TaskExpired(e) => &mut e.meta,
+        _ => return None,
+    })
+}
+
 /// What one task event does to its view (nothing here reads or counts anything else).
-/// Returns whether it was the task's first submit, and the outcome it replaced with whether
-/// that one had been counted and its latency recorded.
-fn apply_to_task(view: &mut TaskView, source: Source, event: &AnyEvent, meta: &Meta, at: i64) -> (bool, Option<(OutcomeView, bool, bool)>) {
-    if view.tenant.is_empty() {
-        view.tenant = meta.tenant.clone();
+/// Returns whether it was the task's first submit, and the outcome it replaced.
+fn apply_to_task(view: &mut TaskView, source: Source, mut event: AnyEvent) -> (bool, Option<Replaced>) {
+    let name = timeline_name(&event);
+    let Some(meta) = task_meta(&mut event) else { return (false, None) };
+    let at = meta.occurred_at.0;
+    // Moved out (the event is ours): the rest of the envelope is not projected.
+    let event_id = std::mem::take(&mut meta.event_id);
+    let tenant = std::mem::take(&mut meta.tenant);
+    // The submitter's tenant is the task's tenant; other events fill it in until it is known.
+    if matches!(event, AnyEvent::TaskSubmitted(_)) || view.tenant.is_empty() {
+        view.tenant = tenant;
     }
     view.created_at_us = view.created_at_us.min(at);
     view.updated_at_us = view.updated_at_us.max(at);
-    let mut entry = TimelineEntry { at_us: at, event: event.name().to_string(), event_id: meta.event_id.clone(), attempt: None, agent_id: None, detail: None };
+    let mut entry = TimelineEntry { at_us: at, event: name.to_string(), event_id, attempt: None, agent_id: None, detail: None };
     let mut first_submit = false;
     let mut replaced = None;
     match event {
         AnyEvent::TaskSubmitted(e) => {
-            // The submitter's tenant is the task's tenant.
-            view.tenant = e.meta.tenant.clone();
-            view.agent_type = Some(e.agent_type.clone());
+            view.agent_type = Some(e.agent_type);
             view.lane = Some(e.lane.as_str().to_string());
             if e.max_attempts > 0 {
                 view.max_attempts = Some(e.max_attempts);
             }
-            view.job_id = e.job_id.clone().or(view.job_id.take());
-            view.parent_task_id = e.parent_task_id.clone().or(view.parent_task_id.take());
-            view.idempotency_key = e.idempotency_key.clone().or(view.idempotency_key.take());
-            view.ordering_key = e.ordering_key.clone().or(view.ordering_key.take());
-            view.labels.extend(e.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+            view.job_id = e.job_id.or(view.job_id.take());
+            view.parent_task_id = e.parent_task_id.or(view.parent_task_id.take());
+            view.idempotency_key = e.idempotency_key.or(view.idempotency_key.take());
+            view.ordering_key = e.ordering_key.or(view.ordering_key.take());
+            view.labels.extend(e.labels);
             if view.input.is_none() {
-                view.input = Some(text_of(&e.input));
+                view.input = Some(text_of(e.input));
             }
             view.deadline_us = e.deadline.map(|d| d.0).or(view.deadline_us);
             entry.attempt = Some(e.attempt);
@@ -478,39 +661,40 @@ fn apply_to_task(view: &mut TaskView, source: Source, event: &AnyEvent, meta: &M
         }
         AnyEvent::TaskStarted(e) => {
             entry.attempt = Some(e.attempt);
-            entry.agent_id = Some(e.agent_id.clone());
             // Ties (a re-run of the same attempt elsewhere) resolve to the larger id, so
             // the result does not depend on arrival order.
             if e.attempt > view.attempts || (e.attempt == view.attempts && view.agent_id.as_ref().is_none_or(|a| *a < e.agent_id)) {
                 view.agent_id = Some(e.agent_id.clone());
             }
+            entry.agent_id = Some(e.agent_id);
             view.attempts = view.attempts.max(e.attempt);
         }
         AnyEvent::TaskProgress(e) => {
             entry.attempt = Some(e.attempt);
             entry.detail = e.message.clone();
-            let newer = view.progress.as_ref().is_none_or(|p| (p.at_us, &p.event_id) < (at, &e.meta.event_id));
+            let newer = view.progress.as_ref().is_none_or(|p| (p.at_us, &p.event_id) < (at, &entry.event_id));
             if newer {
-                view.progress = Some(ProgressView { at_us: at, event_id: e.meta.event_id.clone(), attempt: e.attempt, percent: e.percent, message: e.message.clone() });
+                view.progress = Some(ProgressView { at_us: at, event_id: entry.event_id.clone(), attempt: e.attempt, percent: e.percent, message: e.message });
             }
         }
         AnyEvent::TaskRetryScheduled(e) => {
             entry.attempt = Some(e.attempt);
-            entry.detail = Some(e.last_error.clone());
+            entry.detail = Some(e.last_error);
             view.max_retry = view.max_retry.max(e.attempt);
         }
         AnyEvent::TaskCancelRequested(e) => {
-            entry.detail = e.reason.clone();
+            entry.detail = e.reason;
             view.cancel_requested = true;
         }
-        _ => {
-            let outcome = match event {
+        outcome => {
+            let event_id = entry.event_id.clone();
+            let outcome = match outcome {
                 AnyEvent::TaskCompleted(e) => OutcomeView {
                     status: "completed".into(),
                     at_us: at,
-                    event_id: e.meta.event_id.clone(),
+                    event_id,
                     attempt: Some(e.attempt),
-                    output: Some(text_of(&e.output)),
+                    output: Some(text_of(e.output)),
                     duration_ms: Some(e.duration_ms),
                     error_kind: None,
                     message: None,
@@ -518,37 +702,37 @@ fn apply_to_task(view: &mut TaskView, source: Source, event: &AnyEvent, meta: &M
                 AnyEvent::TaskFailed(e) => OutcomeView {
                     status: "failed".into(),
                     at_us: at,
-                    event_id: e.meta.event_id.clone(),
+                    event_id,
                     attempt: Some(e.attempt),
                     output: None,
                     duration_ms: None,
-                    error_kind: Some(e.error_kind.clone()),
-                    message: Some(e.message.clone()),
+                    error_kind: Some(e.error_kind),
+                    message: Some(e.message),
                 },
                 AnyEvent::TaskDeadLettered(e) => OutcomeView {
                     status: "dead_lettered".into(),
                     at_us: at,
-                    event_id: e.meta.event_id.clone(),
+                    event_id,
                     attempt: Some(e.attempts),
                     output: None,
                     duration_ms: None,
-                    error_kind: Some(e.reason.clone()),
-                    message: Some(e.last_error.clone()),
+                    error_kind: Some(e.reason),
+                    message: Some(e.last_error),
                 },
                 AnyEvent::TaskCancelled(e) => OutcomeView {
                     status: "cancelled".into(),
                     at_us: at,
-                    event_id: e.meta.event_id.clone(),
+                    event_id,
                     attempt: None,
                     output: None,
                     duration_ms: None,
                     error_kind: None,
-                    message: e.reason.clone(),
+                    message: e.reason,
                 },
                 AnyEvent::TaskExpired(e) => OutcomeView {
                     status: "expired".into(),
                     at_us: at,
-                    event_id: e.meta.event_id.clone(),
+                    event_id,
                     attempt: None,
                     output: None,
                     duration_ms: None,
@@ -571,7 +755,7 @@ fn apply_to_task(view: &mut TaskView, source: Source, event: &AnyEvent, meta: &M
                     // Whether the dead letter was counted depends on what arrived before
                     // it (its type, its submit): take it back, so only the final outcome
                     // counts, as it does when the dead letter was never counted.
-                    replaced = Some((old, view.outcome_counted, view.latency_recorded));
+                    replaced = Some(Replaced { old, counted: view.outcome_counted, latency_recorded: view.latency_recorded });
                     view.outcome_counted = false;
                     view.latency_recorded = false;
                 }

@@ -11,7 +11,7 @@ use futures::FutureExt;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::apply::{Changes, OutcomeNotice, Source};
+use super::apply::{Changes, OutcomeNotice, Source, WrittenTasks};
 use super::store::{ProjectionStore, StoreError};
 use crate::agent::{AgentTypeConfig, TaskTopics};
 use crate::events::AnyEvent;
@@ -191,7 +191,10 @@ async fn open_sources(
 }
 
 /// Most records the reader decodes and hands over at once while catching up.
-pub const CATCH_UP_BATCH: usize = 16_384;
+pub const CATCH_UP_BATCH: usize = 2_048;
+/// Decoded batches waiting for the applier: ~130k records, enough to keep the reader busy
+/// while the applier writes a round (a few hundred ms) instead of stalling it.
+const CATCH_UP_QUEUE: usize = 64;
 /// Records applied in memory before they are written (with their offsets) while catching up.
 pub const CATCH_UP_WRITE_EVERY: usize = 262_144;
 
@@ -223,7 +226,7 @@ async fn decode_batch(codec: &WireCodec, records: Vec<ConsumedRecord>) -> Decode
 fn apply_decoded(
     store: &ProjectionStore,
     kinds: &HashMap<String, Source>,
-    batch: &DecodedBatch,
+    batch: DecodedBatch,
 ) -> Result<(HashMap<(String, i32), i64>, Vec<OutcomeNotice>, usize), ProjectorError> {
     let mut changes = Changes::new(store);
     for (record, event) in batch {
@@ -386,7 +389,7 @@ pub async fn run(log: Arc<dyn EventLog>, codec: Arc<WireCodec>, projection: Arc<
             continue;
         }
         let decoded = decode_batch(&codec, records).await;
-        match apply_decoded(&store, &kinds, &decoded) {
+        match apply_decoded(&store, &kinds, decoded) {
             Ok((offsets, notices, _)) => projection.published(&offsets, notices),
             Err(error) => break Err(error),
         }
@@ -418,7 +421,7 @@ pub async fn catch_up(
     let started = Instant::now();
     let kinds = kinds_of(sources);
     let (consumer, behind) = open_sources(log, sources, &store.offsets()?).await?;
-    let (sender, mut batches) = mpsc::channel(4);
+    let (sender, mut batches) = mpsc::channel(CATCH_UP_QUEUE);
     // The reader ends on its own once this receiver is dropped (also when this future is).
     let reader = tokio::spawn(read_history(consumer, behind_of(behind), codec, as_of_ms, sender));
     let mut records = 0;
@@ -426,7 +429,7 @@ pub async fn catch_up(
     let mut failure = None;
     // One set of changes across many batches: a task's events, spread over several topics,
     // fold into one write of its view. Offsets go into the same WriteBatch as always.
-    let mut changes = Changes::quiet(store);
+    let mut changes = if store.holds_tasks()? { Changes::quiet(store) } else { Changes::quiet_fresh(store, WrittenTasks::default()) };
     let mut pending = 0;
     while let Some(batch) = batches.recv().await {
         let batch = match batch {
@@ -438,7 +441,7 @@ pub async fn catch_up(
         };
         records += batch.len();
         pending += batch.len();
-        let applied = batch.iter().try_for_each(|(record, event)| {
+        let applied = batch.into_iter().try_for_each(|(record, event)| {
             changes.consumed(&record.topic, record.partition, record.offset);
             match event {
                 Some(event) => changes.apply(kinds.get(&record.topic).copied().unwrap_or(Source::Other), event),
@@ -451,7 +454,7 @@ pub async fn catch_up(
         }
         if pending >= CATCH_UP_WRITE_EVERY {
             events += changes.applied;
-            let finished = std::mem::replace(&mut changes, Changes::quiet(store)).finish().and_then(|(write, _)| store.write_unlogged(write));
+            let finished = changes.finish_round().and_then(|write| store.write_unlogged(write));
             pending = 0;
             if let Err(error) = finished {
                 failure = Some(error.into());

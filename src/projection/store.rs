@@ -83,29 +83,27 @@ pub fn created_key(created_at_us: i64) -> [u8; 8] {
 
 /// The index keys a task view has.
 pub fn index_keys(view: &TaskView) -> Vec<Vec<u8>> {
-    let mut keys = Vec::with_capacity(4);
-    let mut tail = created_key(view.created_at_us).to_vec();
-    tail.extend_from_slice(view.task_id.as_bytes());
-    let with = |tag: u8, parts: &[&str]| {
-        let mut key = vec![tag];
+    let created = created_key(view.created_at_us);
+    // Each key allocated once at its final size: this runs for every task of every batch.
+    let key = |tag: u8, part: Option<&str>| {
+        let len = 2 + view.tenant.len() + part.map_or(0, |p| p.len() + 1) + created.len() + view.task_id.len();
+        let mut key = Vec::with_capacity(len);
+        key.push(tag);
         key.extend_from_slice(view.tenant.as_bytes());
         key.push(0);
-        for part in parts {
+        if let Some(part) = part {
             key.extend_from_slice(part.as_bytes());
             key.push(0);
         }
+        key.extend_from_slice(&created);
+        key.extend_from_slice(view.task_id.as_bytes());
         key
     };
-    let mut t = with(b'T', &[]);
-    t.extend_from_slice(&tail);
-    keys.push(t);
-    let mut s = with(b'S', &[&view.status]);
-    s.extend_from_slice(&tail);
-    keys.push(s);
+    let mut keys = Vec::with_capacity(3);
+    keys.push(key(b'T', None));
+    keys.push(key(b'S', Some(&view.status)));
     if let Some(agent_type) = &view.agent_type {
-        let mut a = with(b'A', &[agent_type]);
-        a.extend_from_slice(&tail);
-        keys.push(a);
+        keys.push(key(b'A', Some(agent_type)));
     }
     keys
 }
@@ -141,6 +139,40 @@ pub fn stat_key(tag: u8, name: &str) -> Vec<u8> {
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Views are plain data (strings, numbers, maps with string keys): serialising cannot fail.
     postcard::to_stdvec(value).unwrap_or_default()
+}
+
+/// Postcard output appended to a borrowed Vec: single bytes are pushed inline (through
+/// `io::Write` each varint byte was a `memcpy` call).
+struct AppendTo<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Encodes `value` into `buffer` (cleared first) and returns the bytes: one buffer reused for
+/// every view of a batch instead of a new, repeatedly grown Vec per view. The bytes are the
+/// same as [`encode`]'s.
+pub fn encode_into<'b, T: Serialize>(value: &T, buffer: &'b mut Vec<u8>) -> &'b [u8] {
+    buffer.clear();
+    // Appending to a Vec cannot fail, and views are plain data (see [`encode`]).
+    if postcard::serialize_with_flavor::<T, _, _>(value, AppendTo(&mut *buffer)).is_err() {
+        buffer.clear();
+    }
+    buffer
 }
 
 pub fn decode<T: DeserializeOwned>(what: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
@@ -215,6 +247,15 @@ impl ProjectionStore {
         match self.db.get_cf(self.cf(cf)?, key).map_err(rocks("get"))? {
             Some(bytes) => decode(key, &bytes).map(Some),
             None => Ok(None),
+        }
+    }
+
+    /// Whether any task is stored (a catch-up into a store without any need not look up
+    /// the tasks it has not written itself).
+    pub fn holds_tasks(&self) -> Result<bool, StoreError> {
+        match self.db.iterator_cf(self.cf(CF_TASKS)?, IteratorMode::Start).next() {
+            Some(item) => item.map(|_| true).map_err(rocks("tasks scan")),
+            None => Ok(false),
         }
     }
 
