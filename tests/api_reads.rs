@@ -340,6 +340,27 @@ async fn idempotency_keys_batches_and_input_schemas() {
     assert_eq!(status, 202, "{other}");
     assert_ne!(other["task_id"], original.as_str());
 
+    // Racing submits of a new key (none of them can find it in the projection yet), and the
+    // key twice in one batch: one task is written, and every answer names it.
+    let marks = api.lane_marks().await;
+    let racing = (0..32).map(|n| post(&http, format!("{base}/v1/tasks"), me, json!({"agent_type": "echo", "input": {"n": n}, "idempotency_key": "race-1"})));
+    let answers = futures::future::join_all(racing).await;
+    let winner = answers.iter().find(|(status, _)| *status == 202).map(|(_, body)| body["task_id"].clone()).expect("one submit wrote the task");
+    for (status, body) in &answers {
+        assert!(*status == 202 || (*status == 200 && body["duplicate"] == true), "{status} {body}");
+        assert_eq!(body["task_id"], winner, "every racing submit names the one task: {body}");
+    }
+    let (status, twice) = post(&http, format!("{base}/v1/tasks/batch"), me, json!({"tasks": [
+        {"agent_type": "echo", "input": {}, "idempotency_key": "race-2"},
+        {"agent_type": "echo", "input": {}, "idempotency_key": "race-2"},
+    ]}))
+    .await;
+    assert_eq!(status, 202, "{twice}");
+    assert_eq!(twice["tasks"][0]["task_id"], twice["tasks"][1]["task_id"], "{twice}");
+    assert_eq!(twice["tasks"][1]["duplicate"], true, "{twice}");
+    let written: i64 = api.lane_marks().await.iter().sum::<i64>() - marks.iter().sum::<i64>();
+    assert_eq!(written, 2, "one record per key");
+
     // A batch is accepted in order: answers in request order, one ordering key → one
     // partition, offsets increasing.
     let ids: Vec<String> = (0..6).map(|i| format!("batch-{i}")).collect();

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod auth;
 pub mod error;
+pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
@@ -119,6 +120,8 @@ pub struct ApiState {
     pub admin: Option<admin::AdminContext>,
     /// Cancelled when the server shuts down: ends open event streams.
     pub closing: CancellationToken,
+    /// Idempotency keys written by this process that the projection may not show yet.
+    pub claims: idempotency::Claims,
 }
 
 impl ApiState {
@@ -142,7 +145,7 @@ impl ApiState {
             }
         }
         let auth = auth::Auth::new(&config);
-        Ok(ApiState { log, client, agents, projection, config, auth, schemas, metrics: metrics::Metrics::new(), admin: None, closing: CancellationToken::new() })
+        Ok(ApiState { log, client, agents, projection, config, auth, schemas, metrics: metrics::Metrics::new(), admin: None, closing: CancellationToken::new(), claims: idempotency::Claims::default() })
     }
 }
 

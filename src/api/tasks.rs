@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -293,11 +293,28 @@ pub async fn submit(
     let Query(wait) = wait.map_err(query_error)?;
     let Json(request) = body.map_err(body_error)?;
     let task = validate(&state, &tenant, request, "")?;
+    // A keyed submit holds its key's claim until written, so a concurrent one with the same
+    // key finds this task instead of writing a second (the projection may not show it yet).
+    let mut claim = match &task.idempotency_key {
+        Some(key) => Some(state.claims.claim(&tenant, key).await),
+        None => None,
+    };
+    if let Some((id, _)) = claim.as_ref().and_then(|c| c.written.as_ref()) {
+        let mut body = json!({"task_id": id, "duplicate": true});
+        if let Some(view) = state.projection.store().task(id)?.filter(|v| v.tenant == tenant) {
+            body["task"] = task_json(&view);
+        }
+        return Ok((StatusCode::OK, Json(body)));
+    }
     if let Some(view) = existing(&state, &tenant, &task)? {
         return Ok((StatusCode::OK, Json(json!({"task_id": view.task_id, "duplicate": true, "task": task_json(&view)}))));
     }
     check_quota(&state, &tenant, 1)?;
     let submitted = state.client.submit(&task).await.map_err(client_error)?;
+    if let Some(claim) = claim.as_mut() {
+        claim.written = Some((task.task_id.clone(), Instant::now()));
+    }
+    drop(claim);
     let mut body = submitted_json(&submitted);
     if let Some(wait) = wait_of(&state, wait.wait_ms)
         && let Some(view) = wait_outcome(&state.projection, &tenant, &task.task_id, wait).await?
@@ -321,19 +338,54 @@ pub async fn submit_batch(State(state): State<Arc<ApiState>>, Tenant(tenant): Te
     for (i, request) in batch.tasks.into_iter().enumerate() {
         tasks.push(validate(&state, &tenant, request, &format!("tasks[{i}]."))?);
     }
+    // The batch's keys are claimed together (see `submit`); a key named twice in the batch
+    // is written once, and its later mentions answer with the first one's task.
+    let mut claims = state.claims.claim_all(&tenant, tasks.iter().filter_map(|t| t.idempotency_key.as_deref())).await;
     let mut answers = vec![Value::Null; tasks.len()];
+    let mut in_batch: HashMap<String, String> = HashMap::new();
     let mut fresh = Vec::new();
     for (i, task) in tasks.into_iter().enumerate() {
+        let earlier = match &task.idempotency_key {
+            Some(key) => match claims.get(key).and_then(|c| c.written.as_ref()) {
+                Some((id, _)) => Some(id.clone()),
+                None => in_batch.get(key).cloned(),
+            },
+            None => None,
+        };
+        if let Some(id) = earlier {
+            answers[i] = json!({"task_id": id, "duplicate": true});
+            continue;
+        }
         match existing(&state, &tenant, &task)? {
             Some(view) => answers[i] = json!({"task_id": view.task_id, "duplicate": true}),
-            None => fresh.push((i, task)),
+            None => {
+                if let Some(key) = &task.idempotency_key {
+                    in_batch.insert(key.clone(), task.task_id.clone());
+                }
+                fresh.push((i, task));
+            }
         }
     }
     check_quota(&state, &tenant, fresh.len() as u64)?;
     let sends = fresh.iter().map(|(_, task)| state.client.submit(task));
     let results = futures::future::join_all(sends).await;
-    for ((i, _), result) in fresh.iter().zip(results) {
-        answers[*i] = submitted_json(&result.map_err(client_error)?);
+    let now = Instant::now();
+    let mut failure = None;
+    for ((i, task), result) in fresh.iter().zip(results) {
+        match result {
+            Ok(submitted) => {
+                answers[*i] = submitted_json(&submitted);
+                // Every written key is remembered, even when a later task of the batch failed.
+                if let Some(claim) = task.idempotency_key.as_ref().and_then(|key| claims.get_mut(key)) {
+                    claim.written = Some((task.task_id.clone(), now));
+                }
+            }
+            Err(error) => failure = failure.or(Some(error)),
+        }
+    }
+    drop(claims);
+    if let Some(error) = failure {
+        return Err(client_error(error));
     }
     Ok((StatusCode::ACCEPTED, Json(json!({ "tasks": answers }))))
 }
