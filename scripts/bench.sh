@@ -13,7 +13,7 @@ trap 'scripts/kafka-local.sh stop >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 echo "== embedded, fsync=never (default)"
 AGENTLOG__LOG__EMBEDDED__DATA_DIR="$work/never" "$bin" bench log --records "$records"
 echo "== embedded tasks end to end"
-AGENTLOG__LOG__EMBEDDED__DATA_DIR="$work/tasks" "$bin" bench tasks --tasks 200000 --rate 10000 --seconds 10
+AGENTLOG__LOG__EMBEDDED__DATA_DIR="$work/tasks" "$bin" bench tasks --tasks 200000 --rate 10000 --seconds 10 --concurrency 256
 echo "== embedded projection rebuild and snapshot restore"
 AGENTLOG__LOG__EMBEDDED__DATA_DIR="$work/projection" "$bin" bench projection --events 1000000 --tail 50000
 echo "== HTTP API on the embedded log (agentlog api; load from a separate process)"
@@ -26,7 +26,7 @@ AGENTLOG__LOG__BACKEND=kafka AGENTLOG__LOG__KAFKA__BOOTSTRAP_SERVERS="$(scripts/
   "$bin" bench log --records "$records"
 echo "== kafka tasks end to end"
 AGENTLOG__LOG__BACKEND=kafka AGENTLOG__LOG__KAFKA__BOOTSTRAP_SERVERS="$(scripts/kafka-local.sh bootstrap)" \
-  "$bin" bench tasks --tasks 100000 --rate 5000 --seconds 10 --failover
+  "$bin" bench tasks --tasks 100000 --rate 5000 --seconds 10 --concurrency 256 --failover
 echo "== kafka projection rebuild and snapshot restore"
 AGENTLOG__LOG__BACKEND=kafka AGENTLOG__LOG__KAFKA__BOOTSTRAP_SERVERS="$(scripts/kafka-local.sh bootstrap)" \
   "$bin" bench projection --events 1000000 --tail 50000
