@@ -59,6 +59,15 @@ impl AnyEvent {
     /// Short name of the variant (`TaskCompleted`), for logs and tests.
     pub fn name(&self) -> &str {
         match self {
+            AnyEvent::Unknown { name } => name,
+            known => known.known_name().unwrap_or_default(),
+        }
+    }
+
+    /// The short name of a known variant, borrowed from nothing (so it outlives the event,
+    /// which the projection moves apart while applying it); `None` for [`AnyEvent::Unknown`].
+    pub fn known_name(&self) -> Option<&'static str> {
+        Some(match self {
             AnyEvent::TaskSubmitted(_) => "TaskSubmitted",
             AnyEvent::TaskStarted(_) => "TaskStarted",
             AnyEvent::TaskProgress(_) => "TaskProgress",
@@ -76,8 +85,8 @@ impl AnyEvent {
             AnyEvent::AgentDeregistered(_) => "AgentDeregistered",
             AnyEvent::JobSubmitted(_) => "JobSubmitted",
             AnyEvent::JobCompleted(_) => "JobCompleted",
-            AnyEvent::Unknown { name } => name,
-        }
+            AnyEvent::Unknown { .. } => return None,
+        })
     }
 }
 

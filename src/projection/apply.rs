@@ -576,23 +576,6 @@ fn put_tasks(store: &ProjectionStore, batch: &mut WriteBatch, tasks: &Map<String
     Ok(())
 }
 
-/// The name a task event has in the timeline.
-fn timeline_name(event: &AnyEvent) -> &'static str {
-    match event {
-        AnyEvent::TaskSubmitted(_) => "TaskSubmitted",
-        AnyEvent::TaskStarted(_) => "TaskStarted",
-        AnyEvent::TaskProgress(_) => "TaskProgress",
-        AnyEvent::TaskRetryScheduled(_) => "TaskRetryScheduled",
-        AnyEvent::TaskCompleted(_) => "TaskCompleted",
-        AnyEvent::TaskFailed(_) => "TaskFailed",
-        AnyEvent::TaskDeadLettered(_) => "TaskDeadLettered",
-        AnyEvent::TaskCancelRequested(_) => "TaskCancelRequested",
-        AnyEvent::TaskCancelled(_) => "TaskCancelled",
-        AnyEvent::TaskExpired(_) => "TaskExpired",
-        _ => "",
-    }
-}
-
 /// The envelope of a task event.
 fn task_meta(event: &mut AnyEvent) -> Option<&mut Meta> {
     Some(match event {
@@ -613,7 +596,7 @@ fn task_meta(event: &mut AnyEvent) -> Option<&mut Meta> {
 /// What one task event does to its view (nothing here reads or counts anything else).
 /// Returns whether it was the task's first submit, and the outcome it replaced.
 fn apply_to_task(view: &mut TaskView, source: Source, mut event: AnyEvent) -> (bool, Option<Replaced>) {
-    let name = timeline_name(&event);
+    let name = event.known_name().unwrap_or_default();
     let Some(meta) = task_meta(&mut event) else { return (false, None) };
     let at = meta.occurred_at.0;
     // Moved out (the event is ours): the rest of the envelope is not projected.
