@@ -580,7 +580,7 @@ async fn consume(
     if commit && group.is_none() {
         bail!("--commit needs --group");
     }
-    let mut consumer = log.consumer(ConsumerOptions { group: group.clone(), client_id: Some("agentlog-cli".into()) })?;
+    let mut consumer = log.consumer(ConsumerOptions { group: group.clone(), client_id: Some("agentlog-cli".into()), ..Default::default() })?;
     if group.is_some() {
         consumer.subscribe(std::slice::from_ref(&topic))?;
     } else {

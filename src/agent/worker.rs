@@ -157,7 +157,7 @@ pub async fn run_worker(
     };
     let mut presence = Presence::register(codec.clone(), producer.clone(), topics.clone(), identity, settings.heartbeat_interval, load.clone()).await?;
 
-    let mut consumer = log.consumer(ConsumerOptions { group: Some(format!("agents.{}", settings.agent_type)), client_id: Some(settings.worker_id.clone()) })?;
+    let mut consumer = log.consumer(ConsumerOptions { group: Some(format!("agents.{}", settings.agent_type)), client_id: Some(settings.worker_id.clone()), ..Default::default() })?;
     consumer.subscribe(&lane_topics)?;
     let mut delivery = if settings.agent.exactly_once {
         let id = format!("agentlog-worker-{}", settings.worker_id);

@@ -165,6 +165,11 @@ pub struct ConsumerOptions {
     pub group: Option<String>,
     /// A stable name for this member in logs (hostname, worker id).
     pub client_id: Option<String>,
+    /// Deliver records of different partitions in timestamp order where the backend can
+    /// (the embedded log; Kafka's interleaving is librdkafka's). A projection reading many
+    /// topics sets it, so a task's events, written together on several topics, are read
+    /// together.
+    pub time_ordered: bool,
 }
 
 /// A backend: the factory for producers, consumers, transactions and admin.

@@ -185,7 +185,7 @@ async fn open_sources(
             assignment.push((tp, SeekTo::Offset(from)));
         }
     }
-    let mut consumer = log.consumer(ConsumerOptions { group: None, client_id: Some("agentlog-projector".into()) })?;
+    let mut consumer = log.consumer(ConsumerOptions { group: None, client_id: Some("agentlog-projector".into()), time_ordered: true })?;
     consumer.assign(&assignment).await?;
     Ok((consumer, behind))
 }

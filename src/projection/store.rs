@@ -203,6 +203,11 @@ impl ProjectionStore {
         let cfs = ALL_CFS.iter().map(|name| {
             let mut cf = Options::default();
             cf.set_write_buffer_size(if *name == CF_TASKS { 64 << 20 } else { 16 << 20 });
+            // A catch-up writes hundreds of MB in minutes and flushes several L0 files; at
+            // RocksDB's default of 4 a restored checkpoint starts compacting as it opens, and
+            // on a small machine that compaction competed with applying the tail (restore
+            // 0.19 s instead of 0.13 s for 50,000 events). Reads stay bloom-filtered per file.
+            cf.set_level_zero_file_num_compaction_trigger(8);
             // Applying events looks tasks up by id, mostly ids not stored yet: bloom filters
             // answer those misses without reading blocks.
             let mut table = rocksdb::BlockBasedOptions::default();

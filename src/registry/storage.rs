@@ -103,7 +103,7 @@ impl Tail {
     /// Assigns partition 0 from the earliest offset. Done before spawning so a failure is
     /// reported by `Registry::open` rather than lost in a task.
     pub async fn start(log: &dyn EventLog, topic: &str) -> Result<Box<dyn Consumer>, RegistryError> {
-        let options = ConsumerOptions { group: None, client_id: Some("agentlog-schema-registry".to_owned()) };
+        let options = ConsumerOptions { group: None, client_id: Some("agentlog-schema-registry".to_owned()), ..Default::default() };
         let mut consumer = log.consumer(options).map_err(|source| RegistryError::Storage { operation: "open consumer", source })?;
         consumer
             .assign(&[(TopicPartition::new(topic, PARTITION), SeekTo::Earliest)])

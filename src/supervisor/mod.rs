@@ -64,7 +64,7 @@ pub struct SupervisorSettings {
 pub async fn run_supervisor(log: Arc<dyn EventLog>, codec: Arc<WireCodec>, settings: SupervisorSettings, shutdown: CancellationToken) -> Result<(), SupervisorError> {
     let topics = TaskTopics::new(settings.topic_prefix.clone());
     let control = TopicPartition::new(topics.control(), 0);
-    let mut election = log.consumer(ConsumerOptions { group: Some("agentlog.supervisor".into()), client_id: Some(settings.supervisor_id.clone()) })?;
+    let mut election = log.consumer(ConsumerOptions { group: Some("agentlog.supervisor".into()), client_id: Some(settings.supervisor_id.clone()), ..Default::default() })?;
     election.subscribe(std::slice::from_ref(&control.topic))?;
     let mut leading: Option<Leadership> = None;
     let result = loop {

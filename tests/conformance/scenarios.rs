@@ -84,7 +84,7 @@ pub async fn group_members_split_partitions_and_failover(h: &mut Harness) {
     let spawn_member = |name: &'static str| {
         let mut consumer = h
             .log()
-            .consumer(ConsumerOptions { group: Some(group.clone()), client_id: Some(name.into()) })
+            .consumer(ConsumerOptions { group: Some(group.clone()), client_id: Some(name.into()), ..Default::default() })
             .expect("consumer");
         consumer.subscribe(std::slice::from_ref(&topic)).expect("subscribe");
         let (assignment_tx, assignment_rx) = watch::channel(Vec::<TopicPartition>::new());
@@ -152,7 +152,7 @@ pub async fn uncommitted_records_are_delivered_again(h: &mut Harness) {
     }
     let group = unique("g");
     let tp = TopicPartition::new(&topic, 0);
-    let mut first = h.log().consumer(ConsumerOptions { group: Some(group.clone()), client_id: None }).expect("consumer");
+    let mut first = h.log().consumer(ConsumerOptions { group: Some(group.clone()), client_id: None, ..Default::default() }).expect("consumer");
     first.subscribe(std::slice::from_ref(&topic)).expect("subscribe");
     let got = read_records(first.as_mut(), 5, WITHIN).await;
     assert_eq!(got.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
@@ -160,7 +160,7 @@ pub async fn uncommitted_records_are_delivered_again(h: &mut Harness) {
     assert_eq!(first.committed(std::slice::from_ref(&tp)).await.expect("committed"), vec![Some(3)]);
     first.close().await.expect("close");
 
-    let mut second = h.log().consumer(ConsumerOptions { group: Some(group), client_id: None }).expect("consumer");
+    let mut second = h.log().consumer(ConsumerOptions { group: Some(group), client_id: None, ..Default::default() }).expect("consumer");
     second.subscribe(std::slice::from_ref(&topic)).expect("subscribe");
     let again = read_records(second.as_mut(), 7, WITHIN).await;
     assert_eq!(again.iter().map(|r| r.offset).collect::<Vec<_>>(), (3..10).collect::<Vec<_>>());
@@ -206,7 +206,7 @@ pub async fn transactions_are_all_or_nothing(h: &mut Harness) {
     let group = unique("g");
     let in_tp = TopicPartition::new(&input, 0);
 
-    let mut member = h.log().consumer(ConsumerOptions { group: Some(group.clone()), client_id: None }).expect("consumer");
+    let mut member = h.log().consumer(ConsumerOptions { group: Some(group.clone()), client_id: None, ..Default::default() }).expect("consumer");
     member.subscribe(std::slice::from_ref(&input)).expect("subscribe");
     let command = read_records(member.as_mut(), 1, WITHIN).await.remove(0);
 
@@ -315,7 +315,7 @@ pub async fn watermarks_and_lag(h: &mut Harness) {
     assert_eq!((empty.low, empty.high), (0, 0));
 
     let group = unique("g");
-    let mut member = h.log().consumer(ConsumerOptions { group: Some(group.clone()), client_id: None }).expect("consumer");
+    let mut member = h.log().consumer(ConsumerOptions { group: Some(group.clone()), client_id: None, ..Default::default() }).expect("consumer");
     member.subscribe(std::slice::from_ref(&topic)).expect("subscribe");
     read_records(member.as_mut(), 4, WITHIN).await;
     member.commit(&[(TopicPartition::new(&topic, 0), 4)]).await.expect("commit");

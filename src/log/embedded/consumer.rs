@@ -6,7 +6,8 @@
 //! channels of the topics it reads (bumped by the writer after each commit), or shutdown.
 //! Dropping its future therefore loses nothing.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
@@ -62,6 +63,12 @@ pub(crate) struct EmbeddedConsumer {
     cursors: Vec<Cursor>,
     /// Round-robin start for the next delivery, so one partition cannot starve the others.
     next: usize,
+    /// Deliver the earliest buffered record across partitions instead of round-robin.
+    time_ordered: bool,
+    /// With `time_ordered`: (head timestamp, cursor) of every cursor with buffered records.
+    heads: BinaryHeap<Reverse<(i64, usize)>>,
+    /// Whether `heads` matches the cursors (cleared by anything that moves or pauses one).
+    heads_valid: bool,
     /// Rebalance events not yet returned (they precede any record of the new assignment).
     pending: VecDeque<ConsumerEvent>,
     /// One change channel per topic read.
@@ -78,6 +85,9 @@ impl EmbeddedConsumer {
             mode: Mode::Idle,
             cursors: Vec::new(),
             next: 0,
+            time_ordered: options.time_ordered,
+            heads: BinaryHeap::new(),
+            heads_valid: false,
             pending: VecDeque::new(),
             watchers: Vec::new(),
         }
@@ -116,6 +126,7 @@ impl EmbeddedConsumer {
                 .into_iter()
                 .partition(|c| !c.topic.is_deleted() && new.partitions.binary_search(&c.tp).is_ok());
         self.cursors = kept;
+        self.heads_valid = false;
         let added: Vec<TopicPartition> =
             new.partitions.iter().filter(|tp| !self.cursors.iter().any(|c| &c.tp == *tp)).cloned().collect();
         let committed = reader::committed(shared, &group, &added)?;
@@ -142,6 +153,9 @@ impl EmbeddedConsumer {
 
     /// The next buffered or fetchable record, round-robin across readable partitions.
     fn poll_record(&mut self, shared: &Shared) -> LogResult<Option<ConsumedRecord>> {
+        if self.time_ordered {
+            return self.poll_earliest(shared);
+        }
         let n = self.cursors.len();
         for step in 0..n {
             let i = (self.next + step) % n;
@@ -167,6 +181,53 @@ impl EmbeddedConsumer {
         Ok(None)
     }
 
+    /// Refills cursor `i`'s buffer if it is empty and readable; returns its head timestamp.
+    fn refill(&mut self, shared: &Shared, i: usize) -> LogResult<Option<i64>> {
+        let c = &mut self.cursors[i];
+        if c.paused || c.topic.is_deleted() {
+            return Ok(None);
+        }
+        if c.buffer.is_empty() {
+            let low = c.topic.watermarks(c.tp.partition as u32).map_or(0, |(low, _)| low);
+            if c.position < low {
+                c.seek(low);
+            }
+            c.fetch_from = c.fetch_from.max(c.position);
+            reader::fetch(shared, &c.topic, &c.tp, &mut c.fetch_from, &mut c.buffer)?;
+        }
+        Ok(c.buffer.front().map(|r| r.timestamp_ms))
+    }
+
+    /// The earliest buffered record across readable partitions (ties: the lower cursor).
+    /// A projection reads many topics at once, and a task's events sit on several of them
+    /// at similar times: read in time order they arrive close together, instead of one
+    /// topic running far ahead of another because it holds fewer records per task.
+    fn poll_earliest(&mut self, shared: &Shared) -> LogResult<Option<ConsumedRecord>> {
+        for attempt in 0..2 {
+            if !self.heads_valid || attempt == 1 {
+                // Rebuilt when stale, and once more when nothing is buffered: partitions that
+                // had nothing at the last look may have received records since.
+                self.heads.clear();
+                for i in 0..self.cursors.len() {
+                    if let Some(at) = self.refill(shared, i)? {
+                        self.heads.push(Reverse((at, i)));
+                    }
+                }
+                self.heads_valid = true;
+            }
+            while let Some(Reverse((_, i))) = self.heads.pop() {
+                let c = &mut self.cursors[i];
+                let Some(record) = c.buffer.pop_front() else { continue };
+                c.position = record.offset + 1;
+                if let Some(at) = self.refill(shared, i)? {
+                    self.heads.push(Reverse((at, i)));
+                }
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
+    }
+
     fn leave(&mut self) {
         if let (Mode::Member { id, .. }, Some(shared), Some(group)) = (&self.mode, self.shared.upgrade(), self.group.as_deref()) {
             let ingress = Arc::clone(&shared.ingress);
@@ -174,6 +235,7 @@ impl EmbeddedConsumer {
         }
         self.mode = Mode::Idle;
         self.cursors.clear();
+        self.heads_valid = false;
         self.watchers.clear();
     }
 
@@ -257,6 +319,7 @@ impl Consumer for EmbeddedConsumer {
         cursors.sort_by(|a, b| a.tp.cmp(&b.tp));
         cursors.dedup_by(|a, b| a.tp == b.tp);
         self.cursors = cursors;
+        self.heads_valid = false;
         self.next = 0;
         self.mode = Mode::Assigned;
         self.rebuild_watchers();
@@ -293,6 +356,7 @@ impl Consumer for EmbeddedConsumer {
         })?;
         let position = reader::resolve_seek(&shared, &cursor.topic, partition.partition as u32, to)?;
         cursor.seek(position);
+        self.heads_valid = false;
         Ok(())
     }
 
@@ -300,11 +364,13 @@ impl Consumer for EmbeddedConsumer {
     /// before the caller saw the Revoked event.
     fn pause(&mut self, partitions: &[TopicPartition]) -> LogResult<()> {
         self.cursors.iter_mut().filter(|c| partitions.contains(&c.tp)).for_each(|c| c.paused = true);
+        self.heads_valid = false;
         Ok(())
     }
 
     fn resume(&mut self, partitions: &[TopicPartition]) -> LogResult<()> {
         self.cursors.iter_mut().filter(|c| partitions.contains(&c.tp)).for_each(|c| c.paused = false);
+        self.heads_valid = false;
         Ok(())
     }
 

@@ -119,7 +119,7 @@ async fn group_members_split_partitions_and_take_over_when_one_leaves() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = open(dir.path());
     create(&log, TopicSpec::new("t", 4)).await;
-    let group = || ConsumerOptions { group: Some("g".into()), client_id: None };
+    let group = || ConsumerOptions { group: Some("g".into()), client_id: None, ..Default::default() };
     let topics = vec!["t".to_string()];
     let mut c1 = log.consumer(group()).expect("consumer");
     c1.subscribe(&topics).expect("subscribe");
@@ -151,7 +151,7 @@ async fn committed_offsets_survive_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = EmbeddedLog::open(&EmbeddedConfig { fsync: FsyncPolicy::Always, ..config(dir.path()) }, 1 << 20).expect("open");
     create(&log, TopicSpec::new("t", 2)).await;
-    let mut consumer = log.consumer(ConsumerOptions { group: Some("g".into()), client_id: None }).expect("consumer");
+    let mut consumer = log.consumer(ConsumerOptions { group: Some("g".into()), client_id: None, ..Default::default() }).expect("consumer");
     consumer.assign(&[(tp("t", 0), SeekTo::Earliest), (tp("t", 1), SeekTo::Earliest)]).await.expect("assign");
     consumer.commit(&[(tp("t", 0), 7), (tp("t", 1), 3)]).await.expect("commit");
     drop(consumer);
@@ -168,7 +168,7 @@ async fn transactions_are_all_or_nothing() {
     let log = open(dir.path());
     create(&log, TopicSpec::new("in", 1)).await;
     create(&log, TopicSpec::new("out", 2)).await;
-    let mut member = log.consumer(ConsumerOptions { group: Some("g".into()), client_id: None }).expect("consumer");
+    let mut member = log.consumer(ConsumerOptions { group: Some("g".into()), client_id: None, ..Default::default() }).expect("consumer");
     member.subscribe(&["in".to_string()]).expect("subscribe");
     assert!(matches!(next(&mut member).await, ConsumerEvent::Assigned(_)));
     let producer = log.transactional_producer("tx").expect("transactional producer");
@@ -321,4 +321,39 @@ async fn dropping_the_log_without_shutdown_stops_it_and_releases_the_database() 
     // Handles that outlive the log hold no strong reference: the database can be reopened.
     let log = open(dir.path());
     assert_eq!(marks(&log, "t", 0).await, Watermarks { low: 0, high: 1 });
+}
+
+#[tokio::test]
+async fn a_time_ordered_consumer_delivers_the_earliest_record_across_partitions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    create(&log, TopicSpec::new("dense", 1)).await;
+    create(&log, TopicSpec::new("sparse", 1)).await;
+    // "dense" holds two records per tick, "sparse" one: round-robin would read "sparse"
+    // twice as fast, and records of one tick would end up far apart.
+    let producer = log.producer().expect("producer");
+    for tick in 0..100i64 {
+        for (topic, copies) in [("dense", 2), ("sparse", 1)] {
+            for _ in 0..copies {
+                producer.send(Record::new(topic, format!("{tick}")).with_timestamp(1_000 + tick)).await.expect("send").await.expect("durable");
+            }
+        }
+    }
+    let mut consumer = log.consumer(ConsumerOptions { time_ordered: true, ..Default::default() }).expect("consumer");
+    consumer.assign(&[(tp("dense", 0), SeekTo::Earliest), (tp("sparse", 0), SeekTo::Earliest)]).await.expect("assign");
+    let mut seen = Vec::new();
+    for _ in 0..300 {
+        let record = next_record(&mut consumer).await;
+        seen.push((record.timestamp_ms, record.topic));
+    }
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "timestamps never go back: {:?}", &seen[..12]);
+    assert_eq!(seen.iter().filter(|(_, t)| t == "dense").count(), 200, "every record once");
+
+    // A paused partition is skipped; resumed, it continues where it stopped.
+    producer.send(Record::new("dense", "late").with_timestamp(5_000)).await.expect("send").await.expect("durable");
+    producer.send(Record::new("sparse", "early").with_timestamp(4_000)).await.expect("send").await.expect("durable");
+    consumer.pause(&[tp("sparse", 0)]).expect("pause");
+    assert_eq!(next_record(&mut consumer).await.payload, Bytes::from("late"));
+    consumer.resume(&[tp("sparse", 0)]).expect("resume");
+    assert_eq!(next_record(&mut consumer).await.payload, Bytes::from("early"));
 }
