@@ -179,6 +179,10 @@ pub trait EventLog: Send + Sync {
     fn backend(&self) -> &'static str;
     /// Where the log lives, for humans: a directory or bootstrap servers.
     fn location(&self) -> String;
+    /// Whether consumers honour [`ConsumerOptions::time_ordered`].
+    fn orders_by_time(&self) -> bool {
+        false
+    }
     fn producer(&self) -> LogResult<Arc<dyn Producer>>;
     fn consumer(&self, options: ConsumerOptions) -> LogResult<Box<dyn Consumer>>;
     fn transactional_producer(&self, transactional_id: &str) -> LogResult<Arc<dyn TransactionalProducer>>;

@@ -183,6 +183,10 @@ impl EmbeddedLog {
 
 #[async_trait]
 impl EventLog for EmbeddedLog {
+    fn orders_by_time(&self) -> bool {
+        true
+    }
+
     fn backend(&self) -> &'static str {
         "embedded"
     }
