@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod any;
+pub mod avro_binary;
 pub mod catalog;
 pub mod check;
 pub mod job;

@@ -114,6 +114,11 @@ fn roundtrip<T: Event + Sample>(value: T) {
         .write_value_to_vec(v)
         .unwrap_or_else(|e| panic!("{}: {e}", T::NAME));
     assert_eq!(via_value, bytes, "{}: both encoders agree", T::NAME);
+    // The direct writer the wire codec uses must write exactly apache-avro's bytes.
+    let resolved = apache_avro::schema::ResolvedSchema::try_from(&schema).expect("resolves");
+    let mut direct = Vec::new();
+    super::avro_binary::write(&schema, resolved.get_names(), &value, &mut direct).unwrap_or_else(|e| panic!("{}: {e}", T::NAME));
+    assert_eq!(direct, bytes, "{}: the direct writer agrees", T::NAME);
     let read = reader.read_value(&mut &bytes[..]).expect("read_value");
     let back: T = apache_avro::from_value(&read).unwrap_or_else(|e| panic!("{}: {e}", T::NAME));
     assert_eq!(back, value, "{}: via Value", T::NAME);

@@ -150,7 +150,12 @@ impl WireCodec {
         let mut out = Vec::with_capacity(256);
         out.push(MAGIC_BYTE);
         out.extend_from_slice(&id.to_be_bytes());
-        apache_avro::write_avro_datum_ref(ty.reader, ty.names.get_names(), value, &mut out).map_err(|e| WireError::Encode { reason: e.to_string() })?;
+        if super::avro_binary::write(ty.reader, ty.names.get_names(), value, &mut out).is_err() {
+            // A shape the direct writer leaves to apache-avro (none of ours today): its error,
+            // if any, is the one to report.
+            out.truncate(5);
+            apache_avro::write_avro_datum_ref(ty.reader, ty.names.get_names(), value, &mut out).map_err(|e| WireError::Encode { reason: e.to_string() })?;
+        }
         Ok(out)
     }
 
