@@ -95,9 +95,9 @@ pub async fn decode_any(codec: &WireCodec, bytes: &[u8]) -> Result<AnyEvent, Wir
     let name = codec.writer_name(bytes).await?;
     macro_rules! pick {
         ($($ty:ident),*) => {
-            match name.as_str() {
+            match &*name {
                 $(concat!("io.agentlog.v1.", stringify!($ty)) => AnyEvent::$ty(codec.decode::<$ty>(bytes).await?.1),)*
-                _ => AnyEvent::Unknown { name },
+                _ => AnyEvent::Unknown { name: name.to_string() },
             }
         };
     }

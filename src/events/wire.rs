@@ -106,6 +106,8 @@ pub struct WireCodec {
     /// Per (writer schema id, reader type): a reader when the two schemas are the same (the
     /// fast path), `None` when the data needs resolving.
     readers: RwLock<HashMap<(u32, TypeId), Option<FastReader>>>,
+    /// Per writer schema id: the schema's full name (what `decode_any` dispatches on).
+    writer_names: RwLock<HashMap<u32, Arc<str>>>,
 }
 
 impl WireCodec {
@@ -127,6 +129,7 @@ impl WireCodec {
             types: RwLock::new(HashMap::new()),
             ids: RwLock::new(HashMap::new()),
             readers: RwLock::new(HashMap::new()),
+            writer_names: RwLock::new(HashMap::new()),
         }
     }
 
@@ -218,10 +221,20 @@ impl WireCodec {
 
     /// Full name of the schema that wrote `bytes` (`io.agentlog.v1.TaskCompleted`), from the
     /// id in its frame; schemas are cached, so this costs a registry call once per id.
-    pub async fn writer_name(&self, bytes: &[u8]) -> Result<String, WireError> {
+    /// Cached per id: a projection asks for every record it reads.
+    pub async fn writer_name(&self, bytes: &[u8]) -> Result<Arc<str>, WireError> {
         let (id, _) = split_frame(bytes)?;
+        if let Some(name) = self.writer_names.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
+            return Ok(Arc::clone(name));
+        }
         let writer = self.decoder.get_schema(id).await.map_err(|e| self.lookup_error(id, e))?;
-        writer.parsed.name().map(|n| n.fullname(None)).ok_or(WireError::Unresolvable { id, reason: "the writer schema is not a named type".into() })
+        let name: Arc<str> = writer
+            .parsed
+            .name()
+            .map(|n| n.fullname(None).into())
+            .ok_or(WireError::Unresolvable { id, reason: "the writer schema is not a named type".into() })?;
+        self.writer_names.write().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::clone(&name));
+        Ok(name)
     }
 
     /// Decodes a payload into a generic Avro value in the writer's schema.

@@ -159,19 +159,10 @@ impl EmbeddedConsumer {
         let n = self.cursors.len();
         for step in 0..n {
             let i = (self.next + step) % n;
-            let c = &mut self.cursors[i];
-            if c.paused || c.topic.is_deleted() {
+            if self.refill(shared, i)?.is_none() {
                 continue;
             }
-            let low = c.topic.watermarks(c.tp.partition as u32).map_or(0, |(low, _)| low);
-            if c.position < low {
-                // Retention removed records below the position: continue from the new start.
-                c.seek(low);
-            }
-            if c.buffer.is_empty() {
-                c.fetch_from = c.fetch_from.max(c.position);
-                reader::fetch(shared, &c.topic, &c.tp, &mut c.fetch_from, &mut c.buffer)?;
-            }
+            let c = &mut self.cursors[i];
             if let Some(record) = c.buffer.pop_front() {
                 c.position = record.offset + 1;
                 self.next = (i + 1) % n;
@@ -181,17 +172,20 @@ impl EmbeddedConsumer {
         Ok(None)
     }
 
-    /// Refills cursor `i`'s buffer if it is empty and readable; returns its head timestamp.
+    /// Readies cursor `i`: skips what retention removed, fetches if its buffer is empty.
+    /// Returns the timestamp of its next record; `None` if it is paused, deleted or has
+    /// nothing to deliver.
     fn refill(&mut self, shared: &Shared, i: usize) -> LogResult<Option<i64>> {
         let c = &mut self.cursors[i];
         if c.paused || c.topic.is_deleted() {
             return Ok(None);
         }
+        let low = c.topic.watermarks(c.tp.partition as u32).map_or(0, |(low, _)| low);
+        if c.position < low {
+            // Retention removed records below the position: continue from the new start.
+            c.seek(low);
+        }
         if c.buffer.is_empty() {
-            let low = c.topic.watermarks(c.tp.partition as u32).map_or(0, |(low, _)| low);
-            if c.position < low {
-                c.seek(low);
-            }
             c.fetch_from = c.fetch_from.max(c.position);
             reader::fetch(shared, &c.topic, &c.tp, &mut c.fetch_from, &mut c.buffer)?;
         }
