@@ -211,6 +211,10 @@ impl EmbeddedConsumer {
             }
             while let Some(Reverse((_, i))) = self.heads.pop() {
                 let c = &mut self.cursors[i];
+                // A topic deleted since its records were buffered delivers nothing more.
+                if c.topic.is_deleted() {
+                    continue;
+                }
                 let Some(record) = c.buffer.pop_front() else { continue };
                 c.position = record.offset + 1;
                 if let Some(at) = self.refill(shared, i)? {
