@@ -365,7 +365,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(cli.command, config))
 }
 
-async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
     // Commands that need no log: they must work while another process owns the embedded log.
     match command {
         Command::Bench { what: BenchWhat::Api { url, op, agent_type, rate, seconds, tasks, json } } => {
@@ -383,10 +383,33 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Snapshot { action: SnapshotAction::Restore { from } } => return cli::projection::snapshot_restore(&config, &from),
         _ => {}
     }
+    let bench_dir = private_bench_dir(&command, &mut config);
     let log = open_log(&config.log).context("opening the event log")?;
     let result = dispatch(command, &config, &log).await;
     log.shutdown(Duration::from_secs(10)).await.context("shutting down the event log")?;
+    drop(log);
+    if let Some(dir) = bench_dir
+        && let Err(error) = std::fs::remove_dir_all(&dir)
+    {
+        tracing::warn!(dir = %dir.display(), %error, "could not remove the benchmark's embedded log");
+    }
     result
+}
+
+/// Benchmarks on the embedded log write into a fresh directory next to the configured one
+/// (`data/log` → `data/log-bench-<pid>`), removed afterwards. In the configured directory
+/// two runs, or a run beside `agentlog dev`, would share one RocksDB ("wal_dir contains
+/// existing log file"), and each run would first replay the previous run's write-ahead log.
+fn private_bench_dir(command: &Command, config: &mut Config) -> Option<std::path::PathBuf> {
+    let benchmark = matches!(command, Command::Bench { what: BenchWhat::Tasks { .. } | BenchWhat::Projection { .. } | BenchWhat::Log { .. } });
+    if !benchmark || config.log.backend != agentlog::config::Backend::Embedded {
+        return None;
+    }
+    let configured = &config.log.embedded.data_dir;
+    let name = configured.file_name().map_or_else(|| "log".into(), |n| n.to_string_lossy().into_owned());
+    let dir = configured.with_file_name(format!("{name}-bench-{}", std::process::id()));
+    config.log.embedded.data_dir = dir.clone();
+    Some(dir)
 }
 
 async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn EventLog>) -> anyhow::Result<()> {
