@@ -153,10 +153,11 @@ impl WireCodec {
         let mut out = Vec::with_capacity(256);
         out.push(MAGIC_BYTE);
         out.extend_from_slice(&id.to_be_bytes());
+        let frame = out.len();
         if super::avro_binary::write(ty.reader, ty.names.get_names(), value, &mut out).is_err() {
             // A shape the direct writer leaves to apache-avro (none of ours today): its error,
             // if any, is the one to report.
-            out.truncate(5);
+            out.truncate(frame);
             apache_avro::write_avro_datum_ref(ty.reader, ty.names.get_names(), value, &mut out).map_err(|e| WireError::Encode { reason: e.to_string() })?;
         }
         Ok(out)
@@ -220,8 +221,8 @@ impl WireCodec {
     }
 
     /// Full name of the schema that wrote `bytes` (`io.agentlog.v1.TaskCompleted`), from the
-    /// id in its frame; schemas are cached, so this costs a registry call once per id.
-    /// Cached per id: a projection asks for every record it reads.
+    /// id in its frame. Cached per id (a projection asks for every record it reads), so this
+    /// costs a registry call once per id.
     pub async fn writer_name(&self, bytes: &[u8]) -> Result<Arc<str>, WireError> {
         let (id, _) = split_frame(bytes)?;
         if let Some(name) = self.writer_names.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
