@@ -159,12 +159,21 @@ impl Admin for KafkaAdmin {
 
     async fn watermarks(&self, tp: &TopicPartition) -> LogResult<Watermarks> {
         self.check_partition(tp).await?;
-        let (topic, partition, timeout) = (tp.topic.clone(), tp.partition, self.timeout);
-        let (low, high) = self
-            .blocking(move |c| c.fetch_watermarks(&topic, partition, timeout))
-            .await?
-            .map_err(|e| map_error("watermarks", &self.endpoint, Some(&tp.topic), e))?;
-        Ok(Watermarks { low, high })
+        // A partition created a moment ago may not have a leader yet: its watermarks then
+        // fail with NotLeaderForPartition or LeaderNotAvailable for a few hundred ms.
+        const ELECTION_RETRIES: u32 = 20;
+        let mut attempt = 0;
+        loop {
+            let (topic, partition, timeout) = (tp.topic.clone(), tp.partition, self.timeout);
+            match self.blocking(move |c| c.fetch_watermarks(&topic, partition, timeout)).await? {
+                Ok((low, high)) => return Ok(Watermarks { low, high }),
+                Err(e) if attempt < ELECTION_RETRIES && leader_pending(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(map_error("watermarks", &self.endpoint, Some(&tp.topic), e)),
+            }
+        }
     }
 
     async fn offset_for_timestamp(&self, tp: &TopicPartition, timestamp_ms: i64) -> LogResult<Option<i64>> {
@@ -199,4 +208,9 @@ impl Admin for KafkaAdmin {
             .map_err(|e| map_error("committed offsets", &self.endpoint, None, e))?;
         Ok(committed_in(&found, partitions))
     }
+}
+
+/// Whether `e` says the partition's leader is being elected (it will pass on its own).
+fn leader_pending(e: &rdkafka::error::KafkaError) -> bool {
+    matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::NotLeaderForPartition | RDKafkaErrorCode::LeaderNotAvailable))
 }
