@@ -229,7 +229,7 @@ pub async fn run_worker(
                         let lane = lane_of.get(&record.topic).copied().unwrap_or(LANES.len() - 1);
                         tracker.started(&record.topic_partition(), record.offset);
                         let key = event.ordering_key.clone();
-                        scheduler.push(lane, key, Taken { record, task: event });
+                        scheduler.push(lane, record.partition, record.timestamp_ms, key, Taken { record, task: event });
                     }
                     ReadOutcome::DeadLettered { record, .. } => {
                         report.undecodable += 1;
