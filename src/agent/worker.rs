@@ -240,6 +240,7 @@ pub async fn run_worker(
                         }
                     }
                     ReadOutcome::Rebalance(ConsumerEvent::Revoked(parts)) => {
+                        tracing::info!(?parts, "partitions revoked");
                         if let Delivery::ExactlyOnce { stash, .. } = &mut delivery {
                             // The revoked partitions may already be their new owner's, who
                             // re-runs everything not committed: outcomes of ours that are not
@@ -253,6 +254,10 @@ pub async fn run_worker(
                         // Waiting tasks of lost partitions belong to their new owner.
                         scheduler.remove_waiting(|t| parts.contains(&t.record.topic_partition()));
                         tracker.revoke(&parts);
+                        paused = [None; LANES.len()];
+                    }
+                    ReadOutcome::Rebalance(ConsumerEvent::Assigned(parts)) => {
+                        tracing::info!(?parts, "partitions assigned");
                         paused = [None; LANES.len()];
                     }
                     ReadOutcome::Rebalance(_) => paused = [None; LANES.len()],
