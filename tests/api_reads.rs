@@ -623,6 +623,7 @@ async fn readiness_metrics_agents_agent_types_and_stats() {
     assert_eq!(echo["submit_to_outcome_ms"]["count"], 4, "{stats}");
     assert_eq!(echo["run_duration_ms"]["count"], 4, "{stats}");
     assert_eq!(stats["agent_types"]["idle"]["completed"], 0);
+    assert_eq!(stats["agent_types"]["echo"]["retries"], 0, "retries are reported (counting: tests/projection_apply.rs): {stats}");
     assert_eq!((stats["tenant"]["submitted"].as_u64(), stats["tenant"]["open"].as_u64()), (Some(7), Some(3)), "{stats}");
     assert_eq!(stats["projection"]["caught_up"], true);
 
@@ -663,6 +664,7 @@ async fn readiness_metrics_agents_agent_types_and_stats() {
     assert!(text.contains("agentlog_http_requests_total{"), "{text}");
     assert!(text.contains("route=\"/v1/tasks\""), "{text}");
     assert!(text.contains("agentlog_tasks{agent_type=\"echo\",outcome=\"completed\"} 4"), "{text}");
+    assert!(text.contains("agentlog_task_retries{agent_type=\"echo\"} 0"), "{text}");
     assert!(text.contains("agentlog_projection_caught_up 1"), "{text}");
     let ready = get(&http, format!("{base}/readyz"), Who::Nobody).await.1;
     assert_eq!(ready["ready"], true, "{ready}");

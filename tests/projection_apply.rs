@@ -234,6 +234,7 @@ fn a_lifecycle_projects_the_same_in_every_interleaving_and_batching() {
     );
     let counters: HashMap<String, _> = store.type_counters().expect("counters").into_iter().collect();
     assert_eq!((counters[TYPE].submitted, counters[TYPE].completed, counters[TYPE].terminal()), (1, 1, 1));
+    assert_eq!(counters[TYPE].retries, 1, "one retry, counted once in every order (the dumps compared below hold the counters)");
     let latency = store.histogram(b'l', TYPE).expect("read").expect("latency histogram");
     assert_eq!((latency.len(), latency.max()), (1, 600), "submit→outcome latency counted once, in ms");
     let duration = store.histogram(b'd', TYPE).expect("read").expect("duration histogram");

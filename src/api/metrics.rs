@@ -72,6 +72,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabels {
+    agent_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QuantileLabels {
     agent_type: String,
     quantile: String,
@@ -97,7 +102,9 @@ pub async fn render(state: &ApiState) -> Result<String, String> {
     let store = state.projection.store();
     let tasks = Family::<OutcomeLabels, Gauge>::default();
     let latency = Family::<QuantileLabels, Gauge>::default();
+    let retries = Family::<TypeLabels, Gauge>::default();
     for (agent_type, c) in store.type_counters().map_err(|e| e.to_string())? {
+        retries.get_or_create(&TypeLabels { agent_type: agent_type.clone() }).set(c.retries as i64);
         for (outcome, n) in [
             ("submitted", c.submitted),
             ("completed", c.completed),
@@ -115,6 +122,7 @@ pub async fn render(state: &ApiState) -> Result<String, String> {
         }
     }
     registry.register("agentlog_tasks", "tasks per agent type and outcome (from the projection)", tasks);
+    registry.register("agentlog_task_retries", "retries scheduled per agent type (from the projection)", retries);
     registry.register("agentlog_task_latency_ms", "submit to outcome latency percentiles per agent type", latency);
     let agents = Family::<AgentLabels, Gauge>::default();
     for agent in store.agents().map_err(|e| e.to_string())? {

@@ -147,7 +147,7 @@ fn percentiles(h: Option<hdrhistogram::Histogram<u64>>) -> Value {
 }
 
 #[utoipa::path(get, path = "/v1/stats", tag = "stats",
-    responses((status = 200, description = "per agent type: outcomes counted and latency percentiles (ms); this tenant's open tasks"), (status = 401)))]
+    responses((status = 200, description = "per agent type: outcomes counted, retries scheduled and latency percentiles (ms); this tenant's open tasks"), (status = 401)))]
 pub async fn stats(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<Json<Value>, ApiError> {
     let store = state.projection.store();
     let mut types = BTreeMap::new();
@@ -157,6 +157,7 @@ pub async fn stats(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -
             json!({
                 "submitted": counters.submitted, "completed": counters.completed, "failed": counters.failed,
                 "dead_lettered": counters.dead_lettered, "cancelled": counters.cancelled, "expired": counters.expired,
+                "retries": counters.retries,
                 "submit_to_outcome_ms": percentiles(store.histogram(b'l', &agent_type)?),
                 "run_duration_ms": percentiles(store.histogram(b'd', &agent_type)?),
             }),

@@ -385,7 +385,17 @@ impl<'s> Changes<'s> {
         self.load_task(task_id)?;
         let Some(entry) = self.tasks.get_mut(task_id) else { return Ok(()) };
         let view = &mut entry.view;
+        let (type_known, retries_before) = (view.agent_type.is_some(), view.max_retry);
         let (first_submit, replaced) = apply_to_task(view, source, event);
+        // Retries count once each, by the highest retried attempt (redelivered or reordered
+        // events do not count twice); those seen before the task's type was known count when
+        // it becomes known.
+        if let Some(agent_type) = &view.agent_type {
+            let new = if type_known { view.max_retry - retries_before } else { view.max_retry };
+            if new > 0 {
+                self.totals.counters(agent_type)?.retries += new as u64;
+            }
+        }
         if let Some(replaced) = &replaced {
             self.totals.uncount(view, replaced)?;
         }
