@@ -334,6 +334,86 @@ async fn exec_cancel_kills_the_program_within_a_second() {
     .await;
 }
 
+/// Whether process `pid` has ended: gone, or a zombie left for init to reap (a killed
+/// grandchild is reparented, and this container's init may be slow to reap it).
+fn ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Waits up to a second for every pid in `pidfile` (one per line) to end; returns those alive.
+async fn alive_after_a_second(pidfile: &std::path::Path) -> Vec<u32> {
+    let pids: Vec<u32> = std::fs::read_to_string(pidfile).unwrap().lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert!(!pids.is_empty(), "the script wrote no pids");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let alive: Vec<u32> = pids.iter().copied().filter(|pid| !ended(*pid)).collect();
+        if alive.is_empty() || Instant::now() > deadline {
+            return alive;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn exec_kills_what_the_program_left_running_when_it_exits() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        for exit in [0, 3] {
+            let pidfile = dir.path().join(format!("pids-{exit}"));
+            // The background sleep holds stdout and stderr: without the group kill the attempt
+            // would wait 30 s for their end of file.
+            let path = script(&dir, &format!("bg-{exit}.sh"), &format!("/bin/sleep 30 &\necho $! > {}\necho done\nexit {exit}\n", pidfile.display()));
+            let began = Instant::now();
+            let result = exec("/bin/sh", &[&path]).run(ctx("", "text/plain")).await;
+            assert!(began.elapsed() < Duration::from_secs(5), "the attempt waited {:?} for the background job", began.elapsed());
+            match exit {
+                0 => assert_eq!(&result.expect("completed").output[..], b"done\n"),
+                _ => assert_eq!(result.expect_err("exit 3").kind, "exit"),
+            }
+            assert_eq!(alive_after_a_second(&pidfile).await, Vec::<u32>::new(), "exit {exit}: the background job outlived the attempt");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn exec_cancel_or_drop_kills_the_programs_descendants() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        for how in ["cancel", "drop"] {
+            let pidfile = dir.path().join(format!("pids-{how}"));
+            let path = script(&dir, &format!("tree-{how}.sh"), &format!("/bin/sleep 30 &\necho $! > {p}\necho $$ >> {p}\n/bin/sleep 30\n", p = pidfile.display()));
+            let agent = exec("/bin/sh", &[&path]);
+            let c = ctx("", "text/plain");
+            let cancel = c.cancel.clone();
+            let run = tokio::spawn(async move { agent.run(c).await });
+            for _ in 0..100 {
+                if std::fs::read_to_string(&pidfile).is_ok_and(|t| t.lines().count() == 2) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            match how {
+                // The worker's cancel signal.
+                "cancel" => {
+                    cancel.cancel();
+                    assert_eq!(run.await.unwrap().expect_err("cancelled").kind, "cancelled");
+                }
+                // The worker's attempt timeout drops the attempt's future.
+                _ => {
+                    run.abort();
+                    assert!(run.await.unwrap_err().is_cancelled());
+                }
+            }
+            assert_eq!(alive_after_a_second(&pidfile).await, Vec::<u32>::new(), "{how}: the program or its background job lives on");
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn exec_unbounded_stdout_is_cut_off() {
     bounded(async {

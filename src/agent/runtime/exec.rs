@@ -13,16 +13,18 @@
 //! - the program cannot be started → kind `spawn`, not retryable;
 //! - cancel → the program is killed (SIGKILL) and reaped, kind `cancelled`.
 //!
-//! The child is spawned with `kill_on_drop`, so an attempt dropped by the worker's timeout
-//! kills it too. Only the program itself is killed: processes it started in the background
-//! and detached from its pipes live on.
+//! The program runs as the leader of its own process group, and the attempt owns that group:
+//! when the attempt ends — completed, failed, cancelled, cut off, or dropped by the worker's
+//! timeout — every process still in it is killed (SIGKILL), so a script's background jobs and
+//! the tools it started do not outlive the task. Only a descendant that leaves the group on
+//! purpose (`setsid`, as daemons do) escapes.
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStdout, Command};
 
 use super::{Agent, AgentFailure, MAX_OUTPUT_BYTES, RuntimeError, TaskContext, TaskOutput, kind, tail_text};
 
@@ -82,10 +84,62 @@ async fn read_tail(mut reader: impl AsyncRead + Unpin, keep: usize) -> Vec<u8> {
     out.split_off(start)
 }
 
-/// Kills the child and waits (briefly) for it to be reaped.
-async fn kill(child: &mut Child) {
+/// The program's process group, killed when the attempt ends or is dropped.
+struct ProcessGroup(Option<libc::pid_t>);
+
+impl ProcessGroup {
+    fn of(child: &Child) -> Self {
+        Self(child.id().and_then(|pid| libc::pid_t::try_from(pid).ok()))
+    }
+
+    /// SIGKILLs every process in the group (once). A group already empty is no error.
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            // SAFETY: killpg only sends a signal. `pgid` is the group the program leads (it
+            // was spawned with `process_group(0)`); the kernel does not reuse the number while
+            // the group has members or its leader is unreaped, and the group is killed at the
+            // latest right after the leader is reaped, so the window is a few instructions.
+            unsafe {
+                libc::killpg(pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Kills the program's group and waits (briefly) for the program to be reaped.
+async fn kill(child: &mut Child, group: &mut ProcessGroup) {
+    group.kill();
     let _ = child.start_kill();
     let _ = tokio::time::timeout(REAP_GRACE, child.wait()).await;
+}
+
+/// Reads stdout while waiting for the program to exit. Once it has exited, its group is
+/// killed: a background job it left holding stdout (or stderr) would otherwise keep the
+/// attempt waiting for an end of file until that job ends.
+async fn run_to_exit(child: &mut Child, group: &mut ProcessGroup, stdout: ChildStdout) -> Finished {
+    let mut read = std::pin::pin!(read_bounded(stdout, MAX_OUTPUT_BYTES));
+    let exited = tokio::select! {
+        out = &mut read => match out {
+            Ok(out) => {
+                let status = child.wait().await;
+                group.kill();
+                return Finished::Exited(status, out);
+            }
+            Err(()) => return Finished::TooLarge,
+        },
+        status = child.wait() => status,
+    };
+    group.kill();
+    match read.await {
+        Ok(out) => Finished::Exited(exited, out),
+        Err(()) => Finished::TooLarge,
+    }
 }
 
 enum Finished {
@@ -108,9 +162,11 @@ impl Agent for ExecAgent {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| AgentFailure::new(kind::SPAWN, format!("starting `{}`: {e}", self.program), false))?;
+        let mut group = ProcessGroup::of(&child);
 
         // Stdin and stderr are served by their own tasks so that a program writing much
         // before it reads, or never reading, cannot block the attempt. They end when the
@@ -128,20 +184,15 @@ impl Agent for ExecAgent {
 
         let finished = tokio::select! {
             _ = ctx.cancel.cancelled() => None,
-            f = async {
-                match read_bounded(stdout, MAX_OUTPUT_BYTES).await {
-                    Ok(out) => Finished::Exited(child.wait().await, out),
-                    Err(()) => Finished::TooLarge,
-                }
-            } => Some(f),
+            f = run_to_exit(&mut child, &mut group, stdout) => Some(f),
         };
         let result = match finished {
             None => {
-                kill(&mut child).await;
+                kill(&mut child, &mut group).await;
                 Err(AgentFailure::cancelled())
             }
             Some(Finished::TooLarge) => {
-                kill(&mut child).await;
+                kill(&mut child, &mut group).await;
                 Err(AgentFailure::new(
                     kind::OUTPUT_TOO_LARGE,
                     format!("`{}` wrote more than {MAX_OUTPUT_BYTES} bytes to stdout; it was killed", self.program),
@@ -149,14 +200,15 @@ impl Agent for ExecAgent {
                 ))
             }
             Some(Finished::Exited(Err(e), _)) => {
-                kill(&mut child).await;
+                kill(&mut child, &mut group).await;
                 Err(AgentFailure::transient(format!("waiting for `{}`: {e}", self.program)))
             }
             Some(Finished::Exited(Ok(status), out)) if status.success() => {
                 Ok(TaskOutput { output: Bytes::from(out), content_type: "application/octet-stream".into() })
             }
             Some(Finished::Exited(Ok(status), _)) => {
-                // The program is gone; stderr ends unless a descendant still holds it.
+                // The program and its group are gone, so stderr ends (a descendant that left
+                // the group may still hold it: the wait is bounded).
                 let tail = match stderr_task.take() {
                     Some(task) => {
                         let abort = task.abort_handle();
