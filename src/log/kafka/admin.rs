@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::KafkaResult;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -34,6 +35,30 @@ impl KafkaAdmin {
     async fn blocking<T: Send + 'static>(&self, call: impl FnOnce(&BaseConsumer) -> T + Send + 'static) -> LogResult<T> {
         let client = self.client.clone();
         tokio::task::spawn_blocking(move || call(&client)).await.map_err(|_| LogError::Shutdown)
+    }
+
+    /// Runs a blocking per-partition call, retrying while the partition's leader is being
+    /// elected: a partition created a moment ago fails with NotLeaderForPartition or
+    /// LeaderNotAvailable for a few hundred ms.
+    async fn electing<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        topic: &str,
+        call: impl Fn(&BaseConsumer) -> KafkaResult<T> + Clone + Send + 'static,
+    ) -> LogResult<T> {
+        const ELECTION_RETRIES: u32 = 20;
+        let mut attempt = 0;
+        loop {
+            let once = call.clone();
+            match self.blocking(move |c| once(c)).await? {
+                Ok(value) => return Ok(value),
+                Err(e) if attempt < ELECTION_RETRIES && leader_pending(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(map_error(operation, &self.endpoint, Some(topic), e)),
+            }
+        }
     }
 
     async fn check_partition(&self, tp: &TopicPartition) -> LogResult<()> {
@@ -159,21 +184,9 @@ impl Admin for KafkaAdmin {
 
     async fn watermarks(&self, tp: &TopicPartition) -> LogResult<Watermarks> {
         self.check_partition(tp).await?;
-        // A partition created a moment ago may not have a leader yet: its watermarks then
-        // fail with NotLeaderForPartition or LeaderNotAvailable for a few hundred ms.
-        const ELECTION_RETRIES: u32 = 20;
-        let mut attempt = 0;
-        loop {
-            let (topic, partition, timeout) = (tp.topic.clone(), tp.partition, self.timeout);
-            match self.blocking(move |c| c.fetch_watermarks(&topic, partition, timeout)).await? {
-                Ok((low, high)) => return Ok(Watermarks { low, high }),
-                Err(e) if attempt < ELECTION_RETRIES && leader_pending(&e) => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(map_error("watermarks", &self.endpoint, Some(&tp.topic), e)),
-            }
-        }
+        let (topic, partition, timeout) = (tp.topic.clone(), tp.partition, self.timeout);
+        let (low, high) = self.electing("watermarks", &tp.topic, move |c| c.fetch_watermarks(&topic, partition, timeout)).await?;
+        Ok(Watermarks { low, high })
     }
 
     async fn offset_for_timestamp(&self, tp: &TopicPartition, timestamp_ms: i64) -> LogResult<Option<i64>> {
@@ -182,14 +195,20 @@ impl Admin for KafkaAdmin {
         tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(timestamp_ms))
             .map_err(|e| LogError::Invalid { what: "timestamp", reason: e.to_string() })?;
         let timeout = self.timeout;
-        let found = self
-            .blocking(move |c| c.offsets_for_times(tpl, timeout))
-            .await?
-            .map_err(|e| map_error("offsets for times", &self.endpoint, Some(&tp.topic), e))?;
-        Ok(match found.elements().first().map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => Some(o),
-            _ => None,
-        })
+        let offset = self
+            .electing("offsets for times", &tp.topic, move |c| {
+                let found = c.offsets_for_times(tpl.clone(), timeout)?;
+                // A partition's own error comes inside the answer, not as the call's: read as
+                // "no offset" it would send a reader to the end of the partition.
+                let Some(element) = found.elements().first().map(|e| (e.error(), e.offset())) else { return Ok(None) };
+                element.0?;
+                Ok(match element.1 {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+            })
+            .await?;
+        Ok(offset)
     }
 
     async fn committed_offsets(&self, group: &str, partitions: &[TopicPartition]) -> LogResult<Vec<Option<i64>>> {
