@@ -32,6 +32,33 @@ impl Modify for Security {
     }
 }
 
+/// The document as this deployment serves it: the generated one, with what depends on the
+/// configuration filled in — the declared agent types, the lanes, the batch size limit — so
+/// a client generated from it (or a fuzzer) sends what the handlers accept.
+pub fn document<'a>(agent_types: impl IntoIterator<Item = &'a str>, max_batch: usize) -> serde_json::Value {
+    let mut doc = match serde_json::to_value(ApiDoc::openapi()) {
+        Ok(doc) => doc,
+        // Plain data with string keys: it always serialises.
+        Err(_) => return serde_json::Value::Null,
+    };
+    let mut types: Vec<&str> = agent_types.into_iter().collect();
+    types.sort_unstable();
+    if let Some(property) = doc.pointer_mut("/components/schemas/SubmitTask/properties/agent_type") {
+        property["enum"] = serde_json::json!(types);
+    }
+    if let Some(property) = doc.pointer_mut("/components/schemas/SubmitTask/properties/lane") {
+        // Optional: null is the default lane (normal).
+        let mut lanes: Vec<serde_json::Value> = crate::events::Lane::ALL.iter().map(|l| serde_json::json!(l.as_str())).collect();
+        lanes.push(serde_json::Value::Null);
+        property["enum"] = serde_json::Value::Array(lanes);
+    }
+    if let Some(property) = doc.pointer_mut("/components/schemas/SubmitBatch/properties/tasks") {
+        property["minItems"] = serde_json::json!(1);
+        property["maxItems"] = serde_json::json!(max_batch);
+    }
+    doc
+}
+
 /// Every (method, path) the document describes, e.g. `("GET", "/v1/tasks/{id}")`, sorted.
 pub fn documented_routes() -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> =
@@ -104,5 +131,20 @@ mod tests {
                 assert!(!id.is_empty() && operation_ids.insert(id.clone()), "{method} {path}: operationId `{id}` missing or not unique");
             }
         }
+    }
+
+    /// What the handlers check beyond the types is in the served document, so generated
+    /// clients and fuzzers send what is accepted.
+    #[test]
+    fn the_served_document_names_the_declared_types_lanes_and_limits() {
+        let doc = document(["summarize", "echo"], 50);
+        let task = &doc["components"]["schemas"]["SubmitTask"]["properties"];
+        assert_eq!(task["agent_type"]["enum"], serde_json::json!(["echo", "summarize"]));
+        assert_eq!(task["lane"]["enum"], serde_json::json!(["critical", "high", "normal", "low", null]));
+        assert_eq!((task["task_id"]["minLength"].as_u64(), task["task_id"]["maxLength"].as_u64()), (Some(1), Some(200)), "{task}");
+        assert_eq!(task["max_attempts"]["minimum"].as_f64(), Some(1.0), "{task}");
+        assert_eq!(task["deadline_ms"]["minimum"].as_f64(), Some(1.0), "{task}");
+        let tasks = &doc["components"]["schemas"]["SubmitBatch"]["properties"]["tasks"];
+        assert_eq!((tasks["minItems"].as_u64(), tasks["maxItems"].as_u64()), (Some(1), Some(50)), "{tasks}");
     }
 }

@@ -8,7 +8,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use utoipa::OpenApi;
 
 use super::ApiState;
 use super::error::ApiError;
@@ -34,8 +33,8 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Result<Response, Api
 }
 
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "this document")))]
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(super::openapi::ApiDoc::openapi())
+pub async fn openapi(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    Json(super::openapi::document(state.agents.keys().map(String::as_str), state.config.max_batch))
 }
 
 pub async fn not_found(uri: Uri) -> ApiError {

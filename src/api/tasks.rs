@@ -37,8 +37,9 @@ pub struct SubmitTask {
     /// critical, high, normal (default) or low; one of the type's lanes.
     #[serde(default)]
     pub lane: Option<String>,
-    /// Your id for the task (default: generated).
+    /// Your id for the task (default: generated): 1 to 200 characters, no control characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     pub task_id: Option<String>,
     /// Tasks with the same key run one at a time, in order.
     #[serde(default)]
@@ -51,8 +52,11 @@ pub struct SubmitTask {
     pub delay_ms: Option<u64>,
     /// Expire unless started within this many ms from now.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub deadline_ms: Option<u64>,
+    /// Attempts before the task is dead-lettered (default: the type's retry policy).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_attempts: Option<i32>,
     #[serde(default)]
     pub labels: HashMap<String, String>,
@@ -78,6 +82,7 @@ pub struct GetTask {
     /// A position a submit returned (`topic:partition:offset`): answer only once the
     /// projection has applied it (read your writes), waiting up to `wait_ms` (default 5000).
     #[serde(default)]
+    #[param(pattern = r"^.+:[0-9]+:[0-9]+$")]
     pub after: Option<String>,
     #[serde(default)]
     pub wait_ms: Option<u64>,
