@@ -78,8 +78,8 @@ impl Drop for Worker {
 /// What the follower saw.
 #[derive(Default)]
 struct Seen {
-    started: Vec<(String, String)>,
-    started_at: HashMap<(String, String), TimestampMicros>,
+    /// (task id, agent id, started at) of each TaskStarted, in the order read.
+    started: Vec<(String, String, TimestampMicros)>,
     /// task id → (written at, by whom) of each outcome.
     outcomes: HashMap<String, Vec<(TimestampMicros, String)>>,
     registered: HashMap<String, TimestampMicros>,
@@ -171,10 +171,10 @@ async fn measure(log: &Arc<dyn EventLog>, config: &LogConfig, topics: &TaskTopic
     // tasks since both had partitions. (Killing `a` while the group still forms measures
     // the group's first assignment, where the survivor gets the partitions in two steps.)
     let steady = |s: &Seen| {
-        let first = |suffix: &str| s.started.iter().position(|(_, agent)| agent.ends_with(suffix));
+        let first = |suffix: &str| s.started.iter().position(|(_, agent, _)| agent.ends_with(suffix));
         let (Some(on_a), Some(on_b)) = (first(&a_suffix), first(&b_suffix)) else { return false };
         let since = &s.started[on_a.max(on_b)..];
-        let count = |suffix: &str| since.iter().filter(|(_, agent)| agent.ends_with(suffix)).count();
+        let count = |suffix: &str| since.iter().filter(|(_, agent, _)| agent.ends_with(suffix)).count();
         count(&a_suffix) >= 40 && count(&b_suffix) >= 40
     };
     follow(&mut follower, &codec, &mut seen, wait, steady).await?;
@@ -182,14 +182,14 @@ async fn measure(log: &Arc<dyn EventLog>, config: &LogConfig, topics: &TaskTopic
     let killed_at = TimestampMicros::now();
     let _ = a.0.wait();
     let in_flight: HashSet<String> =
-        seen.started.iter().filter(|(id, agent)| agent.ends_with(&a_suffix) && !seen.outcomes.contains_key(id)).map(|(id, _)| id.clone()).collect();
+        seen.started.iter().filter(|(id, agent, _)| agent.ends_with(&a_suffix) && !seen.outcomes.contains_key(id)).map(|(id, _, _)| id.clone()).collect();
     let accepted = submitter.await.map_err(|e| setup(&e))?.map_err(|e| setup(&e))?;
     follow(&mut follower, &codec, &mut seen, Duration::from_secs(120), |s| accepted.iter().all(|id| s.outcomes.contains_key(id))).await?;
     let reassigned_ms = seen
-        .started_at
+        .started
         .iter()
-        .filter(|((id, agent), at)| in_flight.contains(id) && !agent.ends_with(&a_suffix) && at.0 >= killed_at.0)
-        .map(|(_, at)| (at.0 - killed_at.0) / 1000)
+        .filter(|(id, agent, at)| in_flight.contains(id) && !agent.ends_with(&a_suffix) && at.0 >= killed_at.0)
+        .map(|(_, _, at)| (at.0 - killed_at.0) / 1000)
         .min()
         .unwrap_or(0);
     let failover_ms = in_flight.iter().filter_map(|id| seen.outcomes.get(id).and_then(|o| o.first())).map(|(at, _)| (at.0 - killed_at.0) / 1000).max().unwrap_or(0);
@@ -241,8 +241,7 @@ async fn follow(follower: &mut Follower, codec: &WireCodec, seen: &mut Seen, wit
         match decode_any(codec, &record.payload).await {
             Ok(AnyEvent::TaskStarted(s)) => {
                 seen.first_start.entry(s.agent_id.clone()).or_insert(s.meta.occurred_at);
-                seen.started_at.insert((s.task_id.clone(), s.agent_id.clone()), s.meta.occurred_at);
-                seen.started.push((s.task_id, s.agent_id));
+                seen.started.push((s.task_id, s.agent_id, s.meta.occurred_at));
             }
             Ok(AnyEvent::AgentRegistered(r)) => {
                 seen.registered.insert(r.agent_id, r.meta.occurred_at);
