@@ -17,6 +17,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod backoff;
 pub mod bench;
 pub mod config;
 pub mod events;

@@ -105,6 +105,13 @@ pub trait Consumer: Send {
     /// The partitions this consumer currently reads.
     fn assignment(&self) -> Vec<TopicPartition>;
 
+    /// The next offset this consumer will read, per partition where it knows one. It moves
+    /// past what the reader never sees (Kafka's transaction markers, aborted records), so a
+    /// reader can tell it reached a partition's end even when the last offset is a marker.
+    fn positions(&self) -> Vec<(TopicPartition, i64)> {
+        Vec::new()
+    }
+
     /// Durably commits, for each partition, the next offset to read.
     async fn commit(&mut self, offsets: &[(TopicPartition, i64)]) -> LogResult<()>;
 

@@ -376,6 +376,10 @@ impl Consumer for EmbeddedConsumer {
         self.cursors.iter().map(|c| c.tp.clone()).collect()
     }
 
+    fn positions(&self) -> Vec<(TopicPartition, i64)> {
+        self.cursors.iter().map(|c| (c.tp.clone(), c.position)).collect()
+    }
+
     async fn commit(&mut self, offsets: &[(TopicPartition, i64)]) -> LogResult<()> {
         let shared = live(&self.shared)?;
         let group = self.group("commit")?.to_owned();

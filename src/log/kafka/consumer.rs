@@ -65,6 +65,32 @@ fn to_tpl<'a>(partitions: impl IntoIterator<Item = (&'a TopicPartition, Offset)>
     Ok(tpl)
 }
 
+/// How long reading pauses after a passing consume error, so that a burst of them (every
+/// partition of a dead broker reports one) does not spin.
+const PASSING_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Passing consume errors, logged at most once per [`PassingErrors::EVERY`] with a count of
+/// those in between, so an outage is visible without flooding the log.
+#[derive(Default)]
+struct PassingErrors {
+    last_logged: Option<std::time::Instant>,
+    since_logged: u64,
+}
+
+impl PassingErrors {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn note(&mut self, error: &KafkaError) {
+        self.since_logged += 1;
+        if self.last_logged.is_some_and(|at| at.elapsed() < Self::EVERY) {
+            return;
+        }
+        tracing::warn!(%error, errors = self.since_logged, "reading from Kafka: passing error, librdkafka retries");
+        self.last_logged = Some(std::time::Instant::now());
+        self.since_logged = 0;
+    }
+}
+
 /// Held records of a paused partition past which it is paused in librdkafka as well,
 /// bounding the memory a long pause can take.
 const HARD_PAUSE_AT: usize = 10_000;
@@ -90,6 +116,7 @@ pub(crate) struct KafkaConsumer {
     assignment: HashSet<TopicPartition>,
     /// Assign-only mode: where each partition reads next, to re-assign on a seek.
     positions: HashMap<TopicPartition, Offset>,
+    passing: PassingErrors,
 }
 
 impl KafkaConsumer {
@@ -112,6 +139,7 @@ impl KafkaConsumer {
             hard_paused: HashSet::new(),
             assignment: HashSet::new(),
             positions: HashMap::new(),
+            passing: PassingErrors::default(),
         }
     }
 
@@ -254,7 +282,16 @@ impl Consumer for KafkaConsumer {
                 _ = consumer.context().arrived.notified() => continue,
                 received = consumer.recv() => match received {
                     Ok(message) => to_record(&message),
-                    Err(error) => return Err(self.err("consume", error)),
+                    // Only a fatal error ends reading: librdkafka reports broker transport
+                    // failures, timeouts and failed offset fetches here as information while it
+                    // reconnects and retries by itself, and a member that returned them as
+                    // failures stopped whenever one broker of a cluster restarted.
+                    Err(error @ KafkaError::MessageConsumptionFatal(_)) => return Err(self.err("consume", error)),
+                    Err(error) => {
+                        self.passing.note(&error);
+                        tokio::time::sleep(PASSING_ERROR_PAUSE).await;
+                        continue;
+                    }
                 },
             };
             self.take_rebalances();
@@ -339,6 +376,28 @@ impl Consumer for KafkaConsumer {
         let mut parts: Vec<TopicPartition> = self.assignment.iter().filter(|p| !revoked.contains(*p)).cloned().collect();
         parts.sort();
         parts
+    }
+
+    fn positions(&self) -> Vec<(TopicPartition, i64)> {
+        // librdkafka's application position: it moves past control records (transaction
+        // markers) as it handles them, though they are never delivered.
+        let Ok(tpl) = self.consumer.position() else { return Vec::new() };
+        tpl.elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((TopicPartition::new(e.topic(), e.partition()), o)),
+                _ => None,
+            })
+            // Records fetched but not handed out yet are still to be read.
+            .map(|(tp, o)| {
+                let held = self.ready.iter().chain(self.held.get(&tp).into_iter().flatten()).filter_map(|e| match e {
+                    ConsumerEvent::Record(r) if r.topic == tp.topic && r.partition == tp.partition => Some(r.offset),
+                    _ => None,
+                }).min();
+                let o = held.map_or(o, |h| h.min(o));
+                (tp, o)
+            })
+            .collect()
     }
 
     async fn commit(&mut self, offsets: &[(TopicPartition, i64)]) -> LogResult<()> {

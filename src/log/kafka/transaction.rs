@@ -108,7 +108,35 @@ struct KafkaTransaction<'a> {
     deliveries: Vec<DeliveryFuture>,
 }
 
+/// How long a transactional call that librdkafka says may be resumed ("retry call to resume":
+/// a timeout while a broker or the coordinator moves) is called again before the transaction
+/// is given up and aborted.
+const RESUME_FOR: Duration = Duration::from_secs(60);
+
 impl KafkaTransaction<'_> {
+    /// Runs a transactional call, calling it again while librdkafka reports the error as
+    /// retriable: a commit that timed out is still in progress, and only calling commit
+    /// again finishes it (aborting instead fails with a conflicting-call error and the
+    /// outcome stays unknown). Abortable and fatal errors come back at once.
+    async fn resuming<F, Fut>(&self, operation: &'static str, call: F) -> LogResult<Result<(), LogError>>
+    where
+        F: Fn(FutureProducer) -> Fut,
+        Fut: std::future::Future<Output = LogResult<rdkafka::error::KafkaResult<()>>>,
+    {
+        let started = std::time::Instant::now();
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        loop {
+            match call(self.producer.clone()).await? {
+                Ok(()) => return Ok(Ok(())),
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && !e.txn_requires_abort() && !e.is_fatal() && started.elapsed() < RESUME_FOR => {
+                    tracing::warn!(transactional_id = %self.owner.transactional_id, operation, error = %e, "transaction call timed out; resuming it");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(e) => return Ok(Err(self.owner.txn_error(operation, &e))),
+            }
+        }
+    }
+
     /// Aborts after a failure; a producer that cannot abort is dropped and re-initialised.
     async fn abort_after(&mut self, error: LogError) -> LogError {
         let timeout = self.owner.timeout;
@@ -170,15 +198,20 @@ impl Transaction for KafkaTransaction<'_> {
                     return Err(self.abort_after(LogError::Invalid { what: "offset", reason: e.to_string() }).await);
                 }
             }
-            let result = blocking(&self.producer, move |p| p.send_offsets_to_transaction(&tpl, metadata.as_ref(), timeout)).await?;
-            if let Err(e) = result {
-                let error = self.owner.txn_error("send offsets", &e);
+            let result = self
+                .resuming("send offsets", |producer| {
+                    let (tpl, metadata) = (tpl.clone(), metadata.clone());
+                    async move { blocking(&producer, move |p| p.send_offsets_to_transaction(&tpl, metadata.as_ref(), timeout)).await }
+                })
+                .await?;
+            if let Err(error) = result {
                 return Err(self.abort_after(error).await);
             }
         }
-        let result = blocking(&self.producer, move |p| p.commit_transaction(timeout)).await?;
-        if let Err(e) = result {
-            let error = self.owner.txn_error("commit", &e);
+        let result = self
+            .resuming("commit", |producer| async move { blocking(&producer, move |p| p.commit_transaction(timeout)).await })
+            .await?;
+        if let Err(error) = result {
             return Err(self.abort_after(error).await);
         }
         self.state.open = false;
