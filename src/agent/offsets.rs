@@ -17,6 +17,9 @@ pub struct PartitionProgress {
     delivered_end: Option<i64>,
     /// The last position handed out for committing (initially where reading resumed).
     committed: Option<i64>,
+    /// The group's committed offset when the partition was assigned: records below it were
+    /// done by an earlier owner.
+    floor: Option<i64>,
 }
 
 impl PartitionProgress {
@@ -49,6 +52,10 @@ impl PartitionProgress {
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
+
+    pub fn is_in_flight(&self, offset: i64) -> bool {
+        self.in_flight.contains(&offset)
+    }
 }
 
 /// [`PartitionProgress`] for every partition a worker owns.
@@ -65,6 +72,28 @@ impl OffsetTracker {
     /// See [`PartitionProgress::finished`]; `None` too for a partition no longer owned.
     pub fn finished(&mut self, partition: &TopicPartition, offset: i64) -> Option<i64> {
         self.partitions.get_mut(partition)?.finished(offset)
+    }
+
+    /// Partitions were assigned, with the group's committed offsets (`None`: never committed
+    /// or unknown) in the same order.
+    pub fn assigned(&mut self, partitions: &[TopicPartition], committed: &[Option<i64>]) {
+        for (p, floor) in partitions.iter().zip(committed) {
+            let progress = self.partitions.entry(p.clone()).or_default();
+            progress.floor = *floor;
+            if progress.committed.is_none() {
+                progress.committed = *floor;
+            }
+        }
+    }
+
+    /// The committed offset `offset` lies below, if it does: that record is done already.
+    pub fn below_floor(&self, partition: &TopicPartition, offset: i64) -> Option<i64> {
+        self.partitions.get(partition)?.floor.filter(|floor| offset < *floor)
+    }
+
+    /// Whether `offset` was taken in the current ownership of `partition` and is not done yet.
+    pub fn is_in_flight(&self, partition: &TopicPartition, offset: i64) -> bool {
+        self.partitions.get(partition).is_some_and(|p| p.is_in_flight(offset))
     }
 
     /// Forgets revoked partitions: their in-flight records belong to the new owner now.
@@ -120,6 +149,23 @@ mod tests {
         p.started(0);
         assert_eq!(p.finished(0), Some(1));
         assert_eq!(p.finished(0), None, "a duplicate completion does not re-commit");
+    }
+
+    #[test]
+    fn records_below_the_committed_offset_are_recognised_and_a_reassignment_forgets_old_work() {
+        let mut t = OffsetTracker::default();
+        let a = TopicPartition::new("t", 0);
+        t.assigned(std::slice::from_ref(&a), &[Some(43)]);
+        assert_eq!(t.below_floor(&a, 0), Some(43), "offset 0 was committed by an earlier owner");
+        assert_eq!(t.below_floor(&a, 43), None);
+        t.started(&a, 43);
+        assert!(t.is_in_flight(&a, 43));
+        // Revoked and assigned again: the task taken before is not this ownership's.
+        t.revoke(std::slice::from_ref(&a));
+        t.assigned(std::slice::from_ref(&a), &[Some(44)]);
+        assert!(!t.is_in_flight(&a, 43), "an outcome of the earlier ownership must not be committed again");
+        t.started(&a, 44);
+        assert_eq!(t.finished(&a, 44), Some(45));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use super::cancels::{Cancels, watch_control};
 use super::catalog::{AgentTypeConfig, LANES};
 use super::offsets::OffsetTracker;
 use super::presence::{Identity, Load, Presence, PresenceError};
+use crate::backoff::Backoff;
 use super::runtime::Agent;
 use super::scheduler::Scheduler;
 use super::topics::TaskTopics;
@@ -122,11 +123,72 @@ enum Delivery {
     /// Each attempt writes its own records and waits for them before reporting done.
     AtLeastOnce,
     /// Records of the contiguous done prefix go in one transaction with the offset commit.
-    ExactlyOnce { producer: Arc<dyn TransactionalProducer>, stash: HashMap<TopicPartition, BTreeMap<i64, Vec<Record>>> },
+    /// A transaction commits in the background (`committing`) while the loop keeps starting
+    /// and finishing tasks; what finishes meanwhile goes into the next one. Committing in the
+    /// loop itself held every slot idle for a commit's round trips (tens of ms on three
+    /// brokers), which capped an exactly-once worker below 150 tasks/s.
+    ExactlyOnce {
+        producer: Arc<dyn TransactionalProducer>,
+        stash: HashMap<TopicPartition, BTreeMap<i64, Vec<Record>>>,
+        committing: Option<tokio::task::JoinHandle<Result<(), WorkerError>>>,
+    },
 }
+
+impl Delivery {
+    /// Waits for the transaction committing in the background, if any, and returns its result.
+    async fn settle(&mut self) -> Result<(), WorkerError> {
+        if let Delivery::ExactlyOnce { committing, .. } = self
+            && let Some(handle) = committing.take()
+        {
+            return handle.await.map_err(|e| WorkerError::Attempt(format!("transaction task: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Resolves when the background transaction ends (never while none runs).
+    async fn committed(&mut self) -> Result<(), WorkerError> {
+        match self {
+            Delivery::ExactlyOnce { committing: Some(handle), .. } => {
+                let result = handle.await.map_err(|e| WorkerError::Attempt(format!("transaction task: {e}")));
+                if let Delivery::ExactlyOnce { committing, .. } = self {
+                    *committing = None;
+                }
+                result?
+            }
+            _ => std::future::pending().await,
+        }
+    }
+
+    fn is_committing(&self) -> bool {
+        matches!(self, Delivery::ExactlyOnce { committing: Some(_), .. })
+    }
+}
+
+impl WorkerError {
+    /// Whether the worker cannot go on at all: the log itself is gone or corrupt. Everything
+    /// else (a broker restarting, a member fenced, a transaction aborted, the registry down, a
+    /// write that timed out) ends only the current group membership: the worker leaves, waits
+    /// and rejoins, and the tasks whose offsets were not committed run again.
+    pub fn is_fatal(&self) -> bool {
+        let log = match self {
+            WorkerError::Log(e) => e,
+            WorkerError::Read(EventReadError::Log(e)) => e,
+            WorkerError::Presence(PresenceError::Log(e)) => e,
+            _ => return false,
+        };
+        matches!(log, LogError::Corrupt(_) | LogError::Storage { .. } | LogError::Shutdown)
+    }
+}
+
+/// A membership that lasted this long was healthy: the next failure starts the back-off over.
+const HEALTHY_TERM: Duration = Duration::from_secs(30);
 
 /// Runs until `shutdown` is cancelled, then drains: stops taking work, lets running tasks
 /// finish within `drain_timeout`, commits, leaves the group and deregisters.
+///
+/// A passing failure (see [`WorkerError::is_fatal`]) never ends the worker: the current group
+/// membership ends (in-flight attempts are dropped, uncommitted work goes back to the group)
+/// and after a back-off the worker joins again. Only a fatal error is returned.
 pub async fn run_worker(
     log: Arc<dyn EventLog>,
     codec: Arc<WireCodec>,
@@ -145,7 +207,11 @@ pub async fn run_worker(
     // Cancel requests first: a task cancelled before this worker started must not run.
     let cancels = Arc::new(Cancels::default());
     let background = CancellationToken::new();
-    let control = watch_control(&log, codec.clone(), &topics, cancels.clone(), background.clone()).await?;
+    let control = until_started("the control topic reader", &shutdown, || {
+        watch_control(&log, codec.clone(), &topics, cancels.clone(), background.clone())
+    })
+    .await?;
+    let Some(control) = control else { return Ok(WorkerReport::default()) };
 
     let load = Arc::new(Load::default());
     let identity = Identity {
@@ -155,23 +221,45 @@ pub async fn run_worker(
         concurrency: settings.agent.concurrency as i32,
         tenant: "system".into(),
     };
-    let mut presence = Presence::register(codec.clone(), producer.clone(), topics.clone(), identity, settings.heartbeat_interval, load.clone()).await?;
-
-    let mut consumer = log.consumer(ConsumerOptions { group: Some(format!("agents.{}", settings.agent_type)), client_id: Some(settings.worker_id.clone()), ..Default::default() })?;
-    consumer.subscribe(&lane_topics)?;
-    let mut delivery = if settings.agent.exactly_once {
-        let id = format!("agentlog-worker-{}", settings.worker_id);
-        Delivery::ExactlyOnce { producer: log.transactional_producer(&id)?, stash: HashMap::new() }
-    } else {
-        Delivery::AtLeastOnce
+    let presence = until_started("registering the agent", &shutdown, || {
+        Presence::register(codec.clone(), producer.clone(), topics.clone(), identity.clone(), settings.heartbeat_interval, load.clone())
+    })
+    .await;
+    let mut presence = match presence {
+        Ok(Some(presence)) => presence,
+        other => {
+            background.cancel();
+            let _ = control.await;
+            return other.map(|_| WorkerReport::default());
+        }
     };
-    let mut reader = EventReader::<TaskSubmitted>::new(consumer, codec.clone(), producer.clone(), topics.dlq());
+
     // Delegating agents await sub-task outcomes; an hour back covers children of attempts
     // re-run after a crash.
     let delegation = if settings.agent.delegates {
         let since = crate::events::TimestampMicros::now().0 / 1000 - 3_600_000;
-        let watch = Arc::new(super::outcomes::OutcomeWatch::start(&log, codec.clone(), &topics, since).await?);
-        Some((super::client::TaskClient::new(&log, codec.clone(), topics.clone(), settings.worker_id.clone()).map_err(|e| WorkerError::Attempt(e.to_string()))?, watch))
+        let watch = until_started("following task.results", &shutdown, || {
+            super::outcomes::OutcomeWatch::start(&log, codec.clone(), &topics, since)
+        })
+        .await;
+        match watch {
+            Ok(Some(watch)) => Some((
+                super::client::TaskClient::new(&log, codec.clone(), topics.clone(), settings.worker_id.clone()).map_err(|e| WorkerError::Attempt(e.to_string()))?,
+                Arc::new(watch),
+            )),
+            other => {
+                background.cancel();
+                let _ = control.await;
+                return other.map(|_| WorkerReport::default());
+            }
+        }
+    } else {
+        None
+    };
+    // One transactional id for the worker's whole life: a new membership's first transaction
+    // fences and aborts whatever the previous one left open.
+    let transactions = if settings.agent.exactly_once {
+        Some(log.transactional_producer(&format!("agentlog-worker-{}", settings.worker_id))?)
     } else {
         None
     };
@@ -179,7 +267,7 @@ pub async fn run_worker(
         agent,
         agent_type: settings.agent_type.clone(),
         worker_id: settings.worker_id.clone(),
-        codec,
+        codec: codec.clone(),
         producer: producer.clone(),
         topics,
         policy: settings.agent.retry.clone(),
@@ -187,108 +275,29 @@ pub async fn run_worker(
         cancels,
         delegation,
     });
-    let writes_own = matches!(delivery, Delivery::AtLeastOnce);
     let outcomes = env.delegation.as_ref().map(|(_, watch)| watch.clone());
+    let member = Member { log: &log, codec: &codec, env: &env, settings: &settings, lane_topics: &lane_topics, lane_of: &lane_of, load: &load, transactions: transactions.as_ref() };
 
-    let mut scheduler: Scheduler<Taken> = Scheduler::new(settings.agent.concurrency as usize, settings.prefetch_per_lane);
-    let mut tracker = OffsetTracker::default();
-    let mut running: JoinSet<Done> = JoinSet::new();
-    // Per lane: whether its partitions are paused; `None` after a rebalance, to re-apply.
-    let mut paused: [Option<bool>; LANES.len()] = [None; LANES.len()];
     let mut report = WorkerReport::default();
-    // Commit positions of finished work, flushed on the commit tick.
-    let mut pending: BTreeMap<TopicPartition, i64> = BTreeMap::new();
-    let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
-    commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
-    let result: Result<(), WorkerError> = async {
-        loop {
-            while let Some((_, taken)) = scheduler.next() {
-                load.in_flight.fetch_add(1, Ordering::Relaxed);
-                // Boxed: a turn's future is several kilobytes, and spawning it unboxed
-                // copies all of it more than once per task.
-                running.spawn(Box::pin(turn(env.clone(), taken, writes_own)));
-            }
-            update_pauses(reader.consumer(), &scheduler, &lane_topics, &lane_of, &mut paused)?;
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                Some(joined) = running.join_next(), if !running.is_empty() => {
-                    let mut batch = vec![joined];
-                    // Everything else already finished goes in the same commit.
-                    while let Some(more) = running.try_join_next() {
-                        batch.push(more);
-                    }
-                    finish(batch, &mut delivery, &mut scheduler, &mut tracker, &mut pending, &mut report, &load)?;
+    let mut backoff = Backoff::default();
+    let result = loop {
+        let began = tokio::time::Instant::now();
+        match member.run(&mut presence, &mut report, &shutdown).await {
+            Ok(()) => break Ok(()),
+            Err(error) if shutdown.is_cancelled() || error.is_fatal() => break Err(error),
+            Err(error) => {
+                if began.elapsed() >= HEALTHY_TERM {
+                    backoff.reset();
                 }
-                _ = commit_tick.tick(), if !pending.is_empty() => {
-                    flush(&mut pending, &mut delivery, reader.consumer()).await?;
-                }
-                outcome = reader.next() => match outcome? {
-                    ReadOutcome::Event { record, event, .. } => {
-                        let lane = lane_of.get(&record.topic).copied().unwrap_or(LANES.len() - 1);
-                        tracker.started(&record.topic_partition(), record.offset);
-                        let key = event.ordering_key.clone();
-                        scheduler.push(lane, record.partition, record.timestamp_ms, key, Taken { record, task: event });
-                    }
-                    ReadOutcome::DeadLettered { record, .. } => {
-                        report.undecodable += 1;
-                        let tp = record.topic_partition();
-                        tracker.started(&tp, record.offset);
-                        if let Some(position) = tracker.finished(&tp, record.offset) {
-                            pending.insert(tp, position);
-                        }
-                    }
-                    ReadOutcome::Rebalance(ConsumerEvent::Revoked(parts)) => {
-                        tracing::info!(?parts, "partitions revoked");
-                        if let Delivery::ExactlyOnce { stash, .. } = &mut delivery {
-                            // The revoked partitions may already be their new owner's, who
-                            // re-runs everything not committed: outcomes of ours that are not
-                            // committed yet must never be, or they would appear twice.
-                            pending.retain(|tp, _| !parts.contains(tp));
-                            stash.retain(|tp, _| !parts.contains(tp));
-                        }
-                        // Commit what finished while the partitions were still ours (a moved
-                        // partition's commit is refused and its new owner re-runs the rest).
-                        flush(&mut pending, &mut delivery, reader.consumer()).await?;
-                        // Waiting tasks of lost partitions belong to their new owner.
-                        scheduler.remove_waiting(|t| parts.contains(&t.record.topic_partition()));
-                        tracker.revoke(&parts);
-                        paused = [None; LANES.len()];
-                    }
-                    ReadOutcome::Rebalance(ConsumerEvent::Assigned(parts)) => {
-                        tracing::info!(?parts, "partitions assigned");
-                        paused = [None; LANES.len()];
-                    }
-                    ReadOutcome::Rebalance(_) => paused = [None; LANES.len()],
-                },
-            }
-        }
-
-        // Drain: nothing new starts; waiting tasks stay uncommitted for the next owner.
-        presence.change(AgentState::Draining, Some("shutdown requested".into())).await?;
-        scheduler.drain_waiting();
-        let deadline = tokio::time::Instant::now() + settings.drain_timeout;
-        while !running.is_empty() {
-            match tokio::time::timeout_at(deadline, running.join_next()).await {
-                Ok(Some(joined)) => {
-                    finish(vec![joined], &mut delivery, &mut scheduler, &mut tracker, &mut pending, &mut report, &load)?;
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    report.abandoned = running.len() as u64;
-                    running.shutdown().await;
-                    break;
+                tracing::error!(%error, failures = backoff.failures() + 1, "worker left its group after a passing failure; rejoining after a back-off");
+                if !backoff.wait(&shutdown).await {
+                    break Ok(());
                 }
             }
         }
-        flush(&mut pending, &mut delivery, reader.consumer()).await?;
-        Ok(())
-    }
-    .await;
+    };
 
-    // Whatever happened, the owned tasks stop and the member leaves the group.
-    running.shutdown().await;
+    // Whatever happened, the owned tasks stop.
     background.cancel();
     if let Some(watch) = outcomes {
         watch.stop().await;
@@ -296,15 +305,215 @@ pub async fn run_worker(
     if let Err(error) = control.await {
         tracing::warn!(%error, "control reader ended abnormally");
     }
-    let closed = reader.into_consumer().close().await;
     result?;
-    closed?;
-    presence.deregister("drained").await?;
+    if let Err(error) = presence.deregister("drained").await {
+        tracing::warn!(%error, "deregistering the agent failed; the supervisor declares it lost");
+    }
     Ok(report)
 }
 
+/// Calls `start` until it succeeds, backing off between passing failures. `None` when
+/// `shutdown` came first; a fatal error is returned.
+async fn until_started<T, E, F, Fut>(what: &str, shutdown: &CancellationToken, mut start: F) -> Result<Option<T>, WorkerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: Into<WorkerError>,
+{
+    let mut backoff = Backoff::default();
+    loop {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            attempt = start() => attempt,
+        };
+        match attempt.map_err(Into::into) {
+            Ok(started) => return Ok(Some(started)),
+            Err(error) if error.is_fatal() => return Err(error),
+            Err(error) => {
+                tracing::warn!(%error, failures = backoff.failures() + 1, "{what} failed; retrying");
+                if !backoff.wait(shutdown).await {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// What one group membership of the worker needs; [`Member::run`] is one membership.
+struct Member<'a> {
+    log: &'a Arc<dyn EventLog>,
+    codec: &'a Arc<WireCodec>,
+    env: &'a Arc<AttemptEnv>,
+    settings: &'a WorkerSettings,
+    lane_topics: &'a [String],
+    lane_of: &'a HashMap<String, usize>,
+    load: &'a Arc<Load>,
+    transactions: Option<&'a Arc<dyn TransactionalProducer>>,
+}
+
+impl Member<'_> {
+    /// Joins the group and works until `shutdown` (then drains: `Ok`) or a failure (`Err`;
+    /// in-flight attempts are dropped and the member leaves the group).
+    async fn run(&self, presence: &mut Presence, report: &mut WorkerReport, shutdown: &CancellationToken) -> Result<(), WorkerError> {
+        let settings = self.settings;
+        let load = self.load;
+        let env = self.env;
+        let mut consumer = self.log.consumer(ConsumerOptions { group: Some(format!("agents.{}", settings.agent_type)), client_id: Some(settings.worker_id.clone()), ..Default::default() })?;
+        consumer.subscribe(self.lane_topics)?;
+        let mut delivery = match self.transactions {
+            Some(producer) => Delivery::ExactlyOnce { producer: producer.clone(), stash: HashMap::new(), committing: None },
+            None => Delivery::AtLeastOnce,
+        };
+        let mut reader = EventReader::<TaskSubmitted>::new(consumer, self.codec.clone(), env.producer.clone(), env.topics.dlq());
+        let writes_own = matches!(delivery, Delivery::AtLeastOnce);
+
+        let mut scheduler: Scheduler<Taken> = Scheduler::new(settings.agent.concurrency as usize, settings.prefetch_per_lane);
+        let mut tracker = OffsetTracker::default();
+        let mut running: JoinSet<Done> = JoinSet::new();
+        // Per lane: whether its partitions are paused; `None` after a rebalance, to re-apply.
+        let mut paused: [Option<bool>; LANES.len()] = [None; LANES.len()];
+        // Commit positions of finished work, flushed on the commit tick.
+        let mut pending: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+        let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        let result: Result<(), WorkerError> = async {
+            loop {
+                while let Some((_, taken)) = scheduler.next() {
+                    load.in_flight.fetch_add(1, Ordering::Relaxed);
+                    // Boxed: a turn's future is several kilobytes, and spawning it unboxed
+                    // copies all of it more than once per task.
+                    running.spawn(Box::pin(turn(env.clone(), taken, writes_own, shutdown.clone())));
+                }
+                update_pauses(reader.consumer(), &scheduler, self.lane_topics, self.lane_of, &mut paused)?;
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    Some(joined) = running.join_next(), if !running.is_empty() => {
+                        let mut batch = vec![joined];
+                        // Everything else already finished goes in the same commit.
+                        while let Some(more) = running.try_join_next() {
+                            batch.push(more);
+                        }
+                        finish(batch, &mut delivery, &mut scheduler, &mut tracker, &mut pending, report, load)?;
+                    }
+                    committed = delivery.committed(), if delivery.is_committing() => committed?,
+                    _ = commit_tick.tick(), if !pending.is_empty() && !delivery.is_committing() => {
+                        flush(&mut pending, &mut delivery, reader.consumer()).await?;
+                    }
+                    outcome = reader.next() => match outcome? {
+                        ReadOutcome::Event { record, event, .. } => {
+                            let tp = record.topic_partition();
+                            if let Some(floor) = tracker.below_floor(&tp, record.offset) {
+                                // Committed work is never taken again, whatever position the
+                                // client resumed the partition at.
+                                tracing::warn!(partition = %tp, offset = record.offset, committed = floor, "skipping a record below the group's committed offset");
+                                continue;
+                            }
+                            let lane = self.lane_of.get(&record.topic).copied().unwrap_or(LANES.len() - 1);
+                            tracker.started(&tp, record.offset);
+                            let key = event.ordering_key.clone();
+                            scheduler.push(lane, record.partition, record.timestamp_ms, key, Taken { record, task: event });
+                        }
+                        ReadOutcome::DeadLettered { record, .. } => {
+                            report.undecodable += 1;
+                            let tp = record.topic_partition();
+                            tracker.started(&tp, record.offset);
+                            if let Some(position) = tracker.finished(&tp, record.offset) {
+                                pending.insert(tp, position);
+                            }
+                        }
+                        ReadOutcome::Rebalance(ConsumerEvent::Revoked(parts)) => {
+                            tracing::info!(?parts, "partitions revoked");
+                            // A transaction already under way commits what was ours when it began.
+                            delivery.settle().await?;
+                            if let Delivery::ExactlyOnce { stash, .. } = &mut delivery {
+                                // The revoked partitions may already be their new owner's, who
+                                // re-runs everything not committed: outcomes of ours that are not
+                                // committed yet must never be, or they would appear twice.
+                                pending.retain(|tp, _| !parts.contains(tp));
+                                stash.retain(|tp, _| !parts.contains(tp));
+                            }
+                            // Commit what finished while the partitions were still ours (a moved
+                            // partition's commit is refused and its new owner re-runs the rest).
+                            flush(&mut pending, &mut delivery, reader.consumer()).await?;
+                            delivery.settle().await?;
+                            // Waiting tasks of lost partitions belong to their new owner.
+                            scheduler.remove_waiting(|t| parts.contains(&t.record.topic_partition()));
+                            tracker.revoke(&parts);
+                            paused = [None; LANES.len()];
+                        }
+                        ReadOutcome::Rebalance(ConsumerEvent::Assigned(parts)) => {
+                            tracing::info!(?parts, "partitions assigned");
+                            let floors = committed_floors(reader.consumer(), &parts).await;
+                            tracker.assigned(&parts, &floors);
+                            paused = [None; LANES.len()];
+                        }
+                        ReadOutcome::Rebalance(_) => paused = [None; LANES.len()],
+                    },
+                }
+            }
+
+            // Drain: nothing new starts; waiting tasks stay uncommitted for the next owner.
+            if let Err(error) = presence.change(AgentState::Draining, Some("shutdown requested".into())).await {
+                tracing::warn!(%error, "the Draining state was not written");
+            }
+            scheduler.drain_waiting();
+            let deadline = tokio::time::Instant::now() + settings.drain_timeout;
+            while !running.is_empty() {
+                match tokio::time::timeout_at(deadline, running.join_next()).await {
+                    Ok(Some(joined)) => {
+                        finish(vec![joined], &mut delivery, &mut scheduler, &mut tracker, &mut pending, report, load)?;
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        report.abandoned = running.len() as u64;
+                        running.shutdown().await;
+                        break;
+                    }
+                }
+            }
+            delivery.settle().await?;
+            flush(&mut pending, &mut delivery, reader.consumer()).await?;
+            delivery.settle().await?;
+            Ok(())
+        }
+        .await;
+        // A transaction still under way is finished or aborted before the member leaves.
+        let settled = delivery.settle().await;
+        let result = result.and(settled);
+
+        // Whatever happened, the attempts of this membership stop and the member leaves.
+        let dropped = running.len() as i64;
+        running.shutdown().await;
+        load.in_flight.fetch_sub(dropped, Ordering::Relaxed);
+        let closed = reader.into_consumer().close().await;
+        result?;
+        closed?;
+        Ok(())
+    }
+}
+
+/// The group's committed offsets of just-assigned partitions, asked for once they are ours:
+/// records below them were done by an earlier owner and are skipped. `None` where the group
+/// never committed, or where the lookup failed after a few tries (librdkafka then resumes
+/// from its own lookup, as before).
+async fn committed_floors(consumer: &mut dyn Consumer, parts: &[TopicPartition]) -> Vec<Option<i64>> {
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+    for _ in 0..3 {
+        match consumer.committed(parts).await {
+            Ok(floors) => return floors,
+            Err(error) => {
+                tracing::warn!(%error, ?parts, "looking up committed offsets of assigned partitions failed");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+    vec![None; parts.len()]
+}
+
 /// One task's turn, as a spawned task: the attempt and, with at-least-once, writing its records.
-async fn turn(env: Arc<AttemptEnv>, taken: Taken, write: bool) -> Done {
+async fn turn(env: Arc<AttemptEnv>, taken: Taken, write: bool, shutdown: CancellationToken) -> Done {
     let Taken { record, task } = taken;
     let tp = record.topic_partition();
     let outcome = async {
@@ -312,7 +521,7 @@ async fn turn(env: Arc<AttemptEnv>, taken: Taken, write: bool) -> Done {
         if write {
             // Written records are not needed afterwards (only exactly-once keeps them, to
             // write in its transaction), so they move instead of being cloned.
-            write_all(env.producer.as_ref(), std::mem::take(&mut outcome.records)).await?;
+            write_durably(env.producer.as_ref(), std::mem::take(&mut outcome.records), &shutdown).await?;
         }
         // TaskStarted is informational (the timeline): one that could not be stored is
         // logged and the turn goes on, but it is settled before the offset can be committed.
@@ -325,6 +534,26 @@ async fn turn(env: Arc<AttemptEnv>, taken: Taken, write: bool) -> Done {
     }
     .await;
     Done { tp, offset: record.offset, key: task.ordering_key.clone(), outcome }
+}
+
+/// Appends records until every one is durable, retrying while the log is passingly
+/// unavailable (a broker restarting, a leader moving): an outcome the agent produced is kept
+/// and written once the log is back, not thrown away with its attempt. At-least-once: a
+/// retry after a timed-out delivery may write a record twice.
+async fn write_durably(producer: &dyn Producer, records: Vec<Record>, shutdown: &CancellationToken) -> Result<(), LogError> {
+    let mut backoff = Backoff::default();
+    loop {
+        match write_all(producer, records.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.retryable() => {
+                tracing::warn!(%error, failures = backoff.failures() + 1, "writing an outcome failed; retrying");
+                if !backoff.wait(shutdown).await {
+                    return Err(error);
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// Appends records and waits until every one is durable.
@@ -362,6 +591,12 @@ fn finish(
             _ => 0,
         };
         scheduler.finished(done.key.as_deref());
+        if !tracker.is_in_flight(&done.tp, done.offset) {
+            // Taken while the partition was ours before a rebalance: it has been revoked since
+            // (and maybe given back). Whoever owns it now runs or ran this task and commits its
+            // outcome; stashing ours would put a second copy into a later transaction.
+            continue;
+        }
         if let Delivery::ExactlyOnce { stash, .. } = delivery {
             stash.entry(done.tp.clone()).or_default().insert(done.offset, outcome.records);
         }
@@ -379,6 +614,8 @@ async fn flush(pending: &mut BTreeMap<TopicPartition, i64>, delivery: &mut Deliv
     if pending.is_empty() {
         return Ok(());
     }
+    // One transaction at a time: the one under way ends before the next begins.
+    delivery.settle().await?;
     let mut positions: Vec<(TopicPartition, i64)> = std::mem::take(pending).into_iter().collect();
     if let Delivery::ExactlyOnce { stash, .. } = delivery {
         // Only partitions still ours: a transactional offset commit is checked against the
@@ -392,8 +629,19 @@ async fn flush(pending: &mut BTreeMap<TopicPartition, i64>, delivery: &mut Deliv
         }
     }
     match delivery {
-        Delivery::AtLeastOnce => commit(consumer, &positions).await,
-        Delivery::ExactlyOnce { producer, stash } => {
+        Delivery::AtLeastOnce => match commit(consumer, &positions).await {
+            // The outcomes are durable; only the offsets wait for the next tick.
+            Err(WorkerError::Log(error)) if error.retryable() => {
+                tracing::warn!(%error, "committing offsets failed; retrying on the next tick");
+                for (tp, position) in positions {
+                    let slot = pending.entry(tp).or_insert(position);
+                    *slot = (*slot).max(position);
+                }
+                Ok(())
+            }
+            other => other,
+        },
+        Delivery::ExactlyOnce { producer, stash, committing } => {
             let mut records = Vec::new();
             for (tp, position) in &positions {
                 if let Some(waiting) = stash.get_mut(tp) {
@@ -401,7 +649,11 @@ async fn flush(pending: &mut BTreeMap<TopicPartition, i64>, delivery: &mut Deliv
                     records.extend(std::mem::replace(waiting, later).into_values().flatten());
                 }
             }
-            commit_transaction(producer.as_ref(), consumer, records, &positions).await
+            // The membership proof is taken now, while these partitions are ours.
+            let group = consumer.group_metadata();
+            let producer = producer.clone();
+            *committing = Some(tokio::spawn(async move { commit_transaction(producer.as_ref(), group, records, &positions).await }));
+            Ok(())
         }
     }
 }
@@ -411,11 +663,10 @@ async fn flush(pending: &mut BTreeMap<TopicPartition, i64>, delivery: &mut Deliv
 /// tasks, and their outcomes appear once, from it.
 async fn commit_transaction(
     producer: &dyn TransactionalProducer,
-    consumer: &mut dyn Consumer,
+    group: Option<crate::log::GroupMetadata>,
     records: Vec<Record>,
     positions: &[(TopicPartition, i64)],
 ) -> Result<(), WorkerError> {
-    let group = consumer.group_metadata();
     let mut transaction = producer.begin().await?;
     for record in records {
         if let Err(error) = transaction.send(record).await {
