@@ -9,11 +9,14 @@ use crate::log::{ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, Event
 
 /// How long a catching-up reader waits for more history before calling it read.
 pub const IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often a catching-up reader compares its positions with the start's high marks.
+const POSITIONS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 pub struct Follower {
     consumer: Box<dyn Consumer>,
     /// Per partition: the high watermark at the start, removed once reached.
     behind: HashMap<TopicPartition, i64>,
+    last_settled: std::time::Instant,
 }
 
 impl Follower {
@@ -41,7 +44,7 @@ impl Follower {
         }
         let mut consumer = log.consumer(ConsumerOptions::default())?;
         consumer.assign(&assignment).await?;
-        Ok(Follower { consumer, behind })
+        Ok(Follower { consumer, behind, last_settled: std::time::Instant::now() })
     }
 
     /// Whether everything that existed at the start has been read.
@@ -49,20 +52,40 @@ impl Follower {
         self.behind.is_empty()
     }
 
-    /// The next record (cancel-safe). While catching up, `None` means nothing arrived for
-    /// [`IDLE`]: the history counts as read. (A partition whose last offsets are transaction
-    /// markers or aborted records never delivers its high watermark − 1, so reaching the
-    /// watermark alone cannot be the test.)
+    /// Drops the partitions whose consumer position passed the high mark of the start: they
+    /// are read even if their last offsets are transaction markers that are never delivered.
+    fn settle_by_positions(&mut self) {
+        if self.behind.is_empty() {
+            return;
+        }
+        for (tp, position) in self.consumer.positions() {
+            if self.behind.get(&tp).is_some_and(|high| position >= *high) {
+                self.behind.remove(&tp);
+            }
+        }
+    }
+
+    /// The next record (cancel-safe). While catching up, `None` means the history has been
+    /// read: every partition's position passed its high mark of the start (a partition
+    /// whose last offsets are transaction markers or aborted records never delivers its high
+    /// watermark − 1, so a delivered record alone cannot be the test), or, on a backend
+    /// without positions, nothing arrived for [`IDLE`].
     pub async fn next(&mut self) -> Result<Option<ConsumedRecord>, LogError> {
+        let mut waited = std::time::Duration::ZERO;
         loop {
             let event = if self.behind.is_empty() {
                 self.consumer.next_event().await?
             } else {
-                match tokio::time::timeout(IDLE, self.consumer.next_event()).await {
+                match tokio::time::timeout(POSITIONS_EVERY, self.consumer.next_event()).await {
                     Ok(event) => event?,
                     Err(_) => {
-                        self.behind.clear();
-                        return Ok(None);
+                        waited += POSITIONS_EVERY;
+                        self.settle_by_positions();
+                        if self.behind.is_empty() || waited >= IDLE {
+                            self.behind.clear();
+                            return Ok(None);
+                        }
+                        continue;
                     }
                 }
             };
@@ -70,6 +93,11 @@ impl Follower {
                 let tp = record.topic_partition();
                 if self.behind.get(&tp).is_some_and(|high| record.offset + 1 >= *high) {
                     self.behind.remove(&tp);
+                }
+                // Records keep coming from other partitions: check the marker-ended ones too.
+                if !self.behind.is_empty() && self.last_settled.elapsed() >= POSITIONS_EVERY {
+                    self.last_settled = std::time::Instant::now();
+                    self.settle_by_positions();
                 }
                 return Ok(Some(record));
             }

@@ -60,8 +60,43 @@ pub struct SupervisorSettings {
     pub config: SupervisorConfig,
 }
 
-/// Runs until `shutdown`, leading whenever the group gives this instance the control partition.
+impl SupervisorError {
+    /// Whether the supervisor cannot go on at all (the log itself is gone or corrupt). Any
+    /// other failure ends the current term: the instance leaves the election group (a standby
+    /// may lead meanwhile), backs off and joins again.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, SupervisorError::Log(LogError::Corrupt(_) | LogError::Storage { .. } | LogError::Shutdown))
+    }
+}
+
+/// A term that lasted this long was healthy: the next failure starts the back-off over.
+const HEALTHY_TERM: Duration = Duration::from_secs(30);
+
+/// Runs until `shutdown`, leading whenever the group gives this instance the control
+/// partition. A passing failure (a broker restarting, the registry down) ends only the
+/// current term; the supervisor rejoins the election after a back-off.
 pub async fn run_supervisor(log: Arc<dyn EventLog>, codec: Arc<WireCodec>, settings: SupervisorSettings, shutdown: CancellationToken) -> Result<(), SupervisorError> {
+    let mut backoff = crate::backoff::Backoff::default();
+    loop {
+        let began = tokio::time::Instant::now();
+        match run_term(&log, &codec, &settings, &shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(error) if shutdown.is_cancelled() || error.is_fatal() => return Err(error),
+            Err(error) => {
+                if began.elapsed() >= HEALTHY_TERM {
+                    backoff.reset();
+                }
+                tracing::error!(supervisor = %settings.supervisor_id, %error, failures = backoff.failures() + 1, "supervisor term ended by a passing failure; rejoining the election after a back-off");
+                if !backoff.wait(&shutdown).await {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// One term: a member of the election group, leading while it owns the control partition.
+async fn run_term(log: &Arc<dyn EventLog>, codec: &Arc<WireCodec>, settings: &SupervisorSettings, shutdown: &CancellationToken) -> Result<(), SupervisorError> {
     let topics = TaskTopics::new(settings.topic_prefix.clone());
     let control = TopicPartition::new(topics.control(), 0);
     let mut election = log.consumer(ConsumerOptions { group: Some("agentlog.supervisor".into()), client_id: Some(settings.supervisor_id.clone()), ..Default::default() })?;
@@ -70,8 +105,8 @@ pub async fn run_supervisor(log: Arc<dyn EventLog>, codec: Arc<WireCodec>, setti
     let result = loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
-            // A component that fails ends the term; the error ends the supervisor (its process
-            // restarts, the group elects again).
+            // A component that fails ends the term (the caller backs off and rejoins; the
+            // group elects again meanwhile).
             Some(joined) = async { match &mut leading { Some(l) => l.components.join_next().await, None => None } }, if leading.is_some() => {
                 match joined {
                     Ok(Ok(())) => continue,
@@ -84,7 +119,7 @@ pub async fn run_supervisor(log: Arc<dyn EventLog>, codec: Arc<WireCodec>, setti
         match event {
             Ok(ConsumerEvent::Assigned(parts)) if parts.contains(&control) && leading.is_none() => {
                 tracing::info!(supervisor = %settings.supervisor_id, "leading: starting timers, heartbeat monitor and jobs");
-                match Leadership::start(&log, &codec, &topics, &settings).await {
+                match Leadership::start(log, codec, &topics, settings).await {
                     Ok(l) => leading = Some(l),
                     Err(error) => break Err(error),
                 }
