@@ -132,8 +132,13 @@ pub async fn render(state: &ApiState) -> Result<String, String> {
     let caught_up = Gauge::<i64>::default();
     caught_up.set(i64::from(state.projection.is_caught_up()));
     registry.register("agentlog_projection_caught_up", "1 once the projection has read the history", caught_up);
+    let failing = Gauge::<i64>::default();
+    failing.set(i64::from(state.projection.trouble().is_some()));
+    registry.register("agentlog_projector_failing", "1 while the projector retries after a failure (the cluster unreachable, say)", failing);
     let lag = Family::<TopicLabels, Gauge>::default();
-    if let Ok(by_topic) = state.projection.lag(&state.log).await {
+    // Bounded like /readyz: while a cluster is down each watermark lookup waits out its
+    // request timeout, and a scrape must still answer (without the lag then).
+    if let Ok(Ok(by_topic)) = tokio::time::timeout(std::time::Duration::from_secs(2), state.projection.lag(&state.log)).await {
         for (topic, n) in by_topic {
             lag.get_or_create(&TopicLabels { topic }).set(n);
         }

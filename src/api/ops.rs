@@ -20,11 +20,33 @@ pub async fn healthz() -> &'static str {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "the projection has caught up with the log"), (status = 503, description = "still catching up")))]
 pub async fn readyz(State(state): State<Arc<ApiState>>) -> (StatusCode, Json<Value>) {
-    let ready = state.projection.is_caught_up();
-    let lag = state.projection.lag(&state.log).await.ok().map(|by_topic| by_topic.values().sum::<i64>());
+    let mut waiting_for = Vec::new();
+    if !state.projection.is_caught_up() {
+        waiting_for.push("the projection to read the log's history".to_string());
+    }
+    if let Some(trouble) = state.projection.trouble() {
+        waiting_for.push(trouble);
+    }
+    // Bounded: while a cluster is down every watermark lookup waits out its request timeout,
+    // and a readiness probe must answer within the prober's own timeout.
+    let lag = match tokio::time::timeout(READY_LAG_TIMEOUT, state.projection.lag(&state.log)).await {
+        Ok(Ok(by_topic)) => Some(by_topic.values().sum::<i64>()),
+        Ok(Err(error)) => {
+            waiting_for.push(format!("the event log to answer: {error}"));
+            None
+        }
+        Err(_) => {
+            waiting_for.push(format!("the event log to answer (no answer within {} ms)", READY_LAG_TIMEOUT.as_millis()));
+            None
+        }
+    };
+    let ready = waiting_for.is_empty();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "ready": ready, "lag_records": lag })))
+    (status, Json(json!({ "ready": ready, "lag_records": lag, "waiting_for": waiting_for })))
 }
+
+/// How long `/readyz` waits for the log's high watermarks.
+const READY_LAG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {

@@ -22,9 +22,11 @@ use crate::log::{ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, Event
 
 /// Most records applied in one WriteBatch.
 pub const MAX_BATCH: usize = 4096;
-/// While catching up, this long without a record means the history has been read (a
-/// partition that ends in transaction markers never delivers its last offset).
+/// While catching up, this long without any record means the history has been read, on a
+/// backend whose consumers report no positions.
 pub const IDLE: Duration = Duration::from_secs(1);
+/// How often a catch-up compares its consumer's positions with the history's end.
+const POSITIONS_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectorError {
@@ -57,6 +59,8 @@ pub fn sources(topics: &TaskTopics, agents: &std::collections::BTreeMap<String, 
 /// What the API reads: the current store (replaceable by a replay), how far it has applied,
 /// and the stream of outcomes.
 pub struct Projection {
+    /// Why the projector is not following the log right now (it is retrying), for `/readyz`.
+    trouble: Mutex<Option<String>>,
     store: RwLock<Arc<ProjectionStore>>,
     applied: Mutex<HashMap<(String, i32), i64>>,
     version: watch::Sender<u64>,
@@ -69,6 +73,7 @@ impl Projection {
     pub fn new(store: ProjectionStore, sources: Vec<(String, Source)>) -> Result<Arc<Projection>, StoreError> {
         let applied = store.offsets()?;
         Ok(Arc::new(Projection {
+            trouble: Mutex::new(None),
             store: RwLock::new(Arc::new(store)),
             applied: Mutex::new(applied),
             version: watch::channel(0).0,
@@ -102,6 +107,15 @@ impl Projection {
 
     pub fn is_caught_up(&self) -> bool {
         *self.caught_up.borrow()
+    }
+
+    /// Why the projector is retrying instead of following the log, if it is.
+    pub fn trouble(&self) -> Option<String> {
+        self.trouble.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_trouble(&self, trouble: Option<String>) {
+        *self.trouble.lock().unwrap_or_else(|p| p.into_inner()) = trouble;
     }
 
     /// The next offset the projection will apply, per source partition.
@@ -322,9 +336,29 @@ async fn read_history(
     recycled: std::sync::mpsc::Receiver<DecodedBatch>,
 ) {
     let mut records = Vec::with_capacity(CATCH_UP_BATCH);
+    let mut last_record = Instant::now();
+    let mut last_positions = Instant::now();
     while !behind.is_empty() {
-        let first = match tokio::time::timeout(IDLE, consumer.next_event()).await {
-            Err(_) => break,
+        // A partition is read to its end once the consumer's position passed the high mark
+        // taken at the start, even if its last offsets were transaction markers that are
+        // never delivered. Ending on silence alone never ended while workers kept writing
+        // heartbeats: the API then stayed not ready for good behind an exactly-once topic.
+        if last_positions.elapsed() >= POSITIONS_EVERY {
+            last_positions = Instant::now();
+            for (tp, position) in consumer.positions() {
+                if high_of(&behind, &tp.topic, tp.partition).is_some_and(|high| position >= high) {
+                    remove_behind(&mut behind, &tp.topic, tp.partition);
+                }
+            }
+            if behind.is_empty() {
+                break;
+            }
+        }
+        let first = match tokio::time::timeout(POSITIONS_EVERY, consumer.next_event()).await {
+            // Nothing at all for IDLE: what is left ends in markers on a backend that does
+            // not report positions.
+            Err(_) if last_record.elapsed() >= IDLE => break,
+            Err(_) => continue,
             Ok(Ok(ConsumerEvent::Record(record))) => record,
             Ok(Ok(_)) => continue,
             Ok(Err(error)) => {
@@ -332,6 +366,7 @@ async fn read_history(
                 break;
             }
         };
+        last_record = Instant::now();
         if let Err(error) = drain_ready_into(&mut consumer, first, CATCH_UP_BATCH, &mut records) {
             let _ = batches.send(Err(error.into())).await;
             break;
@@ -339,16 +374,27 @@ async fn read_history(
         // Only what existed at the start (later records belong to the live projector), and
         // with --as-of only what was written by then: a partition past it is done.
         let mut past = Vec::new();
+        let mut done_at = Vec::new();
         records.retain(|r| {
             if as_of_ms.is_some_and(|as_of| r.timestamp_ms > as_of) {
                 past.push((r.topic.clone(), r.partition));
                 return false;
             }
-            high_of(&behind, &r.topic, r.partition).is_some_and(|high| r.offset < high)
+            match high_of(&behind, &r.topic, r.partition) {
+                Some(high) => {
+                    // A record at or past the last offset of the history ends its partition,
+                    // also when it is itself too new to keep.
+                    if r.offset + 1 >= high {
+                        done_at.push((r.topic.clone(), r.partition, r.offset));
+                    }
+                    r.offset < high
+                }
+                None => false,
+            }
         });
-        for record in &records {
-            if high_of(&behind, &record.topic, record.partition).is_some_and(|high| record.offset + 1 >= high) {
-                remove_behind(&mut behind, &record.topic, record.partition);
+        for (topic, partition, offset) in done_at.drain(..) {
+            if high_of(&behind, &topic, partition).is_some_and(|high| offset + 1 >= high) {
+                remove_behind(&mut behind, &topic, partition);
             }
         }
         for (topic, partition) in past {
@@ -368,19 +414,58 @@ async fn read_history(
     }
 }
 
+/// A projector that ran this long was healthy: the next failure starts the back-off over.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+
 /// Follows the sources into `projection` until `cancel`: first the history (pipelined,
 /// without the WAL, flushed at the end), then record by record as they arrive.
+///
+/// A failure (the cluster unreachable, a leader moving, the store refusing a write) never
+/// ends it: it is reported through [`Projection::trouble`] (so `/readyz` says what it waits
+/// for), and after a back-off the projector starts again from the offsets in the store,
+/// which are exactly where its durable state ends.
 pub async fn run(log: Arc<dyn EventLog>, codec: Arc<WireCodec>, projection: Arc<Projection>, cancel: CancellationToken) -> Result<(), ProjectorError> {
+    let mut backoff = crate::backoff::Backoff::default();
+    loop {
+        let began = Instant::now();
+        let result = follow(&log, &codec, &projection, &cancel).await;
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        let error = match result {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        if began.elapsed() >= HEALTHY_RUN {
+            backoff.reset();
+        }
+        tracing::error!(%error, failures = backoff.failures() + 1, "projector failed; starting again from the stored offsets after a back-off");
+        projection.set_trouble(Some(format!("projector: {error} (retrying)")));
+        if !backoff.wait(&cancel).await {
+            return Ok(());
+        }
+    }
+}
+
+/// One run of the projector: catches up (the first time) and follows until `cancel` or a failure.
+async fn follow(log: &Arc<dyn EventLog>, codec: &Arc<WireCodec>, projection: &Arc<Projection>, cancel: &CancellationToken) -> Result<(), ProjectorError> {
     let kinds = kinds_of(&projection.sources);
     let mut store = projection.store();
-    let report = tokio::select! {
+    if !projection.is_caught_up() {
+        let report = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            report = catch_up(log, codec.clone(), &projection.sources, &store, None) => report?,
+        };
+        tracing::info!(events = report.events, elapsed_ms = report.elapsed.as_millis() as u64, "projection caught up");
+        projection.published(&store.offsets()?, Vec::new());
+        projection.caught_up.send_replace(true);
+    }
+    let offsets = store.offsets()?;
+    let (mut consumer, _) = tokio::select! {
         _ = cancel.cancelled() => return Ok(()),
-        report = catch_up(&log, codec.clone(), &projection.sources, &store, None) => report?,
+        opened = open_sources(log, &projection.sources, &offsets) => opened?,
     };
-    tracing::info!(events = report.events, elapsed_ms = report.elapsed.as_millis() as u64, "projection caught up");
-    projection.published(&store.offsets()?, Vec::new());
-    projection.caught_up.send_replace(true);
-    let (mut consumer, _) = open_sources(&log, &projection.sources, &store.offsets()?).await?;
+    projection.set_trouble(None);
     let result = loop {
         let first = tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
@@ -402,7 +487,7 @@ pub async fn run(log: Arc<dyn EventLog>, codec: Arc<WireCodec>, projection: Arc<
                 Ok(offsets) => offsets,
                 Err(error) => break Err(error.into()),
             };
-            match open_sources(&log, &projection.sources, &offsets).await {
+            match open_sources(log, &projection.sources, &offsets).await {
                 Ok((fresh, _)) => {
                     let old = std::mem::replace(&mut consumer, fresh);
                     old.close().await.ok();
@@ -411,7 +496,7 @@ pub async fn run(log: Arc<dyn EventLog>, codec: Arc<WireCodec>, projection: Arc<
             }
             continue;
         }
-        let decoded = decode_batch(&codec, records).await;
+        let decoded = decode_batch(codec, records).await;
         match apply_decoded(&store, &kinds, decoded) {
             Ok((offsets, notices, _)) => projection.published(&offsets, notices),
             Err(error) => break Err(error),
