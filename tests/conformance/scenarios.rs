@@ -669,3 +669,75 @@ pub async fn a_task_longer_than_max_poll_interval_does_not_evict_the_worker(h: &
 
     registry.stop().await;
 }
+
+/// Every topic a group reads is spread evenly over its members: a worker type's lanes are
+/// separate topics, and a member holding all of the busy lane while another holds only idle
+/// lanes leaves capacity unused (3 members × 4 lane topics × 6 partitions: 2 of each each).
+pub async fn each_topic_spreads_evenly_over_the_members(h: &mut Harness) {
+    let mut lanes = Vec::new();
+    for _ in 0..4 {
+        lanes.push(h.topic(6).await);
+    }
+    let group = unique("g");
+    let mut members = Vec::new();
+    for i in 0..3 {
+        let mut consumer = h
+            .log()
+            .consumer(ConsumerOptions { group: Some(group.clone()), client_id: Some(format!("m{i}")), ..Default::default() })
+            .expect("consumer");
+        consumer.subscribe(&lanes).expect("subscribe");
+        members.push(consumer);
+    }
+    let balanced = |members: &Vec<Box<dyn agentlog::log::Consumer>>| {
+        members.iter().all(|m| {
+            let parts = m.assignment();
+            parts.len() == 8 && lanes.iter().all(|lane| parts.iter().filter(|tp| &tp.topic == lane).count() == 2)
+        })
+    };
+    // Assignments arrive while the members are polled; KIP-848 converges over a few heartbeats.
+    let deadline = Instant::now() + WITHIN;
+    while !balanced(&members) && Instant::now() < deadline {
+        for m in members.iter_mut() {
+            let _ = tokio::time::timeout(Duration::from_millis(100), m.next_event()).await;
+        }
+    }
+    let seen: Vec<Vec<TopicPartition>> = members.iter().map(|m| m.assignment()).collect();
+    assert!(balanced(&members), "each member must hold 2 partitions of each of the 4 topics: {seen:?}");
+    for m in members {
+        m.close().await.expect("close");
+    }
+}
+
+/// A reader's position passes the end of a partition whose last offsets are a transaction's
+/// commit marker, which is never delivered: that is how a catch-up knows it has read the
+/// history (ending on silence never happens while other partitions keep receiving records).
+pub async fn a_position_passes_a_closing_transaction_marker(h: &mut Harness) {
+    let topic = h.topic(1).await;
+    let tp = TopicPartition::new(&topic, 0);
+    let txp = h.log().transactional_producer(&unique("tx")).expect("transactional producer");
+    let mut transaction = txp.begin().await.expect("begin");
+    for i in 0..3 {
+        transaction.send(Record::new(&topic, format!("committed-{i}"))).await.expect("send");
+    }
+    transaction.commit_with_offsets(&[], None).await.expect("commit");
+    let high = h.log().admin().watermarks(&tp).await.expect("watermarks").high;
+
+    let mut reader = h.log().consumer(ConsumerOptions::default()).expect("consumer");
+    reader.assign(&assign_all(&topic, 1, SeekTo::Earliest)).await.expect("assign");
+    let records = read_records(reader.as_mut(), 3, WITHIN).await;
+    assert_eq!(records.len(), 3);
+    let position = |reader: &dyn agentlog::log::Consumer| reader.positions().into_iter().find(|(p, _)| p == &tp).map(|(_, o)| o);
+    let deadline = Instant::now() + WITHIN;
+    while position(reader.as_ref()).is_none_or(|o| o < high) && Instant::now() < deadline {
+        // Polling lets the client handle the marker it fetched after the last record.
+        let _ = tokio::time::timeout(Duration::from_millis(100), reader.next_event()).await;
+    }
+    assert!(
+        position(reader.as_ref()).is_some_and(|o| o >= high),
+        "{:?}: position {:?} never reached the high watermark {high} (last record at {})",
+        h.backend,
+        position(reader.as_ref()),
+        records[2].offset
+    );
+    reader.close().await.expect("close");
+}

@@ -56,7 +56,11 @@ pub(crate) fn consumer_config(config: &KafkaConfig, group: Option<&str>, client_
             match config.group_protocol {
                 // Session timeout and heartbeats are the broker's business under KIP-848;
                 // librdkafka refuses the classic settings with it.
-                GroupProtocol::Consumer => client.set("group.protocol", "consumer"),
+                // The broker's `range` assignor splits each topic's partitions over the
+                // members subscribed to it, so every lane (a topic) is spread evenly over a
+                // type's workers; the default `uniform` balances only the total, and one
+                // worker could get all of a busy lane while another got idle ones.
+                GroupProtocol::Consumer => client.set("group.protocol", "consumer").set("group.remote.assignor", "range"),
                 GroupProtocol::Classic => client
                     .set("group.protocol", "classic")
                     .set("partition.assignment.strategy", "cooperative-sticky")
