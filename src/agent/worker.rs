@@ -124,7 +124,8 @@ enum Delivery {
     AtLeastOnce,
     /// Records of the contiguous done prefix go in one transaction with the offset commit.
     /// A transaction commits in the background (`committing`) while the loop keeps starting
-    /// and finishing tasks; what finishes meanwhile goes into the next one. Committing in the
+    /// buffered tasks and finishing them (it does not read the log meanwhile, see the loop);
+    /// what finishes meanwhile goes into the next one. Committing in the
     /// loop itself held every slot idle for a commit's round trips (tens of ms on three
     /// brokers), which capped an exactly-once worker below 150 tasks/s.
     ExactlyOnce {
@@ -401,7 +402,13 @@ impl Member<'_> {
                     _ = commit_tick.tick(), if !pending.is_empty() && !delivery.is_committing() => {
                         flush(&mut pending, &mut delivery, reader.consumer()).await?;
                     }
-                    outcome = reader.next() => match outcome? {
+                    // Not read while a transaction commits: librdkafka hands a revocation to the
+                    // application (and acknowledges it to the group) only while it is polled, and
+                    // a transactional offset commit is checked against the member's epoch, not
+                    // its assignment. Polling on would let a partition move to a new owner, which
+                    // re-runs its tasks, while the transaction commits their outcomes here too.
+                    // Tasks already buffered keep starting meanwhile.
+                    outcome = reader.next(), if !delivery.is_committing() => match outcome? {
                         ReadOutcome::Event { record, event, .. } => {
                             let tp = record.topic_partition();
                             if let Some(floor) = tracker.below_floor(&tp, record.offset) {
