@@ -235,7 +235,8 @@ enum SchemasAction {
         #[arg(long, default_value = "schemas/released")]
         released: PathBuf,
     },
-    /// Registers every event schema in a schema registry (TopicRecordNameStrategy subjects).
+    /// Registers every event schema in a schema registry (TopicRecordNameStrategy subjects),
+    /// TaskSubmitted under every lane topic of every declared agent type.
     Register {
         /// Default: registry.url from the config.
         #[arg(long)]
@@ -535,7 +536,7 @@ async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn Ev
         }
         Command::Schemas { action: SchemasAction::Register { registry } } => {
             let registry = registry.unwrap_or_else(|| config.registry.url.clone());
-            cli::events::register_schemas(&registry, &config.log.topic_prefix).await?;
+            cli::events::register_schemas(&registry, &config.log.topic_prefix, &config.agents).await?;
         }
         Command::Events { action: EventsAction::EmitSample { topic, registry, count } } => {
             let registry = registry.unwrap_or_else(|| config.registry.url.clone());

@@ -81,9 +81,15 @@ impl Server {
     }
 
     async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.send_text(method, path, body.map(|b| b.to_string())).await
+    }
+
+    /// As `send`, with the body as raw text (to send what is not JSON). Every answer, errors
+    /// included, must carry the registry media type.
+    async fn send_text(&self, method: reqwest::Method, path: &str, body: Option<String>) -> (StatusCode, Value) {
         let mut request = self.http.request(method, format!("{}{path}", self.url)).header("Accept", CT);
         if let Some(body) = body {
-            request = request.header("Content-Type", CT).body(body.to_string());
+            request = request.header("Content-Type", CT).body(body);
         }
         let response = request.send().await.expect("request");
         let status = response.status();
@@ -279,4 +285,121 @@ async fn a_second_instance_sees_writes_through_its_tail() {
     writer.close().await;
     reader.close().await;
     log.shutdown(Duration::from_secs(10)).await.expect("log shutdown");
+}
+
+/// confluent-kafka's Python client formats booleans as `True`/`False` (`lookup_schema` sends
+/// `?normalize=False&deleted=False`), Java and Go as `true`/`false`; Confluent reads both, and
+/// ignores parameters it does not know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_booleans_in_any_case_and_unknown_parameters_ignored() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(&embedded_config(&dir), "agentlog.schemas").await;
+    let subject = "flags-io.agentlog.test.Order";
+    assert_eq!(server.register(subject, V1).await.1, json!({ "id": 1 }));
+    let found = json!({ "subject": subject, "version": 1, "id": 1, "schema": V1 });
+
+    for query in ["normalize=False&deleted=False", "normalize=false&deleted=false", "normalize=TRUE&deleted=True", "deleted=fAlSe"] {
+        let answer = server.post(&format!("/subjects/{subject}?{query}"), json!({ "schema": V1 })).await;
+        assert_eq!(answer, (StatusCode::OK, found.clone()), "{query}");
+    }
+    let register = server.post(&format!("/subjects/{subject}/versions?normalize=False"), json!({ "schema": V1 })).await;
+    assert_eq!(register, (StatusCode::OK, json!({ "id": 1 })));
+    // What the Python client's listings send, unknown `offset`/`limit`/`subjectPrefix` included.
+    assert_eq!(server.get("/subjects?deleted=False&deleted_only=False&offset=0&limit=-1&subjectPrefix=x").await.1, json!([subject]));
+    assert_eq!(server.get(&format!("/subjects/{subject}/versions?deleted=False&deleted_only=False&offset=0&limit=-1")).await.1, json!([1]));
+    assert_eq!(server.get(&format!("/subjects/{subject}/versions/1?deleted=False&format=x")).await.1, found);
+    assert_eq!(server.get("/schemas/ids/1?subject=whatever&fetchMaxId=True").await.1, json!({ "schema": V1, "maxId": 1 }));
+
+    // Soft delete, then the three listings `deleted` and `deleted_only` select.
+    assert_eq!(server.register(subject, V2).await.1, json!({ "id": 2 }));
+    assert_eq!(server.send(reqwest::Method::DELETE, &format!("/subjects/{subject}/versions/1?permanent=False"), None).await.1, json!(1));
+    let versions = |query: &str| format!("/subjects/{subject}/versions?{query}");
+    assert_eq!(server.get(&versions("deleted=False")).await.1, json!([2]));
+    assert_eq!(server.get(&versions("deleted=True")).await.1, json!([1, 2]));
+    assert_eq!(server.get(&versions("deletedOnly=TRUE")).await.1, json!([1]));
+    assert_eq!(server.get(&versions("deleted=true&deleted_only=True")).await.1, json!([1]), "deleted_only wins");
+    assert_eq!(server.get("/subjects?deleted_only=true").await.1, json!([]));
+
+    // A value that is no boolean is a 400 naming the parameter, not a silent `false`.
+    let malformed = server.post(&format!("/subjects/{subject}?normalize=False&deleted=yes"), json!({ "schema": V1 })).await;
+    assert_error(&malformed, StatusCode::BAD_REQUEST, 400);
+    let message = malformed.1["message"].as_str().unwrap_or_default();
+    assert!(message.contains("deleted") && message.contains("yes"), "{message}");
+    assert_error(&server.get("/subjects?deleted=").await, StatusCode::BAD_REQUEST, 400);
+
+    server.stop().await;
+}
+
+/// Every way a request can fail answers Confluent's `{"error_code", "message"}` with the
+/// registry media type (`send_text` checks it), including what axum would answer in plain
+/// text: a body that is not JSON, a bad query string, a bad path, an unknown route, a method
+/// the route does not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rejection_is_a_confluent_json_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(&embedded_config(&dir), "agentlog.schemas").await;
+    assert_eq!(server.register("s", V1).await.0, StatusCode::OK);
+    let post = reqwest::Method::POST;
+
+    // Not JSON: 400 (Confluent's JSON parse error); JSON of the wrong shape: 422.
+    assert_error(&server.send_text(post.clone(), "/subjects/s/versions", Some("{\"schema\": ".into())).await, StatusCode::BAD_REQUEST, 400);
+    assert_error(&server.send_text(post.clone(), "/subjects/s", Some("not json".into())).await, StatusCode::BAD_REQUEST, 400);
+    assert_error(&server.send_text(post.clone(), "/subjects/s/versions", None).await, StatusCode::BAD_REQUEST, 400);
+    assert_error(&server.post("/subjects/s/versions", json!({ "schemaa": V1 })).await, StatusCode::UNPROCESSABLE_ENTITY, 422);
+    assert_error(&server.post("/compatibility/subjects/s/versions/latest", json!({ "schema": 7 })).await, StatusCode::UNPROCESSABLE_ENTITY, 422);
+    assert_error(&server.send(reqwest::Method::PUT, "/config", Some(json!([]))).await, StatusCode::UNPROCESSABLE_ENTITY, 422);
+
+    // Bad query values, on every kind of route.
+    assert_error(&server.get("/subjects?deleted=maybe").await, StatusCode::BAD_REQUEST, 400);
+    assert_error(&server.post("/compatibility/subjects/s/versions/latest?verbose=1", json!({ "schema": V1 })).await, StatusCode::BAD_REQUEST, 400);
+    assert_error(&server.send(reqwest::Method::DELETE, "/subjects/s/versions/1?permanent=sure", None).await, StatusCode::BAD_REQUEST, 400);
+    assert_error(&server.get("/schemas/ids/1?fetchMaxId=%FF").await, StatusCode::BAD_REQUEST, 400);
+
+    // A path segment that is not UTF-8 once decoded.
+    assert_error(&server.get("/subjects/%FF/versions").await, StatusCode::BAD_REQUEST, 400);
+
+    // Unknown routes and methods, as Confluent's Jersey answers them.
+    let unknown = server.get("/no/such/route").await;
+    assert_error(&unknown, StatusCode::NOT_FOUND, 404);
+    assert_eq!(unknown.1["message"], json!("HTTP 404 Not Found"));
+    assert_error(&server.post("/subjects", json!({})).await, StatusCode::METHOD_NOT_ALLOWED, 405);
+    assert_error(&server.send(reqwest::Method::PUT, "/schemas/ids/1", Some(json!({}))).await, StatusCode::METHOD_NOT_ALLOWED, 405);
+    let wrong_method = server.send(reqwest::Method::PATCH, "/subjects/s/versions/1", None).await;
+    assert_error(&wrong_method, StatusCode::METHOD_NOT_ALLOWED, 405);
+    assert_eq!(wrong_method.1["message"], json!("HTTP 405 Method Not Allowed"));
+
+    // A hard delete is refused in words rather than done as a soft one.
+    let permanent = server.send(reqwest::Method::DELETE, "/subjects/s/versions/1?permanent=true", None).await;
+    assert_error(&permanent, StatusCode::UNPROCESSABLE_ENTITY, 42205);
+    assert_eq!(server.get("/subjects/s/versions").await.1, json!([1]), "nothing was deleted");
+
+    server.stop().await;
+}
+
+/// `verbose=true` answers `{"is_compatible", "messages"}` as Confluent does, `messages` empty
+/// when compatible; without it, `is_compatible` alone. Also against every version the level
+/// names (`POST /compatibility/subjects/{s}/versions`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbose_compatibility_lists_why() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(&embedded_config(&dir), "agentlog.schemas").await;
+    let subject = "verbose-io.agentlog.test.Order";
+    assert_eq!(server.register(subject, V2).await.1, json!({ "id": 1 }));
+
+    for route in [format!("/compatibility/subjects/{subject}/versions/latest"), format!("/compatibility/subjects/{subject}/versions")] {
+        let (status, answer) = server.post(&format!("{route}?verbose=True"), json!({ "schema": V3_BREAKING })).await;
+        assert_eq!(status, StatusCode::OK, "{route}: {answer}");
+        assert_eq!(answer["is_compatible"], json!(false), "{route}");
+        let messages = answer["messages"].as_array().cloned().unwrap_or_default();
+        assert!(!messages.is_empty() && messages.iter().all(Value::is_string), "{route}: {answer}");
+        assert!(messages.iter().any(|m| m.as_str().is_some_and(|m| m.contains("price"))), "names the field: {answer}");
+        assert_eq!(answer.as_object().map(|o| o.len()), Some(2), "{route}: {answer}");
+
+        let compatible = server.post(&format!("{route}?verbose=true&normalize=False"), json!({ "schema": V2 })).await;
+        assert_eq!(compatible, (StatusCode::OK, json!({ "is_compatible": true, "messages": [] })), "{route}");
+        let terse = server.post(&format!("{route}?verbose=False"), json!({ "schema": V3_BREAKING })).await;
+        assert_eq!(terse, (StatusCode::OK, json!({ "is_compatible": false })), "{route}");
+    }
+
+    server.stop().await;
 }

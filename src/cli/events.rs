@@ -1,6 +1,7 @@
 //! `agentlog registry`, `agentlog schemas …` and `agentlog events …`: the Avro contract from
 //! the command line.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use agentlog::events::reader::{EventReader, ReadOutcome};
 use agentlog::events::wire::WireCodec;
-use agentlog::events::{Lane, Meta, TaskSubmitted, all_schemas, check_evolution, topic_of};
+use agentlog::agent::AgentTypeConfig;
+use agentlog::events::{Event, Lane, Meta, TaskSubmitted, all_schemas, check_evolution, topic_of};
 use agentlog::log::{ConsumerOptions, EventLog, Record, SeekTo, TopicPartition, TopicSpec};
 use agentlog::registry::{Registry, serve};
 
@@ -42,24 +44,40 @@ pub fn check_schemas(working: &Path, released: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Registers every event schema under `<prefix><topic>-<full name>` (TopicRecordNameStrategy)
-/// for the topic it is written to. TaskSubmitted goes to per-agent-type topics, whose
-/// subjects the encoder registers on first use.
-pub async fn register_schemas(registry_url: &str, topic_prefix: &str) -> anyhow::Result<()> {
+/// Registers every event schema under `<topic>-<full name>` (TopicRecordNameStrategy) for
+/// each topic it is written to, `TaskSubmitted` under every lane topic of every declared agent
+/// type. Registering those up front matters: a producer that may not register schemas itself
+/// (`auto.register.schemas=false`, the usual locked-down setting) only looks its subject up,
+/// and would find none until agentlog had written to that lane.
+pub async fn register_schemas(registry_url: &str, topic_prefix: &str, agents: &BTreeMap<String, AgentTypeConfig>) -> anyhow::Result<()> {
     let settings = SrSettings::new(registry_url.to_string());
     for (name, avsc) in all_schemas() {
-        let Some(topic) = topic_of(name).filter(|t| !t.contains('<')) else {
-            println!("skipped   {name} (per-agent-type topics; registered on first write)");
-            continue;
-        };
-        let subject = format!("{topic_prefix}{topic}-{name}");
-        let schema = SuppliedSchema::new(Some(name.to_string()), SchemaType::Avro, avsc.to_string());
-        let registered = post_schema(&settings, subject.clone(), schema)
-            .await
-            .map_err(|e| anyhow::anyhow!("registering {subject}: {e}"))?;
-        println!("registered {subject} id={}", registered.id);
+        let subjects = subjects_of(name, topic_prefix, agents);
+        if subjects.is_empty() {
+            println!("skipped   {name} (no agent type declared, so no lane topic to register it for)");
+        }
+        for subject in subjects {
+            let schema = SuppliedSchema::new(Some(name.to_string()), SchemaType::Avro, avsc.to_string());
+            let registered = post_schema(&settings, subject.clone(), schema)
+                .await
+                .map_err(|e| anyhow::anyhow!("registering {subject}: {e}"))?;
+            println!("registered {subject} id={}", registered.id);
+        }
     }
     Ok(())
+}
+
+/// The TopicRecordNameStrategy subjects of event type `name`: one per topic it is written to.
+fn subjects_of(name: &str, topic_prefix: &str, agents: &BTreeMap<String, AgentTypeConfig>) -> Vec<String> {
+    if name == TaskSubmitted::NAME {
+        // Lane topics come from the same declaration `topics apply` creates them from.
+        return agents
+            .iter()
+            .flat_map(|(agent_type, agent)| agent.lane_topics(agent_type, topic_prefix))
+            .map(|topic| format!("{topic}-{name}"))
+            .collect();
+    }
+    topic_of(name).map(|topic| format!("{topic_prefix}{topic}-{name}")).into_iter().collect()
 }
 
 pub async fn create_topic(log: &Arc<dyn EventLog>, name: &str, partitions: i32, replication_factor: i16) -> anyhow::Result<()> {

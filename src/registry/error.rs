@@ -35,9 +35,41 @@ pub enum RegistryError {
     #[error("Invalid compatibility level. Valid values are none, backward, forward, full, backward_transitive, forward_transitive, and full_transitive (got '{level}')")]
     InvalidCompatibilityLevel { level: String },
 
-    /// The request body is not the JSON the endpoint expects.
+    /// The request body is JSON, but not of the shape the endpoint expects.
     #[error("Unprocessable request body: {reason}")]
-    BadRequest { reason: String },
+    InvalidBody { reason: String },
+
+    /// The request body is not JSON at all.
+    #[error("Malformed JSON in the request body: {reason}")]
+    MalformedJson { reason: String },
+
+    /// The request body could not be read (the connection broke, or bad chunked encoding).
+    #[error("Unreadable request body: {reason}")]
+    UnreadableBody { reason: String },
+
+    /// The request body is over the server's size limit.
+    #[error("Request body too large: {reason}")]
+    BodyTooLarge { reason: String },
+
+    /// A query parameter has a value its endpoint cannot read; the reason names it.
+    #[error("Invalid query parameter {reason}")]
+    InvalidQuery { reason: String },
+
+    /// A path segment could not be decoded.
+    #[error("Invalid request path: {reason}")]
+    InvalidPath { reason: String },
+
+    /// No route has this path.
+    #[error("HTTP 404 Not Found")]
+    RouteNotFound,
+
+    /// The path exists, but not with this HTTP method.
+    #[error("HTTP 405 Method Not Allowed")]
+    MethodNotAllowed,
+
+    /// A request this registry understands but deliberately does not carry out.
+    #[error("Operation not permitted: {reason}")]
+    OperationNotPermitted { reason: String },
 
     /// The schemas topic could not be read or written.
     #[error("Error in the backend data store ({operation}): {source}")]
@@ -67,7 +99,16 @@ impl RegistryError {
             RegistryError::InvalidSchema { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
             RegistryError::InvalidVersion { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42202),
             RegistryError::InvalidCompatibilityLevel { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42203),
-            RegistryError::BadRequest { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 422),
+            RegistryError::OperationNotPermitted { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42205),
+            // rest-utils' generic codes: the HTTP status as error_code.
+            RegistryError::InvalidBody { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 422),
+            RegistryError::MalformedJson { .. }
+            | RegistryError::UnreadableBody { .. }
+            | RegistryError::InvalidQuery { .. }
+            | RegistryError::InvalidPath { .. } => (StatusCode::BAD_REQUEST, 400),
+            RegistryError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, 413),
+            RegistryError::RouteNotFound => (StatusCode::NOT_FOUND, 404),
+            RegistryError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, 405),
             RegistryError::Storage { .. } | RegistryError::Encoding { .. } | RegistryError::Io(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, 50001)
             }

@@ -19,7 +19,9 @@
 
 pub mod compatibility;
 pub mod error;
+mod extract;
 pub mod http;
+pub mod params;
 pub mod state;
 pub mod storage;
 
@@ -169,6 +171,11 @@ impl Registry {
     /// The schema text of a global id (ids survive soft deletes).
     pub fn schema_by_id(&self, id: u32) -> Result<String, RegistryError> {
         self.read().schema(id).map(|s| s.raw.clone()).ok_or(RegistryError::SchemaNotFound)
+    }
+
+    /// The highest global id ever given (0 before the first registration).
+    pub fn max_id(&self) -> u32 {
+        self.read().next_id() - 1
     }
 
     /// The subjects using a global id.

@@ -3,7 +3,9 @@
 agentlog writes events to a real Kafka in Confluent's wire format, registering their schemas
 in agentlog's built-in registry; Python reads them with confluent-kafka's AvroDeserializer,
 fetching schemas from that registry. Python writes a TaskSubmitted with AvroSerializer and
-agentlog decodes it. `make test` runs this against the local Kafka (AGENTLOG_TEST_KAFKA).
+agentlog decodes it, also with a producer that may not register schemas (only looks them up).
+The registry answers confluent-kafka's SchemaRegistryClient as Confluent's would, errors
+included. `make test` runs this against the local Kafka (AGENTLOG_TEST_KAFKA).
 """
 
 import json
@@ -17,7 +19,8 @@ import uuid
 
 import pytest
 from confluent_kafka import DeserializingConsumer, SerializingProducer
-from confluent_kafka.schema_registry import SchemaRegistryClient, topic_record_subject_name_strategy
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, topic_record_subject_name_strategy
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import StringDeserializer, StringSerializer
 
@@ -38,8 +41,10 @@ def agentlog_env():
     return env
 
 
-def agentlog(*args, timeout=60):
-    done = subprocess.run([BIN, *args], env=agentlog_env(), capture_output=True, text=True, timeout=timeout)
+def agentlog(*args, timeout=60, config=None):
+    """Runs the agentlog CLI against the test Kafka; `config` is a TOML file layered over the defaults."""
+    options = ["--config", str(config)] if config is not None else []
+    done = subprocess.run([BIN, *options, *args], env=agentlog_env(), capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"agentlog {' '.join(args)} failed:\n{done.stderr}"
     return done.stdout
 
@@ -151,6 +156,106 @@ def test_agentlog_reads_what_python_wrote(registry_url):
     assert decoded["event"]["lane"] == "CRITICAL"
     assert decoded["event"]["labels"] == {"origin": "python"}
     assert decoded["schema_id"] == client.get_latest_version(f"{topic}-io.agentlog.v1.TaskSubmitted").schema_id
+
+
+ORDER_V1 = json.dumps(
+    {"type": "record", "name": "Order", "namespace": "io.agentlog.interop", "fields": [{"name": "id", "type": "string"}]}
+)
+# V1 plus a field with a default: BACKWARD compatible.
+ORDER_V2 = json.dumps(
+    {
+        "type": "record",
+        "name": "Order",
+        "namespace": "io.agentlog.interop",
+        "fields": [{"name": "id", "type": "string"}, {"name": "qty", "type": "int", "default": 1}],
+    }
+)
+# A new required field: not BACKWARD compatible.
+ORDER_BREAKING = json.dumps(
+    {
+        "type": "record",
+        "name": "Order",
+        "namespace": "io.agentlog.interop",
+        "fields": [{"name": "id", "type": "string"}, {"name": "price", "type": "double"}],
+    }
+)
+
+
+def test_client_lookup_schema(registry_url):
+    """lookup_schema sends `?normalize=False&deleted=False`: Python's spelling of booleans."""
+    client = SchemaRegistryClient({"url": registry_url})
+    subject = f"interop-{uuid.uuid4().hex[:12]}-io.agentlog.interop.Order"
+    schema_id = client.register_schema(subject, Schema(ORDER_V1, "AVRO"))
+
+    found = client.lookup_schema(subject, Schema(ORDER_V1, "AVRO"))
+    assert (found.schema_id, found.subject, found.version) == (schema_id, subject, 1)
+
+    # Misses are Confluent's JSON errors, so the client can tell which miss it was.
+    with pytest.raises(SchemaRegistryError) as unknown_schema:
+        client.lookup_schema(subject, Schema(ORDER_V2, "AVRO"))
+    assert (unknown_schema.value.http_status_code, unknown_schema.value.error_code) == (404, 40403)
+    with pytest.raises(SchemaRegistryError) as unknown_subject:
+        client.lookup_schema(f"{subject}-missing", Schema(ORDER_V1, "AVRO"))
+    assert (unknown_subject.value.http_status_code, unknown_subject.value.error_code) == (404, 40401)
+
+
+def test_client_test_compatibility(registry_url):
+    """test_compatibility sends `?normalize=False&verbose=False` (or `verbose=True`)."""
+    client = SchemaRegistryClient({"url": registry_url})
+    subject = f"interop-{uuid.uuid4().hex[:12]}-io.agentlog.interop.Order"
+    client.register_schema(subject, Schema(ORDER_V1, "AVRO"))
+
+    assert client.test_compatibility(subject, Schema(ORDER_V2, "AVRO")) is True
+    assert client.test_compatibility(subject, Schema(ORDER_BREAKING, "AVRO")) is False
+    assert client.test_compatibility(subject, Schema(ORDER_BREAKING, "AVRO"), verbose=True) is False
+    assert client.test_compatibility_all_versions(subject, Schema(ORDER_V2, "AVRO")) is True
+    # Its versions listing sends `deleted=false&deleted_only=false&offset=0&limit=-1`.
+    assert client.get_versions(subject) == [1]
+    with pytest.raises(SchemaRegistryError) as invalid:
+        client.test_compatibility(subject, Schema('{"type": "nosuchtype"}', "AVRO"))
+    assert (invalid.value.http_status_code, invalid.value.error_code) == (422, 42201)
+
+
+def test_locked_down_producer_after_schemas_register(registry_url, tmp_path):
+    """A producer that may not register schemas (auto.register.schemas=False) writes a
+    TaskSubmitted to a lane topic right after `topics apply` and `schemas register`, before
+    agentlog ever wrote to that lane, and agentlog decodes it."""
+    prefix = f"interop{uuid.uuid4().hex[:10]}."
+    config = tmp_path / "agentlog.toml"
+    config.write_text(
+        f'[log]\ntopic_prefix = "{prefix}"\n\n'
+        '[agents.summarize]\nruntime = { kind = "builtin", name = "echo" }\nlanes = ["critical", "normal"]\npartitions = 2\n'
+    )
+    agentlog("topics", "apply", config=config)
+    registered = agentlog("schemas", "register", "--registry", registry_url, config=config)
+    subject = f"{prefix}tasks.summarize.critical-io.agentlog.v1.TaskSubmitted"
+    assert f"registered {subject} " in registered, registered
+    assert f"registered {prefix}tasks.summarize.normal-io.agentlog.v1.TaskSubmitted " in registered, registered
+
+    client = SchemaRegistryClient({"url": registry_url})
+    serializer = AvroSerializer(
+        client,
+        (ROOT / "schemas" / "TaskSubmitted.avsc").read_text(),
+        conf={
+            "subject.name.strategy": topic_record_subject_name_strategy,
+            "auto.register.schemas": False,
+            "use.latest.version": False,
+        },
+    )
+    producer = SerializingProducer(
+        {"bootstrap.servers": BOOTSTRAP, "key.serializer": StringSerializer("utf_8"), "value.serializer": serializer}
+    )
+    topic = f"{prefix}tasks.summarize.critical"
+    producer.produce(topic, key="locked-down", value=sample_task_submitted("locked-down"))
+    assert producer.flush(30) == 0
+
+    out = agentlog("events", "read", "--topic", topic, "--registry", registry_url, "--max", "1", config=config)
+    decoded = json.loads(out.strip().splitlines()[-1])
+    assert decoded["event"]["task_id"] == "locked-down"
+    assert decoded["event"]["lane"] == "CRITICAL"
+    assert decoded["schema_id"] == client.get_latest_version(subject).schema_id
+    # The producer only looked the schema up: still the one version `schemas register` made.
+    assert client.get_versions(subject) == [1]
 
 
 def sample_task_submitted(task_id):
