@@ -164,29 +164,37 @@ impl Fleet {
         self.procs.iter().any(|p| p.name.starts_with(prefix) && p.child.is_some())
     }
 
-    /// The end of the scenario: SIGTERM everything (SIGCONT first, a stopped process cannot
-    /// drain), SIGKILL what is still there after the grace period. Exits from here on are
-    /// expected.
-    pub async fn shutdown(&mut self) {
+    /// The end of the scenario: SIGTERM everything but `last` (SIGCONT first, a stopped
+    /// process cannot drain), then `last` (the registry: the others encode their farewell
+    /// events with it), SIGKILL what is still there after the grace period. Exits from here
+    /// on are expected.
+    pub async fn shutdown(&mut self, last: &[&str]) {
         self.poll();
-        for proc in &mut self.procs {
-            if let Some(child) = proc.child.as_ref() {
-                // SAFETY: signals to our own unreaped children.
-                unsafe {
-                    libc::kill(child.id() as i32, libc::SIGCONT);
-                    libc::kill(child.id() as i32, libc::SIGTERM);
-                }
+        let (first, then): (Vec<&mut Proc>, Vec<&mut Proc>) = self.procs.iter_mut().partition(|p| !last.contains(&p.name.as_str()));
+        stop_all(first).await;
+        stop_all(then).await;
+    }
+}
+
+async fn stop_all(procs: Vec<&mut Proc>) {
+    for proc in &procs {
+        if let Some(child) = proc.child.as_ref() {
+            // SAFETY: signals to our own unreaped children.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGCONT);
+                libc::kill(child.id() as i32, libc::SIGTERM);
             }
         }
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline && self.procs.iter_mut().any(|p| p.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        for proc in &mut self.procs {
-            if let Some(mut child) = proc.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+    }
+    let mut procs = procs;
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline && procs.iter_mut().any(|p| p.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for proc in procs {
+        if let Some(mut child) = proc.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

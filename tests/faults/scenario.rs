@@ -210,7 +210,7 @@ impl Scenario {
         let api = api_view::compare(&self.api_url, &expected, API_WITHIN).await;
         self.fleet.poll();
         let exits = self.fleet.exits().to_vec();
-        self.fleet.shutdown().await;
+        self.fleet.shutdown(&["registry"]).await;
 
         let verdict = judge(&self.name, &history, &outcomes, self.timeline, &exits, api, &self.dir);
         eprintln!("{}", verdict.line());
