@@ -223,6 +223,10 @@ fn launch(dir: &Path, config: &Path, proc: &mut Proc) -> Result<(), ProcessError
         .args(&proc.args)
         // info: the lines that say what a process decided (leading, fenced, retrying).
         .env("RUST_LOG", std::env::var("AGENTLOG_FAULTS_RUST_LOG").unwrap_or_else(|_| "info,librdkafka=warn".into()))
+        // The end of a log is the evidence of an exit: the error chain, not a backtrace of
+        // where anyhow caught it, and no colour codes.
+        .env("RUST_LIB_BACKTRACE", "0")
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -232,9 +236,9 @@ fn launch(dir: &Path, config: &Path, proc: &mut Proc) -> Result<(), ProcessError
     Ok(())
 }
 
-/// The last `n` lines of a log file.
+/// The last `n` lines of a log file, without the source locations of backtrace frames.
 pub fn tail(path: &Path, n: usize) -> Vec<String> {
     let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim_start().starts_with("at /")).collect();
     lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect()
 }

@@ -214,7 +214,6 @@ impl Scenario {
 
         let verdict = judge(&self.name, &history, &outcomes, self.timeline, &exits, api, &self.dir);
         eprintln!("{}", verdict.line());
-        println!("{}", verdict.line());
         let results = results_file();
         if let Err(error) = verdict.append_to(&results) {
             eprintln!("appending to {}: {error}", results.display());

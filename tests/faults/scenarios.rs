@@ -16,6 +16,14 @@ fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
+/// No fault: what the same load costs on a healthy system, to read the others against.
+pub async fn baseline(sc: &mut Scenario) -> Step {
+    sc.sleep(WARM_UP).await;
+    sc.fault();
+    sc.healed();
+    Ok(())
+}
+
 /// kill -9 of a worker mid-load; it is restarted after 5 s.
 pub async fn worker_kill(sc: &mut Scenario) -> Step {
     sc.sleep(WARM_UP).await;
