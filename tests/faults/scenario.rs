@@ -23,14 +23,17 @@ use super::client::{self, Answer, History, Load};
 use super::cluster::Cluster;
 use super::processes::Fleet;
 use super::results::ResultsReader;
-use super::verdict::{Timeline, judge};
+use super::verdict::{Timeline, judge, write_history};
 
 pub const WORKERS: usize = 3;
 /// Offered load: tasks per second over HTTP.
 pub const RATE_PER_S: u32 = 100;
 /// How long the drain waits past the last heal for every acknowledged task's outcome: past
-/// the 30 s the verdict allows, so a late task shows as late rather than lost.
-const DRAIN_LIMIT: Duration = Duration::from_secs(45);
+/// the 30 s the verdict allows, so a late task shows as late rather than lost, and past
+/// librdkafka's 60 s transaction.timeout.ms, because a read_committed reader sees nothing
+/// behind a killed producer's open transaction until the coordinator aborts it (outcomes
+/// that showed up after 45 s were counted lost before; they were late, and some duplicated).
+const DRAIN_LIMIT: Duration = Duration::from_secs(90);
 /// Outcomes keep arriving? Read on until none came for this long (duplicates show up late).
 const SETTLE: Duration = Duration::from_secs(3);
 const SETTLE_LIMIT: Duration = Duration::from_secs(15);
@@ -152,6 +155,32 @@ impl Scenario {
         self.fleet.sleep(d).await;
     }
 
+    /// kill -9 of broker `node`, watching the processes meanwhile.
+    pub async fn kill_broker(&mut self, node: u32) -> Step {
+        let cluster = self.cluster;
+        self.watching(cluster.kill(node)).await?;
+        Ok(())
+    }
+
+    /// Restarts broker `node` and waits until the cluster sees it (5-10 s), watching the
+    /// processes meanwhile so an exit is timed when it happens, not when the wait ends.
+    pub async fn restart_broker(&mut self, node: u32) -> Step {
+        let cluster = self.cluster;
+        self.watching(cluster.restart(node)).await?;
+        Ok(())
+    }
+
+    async fn watching<T>(&mut self, work: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(work);
+        // Bounded by `work`, whose own waits are bounded (kafka-local.sh's timeouts).
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = self.fleet.sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+
     pub fn lane_topics(&self) -> Vec<String> {
         vec![self.topics.lane(&self.agent_type, Lane::Normal)]
     }
@@ -175,7 +204,7 @@ impl Scenario {
     /// Drains, judges, reports, and fails the test with every broken assertion. `steps` is
     /// how the scenario's own actions went (a fault that could not be applied is reported).
     pub async fn finish(mut self, load: JoinHandle<Result<History, reqwest::Error>>, steps: Step) {
-        let history = match load.await {
+        let history = match self.watching(load).await {
             Ok(Ok(history)) => history,
             Ok(Err(error)) => panic!("{}: the recording client could not start: {error}", self.name),
             Err(error) => panic!("{}: the recording client panicked: {error}", self.name),
@@ -207,11 +236,15 @@ impl Scenario {
             let first = outcomes.by_task.get(&s.task_id).and_then(|o| o.first()).map(|(name, _)| name.as_str());
             expected.insert(s.task_id.clone(), first.and_then(status_of));
         }
-        let api = api_view::compare(&self.api_url, &expected, API_WITHIN).await;
+        let api_url = self.api_url.clone();
+        let api = self.watching(api_view::compare(&api_url, &expected, API_WITHIN)).await;
         self.fleet.poll();
         let exits = self.fleet.exits().to_vec();
         self.fleet.shutdown(&["registry"]).await;
 
+        if let Err(error) = write_history(&self.dir.join("tasks.csv"), &history, &outcomes, self.timeline) {
+            eprintln!("writing {}: {error}", self.dir.join("tasks.csv").display());
+        }
         let verdict = judge(&self.name, &history, &outcomes, self.timeline, &exits, api, &self.dir);
         eprintln!("{}", verdict.line());
         let results = results_file();

@@ -73,10 +73,10 @@ pub async fn api_kill(sc: &mut Scenario) -> Step {
 /// acks=all writes); restarted after 10 s.
 pub async fn broker_kill(sc: &mut Scenario) -> Step {
     sc.sleep(WARM_UP).await;
-    sc.cluster.kill(BROKER).await?;
+    sc.kill_broker(BROKER).await?;
     sc.fault();
     sc.sleep(BROKER_OUTAGE).await;
-    sc.cluster.restart(BROKER).await?;
+    sc.restart_broker(BROKER).await?;
     sc.healed();
     Ok(())
 }
@@ -88,10 +88,10 @@ pub async fn broker_leader_kill(sc: &mut Scenario) -> Step {
     let leaders = sc.cluster.leaders(&sc.lane_topics()).await?;
     let (&node, &led) = leaders.iter().max_by_key(|(_, n)| **n).ok_or("the lane topic has no partition leaders")?;
     eprintln!("{}: killing broker {node}, leader of {led} lane partitions ({leaders:?})", sc.name);
-    sc.cluster.kill(node).await?;
+    sc.kill_broker(node).await?;
     sc.fault();
     sc.sleep(BROKER_OUTAGE).await;
-    sc.cluster.restart(node).await?;
+    sc.restart_broker(node).await?;
     sc.healed();
     Ok(())
 }
@@ -123,14 +123,14 @@ pub async fn registry_restart(sc: &mut Scenario) -> Step {
 /// starts (projection, producer, consumers) against a cluster missing a broker.
 pub async fn api_kill_during_broker_outage(sc: &mut Scenario) -> Step {
     sc.sleep(WARM_UP).await;
-    sc.cluster.kill(BROKER).await?;
+    sc.kill_broker(BROKER).await?;
     sc.fault();
     sc.sleep(secs(3)).await;
     sc.fleet.kill9("api")?;
     sc.sleep(secs(2)).await;
     sc.fleet.restart("api")?;
     sc.sleep(secs(5)).await;
-    sc.cluster.restart(BROKER).await?;
+    sc.restart_broker(BROKER).await?;
     sc.healed();
     Ok(())
 }
@@ -147,13 +147,13 @@ pub async fn combination(sc: &mut Scenario) -> Step {
     sc.sleep(secs(2)).await;
     sc.fleet.kill9("worker-2")?;
     sc.sleep(secs(2)).await;
-    sc.cluster.kill(3).await?;
+    sc.kill_broker(3).await?;
     sc.sleep(secs(2)).await;
     sc.fleet.kill9("api")?;
     sc.sleep(secs(2)).await;
     sc.fleet.restart("api")?;
     sc.sleep(BROKER_OUTAGE - secs(4)).await;
-    sc.cluster.restart(3).await?;
+    sc.restart_broker(3).await?;
     sc.healed();
     Ok(())
 }

@@ -45,7 +45,10 @@ pub struct Verdict {
     pub unexpected: usize,
     /// First outcomes other than TaskCompleted, by event name.
     pub other_outcomes: HashMap<String, usize>,
-    /// Last heal → the last acknowledged task's first outcome read; None if some never got one.
+    /// The longest any acknowledged task stayed open after the last heal, or after its own
+    /// submission when that came later (the load runs on past the heal, and a task
+    /// submitted at the end cannot be terminal before it was submitted); None if some
+    /// acknowledged task never got an outcome.
     pub heal_to_terminal_ms: Option<u64>,
     pub p99_fault_ms: Option<u64>,
     pub max_fault_ms: Option<u64>,
@@ -120,7 +123,7 @@ pub fn judge(scenario: &str, history: &History, outcomes: &Outcomes, timeline: T
                         if in_fault {
                             let _ = during.record(ms.max(1));
                         }
-                        let after_heal = first.arrived.saturating_duration_since(healed).as_millis() as u64;
+                        let after_heal = first.arrived.saturating_duration_since(healed.max(s.invoked)).as_millis() as u64;
                         v.heal_to_terminal_ms = v.heal_to_terminal_ms.map(|m| m.max(after_heal));
                     }
                 }
@@ -250,6 +253,28 @@ impl Verdict {
         let line = serde_json::to_string(self).map_err(std::io::Error::other)?;
         writeln!(file, "{line}")
     }
+}
+
+/// Every submission of the scenario as one CSV row (task id, submitted and first outcome in
+/// ms since the load began, the answer, the outcomes read): the raw history behind the
+/// verdict, for looking at a failure afterwards.
+pub fn write_history(path: &Path, history: &History, outcomes: &Outcomes, timeline: Timeline) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "task_id,submitted_ms,answer,info,first_outcome_ms,outcomes")?;
+    let ms = |at: Instant| signed_secs(at, timeline.started) * 1000.0;
+    for s in &history.submissions {
+        let (answer, info) = match &s.answer {
+            Answer::Ok => ("ok", String::new()),
+            Answer::Fail(why) => ("fail", why.clone()),
+            Answer::Unknown(why) => ("unknown", why.clone()),
+        };
+        let seen = outcomes.by_task.get(&s.task_id);
+        let first = seen.and_then(|o| o.first()).map_or(String::new(), |(_, f)| format!("{:.0}", ms(f.arrived)));
+        let names = seen.map_or(String::new(), |o| o.iter().map(|(name, f)| format!("{name}@p{}:{}", f.partition, f.offset)).collect::<Vec<_>>().join(" "));
+        let info = info.replace(['"', '\n', ','], " ");
+        writeln!(out, "{},{:.0},{answer},\"{info}\",{first},{names}", s.task_id, ms(s.invoked))?;
+    }
+    out.flush()
 }
 
 /// `at - since` in seconds, negative when `at` came first.
