@@ -4,7 +4,7 @@ SHELL := /bin/bash
 # The target directory lives outside the clone so a fresh clone (CI) reuses earlier builds.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/agentlog/target
 
-.PHONY: dev test bench bench-log deps build kafka-start kafka-stop clean-dev
+.PHONY: dev test faults bench bench-log deps build kafka-start kafka-stop clean-dev
 
 deps:
 	@scripts/install-deps.sh
@@ -17,6 +17,12 @@ dev: deps
 
 test: deps
 	scripts/test.sh
+
+# Every fault scenario (FAULTS.md), one at a time, on a three-broker Kafka the suite starts
+# on ports 29092-29097 and stops at its end; verdicts are appended to
+# $AGENTLOG_FAULTS_RESULTS (default $TMPDIR or /tmp, then agentlog-faults/results.jsonl).
+faults: deps
+	AGENTLOG_FAULTS=1 cargo test --release --test faults -- --include-ignored --test-threads=1 --nocapture
 
 # Log benchmark on both backends (starts and stops the local Kafka).
 bench: deps

@@ -7,6 +7,11 @@
 #   scripts/kafka-local.sh stop                        stop whatever this script started
 #   scripts/kafka-local.sh status                      exit 0 + bootstrap if running, else 1
 #   scripts/kafka-local.sh bootstrap [--brokers 1|3]   print the bootstrap servers string
+#   scripts/kafka-local.sh kill-node N                 kill -9 node N of the running cluster (fault tests)
+#   scripts/kafka-local.sh restart-node N              start node N again on its data and wait until
+#                                                      the whole cluster is ready (its previous log is
+#                                                      kept as node-N/kafka.log.<n>)
+#   scripts/kafka-local.sh pid N                       print node N's pid (exit 1 if not running)
 #   scripts/kafka-local.sh tool <class> [args...]      run a Kafka Java tool from the jars, e.g.
 #                                                      tool org.apache.kafka.tools.TopicCommand --list --bootstrap-server 127.0.0.1:19092
 #
@@ -429,12 +434,83 @@ cmd_status() {
   bootstrap_for "$n"
 }
 
+# ---------------------------------------------------------------- single nodes (fault tests)
+# A node number of the recorded cluster, or die.
+checked_node() {
+  local node="$1" n
+  n="$(recorded_brokers)"
+  [[ -n "$n" ]] || die "no cluster recorded in $RUN_DIR"
+  [[ "$node" =~ ^[0-9]+$ ]] && ((node >= 1 && node <= n)) || die "node must be 1..$n (got '$node')"
+  echo "$n"
+}
+
+# SIGKILL, not TERM: a fault test wants a crash, with no controlled shutdown or final flush.
+cmd_kill_node() {
+  local node="$1" pid tries
+  checked_node "$node" >/dev/null
+  acquire_lock "$RUN_DIR/.lock"
+  pid="$(node_pid "$node")"
+  if [[ -z "$pid" ]] || ! is_our_broker "$pid" "$node"; then
+    log "node $node is not running"
+    return 0
+  fi
+  kill -KILL "$pid" 2>/dev/null || true
+  for ((tries = 0; tries < 100; tries++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 "$pid" 2>/dev/null && die "node $node (pid $pid) still alive 10s after SIGKILL"
+  log "killed node $node (pid $pid)"
+}
+
+# Starts a stopped node on its existing data (no format), as start_node does at cluster start.
+cmd_restart_node() {
+  local node="$1" n dir keep=1 t0=$SECONDS
+  n="$(checked_node "$node")"
+  ensure_libs
+  ensure_java
+  acquire_lock "$RUN_DIR/.lock"
+  if node_running "$node"; then
+    log "node $node is already running"
+  else
+    dir="$(node_dir "$node")"
+    # Keep the crashed incarnation's log: it is the evidence of what the broker did.
+    while [[ -e "$dir/kafka.log.$keep" ]] && ((keep < 1000)); do keep=$((keep + 1)); done
+    [[ -f "$dir/kafka.log" ]] && mv "$dir/kafka.log" "$dir/kafka.log.$keep"
+    start_node "$node"
+  fi
+  if ! wait_ready "$n"; then
+    dump_logs "$n"
+    die "node $node did not rejoin within ${START_TIMEOUT}s (logs in $RUN_DIR/node-*/kafka.log)"
+  fi
+  log "node $node ready in $((SECONDS - t0))s"
+}
+
+cmd_pid() {
+  local node="$1" pid
+  checked_node "$node" >/dev/null
+  pid="$(node_pid "$node")"
+  [[ -n "$pid" ]] && is_our_broker "$pid" "$node" || { log "node $node is not running"; return 1; }
+  echo "$pid"
+}
+
 # ---------------------------------------------------------------- main
 main() {
   local cmd="${1:-}" n="${KAFKA_BROKERS:-1}" brokers_given=0
   [[ -n "${KAFKA_BROKERS:-}" ]] && brokers_given=1
   [[ -n "$cmd" ]] || usage
   shift
+  case "$cmd" in
+  kill-node | restart-node | pid)
+    [[ $# -eq 1 ]] || usage
+    case "$cmd" in
+    kill-node) cmd_kill_node "$1" ;;
+    restart-node) cmd_restart_node "$1" ;;
+    pid) cmd_pid "$1" ;;
+    esac
+    return
+    ;;
+  esac
   if [[ "$cmd" == tool ]]; then
     [[ $# -ge 1 ]] || usage
     ensure_libs

@@ -1,0 +1,55 @@
+//! The fault suite: agentlog as a user runs it (registry, supervisor, api and three sleep
+//! workers with exactly-once on, each its own process) on a real three-broker Kafka (RF 3,
+//! min.insync.replicas 2), under 100 tasks/s over HTTP, with one fault per scenario. Each
+//! scenario is judged as DESIGN.md's "Fault tests" asks (see `faults/verdict.rs`) and fails
+//! on any lost, duplicated or unexpected task, any process exit it did not cause, a task
+//! still open 30 s after the last heal, or an API that disagrees with `task.results`.
+//!
+//! The three scenarios without `#[ignore]` are the CI subset; `make faults` runs them all.
+//! They run only with AGENTLOG_FAULTS=1 and start their own cluster through scripts/kafka-local.sh on ports 29092-29097. Kill -9
+//! tests crashed processes, not power loss. FAULTS.md has the scenarios and results.
+
+mod faults {
+    pub mod api_view;
+    pub mod client;
+    pub mod cluster;
+    pub mod processes;
+    pub mod results;
+    pub mod scenario;
+    pub mod scenarios;
+    pub mod verdict;
+}
+
+use std::time::Duration;
+
+use faults::scenario::Scenario;
+use faults::scenarios;
+
+/// One test per scenario: set up, start the load, run the scenario's faults, then judge.
+macro_rules! fault_test {
+    ($(#[$attr:meta])* $scenario:ident { supervisors: $supervisors:expr, load_s: $load_s:expr }) => {
+        $(#[$attr])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $scenario() {
+            let Some(mut sc) = Scenario::begin(stringify!($scenario), $supervisors).await else { return };
+            let load = sc.load(Duration::from_secs($load_s));
+            let steps = scenarios::$scenario(&mut sc).await;
+            sc.finish(load, steps).await;
+        }
+    };
+}
+
+// The CI subset (`make test`).
+fault_test!(broker_kill { supervisors: 1, load_s: 30 });
+fault_test!(worker_kill { supervisors: 1, load_s: 20 });
+fault_test!(api_kill_during_broker_outage { supervisors: 1, load_s: 30 });
+
+// `make faults`.
+fault_test!(#[ignore = "make faults"] baseline { supervisors: 1, load_s: 20 });
+fault_test!(#[ignore = "make faults"] worker_pause { supervisors: 1, load_s: 25 });
+fault_test!(#[ignore = "make faults"] supervisor_leader_kill { supervisors: 2, load_s: 20 });
+fault_test!(#[ignore = "make faults"] api_kill { supervisors: 1, load_s: 20 });
+fault_test!(#[ignore = "make faults"] broker_leader_kill { supervisors: 1, load_s: 30 });
+fault_test!(#[ignore = "make faults"] broker_pause { supervisors: 1, load_s: 25 });
+fault_test!(#[ignore = "make faults"] registry_restart { supervisors: 1, load_s: 20 });
+fault_test!(#[ignore = "make faults"] combination { supervisors: 1, load_s: 35 });
