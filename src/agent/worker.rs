@@ -166,7 +166,8 @@ impl Delivery {
 }
 
 impl WorkerError {
-    /// Whether the worker cannot go on at all: the log itself is gone or corrupt. Everything
+    /// Whether the worker cannot go on at all: the log itself is gone or corrupt, or a client
+    /// cannot be created from the configuration ([`LogError::is_fatal`]). Everything
     /// else (a broker restarting, a member fenced, a transaction aborted, the registry down, a
     /// write that timed out) ends only the current group membership: the worker leaves, waits
     /// and rejoins, and the tasks whose offsets were not committed run again.
@@ -177,7 +178,7 @@ impl WorkerError {
             WorkerError::Presence(PresenceError::Log(e)) => e,
             _ => return false,
         };
-        matches!(log, LogError::Corrupt(_) | LogError::Storage { .. } | LogError::Shutdown)
+        log.is_fatal()
     }
 }
 

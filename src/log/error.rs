@@ -71,4 +71,33 @@ impl LogError {
     }
 }
 
+impl LogError {
+    /// Whether no retry can help: the log is closing, its data is corrupt or its storage
+    /// fails, or a client cannot even be created from the configuration. Long-running loops
+    /// retry everything else.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            LogError::Corrupt(_) | LogError::Storage { .. } | LogError::Shutdown => true,
+            LogError::Kafka { source, .. } => matches!(source, rdkafka::error::KafkaError::ClientCreation(_)),
+            _ => false,
+        }
+    }
+}
+
 pub type LogResult<T> = Result<T, LogError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_errors_no_retry_can_help_are_fatal() {
+        let config = LogError::Kafka { operation: "create transactional producer", source: rdkafka::error::KafkaError::ClientCreation("bad setting".into()) };
+        assert!(config.is_fatal(), "a client that cannot be created from the configuration never will be");
+        assert!(LogError::Corrupt("x".into()).is_fatal());
+        let down = LogError::Unavailable { endpoint: "b:9092".into(), reason: "consume: BrokerTransportFailure".into() };
+        assert!(!down.is_fatal() && down.retryable(), "a broker that is down comes back");
+        let fenced = LogError::Transaction { transactional_id: "t".into(), operation: "send offsets", reason: "Unknown member".into(), abortable: true };
+        assert!(!fenced.is_fatal(), "a fenced member rejoins");
+    }
+}

@@ -65,7 +65,7 @@ impl SupervisorError {
     /// other failure ends the current term: the instance leaves the election group (a standby
     /// may lead meanwhile), backs off and joins again.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, SupervisorError::Log(LogError::Corrupt(_) | LogError::Storage { .. } | LogError::Shutdown))
+        matches!(self, SupervisorError::Log(error) if error.is_fatal())
     }
 }
 

@@ -21,6 +21,9 @@ use rdkafka::producer::{FutureProducer, Producer as _};
 use crate::config::KafkaConfig;
 use crate::log::{Admin, Consumer, ConsumerOptions, EventLog, LogError, LogResult, Producer, TransactionalProducer};
 
+/// Default `transaction.timeout.ms` of transactional producers (see `transactional_producer`).
+const TRANSACTION_TIMEOUT_MS: u64 = 10_000;
+
 pub struct KafkaLog {
     config: KafkaConfig,
     max_record_bytes: usize,
@@ -104,9 +107,20 @@ impl EventLog for KafkaLog {
 
     fn transactional_producer(&self, transactional_id: &str) -> LogResult<Arc<dyn TransactionalProducer>> {
         let mut config = client::producer_config(&self.config, self.max_record_bytes);
-        config
-            .set("transactional.id", transactional_id)
-            .set("transaction.timeout.ms", (self.config.request_timeout_ms * 6).max(10_000).to_string());
+        config.set("transactional.id", transactional_id);
+        // The coordinator aborts a transaction left open this long. A worker killed mid-commit
+        // leaves one open, and until it ends every read_committed reader of the partitions it
+        // wrote (task.results) stalls behind it: a restarted worker has a new transactional id
+        // and cannot fence it. Transactions here commit every few tens of ms, so 10 s is long.
+        if config.get("transaction.timeout.ms").is_none() {
+            // librdkafka also refuses one shorter than a request may take (socket.timeout.ms).
+            let socket_ms: u64 = config.get("socket.timeout.ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+            config.set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS.max(socket_ms).to_string());
+        }
+        // librdkafka refuses a delivery timeout longer than the transaction's.
+        let transaction_ms: u64 = config.get("transaction.timeout.ms").and_then(|v| v.parse().ok()).unwrap_or(TRANSACTION_TIMEOUT_MS);
+        let message_ms: u64 = config.get("message.timeout.ms").and_then(|v| v.parse().ok()).unwrap_or(transaction_ms);
+        config.set("message.timeout.ms", message_ms.min(transaction_ms).to_string());
         Ok(Arc::new(transaction::KafkaTransactionalProducer::new(
             config,
             transactional_id.to_string(),
