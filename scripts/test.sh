@@ -14,6 +14,10 @@ echo "tests use Kafka at $AGENTLOG_TEST_KAFKA"
 
 venv=$(scripts/python-env.sh)
 
+# The fault suite's CI subset (broker kill with exactly-once, worker kill, api kill during a
+# broker outage) starts its own three-broker cluster on 127.0.0.1:29092-29097 and stops it.
+export AGENTLOG_FAULTS=1
+
 set +e
 cargo test --release --all-targets 2>&1 | tee "$log_dir/test.log"
 status=${PIPESTATUS[0]}

@@ -6,8 +6,9 @@
 //! still open 30 s after the last heal, or an API that disagrees with `task.results`.
 //!
 //! The three scenarios without `#[ignore]` are the CI subset; `make faults` runs them all.
-//! They run only with AGENTLOG_FAULTS=1 and start their own cluster through scripts/kafka-local.sh on ports 29092-29097. Kill -9
-//! tests crashed processes, not power loss. FAULTS.md has the scenarios and results.
+//! They run only with AGENTLOG_FAULTS=1 (scripts/test.sh sets it; under CI=true they may not
+//! skip) and start their own cluster through scripts/kafka-local.sh on ports 29092-29097.
+//! Kill -9 tests crashed processes, not power loss. FAULTS.md has the scenarios and results.
 
 mod faults {
     pub mod api_view;

@@ -45,11 +45,15 @@ pub type Step = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-/// Faults run only when asked for with AGENTLOG_FAULTS=1 (`make faults`; scripts/test.sh
-/// will set it for the CI subset once the product survives them): they start a cluster of
-/// their own and take minutes, which a plain `cargo test` should not.
+/// Faults run only when asked for with AGENTLOG_FAULTS=1 (`make faults`, and `make test`
+/// through scripts/test.sh for the CI subset): they start a cluster of their own and take
+/// minutes, which a plain `cargo test` should not. Under CI=true they may not skip.
 pub fn enabled() -> bool {
-    std::env::var("AGENTLOG_FAULTS").is_ok_and(|v| v.trim() == "1")
+    let enabled = std::env::var("AGENTLOG_FAULTS").is_ok_and(|v| v.trim() == "1");
+    if !enabled && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true but AGENTLOG_FAULTS is not 1: fault tests may not skip in CI");
+    }
+    enabled
 }
 
 pub struct Scenario {
