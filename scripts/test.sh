@@ -14,8 +14,8 @@ echo "tests use Kafka at $AGENTLOG_TEST_KAFKA"
 
 venv=$(scripts/python-env.sh)
 
-# The fault suite's CI subset (broker kill with exactly-once, worker kill, api kill during a
-# broker outage) starts its own three-broker cluster on 127.0.0.1:29092-29097 and stops it.
+# The fault suite's CI subset (tests/faults.rs: the scenarios not ignored) starts its own
+# three-broker cluster on 127.0.0.1:29092-29097 and stops it.
 export AGENTLOG_FAULTS=1
 
 set +e

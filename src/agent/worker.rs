@@ -360,7 +360,8 @@ impl Member<'_> {
         let settings = self.settings;
         let load = self.load;
         let env = self.env;
-        let mut consumer = self.log.consumer(ConsumerOptions { group: Some(format!("agents.{}", settings.agent_type)), client_id: Some(settings.worker_id.clone()), ..Default::default() })?;
+        let group = format!("agents.{}", settings.agent_type);
+        let mut consumer = self.log.consumer(ConsumerOptions { group: Some(group.clone()), client_id: Some(settings.worker_id.clone()), ..Default::default() })?;
         consumer.subscribe(self.lane_topics)?;
         let mut delivery = match self.transactions {
             Some(producer) => Delivery::ExactlyOnce { producer: producer.clone(), stash: HashMap::new(), committing: None },
@@ -453,7 +454,7 @@ impl Member<'_> {
                         }
                         ReadOutcome::Rebalance(ConsumerEvent::Assigned(parts)) => {
                             tracing::info!(?parts, "partitions assigned");
-                            let floors = committed_floors(reader.consumer(), &parts).await;
+                            let floors = committed_floors(self.log, &group, &parts).await;
                             tracker.assigned(&parts, &floors);
                             paused = [None; LANES.len()];
                         }
@@ -504,21 +505,29 @@ impl Member<'_> {
 
 /// The group's committed offsets of just-assigned partitions, asked for once they are ours:
 /// records below them were done by an earlier owner and are skipped. `None` where the group
-/// never committed, or where the lookup failed after a few tries (librdkafka then resumes
-/// from its own lookup, as before).
-async fn committed_floors(consumer: &mut dyn Consumer, parts: &[TopicPartition]) -> Vec<Option<i64>> {
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
-    for _ in 0..3 {
-        match consumer.committed(parts).await {
-            Ok(floors) => return floors,
-            Err(error) => {
-                tracing::warn!(%error, ?parts, "looking up committed offsets of assigned partitions failed");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
+/// never committed or the answer did not come within [`FLOOR_LOOKUP`]: librdkafka then
+/// resumes from its own lookup, as before.
+///
+/// Asked through the admin client and bounded in time: the poll loop waits for it, and a
+/// member that does not poll cannot take part in the group's reconciliation (a partition
+/// revoked elsewhere meanwhile stayed unassigned in a run where the member's own lookup
+/// blocked through a broker outage).
+async fn committed_floors(log: &Arc<dyn EventLog>, group: &str, parts: &[TopicPartition]) -> Vec<Option<i64>> {
+    match tokio::time::timeout(FLOOR_LOOKUP, log.admin().committed_offsets(group, parts)).await {
+        Ok(Ok(floors)) => floors,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, ?parts, "looking up committed offsets of assigned partitions failed");
+            vec![None; parts.len()]
+        }
+        Err(_) => {
+            tracing::warn!(?parts, "no committed offsets of assigned partitions within {FLOOR_LOOKUP:?}");
+            vec![None; parts.len()]
         }
     }
-    vec![None; parts.len()]
 }
+
+/// How long a worker waits for the committed offsets of partitions it was just assigned.
+const FLOOR_LOOKUP: Duration = Duration::from_secs(2);
 
 /// One task's turn, as a spawned task: the attempt and, with at-least-once, writing its records.
 async fn turn(env: Arc<AttemptEnv>, taken: Taken, write: bool, shutdown: CancellationToken) -> Done {
