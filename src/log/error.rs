@@ -43,6 +43,9 @@ pub enum LogError {
     #[error("kafka error during {operation}: {source}")]
     Kafka { operation: &'static str, #[source] source: rdkafka::error::KafkaError },
 
+    #[error("partition {topic}/{partition} has been assigned for {after:?} but the Kafka client never started fetching it (fetch state `{state}`); leaving the group so that it is assigned again")]
+    Stalled { topic: String, partition: i32, state: String, after: Duration },
+
     #[error("the event log is shutting down")]
     Shutdown,
 }
@@ -51,7 +54,7 @@ impl LogError {
     /// Whether retrying the same call later may succeed (broker down, timeout, rebalance).
     pub fn retryable(&self) -> bool {
         match self {
-            LogError::Unavailable { .. } | LogError::Timeout { .. } | LogError::NotAssigned { .. } => true,
+            LogError::Unavailable { .. } | LogError::Timeout { .. } | LogError::NotAssigned { .. } | LogError::Stalled { .. } => true,
             LogError::Transaction { abortable, .. } => *abortable,
             LogError::Kafka { source, .. } => source
                 .rdkafka_error_code()

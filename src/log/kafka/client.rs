@@ -52,7 +52,9 @@ pub(crate) fn consumer_config(config: &KafkaConfig, group: Option<&str>, client_
         .set("enable.partition.eof", "false");
     match group {
         Some(group) => {
-            client.set("group.id", group);
+            // Statistics carry each partition's fetch state, which finds assigned
+            // partitions librdkafka never starts (see `fetch_states`).
+            client.set("group.id", group).set("statistics.interval.ms", super::fetch_states::STATISTICS_INTERVAL_MS.to_string());
             match config.group_protocol {
                 // Session timeout and heartbeats are the broker's business under KIP-848;
                 // librdkafka refuses the classic settings with it.

@@ -13,6 +13,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::client::{committed_in, map_error};
+use super::fetch_states::{FetchStates, StallWatch};
 use super::metadata::TopicCache;
 use crate::log::{
     ConsumedRecord, Consumer, ConsumerEvent, GroupMetadata, GroupMetadataInner, Header, LogError, LogResult, SeekTo,
@@ -25,13 +26,21 @@ use crate::log::{
 ///
 /// The callback runs inside `recv()`, which keeps waiting when no record follows (an empty
 /// topic), so it also wakes `next_event` through `arrived` to report the rebalance at once.
+///
+/// It also keeps the fetch states of librdkafka's statistics, to find partitions that are
+/// assigned but never fetched ([`super::fetch_states`]).
 #[derive(Default)]
 pub(crate) struct RebalanceEvents {
     pending: Mutex<VecDeque<ConsumerEvent>>,
     arrived: tokio::sync::Notify,
+    fetch_states: FetchStates,
 }
 
-impl ClientContext for RebalanceEvents {}
+impl ClientContext for RebalanceEvents {
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.fetch_states.record(statistics);
+    }
+}
 
 impl ConsumerContext for RebalanceEvents {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -91,6 +100,9 @@ impl PassingErrors {
     }
 }
 
+/// How often a group member compares its assignment with librdkafka's fetch states.
+const STALL_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// Held records of a paused partition past which it is paused in librdkafka as well,
 /// bounding the memory a long pause can take.
 const HARD_PAUSE_AT: usize = 10_000;
@@ -117,6 +129,8 @@ pub(crate) struct KafkaConsumer {
     /// Assign-only mode: where each partition reads next, to re-assign on a seek.
     positions: HashMap<TopicPartition, Offset>,
     passing: PassingErrors,
+    stalls: StallWatch,
+    last_stall_check: std::time::Instant,
 }
 
 impl KafkaConsumer {
@@ -140,6 +154,8 @@ impl KafkaConsumer {
             assignment: HashSet::new(),
             positions: HashMap::new(),
             passing: PassingErrors::default(),
+            stalls: StallWatch::default(),
+            last_stall_check: std::time::Instant::now(),
         }
     }
 
@@ -174,6 +190,30 @@ impl KafkaConsumer {
                 }
             }
         })
+    }
+
+    /// A group member whose assignment holds a partition librdkafka has not started fetching
+    /// for [`super::fetch_states::STALLED_AFTER`] fails with [`LogError::Stalled`]: only
+    /// leaving the group and joining again gets such a partition read (librdkafka#5586).
+    fn check_stalls(&mut self) -> LogResult<()> {
+        if self.group.is_none() || self.last_stall_check.elapsed() < STALL_CHECK_EVERY {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        self.last_stall_check = now;
+        let assignment = self.assignment();
+        match self.stalls.check(&assignment, &self.consumer.context().fetch_states, now) {
+            None => Ok(()),
+            Some(stall) => {
+                self.stalls.reset();
+                Err(LogError::Stalled {
+                    topic: stall.partition.topic,
+                    partition: stall.partition.partition,
+                    state: stall.state,
+                    after: stall.after,
+                })
+            }
+        }
     }
 
     fn take_rebalances(&mut self) {
@@ -256,6 +296,7 @@ impl Consumer for KafkaConsumer {
     async fn next_event(&mut self) -> LogResult<ConsumerEvent> {
         loop {
             self.take_rebalances();
+            self.check_stalls()?;
             if let Some(event) = self.ready.pop_front() {
                 if let ConsumerEvent::Record(r) = &event {
                     let tp = r.topic_partition();
@@ -280,6 +321,8 @@ impl Consumer for KafkaConsumer {
             let record = tokio::select! {
                 biased;
                 _ = consumer.context().arrived.notified() => continue,
+                // Wakes an idle member for its stall check (see `check_stalls`).
+                _ = tokio::time::sleep(STALL_CHECK_EVERY), if self.group.is_some() => continue,
                 received = consumer.recv() => match received {
                     Ok(message) => to_record(&message),
                     // Only a fatal error ends reading: librdkafka reports broker transport
@@ -447,5 +490,67 @@ impl Consumer for KafkaConsumer {
         })
         .await
         .map_err(|_| LogError::Shutdown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Backend, Config};
+    use crate::log::{EventLog, TopicSpec};
+
+    /// The stall check relies on librdkafka's statistics naming each assigned partition's fetch
+    /// state; a real client must deliver them in the shape `FetchStates` reads, or the check
+    /// would silently never fire.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_member_sees_the_fetch_state_of_its_partitions() {
+        let bootstrap = match std::env::var("AGENTLOG_TEST_KAFKA") {
+            Ok(servers) if !servers.trim().is_empty() => servers,
+            _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("CI=true but AGENTLOG_TEST_KAFKA does not name a broker: Kafka tests may not skip in CI")
+            }
+            _ => {
+                eprintln!("SKIPPED a_group_member_sees_the_fetch_state_of_its_partitions: AGENTLOG_TEST_KAFKA is not set");
+                return;
+            }
+        };
+        let mut config = Config::load_with_env(None, Vec::new()).expect("default config");
+        config.log.backend = Backend::Kafka;
+        config.log.kafka.bootstrap_servers = bootstrap;
+        config.log.kafka.request_timeout_ms = 15_000;
+        let log = super::super::KafkaLog::connect(&config.log.kafka, 100_000).expect("connect");
+        let topic = format!("fetch-states-{}-{:08x}", std::process::id(), rand::random::<u32>());
+        log.admin().create_topic(&TopicSpec::new(&topic, 2)).await.expect("create topic");
+        let group = format!("fetch-states-{:08x}", rand::random::<u32>());
+        let created: StreamConsumer<RebalanceEvents> = super::super::client::consumer_config(&config.log.kafka, Some(&group), None)
+            .create_with_context(RebalanceEvents::default())
+            .expect("consumer");
+        let mut consumer = KafkaConsumer::new(created, Some(group), log.topics.clone(), "test".into(), Duration::from_secs(15));
+        consumer.subscribe(std::slice::from_ref(&topic)).expect("subscribe");
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut assigned = Vec::new();
+        while assigned.len() < 2 {
+            match tokio::time::timeout_at(deadline, consumer.next_event()).await.expect("assigned within 60 s") {
+                Ok(ConsumerEvent::Assigned(parts)) => assigned.extend(parts),
+                Ok(_) => {}
+                Err(error) => panic!("reading: {error}"),
+            }
+        }
+        // Statistics arrive every STATISTICS_INTERVAL_MS, served inside the consumer's poll.
+        let mut states = Vec::new();
+        while tokio::time::Instant::now() < deadline {
+            states = assigned.iter().map(|tp| consumer.consumer.context().fetch_states.state(tp)).collect::<Vec<_>>();
+            if states.iter().all(|s| s.as_deref() == Some("active")) {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(500), consumer.next_event()).await;
+        }
+        assert!(
+            states.iter().all(|s| s.as_deref() == Some("active")),
+            "librdkafka's statistics report every assigned partition of an empty topic as fetching: {states:?}"
+        );
+        Box::new(consumer).close().await.expect("close");
+        log.admin().delete_topic(&topic).await.expect("delete topic");
     }
 }

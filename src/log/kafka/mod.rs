@@ -7,6 +7,7 @@
 mod admin;
 mod client;
 mod consumer;
+mod fetch_states;
 mod metadata;
 mod producer;
 mod transaction;
@@ -127,6 +128,7 @@ impl EventLog for KafkaLog {
             self.topics.clone(),
             self.max_record_bytes,
             self.timeout,
+            Duration::from_millis(transaction_ms),
         )))
     }
 

@@ -32,6 +32,9 @@ pub(crate) struct KafkaTransactionalProducer {
     topics: Arc<TopicCache>,
     max_record_bytes: usize,
     timeout: Duration,
+    /// How long a call librdkafka says may be resumed is called again: the transaction
+    /// timeout, past which the coordinator has aborted the transaction anyway.
+    resume_for: Duration,
     state: Mutex<State>,
 }
 
@@ -42,8 +45,9 @@ impl KafkaTransactionalProducer {
         topics: Arc<TopicCache>,
         max_record_bytes: usize,
         timeout: Duration,
+        resume_for: Duration,
     ) -> Self {
-        Self { config, transactional_id, topics, max_record_bytes, timeout, state: Mutex::new(State { producer: None, open: false }) }
+        Self { config, transactional_id, topics, max_record_bytes, timeout, resume_for, state: Mutex::new(State { producer: None, open: false }) }
     }
 
     fn txn_error(&self, operation: &'static str, error: &KafkaError) -> LogError {
@@ -108,16 +112,18 @@ struct KafkaTransaction<'a> {
     deliveries: Vec<DeliveryFuture>,
 }
 
-/// How long a transactional call that librdkafka says may be resumed ("retry call to resume":
-/// a timeout while a broker or the coordinator moves) is called again before the transaction
-/// is given up and aborted.
-const RESUME_FOR: Duration = Duration::from_secs(60);
-
 impl KafkaTransaction<'_> {
     /// Runs a transactional call, calling it again while librdkafka reports the error as
     /// retriable: a commit that timed out is still in progress, and only calling commit
     /// again finishes it (aborting instead fails with a conflicting-call error and the
     /// outcome stays unknown). Abortable and fatal errors come back at once.
+    ///
+    /// Resuming stops after the transaction timeout ([`KafkaTransactionalProducer::resume_for`]):
+    /// by then the coordinator has ended the transaction itself, and the caller (a worker,
+    /// which does not read its partitions while it commits, so that they cannot move) must
+    /// not hold its partitions longer. Giving up drops the producer; its re-initialisation
+    /// waits for the coordinator to finish the transaction, committed or aborted, and the
+    /// group's offsets say which.
     async fn resuming<F, Fut>(&self, operation: &'static str, call: F) -> LogResult<Result<(), LogError>>
     where
         F: Fn(FutureProducer) -> Fut,
@@ -128,7 +134,7 @@ impl KafkaTransaction<'_> {
         loop {
             match call(self.producer.clone()).await? {
                 Ok(()) => return Ok(Ok(())),
-                Err(KafkaError::Transaction(e)) if e.is_retriable() && !e.txn_requires_abort() && !e.is_fatal() && started.elapsed() < RESUME_FOR => {
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && !e.txn_requires_abort() && !e.is_fatal() && started.elapsed() < self.owner.resume_for => {
                     tracing::warn!(transactional_id = %self.owner.transactional_id, operation, error = %e, "transaction call timed out; resuming it");
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
