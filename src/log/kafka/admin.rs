@@ -38,15 +38,16 @@ impl KafkaAdmin {
     }
 
     /// Runs a blocking per-partition call, retrying while the partition's leader is being
-    /// elected: a partition created a moment ago fails with NotLeaderForPartition or
-    /// LeaderNotAvailable for a few hundred ms.
+    /// elected or loaded: a partition created a moment ago fails with NotLeaderForPartition,
+    /// LeaderNotAvailable or UnknownTopicOrPartition for a few hundred ms (seconds when three
+    /// brokers share two cores), so this waits up to 5 s.
     async fn electing<T: Send + 'static>(
         &self,
         operation: &'static str,
         topic: &str,
         call: impl Fn(&BaseConsumer) -> KafkaResult<T> + Clone + Send + 'static,
     ) -> LogResult<T> {
-        const ELECTION_RETRIES: u32 = 20;
+        const ELECTION_RETRIES: u32 = 50;
         let mut attempt = 0;
         loop {
             let once = call.clone();
@@ -230,6 +231,13 @@ impl Admin for KafkaAdmin {
 }
 
 /// Whether `e` says the partition's leader is being elected (it will pass on its own).
+/// Whether a partition's leader is not (yet) there to answer. Callers checked the partition
+/// against the cluster's metadata first, so "unknown topic or partition" from its leader means
+/// the leader has not loaded a just-created topic yet (seen on three brokers right after
+/// `topics apply`), not that the topic is missing.
 fn leader_pending(e: &rdkafka::error::KafkaError) -> bool {
-    matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::NotLeaderForPartition | RDKafkaErrorCode::LeaderNotAvailable))
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::NotLeaderForPartition | RDKafkaErrorCode::LeaderNotAvailable | RDKafkaErrorCode::UnknownTopicOrPartition)
+    )
 }
