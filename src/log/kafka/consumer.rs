@@ -102,6 +102,9 @@ impl PassingErrors {
 
 /// How often a group member compares its assignment with librdkafka's fetch states.
 const STALL_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often a member without partitions reports its group state (a member may legitimately
+/// hold none, when the group has more members than partitions, so it is only reported).
+const UNASSIGNED_REPORT_EVERY: Duration = Duration::from_secs(30);
 
 /// Held records of a paused partition past which it is paused in librdkafka as well,
 /// bounding the memory a long pause can take.
@@ -131,6 +134,8 @@ pub(crate) struct KafkaConsumer {
     passing: PassingErrors,
     stalls: StallWatch,
     last_stall_check: std::time::Instant,
+    /// Since when the member has held no partition (see `report_unassigned`).
+    unassigned_since: Option<std::time::Instant>,
 }
 
 impl KafkaConsumer {
@@ -156,6 +161,7 @@ impl KafkaConsumer {
             passing: PassingErrors::default(),
             stalls: StallWatch::default(),
             last_stall_check: std::time::Instant::now(),
+            unassigned_since: None,
         }
     }
 
@@ -202,6 +208,7 @@ impl KafkaConsumer {
         let now = std::time::Instant::now();
         self.last_stall_check = now;
         let assignment = self.assignment();
+        self.report_unassigned(assignment.is_empty(), now);
         match self.stalls.check(&assignment, &self.consumer.context().fetch_states, now) {
             None => Ok(()),
             Some(stall) => {
@@ -213,6 +220,23 @@ impl KafkaConsumer {
                     after: stall.after,
                 })
             }
+        }
+    }
+
+    /// Logs, every [`UNASSIGNED_REPORT_EVERY`] a member holds no partition, its group state
+    /// as librdkafka reports it. A member that rejoined after a fenced transaction once got no
+    /// partition for minutes while two partitions had no owner (fault suite,
+    /// `broker_leader_kill`); this is the evidence for the next such run.
+    fn report_unassigned(&mut self, unassigned: bool, now: std::time::Instant) {
+        if !unassigned {
+            self.unassigned_since = None;
+            return;
+        }
+        let since = *self.unassigned_since.get_or_insert(now);
+        if now.duration_since(since) >= UNASSIGNED_REPORT_EVERY {
+            self.unassigned_since = Some(now);
+            let group = self.consumer.context().fetch_states.group();
+            tracing::info!(group = ?self.group, state = ?group, "this group member has held no partition for {UNASSIGNED_REPORT_EVERY:?}");
         }
     }
 

@@ -31,6 +31,17 @@ pub(crate) const STALLED_AFTER: Duration = Duration::from_secs(15);
 struct Statistics {
     #[serde(default)]
     topics: HashMap<String, TopicStatistics>,
+    cgrp: Option<GroupStatistics>,
+}
+
+/// The member's view of its group: `state` is the coordinator connection (`up` when
+/// connected), `join_state` the membership (`steady` when it holds its assignment).
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GroupStatistics {
+    pub state: String,
+    pub join_state: String,
+    #[serde(default)]
+    pub assignment_size: i64,
 }
 
 #[derive(Deserialize)]
@@ -49,6 +60,7 @@ struct PartitionStatistics {
 #[derive(Default)]
 pub(crate) struct FetchStates {
     latest: Mutex<HashMap<TopicPartition, String>>,
+    group: Mutex<Option<GroupStatistics>>,
 }
 
 impl FetchStates {
@@ -70,6 +82,14 @@ impl FetchStates {
         if let Ok(mut guard) = self.latest.lock() {
             *guard = latest;
         }
+        if let Ok(mut guard) = self.group.lock() {
+            *guard = stats.cgrp;
+        }
+    }
+
+    /// The member's group state from the latest report (`None` before one, or outside a group).
+    pub(crate) fn group(&self) -> Option<GroupStatistics> {
+        self.group.lock().ok()?.clone()
     }
 
     pub(crate) fn state(&self, partition: &TopicPartition) -> Option<String> {
@@ -192,6 +212,16 @@ mod tests {
         assert_eq!(watch.check([&unlisted], &states, start + 2 * STALLED_AFTER), None, "no statistics, no verdict");
         // Partition 0 is unstarted, but it is not ours.
         assert_eq!(watch.check(std::iter::empty(), &states, start + 2 * STALLED_AFTER), None);
+    }
+
+    #[test]
+    fn the_group_state_is_read_from_the_report() {
+        let states = FetchStates::default();
+        assert_eq!(states.group(), None);
+        let json = serde_json::json!({"topics": {}, "cgrp": {"state": "up", "join_state": "wait-assign-call", "assignment_size": 0, "stateage": 5}});
+        states.record(&serde_json::to_vec(&json).expect("json"));
+        let group = states.group().expect("group statistics");
+        assert_eq!((group.state.as_str(), group.join_state.as_str(), group.assignment_size), ("up", "wait-assign-call", 0));
     }
 
     #[test]
