@@ -71,12 +71,17 @@ pub struct EventReader<T> {
     codec: Arc<WireCodec>,
     producer: Arc<dyn Producer>,
     dlq_topic: String,
+    /// The record a call took from the consumer and has not answered for yet. A caller that
+    /// drops `next` (a `select!` branch losing) while it decodes or dead-letters would
+    /// otherwise lose the record: it was never handed out, and a later offset's commit passed
+    /// it. The next call picks it up again.
+    taken: Option<ConsumedRecord>,
     _event: PhantomData<fn() -> T>,
 }
 
 impl<T: serde::de::DeserializeOwned + apache_avro::AvroSchema + 'static> EventReader<T> {
     pub fn new(consumer: Box<dyn Consumer>, codec: Arc<WireCodec>, producer: Arc<dyn Producer>, dlq_topic: impl Into<String>) -> Self {
-        Self { consumer, codec, producer, dlq_topic: dlq_topic.into(), _event: PhantomData }
+        Self { consumer, codec, producer, dlq_topic: dlq_topic.into(), taken: None, _event: PhantomData }
     }
 
     pub fn consumer(&mut self) -> &mut dyn Consumer {
@@ -87,23 +92,33 @@ impl<T: serde::de::DeserializeOwned + apache_avro::AvroSchema + 'static> EventRe
         self.consumer
     }
 
-    /// The next event, dead letter or rebalance. Cancel-safe up to the point a record was
-    /// taken: a dead letter is written before the outcome is returned.
+    /// The next event, dead letter or rebalance. Cancel-safe: a record taken by a call that
+    /// was dropped is decoded (and dead-lettered, at least once) by the next call; a dead
+    /// letter is written before the outcome is returned.
     pub async fn next(&mut self) -> Result<ReadOutcome<T>, EventReadError> {
-        let record = match self.consumer.next_event().await? {
-            ConsumerEvent::Record(record) => record,
-            other => return Ok(ReadOutcome::Rebalance(other)),
-        };
+        if self.taken.is_none() {
+            match self.consumer.next_event().await? {
+                ConsumerEvent::Record(record) => self.taken = Some(record),
+                other => return Ok(ReadOutcome::Rebalance(other)),
+            }
+        }
+        let Some(record) = &self.taken else { unreachable!("a record was just taken") };
         match self.codec.decode::<T>(&record.payload).await {
-            Ok((schema_id, event)) => Ok(ReadOutcome::Event { record, schema_id, event }),
+            Ok((schema_id, event)) => {
+                let Some(record) = self.taken.take() else { unreachable!("still taken") };
+                Ok(ReadOutcome::Event { record, schema_id, event })
+            }
             Err(error @ (WireError::Registry { .. } | WireError::Rejected { .. } | WireError::Encode { .. })) => {
                 // Not the record's fault: step back so the record is read again on retry.
                 let tp = record.topic_partition();
-                self.consumer.seek(&tp, crate::log::SeekTo::Offset(record.offset)).await?;
-                Err(EventReadError::Registry { source_position: format!("{tp}@{}", record.offset), error })
+                let offset = record.offset;
+                self.taken = None;
+                self.consumer.seek(&tp, crate::log::SeekTo::Offset(offset)).await?;
+                Err(EventReadError::Registry { source_position: format!("{tp}@{offset}"), error })
             }
             Err(error) => {
-                let dead_letter = dead_letter(self.producer.as_ref(), &self.dlq_topic, &record, &error).await?;
+                let dead_letter = dead_letter(self.producer.as_ref(), &self.dlq_topic, record, &error).await?;
+                let Some(record) = self.taken.take() else { unreachable!("still taken") };
                 tracing::warn!(
                     topic = %record.topic, partition = record.partition, offset = record.offset,
                     error_kind = error_kind(&error), reason = %error, dlq = %self.dlq_topic,
