@@ -1,6 +1,7 @@
 //! The task lifecycle on both backends: retries through durable timers, dead letters,
 //! timeouts and expiry, cancellation, priority lanes, ordering keys, the http and exec
-//! runtimes, drains, heartbeats and lost agents, delays, jobs and exactly-once outcomes.
+//! runtimes, drains, heartbeats and lost agents, delays, jobs and exactly-once outcomes, and
+//! hostile inputs (outputs, dead letters and submits past the record limit, garbage on a lane).
 //! Kafka runs when `AGENTLOG_TEST_KAFKA` names a broker (`make test` starts one; under
 //! `CI=true` a missing broker fails the run).
 
@@ -9,6 +10,7 @@
 mod harness;
 mod tasks {
     pub mod fixture;
+    pub mod hostile;
     pub mod scenarios;
 }
 
@@ -60,4 +62,9 @@ task_suite!(
     exactly_once_outcomes,
     exactly_once_survives_partitions_moving,
     a_coordinator_delegates_and_aggregates,
+    an_echo_too_large_for_its_outcome_fails_the_task,
+    an_http_agent_answering_megabytes_fails_the_task,
+    a_near_limit_dead_letter_is_truncated,
+    undecodable_lane_records_are_dead_lettered,
+    submit_past_the_headroom_answers_413,
 );

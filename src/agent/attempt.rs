@@ -14,7 +14,13 @@
 //! | failure whose kind does not retry | `TaskFailed` on `task.results` |
 //!
 //! The records are returned, not written: the worker writes them (at-least-once) or puts them
-//! in one transaction with the offset commit (exactly-once).
+//! in one transaction with the offset commit (exactly-once). Every record returned fits the
+//! log's record limit ([`super::limits`]): an output too large for its TaskCompleted ends the
+//! task failed with kind `output_too_large` (never retried: the agent would answer the same),
+//! a retry whose command no longer fits `timers` is dead-lettered instead, a dead letter too
+//! large is cut with a marker, and if even that cannot fit the task ends failed with kind
+//! `record_too_large`. Written as they are, such records were refused on every attempt, and
+//! the worker ran the task again and again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::cancels::Cancels;
 use super::client::{new_id, timer_record};
 use super::dlq::task_dead_letter;
+use super::limits::{bound_message, fits};
 use super::retry::RetryPolicy;
 use super::runtime::{Agent, AgentFailure, TaskContext, TaskOutput, kind};
 use super::topics::TaskTopics;
@@ -32,6 +39,7 @@ use crate::events::wire::{WireCodec, WireError};
 use crate::events::{
     Meta, TaskCancelled, TaskCompleted, TaskDeadLettered, TaskExpired, TaskFailed, TaskRetryScheduled, TaskStarted, TaskSubmitted, TimestampMicros,
 };
+use crate::backoff::Backoff;
 use crate::log::{ConsumedRecord, Delivery, Producer, Record};
 
 /// How long an agent gets to honour a cancel signal before its attempt is dropped.
@@ -61,6 +69,8 @@ pub struct AttemptEnv {
     pub policy: RetryPolicy,
     pub timeout: Duration,
     pub cancels: Arc<Cancels>,
+    /// The log's record limit (`log.max_record_bytes`): every record returned fits it.
+    pub max_record_bytes: usize,
     /// For agent types that delegate: how sub-tasks are submitted and awaited.
     pub delegation: Option<(super::client::TaskClient, Arc<super::outcomes::OutcomeWatch>)>,
 }
@@ -108,7 +118,40 @@ pub async fn run_attempt(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskS
         }
         Err(failure) => failed(env, source, task, failure).await,
     };
-    Ok(Outcome { started, ..ended? })
+    let ended = within_limit(env, task, ended?).await?;
+    Ok(Outcome { started, ..ended })
+}
+
+/// The last line of defence: an outcome with a record the log would refuse (a hostile
+/// producer's giant task id or labels, say) becomes a bare failure that names the record.
+/// When not even that fits, the task ends without an outcome record, loudly: the worker must
+/// go on, and no record about this task can be written.
+async fn within_limit(env: &AttemptEnv, task: &TaskSubmitted, outcome: Outcome) -> Result<Outcome, WireError> {
+    let Some(large) = outcome.records.iter().find(|r| !fits(r, env.max_record_bytes)) else { return Ok(outcome) };
+    let message = format!(
+        "a {} record of {} bytes about this task does not fit log.max_record_bytes ({} bytes)",
+        large.topic.rsplit('.').next().unwrap_or(&large.topic),
+        large.size(),
+        env.max_record_bytes
+    );
+    let failure = failed_record(env, task, kind::RECORD_TOO_LARGE, message.clone()).await?;
+    if fits(&failure, env.max_record_bytes) {
+        return Ok(Outcome::new(Ending::Failed, vec![failure]));
+    }
+    tracing::error!(task_id = %head_of(&task.task_id), %message, "not even a failure record fits for this task; it ends without an outcome");
+    Ok(Outcome::new(Ending::Failed, Vec::new()))
+}
+
+/// The outcome that replaces records the log refused for what they are (`error`): a bare
+/// failure, or nothing when not even that is accepted (the caller logs it).
+pub async fn refused(env: &AttemptEnv, task: &TaskSubmitted, error: &crate::log::LogError) -> Result<Outcome, WireError> {
+    let failure = failed_record(env, task, kind::RECORD_TOO_LARGE, format!("the log refused a record about this task: {error}")).await?;
+    Ok(Outcome::new(Ending::Failed, if fits(&failure, env.max_record_bytes) { vec![failure] } else { Vec::new() }))
+}
+
+/// The start of a hostile id, for logs.
+fn head_of(id: &str) -> String {
+    super::runtime::head_text(id.as_bytes(), 200)
 }
 
 async fn completed(env: &AttemptEnv, task: &TaskSubmitted, output: TaskOutput, elapsed: Duration) -> Result<Outcome, WireError> {
@@ -120,7 +163,24 @@ async fn completed(env: &AttemptEnv, task: &TaskSubmitted, output: TaskOutput, e
         content_type: output.content_type,
         duration_ms: elapsed.as_millis() as i64,
     };
-    Ok(Outcome::new(Ending::Completed, vec![record(env, env.topics.results(), task, &event).await?]))
+    let done = record(env, env.topics.results(), task, &event).await?;
+    if fits(&done, env.max_record_bytes) {
+        return Ok(Outcome::new(Ending::Completed, vec![done]));
+    }
+    // Not classified by the retry policy: the agent would answer the same again.
+    let message = format!(
+        "the agent's output of {} bytes does not fit an outcome record: TaskCompleted would be {} bytes, over log.max_record_bytes ({} bytes)",
+        event.output.len(),
+        done.size(),
+        env.max_record_bytes
+    );
+    Ok(Outcome::new(Ending::Failed, vec![failed_record(env, task, kind::OUTPUT_TOO_LARGE, message).await?]))
+}
+
+/// A TaskFailed record that no retry policy retries.
+async fn failed_record(env: &AttemptEnv, task: &TaskSubmitted, error_kind: &str, message: String) -> Result<Record, WireError> {
+    let event = TaskFailed { meta: meta(env, task), task_id: task.task_id.clone(), attempt: task.attempt, error_kind: error_kind.into(), message: bound_message(message), retryable: false };
+    record(env, env.topics.results(), task, &event).await
 }
 
 /// Announces the attempt and runs the agent under its timeout and cancel signal. Returns the
@@ -183,7 +243,8 @@ async fn run_agent(env: &AttemptEnv, task: &TaskSubmitted, cancel: CancellationT
 }
 
 /// Classifies a failure by the retry policy (see the module table).
-async fn failed(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted, failure: AgentFailure) -> Result<Outcome, WireError> {
+async fn failed(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted, mut failure: AgentFailure) -> Result<Outcome, WireError> {
+    failure.message = bound_message(failure.message);
     let attempt = task.attempt.max(1) as u32;
     let policy = RetryPolicy { max_attempts: if task.max_attempts > 0 { task.max_attempts as u32 } else { env.policy.max_attempts }, ..env.policy.clone() };
     let retries_kind = policy.retry_on.iter().any(|k| *k == failure.kind);
@@ -191,43 +252,88 @@ async fn failed(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted,
     if retries_kind && policy.retries(&failure.kind, attempt) {
         let backoff = policy.backoff(attempt, rand::random::<f64>());
         let due = TimestampMicros(TimestampMicros::now().0 + backoff.as_micros() as i64);
-        let scheduled = TaskRetryScheduled {
-            meta: meta(env, task),
-            task_id: task.task_id.clone(),
-            attempt: task.attempt,
-            next_attempt_at: due,
-            backoff_ms: backoff.as_millis() as i64,
-            last_error,
-        };
         let mut next = task.clone();
         next.meta = meta(env, task);
         next.attempt = task.attempt + 1;
         next.not_before = Some(due);
-        return Ok(Outcome::new(
-            Ending::RetryScheduled,
-            vec![record(env, env.topics.events(), task, &scheduled).await?, timer_record(&env.codec, &env.topics, &next).await?],
-        ));
+        let timer = timer_record(&env.codec, &env.topics, &next).await?;
+        if fits(&timer, env.max_record_bytes) {
+            let scheduled = TaskRetryScheduled {
+                meta: meta(env, task),
+                task_id: task.task_id.clone(),
+                attempt: task.attempt,
+                next_attempt_at: due,
+                backoff_ms: backoff.as_millis() as i64,
+                last_error,
+            };
+            return Ok(Outcome::new(Ending::RetryScheduled, vec![record(env, env.topics.events(), task, &scheduled).await?, timer]));
+        }
+        // A command submitted without the headroom (straight to the lane topic) may not fit
+        // `timers` with its new envelope: it cannot wait for a retry, so it is parked.
+        let last_error = format!("{last_error} (no retry: the command of {} bytes does not fit a timer under log.max_record_bytes)", source.payload.len());
+        return dead_lettered(env, source, task, &failure.kind, format!("could not schedule attempt {}; last error: {last_error}", attempt + 1), last_error).await;
     }
     if retries_kind {
         let reason = format!("gave up after {attempt} attempts; last error: {last_error}");
-        let event = TaskDeadLettered {
-            meta: meta(env, task),
-            task_id: task.task_id.clone(),
-            attempts: task.attempt,
-            last_error: last_error.clone(),
-            reason: "max_attempts".into(),
-            original_command: source.payload.to_vec(),
-        };
-        return Ok(Outcome::new(
-            Ending::DeadLettered,
-            vec![record(env, env.topics.results(), task, &event).await?, task_dead_letter(&env.topics.dlq(), source, task.attempt, &failure.kind, &reason)],
-        ));
+        return dead_lettered(env, source, task, &failure.kind, reason, last_error).await;
     }
     let event = TaskFailed { meta: meta(env, task), task_id: task.task_id.clone(), attempt: task.attempt, error_kind: failure.kind, message: failure.message, retryable: false };
     Ok(Outcome::new(Ending::Failed, vec![record(env, env.topics.results(), task, &event).await?]))
 }
 
+/// TaskDeadLettered and the command on `dlq`. Both embed the whole command, so one near the
+/// record limit would make them too large: then both carry a copy whose input is cut to fit
+/// (the metadata, ids and labels kept, decodable), marked in the dead letter's
+/// [`DLQ_TRUNCATED`](super::dlq::DLQ_TRUNCATED) header and in the event's last error.
+async fn dead_lettered(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted, error_kind: &str, reason: String, last_error: String) -> Result<Outcome, WireError> {
+    let reason = bound_message(reason);
+    let last_error = bound_message(last_error);
+    let max = env.max_record_bytes;
+    let mut payload = source.payload.clone();
+    let mut note: Option<String> = None;
+    let mut cut_input = task.input.len();
+    // Each round cuts what the previous one was over by, plus slack for the marker and the
+    // Avro length prefixes; a few rounds settle it, and an empty input ends the search.
+    for _ in 0..4 {
+        let event = dead_letter_event(env, task, &last_error, &payload, note.as_deref());
+        let (event, letter) = (
+            record(env, env.topics.results(), task, &event).await?,
+            task_dead_letter(&env.topics.dlq(), source, payload.clone(), task.attempt, error_kind, &reason, note.as_deref()),
+        );
+        if fits(&event, max) && fits(&letter, max) {
+            return Ok(Outcome::new(Ending::DeadLettered, vec![event, letter]));
+        }
+        if cut_input == 0 {
+            break;
+        }
+        let over = event.size().max(letter.size()).saturating_sub(max);
+        cut_input = cut_input.saturating_sub(over + 512);
+        let mut cut = task.clone();
+        cut.input.truncate(cut_input);
+        payload = Bytes::from(env.codec.encode(&source.topic, &cut).await?);
+        note = Some(format!("input cut from {} to {cut_input} bytes to fit log.max_record_bytes ({max})", task.input.len()));
+    }
+    // Only the metadata itself is too large; `within_limit` turns this into a bare failure.
+    let event = dead_letter_event(env, task, &last_error, &payload, note.as_deref());
+    Ok(Outcome::new(Ending::DeadLettered, vec![record(env, env.topics.results(), task, &event).await?]))
+}
+
+fn dead_letter_event(env: &AttemptEnv, task: &TaskSubmitted, last_error: &str, command: &Bytes, truncated: Option<&str>) -> TaskDeadLettered {
+    TaskDeadLettered {
+        meta: meta(env, task),
+        task_id: task.task_id.clone(),
+        attempts: task.attempt,
+        last_error: match truncated {
+            Some(note) => format!("{last_error} [dead letter truncated: {note}]"),
+            None => last_error.to_string(),
+        },
+        reason: "max_attempts".into(),
+        original_command: command.to_vec(),
+    }
+}
+
 async fn cancelled(env: &AttemptEnv, task: &TaskSubmitted, reason: Option<String>) -> Result<Outcome, WireError> {
+    let reason = reason.map(bound_message);
     let event = TaskCancelled { meta: meta(env, task), task_id: task.task_id.clone(), reason };
     Ok(Outcome::new(Ending::Cancelled, vec![record(env, env.topics.results(), task, &event).await?]))
 }
@@ -242,8 +348,20 @@ fn meta(env: &AttemptEnv, cause: &TaskSubmitted) -> Meta {
     meta
 }
 
-/// An event record keyed by task id.
+/// An event record keyed by task id. A registry that cannot be reached is waited for with a
+/// back-off (the encoding needs the schema id once per type and topic): the agent's result is
+/// kept, not thrown away with the group membership. The attempt is dropped if the worker stops.
 async fn record<T: serde::Serialize + apache_avro::AvroSchema + 'static>(env: &AttemptEnv, topic: String, task: &TaskSubmitted, event: &T) -> Result<Record, WireError> {
-    let payload = env.codec.encode(&topic, event).await?;
+    let mut backoff = Backoff::default();
+    let payload = loop {
+        match env.codec.encode(&topic, event).await {
+            Ok(payload) => break payload,
+            Err(error @ WireError::Registry { .. }) => {
+                tracing::warn!(task_id = %task.task_id, %topic, %error, failures = backoff.failures() + 1, "encoding an outcome needs the registry; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(error) => return Err(error),
+        }
+    };
     Ok(Record::new(topic, payload).with_key(Bytes::from(task.task_id.clone())))
 }

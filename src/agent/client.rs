@@ -30,6 +30,20 @@ pub enum ClientError {
     Encode(#[from] WireError),
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// The command does not leave the outcome envelopes their room under the record limit.
+    #[error("the task's command is {size} bytes; a task may be at most {limit} bytes: log.max_record_bytes ({max_record_bytes}) less {headroom} bytes kept for the records that carry it later (outcome, retry timer, dead letter)", headroom = super::limits::OUTCOME_HEADROOM)]
+    TooLarge { size: usize, limit: usize, max_record_bytes: usize },
+}
+
+impl ClientError {
+    /// Whether submitting again later may succeed (the log or the registry away).
+    pub fn retryable(&self) -> bool {
+        match self {
+            ClientError::Log(e) => e.retryable(),
+            ClientError::Encode(e) => matches!(e, WireError::Registry { .. }),
+            ClientError::Invalid { .. } | ClientError::TooLarge { .. } => false,
+        }
+    }
 }
 
 /// Where a submitted task went.
@@ -48,11 +62,13 @@ pub struct TaskClient {
     producer: Arc<dyn Producer>,
     topics: TaskTopics,
     producer_id: String,
+    /// `log.max_record_bytes`: commands are checked against it less the outcome headroom.
+    max_record_bytes: usize,
 }
 
 impl TaskClient {
     pub fn new(log: &Arc<dyn EventLog>, codec: Arc<WireCodec>, topics: TaskTopics, producer_id: impl Into<String>) -> Result<Self, ClientError> {
-        Ok(Self { producer: log.producer()?, codec, topics, producer_id: producer_id.into() })
+        Ok(Self { producer: log.producer()?, codec, topics, producer_id: producer_id.into(), max_record_bytes: log.max_record_bytes() })
     }
 
     pub fn topics(&self) -> &TaskTopics {
@@ -96,12 +112,27 @@ impl TaskClient {
         let topic = self.topics.lane(&task.agent_type, task.lane);
         let payload = self.codec.encode(&topic, task).await?;
         let record = Record::new(topic, payload).with_key(Bytes::from(task.key().to_string()));
+        self.check_size(&record)?;
         Ok(self.producer.send(record).await?.await?)
     }
 
     /// Appends the command to `timers`, due at its `not_before`.
     pub async fn schedule(&self, task: &TaskSubmitted) -> Result<Position, ClientError> {
-        Ok(self.producer.send(timer_record(&self.codec, &self.topics, task).await?).await?.await?)
+        let record = timer_record(&self.codec, &self.topics, task).await?;
+        self.check_size(&record)?;
+        Ok(self.producer.send(record).await?.await?)
+    }
+
+    /// Refuses a command that fits the log but would leave the records carrying it later
+    /// (its outcome, a retry's timer, its dead letter) no room: accepted, it could only end
+    /// with a truncated dead letter or a `record_too_large` failure.
+    fn check_size(&self, record: &Record) -> Result<(), ClientError> {
+        let limit = super::limits::max_command_bytes(self.max_record_bytes);
+        let size = record.size();
+        if size > limit {
+            return Err(ClientError::TooLarge { size, limit, max_record_bytes: self.max_record_bytes });
+        }
+        Ok(())
     }
 
     /// Submits a job: its `JobSubmitted` first (so the supervisor knows the tasks before any

@@ -3,6 +3,11 @@
 //! submitted) with headers saying why. Undecodable records the [`EventReader`] parks there
 //! share the format. Operators list them and re-submit them with a fresh attempt budget.
 //!
+//! A dead letter must fit one log record like anything else. One that would not (a command
+//! near `log.max_record_bytes` plus the dead-letter headers, or a record written by a foreign
+//! producer past the limit) keeps its metadata and loses the end of its payload, and says so
+//! in [`DLQ_TRUNCATED`]: such a copy is for inspection and is never re-submitted.
+//!
 //! [`EventReader`]: crate::events::reader::EventReader
 
 use std::sync::Arc;
@@ -18,14 +23,20 @@ use crate::log::{ConsumedRecord, ConsumerEvent, ConsumerOptions, EventLog, Heade
 /// Header: how many attempts the task had.
 pub const DLQ_ATTEMPTS: &str = "agentlog.dlq.attempts";
 
-/// The dead-letter record of a task that used up its attempts.
-pub fn task_dead_letter(dlq_topic: &str, source: &ConsumedRecord, attempts: i32, error_kind: &str, reason: &str) -> Record {
+pub use crate::events::reader::DLQ_TRUNCATED;
+
+/// The dead-letter record of a task that used up its attempts, carrying `payload` (the
+/// original command, or a cut copy of it: then `truncated` says what was cut).
+pub fn task_dead_letter(dlq_topic: &str, source: &ConsumedRecord, payload: Bytes, attempts: i32, error_kind: &str, reason: &str, truncated: Option<&str>) -> Record {
     let mut headers: Vec<Header> = source.headers.iter().filter(|h| !h.name.starts_with("agentlog.dlq.")).cloned().collect();
     headers.push(Header { name: DLQ_REASON.into(), value: Bytes::from(reason.to_string()) });
     headers.push(Header { name: DLQ_ERROR.into(), value: Bytes::from(error_kind.to_string()) });
     headers.push(Header { name: DLQ_SOURCE.into(), value: Bytes::from(format!("{}/{}/{}", source.topic, source.partition, source.offset)) });
     headers.push(Header { name: DLQ_ATTEMPTS.into(), value: Bytes::from(attempts.to_string()) });
-    Record { topic: dlq_topic.to_string(), partition: None, key: source.key.clone(), headers, payload: source.payload.clone(), timestamp_ms: None }
+    if let Some(note) = truncated {
+        headers.push(Header { name: DLQ_TRUNCATED.into(), value: Bytes::from(note.to_string()) });
+    }
+    Record { topic: dlq_topic.to_string(), partition: None, key: source.key.clone(), headers, payload, timestamp_ms: None }
 }
 
 /// One entry of the dead-letter topic.
@@ -37,6 +48,9 @@ pub struct DeadLetter {
     pub error_kind: String,
     pub source: String,
     pub attempts: Option<i32>,
+    /// What was cut to make the letter fit the record limit ([`DLQ_TRUNCATED`]); such a
+    /// letter cannot be re-submitted.
+    pub truncated: Option<String>,
     /// The parked command, when it decodes as one.
     pub task: Option<TaskSubmitted>,
     pub record: ConsumedRecord,
@@ -52,6 +66,8 @@ pub enum DlqError {
     NotFound(String),
     #[error("dead letter at {partition}/{offset} is not a task command ({reason}); it cannot be re-submitted")]
     NotATask { partition: i32, offset: i64, reason: String },
+    #[error("dead letter of task `{task_id}` was truncated to fit the log ({note}); it cannot be re-submitted")]
+    Truncated { task_id: String, note: String },
 }
 
 /// Every entry on the dead-letter topic, oldest first per partition (reads up to the
@@ -92,6 +108,7 @@ pub async fn list(log: &Arc<dyn EventLog>, client: &TaskClient) -> Result<Vec<De
             error_kind: header(DLQ_ERROR),
             source: header(DLQ_SOURCE),
             attempts: header(DLQ_ATTEMPTS).parse().ok(),
+            truncated: record.header(DLQ_TRUNCATED).map(|v| String::from_utf8_lossy(v).into_owned()),
             task,
             record,
         });
@@ -106,6 +123,10 @@ pub async fn resubmit(client: &TaskClient, letter: &DeadLetter) -> Result<Submit
     let Some(parked) = &letter.task else {
         return Err(DlqError::NotATask { partition: letter.partition, offset: letter.offset, reason: letter.reason.clone() });
     };
+    // A cut copy would run the task on part of its input.
+    if let Some(note) = &letter.truncated {
+        return Err(DlqError::Truncated { task_id: parked.task_id.clone(), note: note.clone() });
+    }
     let mut task = parked.clone();
     task.meta = client.meta(&parked.meta.tenant);
     task.meta.correlation_id = parked.meta.correlation_id.clone();

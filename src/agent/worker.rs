@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::attempt::{AttemptEnv, Ending, Outcome, run_attempt};
+use super::attempt::{AttemptEnv, Ending, Outcome, refused, run_attempt};
 use super::cancels::{Cancels, watch_control};
 use super::catalog::{AgentTypeConfig, LANES};
 use super::offsets::OffsetTracker;
@@ -275,6 +275,7 @@ pub async fn run_worker(
         policy: settings.agent.retry.clone(),
         timeout: Duration::from_millis(settings.agent.timeout_ms),
         cancels,
+        max_record_bytes: log.max_record_bytes(),
         delegation,
     });
     let outcomes = env.delegation.as_ref().map(|(_, watch)| watch.clone());
@@ -538,7 +539,25 @@ async fn turn(env: Arc<AttemptEnv>, taken: Taken, write: bool, shutdown: Cancell
         if write {
             // Written records are not needed afterwards (only exactly-once keeps them, to
             // write in its transaction), so they move instead of being cloned.
-            write_durably(env.producer.as_ref(), std::mem::take(&mut outcome.records), &shutdown).await?;
+            match write_durably(env.producer.as_ref(), std::mem::take(&mut outcome.records), &shutdown).await {
+                Ok(()) => {}
+                // Refused for what they are, the records would be refused on every run of the
+                // task (the attempt keeps them within the size limit, so this is the rest:
+                // a partition the topic lost, say). The task fails instead; only an error of
+                // the log itself ends the membership.
+                Err(error) if error.rejects_record() => {
+                    tracing::error!(task_id = %task.task_id, %error, "the log refused the task's outcome; the task fails instead");
+                    let failure = refused(&env, &task, &error).await?;
+                    outcome.ending = failure.ending;
+                    match write_durably(env.producer.as_ref(), failure.records, &shutdown).await {
+                        Err(again) if again.rejects_record() => {
+                            tracing::error!(task_id = %task.task_id, error = %again, "the failure was refused too; the task ends without an outcome");
+                        }
+                        written => written?,
+                    }
+                }
+                Err(error) => return Err(error.into()),
+            }
         }
         // TaskStarted is informational (the timeline): one that could not be stored is
         // logged and the turn goes on, but it is settled before the offset can be committed.
@@ -598,8 +617,10 @@ fn finish(
     for joined in batch {
         let done = joined.map_err(|e| WorkerError::Attempt(e.to_string()))?;
         load.in_flight.fetch_sub(1, Ordering::Relaxed);
-        // An outcome that could not be written is fatal: the offset stays uncommitted and the
-        // task runs again on whoever owns the partition next.
+        // An outcome that could not be written for a passing reason (the log or registry away
+        // past the worker's shutdown) ends the membership: the offset stays uncommitted and
+        // the task runs again on whoever owns the partition next. Records the log refuses for
+        // what they are never get here (see `turn`).
         let outcome = done.outcome?;
         report.count(outcome.ending);
         match outcome.ending {

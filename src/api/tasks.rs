@@ -122,7 +122,12 @@ fn wait_of(state: &ApiState, wait_ms: Option<u64>) -> Option<Duration> {
 fn client_error(e: ClientError) -> ApiError {
     match e {
         ClientError::Invalid { field, reason } => ApiError::bad_field(field, format!("{field} {reason}")),
-        other => ApiError::unavailable(other.to_string()),
+        // Too large for the log is the request's fault, not a passing one: 413, not 503.
+        e @ (ClientError::TooLarge { .. } | ClientError::Log(LogError::RecordTooLarge { .. })) => {
+            ApiError { field: Some("input".into()), ..ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()) }
+        }
+        e if e.retryable() => ApiError::unavailable(e.to_string()),
+        other => ApiError::internal(other.to_string()),
     }
 }
 
@@ -517,6 +522,7 @@ pub async fn dlq_list(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant
                 "task_id": l.task.as_ref().map(|t| t.task_id.clone()),
                 "agent_type": l.task.as_ref().map(|t| t.agent_type.clone()),
                 "attempts": l.attempts, "error_kind": l.error_kind, "reason": l.reason, "source": l.source,
+                "truncated": l.truncated,
             })
         })
         .collect();
@@ -524,13 +530,16 @@ pub async fn dlq_list(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant
 }
 
 #[utoipa::path(post, path = "/v1/dlq/{id}/resubmit", tag = "dead letters", params(("id" = String, Path, description = "task id")),
-    responses((status = 202, description = "submitted again with a fresh attempt budget"), (status = 404, description = "no dead letter for this task"), (status = 401)))]
+    responses((status = 202, description = "submitted again with a fresh attempt budget"), (status = 404, description = "no dead letter for this task"), (status = 409, description = "the dead letter was truncated to fit the log and cannot be re-submitted"), (status = 401)))]
 pub async fn dlq_resubmit(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
     let letters = dlq::list(&state.log, &state.client).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
     let letter = dlq::find(&letters, &id).map_err(|e| ApiError::not_found("no_dead_letter", e.to_string()))?;
     if letter.task.as_ref().is_none_or(|t| t.meta.tenant != tenant) {
         return Err(ApiError::not_found("no_dead_letter", format!("no dead letter for task `{id}`")));
     }
-    let submitted = dlq::resubmit(&state.client, letter).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let submitted = dlq::resubmit(&state.client, letter).await.map_err(|e| match e {
+        dlq::DlqError::Truncated { .. } => ApiError::new(StatusCode::CONFLICT, "dead_letter_truncated", e.to_string()),
+        other => ApiError::unavailable(other.to_string()),
+    })?;
     Ok((StatusCode::ACCEPTED, Json(submitted_json(&submitted))))
 }

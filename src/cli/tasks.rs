@@ -98,6 +98,7 @@ pub async fn dlq_list(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Resul
                 "task_id": letter.task.as_ref().map(|t| t.task_id.clone()),
                 "agent_type": letter.task.as_ref().map(|t| t.agent_type.clone()),
                 "attempts": letter.attempts, "error_kind": letter.error_kind, "reason": letter.reason, "source": letter.source,
+                "truncated": letter.truncated,
             })
         );
     }
@@ -109,7 +110,7 @@ pub async fn dlq_resubmit(log: &Arc<dyn EventLog>, config: &Config, task_id: Opt
     let letters = dlq::list(log, &client).await?;
     let chosen: Vec<&dlq::DeadLetter> = match (task_id, all) {
         (Some(id), false) => vec![dlq::find(&letters, &id)?],
-        (None, true) => letters.iter().filter(|l| l.task.is_some()).collect(),
+        (None, true) => letters.iter().filter(|l| l.task.is_some() && l.truncated.is_none()).collect(),
         _ => anyhow::bail!("give either --task ID or --all"),
     };
     for letter in chosen {

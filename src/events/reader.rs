@@ -17,6 +17,11 @@ use crate::log::{ConsumedRecord, Consumer, ConsumerEvent, Header, LogError, Posi
 pub const DLQ_REASON: &str = "agentlog.dlq.reason";
 pub const DLQ_ERROR: &str = "agentlog.dlq.error";
 pub const DLQ_SOURCE: &str = "agentlog.dlq.source";
+/// Header on a dead letter whose payload was cut to fit the log's record limit: what was cut.
+pub const DLQ_TRUNCATED: &str = "agentlog.dlq.truncated";
+
+/// Room kept for the [`DLQ_TRUNCATED`] header when a dead letter is cut to fit.
+const TRUNCATION_NOTE_BYTES: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventReadError {
@@ -66,12 +71,17 @@ pub struct EventReader<T> {
     codec: Arc<WireCodec>,
     producer: Arc<dyn Producer>,
     dlq_topic: String,
+    /// The record a call took from the consumer and has not answered for yet. A caller that
+    /// drops `next` (a `select!` branch losing) while it decodes or dead-letters would
+    /// otherwise lose the record: it was never handed out, and a later offset's commit passed
+    /// it. The next call picks it up again.
+    taken: Option<ConsumedRecord>,
     _event: PhantomData<fn() -> T>,
 }
 
 impl<T: serde::de::DeserializeOwned + apache_avro::AvroSchema + 'static> EventReader<T> {
     pub fn new(consumer: Box<dyn Consumer>, codec: Arc<WireCodec>, producer: Arc<dyn Producer>, dlq_topic: impl Into<String>) -> Self {
-        Self { consumer, codec, producer, dlq_topic: dlq_topic.into(), _event: PhantomData }
+        Self { consumer, codec, producer, dlq_topic: dlq_topic.into(), taken: None, _event: PhantomData }
     }
 
     pub fn consumer(&mut self) -> &mut dyn Consumer {
@@ -82,23 +92,33 @@ impl<T: serde::de::DeserializeOwned + apache_avro::AvroSchema + 'static> EventRe
         self.consumer
     }
 
-    /// The next event, dead letter or rebalance. Cancel-safe up to the point a record was
-    /// taken: a dead letter is written before the outcome is returned.
+    /// The next event, dead letter or rebalance. Cancel-safe: a record taken by a call that
+    /// was dropped is decoded (and dead-lettered, at least once) by the next call; a dead
+    /// letter is written before the outcome is returned.
     pub async fn next(&mut self) -> Result<ReadOutcome<T>, EventReadError> {
-        let record = match self.consumer.next_event().await? {
-            ConsumerEvent::Record(record) => record,
-            other => return Ok(ReadOutcome::Rebalance(other)),
-        };
+        if self.taken.is_none() {
+            match self.consumer.next_event().await? {
+                ConsumerEvent::Record(record) => self.taken = Some(record),
+                other => return Ok(ReadOutcome::Rebalance(other)),
+            }
+        }
+        let Some(record) = &self.taken else { unreachable!("a record was just taken") };
         match self.codec.decode::<T>(&record.payload).await {
-            Ok((schema_id, event)) => Ok(ReadOutcome::Event { record, schema_id, event }),
+            Ok((schema_id, event)) => {
+                let Some(record) = self.taken.take() else { unreachable!("still taken") };
+                Ok(ReadOutcome::Event { record, schema_id, event })
+            }
             Err(error @ (WireError::Registry { .. } | WireError::Rejected { .. } | WireError::Encode { .. })) => {
                 // Not the record's fault: step back so the record is read again on retry.
                 let tp = record.topic_partition();
-                self.consumer.seek(&tp, crate::log::SeekTo::Offset(record.offset)).await?;
-                Err(EventReadError::Registry { source_position: format!("{tp}@{}", record.offset), error })
+                let offset = record.offset;
+                self.taken = None;
+                self.consumer.seek(&tp, crate::log::SeekTo::Offset(offset)).await?;
+                Err(EventReadError::Registry { source_position: format!("{tp}@{offset}"), error })
             }
             Err(error) => {
-                let dead_letter = dead_letter(self.producer.as_ref(), &self.dlq_topic, &record, &error).await?;
+                let dead_letter = dead_letter(self.producer.as_ref(), &self.dlq_topic, record, &error).await?;
+                let Some(record) = self.taken.take() else { unreachable!("still taken") };
                 tracing::warn!(
                     topic = %record.topic, partition = record.partition, offset = record.offset,
                     error_kind = error_kind(&error), reason = %error, dlq = %self.dlq_topic,
@@ -112,6 +132,13 @@ impl<T: serde::de::DeserializeOwned + apache_avro::AvroSchema + 'static> EventRe
 
 /// Appends `record` to `dlq_topic` with why it could not be decoded. A free function rather
 /// than a method so the reader's future stays `Send` (the consumer inside is not `Sync`).
+///
+/// The copy is the record plus three headers, so a record near the log's limit (or past it:
+/// a foreign Kafka producer is bound only by the broker's limit) makes a copy that cannot be
+/// written. Refused for its size, the copy is written again with the end of its payload cut
+/// (and, if they alone are too large, without the record's own headers), saying so in
+/// [`DLQ_TRUNCATED`]: an error that came back on every read would stop the consumer at this
+/// record for good.
 async fn dead_letter(producer: &dyn Producer, dlq_topic: &str, record: &ConsumedRecord, error: &WireError) -> Result<Position, LogError> {
     let mut headers = record.headers.clone();
     headers.push(Header { name: DLQ_REASON.into(), value: Bytes::from(error.to_string()) });
@@ -128,5 +155,43 @@ async fn dead_letter(producer: &dyn Producer, dlq_topic: &str, record: &Consumed
         payload: record.payload.clone(),
         timestamp_ms: Some(record.timestamp_ms),
     };
-    producer.send(letter).await?.await
+    match producer.send(letter.clone()).await {
+        Err(LogError::RecordTooLarge { max, .. }) => producer.send(cut_to_fit(letter, max)).await?.await,
+        sent => sent?.await,
+    }
+}
+
+/// `letter` with as much of its payload as fits in `max` bytes, and a [`DLQ_TRUNCATED`] note.
+fn cut_to_fit(mut letter: Record, max: usize) -> Record {
+    let overhead = |l: &Record| l.size() - l.payload.len() + DLQ_TRUNCATED.len() + TRUNCATION_NOTE_BYTES;
+    if overhead(&letter) > max {
+        letter.headers.retain(|h| h.name.starts_with("agentlog.dlq."));
+    }
+    if overhead(&letter) > max {
+        letter.key = None;
+    }
+    let original = letter.payload.len();
+    let keep = max.saturating_sub(overhead(&letter)).min(original);
+    letter.payload = letter.payload.slice(..keep);
+    let note = format!("payload cut from {original} to {keep} bytes to fit log.max_record_bytes ({max})");
+    letter.headers.push(Header { name: DLQ_TRUNCATED.into(), value: Bytes::from(note) });
+    letter
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_letter_fits_and_says_what_was_cut() {
+        let letter = Record::new("dlq", vec![7u8; 5_000]).with_header(DLQ_REASON, Bytes::from_static(b"corrupt"));
+        let cut = cut_to_fit(letter, 1_000);
+        assert!(cut.size() <= 1_000, "{}", cut.size());
+        let note = cut.headers.iter().find(|h| h.name == DLQ_TRUNCATED).expect("marker");
+        assert!(String::from_utf8_lossy(&note.value).starts_with("payload cut from 5000 to "), "{:?}", note.value);
+        // Foreign headers too large on their own are dropped; the dead-letter ones stay.
+        let letter = Record::new("dlq", vec![7u8; 10]).with_header("big", Bytes::from(vec![1u8; 2_000])).with_header(DLQ_REASON, Bytes::from_static(b"x"));
+        let cut = cut_to_fit(letter, 1_000);
+        assert!(cut.size() <= 1_000 && cut.headers.iter().all(|h| h.name != "big"));
+    }
 }

@@ -75,6 +75,13 @@ impl LogError {
 }
 
 impl LogError {
+    /// Whether the log refused this record for what it is (too large, an invalid or unknown
+    /// partition): written again it is refused again, while other records go through. The
+    /// writer replaces or drops the record; the log itself is fine.
+    pub fn rejects_record(&self) -> bool {
+        matches!(self, LogError::RecordTooLarge { .. } | LogError::UnknownPartition { .. } | LogError::Invalid { .. })
+    }
+
     /// Whether no retry can help: the log is closing, its data is corrupt or its storage
     /// fails, or a client cannot even be created from the configuration. Long-running loops
     /// retry everything else.
@@ -102,5 +109,8 @@ mod tests {
         assert!(!down.is_fatal() && down.retryable(), "a broker that is down comes back");
         let fenced = LogError::Transaction { transactional_id: "t".into(), operation: "send offsets", reason: "Unknown member".into(), abortable: true };
         assert!(!fenced.is_fatal(), "a fenced member rejoins");
+        let large = LogError::RecordTooLarge { topic: "t".into(), size: 11, max: 10 };
+        assert!(large.rejects_record() && !large.retryable() && !large.is_fatal(), "the record is at fault, not the log");
+        assert!(!down.rejects_record());
     }
 }

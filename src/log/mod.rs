@@ -190,6 +190,11 @@ pub trait EventLog: Send + Sync {
     fn orders_by_time(&self) -> bool {
         false
     }
+    /// The largest record (key + payload + headers) an append accepts (`log.max_record_bytes`);
+    /// bigger ones fail with [`LogError::RecordTooLarge`]. Writers that build records from
+    /// what tenants and agents send check against it first, so a record that cannot be
+    /// written is replaced or refused instead of failing the write.
+    fn max_record_bytes(&self) -> usize;
     fn producer(&self) -> LogResult<Arc<dyn Producer>>;
     fn consumer(&self, options: ConsumerOptions) -> LogResult<Box<dyn Consumer>>;
     fn transactional_producer(&self, transactional_id: &str) -> LogResult<Arc<dyn TransactionalProducer>>;

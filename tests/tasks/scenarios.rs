@@ -8,6 +8,7 @@ use agentlog::agent::runtime::build;
 use agentlog::events::{AgentState, AnyEvent, Lane, TimestampMicros};
 
 use super::fixture::{Fixture, scripted};
+pub use super::hostile::*;
 use crate::harness::Harness;
 
 const WITHIN: Duration = Duration::from_secs(40);

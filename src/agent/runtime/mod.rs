@@ -35,8 +35,13 @@ pub mod kind {
     pub const SPAWN: &str = "spawn";
     /// The attempt was cancelled through [`super::TaskContext::cancel`].
     pub const CANCELLED: &str = "cancelled";
-    /// The agent answered with more than [`super::MAX_OUTPUT_BYTES`].
+    /// The agent answered with more than [`super::MAX_OUTPUT_BYTES`], or with an output whose
+    /// TaskCompleted would not fit the log's record limit (`log.max_record_bytes`). Never
+    /// retried: the agent would answer the same.
     pub const OUTPUT_TOO_LARGE: &str = "output_too_large";
+    /// A record about the task (its outcome, retry timer or dead letter) could not be made to
+    /// fit the log's record limit, or the log refused it for what it is; not retried.
+    pub const RECORD_TOO_LARGE: &str = "record_too_large";
 }
 
 /// The most output (exec stdout, HTTP response body) an attempt may produce.

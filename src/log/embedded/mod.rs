@@ -195,6 +195,10 @@ impl EventLog for EmbeddedLog {
         self.shared.config.data_dir.display().to_string()
     }
 
+    fn max_record_bytes(&self) -> usize {
+        self.shared.ingress.max_record_bytes
+    }
+
     fn producer(&self) -> LogResult<Arc<dyn Producer>> {
         Ok(Arc::new(self.embedded_producer()?))
     }

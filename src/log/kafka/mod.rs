@@ -88,6 +88,10 @@ impl EventLog for KafkaLog {
         self.config.bootstrap_servers.clone()
     }
 
+    fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes
+    }
+
     fn producer(&self) -> LogResult<Arc<dyn Producer>> {
         Ok(self.shared_producer()?)
     }
