@@ -1,8 +1,9 @@
 //! Tenants over HTTP, on both backends: a task's identity is (tenant, task id), so two tenants
 //! may use the same id and never see or touch each other's task — not by submitting it again,
 //! not by cancelling it, not through dead letters or stats — and the runtime configuration of
-//! agent types (URLs, programs) is shown to admin tenants only. Each scenario runs a real
-//! worker, supervisor, projector (RocksDB) and the API on a real loopback port with API keys.
+//! agent types (URLs, programs) and `/metrics` (all tenants' totals) are for admin tenants
+//! only. Each scenario runs a real worker, supervisor, projector (RocksDB) and the API on a
+//! real loopback port with API keys.
 
 #[path = "conformance/harness.rs"]
 #[allow(dead_code)]
@@ -282,8 +283,9 @@ pub async fn dead_letters_belong_to_their_tenant(h: &mut Harness) {
     api.stop().await;
 }
 
-/// The runtime configuration of agent types (endpoints, programs) is for admin tenants.
-pub async fn agent_type_runtime_config_is_for_admins(h: &mut Harness) {
+/// The runtime configuration of agent types (endpoints, programs) is for admin tenants, and
+/// so is `/metrics`, which counts every tenant's tasks.
+pub async fn runtime_config_and_metrics_are_for_admins(h: &mut Harness) {
     let api = Api::start(h).await;
     let (status, plain) = api.get("acme", "/v1/agent-types").await;
     assert_eq!(status, 200);
@@ -294,6 +296,10 @@ pub async fn agent_type_runtime_config_is_for_admins(h: &mut Harness) {
     assert_eq!(status, 200);
     let private = admin["agent_types"].as_array().expect("types").iter().find(|t| t["name"] == json!(api.private_type)).cloned().expect("listed");
     assert_eq!(private["runtime"]["url"], "http://10.1.2.3:9/secret-endpoint", "an admin tenant does: {private}");
+    let (status, _) = api.get("acme", "/metrics").await;
+    assert_eq!(status, 403, "a tenant does not read every tenant's totals");
+    let (status, metrics) = api.get("ops", "/metrics").await;
+    assert_eq!(status, 200, "{metrics}");
     api.stop().await;
 }
 
@@ -333,5 +339,5 @@ tenancy_suite!(
     a_foreign_cancel_leaves_the_running_task_alone,
     two_tenants_with_one_id_complete_independently,
     dead_letters_belong_to_their_tenant,
-    agent_type_runtime_config_is_for_admins,
+    runtime_config_and_metrics_are_for_admins,
 );
