@@ -203,6 +203,9 @@ enum DlqAction {
         /// The task to re-submit (its latest dead letter).
         #[arg(long)]
         task: Option<String>,
+        /// The tenant of `--task`: a task is (tenant, task id), and two tenants may use one id.
+        #[arg(long, default_value = "default")]
+        tenant: String,
         /// Every dead-lettered task.
         #[arg(long)]
         all: bool,
@@ -526,7 +529,7 @@ async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn Ev
         }
         Command::Cancel { task_id, tenant, reason } => cli::tasks::cancel(log, config, &task_id, &tenant, reason).await?,
         Command::Dlq { action: DlqAction::List } => cli::tasks::dlq_list(log, config).await?,
-        Command::Dlq { action: DlqAction::Resubmit { task, all } } => cli::tasks::dlq_resubmit(log, config, task, all).await?,
+        Command::Dlq { action: DlqAction::Resubmit { task, tenant, all } } => cli::tasks::dlq_resubmit(log, config, task, &tenant, all).await?,
         Command::Registry { listen } => {
             let listen = listen.unwrap_or_else(|| config.registry.listen.clone());
             cli::events::run_registry(log, &config.log.topic_prefix, &listen).await?;

@@ -213,7 +213,7 @@ fn a_lifecycle_projects_the_same_in_every_interleaving_and_batching() {
     // What the reference state says.
     let (_dir, store) = fresh();
     apply(&store, &[natural(&streams)]);
-    let view = store.task("t1").expect("read").expect("task");
+    let view = store.task(TENANT, "t1").expect("read").expect("task");
     assert_eq!(view.status, "completed");
     assert_eq!(view.attempts, 2);
     assert_eq!(view.agent_id.as_deref(), Some("worker-b"));
@@ -305,7 +305,7 @@ fn derived_status_follows_the_life_of_a_task_across_batches() {
     let (_dir, store) = fresh();
     for (event, status) in order.iter().zip(expect) {
         apply(&store, &[vec![event.clone()]]);
-        let view = store.task("t1").expect("read").expect("task");
+        let view = store.task(TENANT, "t1").expect("read").expect("task");
         assert_eq!(view.status, status, "after {}@{:?}", event.1.name(), event.0);
         // The status index holds the task under its current status only.
         for other in ["queued", "running", "retrying", "scheduled", "completed"] {
@@ -324,17 +324,17 @@ fn derived_status_follows_the_life_of_a_task_across_batches() {
     delayed.not_before = Some(TimestampMicros(T0 + 60_000_000));
     let (_dir, store) = fresh();
     apply(&store, &[vec![(Source::Timers, AnyEvent::TaskSubmitted(delayed.clone()))]]);
-    let view = store.task("d1").expect("read").expect("task");
+    let view = store.task(TENANT, "d1").expect("read").expect("task");
     assert_eq!((view.status.as_str(), view.not_before_us), ("scheduled", Some(T0 + 60_000_000)));
     apply(&store, &[vec![(Source::Lane, AnyEvent::TaskSubmitted(delayed))]]);
-    assert_eq!(store.task("d1").expect("read").expect("task").status, "queued");
+    assert_eq!(store.task(TENANT, "d1").expect("read").expect("task").status, "queued");
 
     // Nothing but a cancel request: pending; a start seen before its submit: running.
     let (_dir, store) = fresh();
     apply(&store, &[vec![(Source::Other, cancel_requested("x-c", "x1", T0)), (Source::Other, started("y-st", "y1", 1, "w", T0))]]);
-    let x = store.task("x1").expect("read").expect("task");
+    let x = store.task(TENANT, "x1").expect("read").expect("task");
     assert_eq!((x.status.as_str(), x.cancel_requested), ("pending", true));
-    assert_eq!(store.task("y1").expect("read").expect("task").status, "running");
+    assert_eq!(store.task(TENANT, "y1").expect("read").expect("task").status, "running");
 
     // Each kind of outcome is the status, whatever came before.
     let outcomes = [
@@ -348,7 +348,7 @@ fn derived_status_follows_the_life_of_a_task_across_batches() {
     for (status, outcome) in outcomes {
         let task = outcome.task_id().expect("task event").to_string();
         apply(&store, &[vec![(Source::Lane, AnyEvent::TaskSubmitted(submitted(&format!("{task}-s"), &task, 1, T0))), (Source::Other, outcome)]]);
-        assert_eq!(store.task(&task).expect("read").expect("task").status, status);
+        assert_eq!(store.task(TENANT, &task).expect("read").expect("task").status, status);
     }
     let counters: HashMap<String, _> = store.type_counters().expect("counters").into_iter().collect();
     let c = &counters[TYPE];
@@ -371,7 +371,7 @@ fn the_first_terminal_outcome_wins() {
         for order in interleavings(&streams) {
             let (_dir, store) = fresh();
             apply(&store, &[order.clone()]);
-            let view = store.task("t1").expect("read").expect("task");
+            let view = store.task(TENANT, "t1").expect("read").expect("task");
             assert_eq!(view.status, status, "{:?}", names(&order));
             let counters: HashMap<String, _> = store.type_counters().expect("counters").into_iter().collect();
             assert_eq!(counters[TYPE].terminal(), 1, "one outcome counted: {:?}", names(&order));
@@ -396,7 +396,7 @@ fn a_dead_lettered_task_resubmitted_later_ends_with_its_new_outcome_in_any_inter
     let (_dir, store) = fresh();
     apply(&store, &[all[0].clone()]);
     let expected = dump(&store);
-    let view = store.task("t1").expect("read").expect("task");
+    let view = store.task(TENANT, "t1").expect("read").expect("task");
     assert_eq!(view.status, "completed");
     let counters: HashMap<String, _> = store.type_counters().expect("counters").into_iter().collect();
     assert_eq!((counters[TYPE].submitted, counters[TYPE].completed, counters[TYPE].dead_lettered), (1, 1, 0));
@@ -572,7 +572,7 @@ fn many_tasks_and_a_job_count_the_same_in_any_interleaving() {
     assert_eq!(store.histogram(b'l', TYPE).expect("read").expect("latency").len(), 3);
     let listed: Vec<String> = store.list_tasks(&TaskFilter { tenant: TENANT.into(), ..TaskFilter::default() }, None, 10).expect("list").tasks.into_iter().map(|t| t.task_id).collect();
     assert_eq!(listed, ["t3", "t2", "t1"], "newest first");
-    assert_eq!(store.job("job-1").expect("read").expect("job").total, 3);
+    assert_eq!(store.job(TENANT, "job-1").expect("read").expect("job").total, 3);
 
     // Random merges that keep every partition's order, in random batch sizes.
     let mut rng = Lcg(2024);
@@ -629,4 +629,79 @@ fn shift(event: &mut AnyEvent, by: i64) {
         _ => return,
     };
     meta.occurred_at.0 += by;
+}
+
+/// A task is (tenant, task id): another tenant's events with the same id, interleaved with
+/// the first tenant's, make a second task and leave the first as it was, in the views, the
+/// listings and each tenant's counters.
+#[test]
+fn two_tenants_with_one_task_id_have_two_tasks() {
+    let globex = |mut meta: Meta| {
+        meta.tenant = "globex".into();
+        meta
+    };
+    let mut theirs = submitted("g1", "t1", 1, T0 + 1_500);
+    theirs.meta = globex(theirs.meta);
+    theirs.input = br#"{"q":2}"#.to_vec();
+    theirs.labels.insert("team".into(), "ads".into());
+    let their_cancel = AnyEvent::TaskCancelRequested(TaskCancelRequested { meta: globex(meta("g2", T0 + 1_600)), task_id: "t1".into(), reason: None, requested_by: None });
+    let their_outcome = AnyEvent::TaskCancelled(TaskCancelled { meta: globex(meta("g3", T0 + 1_700)), task_id: "t1".into(), reason: None });
+    let events: Vec<Ev> = vec![
+        (Source::Lane, AnyEvent::TaskSubmitted(submitted("a1", "t1", 1, T0 + 1_000))),
+        (Source::Other, started("a2", "t1", 1, "w1", T0 + 1_200)),
+        (Source::Lane, AnyEvent::TaskSubmitted(theirs)),
+        (Source::Other, their_cancel),
+        (Source::Other, their_outcome),
+        (Source::Other, completed("a3", "t1", 1, T0 + 2_000)),
+    ];
+    for batch in [0, 1, 2] {
+        let (_dir, store) = fresh();
+        let batches: Vec<Vec<Ev>> = if batch == 0 { vec![events.clone()] } else { events.chunks(batch).map(<[Ev]>::to_vec).collect() };
+        apply(&store, &batches);
+        let ours = store.task(TENANT, "t1").expect("read").expect("acme's task");
+        assert_eq!((ours.tenant.as_str(), ours.status.as_str(), ours.cancel_requested), (TENANT, "completed", false));
+        assert_eq!(ours.input.as_deref(), Some(r#"{"q":1}"#));
+        assert_eq!(ours.labels.get("team").map(String::as_str), Some("search"));
+        let theirs = store.task("globex", "t1").expect("read").expect("globex's task");
+        assert_eq!((theirs.tenant.as_str(), theirs.status.as_str(), theirs.cancel_requested), ("globex", "cancelled", true));
+        assert_eq!(theirs.input.as_deref(), Some(r#"{"q":2}"#));
+        assert!(store.task("initech", "t1").expect("read").is_none());
+        for (tenant, status) in [(TENANT, "completed"), ("globex", "cancelled")] {
+            let listed = store.list_tasks(&TaskFilter { tenant: tenant.into(), ..TaskFilter::default() }, None, 10).expect("list").tasks;
+            assert_eq!(listed.iter().map(|t| (t.task_id.as_str(), t.status.as_str())).collect::<Vec<_>>(), [("t1", status)], "{tenant} lists its own task");
+        }
+        let counted = |tenant: &str| store.tenant_type_counters(tenant).expect("counters").into_iter().collect::<HashMap<_, _>>().remove(TYPE).expect("counted");
+        let (acme, globex) = (counted(TENANT), counted("globex"));
+        assert_eq!((acme.submitted, acme.completed, acme.cancelled), (1, 1, 0));
+        assert_eq!((globex.submitted, globex.completed, globex.cancelled), (1, 0, 1));
+        let all: HashMap<String, _> = store.type_counters().expect("counters").into_iter().collect();
+        assert_eq!((all[TYPE].submitted, all[TYPE].completed, all[TYPE].cancelled), (2, 1, 1), "operators' totals count both");
+        assert_eq!(store.tenant_histogram(b'L', "globex", TYPE).expect("read").expect("latency").len(), 1);
+        assert_eq!(store.histogram(b'l', TYPE).expect("read").expect("latency").len(), 2);
+    }
+}
+
+/// A projection directory written before tasks were keyed by tenant (no format marker, tasks
+/// keyed by id alone) is not misread: opening it empties it, offsets included, so the
+/// projector rebuilds it from the log. A store of the current layout opens as it was.
+#[test]
+fn a_store_of_an_older_layout_is_emptied_to_be_rebuilt() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("p");
+    {
+        let mut options = rocksdb::Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let old = rocksdb::DB::open_cf(&options, &path, ["tasks", "index", "agents", "jobs", "stats", "offsets"]).expect("old store");
+        old.put_cf(old.cf_handle("tasks").expect("tasks"), b"t1", b"not a view of this layout").expect("put");
+        old.put_cf(old.cf_handle("offsets").expect("offsets"), b"topic\0\0\0\0\0", 42i64.to_be_bytes()).expect("put");
+    }
+    let store = ProjectionStore::open(&path).expect("open");
+    assert!(store.offsets().expect("offsets").is_empty(), "offsets are gone: the log is read from the start");
+    assert!(!store.holds_tasks().expect("tasks"));
+    apply(&store, &[vec![(Source::Lane, AnyEvent::TaskSubmitted(submitted("a1", "t1", 1, T0)))]]);
+    drop(store);
+    let store = ProjectionStore::open(&path).expect("reopen");
+    assert!(store.task(TENANT, "t1").expect("read").is_some(), "a store of this layout keeps its state");
+    assert!(!store.offsets().expect("offsets").is_empty());
 }

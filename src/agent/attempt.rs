@@ -94,7 +94,7 @@ impl Outcome {
 /// Takes the task, runs it if it should run, and returns its outcome records.
 pub async fn run_attempt(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted) -> Result<Outcome, WireError> {
     let now = TimestampMicros::now();
-    if let Some(reason) = env.cancels.requested(&task.task_id) {
+    if let Some(reason) = env.cancels.requested(&task.meta.tenant, &task.task_id) {
         return cancelled(env, task, reason).await;
     }
     if let Some(deadline) = task.deadline
@@ -107,13 +107,13 @@ pub async fn run_attempt(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskS
         return Ok(Outcome::new(Ending::Deferred, vec![timer_record(&env.codec, &env.topics, task).await?]));
     }
 
-    let cancel = env.cancels.register(&task.task_id);
+    let cancel = env.cancels.register(&task.meta.tenant, &task.task_id);
     let (result, elapsed, started) = run_agent(env, task, cancel.clone()).await;
-    env.cancels.unregister(&task.task_id);
+    env.cancels.unregister(&task.meta.tenant, &task.task_id);
     let ended = match result {
         Ok(output) => completed(env, task, output, elapsed).await,
         Err(_) if cancel.is_cancelled() => {
-            let reason = env.cancels.requested(&task.task_id).flatten();
+            let reason = env.cancels.requested(&task.meta.tenant, &task.task_id).flatten();
             cancelled(env, task, reason).await
         }
         Err(failure) => failed(env, source, task, failure).await,

@@ -2,6 +2,9 @@
 //! `control` topic; every worker reads all of it (no consumer group), first catching up on the
 //! retained history so a task cancelled before this worker started never runs, then following
 //! it live so a running attempt gets its cancel signal within milliseconds.
+//!
+//! A request names a task by (tenant, task id), its `Meta.tenant` and `task_id`: two tenants
+//! may use one id, and a request of one never touches the other's task.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -20,6 +23,13 @@ use crate::log::{ConsumerEvent, ConsumerOptions, EventLog, LogError, SeekTo, Top
 /// retention rarely holds more, and a forgotten request only costs an attempt that runs.
 const MAX_REMEMBERED: usize = 200_000;
 
+/// A task's identity: (tenant, task id).
+pub type TaskRef = (String, String);
+
+fn task_ref(tenant: &str, task_id: &str) -> TaskRef {
+    (tenant.to_string(), task_id.to_string())
+}
+
 /// Which tasks were asked to cancel, and the cancel tokens of those running here.
 #[derive(Default)]
 pub struct Cancels {
@@ -28,11 +38,11 @@ pub struct Cancels {
 
 #[derive(Default)]
 struct Inner {
-    requested: HashMap<String, Option<String>>,
-    order: VecDeque<String>,
-    running: HashMap<String, CancellationToken>,
+    requested: HashMap<TaskRef, Option<String>>,
+    order: VecDeque<TaskRef>,
+    running: HashMap<TaskRef, CancellationToken>,
     /// Requests not yet handed out by `take_new`, when tracked (the supervisor's timers).
-    fresh: Option<Vec<String>>,
+    fresh: Option<Vec<TaskRef>>,
 }
 
 impl Cancels {
@@ -41,8 +51,8 @@ impl Cancels {
         Self { inner: Mutex::new(Inner { fresh: Some(Vec::new()), ..Inner::default() }) }
     }
 
-    /// Task ids requested since the last call (only with [`Cancels::tracking_new`]).
-    pub fn take_new(&self) -> Vec<String> {
+    /// Tasks requested since the last call (only with [`Cancels::tracking_new`]).
+    pub fn take_new(&self) -> Vec<TaskRef> {
         self.lock().fresh.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
@@ -50,18 +60,19 @@ impl Cancels {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a request and signals the attempt if the task runs here.
-    pub fn request(&self, task_id: &str, reason: Option<String>) {
+    /// Records a request for `tenant`'s task and signals its attempt if it runs here.
+    pub fn request(&self, tenant: &str, task_id: &str, reason: Option<String>) {
+        let key = task_ref(tenant, task_id);
         let mut inner = self.lock();
-        if let Some(token) = inner.running.get(task_id) {
+        if let Some(token) = inner.running.get(&key) {
             token.cancel();
         }
-        if inner.requested.insert(task_id.to_string(), reason).is_none() {
-            inner.order.push_back(task_id.to_string());
+        if inner.requested.insert(key.clone(), reason).is_none() {
+            inner.order.push_back(key.clone());
             if let Some(fresh) = inner.fresh.as_mut()
                 && fresh.len() < MAX_REMEMBERED
             {
-                fresh.push(task_id.to_string());
+                fresh.push(key);
             }
             while inner.order.len() > MAX_REMEMBERED {
                 if let Some(old) = inner.order.pop_front() {
@@ -71,24 +82,26 @@ impl Cancels {
         }
     }
 
-    /// `Some(reason)` when the task was asked to cancel.
-    pub fn requested(&self, task_id: &str) -> Option<Option<String>> {
-        self.lock().requested.get(task_id).cloned()
+    /// `Some(reason)` when `tenant`'s task was asked to cancel.
+    pub fn requested(&self, tenant: &str, task_id: &str) -> Option<Option<String>> {
+        self.lock().requested.get(&task_ref(tenant, task_id)).cloned()
     }
 
-    /// A cancel token for an attempt about to run; already cancelled if a request came in.
-    pub fn register(&self, task_id: &str) -> CancellationToken {
+    /// A cancel token for an attempt of `tenant`'s task about to run; already cancelled if a
+    /// request came in.
+    pub fn register(&self, tenant: &str, task_id: &str) -> CancellationToken {
         let token = CancellationToken::new();
+        let key = task_ref(tenant, task_id);
         let mut inner = self.lock();
-        if inner.requested.contains_key(task_id) {
+        if inner.requested.contains_key(&key) {
             token.cancel();
         }
-        inner.running.insert(task_id.to_string(), token.clone());
+        inner.running.insert(key, token.clone());
         token
     }
 
-    pub fn unregister(&self, task_id: &str) {
-        self.lock().running.remove(task_id);
+    pub fn unregister(&self, tenant: &str, task_id: &str) {
+        self.lock().running.remove(&task_ref(tenant, task_id));
     }
 }
 
@@ -107,7 +120,7 @@ pub async fn watch_control(
     consumer.assign(&[(tp.clone(), SeekTo::Earliest)]).await?;
     let apply = |event: AnyEvent, cancels: &Cancels| {
         if let AnyEvent::TaskCancelRequested(request) = event {
-            cancels.request(&request.task_id, request.reason);
+            cancels.request(&request.meta.tenant, &request.task_id, request.reason);
         }
     };
     // Catch up on the history, bounded in time so a broken log fails the start instead of hanging.

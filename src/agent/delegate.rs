@@ -38,7 +38,8 @@ impl Delegate {
     pub async fn submit(&self, n: usize, agent_type: &str, input: Vec<u8>) -> Result<String, DelegateError> {
         let parent = &self.parent;
         let child_id = format!("{}.{n}", parent.task_id);
-        if self.outcomes.get(&child_id).is_some() {
+        // Children are the parent's tenant's tasks.
+        if self.outcomes.get(&parent.meta.tenant, &child_id).is_some() {
             return Ok(child_id);
         }
         let mut meta = self.client.meta(&parent.meta.tenant);
@@ -54,6 +55,6 @@ impl Delegate {
 
     /// The sub-task's terminal outcome, waiting up to `timeout`.
     pub async fn outcome(&self, child_id: &str, timeout: Duration) -> Result<AnyEvent, DelegateError> {
-        self.outcomes.wait(child_id, timeout).await.ok_or_else(|| DelegateError::NoOutcome { task_id: child_id.to_string(), after: timeout })
+        self.outcomes.wait(&self.parent.meta.tenant, child_id, timeout).await.ok_or_else(|| DelegateError::NoOutcome { task_id: child_id.to_string(), after: timeout })
     }
 }

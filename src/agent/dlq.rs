@@ -136,11 +136,12 @@ pub async fn resubmit(client: &TaskClient, letter: &DeadLetter) -> Result<Submit
     Ok(client.submit(&task).await?)
 }
 
-/// The latest dead letter of `task_id`.
-pub fn find<'a>(letters: &'a [DeadLetter], task_id: &str) -> Result<&'a DeadLetter, DlqError> {
+/// The latest dead letter of `tenant`'s task `task_id` (another tenant's task of that id is
+/// another task, and its dead letters are not this one's).
+pub fn find<'a>(letters: &'a [DeadLetter], tenant: &str, task_id: &str) -> Result<&'a DeadLetter, DlqError> {
     letters
         .iter()
-        .filter(|l| l.task.as_ref().is_some_and(|t| t.task_id == task_id))
+        .filter(|l| l.task.as_ref().is_some_and(|t| t.task_id == task_id && t.meta.tenant == tenant))
         .max_by_key(|l| l.record.timestamp_ms)
         .ok_or_else(|| DlqError::NotFound(task_id.to_string()))
 }

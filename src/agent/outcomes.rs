@@ -1,6 +1,8 @@
 //! Following `task.results` to learn when particular tasks end: what a delegating agent awaits
 //! its sub-tasks with, and what `wait` on a submit uses. Outcomes are kept in a bounded map
 //! (oldest forgotten first); a waiter registered before or after the outcome arrives gets it.
+//! Outcomes are kept by task identity, (tenant, task id): another tenant's task of the same
+//! id is another task.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -19,10 +21,12 @@ use crate::supervisor::follow::Follower;
 /// Outcomes remembered at most.
 const MAX_KEPT: usize = 200_000;
 
+type TaskRef = (String, String);
+
 #[derive(Default)]
 struct Kept {
-    outcomes: HashMap<String, AnyEvent>,
-    order: VecDeque<String>,
+    outcomes: HashMap<TaskRef, AnyEvent>,
+    order: VecDeque<TaskRef>,
 }
 
 pub struct OutcomeWatch {
@@ -63,7 +67,7 @@ impl OutcomeWatch {
                         continue;
                     }
                 };
-                let Some(id) = event.task_id().map(str::to_string) else { continue };
+                let Some(id) = event.task_ref().map(|(tenant, task_id)| (tenant.to_string(), task_id.to_string())) else { continue };
                 {
                     let mut kept = k.lock().unwrap_or_else(|e| e.into_inner());
                     if kept.outcomes.insert(id.clone(), event).is_none() {
@@ -82,21 +86,23 @@ impl OutcomeWatch {
         Ok(OutcomeWatch { kept, arrived, stop, follower: Mutex::new(Some(handle)) })
     }
 
-    pub fn get(&self, task_id: &str) -> Option<AnyEvent> {
-        self.kept.lock().unwrap_or_else(|e| e.into_inner()).outcomes.get(task_id).cloned()
+    /// The outcome of `tenant`'s task `task_id`, if known.
+    pub fn get(&self, tenant: &str, task_id: &str) -> Option<AnyEvent> {
+        let key = (tenant.to_string(), task_id.to_string());
+        self.kept.lock().unwrap_or_else(|e| e.into_inner()).outcomes.get(&key).cloned()
     }
 
-    /// The task's outcome, waiting up to `timeout` for it.
-    pub async fn wait(&self, task_id: &str, timeout: Duration) -> Option<AnyEvent> {
+    /// The outcome of `tenant`'s task `task_id`, waiting up to `timeout` for it.
+    pub async fn wait(&self, tenant: &str, task_id: &str, timeout: Duration) -> Option<AnyEvent> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             // Register interest before looking, so an outcome landing in between still wakes us.
             let notified = self.arrived.notified();
-            if let Some(outcome) = self.get(task_id) {
+            if let Some(outcome) = self.get(tenant, task_id) {
                 return Some(outcome);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.get(task_id);
+                return self.get(tenant, task_id);
             }
         }
     }

@@ -30,7 +30,7 @@ impl AdminContext {
 }
 
 fn admitted<'s>(state: &'s ApiState, tenant: &str) -> Result<&'s AdminContext, ApiError> {
-    if state.auth.keys_configured() && !state.config.admin_tenants.iter().any(|t| t == tenant) {
+    if !state.is_admin(tenant) {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("tenant `{tenant}` is not in api.admin_tenants")));
     }
     state.admin.as_ref().ok_or_else(|| ApiError::unavailable("this server has no projection directory to manage"))

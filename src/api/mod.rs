@@ -52,8 +52,9 @@ pub struct ApiConfig {
     /// Most open (submitted, not finished) tasks per tenant (0: unlimited). Counted from the
     /// projection, so it trails submissions by the projection's lag.
     pub max_in_flight: u64,
-    /// Tenants that may replay and snapshot the projection (`/v1/admin/...`) when keys are
-    /// configured; without keys (loopback only) anyone on this machine may.
+    /// Admin tenants: they may replay and snapshot the projection (`/v1/admin/...`) and see
+    /// the runtime configuration of agent types (URLs, programs) in `/v1/agent-types`, when
+    /// keys are configured; without keys (loopback only) anyone on this machine may.
     pub admin_tenants: Vec<String>,
 }
 
@@ -84,6 +85,11 @@ impl ApiConfig {
             }
             if key.tenant.is_empty() {
                 out.push(format!("api.keys[{i}].tenant must not be empty"));
+            }
+            // Store keys are tenant 0 id: a zero byte would let one tenant's names reach into
+            // another's namespace.
+            if key.tenant.chars().any(char::is_control) {
+                out.push(format!("api.keys[{i}].tenant must not contain control characters"));
             }
         }
         out
@@ -150,6 +156,12 @@ impl ApiState {
 }
 
 impl ApiState {
+    /// Whether `tenant` is an admin tenant (`api.admin_tenants`); without keys (loopback only)
+    /// every caller is.
+    pub fn is_admin(&self, tenant: &str) -> bool {
+        !self.auth.keys_configured() || self.config.admin_tenants.iter().any(|t| t == tenant)
+    }
+
     /// Enables `/v1/admin/...` over this projection directory.
     pub fn with_admin(mut self, admin: admin::AdminContext) -> Self {
         self.admin = Some(admin);

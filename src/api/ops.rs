@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::ApiState;
+use super::auth::Tenant;
 use super::error::ApiError;
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "the process is up", body = String)))]
@@ -48,8 +49,14 @@ pub async fn readyz(State(state): State<Arc<ApiState>>) -> (StatusCode, Json<Val
 /// How long `/readyz` waits for the log's high watermarks.
 const READY_LAG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
-pub async fn metrics(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition (totals over all tenants)", content_type = "text/plain"), (status = 401), (status = 403, description = "not an admin tenant")))]
+pub async fn metrics(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<Response, ApiError> {
+    // The metrics count every tenant's tasks: with keys, only admin tenants may read them
+    // (a scraper sends an admin key), as a tenant's own view is `/v1/stats`.
+    if !state.is_admin(&tenant) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("tenant `{tenant}` is not in api.admin_tenants; /metrics counts every tenant's tasks")));
+    }
     let text = super::metrics::render(&state).await.map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
 }

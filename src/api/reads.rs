@@ -63,8 +63,10 @@ pub async fn agents(State(state): State<Arc<ApiState>>, Tenant(_): Tenant, query
 }
 
 #[utoipa::path(get, path = "/v1/agent-types", tag = "agents",
-    responses((status = 200, description = "the catalog, with waiting tasks (lag of group agents.<type>) per lane"), (status = 401), (status = 503)))]
-pub async fn agent_types(State(state): State<Arc<ApiState>>, Tenant(_): Tenant) -> Result<Json<Value>, ApiError> {
+    responses((status = 200, description = "the catalog, with waiting tasks (lag of group agents.<type>) per lane; the runtime's configuration (URL, program, arguments) only for admin tenants, others see its kind"), (status = 401), (status = 503)))]
+pub async fn agent_types(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<Json<Value>, ApiError> {
+    // Where agents run (internal URLs, programs and their arguments) is operators' business.
+    let admin_view = state.is_admin(&tenant);
     let admin = state.log.admin();
     let mut types = Vec::new();
     for (name, agent) in &state.agents {
@@ -82,8 +84,10 @@ pub async fn agent_types(State(state): State<Arc<ApiState>>, Tenant(_): Tenant) 
             }
             lag.insert(lane.as_str().to_string(), waiting);
         }
+        let runtime = json!(agent.runtime);
+        let runtime = if admin_view { runtime } else { json!({"kind": runtime["kind"]}) };
         types.push(json!({
-            "name": name, "description": agent.description, "runtime": agent.runtime, "concurrency": agent.concurrency,
+            "name": name, "description": agent.description, "runtime": runtime, "concurrency": agent.concurrency,
             "timeout_ms": agent.timeout_ms, "retry": agent.retry, "lanes": agent.lanes, "partitions": agent.partitions,
             "input_schema": agent.input_schema.as_deref().and_then(|s| serde_json::from_str::<Value>(s).ok()),
             "exactly_once": agent.exactly_once, "lag": lag,
@@ -110,10 +114,8 @@ pub async fn jobs(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, qu
     let jobs: Vec<Value> = state
         .projection
         .store()
-        .jobs(usize::MAX)?
+        .jobs(&tenant, limit)?
         .into_iter()
-        .filter(|j| j.tenant == tenant)
-        .take(limit)
         .map(|j| json!({"job_id": j.job_id, "total": j.total, "submitted_at_ms": j.submitted_at_us.map(ms), "completed": j.completed, "failed": j.failed, "completed_at_ms": j.completed_at_us.map(ms)}))
         .collect();
     Ok(Json(json!({ "jobs": jobs })))
@@ -123,10 +125,10 @@ pub async fn jobs(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, qu
     responses((status = 200, description = "the job with its tasks' statuses counted"), (status = 404), (status = 401)))]
 pub async fn job(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let store = state.projection.store();
-    let job = store.job(&id)?.filter(|j| j.tenant == tenant).ok_or_else(|| ApiError::not_found("no_job", format!("no job `{id}`")))?;
+    let job = store.job(&tenant, &id)?.ok_or_else(|| ApiError::not_found("no_job", format!("no job `{id}`")))?;
     let ids: Vec<&str> = job.task_ids.iter().map(String::as_str).collect();
     let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
-    for view in store.tasks(&ids)? {
+    for view in store.tasks(&tenant, &ids)? {
         *by_status.entry(view.map_or_else(|| "pending".to_string(), |v| v.status)).or_default() += 1;
     }
     Ok(Json(json!({
@@ -147,19 +149,20 @@ fn percentiles(h: Option<hdrhistogram::Histogram<u64>>) -> Value {
 }
 
 #[utoipa::path(get, path = "/v1/stats", tag = "stats",
-    responses((status = 200, description = "per agent type: outcomes counted, retries scheduled and latency percentiles (ms); this tenant's open tasks"), (status = 401)))]
+    responses((status = 200, description = "this tenant's tasks per agent type: outcomes counted, retries scheduled and latency percentiles (ms); its open tasks"), (status = 401)))]
 pub async fn stats(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<Json<Value>, ApiError> {
     let store = state.projection.store();
     let mut types = BTreeMap::new();
-    for (agent_type, counters) in store.type_counters()? {
+    // Only this tenant's tasks: other tenants' volumes and latencies are theirs.
+    for (agent_type, counters) in store.tenant_type_counters(&tenant)? {
         types.insert(
             agent_type.clone(),
             json!({
                 "submitted": counters.submitted, "completed": counters.completed, "failed": counters.failed,
                 "dead_lettered": counters.dead_lettered, "cancelled": counters.cancelled, "expired": counters.expired,
                 "retries": counters.retries,
-                "submit_to_outcome_ms": percentiles(store.histogram(b'l', &agent_type)?),
-                "run_duration_ms": percentiles(store.histogram(b'd', &agent_type)?),
+                "submit_to_outcome_ms": percentiles(store.tenant_histogram(b'L', &tenant, &agent_type)?),
+                "run_duration_ms": percentiles(store.tenant_histogram(b'D', &tenant, &agent_type)?),
             }),
         );
     }

@@ -250,7 +250,7 @@ fn existing(state: &ApiState, tenant: &str, task: &TaskSubmitted) -> Result<Opti
     let Some(key) = &task.idempotency_key else { return Ok(None) };
     let store = state.projection.store();
     let Some(id) = store.task_by_idempotency_key(tenant, key)? else { return Ok(None) };
-    Ok(store.task(&id)?)
+    Ok(store.task(tenant, &id)?)
 }
 
 fn check_quota(state: &ApiState, tenant: &str, adding: u64) -> Result<(), ApiError> {
@@ -273,8 +273,7 @@ pub async fn wait_outcome(projection: &Projection, tenant: &str, task_id: &str, 
     let mut outcomes = projection.subscribe();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some(view) = projection.store().task(task_id)?
-            && view.tenant == tenant
+        if let Some(view) = projection.store().task(tenant, task_id)?
             && view.is_terminal()
         {
             return Ok(Some(view));
@@ -311,7 +310,7 @@ pub async fn submit(
     };
     if let Some((id, _)) = claim.as_ref().and_then(|c| c.written.as_ref()) {
         let mut body = json!({"task_id": id, "duplicate": true});
-        if let Some(view) = state.projection.store().task(id)?.filter(|v| v.tenant == tenant) {
+        if let Some(view) = state.projection.store().task(&tenant, id)? {
             body["task"] = task_json(&view);
         }
         return Ok((StatusCode::OK, Json(body)));
@@ -438,9 +437,9 @@ pub async fn get(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Pat
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_caught_up", format!("the projection has not reached {after} yet; retry")));
         }
     }
-    match state.projection.store().task(&id)? {
-        Some(view) if view.tenant == tenant => Ok(Json(task_json(&view))),
-        _ => Err(ApiError::not_found("no_task", format!("no task `{id}`"))),
+    match state.projection.store().task(&tenant, &id)? {
+        Some(view) => Ok(Json(task_json(&view))),
+        None => Err(ApiError::not_found("no_task", format!("no task `{id}`"))),
     }
 }
 
@@ -479,7 +478,7 @@ pub async fn outcome(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant,
     let Query(wait) = wait.map_err(query_error)?;
     let found = match wait_of(&state, wait.wait_ms) {
         Some(wait) => wait_outcome(&state.projection, &tenant, &id, wait).await?,
-        None => state.projection.store().task(&id)?.filter(|v| v.tenant == tenant && v.is_terminal()),
+        None => state.projection.store().task(&tenant, &id)?.filter(|v| v.is_terminal()),
     };
     let view = found.ok_or_else(|| ApiError::not_found("no_outcome", format!("no outcome for task `{id}` (yet)")))?;
     let mut body = task_json(&view)["outcome"].clone();
@@ -496,9 +495,8 @@ pub async fn cancel(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, 
     let Cancel { reason } = body.map(|Json(c)| c).unwrap_or_default();
     let deadline = tokio::time::Instant::now() + CANCEL_LOOKUP;
     let view = loop {
-        match state.projection.store().task(&id)? {
-            Some(view) if view.tenant == tenant => break view,
-            Some(_) => return Err(ApiError::not_found("no_task", format!("no task `{id}`"))),
+        match state.projection.store().task(&tenant, &id)? {
+            Some(view) => break view,
             None if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
             None => return Err(ApiError::not_found("no_task", format!("no task `{id}`"))),
         }
@@ -533,10 +531,7 @@ pub async fn dlq_list(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant
     responses((status = 202, description = "submitted again with a fresh attempt budget"), (status = 404, description = "no dead letter for this task"), (status = 409, description = "the dead letter was truncated to fit the log and cannot be re-submitted"), (status = 401)))]
 pub async fn dlq_resubmit(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
     let letters = dlq::list(&state.log, &state.client).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let letter = dlq::find(&letters, &id).map_err(|e| ApiError::not_found("no_dead_letter", e.to_string()))?;
-    if letter.task.as_ref().is_none_or(|t| t.meta.tenant != tenant) {
-        return Err(ApiError::not_found("no_dead_letter", format!("no dead letter for task `{id}`")));
-    }
+    let letter = dlq::find(&letters, &tenant, &id).map_err(|e| ApiError::not_found("no_dead_letter", e.to_string()))?;
     let submitted = dlq::resubmit(&state.client, letter).await.map_err(|e| match e {
         dlq::DlqError::Truncated { .. } => ApiError::new(StatusCode::CONFLICT, "dead_letter_truncated", e.to_string()),
         other => ApiError::unavailable(other.to_string()),

@@ -54,14 +54,15 @@ pub async fn submit(log: &Arc<dyn EventLog>, config: &Config, args: SubmitArgs) 
     let submitted = client.submit(&task).await?;
     println!("{}", json!({"task_id": submitted.task_id, "topic": submitted.topic, "partition": submitted.position.partition, "offset": submitted.position.offset, "delayed": submitted.delayed}));
     if let Some(wait) = args.wait {
-        let outcome = wait_for_outcome(log, client.codec(), &results, &task_id, now / 1000 - 1_000, wait).await?;
+        let outcome = wait_for_outcome(log, client.codec(), &results, (&args.tenant, &task_id), now / 1000 - 1_000, wait).await?;
         println!("{outcome}");
     }
     Ok(())
 }
 
-/// Reads `task.results` from `since_ms` until the task's outcome shows up, as JSON.
-async fn wait_for_outcome(log: &Arc<dyn EventLog>, codec: &WireCodec, results: &str, task_id: &str, since_ms: i64, wait: Duration) -> anyhow::Result<String> {
+/// Reads `task.results` from `since_ms` until the outcome of the task (tenant, task id) shows
+/// up, as JSON (another tenant's task of the same id is another task).
+async fn wait_for_outcome(log: &Arc<dyn EventLog>, codec: &WireCodec, results: &str, (tenant, task_id): (&str, &str), since_ms: i64, wait: Duration) -> anyhow::Result<String> {
     let partitions = log.admin().describe_topic(results).await?.partitions;
     let mut consumer = log.consumer(ConsumerOptions::default())?;
     consumer.assign(&(0..partitions).map(|p| (TopicPartition::new(results, p), SeekTo::Timestamp(since_ms))).collect::<Vec<_>>()).await?;
@@ -73,7 +74,7 @@ async fn wait_for_outcome(log: &Arc<dyn EventLog>, codec: &WireCodec, results: &
             continue;
         }
         let event = decode_any(codec, &record.payload).await?;
-        if !event.is_terminal() {
+        if !event.is_terminal() || event.task_ref() != Some((tenant, task_id)) {
             continue;
         }
         let summary = agentlog::agent::outcomes::outcome_json(&event);
@@ -105,11 +106,11 @@ pub async fn dlq_list(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Resul
     Ok(())
 }
 
-pub async fn dlq_resubmit(log: &Arc<dyn EventLog>, config: &Config, task_id: Option<String>, all: bool) -> anyhow::Result<()> {
+pub async fn dlq_resubmit(log: &Arc<dyn EventLog>, config: &Config, task_id: Option<String>, tenant: &str, all: bool) -> anyhow::Result<()> {
     let client = client(log, config)?;
     let letters = dlq::list(log, &client).await?;
     let chosen: Vec<&dlq::DeadLetter> = match (task_id, all) {
-        (Some(id), false) => vec![dlq::find(&letters, &id)?],
+        (Some(id), false) => vec![dlq::find(&letters, tenant, &id)?],
         (None, true) => letters.iter().filter(|l| l.task.is_some() && l.truncated.is_none()).collect(),
         _ => anyhow::bail!("give either --task ID or --all"),
     };

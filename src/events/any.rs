@@ -48,6 +48,26 @@ impl AnyEvent {
         })
     }
 
+    /// The task this event is about as its identity, (tenant, task id): two tenants may use
+    /// one task id, and each has its own task.
+    pub fn task_ref(&self) -> Option<(&str, &str)> {
+        let task_id = self.task_id()?;
+        let tenant = match self {
+            AnyEvent::TaskSubmitted(e) => &e.meta.tenant,
+            AnyEvent::TaskStarted(e) => &e.meta.tenant,
+            AnyEvent::TaskProgress(e) => &e.meta.tenant,
+            AnyEvent::TaskRetryScheduled(e) => &e.meta.tenant,
+            AnyEvent::TaskCompleted(e) => &e.meta.tenant,
+            AnyEvent::TaskFailed(e) => &e.meta.tenant,
+            AnyEvent::TaskDeadLettered(e) => &e.meta.tenant,
+            AnyEvent::TaskCancelRequested(e) => &e.meta.tenant,
+            AnyEvent::TaskCancelled(e) => &e.meta.tenant,
+            AnyEvent::TaskExpired(e) => &e.meta.tenant,
+            _ => return None,
+        };
+        Some((tenant, task_id))
+    }
+
     /// Whether this is a terminal task outcome (what `task.results` holds).
     pub fn is_terminal(&self) -> bool {
         matches!(

@@ -39,6 +39,9 @@ pub struct OutcomeNotice {
     pub view: TaskView,
 }
 
+/// A task's key in the `tasks` column family and in the batch's cache: (tenant, task id).
+type TaskKey = Vec<u8>;
+
 struct TaskEntry {
     original_keys: Vec<Vec<u8>>,
     view: TaskView,
@@ -52,8 +55,8 @@ struct RoundSize {
     batch_bytes: usize,
 }
 
-/// Task ids a catch-up into a store that held no tasks has written so far (as hashes). Any
-/// other id is certainly not in the store, so loading it is skipped: on a fresh rebuild most
+/// Tasks (tenant, task id) a catch-up into a store that held no tasks has written so far (as
+/// hashes of their keys). Any other task is certainly not in the store, so loading it is skipped: on a fresh rebuild most
 /// ids are new, and each lookup of a missing id probed the memtable and every table's bloom
 /// filter. A hash shared by two ids only costs a lookup that finds nothing.
 #[derive(Debug, Default)]
@@ -66,23 +69,24 @@ impl WrittenTasks {
     /// memory for very long histories: ~16 bytes per id).
     const MAX: usize = 8 << 20;
 
-    fn hash(task_id: &str) -> u64 {
-        FxBuildHasher.hash_one(task_id)
+    fn hash(key: &[u8]) -> u64 {
+        FxBuildHasher.hash_one(key)
     }
 
-    /// Whether `task_id` may be in the store (`false` means it certainly is not).
-    fn may_hold(&self, task_id: &str) -> bool {
-        self.hashes.len() >= Self::MAX || self.hashes.contains(&Self::hash(task_id))
+    /// Whether the task of `key` may be in the store (`false` means it certainly is not).
+    fn may_hold(&self, key: &[u8]) -> bool {
+        self.hashes.len() >= Self::MAX || self.hashes.contains(&Self::hash(key))
     }
 
-    fn insert(&mut self, task_id: &str) {
+    fn insert(&mut self, key: &[u8]) {
         if self.hashes.len() < Self::MAX {
-            self.hashes.insert(Self::hash(task_id));
+            self.hashes.insert(Self::hash(key));
         }
     }
 }
 
-/// A histogram kept per agent type, and the tag of its key in the `stats` column family.
+/// A histogram kept per agent type (over all tenants, and per tenant), and the tags of its
+/// keys in the `stats` column family.
 #[derive(Debug, Clone, Copy)]
 enum Measure {
     /// Submit → outcome.
@@ -92,24 +96,33 @@ enum Measure {
 }
 
 impl Measure {
-    fn tag(self) -> u8 {
-        match self {
-            Measure::Latency => b'l',
-            Measure::Duration => b'd',
-        }
+    /// The keys this measure of `agent_type` is kept under: all tenants, then `tenant`'s.
+    fn keys(self, tenant: &str, agent_type: &str) -> [Vec<u8>; 2] {
+        let (all, one) = match self {
+            Measure::Latency => (b'l', b'L'),
+            Measure::Duration => (b'd', b'D'),
+        };
+        [store::stat_key(all, agent_type), store::tenant_stat_key(one, tenant, agent_type)]
     }
+}
+
+/// The keys of the counters of `agent_type`: all tenants (for operators), then `tenant`'s
+/// (what the tenant is shown).
+fn counter_keys(tenant: &str, agent_type: &str) -> [Vec<u8>; 2] {
+    [store::stat_key(b'c', agent_type), store::tenant_stat_key(b'C', tenant, agent_type)]
 }
 
 /// Everything counted across tasks (per agent type, per tenant) and the outcomes to publish:
 /// kept apart from the task views so a view can change while the totals it feeds do.
 struct Totals<'s> {
     store: &'s ProjectionStore,
-    counters: Map<String, TypeCounters>,
-    latency: Map<String, Histogram<u64>>,
-    durations: Map<String, Histogram<u64>>,
+    /// By their key in `stats` (see [`counter_keys`]).
+    counters: Map<Vec<u8>, TypeCounters>,
+    /// By their key in `stats` (see [`Measure::keys`]).
+    histograms: Map<Vec<u8>, Histogram<u64>>,
     tenants: Map<String, TenantCounters>,
     notices: Vec<OutcomeNotice>,
-    noticed: HashSet<String>,
+    noticed: HashSet<TaskKey>,
     /// Whether outcomes are collected for the live stream (not while catching up).
     notify: bool,
 }
@@ -125,9 +138,10 @@ struct Replaced {
 pub struct Changes<'s> {
     store: &'s ProjectionStore,
     /// Boxed: a view is large, and a map of views would move all of them on every growth.
-    tasks: Map<String, Box<TaskEntry>>,
+    tasks: Map<TaskKey, Box<TaskEntry>>,
     agents: Map<String, AgentView>,
-    jobs: Map<String, JobView>,
+    /// By tenant 0 job id, as in the `jobs` column family.
+    jobs: Map<Vec<u8>, JobView>,
     totals: Totals<'s>,
     idempotency: HashMap<Vec<u8>, String>,
     offsets: Map<String, Map<i32, i64>>,
@@ -152,8 +166,7 @@ impl<'s> Totals<'s> {
         Totals {
             store,
             counters: Map::default(),
-            latency: Map::default(),
-            durations: Map::default(),
+            histograms: Map::default(),
             tenants: Map::default(),
             notices: Vec::new(),
             noticed: HashSet::new(),
@@ -161,16 +174,21 @@ impl<'s> Totals<'s> {
         }
     }
 
-    fn counters(&mut self, agent_type: &str) -> Result<&mut TypeCounters, StoreError> {
-        if !self.counters.contains_key(agent_type) {
-            let key = store::stat_key(b'c', agent_type);
-            let found = match self.store.raw(CF_STATS, &key)? {
-                Some(bytes) => store::decode(&key, &bytes)?,
-                None => TypeCounters::default(),
-            };
-            self.counters.insert(agent_type.to_string(), found);
+    /// Changes the counters of `agent_type` over all tenants and of `tenant` alike.
+    fn count(&mut self, tenant: &str, agent_type: &str, change: impl Fn(&mut TypeCounters)) -> Result<(), StoreError> {
+        for key in counter_keys(tenant, agent_type) {
+            if !self.counters.contains_key(&key) {
+                let found = match self.store.raw(CF_STATS, &key)? {
+                    Some(bytes) => store::decode(&key, &bytes)?,
+                    None => TypeCounters::default(),
+                };
+                self.counters.insert(key.clone(), found);
+            }
+            if let Some(counters) = self.counters.get_mut(&key) {
+                change(counters);
+            }
         }
-        Ok(self.counters.get_mut(agent_type).expect("inserted above"))
+        Ok(())
     }
 
     fn tenant(&mut self, tenant: &str) -> Result<&mut TenantCounters, StoreError> {
@@ -181,38 +199,38 @@ impl<'s> Totals<'s> {
         Ok(self.tenants.get_mut(tenant).expect("inserted above"))
     }
 
-    /// The histogram of `agent_type`, loaded from the store if needed; `None` when there is
-    /// none yet and `create` is false.
-    fn histogram(&mut self, measure: Measure, agent_type: &str, create: bool) -> Result<Option<&mut Histogram<u64>>, StoreError> {
-        let histograms = match measure {
-            Measure::Latency => &mut self.latency,
-            Measure::Duration => &mut self.durations,
-        };
-        if !histograms.contains_key(agent_type) {
-            let found = match self.store.histogram(measure.tag(), agent_type)? {
+    /// The histogram under `key`, loaded from the store if needed; `None` when there is none
+    /// yet and `create` is false.
+    fn histogram(&mut self, key: Vec<u8>, create: bool) -> Result<Option<&mut Histogram<u64>>, StoreError> {
+        if !self.histograms.contains_key(&key) {
+            let found = match self.store.histogram_at(&key)? {
                 Some(found) => found,
                 None if create => store::new_histogram(),
                 None => return Ok(None),
             };
-            histograms.insert(agent_type.to_string(), found);
+            self.histograms.insert(key.clone(), found);
         }
-        Ok(histograms.get_mut(agent_type))
+        Ok(self.histograms.get_mut(&key))
     }
 
-    fn record(&mut self, measure: Measure, agent_type: &str, value_ms: i64) -> Result<(), StoreError> {
-        if let Some(histogram) = self.histogram(measure, agent_type, true)? {
-            histogram.saturating_record(value_ms.max(1) as u64);
+    fn record(&mut self, measure: Measure, tenant: &str, agent_type: &str, value_ms: i64) -> Result<(), StoreError> {
+        for key in measure.keys(tenant, agent_type) {
+            if let Some(histogram) = self.histogram(key, true)? {
+                histogram.saturating_record(value_ms.max(1) as u64);
+            }
         }
         Ok(())
     }
 
     /// Removes one value [`Totals::record`] recorded.
-    fn unrecord(&mut self, measure: Measure, agent_type: &str, value_ms: i64) -> Result<(), StoreError> {
-        let Some(histogram) = self.histogram(measure, agent_type, false)? else { return Ok(()) };
+    fn unrecord(&mut self, measure: Measure, tenant: &str, agent_type: &str, value_ms: i64) -> Result<(), StoreError> {
         let mut one = store::new_histogram();
         one.saturating_record(value_ms.max(1) as u64);
-        if let Err(error) = histogram.subtract(&one) {
-            tracing::warn!(agent_type = %agent_type, ?error, "could not take a replaced outcome out of a histogram");
+        for key in measure.keys(tenant, agent_type) {
+            let Some(histogram) = self.histogram(key, false)? else { continue };
+            if let Err(error) = histogram.subtract(&one) {
+                tracing::warn!(agent_type = %agent_type, ?error, "could not take a replaced outcome out of a histogram");
+            }
         }
         Ok(())
     }
@@ -220,14 +238,15 @@ impl<'s> Totals<'s> {
     /// Takes back what [`Totals::settle`] counted for an outcome that a later one replaced.
     fn uncount(&mut self, view: &TaskView, replaced: &Replaced) -> Result<(), StoreError> {
         let Some(agent_type) = &view.agent_type else { return Ok(()) };
+        let tenant = &view.tenant;
         if replaced.counted {
-            self.counters(agent_type)?.uncount_outcome(&replaced.old.status);
+            self.count(tenant, agent_type, |c| c.uncount_outcome(&replaced.old.status))?;
             if let Some(duration) = replaced.old.duration_ms {
-                self.unrecord(Measure::Duration, agent_type, duration)?;
+                self.unrecord(Measure::Duration, tenant, agent_type, duration)?;
             }
         }
         if replaced.latency_recorded && let Some(submitted) = view.submitted_at_us {
-            self.unrecord(Measure::Latency, agent_type, (replaced.old.at_us - submitted) / 1000)?;
+            self.unrecord(Measure::Latency, tenant, agent_type, (replaced.old.at_us - submitted) / 1000)?;
         }
         Ok(())
     }
@@ -238,27 +257,27 @@ impl<'s> Totals<'s> {
     fn settle(&mut self, view: &mut TaskView, first_submit: bool) -> Result<(), StoreError> {
         if first_submit {
             if let Some(agent_type) = &view.agent_type {
-                self.counters(agent_type)?.submitted += 1;
+                self.count(&view.tenant, agent_type, |c| c.submitted += 1)?;
             }
             self.tenant(&view.tenant)?.submitted += 1;
         }
         if let (Some(outcome), Some(agent_type)) = (&view.outcome, &view.agent_type) {
             if !view.outcome_counted {
                 view.outcome_counted = true;
-                self.counters(agent_type)?.count_outcome(&outcome.status);
+                self.count(&view.tenant, agent_type, |c| c.count_outcome(&outcome.status))?;
                 if let Some(duration) = outcome.duration_ms {
-                    self.record(Measure::Duration, agent_type, duration)?;
+                    self.record(Measure::Duration, &view.tenant, agent_type, duration)?;
                 }
             }
             if !view.latency_recorded && let Some(submitted) = view.submitted_at_us {
                 view.latency_recorded = true;
-                self.record(Measure::Latency, agent_type, (outcome.at_us - submitted) / 1000)?;
+                self.record(Measure::Latency, &view.tenant, agent_type, (outcome.at_us - submitted) / 1000)?;
             }
         }
         if view.outcome.is_some() && !view.tenant_counted {
             view.tenant_counted = true;
             self.tenant(&view.tenant)?.terminal += 1;
-            if self.notify && self.noticed.insert(view.task_id.clone()) {
+            if self.notify && self.noticed.insert(store::task_key(&view.tenant, &view.task_id)) {
                 self.notices.push(OutcomeNotice { tenant: view.tenant.clone(), agent_type: view.agent_type.clone(), view: view.clone() });
             }
         }
@@ -318,21 +337,23 @@ impl<'s> Changes<'s> {
         self.offsets.iter().flat_map(|(topic, partitions)| partitions.iter().map(move |(p, next)| ((topic.clone(), *p), *next))).collect()
     }
 
-    /// Makes sure `task_id` is in the cache: loaded from the store, or new.
-    fn load_task(&mut self, task_id: &str) -> Result<(), StoreError> {
-        if self.tasks.contains_key(task_id) {
-            return Ok(());
+    /// Makes sure `tenant`'s task `task_id` is in the cache (loaded from the store, or new)
+    /// and returns its key.
+    fn load_task(&mut self, tenant: &str, task_id: &str) -> Result<TaskKey, StoreError> {
+        let key = store::task_key(tenant, task_id);
+        if self.tasks.contains_key(&key) {
+            return Ok(key);
         }
         let stored = match &self.written {
-            Some(written) if !written.may_hold(task_id) => None,
-            _ => self.store.task(task_id)?,
+            Some(written) if !written.may_hold(&key) => None,
+            _ => self.store.task(tenant, task_id)?,
         };
         let (original_keys, view) = match stored {
             Some(view) => (store::index_keys(&view), view),
-            None => (Vec::new(), TaskView::new(task_id)),
+            None => (Vec::new(), TaskView::new(tenant, task_id)),
         };
-        self.tasks.insert(task_id.to_string(), Box::new(TaskEntry { original_keys, view }));
-        Ok(())
+        self.tasks.insert(key.clone(), Box::new(TaskEntry { original_keys, view }));
+        Ok(key)
     }
 
     fn agent(&mut self, agent_id: &str) -> Result<&mut AgentView, StoreError> {
@@ -343,16 +364,18 @@ impl<'s> Changes<'s> {
         Ok(self.agents.get_mut(agent_id).expect("inserted above"))
     }
 
-    fn job(&mut self, job_id: &str) -> Result<&mut JobView, StoreError> {
-        if !self.jobs.contains_key(job_id) {
-            let view = self.store.job(job_id)?.unwrap_or_else(|| JobView { job_id: job_id.to_string(), ..Default::default() });
-            self.jobs.insert(job_id.to_string(), view);
+    /// `tenant`'s job `job_id` (jobs, like tasks, live in their tenant's namespace).
+    fn job(&mut self, tenant: &str, job_id: &str) -> Result<&mut JobView, StoreError> {
+        let key = store::task_key(tenant, job_id);
+        if !self.jobs.contains_key(&key) {
+            let view = self.store.job(tenant, job_id)?.unwrap_or_else(|| JobView { job_id: job_id.to_string(), tenant: tenant.to_string(), ..Default::default() });
+            self.jobs.insert(key.clone(), view);
         }
-        Ok(self.jobs.get_mut(job_id).expect("inserted above"))
+        Ok(self.jobs.get_mut(&key).expect("inserted above"))
     }
 
     /// Applies one decoded event. Redelivered events change nothing.
-    pub fn apply(&mut self, source: Source, event: AnyEvent) -> Result<(), StoreError> {
+    pub fn apply(&mut self, source: Source, mut event: AnyEvent) -> Result<(), StoreError> {
         self.applied += 1;
         match &event {
             AnyEvent::AgentRegistered(_)
@@ -361,18 +384,14 @@ impl<'s> Changes<'s> {
             | AnyEvent::AgentLost(_)
             | AnyEvent::AgentDeregistered(_) => return self.apply_agent(&event),
             AnyEvent::JobSubmitted(e) => {
-                let job = self.job(&e.job_id)?;
-                job.tenant = e.meta.tenant.clone();
+                let job = self.job(&e.meta.tenant, &e.job_id)?;
                 job.total = e.total;
                 job.task_ids = e.task_ids.clone();
                 job.submitted_at_us = Some(job.submitted_at_us.map_or(e.meta.occurred_at.0, |at| at.min(e.meta.occurred_at.0)));
                 return Ok(());
             }
             AnyEvent::JobCompleted(e) => {
-                let job = self.job(&e.job_id)?;
-                if job.tenant.is_empty() {
-                    job.tenant = e.meta.tenant.clone();
-                }
+                let job = self.job(&e.meta.tenant, &e.job_id)?;
                 job.completed = Some(e.completed);
                 job.failed = Some(e.failed);
                 job.completed_at_us = Some(e.meta.occurred_at.0);
@@ -381,9 +400,12 @@ impl<'s> Changes<'s> {
             AnyEvent::Unknown { .. } => return Ok(()),
             _ => {}
         }
+        // A task is (tenant, task id): every event of a task carries its tenant, so another
+        // tenant's events of the same id go to that tenant's task.
+        let Some(tenant) = task_meta(&mut event).map(|meta| std::mem::take(&mut meta.tenant)) else { return Ok(()) };
         let Some(task_id) = event.task_id() else { return Ok(()) };
-        self.load_task(task_id)?;
-        let Some(entry) = self.tasks.get_mut(task_id) else { return Ok(()) };
+        let key = self.load_task(&tenant, task_id)?;
+        let Some(entry) = self.tasks.get_mut(&key) else { return Ok(()) };
         let view = &mut entry.view;
         let (type_known, retries_before) = (view.agent_type.is_some(), view.max_retry);
         let (first_submit, replaced) = apply_to_task(view, source, event);
@@ -393,7 +415,7 @@ impl<'s> Changes<'s> {
         if let Some(agent_type) = &view.agent_type {
             let new = if type_known { view.max_retry - retries_before } else { view.max_retry };
             if new > 0 {
-                self.totals.counters(agent_type)?.retries += new as u64;
+                self.totals.count(&view.tenant, agent_type, |c| c.retries += new as u64)?;
             }
         }
         if let Some(replaced) = &replaced {
@@ -401,8 +423,7 @@ impl<'s> Changes<'s> {
         }
         self.totals.settle(view, first_submit)?;
         if first_submit && view.idempotency_key.is_some() {
-            let task_id = view.task_id.clone();
-            self.claim_idempotency_key(&task_id)?;
+            self.claim_idempotency_key(&key)?;
         }
         Ok(())
     }
@@ -410,8 +431,8 @@ impl<'s> Changes<'s> {
     /// Points the task's idempotency key at it, unless a task that keeps it holds it: tasks
     /// raced with one key (both submitted before the projection saw either), and the earliest
     /// submitted (then the smaller id) keeps it, in any arrival order.
-    fn claim_idempotency_key(&mut self, task_id: &str) -> Result<(), StoreError> {
-        let Some(view) = self.tasks.get(task_id).map(|entry| &entry.view) else { return Ok(()) };
+    fn claim_idempotency_key(&mut self, task_key: &[u8]) -> Result<(), StoreError> {
+        let Some(view) = self.tasks.get(task_key).map(|entry| &entry.view) else { return Ok(()) };
         let Some(key) = &view.idempotency_key else { return Ok(()) };
         let index_key = store::idempotency_key(&view.tenant, key);
         let ours = (view.submitted_at_us.unwrap_or(i64::MAX), view.task_id.clone());
@@ -423,9 +444,10 @@ impl<'s> Changes<'s> {
             None => true,
             Some(id) if id == ours.1 => false,
             Some(id) => {
-                let theirs = match self.tasks.get(&id) {
+                // The key is the tenant's, and so is the task holding it.
+                let theirs = match self.tasks.get(&store::task_key(&view.tenant, &id)) {
                     Some(entry) => entry.view.submitted_at_us,
-                    None => self.store.task(&id)?.and_then(|v| v.submitted_at_us),
+                    None => self.store.task(&view.tenant, &id)?.and_then(|v| v.submitted_at_us),
                 };
                 (ours.0, ours.1.as_str()) < (theirs.unwrap_or(i64::MAX), id.as_str())
             }
@@ -496,8 +518,8 @@ impl<'s> Changes<'s> {
     pub fn finish_round(&mut self) -> Result<WriteBatch, StoreError> {
         let mut written = self.written.take();
         if let Some(written) = &mut written {
-            for task_id in self.tasks.keys() {
-                written.insert(task_id);
+            for key in self.tasks.keys() {
+                written.insert(key);
             }
         }
         let tasks = self.tasks.len();
@@ -524,18 +546,16 @@ impl<'s> Changes<'s> {
             batch.put_cf(agents_cf, id.as_bytes(), store::encode_into(view, &mut buffer));
         }
         let jobs_cf = store.cf(CF_JOBS)?;
-        for (id, view) in &self.jobs {
-            batch.put_cf(jobs_cf, id.as_bytes(), store::encode_into(view, &mut buffer));
+        for (key, view) in &self.jobs {
+            batch.put_cf(jobs_cf, key, store::encode_into(view, &mut buffer));
         }
         let totals = self.totals;
         let stats_cf = store.cf(CF_STATS)?;
-        for (agent_type, counters) in &totals.counters {
-            batch.put_cf(stats_cf, store::stat_key(b'c', agent_type), store::encode_into(counters, &mut buffer));
+        for (key, counters) in &totals.counters {
+            batch.put_cf(stats_cf, key, store::encode_into(counters, &mut buffer));
         }
-        for (measure, histograms) in [(Measure::Latency, &totals.latency), (Measure::Duration, &totals.durations)] {
-            for (agent_type, histogram) in histograms {
-                batch.put_cf(stats_cf, store::stat_key(measure.tag(), agent_type), store::encode_histogram(histogram));
-            }
+        for (key, histogram) in &totals.histograms {
+            batch.put_cf(stats_cf, key, store::encode_histogram(histogram));
         }
         for (tenant, counters) in &totals.tenants {
             batch.put_cf(stats_cf, store::stat_key(b'n', tenant), store::encode_into(counters, &mut buffer));
@@ -553,15 +573,15 @@ impl<'s> Changes<'s> {
 /// Puts the task views and their index changes, keys in order within each column family:
 /// the memtable's skip list inserts a sorted run far faster than random keys (it reuses its
 /// search path).
-fn put_tasks(store: &ProjectionStore, batch: &mut WriteBatch, tasks: &Map<String, Box<TaskEntry>>) -> Result<(), StoreError> {
+fn put_tasks(store: &ProjectionStore, batch: &mut WriteBatch, tasks: &Map<TaskKey, Box<TaskEntry>>) -> Result<(), StoreError> {
     let tasks_cf = store.cf(CF_TASKS)?;
     let index_cf = store.cf(CF_INDEX)?;
-    let mut sorted: Vec<(&String, &Box<TaskEntry>)> = tasks.iter().collect();
+    let mut sorted: Vec<(&TaskKey, &Box<TaskEntry>)> = tasks.iter().collect();
     sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let mut index_deletes = Vec::new();
     let mut index_puts = Vec::with_capacity(sorted.len() * 3);
     let mut buffer = Vec::new();
-    for (task_id, entry) in sorted {
+    for (task_key, entry) in sorted {
         let keys = store::index_keys(&entry.view);
         for old in &entry.original_keys {
             if !keys.contains(old) {
@@ -573,7 +593,7 @@ fn put_tasks(store: &ProjectionStore, batch: &mut WriteBatch, tasks: &Map<String
                 index_puts.push(key);
             }
         }
-        batch.put_cf(tasks_cf, task_id.as_bytes(), store::encode_into(&entry.view, &mut buffer));
+        batch.put_cf(tasks_cf, task_key, store::encode_into(&entry.view, &mut buffer));
     }
     index_deletes.sort_unstable();
     index_puts.sort_unstable();
@@ -610,12 +630,9 @@ fn apply_to_task(view: &mut TaskView, source: Source, mut event: AnyEvent) -> (b
     let Some(meta) = task_meta(&mut event) else { return (false, None) };
     let at = meta.occurred_at.0;
     // Moved out (the event is ours): the rest of the envelope is not projected.
+    // The tenant is not taken from the event: the view is the task of the event's tenant
+    // already (see `Changes::apply`), and no event moves a task to another tenant.
     let event_id = std::mem::take(&mut meta.event_id);
-    let tenant = std::mem::take(&mut meta.tenant);
-    // The submitter's tenant is the task's tenant; other events fill it in until it is known.
-    if matches!(event, AnyEvent::TaskSubmitted(_)) || view.tenant.is_empty() {
-        view.tenant = tenant;
-    }
     view.created_at_us = view.created_at_us.min(at);
     view.updated_at_us = view.updated_at_us.max(at);
     let mut entry = TimelineEntry { at_us: at, event: name.to_string(), event_id, attempt: None, agent_id: None, detail: None };

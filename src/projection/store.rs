@@ -1,15 +1,19 @@
 //! The projection's RocksDB layout and reads.
 //!
 //! Column families (keys are bytes; `‖` is concatenation, `0` a zero byte):
-//! - `tasks`:   task id → [`TaskView`] (JSON)
+//! - `default`: `format` → [`FORMAT`], the version of this layout (see [`ProjectionStore::open`])
+//! - `tasks`:   tenant 0 task id → [`TaskView`]: a task is the pair (tenant, task id), so two
+//!   tenants using one id have two tasks
 //! - `index`:   `T` tenant 0 created‖id, `S` tenant 0 status 0 created‖id,
-//!   `A` tenant 0 agent type 0 created‖id → empty; `I` tenant 0 idempotency key → task id.
+//!   `A` tenant 0 agent type 0 created‖id → empty; `I` tenant 0 idempotency key → task id
+//!   (of that tenant).
 //!   `created` is `u64::MAX − created_at_us` big-endian so a forward scan is newest first.
 //! - `agents`:  agent id → [`AgentView`]
-//! - `jobs`:    job id → [`JobView`]
+//! - `jobs`:    tenant 0 job id → [`JobView`]
 //! - `stats`:   `c` type → [`TypeCounters`]; `l` type → submit→outcome latency histogram,
-//!   `d` type → run duration histogram (hdrhistogram V2, µs resolution in ms);
-//!   `n` tenant → [`TenantCounters`]
+//!   `d` type → run duration histogram (hdrhistogram V2, µs resolution in ms), all tenants
+//!   together (for `/metrics`); `C`, `L`, `D` tenant 0 type → the same for one tenant (what
+//!   `/v1/stats` shows it); `n` tenant → [`TenantCounters`]
 //! - `offsets`: topic 0 partition u32 → next offset i64, written in the same WriteBatch as
 //!   the state those records produced.
 
@@ -30,6 +34,13 @@ pub const CF_AGENTS: &str = "agents";
 pub const CF_JOBS: &str = "jobs";
 pub const CF_STATS: &str = "stats";
 pub const CF_OFFSETS: &str = "offsets";
+
+/// The version of the key layout above, kept under [`FORMAT_KEY`] in the default column
+/// family. A store of another version (or of none: before tenants scoped task keys, tasks
+/// were keyed by id alone) is not read with this layout but emptied, and the projector
+/// rebuilds it from the log from the start: a projection is derived and disposable.
+pub const FORMAT: &str = "2";
+const FORMAT_KEY: &[u8] = b"format";
 const ALL_CFS: [&str; 6] = [CF_TASKS, CF_INDEX, CF_AGENTS, CF_JOBS, CF_STATS, CF_OFFSETS];
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +117,23 @@ pub fn index_keys(view: &TaskView) -> Vec<Vec<u8>> {
         keys.push(key(b'A', Some(agent_type)));
     }
     keys
+}
+
+/// The key of a task (or a job) in its column family: tenant 0 id. Tenant names hold no
+/// zero byte (config refuses one), so the pair is unambiguous.
+pub fn task_key(tenant: &str, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(tenant.len() + 1 + id.len());
+    key.extend_from_slice(tenant.as_bytes());
+    key.push(0);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// The `stats` key of one tenant's measure of one agent type (`tag` is `C`, `L` or `D`).
+pub fn tenant_stat_key(tag: u8, tenant: &str, agent_type: &str) -> Vec<u8> {
+    let mut key = vec![tag];
+    key.extend_from_slice(&task_key(tenant, agent_type));
+    key
 }
 
 pub fn idempotency_key(tenant: &str, key: &str) -> Vec<u8> {
@@ -191,7 +219,48 @@ pub fn decode_histogram(bytes: &[u8]) -> Result<Histogram<u64>, StoreError> {
 }
 
 impl ProjectionStore {
+    /// Opens (or creates) the store at `path`. A store written in another layout than
+    /// [`FORMAT`] is emptied first (with a warning), so the projector rebuilds it from the log
+    /// instead of misreading it.
     pub fn open(path: &Path) -> Result<ProjectionStore, StoreError> {
+        let store = Self::open_as_is(path)?;
+        match store.format()? {
+            Some(format) if format == FORMAT => Ok(store),
+            None if !store.holds_anything()? => {
+                store.set_format()?;
+                Ok(store)
+            }
+            found => {
+                tracing::warn!(path = %path.display(), found = found.as_deref().unwrap_or("none"), expected = FORMAT, "projection store has another layout; emptying it to rebuild from the log");
+                drop(store);
+                rocksdb::DB::destroy(&Options::default(), path).map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
+                let store = Self::open_as_is(path)?;
+                store.set_format()?;
+                Ok(store)
+            }
+        }
+    }
+
+    fn format(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.db.get(FORMAT_KEY).map_err(rocks("get format"))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn set_format(&self) -> Result<(), StoreError> {
+        self.db.put(FORMAT_KEY, FORMAT.as_bytes()).map_err(rocks("put format"))
+    }
+
+    /// Whether anything was ever applied (state or offsets).
+    fn holds_anything(&self) -> Result<bool, StoreError> {
+        for cf in ALL_CFS {
+            if let Some(item) = self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start).next() {
+                item.map_err(rocks("scan"))?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn open_as_is(path: &Path) -> Result<ProjectionStore, StoreError> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -264,19 +333,21 @@ impl ProjectionStore {
         }
     }
 
-    pub fn task(&self, task_id: &str) -> Result<Option<TaskView>, StoreError> {
-        self.get_json(CF_TASKS, task_id.as_bytes())
+    /// The task `task_id` of `tenant` (another tenant's task of that id is another task).
+    pub fn task(&self, tenant: &str, task_id: &str) -> Result<Option<TaskView>, StoreError> {
+        self.get_json(CF_TASKS, &task_key(tenant, task_id))
     }
 
-    /// Several tasks in one call (missing ones are `None`).
-    pub fn tasks(&self, ids: &[&str]) -> Result<Vec<Option<TaskView>>, StoreError> {
+    /// Several tasks of one tenant in one call (missing ones are `None`).
+    pub fn tasks(&self, tenant: &str, ids: &[&str]) -> Result<Vec<Option<TaskView>>, StoreError> {
         let cf = self.cf(CF_TASKS)?;
-        let found = self.db.batched_multi_get_cf(cf, ids.iter().map(|id| id.as_bytes()), false);
+        let keys: Vec<Vec<u8>> = ids.iter().map(|id| task_key(tenant, id)).collect();
+        let found = self.db.batched_multi_get_cf(cf, keys.iter(), false);
         found
             .into_iter()
-            .zip(ids)
-            .map(|(result, id)| match result.map_err(rocks("multi get"))? {
-                Some(bytes) => decode(id.as_bytes(), &bytes).map(Some),
+            .zip(&keys)
+            .map(|(result, key)| match result.map_err(rocks("multi get"))? {
+                Some(bytes) => decode(key, &bytes).map(Some),
                 None => Ok(None),
             })
             .collect()
@@ -286,8 +357,9 @@ impl ProjectionStore {
         self.get_json(CF_AGENTS, agent_id.as_bytes())
     }
 
-    pub fn job(&self, job_id: &str) -> Result<Option<JobView>, StoreError> {
-        self.get_json(CF_JOBS, job_id.as_bytes())
+    /// The job `job_id` of `tenant`.
+    pub fn job(&self, tenant: &str, job_id: &str) -> Result<Option<JobView>, StoreError> {
+        self.get_json(CF_JOBS, &task_key(tenant, job_id))
     }
 
     pub fn task_by_idempotency_key(&self, tenant: &str, key: &str) -> Result<Option<String>, StoreError> {
@@ -349,7 +421,7 @@ impl ProjectionStore {
             }
             let id = String::from_utf8_lossy(&tail[8..]).into_owned();
             last_tail = Some(tail.to_vec());
-            if let Some(view) = self.task(&id)? {
+            if let Some(view) = self.task(&filter.tenant, &id)? {
                 if filter.agent_type.as_ref().is_some_and(|t| view.agent_type.as_ref() != Some(t)) {
                     continue;
                 }
@@ -364,8 +436,17 @@ impl ProjectionStore {
         self.scan(CF_AGENTS)
     }
 
-    pub fn jobs(&self, limit: usize) -> Result<Vec<JobView>, StoreError> {
-        let mut jobs: Vec<JobView> = self.scan(CF_JOBS)?;
+    /// `tenant`'s jobs, newest first.
+    pub fn jobs(&self, tenant: &str, limit: usize) -> Result<Vec<JobView>, StoreError> {
+        let prefix = task_key(tenant, "");
+        let mut jobs: Vec<JobView> = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_JOBS)?, IteratorMode::From(&prefix, Direction::Forward)) {
+            let (key, value) = item.map_err(rocks("jobs scan"))?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            jobs.push(decode(&key, &value)?);
+        }
         jobs.sort_by(|a, b| b.submitted_at_us.cmp(&a.submitted_at_us).then_with(|| a.job_id.cmp(&b.job_id)));
         jobs.truncate(limit);
         Ok(jobs)
@@ -380,28 +461,48 @@ impl ProjectionStore {
         Ok(out)
     }
 
+    /// Counters per agent type over all tenants (for operators: `/metrics`).
     pub fn type_counters(&self) -> Result<Vec<(String, TypeCounters)>, StoreError> {
-        self.prefixed_stats(b'c')
+        self.prefixed_stats(&[b'c'])
+    }
+
+    /// Counters per agent type of `tenant`'s tasks only.
+    pub fn tenant_type_counters(&self, tenant: &str) -> Result<Vec<(String, TypeCounters)>, StoreError> {
+        let mut prefix = vec![b'C'];
+        prefix.extend_from_slice(tenant.as_bytes());
+        prefix.push(0);
+        self.prefixed_stats(&prefix)
     }
 
     pub fn tenant_counters(&self, tenant: &str) -> Result<TenantCounters, StoreError> {
         Ok(self.get_json(CF_STATS, &stat_key(b'n', tenant))?.unwrap_or_default())
     }
 
-    fn prefixed_stats<T: DeserializeOwned>(&self, tag: u8) -> Result<Vec<(String, T)>, StoreError> {
+    /// Stats under `prefix`, by the rest of their key.
+    fn prefixed_stats<T: DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<(String, T)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_STATS)?, IteratorMode::From(&[tag], Direction::Forward)) {
+        for item in self.db.iterator_cf(self.cf(CF_STATS)?, IteratorMode::From(prefix, Direction::Forward)) {
             let (key, value) = item.map_err(rocks("stats scan"))?;
-            if key.first() != Some(&tag) {
+            if !key.starts_with(prefix) {
                 break;
             }
-            out.push((String::from_utf8_lossy(&key[1..]).into_owned(), decode(&key, &value)?));
+            out.push((String::from_utf8_lossy(&key[prefix.len()..]).into_owned(), decode(&key, &value)?));
         }
         Ok(out)
     }
 
+    /// A histogram over all tenants (`tag` `l` or `d`).
     pub fn histogram(&self, tag: u8, agent_type: &str) -> Result<Option<Histogram<u64>>, StoreError> {
-        match self.db.get_cf(self.cf(CF_STATS)?, stat_key(tag, agent_type)).map_err(rocks("get"))? {
+        self.histogram_at(&stat_key(tag, agent_type))
+    }
+
+    /// One tenant's histogram (`tag` `L` or `D`).
+    pub fn tenant_histogram(&self, tag: u8, tenant: &str, agent_type: &str) -> Result<Option<Histogram<u64>>, StoreError> {
+        self.histogram_at(&tenant_stat_key(tag, tenant, agent_type))
+    }
+
+    pub fn histogram_at(&self, key: &[u8]) -> Result<Option<Histogram<u64>>, StoreError> {
+        match self.db.get_cf(self.cf(CF_STATS)?, key).map_err(rocks("get"))? {
             Some(bytes) => decode_histogram(&bytes).map(Some),
             None => Ok(None),
         }
@@ -437,11 +538,11 @@ impl ProjectionStore {
                 let (key, value) = item.map_err(rocks("dump scan"))?;
                 let json = |v: serde_json::Result<String>| v.unwrap_or_else(|e| format!("unprintable: {e}"));
                 let value_text = match (cf, key.first()) {
-                    (CF_STATS, Some(b'l' | b'd')) => {
+                    (CF_STATS, Some(b'l' | b'd' | b'L' | b'D')) => {
                         let h = decode_histogram(&value)?;
                         format!("n={} p50={} p99={} max={}", h.len(), h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
                     }
-                    (CF_STATS, Some(b'c')) => json(serde_json::to_string(&decode::<TypeCounters>(&key, &value)?)),
+                    (CF_STATS, Some(b'c' | b'C')) => json(serde_json::to_string(&decode::<TypeCounters>(&key, &value)?)),
                     (CF_STATS, _) => json(serde_json::to_string(&decode::<TenantCounters>(&key, &value)?)),
                     (CF_TASKS, _) => json(serde_json::to_string(&decode::<TaskView>(&key, &value)?)),
                     (CF_AGENTS, _) => json(serde_json::to_string(&decode::<AgentView>(&key, &value)?)),

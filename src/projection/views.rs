@@ -86,8 +86,9 @@ pub struct TimelineEntry {
 }
 
 impl TaskView {
-    pub fn new(task_id: &str) -> Self {
-        TaskView { task_id: task_id.to_string(), status: "pending".into(), created_at_us: i64::MAX, ..Default::default() }
+    /// A task not seen before: `tenant`'s task `task_id`.
+    pub fn new(tenant: &str, task_id: &str) -> Self {
+        TaskView { tenant: tenant.to_string(), task_id: task_id.to_string(), status: "pending".into(), created_at_us: i64::MAX, ..Default::default() }
     }
 
     pub fn is_terminal(&self) -> bool {

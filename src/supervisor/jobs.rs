@@ -1,7 +1,8 @@
 //! Job aggregation: a job is `JobSubmitted` (its task ids) on `task.events`; when every task
 //! has a terminal outcome on `task.results`, the supervisor appends `JobCompleted` with the
 //! counts. State is rebuilt on start from a lookback window of both topics, and a job whose
-//! `JobCompleted` is already on the log is not completed again.
+//! `JobCompleted` is already on the log is not completed again. Jobs and tasks are known by
+//! (tenant, id): two tenants may use one job id or task id.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -25,29 +26,35 @@ pub const LOOKBACK: Duration = Duration::from_secs(24 * 3600);
 /// Outcomes of tasks no job claimed yet, kept in case their `JobSubmitted` is read later.
 const MAX_UNCLAIMED: usize = 100_000;
 
+/// (tenant, id) of a job or a task.
+type Scoped = (String, String);
+
 struct Job {
     meta: Meta,
-    waiting: HashSet<String>,
+    waiting: HashSet<Scoped>,
     completed: i32,
     failed: i32,
 }
 
 #[derive(Default)]
 struct Jobs {
-    open: HashMap<String, Job>,
-    task_job: HashMap<String, String>,
-    done: HashSet<String>,
-    unclaimed: HashMap<String, bool>,
-    unclaimed_order: VecDeque<String>,
+    open: HashMap<Scoped, Job>,
+    task_job: HashMap<Scoped, Scoped>,
+    done: HashSet<Scoped>,
+    unclaimed: HashMap<Scoped, bool>,
+    unclaimed_order: VecDeque<Scoped>,
 }
 
 impl Jobs {
     fn submitted(&mut self, job_id: String, meta: Meta, task_ids: Vec<String>) {
+        let tenant = meta.tenant.clone();
+        let job_id = (tenant.clone(), job_id);
         if self.done.contains(&job_id) || self.open.contains_key(&job_id) {
             return;
         }
         let mut job = Job { meta, waiting: HashSet::new(), completed: 0, failed: 0 };
         for task_id in task_ids {
+            let task_id = (tenant.clone(), task_id);
             match self.unclaimed.remove(&task_id) {
                 Some(true) => job.completed += 1,
                 Some(false) => job.failed += 1,
@@ -60,10 +67,10 @@ impl Jobs {
         self.open.insert(job_id, job);
     }
 
-    fn outcome(&mut self, task_id: &str, ok: bool) {
-        let Some(job_id) = self.task_job.remove(task_id) else {
-            if self.unclaimed.insert(task_id.to_string(), ok).is_none() {
-                self.unclaimed_order.push_back(task_id.to_string());
+    fn outcome(&mut self, task_id: Scoped, ok: bool) {
+        let Some(job_id) = self.task_job.remove(&task_id) else {
+            if self.unclaimed.insert(task_id.clone(), ok).is_none() {
+                self.unclaimed_order.push_back(task_id);
                 while self.unclaimed_order.len() > MAX_UNCLAIMED {
                     if let Some(old) = self.unclaimed_order.pop_front() {
                         self.unclaimed.remove(&old);
@@ -73,15 +80,15 @@ impl Jobs {
             return;
         };
         if let Some(job) = self.open.get_mut(&job_id)
-            && job.waiting.remove(task_id)
+            && job.waiting.remove(&task_id)
         {
             if ok { job.completed += 1 } else { job.failed += 1 }
         }
     }
 
     /// Jobs with nothing left to wait for.
-    fn finished(&mut self) -> Vec<(String, Job)> {
-        let ids: Vec<String> = self.open.iter().filter(|(_, j)| j.waiting.is_empty()).map(|(id, _)| id.clone()).collect();
+    fn finished(&mut self) -> Vec<(Scoped, Job)> {
+        let ids: Vec<Scoped> = self.open.iter().filter(|(_, j)| j.waiting.is_empty()).map(|(id, _)| id.clone()).collect();
         ids.into_iter().filter_map(|id| self.open.remove(&id).map(|job| (id, job))).collect()
     }
 }
@@ -101,13 +108,14 @@ pub async fn run_jobs(log: Arc<dyn EventLog>, codec: Arc<WireCodec>, topics: Tas
             match decode_any(&codec, &record.payload).await {
                 Ok(AnyEvent::JobSubmitted(e)) => jobs.submitted(e.job_id, e.meta, e.task_ids),
                 Ok(AnyEvent::JobCompleted(e)) => {
-                    jobs.open.remove(&e.job_id);
-                    jobs.done.insert(e.job_id);
+                    let job_id = (e.meta.tenant, e.job_id);
+                    jobs.open.remove(&job_id);
+                    jobs.done.insert(job_id);
                 }
                 Ok(event) if event.is_terminal() => {
                     let ok = matches!(event, AnyEvent::TaskCompleted(_));
-                    if let Some(task_id) = event.task_id() {
-                        jobs.outcome(task_id, ok);
+                    if let Some((tenant, task_id)) = event.task_ref() {
+                        jobs.outcome((tenant.to_string(), task_id.to_string()), ok);
                     }
                 }
                 Ok(_) => {}
@@ -116,13 +124,13 @@ pub async fn run_jobs(log: Arc<dyn EventLog>, codec: Arc<WireCodec>, topics: Tas
         }
         // Until the history is read, a JobCompleted may still be ahead: complete nothing yet.
         if follower.caught_up() {
-            for (job_id, job) in jobs.finished() {
+            for ((tenant, job_id), job) in jobs.finished() {
                 let mut meta = Meta::new(new_id("ev"), job.meta.tenant.clone(), "supervisor");
                 meta.correlation_id = job.meta.correlation_id.clone();
                 meta.causation_id = Some(job.meta.event_id.clone());
                 let event = JobCompleted { meta, job_id: job_id.clone(), completed: job.completed, failed: job.failed };
                 write(&codec, producer.as_ref(), &topics.events(), &job_id, &event).await?;
-                jobs.done.insert(job_id);
+                jobs.done.insert((tenant, job_id));
                 completed += 1;
             }
         }

@@ -6,7 +6,9 @@
 //! unless it died between firing and writing the marker (at-least-once, like every delivery).
 //!
 //! Firing appends the command to its lane topic (or, if cancellation was asked meanwhile,
-//! `TaskCancelled` to `task.results`) and then the marker.
+//! `TaskCancelled` to `task.results`) and then the marker. A cancel request matches a timer by
+//! task identity, (tenant, task id): the record's key is the task id alone, so the tenant is
+//! read from the command the timer carries.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::SupervisorError;
 use super::follow::Follower;
-use crate::agent::cancels::Cancels;
+use crate::agent::cancels::{Cancels, TaskRef};
 use crate::agent::client::{TIMER_DUE, TIMER_FIRED, TaskClient, new_id};
 use crate::events::{Meta, TaskCancelled, TaskSubmitted, TimestampMicros};
 use crate::log::{ConsumedRecord, EventLog, Producer, Record, SeekTo};
@@ -26,7 +28,7 @@ use crate::log::{ConsumedRecord, EventLog, Producer, Record, SeekTo};
 struct Pending {
     key: Option<Bytes>,
     payload: Bytes,
-    task_id: String,
+    task: TaskRef,
 }
 
 /// Pending timers by due time; `(partition, offset)` identifies a timer.
@@ -34,31 +36,33 @@ struct Pending {
 struct Wheel {
     by_due: BTreeMap<(i64, i32, i64), Pending>,
     due_of: HashMap<(i32, i64), i64>,
-    by_task: HashMap<String, (i32, i64)>,
+    by_task: HashMap<TaskRef, (i32, i64)>,
 }
 
 impl Wheel {
-    fn add(&mut self, record: &ConsumedRecord) {
+    /// Adds the timer `record` of `tenant`'s task.
+    fn add(&mut self, record: &ConsumedRecord, tenant: String) {
         let Some(due) = header_i64(record, TIMER_DUE) else {
             tracing::warn!(partition = record.partition, offset = record.offset, "timer without a due time; firing it now");
-            return self.insert(0, record);
+            return self.insert(0, record, tenant);
         };
-        self.insert(due, record);
+        self.insert(due, record, tenant);
     }
 
-    fn insert(&mut self, due: i64, record: &ConsumedRecord) {
+    fn insert(&mut self, due: i64, record: &ConsumedRecord, tenant: String) {
         let task_id = record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+        let task = (tenant, task_id);
         let id = (record.partition, record.offset);
-        self.by_task.insert(task_id.clone(), id);
+        self.by_task.insert(task.clone(), id);
         self.due_of.insert(id, due);
-        self.by_due.insert((due, id.0, id.1), Pending { key: record.key.clone(), payload: record.payload.clone(), task_id });
+        self.by_due.insert((due, id.0, id.1), Pending { key: record.key.clone(), payload: record.payload.clone(), task });
     }
 
     fn remove(&mut self, id: (i32, i64)) -> Option<Pending> {
         let due = self.due_of.remove(&id)?;
         let pending = self.by_due.remove(&(due, id.0, id.1))?;
-        if self.by_task.get(&pending.task_id) == Some(&id) {
-            self.by_task.remove(&pending.task_id);
+        if self.by_task.get(&pending.task) == Some(&id) {
+            self.by_task.remove(&pending.task);
         }
         Some(pending)
     }
@@ -112,7 +116,12 @@ pub async fn run_timers(
                 let Some(record) = record? else { continue };
                 match header_i64(&record, TIMER_FIRED) {
                     Some(offset) => { wheel.remove((record.partition, offset)); }
-                    None => wheel.add(&record),
+                    None => {
+                        // An undecodable timer gets no tenant: no cancel matches it, and
+                        // firing moves it to the dead-letter topic.
+                        let tenant = client.codec().decode::<TaskSubmitted>(&record.payload).await.map(|(_, task)| task.meta.tenant).unwrap_or_default();
+                        wheel.add(&record, tenant);
+                    }
                 }
             }
             _ = tokio::time::sleep(sleep) => {
@@ -123,8 +132,8 @@ pub async fn run_timers(
             }
             _ = tick.tick(), if caught_up => {
                 // Cancel requests for waiting timers take effect now, not at their due time.
-                for task_id in cancels.take_new() {
-                    if let Some(id) = wheel.by_task.get(&task_id).copied()
+                for task in cancels.take_new() {
+                    if let Some(id) = wheel.by_task.get(&task).copied()
                         && let Some(pending) = wheel.remove(id)
                     {
                         fire(&client, producer.as_ref(), &cancels, &topic, id, pending, &mut stats).await?;
@@ -148,7 +157,7 @@ async fn fire(
 ) -> Result<(), SupervisorError> {
     match client.codec().decode::<TaskSubmitted>(&pending.payload).await {
         Ok((_, task)) => {
-            if let Some(reason) = cancels.requested(&task.task_id) {
+            if let Some(reason) = cancels.requested(&task.meta.tenant, &task.task_id) {
                 let mut meta = Meta::new(new_id("ev"), task.meta.tenant.clone(), "supervisor");
                 meta.correlation_id = task.meta.correlation_id.clone();
                 meta.causation_id = Some(task.meta.event_id.clone());
@@ -164,7 +173,7 @@ async fn fire(
         }
         // A timer that does not decode can never fire; it goes to the DLQ rather than block.
         Err(error) => {
-            tracing::warn!(partition, offset, %error, task_id = %pending.task_id, "undecodable timer moved to the dead-letter topic");
+            tracing::warn!(partition, offset, %error, task_id = %pending.task.1, "undecodable timer moved to the dead-letter topic");
             let letter = Record::new(client.topics().dlq(), pending.payload.clone())
                 .with_header(crate::events::reader::DLQ_REASON, Bytes::from(error.to_string()))
                 .with_header(crate::events::reader::DLQ_SOURCE, Bytes::from(format!("{topic}/{partition}/{offset}")));

@@ -87,7 +87,7 @@ pub async fn poison_task_is_dead_lettered_and_can_be_resubmitted(h: &mut Harness
     assert_eq!(journal.attempts_of(&poison.task_id), vec![1, 2, 3]);
 
     let letters = dlq::list(&f.log, &f.client).await.expect("dlq list");
-    let letter = dlq::find(&letters, &poison.task_id).expect("the task is on the dlq");
+    let letter = dlq::find(&letters, &poison.meta.tenant, &poison.task_id).expect("the task is on the dlq");
     assert_eq!(letter.attempts, Some(3));
     assert_eq!(letter.error_kind, "transient");
     assert_eq!(letter.task.as_ref().map(|t| t.input.clone()), Some(poison.input.clone()), "the original command is parked");

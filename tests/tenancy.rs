@@ -1,0 +1,343 @@
+//! Tenants over HTTP, on both backends: a task's identity is (tenant, task id), so two tenants
+//! may use the same id and never see or touch each other's task — not by submitting it again,
+//! not by cancelling it, not through dead letters or stats — and the runtime configuration of
+//! agent types (URLs, programs) and `/metrics` (all tenants' totals) are for admin tenants
+//! only. Each scenario runs a real worker, supervisor, projector (RocksDB) and the API on a
+//! real loopback port with API keys.
+
+#[path = "conformance/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+#[path = "tasks/fixture.rs"]
+#[allow(dead_code)]
+mod fixture;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use agentlog::api::auth::sha256_hex;
+use agentlog::api::{ApiConfig, ApiKeyConfig, ApiStartError, ApiState, bind, serve};
+use agentlog::projection::{Projection, ProjectorError, ProjectionStore, sources};
+
+use fixture::{Fixture, scripted};
+use harness::{Harness, kafka_bootstrap, unique};
+
+const MAX_BODY: usize = 64 * 1024;
+const WITHIN: Duration = Duration::from_secs(40);
+
+/// One agent type run by the scripted test agent: no retries, so a transient failure is
+/// dead-lettered at once.
+const SCRIPTED: &str = r#"
+runtime = { kind = "builtin", name = "echo" }
+concurrency = 4
+timeout_ms = 20000
+[retry]
+max_attempts = 1
+initial_backoff_ms = 50
+jitter = 0.0
+"#;
+
+/// A type nobody runs, whose runtime configuration names a private endpoint.
+const PRIVATE: &str = "runtime = { kind = \"http\", url = \"http://10.1.2.3:9/secret-endpoint\" }\n";
+
+/// The API with three keys: tenants `acme` and `globex`, and `ops`, an admin tenant.
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    agent_type: String,
+    private_type: String,
+    stop: CancellationToken,
+    server: JoinHandle<Result<(), ApiStartError>>,
+    projector: JoinHandle<Result<(), ProjectorError>>,
+    _dir: tempfile::TempDir,
+    f: Fixture,
+}
+
+impl Api {
+    async fn start(h: &Harness) -> Api {
+        let mut f = Fixture::new(h).await;
+        let (agent_type, agent) = f.agent_type("scripted", SCRIPTED).await;
+        let (private_type, private) = f.agent_type("private", PRIVATE).await;
+        let (_, runtime) = scripted();
+        f.start_worker(&agent_type, &agent, runtime, "worker-1");
+        f.start_supervisor(3);
+        let mut agents = BTreeMap::new();
+        agents.insert(agent_type.clone(), agent);
+        agents.insert(private_type.clone(), private);
+        let stop = CancellationToken::new();
+        let dir = tempfile::tempdir().expect("projection dir");
+        let projection = Projection::new(ProjectionStore::open(dir.path()).expect("projection store"), sources(&f.topics, &agents)).expect("projection");
+        let projector = tokio::spawn(agentlog::projection::run(f.log.clone(), f.codec.clone(), projection.clone(), stop.clone()));
+        let key = |tenant: &str| ApiKeyConfig { tenant: tenant.into(), sha256: sha256_hex(&format!("key-of-{tenant}")) };
+        let config = ApiConfig {
+            listen: "127.0.0.1:0".into(),
+            keys: vec![key("acme"), key("globex"), key("ops")],
+            admin_tenants: vec!["ops".into()],
+            ..ApiConfig::default()
+        };
+        let state = Arc::new(ApiState::new(f.log.clone(), f.client.clone(), agents, projection, config.clone()).expect("api state"));
+        let listener = bind(&config).await.expect("bind loopback");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(serve(listener, state, MAX_BODY, stop.clone()));
+        Api { base, http: reqwest::Client::new(), agent_type, private_type, stop, server, projector, _dir: dir, f }
+    }
+
+    async fn call(&self, tenant: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(format!("key-of-{tenant}"));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let answer = request.send().await.expect("answer");
+        let status = answer.status().as_u16();
+        let text = answer.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn get(&self, tenant: &str, path: &str) -> (u16, Value) {
+        self.call(tenant, reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, tenant: &str, path: &str, body: Value) -> (u16, Value) {
+        self.call(tenant, reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// Submits `order-17`-style tasks of the scripted type; `input` drives the test agent.
+    async fn submit(&self, tenant: &str, task_id: &str, input: Value, labels: Value, wait_ms: u64) -> (u16, Value) {
+        let body = json!({"agent_type": self.agent_type, "task_id": task_id, "input": input, "labels": labels});
+        self.post(tenant, &format!("/v1/tasks?wait_ms={wait_ms}"), body).await
+    }
+
+    /// Polls the task as `tenant` until `done` holds for it.
+    async fn until(&self, tenant: &str, task_id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            let (status, body) = self.get(tenant, &format!("/v1/tasks/{task_id}")).await;
+            if status == 200 && done(&body) {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "{tenant}'s task {task_id} never became {what}: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn outcome(&self, tenant: &str, task_id: &str) -> Value {
+        self.until(tenant, task_id, "finished", |t| t["outcome"].is_object()).await["outcome"].clone()
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.server.await.expect("server task").expect("server");
+        self.projector.await.expect("projector task").expect("projector");
+        self.f.stop().await;
+    }
+}
+
+/// Tenant B submitting A's task id gets its own task: A's input, labels and output stay
+/// A's, readable by A only, and B reads only its own.
+pub async fn a_foreign_submit_of_a_task_id_creates_a_separate_task(h: &mut Harness) {
+    let api = Api::start(h).await;
+    let id = unique("order-17");
+    let (status, body) = api.submit("acme", &id, json!({"owner": "acme"}), json!({"who": "acme"}), 20_000).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outcome"]["output"], json!({"owner": "acme"}));
+    let (status, body) = api.submit("globex", &id, json!({"owner": "globex", "sleep_ms": 300}), json!({"who": "globex"}), 20_000).await;
+    assert_eq!(status, 200, "globex's submit of the same id is a task of its own: {body}");
+    assert_eq!(body["outcome"]["output"], json!({"owner": "globex", "sleep_ms": 300}));
+
+    let (status, acme) = api.get("acme", &format!("/v1/tasks/{id}")).await;
+    assert_eq!(status, 200, "acme still reads its task: {acme}");
+    assert_eq!(acme["tenant"], "acme");
+    assert_eq!(acme["input"], json!({"owner": "acme"}));
+    assert_eq!(acme["labels"], json!({"who": "acme"}));
+    assert_eq!(acme["outcome"]["output"], json!({"owner": "acme"}));
+    assert_eq!(acme["attempts"], 1, "acme's task ran once: {acme}");
+    let (status, globex) = api.get("globex", &format!("/v1/tasks/{id}")).await;
+    assert_eq!(status, 200, "{globex}");
+    assert_eq!(globex["tenant"], "globex");
+    assert_eq!(globex["input"], json!({"owner": "globex", "sleep_ms": 300}));
+    assert_eq!(globex["labels"], json!({"who": "globex"}));
+    assert!(!globex.to_string().contains("\"acme\""), "nothing of acme's task shows in globex's: {globex}");
+    let (status, _) = api.get("ops", &format!("/v1/tasks/{id}")).await;
+    assert_eq!(status, 404, "a third tenant sees neither");
+    let (_, outcome) = api.get("acme", &format!("/v1/tasks/{id}/outcome")).await;
+    assert_eq!(outcome["output"], json!({"owner": "acme"}));
+    api.stop().await;
+}
+
+/// Tenant B cannot cancel A's running task: not by its id (404), and not by submitting the
+/// same id and cancelling that, which cancels B's task only.
+pub async fn a_foreign_cancel_leaves_the_running_task_alone(h: &mut Harness) {
+    let api = Api::start(h).await;
+    let id = unique("order-17");
+    let (status, body) = api.submit("acme", &id, json!({"owner": "acme", "sleep_ms": 2500}), json!({}), 0).await;
+    assert_eq!(status, 202, "{body}");
+    api.until("acme", &id, "running", |t| t["status"] == "running").await;
+    let (status, _) = api.post("globex", &format!("/v1/tasks/{id}/cancel"), json!({"reason": "mine now"})).await;
+    assert_eq!(status, 404, "globex has no task of that id");
+    let (status, body) = api.submit("globex", &id, json!({"owner": "globex", "sleep_ms": 2500}), json!({}), 0).await;
+    assert_eq!(status, 202, "{body}");
+    // Cancels globex's own task, once its projection shows it.
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let (status, body) = api.post("globex", &format!("/v1/tasks/{id}/cancel"), json!({"reason": "mine now"})).await;
+        if status == 202 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "globex could not cancel its own task: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let acme = api.outcome("acme", &id).await;
+    assert_eq!(acme["status"], "completed", "acme's running task was not cancelled by globex: {acme}");
+    assert_eq!(acme["output"], json!({"owner": "acme", "sleep_ms": 2500}));
+    let globex = api.outcome("globex", &id).await;
+    assert_eq!(globex["status"], "cancelled", "globex's own task was: {globex}");
+    let (_, acme_task) = api.get("acme", &format!("/v1/tasks/{id}")).await;
+    assert_eq!(acme_task["cancel_requested"], false, "acme's timeline shows no cancel request: {acme_task}");
+    api.stop().await;
+}
+
+/// Two tenants submit the same id at once: both run and complete, each sees only its own
+/// task (get, outcome, list), and each tenant's stats count only its own tasks.
+pub async fn two_tenants_with_one_id_complete_independently(h: &mut Harness) {
+    let api = Api::start(h).await;
+    let id = unique("order-17");
+    let (a, b) = tokio::join!(
+        api.submit("acme", &id, json!({"owner": "acme", "sleep_ms": 200}), json!({"who": "acme"}), 20_000),
+        api.submit("globex", &id, json!({"owner": "globex", "sleep_ms": 200}), json!({"who": "globex"}), 20_000),
+    );
+    assert_eq!(a.0, 200, "{}", a.1);
+    assert_eq!(b.0, 200, "{}", b.1);
+    for tenant in ["acme", "globex"] {
+        let outcome = api.outcome(tenant, &id).await;
+        assert_eq!(outcome["status"], "completed");
+        assert_eq!(outcome["output"], json!({"owner": tenant, "sleep_ms": 200}), "{tenant} sees its own output");
+        let (status, list) = api.get(tenant, "/v1/tasks").await;
+        assert_eq!(status, 200);
+        let tasks = list["tasks"].as_array().expect("tasks");
+        assert_eq!(tasks.len(), 1, "{tenant} lists its one task: {list}");
+        assert_eq!(tasks[0]["input"]["owner"], tenant);
+        assert_eq!(tasks[0]["labels"]["who"], tenant);
+    }
+    // Three more for acme; globex's stats still count its one task.
+    for n in 0..3 {
+        let (status, body) = api.submit("acme", &format!("{id}-{n}"), json!({"owner": "acme"}), json!({}), 20_000).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let (_, acme) = api.get("acme", "/v1/stats").await;
+        if acme["agent_types"][&api.agent_type]["completed"] == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "acme's stats never counted its 4 tasks: {acme}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, globex) = api.get("globex", "/v1/stats").await;
+    assert_eq!(status, 200);
+    let counted = &globex["agent_types"][&api.agent_type];
+    assert_eq!((counted["submitted"].clone(), counted["completed"].clone()), (json!(1), json!(1)), "globex's stats count only globex's task: {globex}");
+    assert_eq!(counted["submit_to_outcome_ms"]["count"], 1, "{globex}");
+    assert_eq!(globex["tenant"]["submitted"], 1);
+    let (_, ops) = api.get("ops", "/v1/stats").await;
+    assert!(ops["agent_types"][&api.agent_type]["submitted"].as_u64().unwrap_or(0) == 0, "a tenant without tasks counts none: {ops}");
+    api.stop().await;
+}
+
+/// Dead letters: each tenant lists only its own, and resubmits its own even when another
+/// tenant's dead letter of the same id is newer.
+pub async fn dead_letters_belong_to_their_tenant(h: &mut Harness) {
+    let api = Api::start(h).await;
+    let id = unique("order-17");
+    let failing = |owner: &str| json!({"owner": owner, "fail_until": 99});
+    let (status, body) = api.submit("acme", &id, failing("acme"), json!({}), 20_000).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(api.outcome("acme", &id).await["status"], "dead_lettered");
+    let (status, body) = api.submit("globex", &id, failing("globex"), json!({}), 20_000).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(api.outcome("globex", &id).await["status"], "dead_lettered");
+    assert_eq!(api.outcome("acme", &id).await["status"], "dead_lettered", "acme's dead letter is still acme's");
+
+    for tenant in ["acme", "globex"] {
+        let (status, dlq) = api.get(tenant, "/v1/dlq").await;
+        assert_eq!(status, 200);
+        let letters = dlq["dead_letters"].as_array().expect("dead letters");
+        assert_eq!(letters.len(), 1, "{tenant} sees its own dead letter only: {dlq}");
+        assert_eq!(letters[0]["task_id"], json!(id));
+    }
+    let (_, ops) = api.get("ops", "/v1/dlq").await;
+    assert_eq!(ops["dead_letters"], json!([]), "a tenant without dead letters sees none");
+
+    // acme resubmits its own (older) dead letter: acme's task runs again, globex's does not.
+    let (status, body) = api.post("acme", &format!("/v1/dlq/{id}/resubmit"), json!({})).await;
+    assert_eq!(status, 202, "acme resubmits its own dead letter: {body}");
+    let acme = api.until("acme", &id, "run again", |t| t["attempts"] == 1 && t["timeline"].as_array().is_some_and(|e| e.iter().filter(|e| e["event"] == "TaskStarted").count() == 2)).await;
+    assert_eq!(acme["input"]["owner"], "acme");
+    let (_, globex) = api.get("globex", &format!("/v1/tasks/{id}")).await;
+    let starts = globex["timeline"].as_array().expect("timeline").iter().filter(|e| e["event"] == "TaskStarted").count();
+    assert_eq!(starts, 1, "globex's task was not resubmitted: {globex}");
+    api.stop().await;
+}
+
+/// The runtime configuration of agent types (endpoints, programs) is for admin tenants, and
+/// so is `/metrics`, which counts every tenant's tasks.
+pub async fn runtime_config_and_metrics_are_for_admins(h: &mut Harness) {
+    let api = Api::start(h).await;
+    let (status, plain) = api.get("acme", "/v1/agent-types").await;
+    assert_eq!(status, 200);
+    assert!(!plain.to_string().contains("secret-endpoint"), "a tenant does not see runtime URLs: {plain}");
+    let private = plain["agent_types"].as_array().expect("types").iter().find(|t| t["name"] == json!(api.private_type)).cloned().expect("listed");
+    assert_eq!(private["runtime"], json!({"kind": "http"}), "only the runtime's kind: {private}");
+    let (status, admin) = api.get("ops", "/v1/agent-types").await;
+    assert_eq!(status, 200);
+    let private = admin["agent_types"].as_array().expect("types").iter().find(|t| t["name"] == json!(api.private_type)).cloned().expect("listed");
+    assert_eq!(private["runtime"]["url"], "http://10.1.2.3:9/secret-endpoint", "an admin tenant does: {private}");
+    let (status, _) = api.get("acme", "/metrics").await;
+    assert_eq!(status, 403, "a tenant does not read every tenant's totals");
+    let (status, metrics) = api.get("ops", "/metrics").await;
+    assert_eq!(status, 200, "{metrics}");
+    api.stop().await;
+}
+
+macro_rules! tenancy_suite {
+    ($($scenario:ident),* $(,)?) => {
+        mod embedded {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let mut harness = Harness::embedded();
+                    super::$scenario(&mut harness).await;
+                    harness.release().await;
+                }
+            )*
+        }
+        mod kafka {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let Some(bootstrap) = kafka_bootstrap() else {
+                        eprintln!("SKIPPED kafka::{}: AGENTLOG_TEST_KAFKA is not set", stringify!($scenario));
+                        return;
+                    };
+                    let mut harness = Harness::kafka(&bootstrap);
+                    super::$scenario(&mut harness).await;
+                    harness.release().await;
+                }
+            )*
+        }
+    };
+}
+
+tenancy_suite!(
+    a_foreign_submit_of_a_task_id_creates_a_separate_task,
+    a_foreign_cancel_leaves_the_running_task_alone,
+    two_tenants_with_one_id_complete_independently,
+    dead_letters_belong_to_their_tenant,
+    runtime_config_and_metrics_are_for_admins,
+);
