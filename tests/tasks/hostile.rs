@@ -183,7 +183,7 @@ pub async fn a_near_limit_dead_letter_is_truncated(h: &mut Harness) {
     }
     assert_completed(&outcomes, &next);
     let letters = dlq::list(&f.log, &f.client).await.expect("dlq list");
-    let letter = dlq::find(&letters, &failing.task_id).expect("the dead letter keeps the task's metadata");
+    let letter = dlq::find(&letters, &failing.meta.tenant, &failing.task_id).expect("the dead letter keeps the task's metadata");
     let marker = letter.record.header("agentlog.dlq.truncated").map(|v| String::from_utf8_lossy(v).into_owned()).expect("truncation marker");
     assert!(marker.contains("cut from"), "{marker}");
     let parked = letter.task.as_ref().expect("decodable");
