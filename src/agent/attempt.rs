@@ -301,7 +301,10 @@ async fn dead_lettered(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSub
             task_dead_letter(&env.topics.dlq(), source, payload.clone(), task.attempt, error_kind, &reason, note.as_deref()),
         );
         if fits(&event, max) && fits(&letter, max) {
-            return Ok(Outcome::new(Ending::DeadLettered, vec![event, letter]));
+            // The dead letter goes first: records are appended in order, so whoever sees the
+            // outcome on `task.results` finds the letter on `dlq` already (`GET /v1/dlq`
+            // right after the outcome missed it on the embedded log).
+            return Ok(Outcome::new(Ending::DeadLettered, vec![letter, event]));
         }
         if cut_input == 0 {
             break;

@@ -182,7 +182,16 @@ pub async fn a_near_limit_dead_letter_is_truncated(h: &mut Harness) {
         other => panic!("expected TaskDeadLettered, got {other:?}"),
     }
     assert_completed(&outcomes, &next);
-    let letters = dlq::list(&f.log, &f.client).await.expect("dlq list");
+    // The letter is written before the outcome; on Kafka they are on different partitions,
+    // so it may become readable a moment after the outcome: looked for up to 5 s.
+    let mut letters = dlq::list(&f.log, &f.client).await.expect("dlq list");
+    for _ in 0..50 {
+        if dlq::find(&letters, &failing.meta.tenant, &failing.task_id).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        letters = dlq::list(&f.log, &f.client).await.expect("dlq list");
+    }
     let letter = dlq::find(&letters, &failing.meta.tenant, &failing.task_id).expect("the dead letter keeps the task's metadata");
     let marker = letter.record.header("agentlog.dlq.truncated").map(|v| String::from_utf8_lossy(v).into_owned()).expect("truncation marker");
     assert!(marker.contains("cut from"), "{marker}");
