@@ -66,6 +66,21 @@ pub struct WorkerSettings {
     pub heartbeat_interval: Duration,
 }
 
+/// Tasks a worker buffers per lane beyond those running, for an agent type.
+///
+/// At-least-once: twice the concurrency (at least 8), enough to keep every slot busy between
+/// fetches while leaving the rest of a lane's backlog to other members (a long LLM call
+/// should not hold a queue of tasks behind it). Exactly-once: the reader is not polled while a
+/// transaction commits (see the loop in `run`), so the buffer is all the slots can start
+/// during a commit, and a commit takes hundreds of ms to a second on three busy brokers.
+/// With twice the concurrency the fault suite's workers (16 slots, 10 ms tasks) ran at most
+/// 48 tasks per commit, ~50 tasks/s each, and 100 tasks/s built a backlog; eight times the
+/// concurrency (at least 128) lets a commit's wait cover several hundred tasks.
+pub fn prefetch_per_lane(agent: &AgentTypeConfig) -> usize {
+    let concurrency = agent.concurrency as usize;
+    if agent.exactly_once { (concurrency * 8).max(128) } else { (concurrency * 2).max(8) }
+}
+
 /// How often finished work is committed. Outcomes are written as each task finishes; only the
 /// offset commit (with exactly-once: the transaction holding outcomes and offsets) waits for
 /// the next tick, so one commit round trip serves every task finished meanwhile. A crash
@@ -401,7 +416,17 @@ impl Member<'_> {
                         }
                         finish(batch, &mut delivery, &mut scheduler, &mut tracker, &mut pending, report, load)?;
                     }
-                    committed = delivery.committed(), if delivery.is_committing() => committed?,
+                    committed = delivery.committed(), if delivery.is_committing() => {
+                        committed?;
+                        // The next transaction waits a full interval, while the reader (not
+                        // read during a commit) catches up. The tick fell due during the commit,
+                        // so without this the next one began at once: the reader got a turn only
+                        // by chance, buffered tasks ran dry while each commit's acks took a
+                        // second or two on three busy brokers, and a revocation waited several
+                        // commits (a restarted member of the fault suite got partitions 9 s
+                        // after it subscribed; exactly-once workers ran ~50 tasks per commit).
+                        commit_tick.reset();
+                    }
                     _ = commit_tick.tick(), if !pending.is_empty() && !delivery.is_committing() => {
                         flush(&mut pending, &mut delivery, reader.consumer()).await?;
                     }
@@ -705,6 +730,8 @@ async fn commit_transaction(
     records: Vec<Record>,
     positions: &[(TopicPartition, i64)],
 ) -> Result<(), WorkerError> {
+    let started = std::time::Instant::now();
+    let count = records.len();
     let mut transaction = producer.begin().await?;
     for record in records {
         if let Err(error) = transaction.send(record).await {
@@ -713,7 +740,12 @@ async fn commit_transaction(
         }
     }
     match transaction.commit_with_offsets(positions, group.as_ref()).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            // The commit's round trips bound an exactly-once worker's pace (see
+            // `prefetch_per_lane`); this is the figure to look at when it lags.
+            tracing::debug!(records = count, partitions = positions.len(), elapsed_ms = started.elapsed().as_millis() as u64, "transaction committed");
+            Ok(())
+        }
         Err(LogError::NotAssigned { .. }) => {
             tracing::info!(?positions, "partitions moved before the transaction committed; the new owner re-runs those tasks");
             Ok(())
@@ -762,6 +794,7 @@ fn update_pauses(
         }
         let parts: Vec<TopicPartition> = assignment.get_or_insert_with(|| consumer.assignment()).iter().filter(|tp| &tp.topic == topic).cloned().collect();
         if full { consumer.pause(&parts)? } else { consumer.resume(&parts)? }
+        tracing::debug!(%topic, paused = full, "lane flow control");
         paused[lane] = Some(full);
     }
     Ok(())

@@ -43,7 +43,7 @@ pub fn spawn_worker(
     let runtime = build(&agent.runtime, Duration::from_millis(agent.timeout_ms)).with_context(|| format!("building the runtime of agent type `{agent_type}`"))?;
     let settings = WorkerSettings {
         agent_type: agent_type.to_string(),
-        prefetch_per_lane: (agent.concurrency as usize * 2).max(8),
+        prefetch_per_lane: agentlog::agent::worker::prefetch_per_lane(&agent),
         agent,
         topic_prefix: config.log.topic_prefix.clone(),
         worker_id: format!("{agent_type}-{}-{}", hostname(), std::process::id()),

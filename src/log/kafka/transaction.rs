@@ -176,6 +176,7 @@ impl Transaction for KafkaTransaction<'_> {
         group: Option<&GroupMetadata>,
     ) -> LogResult<Vec<Position>> {
         let timeout = self.owner.timeout;
+        let started = std::time::Instant::now();
         let mut positions = Vec::with_capacity(self.deliveries.len());
         for future in std::mem::take(&mut self.deliveries) {
             match future.await {
@@ -187,6 +188,7 @@ impl Transaction for KafkaTransaction<'_> {
                 Err(_) => return Err(self.abort_after(LogError::Shutdown).await),
             }
         }
+        let delivered = started.elapsed();
         if !offsets.is_empty() {
             let metadata = match group {
                 Some(GroupMetadata(GroupMetadataInner::Kafka(m))) => Arc::clone(m),
@@ -214,6 +216,7 @@ impl Transaction for KafkaTransaction<'_> {
                 return Err(self.abort_after(error).await);
             }
         }
+        let offsets_sent = started.elapsed();
         let result = self
             .resuming("commit", |producer| async move { blocking(&producer, move |p| p.commit_transaction(timeout)).await })
             .await?;
@@ -221,6 +224,15 @@ impl Transaction for KafkaTransaction<'_> {
             return Err(self.abort_after(error).await);
         }
         self.state.open = false;
+        // Where a slow commit spends its time: the records' acks, the offsets' round trips to
+        // the group coordinator, or the end of the transaction (markers on every partition).
+        tracing::debug!(
+            records = positions.len(),
+            delivered_ms = delivered.as_millis() as u64,
+            offsets_ms = (offsets_sent - delivered).as_millis() as u64,
+            end_ms = (started.elapsed() - offsets_sent).as_millis() as u64,
+            "transaction commit timings"
+        );
         Ok(positions)
     }
 
