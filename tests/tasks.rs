@@ -60,6 +60,7 @@ task_suite!(
     a_silent_agent_is_declared_lost,
     delayed_tasks_and_jobs,
     exactly_once_outcomes,
+    exactly_once_abandons_a_stuck_transaction,
     exactly_once_survives_partitions_moving,
     a_coordinator_delegates_and_aggregates,
     an_echo_too_large_for_its_outcome_fails_the_task,

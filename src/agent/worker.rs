@@ -64,6 +64,9 @@ pub struct WorkerSettings {
     pub drain_timeout: Duration,
     /// How often the worker heartbeats on `agent.heartbeats`.
     pub heartbeat_interval: Duration,
+    /// With exactly-once: how long a transaction may take before the worker abandons it and
+    /// leaves the group ([`TRANSACTION_DEADLINE`] unless a test needs it shorter).
+    pub transaction_deadline: Duration,
 }
 
 /// Tasks a worker buffers per lane beyond those running, for an agent type.
@@ -146,17 +149,57 @@ enum Delivery {
     ExactlyOnce {
         producer: Arc<dyn TransactionalProducer>,
         stash: HashMap<TopicPartition, BTreeMap<i64, Vec<Record>>>,
-        committing: Option<tokio::task::JoinHandle<Result<(), WorkerError>>>,
+        committing: Option<Committing>,
+        /// How long one transaction may take ([`WorkerSettings::transaction_deadline`]).
+        allowed: Duration,
     },
+}
+
+/// How long a transaction committing in the background may take before the worker gives up
+/// on it. Every call in it is bounded (records time out with the transaction, resumed calls
+/// stop after its timeout), so a legitimate commit ends well within this even on a cluster
+/// losing a broker. The worker does not read its partitions while it commits, so an unbounded
+/// wait held them until librdkafka's max.poll.interval.ms (5 min): in a broker_kill run a
+/// worker stopped polling with two lane partitions, and 758 tasks waited past the drain.
+pub const TRANSACTION_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A transaction committing in the background.
+struct Committing {
+    handle: tokio::task::JoinHandle<Result<(), WorkerError>>,
+    /// Fixed when it began: the loop's `select!` drops and re-creates the wait on every turn,
+    /// so a timeout counted from each wait would never fire.
+    deadline: tokio::time::Instant,
+    allowed: Duration,
+}
+
+impl Committing {
+    fn spawn(commit: impl std::future::Future<Output = Result<(), WorkerError>> + Send + 'static, allowed: Duration) -> Self {
+        Self { handle: tokio::spawn(commit), deadline: tokio::time::Instant::now() + allowed, allowed }
+    }
+}
+
+/// Waits for a background transaction, until its deadline. One that overruns is abandoned
+/// (its task is aborted, which drops the transaction handle: the producer aborts it, or is
+/// re-initialised, before the next one) and ends the membership like any passing failure,
+/// so the partitions move and their uncommitted tasks run again.
+async fn await_transaction(committing: &mut Committing) -> Result<(), WorkerError> {
+    match tokio::time::timeout_at(committing.deadline, &mut committing.handle).await {
+        Ok(joined) => joined.map_err(|e| WorkerError::Attempt(format!("transaction task: {e}")))?,
+        Err(_) => {
+            committing.handle.abort();
+            tracing::error!("a transaction did not end by its deadline; abandoning it and leaving the group");
+            Err(LogError::Timeout { operation: "transaction commit", after: committing.allowed }.into())
+        }
+    }
 }
 
 impl Delivery {
     /// Waits for the transaction committing in the background, if any, and returns its result.
     async fn settle(&mut self) -> Result<(), WorkerError> {
         if let Delivery::ExactlyOnce { committing, .. } = self
-            && let Some(handle) = committing.take()
+            && let Some(mut running) = committing.take()
         {
-            return handle.await.map_err(|e| WorkerError::Attempt(format!("transaction task: {e}")))?;
+            return await_transaction(&mut running).await;
         }
         Ok(())
     }
@@ -164,12 +207,12 @@ impl Delivery {
     /// Resolves when the background transaction ends (never while none runs).
     async fn committed(&mut self) -> Result<(), WorkerError> {
         match self {
-            Delivery::ExactlyOnce { committing: Some(handle), .. } => {
-                let result = handle.await.map_err(|e| WorkerError::Attempt(format!("transaction task: {e}")));
+            Delivery::ExactlyOnce { committing: Some(running), .. } => {
+                let result = await_transaction(running).await;
                 if let Delivery::ExactlyOnce { committing, .. } = self {
                     *committing = None;
                 }
-                result?
+                result
             }
             _ => std::future::pending().await,
         }
@@ -380,7 +423,7 @@ impl Member<'_> {
         let mut consumer = self.log.consumer(ConsumerOptions { group: Some(group.clone()), client_id: Some(settings.worker_id.clone()), ..Default::default() })?;
         consumer.subscribe(self.lane_topics)?;
         let mut delivery = match self.transactions {
-            Some(producer) => Delivery::ExactlyOnce { producer: producer.clone(), stash: HashMap::new(), committing: None },
+            Some(producer) => Delivery::ExactlyOnce { producer: producer.clone(), stash: HashMap::new(), committing: None, allowed: settings.transaction_deadline },
             None => Delivery::AtLeastOnce,
         };
         let mut reader = EventReader::<TaskSubmitted>::new(consumer, self.codec.clone(), env.producer.clone(), env.topics.dlq());
@@ -704,7 +747,7 @@ async fn flush(pending: &mut BTreeMap<TopicPartition, i64>, delivery: &mut Deliv
             }
             other => other,
         },
-        Delivery::ExactlyOnce { producer, stash, committing } => {
+        Delivery::ExactlyOnce { producer, stash, committing, allowed } => {
             let mut records = Vec::new();
             for (tp, position) in &positions {
                 if let Some(waiting) = stash.get_mut(tp) {
@@ -715,7 +758,7 @@ async fn flush(pending: &mut BTreeMap<TopicPartition, i64>, delivery: &mut Deliv
             // The membership proof is taken now, while these partitions are ours.
             let group = consumer.group_metadata();
             let producer = producer.clone();
-            *committing = Some(tokio::spawn(async move { commit_transaction(producer.as_ref(), group, records, &positions).await }));
+            *committing = Some(Committing::spawn(async move { commit_transaction(producer.as_ref(), group, records, &positions).await }, *allowed));
             Ok(())
         }
     }

@@ -116,6 +116,7 @@ pub async fn run_task_bench(log: Arc<dyn EventLog>, options: &TaskBenchOptions) 
         prefetch_per_lane: (options.concurrency as usize * 4).max(256),
         drain_timeout: Duration::from_secs(30),
         heartbeat_interval: Duration::from_secs(1),
+        transaction_deadline: crate::agent::worker::TRANSACTION_DEADLINE,
     };
     let runtime = Arc::new(Builtin::by_name("echo").map_err(|e| BenchError::Setup(e.to_string()))?);
     let worker_stop = CancellationToken::new();

@@ -49,6 +49,7 @@ pub fn spawn_worker(
         worker_id: format!("{agent_type}-{}-{}", hostname(), std::process::id()),
         drain_timeout,
         heartbeat_interval: Duration::from_millis(config.supervisor.heartbeat_interval_ms),
+        transaction_deadline: agentlog::agent::worker::TRANSACTION_DEADLINE,
     };
     Ok(tokio::spawn(run_worker(log.clone(), codec, runtime, settings, shutdown)))
 }

@@ -559,6 +559,7 @@ pub async fn worker_runs_tasks_and_commits_after_outcomes(h: &mut Harness) {
         prefetch_per_lane: 8,
         drain_timeout: Duration::from_secs(10),
         heartbeat_interval: Duration::from_secs(1),
+        transaction_deadline: agentlog::agent::worker::TRANSACTION_DEADLINE,
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let runtime = build(&agent.runtime, Duration::from_secs(5)).expect("echo agent");
@@ -636,6 +637,7 @@ pub async fn a_task_longer_than_max_poll_interval_does_not_evict_the_worker(h: &
         prefetch_per_lane: 1,
         drain_timeout: Duration::from_secs(10),
         heartbeat_interval: Duration::from_secs(1),
+        transaction_deadline: agentlog::agent::worker::TRANSACTION_DEADLINE,
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let runtime = build(&agent.runtime, Duration::from_secs(60)).expect("sleep agent");

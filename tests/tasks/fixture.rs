@@ -3,6 +3,7 @@
 //! outcome topics with deadlines instead of sleeps.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,10 @@ use agentlog::agent::runtime::{Agent, AgentFailure, TaskContext, TaskOutput};
 use agentlog::agent::{AgentTypeConfig, TaskClient, TaskTopics, WorkerError, WorkerReport, WorkerSettings, run_worker};
 use agentlog::events::wire::WireCodec;
 use agentlog::events::{AnyEvent, Lane, TaskSubmitted, decode_any};
-use agentlog::log::{ConsumerEvent, ConsumerOptions, EventLog, SeekTo, TopicPartition, TopicSpec};
+use agentlog::log::{
+    Admin, Consumer, ConsumerEvent, ConsumerOptions, EventLog, LogResult, Producer, SeekTo, TopicPartition, TopicSpec, Transaction,
+    TransactionalProducer,
+};
 use agentlog::supervisor::{SupervisorConfig, SupervisorSettings, run_supervisor};
 
 use crate::harness::{Harness, TestRegistry, create_task_topics, unique};
@@ -63,6 +67,21 @@ impl Fixture {
     }
 
     pub fn start_worker(&mut self, agent_type: &str, agent: &AgentTypeConfig, runtime: Arc<dyn Agent>, worker_id: &str) {
+        let log = self.log.clone();
+        self.start_worker_on(log, agent_type, agent, runtime, worker_id, agentlog::agent::worker::TRANSACTION_DEADLINE);
+    }
+
+    /// Like [`Fixture::start_worker`], on `log` (a decorated one, say) and with its own
+    /// transaction deadline.
+    pub fn start_worker_on(
+        &mut self,
+        log: Arc<dyn EventLog>,
+        agent_type: &str,
+        agent: &AgentTypeConfig,
+        runtime: Arc<dyn Agent>,
+        worker_id: &str,
+        transaction_deadline: Duration,
+    ) {
         let settings = WorkerSettings {
             agent_type: agent_type.to_string(),
             agent: agent.clone(),
@@ -71,9 +90,10 @@ impl Fixture {
             prefetch_per_lane: 8,
             drain_timeout: Duration::from_secs(20),
             heartbeat_interval: self.heartbeat,
+            transaction_deadline,
         };
         let stop = CancellationToken::new();
-        let handle = tokio::spawn(run_worker(self.log.clone(), self.codec.clone(), runtime, settings, stop.clone()));
+        let handle = tokio::spawn(run_worker(log, self.codec.clone(), runtime, settings, stop.clone()));
         self.workers.push((stop, handle));
     }
 
@@ -266,4 +286,55 @@ impl Agent for Scripted {
 pub fn scripted() -> (Arc<Journal>, Arc<dyn Agent>) {
     let journal = Arc::new(Journal::default());
     (journal.clone(), Arc::new(Scripted { journal }))
+}
+
+/// A log whose transactional producers never end their first transaction: `begin` waits
+/// forever, as a commit did when a worker stopped polling during a broker kill. Everything
+/// else is the wrapped log's.
+pub struct FirstTransactionHangs(pub Arc<dyn EventLog>);
+
+struct HangingOnce {
+    inner: Arc<dyn TransactionalProducer>,
+    hung: AtomicBool,
+}
+
+#[async_trait]
+impl TransactionalProducer for HangingOnce {
+    async fn begin(&self) -> LogResult<Box<dyn Transaction + '_>> {
+        if !self.hung.swap(true, Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.begin().await
+    }
+}
+
+#[async_trait]
+impl EventLog for FirstTransactionHangs {
+    fn backend(&self) -> &'static str {
+        self.0.backend()
+    }
+    fn location(&self) -> String {
+        self.0.location()
+    }
+    fn orders_by_time(&self) -> bool {
+        self.0.orders_by_time()
+    }
+    fn max_record_bytes(&self) -> usize {
+        self.0.max_record_bytes()
+    }
+    fn producer(&self) -> LogResult<Arc<dyn Producer>> {
+        self.0.producer()
+    }
+    fn consumer(&self, options: ConsumerOptions) -> LogResult<Box<dyn Consumer>> {
+        self.0.consumer(options)
+    }
+    fn transactional_producer(&self, transactional_id: &str) -> LogResult<Arc<dyn TransactionalProducer>> {
+        Ok(Arc::new(HangingOnce { inner: self.0.transactional_producer(transactional_id)?, hung: AtomicBool::new(false) }))
+    }
+    fn admin(&self) -> Arc<dyn Admin> {
+        self.0.admin()
+    }
+    async fn shutdown(&self, timeout: Duration) -> LogResult<()> {
+        self.0.shutdown(timeout).await
+    }
 }

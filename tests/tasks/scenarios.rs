@@ -7,7 +7,7 @@ use agentlog::agent::dlq;
 use agentlog::agent::runtime::build;
 use agentlog::events::{AgentState, AnyEvent, Lane, TimestampMicros};
 
-use super::fixture::{Fixture, scripted};
+use super::fixture::{FirstTransactionHangs, Fixture, scripted};
 pub use super::hostile::*;
 use crate::harness::Harness;
 
@@ -495,6 +495,39 @@ pub async fn exactly_once_outcomes(h: &mut Harness) {
     let reports = f.stop().await;
     assert_eq!(reports[0].completed, 30);
     assert_eq!(reports[0].retried, 3);
+}
+
+/// A transaction that never ends (a commit stuck while a broker was killed) is abandoned at
+/// the worker's transaction deadline: the worker leaves the group, rejoins and runs the
+/// tasks again, and each still has exactly one outcome. Before, the worker waited forever
+/// without reading, holding its partitions.
+pub async fn exactly_once_abandons_a_stuck_transaction(h: &mut Harness) {
+    let mut f = Fixture::new(h).await;
+    let toml_text = "runtime = { kind = \"builtin\", name = \"echo\" }\nconcurrency = 4\ntimeout_ms = 10000\nexactly_once = true\n";
+    let (ty, agent) = f.agent_type("stuck", toml_text).await;
+    let (_, runtime) = scripted();
+    let hanging: std::sync::Arc<dyn agentlog::log::EventLog> = std::sync::Arc::new(FirstTransactionHangs(f.log.clone()));
+    f.start_worker_on(hanging, &ty, &agent, runtime, "stuck-1", Duration::from_secs(2));
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let task = f.task(&ty, Lane::Normal, r#"{"sleep_ms": 1}"#);
+        f.submit(&task).await;
+        ids.push(task.task_id);
+    }
+    let outcomes = f.outcomes(&ids, WITHIN).await;
+    assert!(outcomes.values().all(|e| matches!(e, AnyEvent::TaskCompleted(_))), "{outcomes:?}");
+    // Drained, so no transaction is left open and read-committed reading sees everything.
+    f.drain_worker(0).await;
+    let mut per_task: HashMap<String, usize> = HashMap::new();
+    for event in f.all_events(&f.topics.results(), Duration::from_secs(2)).await {
+        if let AnyEvent::TaskCompleted(done) = event {
+            *per_task.entry(done.task_id).or_default() += 1;
+        }
+    }
+    for id in &ids {
+        assert_eq!(per_task.get(id), Some(&1), "exactly one committed outcome for {id}: {per_task:?}");
+    }
+    f.stop().await;
 }
 
 /// Exactly-once while partitions move: a worker whose tasks finish out of order holds
