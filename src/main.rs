@@ -357,11 +357,19 @@ enum BenchWhat {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    // Log lines are written by a thread of their own. Every thread logs through this
+    // subscriber, librdkafka's included, so a write to stderr that blocks (a disk busy with
+    // other writers, a pipe nobody reads) blocked them all: in a broker_kill run a worker's
+    // transaction had committed, but its task sat 30 s in the debug line that says so while
+    // the process wrote nothing, and the worker held its partitions meanwhile. Lines beyond
+    // the writer's buffer are dropped rather than wait; the guard flushes the rest at exit.
+    let (writer, _flush_at_exit) =
+        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(true).thread_name("agentlog-log").finish(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,librdkafka=warn".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .init();
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
