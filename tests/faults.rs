@@ -40,15 +40,15 @@ macro_rules! fault_test {
     };
 }
 
-// The CI subset (`make test`). broker_kill and api_kill_during_broker_outage belong here too,
-// and pass most runs since issue 13's fixes, but a broker kill still leaves a lane partition
-// unconsumed in about one run of three (FAULTS.md, "Open"); until that is fixed they run in
-// `make faults`, so that a red CI run means a regression.
+// The CI subset (`make test`): a red CI run must mean a regression, so a scenario joins it
+// only after passing several runs in a row.
 fault_test!(worker_kill { supervisors: 1, load_s: 20 });
+// Exactly-once under a broker kill: in CI since a stuck transaction is abandoned at its deadline
+// and logging cannot stall a worker (2026-12-03: three passes in a row after one failure).
+fault_test!(broker_kill { supervisors: 1, load_s: 30 });
 
-// `make faults`.
-fault_test!(#[ignore = "make faults: a broker kill sometimes strands a partition (FAULTS.md)"] broker_kill { supervisors: 1, load_s: 30 });
-fault_test!(#[ignore = "make faults: a broker kill sometimes strands a partition (FAULTS.md)"] api_kill_during_broker_outage { supervisors: 1, load_s: 30 });
+// `make faults`, until several runs in a row pass (FAULTS.md, "Open").
+fault_test!(#[ignore = "make faults: to join the CI subset once several runs in a row pass (FAULTS.md)"] api_kill_during_broker_outage { supervisors: 1, load_s: 30 });
 
 // `make faults`.
 fault_test!(#[ignore = "make faults"] baseline { supervisors: 1, load_s: 20 });
