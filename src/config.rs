@@ -182,6 +182,12 @@ impl Config {
         if self.topics.replication_factor < 1 {
             return Err(ConfigError::Field { field: "topics.replication_factor", reason: "must be at least 1".into() });
         }
+        // The API checks these again when it starts (tests build it without a file); here a
+        // bad `[api]` fails every command at load, naming the key.
+        let problems = self.api.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems.join("; ")));
+        }
         if log.kafka.request_timeout_ms == 0 {
             return Err(ConfigError::Field { field: "log.kafka.request_timeout_ms", reason: "must be greater than 0".into() });
         }
@@ -295,6 +301,22 @@ mod tests {
     fn a_missing_file_is_reported() {
         let err = Config::load_with_env(Some(Path::new("/nonexistent/agentlog.toml")), Vec::new()).expect_err("missing");
         assert!(matches!(err, ConfigError::MissingFile { .. }), "{err}");
+    }
+
+    #[test]
+    fn api_limits_default_sensibly_and_bad_ones_name_the_keys() {
+        let api = Config::load_with_env(None, Vec::new()).expect("defaults load").api;
+        assert_eq!((api.max_connections, api.idle_timeout_ms, api.header_read_timeout_ms), (1024, 60_000, 10_000));
+        assert_eq!((api.max_streams_per_tenant, api.auth_failure_delay_ms), (16, 250));
+        let err = load_str("[api]
+header_read_timeout_ms = 5000
+idle_timeout_ms = 1000
+", &[]).expect_err("head past idle");
+        assert!(err.to_string().contains("api.header_read_timeout_ms (5000) must not exceed api.idle_timeout_ms (1000)"), "{err}");
+        for (key, value) in [("MAX_CONNECTIONS", "0"), ("MAX_STREAMS_PER_TENANT", "0"), ("AUTH_FAILURE_DELAY_MS", "60000")] {
+            let err = Config::load_with_env(None, vec![(format!("AGENTLOG__API__{key}"), value.into())]).expect_err(key);
+            assert!(err.to_string().contains(&format!("api.{}", key.to_lowercase())), "{err}");
+        }
     }
 
     #[test]

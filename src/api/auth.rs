@@ -1,16 +1,20 @@
 //! Who is asking: API keys map to tenants, and each tenant has a request rate.
 //!
 //! Keys are configured as SHA-256 digests, so the config file never holds a usable key. A
-//! request carries its key as `Authorization: Bearer <key>` or `x-api-key: <key>`. Without
-//! configured keys (loopback only) the tenant is the `x-tenant` header, or `default`.
+//! request carries its key as `Authorization: Bearer <key>` (the scheme in any case, as HTTP
+//! says) or `x-api-key: <key>`. Without configured keys (loopback only) the tenant is the
+//! `x-tenant` header, or `default`. Refusals (401, 403) are held `api.auth_failure_delay_ms`
+//! before they are sent, so guessing keys is slow.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
-use axum::http::HeaderMap;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
@@ -51,7 +55,7 @@ impl Auth {
         if self.keys.is_empty() {
             return Ok(header("x-tenant").filter(|t| !t.is_empty()).unwrap_or(DEFAULT_TENANT).to_string());
         }
-        let key = header("authorization").and_then(|v| v.strip_prefix("Bearer ")).or_else(|| header("x-api-key"));
+        let key = header("authorization").and_then(bearer_token).or_else(|| header("x-api-key"));
         let Some(key) = key.filter(|k| !k.is_empty()) else {
             return Err(ApiError::unauthorized("an API key is required: `Authorization: Bearer <key>` or `x-api-key: <key>`"));
         };
@@ -68,6 +72,24 @@ impl Auth {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive
+/// (RFC 9110 §11.1): `bearer` and `BEARER` are the same scheme.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Middleware: holds every 401 and 403 for `api.auth_failure_delay_ms`, so a client guessing
+/// keys (or tenants' rights) gets few answers a second. The wait is a timer: other requests,
+/// on this connection's runtime or any other, go on meanwhile.
+pub async fn slow_refusals(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) && state.config.auth_failure_delay_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(state.config.auth_failure_delay_ms)).await;
+    }
+    response
+}
+
 /// The authenticated tenant of a request (also charged against its rate).
 pub struct Tenant(pub String);
 
@@ -78,5 +100,20 @@ impl FromRequestParts<Arc<ApiState>> for Tenant {
         let tenant = state.auth.tenant_of(&parts.headers)?;
         state.auth.admit(&tenant)?;
         Ok(Tenant(tenant))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer k1", "bearer k1", "BEARER k1", "bEaReR  k1 "] {
+            assert_eq!(bearer_token(value), Some("k1"), "{value}");
+        }
+        for value in ["Basic k1", "Bearerk1", "k1"] {
+            assert_eq!(bearer_token(value), None, "{value}");
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -54,15 +55,36 @@ impl Metrics {
     }
 }
 
+/// The label of anything a client invents: a method HTTP does not define, a path no route has.
+pub const OTHER: &str = "other";
+
 /// Middleware: counts and times every request by its route template (not its raw path, so
-/// task ids do not explode the label set).
+/// task ids do not explode the label set). Every label value comes from a fixed set: a
+/// client inventing methods or paths must not grow `/metrics` (each new label set is a
+/// series kept for the life of the process).
 pub async fn track(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
-    let route = request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = method_label(request.method()).to_string();
+    let route = request.extensions().get::<MatchedPath>().map_or_else(|| OTHER.to_string(), |p| p.as_str().to_string());
     let response = next.run(request).await;
     state.metrics.observe(HttpLabels { method, route, status: response.status().as_u16() }, started.elapsed().as_secs_f64());
     response
+}
+
+/// The methods HTTP defines by name, or `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => OTHER,
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -11,9 +11,11 @@ pub mod auth;
 pub mod error;
 pub mod idempotency;
 pub mod metrics;
+pub mod loopback;
 pub mod openapi;
 pub mod ops;
 pub mod reads;
+pub mod server;
 pub mod stream;
 pub mod tasks;
 
@@ -56,6 +58,18 @@ pub struct ApiConfig {
     /// the runtime configuration of agent types (URLs, programs) in `/v1/agent-types`, when
     /// keys are configured; without keys (loopback only) anyone on this machine may.
     pub admin_tenants: Vec<String>,
+    /// Most connections served at once; past it a connection waits to be accepted.
+    pub max_connections: usize,
+    /// How long a connection may take to start its next request (after it is accepted, or
+    /// after the previous response) before it is closed.
+    pub idle_timeout_ms: u64,
+    /// How long a request's head (request line and headers) may take from its first byte.
+    pub header_read_timeout_ms: u64,
+    /// Most open event streams (`/v1/stream/outcomes`) per tenant; 429 past it.
+    pub max_streams_per_tenant: usize,
+    /// How long a 401 or 403 is held before it is sent (0: not at all), so guessing keys is
+    /// slow. Other requests are not held up.
+    pub auth_failure_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,7 +82,21 @@ pub struct ApiKeyConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into(), max_wait_ms: 30_000, max_batch: 500, keys: Vec::new(), rate_per_s: 0, burst: 0, max_in_flight: 0, admin_tenants: Vec::new() }
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_wait_ms: 30_000,
+            max_batch: 500,
+            keys: Vec::new(),
+            rate_per_s: 0,
+            burst: 0,
+            max_in_flight: 0,
+            admin_tenants: Vec::new(),
+            max_connections: 1024,
+            idle_timeout_ms: 60_000,
+            header_read_timeout_ms: 10_000,
+            max_streams_per_tenant: 16,
+            auth_failure_delay_ms: 250,
+        }
     }
 }
 
@@ -78,6 +106,27 @@ impl ApiConfig {
         let mut out = Vec::new();
         if self.max_batch == 0 {
             out.push("api.max_batch must be at least 1".to_string());
+        }
+        if self.max_connections == 0 {
+            out.push("api.max_connections must be at least 1".to_string());
+        }
+        if self.idle_timeout_ms == 0 || self.header_read_timeout_ms == 0 {
+            out.push("api.idle_timeout_ms and api.header_read_timeout_ms must be at least 1".to_string());
+        }
+        // The head deadline is the earlier of the two: a longer header timeout would not apply.
+        if self.header_read_timeout_ms > self.idle_timeout_ms {
+            out.push(format!(
+                "api.header_read_timeout_ms ({}) must not exceed api.idle_timeout_ms ({}): a request head must arrive within both",
+                self.header_read_timeout_ms, self.idle_timeout_ms
+            ));
+        }
+        if self.max_streams_per_tenant == 0 {
+            out.push("api.max_streams_per_tenant must be at least 1".to_string());
+        }
+        // Each refused request holds its connection this long: seconds would let a few
+        // clients with bad keys hold every connection.
+        if self.auth_failure_delay_ms > MAX_AUTH_FAILURE_DELAY_MS {
+            out.push(format!("api.auth_failure_delay_ms must be at most {MAX_AUTH_FAILURE_DELAY_MS}"));
         }
         for (i, key) in self.keys.iter().enumerate() {
             if key.sha256.len() != 64 || !key.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -95,6 +144,9 @@ impl ApiConfig {
         out
     }
 }
+
+/// Upper bound of `api.auth_failure_delay_ms`.
+pub const MAX_AUTH_FAILURE_DELAY_MS: u64 = 5_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiStartError {
@@ -128,6 +180,8 @@ pub struct ApiState {
     pub closing: CancellationToken,
     /// Idempotency keys written by this process that the projection may not show yet.
     pub claims: idempotency::Claims,
+    /// Open event streams per tenant.
+    pub streams: stream::OpenStreams,
 }
 
 impl ApiState {
@@ -151,7 +205,7 @@ impl ApiState {
             }
         }
         let auth = auth::Auth::new(&config);
-        Ok(ApiState { log, client, agents, projection, config, auth, schemas, metrics: metrics::Metrics::new(), admin: None, closing: CancellationToken::new(), claims: idempotency::Claims::default() })
+        Ok(ApiState { log, client, agents, projection, config, auth, schemas, metrics: metrics::Metrics::new(), admin: None, closing: CancellationToken::new(), claims: idempotency::Claims::default(), streams: stream::OpenStreams::default() })
     }
 }
 
@@ -214,12 +268,20 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
+/// The API for a server bound to `bound` (the loopback checks need its port).
+pub fn router(state: Arc<ApiState>, max_body_bytes: usize, bound: SocketAddr) -> Router {
     // Routes of one path with different methods are merged by `Router::route`.
-    routes()
+    let router = routes()
         .into_iter()
         .fold(Router::new(), |router, Route { path, handler, .. }| router.route(path, handler))
-        .fallback(ops::not_found)
+        .fallback(ops::not_found);
+    let router = match loopback::Guard::for_server(bound, state.auth.keys_configured()) {
+        Some(guard) => router.layer(axum::middleware::from_fn_with_state(Arc::new(guard), loopback::refuse_foreign)),
+        None => router,
+    };
+    // Outermost last: refusals (the loopback checks' too) are held, and then counted.
+    router
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::slow_refusals))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
@@ -234,11 +296,17 @@ pub async fn bind(config: &ApiConfig) -> Result<TcpListener, ApiStartError> {
     TcpListener::bind(address).await.map_err(|source| ApiStartError::Bind { address: config.listen.clone(), source })
 }
 
+/// Serves until `shutdown`, with the connection limits of `state.config` (see `server`).
 pub async fn serve(listener: TcpListener, state: Arc<ApiState>, max_body_bytes: usize, shutdown: CancellationToken) -> Result<(), ApiStartError> {
+    let bound = listener.local_addr().map_err(ApiStartError::Serve)?;
+    let limits = server::Limits::of(&state.config);
     let closing = state.closing.clone();
-    let signal = async move {
+    let app = router(state, max_body_bytes, bound);
+    // Open event streams end as shutdown starts, or draining would wait for them.
+    let end_streams = async {
         shutdown.cancelled().await;
         closing.cancel();
     };
-    axum::serve(listener, router(state, max_body_bytes)).with_graceful_shutdown(signal).await.map_err(ApiStartError::Serve)
+    tokio::join!(server::run(listener, app, limits, shutdown.clone()), end_streams);
+    Ok(())
 }

@@ -18,7 +18,7 @@ use super::{admin, ops, reads, stream, tasks};
         admin::replay, admin::replay_status, admin::snapshot,
     ),
     components(schemas(tasks::SubmitTask, tasks::SubmitBatch, tasks::Cancel)),
-    modifiers(&Security),
+    modifiers(&Security, &Refusals),
 )]
 pub struct ApiDoc;
 
@@ -29,6 +29,25 @@ impl Modify for Security {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
         components.add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))));
+    }
+}
+
+/// What any operation may answer, whatever its handler: 403 for a request from outside this
+/// machine in loopback mode (`api::loopback`).
+struct Refusals;
+
+impl Modify for Refusals {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.options, &mut item.head, &mut item.patch, &mut item.trace].into_iter().flatten() {
+                op.responses.responses.entry("403".to_string()).or_insert_with(|| {
+                    utoipa::openapi::ResponseBuilder::new()
+                        .description("refused: without api.keys, a Host or (on POST) an Origin that is not this machine's loopback name; or a tenant not allowed here")
+                        .build()
+                        .into()
+                });
+            }
+        }
     }
 }
 

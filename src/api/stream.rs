@@ -1,8 +1,11 @@
 //! `GET /v1/stream/outcomes`: Server-Sent Events, one `outcome` event per task that reaches
 //! its outcome in the projection, for the caller's tenant, optionally of one agent type.
+//! A tenant may hold `api.max_streams_per_tenant` streams open at once: each holds a
+//! connection and a broadcast receiver for as long as the client likes.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
@@ -18,6 +21,52 @@ use super::auth::Tenant;
 use super::error::ApiError;
 use super::tasks::{query_error, task_json};
 
+/// How often an open stream gets a keep-alive comment.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Open streams per tenant.
+#[derive(Debug, Default, Clone)]
+pub struct OpenStreams {
+    by_tenant: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One open stream of a tenant, counted until dropped (the stream ended or its client left).
+pub struct StreamSlot {
+    streams: OpenStreams,
+    tenant: String,
+}
+
+impl OpenStreams {
+    /// A slot for one more stream of `tenant`, or 429 naming the limit.
+    pub fn open(&self, tenant: &str, max: usize) -> Result<StreamSlot, ApiError> {
+        // The map holds plain counts: one left by a panicking holder is still right.
+        let mut by_tenant = self.by_tenant.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = by_tenant.entry(tenant.to_string()).or_insert(0);
+        if *open >= max {
+            return Err(ApiError::too_many(
+                "too_many_streams",
+                format!("tenant `{tenant}` has {open} event streams open, the most api.max_streams_per_tenant ({max}) allows; close one first"),
+                KEEP_ALIVE.as_secs(),
+            ));
+        }
+        *open += 1;
+        Ok(StreamSlot { streams: self.clone(), tenant: tenant.to_string() })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut by_tenant = self.streams.by_tenant.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = by_tenant.get_mut(&self.tenant) {
+            *open = open.saturating_sub(1);
+            // Tenants without streams leave no entry: the map stays as small as what is open.
+            if *open == 0 {
+                by_tenant.remove(&self.tenant);
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StreamQuery {
@@ -26,7 +75,7 @@ pub struct StreamQuery {
 }
 
 #[utoipa::path(get, path = "/v1/stream/outcomes", tag = "tasks", params(StreamQuery),
-    responses((status = 200, description = "text/event-stream of `outcome` events (the task's JSON)", content_type = "text/event-stream"), (status = 400), (status = 401)))]
+    responses((status = 200, description = "text/event-stream of `outcome` events (the task's JSON)", content_type = "text/event-stream"), (status = 400), (status = 401), (status = 429, description = "the tenant has api.max_streams_per_tenant streams open")))]
 pub async fn outcomes(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
@@ -39,9 +88,11 @@ pub async fn outcomes(
         let known: Vec<&str> = state.agents.keys().map(String::as_str).collect();
         return Err(ApiError::bad_field("agent_type", format!("unknown agent type `{agent_type}`; known: {}", known.join(", "))));
     }
+    let slot = state.streams.open(&tenant, state.config.max_streams_per_tenant)?;
     let receiver = state.projection.subscribe();
     let closing = state.closing.clone();
-    let stream = futures::stream::unfold((receiver, tenant, query.agent_type), move |(mut receiver, tenant, agent_type)| {
+    // The slot lives in the stream's state: it is freed when hyper drops the stream.
+    let stream = futures::stream::unfold((receiver, tenant, query.agent_type, slot), move |(mut receiver, tenant, agent_type, slot)| {
         let closing = closing.clone();
         async move {
         loop {
@@ -56,17 +107,17 @@ pub async fn outcomes(
                         continue;
                     }
                     let event = Event::default().event("outcome").id(notice.view.task_id.clone()).data(task_json(&notice.view).to_string());
-                    return Some((Ok(event), (receiver, tenant, agent_type)));
+                    return Some((Ok(event), (receiver, tenant, agent_type, slot)));
                 }
                 Err(RecvError::Lagged(missed)) => {
                     // A slow reader is told what it missed rather than silently skipping.
                     let event = Event::default().event("lagged").data(format!("{{\"missed\": {missed}}}"));
-                    return Some((Ok(event), (receiver, tenant, agent_type)));
+                    return Some((Ok(event), (receiver, tenant, agent_type, slot)));
                 }
                 Err(RecvError::Closed) => return None,
             }
         }
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
