@@ -11,6 +11,9 @@
 //!
 //! Text that does not parse as a URL is redacted the same way by its shape, so a malformed
 //! URL in a config error does not leak either.
+//!
+//! Absolute server paths (where the projection or the log live) are not for API answers
+//! either: [`paths_in`] replaces them in the text of server errors.
 
 use url::Url;
 
@@ -97,6 +100,36 @@ pub fn urls_in(text: &str) -> String {
     out
 }
 
+/// What an absolute server path shows as in an answer.
+pub const PATH_MASK: &str = "<server path>";
+
+/// `text` with every absolute file path in it (a `/` at the start of a word, followed by
+/// more of the path) replaced by [`PATH_MASK`]. URLs are left alone: their slashes follow
+/// `scheme:`, not the start of a word.
+pub fn paths_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.char_indices().peekable();
+    let mut word_start = true;
+    while let Some((i, c)) = chars.next() {
+        let next_is_path = chars.peek().is_some_and(|(_, n)| !n.is_whitespace() && !matches!(n, '/' | ':' | ',' | ')' | ']' | '"' | '\''));
+        if c == '/' && word_start && next_is_path {
+            let rest = &text[i..];
+            let len = rest.find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | ')' | ']' | ',')).unwrap_or(rest.len());
+            // A path followed by `: reason` or a full stop keeps its punctuation.
+            let path = rest[..len].trim_end_matches([':', '.', ';']);
+            out.push_str(PATH_MASK);
+            for _ in 1..path.chars().count() {
+                chars.next();
+            }
+            word_start = false;
+            continue;
+        }
+        out.push(c);
+        word_start = c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '(' | '[' | '=' | '{');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +148,17 @@ mod tests {
         assert_eq!(url_text("user:pass@agent:8080/run?key=k"), "***@agent:8080/run?***");
         assert_eq!(url_text("http://user:pass@host:notaport/x"), "http://***@host:notaport/x");
         assert_eq!(url_text("agent:8080"), "agent:8080");
+    }
+
+    #[test]
+    fn absolute_paths_are_masked_and_urls_and_routes_in_words_kept() {
+        assert_eq!(
+            paths_in("projection store at /srv/agentlog/projection/gen-3: IO error: While open a file: /srv/x/LOCK."),
+            "projection store at <server path>: IO error: While open a file: <server path>."
+        );
+        assert_eq!(paths_in("creating `/var/lib/a b` failed"), "creating `<server path> b` failed");
+        assert_eq!(paths_in("see http://h:9/a/b and a/b/c"), "see http://h:9/a/b and a/b/c");
+        assert_eq!(paths_in("ratio 3 / 4"), "ratio 3 / 4");
     }
 
     #[test]
