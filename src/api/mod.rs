@@ -56,6 +56,16 @@ pub struct ApiConfig {
     /// the runtime configuration of agent types (URLs, programs) in `/v1/agent-types`, when
     /// keys are configured; without keys (loopback only) anyone on this machine may.
     pub admin_tenants: Vec<String>,
+    /// Most labels one task may carry.
+    pub max_labels: usize,
+    /// Longest label key, in bytes.
+    pub max_label_key_bytes: usize,
+    /// Longest label value, in bytes.
+    pub max_label_value_bytes: usize,
+    /// Longest idempotency key, in bytes: keys are kept (per tenant) in the projection.
+    pub max_idempotency_key_bytes: usize,
+    /// Longest cancel reason, in bytes: every cancel request lands in the task's timeline.
+    pub max_cancel_reason_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,7 +78,21 @@ pub struct ApiKeyConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into(), max_wait_ms: 30_000, max_batch: 500, keys: Vec::new(), rate_per_s: 0, burst: 0, max_in_flight: 0, admin_tenants: Vec::new() }
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_wait_ms: 30_000,
+            max_batch: 500,
+            keys: Vec::new(),
+            rate_per_s: 0,
+            burst: 0,
+            max_in_flight: 0,
+            admin_tenants: Vec::new(),
+            max_labels: 64,
+            max_label_key_bytes: 128,
+            max_label_value_bytes: 1024,
+            max_idempotency_key_bytes: 256,
+            max_cancel_reason_bytes: 1024,
+        }
     }
 }
 
@@ -78,6 +102,12 @@ impl ApiConfig {
         let mut out = Vec::new();
         if self.max_batch == 0 {
             out.push("api.max_batch must be at least 1".to_string());
+        }
+        // A zero would refuse every key (a deployment that wants no labels sets api.max_labels = 0).
+        for (key, value) in [("api.max_label_key_bytes", self.max_label_key_bytes), ("api.max_idempotency_key_bytes", self.max_idempotency_key_bytes)] {
+            if value == 0 {
+                out.push(format!("{key} must be at least 1"));
+            }
         }
         for (i, key) in self.keys.iter().enumerate() {
             if key.sha256.len() != 64 || !key.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
