@@ -51,10 +51,12 @@ fn has_secrets(url: &Url) -> bool {
 /// masked by its shape: what precedes an `@` in the authority, and everything after `?` or `#`.
 pub fn url_text(text: &str) -> String {
     match Url::parse(text) {
-        Ok(parsed) if has_secrets(&parsed) => url(&parsed),
+        Ok(parsed) if parsed.has_host() && has_secrets(&parsed) => url(&parsed),
         // Unchanged, not re-serialised: `http://h` stays `http://h`, not `http://h/`.
-        Ok(_) => text.to_string(),
-        Err(_) => by_shape(text),
+        Ok(parsed) if parsed.has_host() => text.to_string(),
+        // Without a host it is no URL an agent is called at: `user:pass@agent:8080` parses
+        // with `user` as its scheme and the password in its path.
+        _ => by_shape(text),
     }
 }
 
