@@ -11,6 +11,8 @@
 //!   built-in Confluent-compatible schema registry on the `schemas` topic.
 //! - [`agent`]: agent types from config, retry policy, and the worker's offset tracker.
 //! - [`bench`]: the log benchmark behind `agentlog bench log`.
+//! - [`redact`]: credentials in URLs masked before they reach an error, a log line, an outcome
+//!   or an API answer.
 //!
 //! Producers append records; the backend assigns partition and offset (murmur2 of the key);
 //! consumers in a group split the partitions and commit the next offset to read.
@@ -24,6 +26,7 @@ pub mod events;
 pub mod log;
 pub mod open;
 pub mod projection;
+pub mod redact;
 pub mod registry;
 pub mod supervisor;
 pub mod topics;

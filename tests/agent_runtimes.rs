@@ -41,7 +41,7 @@ fn agent(config: RuntimeConfig, timeout: Duration) -> Arc<dyn Agent> {
 }
 
 fn exec(program: &str, args: &[&str]) -> Arc<dyn Agent> {
-    agent(RuntimeConfig::Exec { program: program.into(), args: args.iter().map(|a| a.to_string()).collect() }, Duration::from_secs(10))
+    agent(RuntimeConfig::Exec { program: program.into(), args: args.iter().map(|a| a.to_string()).collect(), env: Default::default() }, Duration::from_secs(10))
 }
 
 /// Runs `agent` on `ctx`, cancels `ctx` after `after`, and returns the outcome and how long
@@ -185,6 +185,30 @@ async fn http_connection_refused_is_transient() {
     .await;
 }
 
+/// Credentials in an agent's URL (user info, query values) never reach a failure message:
+/// those become outcomes and dead letters that tenants read.
+#[tokio::test]
+async fn http_failure_messages_mask_the_urls_credentials() {
+    bounded(async {
+        let (base, _) = http_agent_server().await;
+        let with_credentials = |base: &str, path: &str| format!("{}{path}?token=t0ken-abc", base.replacen("http://", "http://agent-user:s3cret-pass@", 1));
+        let leaks = |text: &str| text.contains("s3cret-pass") || text.contains("t0ken-abc");
+        let err = http(with_credentials(&base, "/unavailable"), Duration::from_secs(5)).run(ctx("{}", "application/json")).await.expect_err("503");
+        assert!(!leaks(&err.message) && err.message.contains("agent-user:***@") && err.message.contains("token=***"), "{}", err.message);
+        let err = http(with_credentials(&base, "/slow"), Duration::from_millis(300)).run(ctx("{}", "application/json")).await.expect_err("timeout");
+        assert!(!leaks(&err.message), "{}", err.message);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let refused = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let err = http(with_credentials(&refused, "/run"), Duration::from_secs(5)).run(ctx("{}", "application/json")).await.expect_err("refused");
+        assert_eq!(err.kind, "transient", "{err}");
+        assert!(!leaks(&err.message), "{}", err.message);
+        let err = runtime::build(&RuntimeConfig::Http { url: "ftp://agent-user:s3cret-pass@h/?token=t0ken-abc".into() }, Duration::from_secs(1)).err().expect("ftp refused");
+        assert!(!leaks(&err.to_string()), "{err}");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn http_request_timeout_is_kind_timeout_and_retryable() {
     bounded(async {
@@ -261,6 +285,54 @@ async fn exec_sees_only_metadata_in_its_environment_and_fixed_args() {
         let path = script(&dir, "env.sh", "printf '%s|%s|%s|%s|%s' \"$AGENTLOG_TASK_ID\" \"$AGENTLOG_ATTEMPT\" \"$AGENTLOG_AGENT_TYPE\" \"$AGENTLOG_IDEMPOTENCY_KEY\" \"$*\"\n");
         let out = exec("/bin/sh", &[&path, "a1", "a2"]).run(ctx("ignored", "text/plain")).await.expect("completed");
         assert_eq!(String::from_utf8_lossy(&out.output), "task-0001|2|demo|task-0001/idem|a1 a2");
+    })
+    .await;
+}
+
+/// Marks the child run of [`exec_gets_only_the_environment_its_type_declares`].
+const PLANTED_CHILD: &str = "AGENTLOG_TEST_PLANTED_CHILD";
+/// A worker's credential, as `AGENTLOG__…` settings carry them.
+const PLANTED_NAME: &str = "AGENTLOG__LOG__KAFKA__PROPERTIES__SASL.PASSWORD";
+const PLANTED_VALUE: &str = "planted-sasl-password";
+
+/// A program sees PATH, HOME and LANG, its type's declared `env` and the task's metadata,
+/// and nothing else of the worker's environment: a SASL password planted there reached a
+/// tenant's output. The planted variable must be in the environment from the start (setting
+/// it in this multi-threaded process is unsound), so this test runs itself again as a child
+/// process with it, and the child does the checking.
+#[tokio::test]
+async fn exec_gets_only_the_environment_its_type_declares() {
+    bounded(async {
+        if std::env::var_os(PLANTED_CHILD).is_none() {
+            let me = std::env::current_exe().expect("test binary");
+            let child = tokio::process::Command::new(me)
+                .args(["exec_gets_only_the_environment_its_type_declares", "--exact", "--test-threads=1", "--nocapture"])
+                .env(PLANTED_CHILD, "1")
+                .env(PLANTED_NAME, PLANTED_VALUE)
+                .kill_on_drop(true)
+                .output()
+                .await
+                .expect("the child test runs");
+            let stdout = String::from_utf8_lossy(&child.stdout);
+            assert!(child.status.success() && stdout.contains("1 passed"), "child: {}\n{stdout}\n{}", child.status, String::from_utf8_lossy(&child.stderr));
+            return;
+        }
+        assert_eq!(std::env::var(PLANTED_NAME).as_deref(), Ok(PLANTED_VALUE), "the worker has the secret");
+        let env = std::collections::BTreeMap::from([("AGENT_API_KEY".to_string(), "declared-key".to_string())]);
+        let program = agent(RuntimeConfig::Exec { program: "/usr/bin/env".into(), args: vec![], env }, Duration::from_secs(10));
+        let out = program.run(ctx("", "text/plain")).await.expect("completed");
+        let seen = String::from_utf8_lossy(&out.output);
+        assert!(!seen.contains(PLANTED_VALUE) && !seen.contains(PLANTED_NAME), "the worker's secret reached the program:\n{seen}");
+        assert!(seen.lines().any(|l| l == "AGENT_API_KEY=declared-key"), "the declared variable is there:\n{seen}");
+        assert!(seen.lines().any(|l| l == "AGENTLOG_TASK_ID=task-0001"), "the metadata is there:\n{seen}");
+        if let Ok(path) = std::env::var("PATH") {
+            assert!(seen.lines().any(|l| l == format!("PATH={path}")), "PATH is passed through:\n{seen}");
+        }
+        for line in seen.lines() {
+            let name = line.split('=').next().unwrap_or_default();
+            let allowed = ["PATH", "HOME", "LANG", "AGENT_API_KEY", "AGENTLOG_TASK_ID", "AGENTLOG_ATTEMPT", "AGENTLOG_AGENT_TYPE", "AGENTLOG_IDEMPOTENCY_KEY"];
+            assert!(allowed.contains(&name), "`{name}` is not declared:\n{seen}");
+        }
     })
     .await;
 }

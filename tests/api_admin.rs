@@ -89,11 +89,16 @@ async fn replay_swaps_in_a_rebuilt_generation_while_serving() {
     let answer = http.post(format!("{base}/v1/admin/snapshots")).send().await.expect("snapshot");
     assert_eq!(answer.status(), 201);
     let snapshot: Value = answer.json().await.expect("json");
+    // A name in the snapshots directory, never the server's absolute path.
+    let root = dir.path().to_str().expect("utf-8 temp dir");
+    assert!(!snapshot.to_string().contains(root) && !snapshot.to_string().contains("\"/"), "an absolute server path in {snapshot}");
+    let name = snapshot["snapshot"].as_str().expect("snapshot name");
+    assert!(name.starts_with("snap-") && !name.contains('/'), "{snapshot}");
     stop.cancel();
     server.await.expect("server task").expect("server");
     projector.await.expect("projector task").expect("projector");
     drop(projection);
-    let restored = generations.restore(std::path::Path::new(snapshot["path"].as_str().expect("path"))).expect("restore");
+    let restored = generations.restore(&generations.snapshots_dir().join(name)).expect("restore");
     assert_eq!(restored, 2);
     let store = generations.open_current().expect("open restored");
     for id in before.iter().chain(&after) {

@@ -67,6 +67,15 @@ async fn submit_wait_validate_cancel_and_dlq_over_http() {
         (json!({"agent_type": echo, "input": {}, "max_attempts": 0}), "max_attempts", "at least 1"),
         (json!({"agent_type": echo, "input": {}, "colour": "red"}), "body", "unknown field `colour`"),
         (json!({"input": {}}), "body", "missing field `agent_type`"),
+        // Out of range: above i64::MAX they wrapped negative (a delay that ran at once).
+        (json!({"agent_type": echo, "input": {}, "delay_ms": u64::MAX}), "delay_ms", "at most 604800000"),
+        (json!({"agent_type": echo, "input": {}, "delay_ms": 604_800_001u64}), "delay_ms", "at most 604800000"),
+        (json!({"agent_type": echo, "input": {}, "deadline_ms": 9_223_372_036_854_775_808u64}), "deadline_ms", "at most"),
+        // Size caps (defaults): what a task keeps for its whole life.
+        (json!({"agent_type": echo, "input": {}, "idempotency_key": "k".repeat(257)}), "idempotency_key", "api.max_idempotency_key_bytes"),
+        (json!({"agent_type": echo, "input": {}, "labels": many_labels(65)}), "labels", "api.max_labels"),
+        (json!({"agent_type": echo, "input": {}, "labels": Value::Object([("k".repeat(129), json!("v"))].into_iter().collect())}), "labels", "api.max_label_key_bytes"),
+        (json!({"agent_type": echo, "input": {}, "labels": {"team": "v".repeat(1025)}}), "labels.team", "api.max_label_value_bytes"),
     ];
     for (request, field, says) in cases {
         let answer = post("/v1/tasks", request.clone()).await.expect("answer");
@@ -87,6 +96,12 @@ async fn submit_wait_validate_cancel_and_dlq_over_http() {
     let body: Value = answer.json().await.expect("json");
     assert_eq!(body["delayed"], true);
     let id = body["task_id"].as_str().expect("id").to_string();
+    // A reason past the cap is refused, naming the field and the key; the task is not cancelled.
+    let answer = post(&format!("/v1/tasks/{id}/cancel"), json!({"reason": "r".repeat(1025)})).await.expect("cancel");
+    assert_eq!(answer.status(), 400);
+    let body: Value = answer.json().await.expect("json error");
+    assert_eq!(body["error"]["field"], "reason", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or("").contains("api.max_cancel_reason_bytes"), "{body}");
     assert_eq!(post(&format!("/v1/tasks/{id}/cancel"), json!({"reason": "changed my mind"})).await.expect("cancel").status(), 202);
     let outcome: Value = http.get(format!("{base}/v1/tasks/{id}/outcome?wait_ms=10000")).send().await.expect("outcome").json().await.expect("json");
     assert_eq!(outcome["status"], "cancelled");
@@ -103,6 +118,10 @@ async fn submit_wait_validate_cancel_and_dlq_over_http() {
     projector.await.expect("projector task").expect("projector");
     f.stop().await;
     h.release().await;
+}
+
+fn many_labels(n: usize) -> Value {
+    Value::Object((0..n).map(|i| (format!("l{i}"), json!("v"))).collect())
 }
 
 async fn lane_high_watermarks(f: &Fixture, topic: &str) -> Vec<i64> {

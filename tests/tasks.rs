@@ -1,7 +1,8 @@
 //! The task lifecycle on both backends: retries through durable timers, dead letters,
 //! timeouts and expiry, cancellation, priority lanes, ordering keys, the http and exec
 //! runtimes, drains, heartbeats and lost agents, delays, jobs and exactly-once outcomes, and
-//! hostile inputs (outputs, dead letters and submits past the record limit, garbage on a lane).
+//! hostile inputs (outputs, dead letters and submits past the record limit, garbage on a lane,
+//! credentials in an agent's URL).
 //! Kafka runs when `AGENTLOG_TEST_KAFKA` names a broker (`make test` starts one; under
 //! `CI=true` a missing broker fails the run).
 
@@ -68,4 +69,5 @@ task_suite!(
     a_near_limit_dead_letter_is_truncated,
     undecodable_lane_records_are_dead_lettered,
     submit_past_the_headroom_answers_413,
+    url_credentials_never_reach_an_answer,
 );

@@ -42,8 +42,8 @@ initial_backoff_ms = 50
 jitter = 0.0
 "#;
 
-/// A type nobody runs, whose runtime configuration names a private endpoint.
-const PRIVATE: &str = "runtime = { kind = \"http\", url = \"http://10.1.2.3:9/secret-endpoint\" }\n";
+/// A type nobody runs, whose runtime configuration names a private endpoint with credentials.
+const PRIVATE: &str = "runtime = { kind = \"http\", url = \"http://deploy:s3cret-pass@10.1.2.3:9/secret-endpoint?token=t0ken-abc\" }\n";
 
 /// The API with three keys: tenants `acme` and `globex`, and `ops`, an admin tenant.
 struct Api {
@@ -283,8 +283,9 @@ pub async fn dead_letters_belong_to_their_tenant(h: &mut Harness) {
     api.stop().await;
 }
 
-/// The runtime configuration of agent types (endpoints, programs) is for admin tenants, and
-/// so is `/metrics`, which counts every tenant's tasks.
+/// The runtime configuration of agent types (endpoints, programs) is for admin tenants, with
+/// credentials in URLs masked even for them, and so is `/metrics`, which counts every
+/// tenant's tasks.
 pub async fn runtime_config_and_metrics_are_for_admins(h: &mut Harness) {
     let api = Api::start(h).await;
     let (status, plain) = api.get("acme", "/v1/agent-types").await;
@@ -295,7 +296,8 @@ pub async fn runtime_config_and_metrics_are_for_admins(h: &mut Harness) {
     let (status, admin) = api.get("ops", "/v1/agent-types").await;
     assert_eq!(status, 200);
     let private = admin["agent_types"].as_array().expect("types").iter().find(|t| t["name"] == json!(api.private_type)).cloned().expect("listed");
-    assert_eq!(private["runtime"]["url"], "http://10.1.2.3:9/secret-endpoint", "an admin tenant does: {private}");
+    assert_eq!(private["runtime"]["url"], "http://deploy:***@10.1.2.3:9/secret-endpoint?token=***", "an admin tenant does, credentials masked: {private}");
+    assert!(!admin.to_string().contains("s3cret-pass") && !admin.to_string().contains("t0ken-abc"), "not even admins see credentials: {admin}");
     let (status, _) = api.get("acme", "/metrics").await;
     assert_eq!(status, 403, "a tenant does not read every tenant's totals");
     let (status, metrics) = api.get("ops", "/metrics").await;

@@ -46,20 +46,48 @@ pub struct AgentTypeConfig {
     pub delegates: bool,
 }
 
-/// How an agent type runs a task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// How an agent type runs a task. Its `Debug` masks what may be secret (see [`Self::shown`]).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum RuntimeConfig {
     /// A Rust agent compiled into agentlog, by name.
     Builtin { name: String },
-    /// POST the task as JSON to an endpoint the agent's author runs.
+    /// POST the task as JSON to an endpoint the agent's author runs. The URL may carry
+    /// credentials; they are masked wherever it is shown.
     Http { url: String },
     /// A program: input on stdin, output on stdout; task data never reaches argv or a shell.
     Exec {
         program: String,
         #[serde(default)]
         args: Vec<String>,
+        /// The program's environment, besides PATH, HOME and LANG (taken from the worker's)
+        /// and the task's AGENTLOG_* metadata: nothing else of the worker's environment
+        /// (which holds the log's and the registry's credentials) reaches the program.
+        #[serde(default)]
+        env: BTreeMap<String, String>,
     },
+}
+
+impl RuntimeConfig {
+    /// The configuration as operators may see it (`/v1/agent-types` for admin tenants, logs):
+    /// an http URL with its credentials and query values masked, exec environment values
+    /// masked (their names stay).
+    pub fn shown(&self) -> serde_json::Value {
+        match self {
+            RuntimeConfig::Builtin { name } => serde_json::json!({"kind": "builtin", "name": name}),
+            RuntimeConfig::Http { url } => serde_json::json!({"kind": "http", "url": crate::redact::url_text(url)}),
+            RuntimeConfig::Exec { program, args, env } => {
+                let env: BTreeMap<&str, &str> = env.keys().map(|k| (k.as_str(), crate::redact::MASK)).collect();
+                serde_json::json!({"kind": "exec", "program": program, "args": args, "env": env})
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for RuntimeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.shown())
+    }
 }
 
 fn default_concurrency() -> u32 {
@@ -105,9 +133,19 @@ impl AgentTypeConfig {
         match &self.runtime {
             RuntimeConfig::Builtin { name: agent } if agent.is_empty() => out.push(format!("{} must not be empty", key("runtime.name"))),
             RuntimeConfig::Http { url } if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                out.push(format!("{}: `{url}` must start with http:// or https://", key("runtime.url")))
+                out.push(format!("{}: `{}` must start with http:// or https://", key("runtime.url"), crate::redact::url_text(url)))
             }
             RuntimeConfig::Exec { program, .. } if program.is_empty() => out.push(format!("{} must not be empty", key("runtime.program"))),
+            RuntimeConfig::Exec { env, .. } => {
+                for (name, value) in env {
+                    if name.is_empty() || name.contains(['=', '\0']) {
+                        out.push(format!("{}: `{name}` is not an environment variable name (non-empty, no '=' or NUL)", key("runtime.env")));
+                    }
+                    if value.contains('\0') {
+                        out.push(format!("{} must not contain NUL", key(&format!("runtime.env.{name}"))));
+                    }
+                }
+            }
             _ => {}
         }
         if let Some(schema) = &self.input_schema
@@ -187,6 +225,27 @@ mod tests {
             assert!(problems.contains(expected), "missing {expected} in:\n{problems}");
         }
         assert!(!echo().problems("Bad Name").is_empty());
+    }
+
+    #[test]
+    fn exec_env_is_optional_and_its_values_are_never_shown() {
+        let plain: AgentTypeConfig = toml::from_str("runtime = { kind = \"exec\", program = \"/bin/cat\" }\n").expect("exec without env, as before");
+        assert!(matches!(&plain.runtime, RuntimeConfig::Exec { env, .. } if env.is_empty()));
+        let with_env: AgentTypeConfig =
+            toml::from_str("runtime = { kind = \"exec\", program = \"/bin/cat\", env = { API_KEY = \"sk-secret\" } }\n").expect("exec with env");
+        assert!(with_env.problems("x").is_empty(), "{:?}", with_env.problems("x"));
+        let shown = with_env.runtime.shown().to_string();
+        assert!(shown.contains("API_KEY") && !shown.contains("sk-secret"), "{shown}");
+        assert!(!format!("{with_env:?}").contains("sk-secret"));
+        let bad = AgentTypeConfig {
+            runtime: RuntimeConfig::Exec { program: "/bin/cat".into(), args: vec![], env: BTreeMap::from([("A=B".to_string(), "v".to_string())]) },
+            ..echo()
+        };
+        assert!(bad.problems("x").join("\n").contains("agents.x.runtime.env"), "{:?}", bad.problems("x"));
+        let http = RuntimeConfig::Http { url: "https://u:p4ss@h/run?token=t0k".into() };
+        assert_eq!(http.shown()["url"], "https://u:***@h/run?token=***");
+        let problems = AgentTypeConfig { runtime: RuntimeConfig::Http { url: "u:p4ss@h/run".into() }, ..echo() }.problems("x").join("\n");
+        assert!(problems.contains("runtime.url") && !problems.contains("p4ss"), "{problems}");
     }
 
     #[test]

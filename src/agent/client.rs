@@ -22,6 +22,19 @@ pub const TIMER_FIRED: &str = "agentlog.timer.fired";
 /// must still be on the log when it falls due.
 pub const MAX_DELAY: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// The furthest deadline a task may ask for, in ms from now: 100 years. Far past any lane's
+/// retention (a week), so no task is refused a deadline it could use, and well inside what
+/// a timestamp holds (i64 microseconds since the epoch).
+pub const MAX_DEADLINE_MS: u64 = 100 * 365 * 86_400_000;
+
+/// `ms` milliseconds after `now`, or `None` when that is past what a timestamp holds. A
+/// `u64` of milliseconds converted with `as` wrapped negative above `i64::MAX` and put the
+/// task in the past (a delay that ran at once, a deadline already gone).
+pub fn after_ms(now: TimestampMicros, ms: u64) -> Option<TimestampMicros> {
+    let us = i64::try_from(ms).ok()?.checked_mul(1000)?;
+    now.0.checked_add(us).map(TimestampMicros)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(transparent)]

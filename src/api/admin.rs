@@ -57,7 +57,10 @@ pub async fn replay(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) 
             result = replay_and_swap(&task_state.log, &admin.codec, &task_state.projection, &admin.generations) => match result {
                 Ok(report) => json!({"state": "done", "events": report.events, "records": report.records, "elapsed_ms": report.elapsed.as_millis() as u64,
                     "events_per_s": (report.events as f64 / report.elapsed.as_secs_f64().max(1e-9)) as u64}),
-                Err(error) => json!({"state": "failed", "error": error.to_string()}),
+                Err(error) => {
+                    tracing::error!(%error, "replay failed");
+                    json!({"state": "failed", "error": crate::redact::paths_in(&error.to_string())})
+                }
             },
         };
         *admin.replay.lock().unwrap_or_else(|p| p.into_inner()) = outcome;
@@ -72,13 +75,17 @@ pub async fn replay_status(State(state): State<Arc<ApiState>>, Tenant(tenant): T
 }
 
 #[utoipa::path(post, path = "/v1/admin/snapshots", tag = "operations",
-    responses((status = 201, description = "a checkpoint of the projection with its offsets"), (status = 401), (status = 403)))]
+    responses((status = 201, description = "a checkpoint of the projection with its offsets; `snapshot` names it in the `snapshots` directory under `projection.dir` (`agentlog snapshot restore` takes that path)"), (status = 401), (status = 403)))]
 pub async fn snapshot(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<(StatusCode, Json<Value>), ApiError> {
     let admin = admitted(&state, &tenant)?;
     let name = format!("snap-{}", crate::events::TimestampMicros::now().0);
     let dir = admin.generations.snapshots_dir();
-    std::fs::create_dir_all(&dir).map_err(|e| ApiError::internal(format!("creating {}: {e}", dir.display())))?;
-    let path = dir.join(&name);
-    state.projection.store().checkpoint(&path)?;
-    Ok((StatusCode::CREATED, Json(json!({"snapshot": name, "path": path.display().to_string()}))))
+    std::fs::create_dir_all(&dir).map_err(|error| {
+        tracing::error!(dir = %dir.display(), %error, "creating the snapshots directory failed");
+        ApiError::internal(format!("creating the snapshots directory: {error}"))
+    })?;
+    state.projection.store().checkpoint(&dir.join(&name))?;
+    // The name only: the server's absolute path is not the caller's business (operators know
+    // `projection.dir`).
+    Ok((StatusCode::CREATED, Json(json!({"snapshot": name}))))
 }

@@ -54,7 +54,10 @@ impl From<crate::projection::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message, "field": self.field } });
+        // A server error's message comes from inside (a RocksDB or I/O error names the files it
+        // failed on); where the server keeps its data is not the caller's business.
+        let message = if self.status.is_server_error() { crate::redact::paths_in(&self.message) } else { self.message };
+        let body = json!({ "error": { "code": self.code, "message": message, "field": self.field } });
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after_s
             && let Ok(value) = HeaderValue::from_str(&seconds.to_string())

@@ -70,6 +70,16 @@ pub struct ApiConfig {
     /// How long a 401 or 403 is held before it is sent (0: not at all), so guessing keys is
     /// slow. Other requests are not held up.
     pub auth_failure_delay_ms: u64,
+    /// Most labels one task may carry.
+    pub max_labels: usize,
+    /// Longest label key, in bytes.
+    pub max_label_key_bytes: usize,
+    /// Longest label value, in bytes.
+    pub max_label_value_bytes: usize,
+    /// Longest idempotency key, in bytes: keys are kept (per tenant) in the projection.
+    pub max_idempotency_key_bytes: usize,
+    /// Longest cancel reason, in bytes: every cancel request lands in the task's timeline.
+    pub max_cancel_reason_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +106,11 @@ impl Default for ApiConfig {
             header_read_timeout_ms: 10_000,
             max_streams_per_tenant: 16,
             auth_failure_delay_ms: 250,
+            max_labels: 64,
+            max_label_key_bytes: 128,
+            max_label_value_bytes: 1024,
+            max_idempotency_key_bytes: 256,
+            max_cancel_reason_bytes: 1024,
         }
     }
 }
@@ -127,6 +142,12 @@ impl ApiConfig {
         // clients with bad keys hold every connection.
         if self.auth_failure_delay_ms > MAX_AUTH_FAILURE_DELAY_MS {
             out.push(format!("api.auth_failure_delay_ms must be at most {MAX_AUTH_FAILURE_DELAY_MS}"));
+        }
+        // A zero would refuse every key (a deployment that wants no labels sets api.max_labels = 0).
+        for (key, value) in [("api.max_label_key_bytes", self.max_label_key_bytes), ("api.max_idempotency_key_bytes", self.max_idempotency_key_bytes)] {
+            if value == 0 {
+                out.push(format!("{key} must be at least 1"));
+            }
         }
         for (i, key) in self.keys.iter().enumerate() {
             if key.sha256.len() != 64 || !key.sha256.chars().all(|c| c.is_ascii_hexdigit()) {

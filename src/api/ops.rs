@@ -26,14 +26,14 @@ pub async fn readyz(State(state): State<Arc<ApiState>>) -> (StatusCode, Json<Val
         waiting_for.push("the projection to read the log's history".to_string());
     }
     if let Some(trouble) = state.projection.trouble() {
-        waiting_for.push(trouble);
+        waiting_for.push(crate::redact::paths_in(&trouble));
     }
     // Bounded: while a cluster is down every watermark lookup waits out its request timeout,
     // and a readiness probe must answer within the prober's own timeout.
     let lag = match tokio::time::timeout(READY_LAG_TIMEOUT, state.projection.lag(&state.log)).await {
         Ok(Ok(by_topic)) => Some(by_topic.values().sum::<i64>()),
         Ok(Err(error)) => {
-            waiting_for.push(format!("the event log to answer: {error}"));
+            waiting_for.push(crate::redact::paths_in(&format!("the event log to answer: {error}")));
             None
         }
         Err(_) => {

@@ -84,7 +84,8 @@ pub async fn agent_types(State(state): State<Arc<ApiState>>, Tenant(tenant): Ten
             }
             lag.insert(lane.as_str().to_string(), waiting);
         }
-        let runtime = json!(agent.runtime);
+        // Even admins see credentials in URLs and exec environment values masked.
+        let runtime = agent.runtime.shown();
         let runtime = if admin_view { runtime } else { json!({"kind": runtime["kind"]}) };
         types.push(json!({
             "name": name, "description": agent.description, "runtime": runtime, "concurrency": agent.concurrency,

@@ -13,10 +13,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
-use super::ApiState;
 use super::auth::Tenant;
+use super::{ApiConfig, ApiState};
 use super::error::ApiError;
-use crate::agent::client::{ClientError, Submitted, new_id};
+use crate::agent::client::{ClientError, MAX_DEADLINE_MS, MAX_DELAY, Submitted, after_ms, new_id};
 use crate::agent::dlq;
 use crate::events::{Lane, TaskSubmitted, TimestampMicros};
 use crate::log::{LogError, TopicPartition};
@@ -44,20 +44,25 @@ pub struct SubmitTask {
     /// Tasks with the same key run one at a time, in order.
     #[serde(default)]
     pub ordering_key: Option<String>,
-    /// A second submit with the same key returns the original task instead of a new one.
+    /// A second submit with the same key returns the original task instead of a new one; at
+    /// most `api.max_idempotency_key_bytes` (default 256) bytes.
     #[serde(default)]
     pub idempotency_key: Option<String>,
-    /// Start no earlier than this many ms from now.
+    /// Start no earlier than this many ms from now: at most 7 days (the retention of the
+    /// timers topic).
     #[serde(default)]
+    #[schema(maximum = 604800000)]
     pub delay_ms: Option<u64>,
-    /// Expire unless started within this many ms from now.
+    /// Expire unless started within this many ms from now (at most 100 years).
     #[serde(default)]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 3153600000000.0)]
     pub deadline_ms: Option<u64>,
     /// Attempts before the task is dead-lettered (default: the type's retry policy).
     #[serde(default)]
     #[schema(minimum = 1)]
     pub max_attempts: Option<i32>,
+    /// At most `api.max_labels` (default 64), keys of at most `api.max_label_key_bytes` (128)
+    /// bytes, values of at most `api.max_label_value_bytes` (1024).
     #[serde(default)]
     pub labels: HashMap<String, String>,
 }
@@ -111,6 +116,7 @@ pub struct ListTasks {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cancel {
+    /// At most `api.max_cancel_reason_bytes` (default 1024) bytes.
     #[serde(default)]
     pub reason: Option<String>,
 }
@@ -212,6 +218,21 @@ fn validate(state: &ApiState, tenant: &str, request: SubmitTask, prefix: &str) -
     if request.max_attempts.is_some_and(|n| n < 1) {
         return Err(ApiError::bad_field(field("max_attempts"), "max_attempts must be at least 1"));
     }
+    let now = TimestampMicros::now();
+    let delay_limit = MAX_DELAY.as_millis() as u64;
+    let not_before = match request.delay_ms {
+        Some(ms) if ms > delay_limit => {
+            return Err(ApiError::bad_field(field("delay_ms"), format!("delay_ms must be at most {delay_limit} (7 days, the retention of the timers topic)")));
+        }
+        Some(ms) => Some(after_ms(now, ms).ok_or_else(|| ApiError::bad_field(field("delay_ms"), "delay_ms is past the largest timestamp"))?),
+        None => None,
+    };
+    let deadline = match request.deadline_ms {
+        Some(ms) if ms > MAX_DEADLINE_MS => return Err(ApiError::bad_field(field("deadline_ms"), format!("deadline_ms must be at most {MAX_DEADLINE_MS} (100 years)"))),
+        Some(ms) => Some(after_ms(now, ms).ok_or_else(|| ApiError::bad_field(field("deadline_ms"), "deadline_ms is past the largest timestamp"))?),
+        None => None,
+    };
+    check_caps(&state.config, &request, &field)?;
     if let Some(id) = &request.task_id
         && (id.is_empty() || id.len() > 200 || id.chars().any(char::is_control))
     {
@@ -227,14 +248,46 @@ fn validate(state: &ApiState, tenant: &str, request: SubmitTask, prefix: &str) -
     let task_id = request.task_id.clone().unwrap_or_else(|| new_id("task"));
     let input = serde_json::to_vec(&request.input).map_err(|e| ApiError::bad_field(field("input"), e.to_string()))?;
     let mut task = TaskSubmitted::new(state.client.meta(tenant), &task_id, &request.agent_type, lane, input);
-    let now = TimestampMicros::now().0;
     task.ordering_key = request.ordering_key;
     task.idempotency_key = request.idempotency_key;
-    task.not_before = request.delay_ms.map(|ms| TimestampMicros(now.saturating_add((ms as i64).saturating_mul(1000))));
-    task.deadline = request.deadline_ms.map(|ms| TimestampMicros(now.saturating_add((ms as i64).saturating_mul(1000))));
+    task.not_before = not_before;
+    task.deadline = deadline;
     task.max_attempts = request.max_attempts.unwrap_or(0);
     task.labels = request.labels;
     Ok(task)
+}
+
+/// The size caps of `[api]` on what a task keeps for its whole life (labels, idempotency
+/// key); errors name the field and the config key.
+fn check_caps(config: &ApiConfig, request: &SubmitTask, field: &dyn Fn(&str) -> String) -> Result<(), ApiError> {
+    if let Some(key) = &request.idempotency_key
+        && key.len() > config.max_idempotency_key_bytes
+    {
+        return Err(ApiError::bad_field(
+            field("idempotency_key"),
+            format!("idempotency_key is {} bytes; the limit is {} (api.max_idempotency_key_bytes)", key.len(), config.max_idempotency_key_bytes),
+        ));
+    }
+    if request.labels.len() > config.max_labels {
+        return Err(ApiError::bad_field(field("labels"), format!("{} labels; the limit is {} (api.max_labels)", request.labels.len(), config.max_labels)));
+    }
+    // Sorted, so the label named is the same whichever order the map iterates in.
+    let mut labels: Vec<(&String, &String)> = request.labels.iter().collect();
+    labels.sort_unstable();
+    for (key, value) in labels {
+        if key.len() > config.max_label_key_bytes {
+            // The key itself may be huge: the message names its start only.
+            let start = crate::agent::runtime::head_text(key.as_bytes(), 32);
+            return Err(ApiError::bad_field(field("labels"), format!("label key `{start}` is {} bytes; the limit is {} (api.max_label_key_bytes)", key.len(), config.max_label_key_bytes)));
+        }
+        if value.len() > config.max_label_value_bytes {
+            return Err(ApiError::bad_field(
+                field(&format!("labels.{key}")),
+                format!("label `{key}` is {} bytes; the limit is {} (api.max_label_value_bytes)", value.len(), config.max_label_value_bytes),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn submitted_json(submitted: &Submitted) -> Value {
@@ -490,9 +543,16 @@ pub async fn outcome(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant,
 const CANCEL_LOOKUP: Duration = Duration::from_secs(2);
 
 #[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path, description = "task id")), request_body(content = Cancel, description = "optional reason"),
-    responses((status = 202, description = "cancel requested"), (status = 404, description = "no such task for this tenant"), (status = 409, description = "already finished"), (status = 401)))]
+    responses((status = 202, description = "cancel requested"), (status = 400, description = "the reason is too long (the error names the field and the limit)"), (status = 404, description = "no such task for this tenant"), (status = 409, description = "already finished"), (status = 401)))]
 pub async fn cancel(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Path(id): Path<String>, body: Option<Json<Cancel>>) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Cancel { reason } = body.map(|Json(c)| c).unwrap_or_default();
+    // Every request lands in the task's timeline: 300 cancels with long reasons made one task
+    // view 4.96 MB.
+    if let Some(reason) = &reason
+        && reason.len() > state.config.max_cancel_reason_bytes
+    {
+        return Err(ApiError::bad_field("reason", format!("reason is {} bytes; the limit is {} (api.max_cancel_reason_bytes)", reason.len(), state.config.max_cancel_reason_bytes)));
+    }
     let deadline = tokio::time::Instant::now() + CANCEL_LOOKUP;
     let view = loop {
         match state.projection.store().task(&tenant, &id)? {

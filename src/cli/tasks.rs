@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::json;
 
-use agentlog::agent::client::new_id;
+use agentlog::agent::client::{MAX_DEADLINE_MS, MAX_DELAY, after_ms, new_id};
 use agentlog::agent::{TaskClient, TaskTopics, dlq};
 use agentlog::config::Config;
 use agentlog::events::wire::WireCodec;
@@ -45,8 +45,14 @@ pub async fn submit(log: &Arc<dyn EventLog>, config: &Config, args: SubmitArgs) 
     let mut task = TaskSubmitted::new(client.meta(&args.tenant), &task_id, &args.agent_type, lane, serde_json::to_vec(&input)?);
     task.ordering_key = args.ordering_key;
     let now = TimestampMicros::now().0;
-    task.not_before = args.delay_ms.map(|ms| TimestampMicros(now + ms as i64 * 1000));
-    task.deadline = args.deadline_ms.map(|ms| TimestampMicros(now + ms as i64 * 1000));
+    if let Some(ms) = args.delay_ms {
+        anyhow::ensure!(ms <= MAX_DELAY.as_millis() as u64, "--delay-ms {ms} is more than {} ms (the retention of the timers topic)", MAX_DELAY.as_millis());
+        task.not_before = after_ms(TimestampMicros(now), ms);
+    }
+    if let Some(ms) = args.deadline_ms {
+        anyhow::ensure!(ms <= MAX_DEADLINE_MS, "--deadline-ms {ms} is more than {MAX_DEADLINE_MS} ms (100 years)");
+        task.deadline = after_ms(TimestampMicros(now), ms);
+    }
     if let Some(n) = args.max_attempts {
         task.max_attempts = n;
     }

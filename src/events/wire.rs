@@ -323,11 +323,14 @@ fn hits_eof(e: &apache_avro::Error) -> bool {
     false
 }
 
+/// The registry client's error as text, URLs masked: `registry.url` may carry credentials
+/// (`https://user:pass@registry`), and reqwest's errors underneath embed the URL whole.
 fn describe(e: &SRCError) -> String {
-    match &e.cause {
+    let text = match &e.cause {
         Some(cause) => format!("{}: {cause}", e.error),
         None => e.error.clone(),
-    }
+    };
+    crate::redact::urls_in(&text)
 }
 
 #[cfg(test)]

@@ -298,6 +298,65 @@ pub async fn submit_past_the_headroom_answers_413(h: &mut Harness) {
     f.stop().await;
 }
 
+/// Credentials in an http agent's URL stay secret (issue 14, item 7): a task failing at such
+/// an agent is dead-lettered, and its outcome, its timeline, its dead letter and the catalog
+/// (as an admin sees it) all answer over HTTP with the password and the query token masked.
+pub async fn url_credentials_never_reach_an_answer(h: &mut Harness) {
+    let (url, agent_server) = http_agent().await;
+    let secret_url = format!("{}?token=t0ken-abc", url.replacen("http://", "http://agent-user:s3cret-pass@", 1));
+    let mut f = Fixture::new(h).await;
+    let (ty, agent) = f.agent_type("http", &format!("runtime = {{ kind = \"http\", url = \"{secret_url}\" }}\n[retry]\nmax_attempts = 1\n")).await;
+    f.start_worker(&ty, &agent, build(&agent.runtime, Duration::from_secs(10)).expect("http"), "http-1");
+    let mut agents = BTreeMap::new();
+    agents.insert(ty.clone(), agent);
+    let dir = tempfile::tempdir().expect("projection dir");
+    let projection = Projection::new(ProjectionStore::open(dir.path()).expect("projection store"), sources(&f.topics, &agents)).expect("projection");
+    let stop = CancellationToken::new();
+    let projector = tokio::spawn(agentlog::projection::run(f.log.clone(), f.codec.clone(), projection.clone(), stop.clone()));
+    // No keys: every caller is an admin and sees the runtime's configuration.
+    let state = Arc::new(ApiState::new(f.log.clone(), f.client.clone(), agents, projection, ApiConfig::default()).expect("api state"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(serve(listener, state, 64 * 1024, stop.clone()));
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let request = http.get(format!("{base}{path}"));
+        async move { request.send().await.expect("answer").json::<Value>().await.expect("json") }
+    };
+
+    let answer = http.post(format!("{base}/v1/tasks?wait_ms=20000")).json(&json!({"agent_type": ty, "input": {"fail": true}})).send().await.expect("submit");
+    assert_eq!(answer.status(), 200, "finished within the wait");
+    let submitted: Value = answer.json().await.expect("json");
+    assert_eq!(submitted["outcome"]["status"], "dead_lettered", "{submitted}");
+    let id = submitted["task_id"].as_str().expect("task id").to_string();
+    let task = get(format!("/v1/tasks/{id}")).await;
+    // The letter is written before the outcome; on Kafka it may show a moment later (5 s).
+    let mut dlq = get("/v1/dlq".into()).await;
+    for _ in 0..50 {
+        if dlq["dead_letters"].as_array().is_some_and(|l| l.iter().any(|d| d["task_id"] == json!(id))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        dlq = get("/v1/dlq".into()).await;
+    }
+    let letter = dlq["dead_letters"].as_array().and_then(|l| l.iter().find(|d| d["task_id"] == json!(id)).cloned()).expect("the dead letter is listed");
+    let catalog = get("/v1/agent-types".into()).await;
+    for (what, answer) in [("the submit", &submitted), ("the task", &task), ("the dead letter", &letter), ("the catalog", &catalog)] {
+        let text = answer.to_string();
+        assert!(!text.contains("s3cret-pass") && !text.contains("t0ken-abc"), "{what} shows the URL's credentials: {text}");
+    }
+    let message = task["outcome"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("agent-user:***@") && message.contains("token=***") && message.contains("503"), "the failure still says where and what: {message}");
+    let runtime = &catalog["agent_types"].as_array().expect("types").iter().find(|t| t["name"] == json!(ty)).expect("listed")["runtime"];
+    assert_eq!(runtime["url"], json!(format!("{}?token=***", url.replacen("http://", "http://agent-user:***@", 1))), "{runtime}");
+
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), projector).await;
+    f.stop().await;
+    agent_server.abort();
+}
+
 async fn high_watermarks(f: &Fixture, topic: &str) -> Vec<i64> {
     let admin = f.log.admin();
     let mut out = Vec::new();

@@ -2,8 +2,12 @@
 //! on stdin, output from stdout.
 //!
 //! Task data never reaches argv or a shell: the program is started directly (no `sh -c`) with
-//! exactly the configured arguments. The environment is the worker's plus metadata only:
-//! `AGENTLOG_TASK_ID`, `AGENTLOG_ATTEMPT`, `AGENTLOG_AGENT_TYPE` and `AGENTLOG_IDEMPOTENCY_KEY`.
+//! exactly the configured arguments. The environment is built, not inherited: the worker's
+//! environment holds the log's and the registry's credentials (SASL passwords,
+//! `AGENTLOG__…` settings), and a program is a tenant's code path. The program gets
+//! [`PASSED_THROUGH`] from the worker (where set), then the agent type's declared `env`
+//! (which may override them), then the task's metadata: `AGENTLOG_TASK_ID`,
+//! `AGENTLOG_ATTEMPT`, `AGENTLOG_AGENT_TYPE` and `AGENTLOG_IDEMPOTENCY_KEY`. Nothing else.
 //!
 //! - exit 0 → completed; output = stdout (at most [`MAX_OUTPUT_BYTES`], else the program is
 //!   killed and the attempt fails with kind `output_too_large`, not retryable), content type
@@ -19,6 +23,7 @@
 //! the tools it started do not outlive the task. Only a descendant that leaves the group on
 //! purpose (`setsid`, as daemons do) escapes.
 
+use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -34,21 +39,41 @@ pub const STDERR_TAIL_BYTES: usize = 2048;
 /// How long a killed program gets to be reaped before the attempt returns anyway.
 const REAP_GRACE: Duration = Duration::from_millis(500);
 
-#[derive(Debug, Clone)]
+/// The worker's variables a program gets (when the worker has them): what finding programs,
+/// a home directory and the locale need, and no credentials.
+pub const PASSED_THROUGH: [&str; 3] = ["PATH", "HOME", "LANG"];
+
+#[derive(Clone)]
 pub struct ExecAgent {
     program: String,
     args: Vec<String>,
+    /// The whole environment but the task's metadata: [`PASSED_THROUGH`] and the declared.
+    env: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for ExecAgent {
+    // The environment's values may be secrets (API keys): only their names are shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecAgent").field("program", &self.program).field("args", &self.args).field("env", &self.env.keys().collect::<Vec<_>>()).finish()
+    }
 }
 
 impl ExecAgent {
-    pub fn new(program: &str, args: Vec<String>) -> Result<Self, RuntimeError> {
+    /// A program run with `args` and, besides [`PASSED_THROUGH`] and the task's metadata,
+    /// exactly the variables of `env`.
+    pub fn new(program: &str, args: Vec<String>, env: BTreeMap<String, String>) -> Result<Self, RuntimeError> {
         if program.is_empty() {
             return Err(RuntimeError::InvalidProgram("the program must not be empty".into()));
         }
         if program.contains('\0') || args.iter().any(|a| a.contains('\0')) {
             return Err(RuntimeError::InvalidProgram("the program and its arguments must not contain NUL".into()));
         }
-        Ok(Self { program: program.to_string(), args })
+        if let Some(name) = env.iter().find(|(k, v)| k.is_empty() || k.contains(['=', '\0']) || v.contains('\0')).map(|(k, _)| k) {
+            return Err(RuntimeError::InvalidProgram(format!("env `{name}`: a name is non-empty without '=' or NUL, a value without NUL")));
+        }
+        let mut full: BTreeMap<String, String> = PASSED_THROUGH.iter().filter_map(|name| std::env::var(name).ok().map(|v| (name.to_string(), v))).collect();
+        full.extend(env);
+        Ok(Self { program: program.to_string(), args, env: full })
     }
 }
 
@@ -155,6 +180,8 @@ impl Agent for ExecAgent {
         }
         let mut child = Command::new(&self.program)
             .args(&self.args)
+            .env_clear()
+            .envs(&self.env)
             .env("AGENTLOG_TASK_ID", &ctx.task_id)
             .env("AGENTLOG_ATTEMPT", ctx.attempt.to_string())
             .env("AGENTLOG_AGENT_TYPE", &ctx.agent_type)

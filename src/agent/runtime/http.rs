@@ -28,6 +28,9 @@
 //! - connection and other transport errors → kind `transient`, retryable;
 //! - request timeout (the agent type's per-attempt timeout) → kind `timeout`, retryable;
 //! - cancel → the request is abandoned (its connection closed), kind `cancelled`.
+//!
+//! Failure messages name the URL with its credentials, query values and fragment masked
+//! ([`crate::redact`]): they travel in outcomes and dead letters that tenants read.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -47,13 +50,15 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
 #[derive(Debug, Clone)]
 pub struct HttpAgent {
     url: reqwest::Url,
+    /// `url` as messages show it, credentials masked.
+    shown: String,
     client: reqwest::Client,
 }
 
 impl HttpAgent {
     /// An agent posting to `url`; `timeout` bounds each request, body included.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, RuntimeError> {
-        let invalid = |reason: String| RuntimeError::InvalidUrl { url: url.to_string(), reason };
+        let invalid = |reason: String| RuntimeError::InvalidUrl { url: crate::redact::url_text(url), reason: crate::redact::urls_in(&reason) };
         let parsed = reqwest::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(invalid(format!("scheme `{}` is not http or https", parsed.scheme())));
@@ -70,8 +75,8 @@ impl HttpAgent {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("agentlog/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| RuntimeError::Client(describe(&e)))?;
-        Ok(Self { url: parsed, client })
+            .map_err(|e| RuntimeError::Client(describe_masked(&e)))?;
+        Ok(Self { shown: crate::redact::url(&parsed), url: parsed, client })
     }
 
     pub fn url(&self) -> &reqwest::Url {
@@ -89,7 +94,7 @@ impl HttpAgent {
             .json(&body)
             .send()
             .await
-            .map_err(|e| transport_failure(&self.url, &e))?;
+            .map_err(|e| transport_failure(&self.shown, &e))?;
         let status = response.status();
         if status.is_success() {
             let content_type = response
@@ -98,12 +103,12 @@ impl HttpAgent {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("application/octet-stream")
                 .to_string();
-            let output = match read_body(&mut response, MAX_OUTPUT_BYTES).await.map_err(|e| transport_failure(&self.url, &e))? {
+            let output = match read_body(&mut response, MAX_OUTPUT_BYTES).await.map_err(|e| transport_failure(&self.shown, &e))? {
                 (body, false) => body,
                 (_, true) => {
                     return Err(AgentFailure::new(
                         kind::OUTPUT_TOO_LARGE,
-                        format!("{} answered with more than {MAX_OUTPUT_BYTES} bytes", self.url),
+                        format!("{} answered with more than {MAX_OUTPUT_BYTES} bytes", self.shown),
                         false,
                     ));
                 }
@@ -118,7 +123,7 @@ impl HttpAgent {
             }
             Err(_) => String::new(),
         };
-        let message = format!("{} answered HTTP {status}: {}", self.url, excerpt.trim());
+        let message = format!("{} answered HTTP {status}: {}", self.shown, excerpt.trim());
         let message = message.trim_end_matches([':', ' ']).to_string();
         Err(match status.as_u16() {
             408 => AgentFailure::new(kind::TIMEOUT, message, true),
@@ -222,14 +227,20 @@ async fn read_body(response: &mut reqwest::Response, limit: usize) -> Result<(By
     Ok((body.freeze(), false))
 }
 
-fn transport_failure(url: &reqwest::Url, e: &reqwest::Error) -> AgentFailure {
+/// `url` is the masked one; reqwest's own text embeds the URL whole, so it is masked too.
+fn transport_failure(url: &str, e: &reqwest::Error) -> AgentFailure {
     if e.is_timeout() {
-        AgentFailure::new(kind::TIMEOUT, format!("{url} did not answer in time: {}", describe(e)), true)
+        AgentFailure::new(kind::TIMEOUT, format!("{url} did not answer in time: {}", describe_masked(e)), true)
     } else if e.is_connect() {
-        AgentFailure::transient(format!("connecting to {url}: {}", describe(e)))
+        AgentFailure::transient(format!("connecting to {url}: {}", describe_masked(e)))
     } else {
-        AgentFailure::transient(format!("calling {url}: {}", describe(e)))
+        AgentFailure::transient(format!("calling {url}: {}", describe_masked(e)))
     }
+}
+
+/// [`describe`] with every URL in the text masked.
+fn describe_masked(e: &dyn std::error::Error) -> String {
+    crate::redact::urls_in(&describe(e))
 }
 
 /// An error with its chain of sources, `: `-separated.

@@ -115,6 +115,7 @@ pub trait Agent: Send + Sync {
 /// Why an agent type's runtime could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    /// `url` is masked ([`crate::redact`]): this error reaches logs.
     #[error("agent url `{url}`: {reason}")]
     InvalidUrl { url: String, reason: String },
     #[error("unknown builtin agent `{name}` (known: {})", known.join(", "))]
@@ -133,7 +134,7 @@ pub fn build(runtime: &crate::agent::RuntimeConfig, timeout: Duration) -> Result
     Ok(match runtime {
         RuntimeConfig::Builtin { name } => Arc::new(builtin::Builtin::by_name(name)?),
         RuntimeConfig::Http { url } => Arc::new(http::HttpAgent::new(url, timeout)?),
-        RuntimeConfig::Exec { program, args } => Arc::new(exec::ExecAgent::new(program, args.clone())?),
+        RuntimeConfig::Exec { program, args, env } => Arc::new(exec::ExecAgent::new(program, args.clone(), env.clone())?),
     })
 }
 
@@ -181,12 +182,12 @@ mod tests {
         let t = Duration::from_secs(5);
         assert!(build(&RuntimeConfig::Builtin { name: "echo".into() }, t).is_ok());
         assert!(build(&RuntimeConfig::Http { url: "http://127.0.0.1:9/agent".into() }, t).is_ok());
-        assert!(build(&RuntimeConfig::Exec { program: "/bin/cat".into(), args: vec![] }, t).is_ok());
+        assert!(build(&RuntimeConfig::Exec { program: "/bin/cat".into(), args: vec![], env: Default::default() }, t).is_ok());
         let err = build(&RuntimeConfig::Http { url: "ftp://example.com/".into() }, t).err().expect("ftp refused");
         assert!(matches!(err, RuntimeError::InvalidUrl { .. }), "{err}");
         let err = build(&RuntimeConfig::Http { url: "not a url".into() }, t).err().expect("garbage refused");
         assert!(matches!(err, RuntimeError::InvalidUrl { .. }), "{err}");
-        let err = build(&RuntimeConfig::Exec { program: String::new(), args: vec![] }, t).err().expect("empty program refused");
+        let err = build(&RuntimeConfig::Exec { program: String::new(), args: vec![], env: Default::default() }, t).err().expect("empty program refused");
         assert!(matches!(err, RuntimeError::InvalidProgram(_)), "{err}");
         let err = build(&RuntimeConfig::Builtin { name: "nope".into() }, t).err().expect("unknown builtin refused");
         assert_eq!(err.to_string(), "unknown builtin agent `nope` (known: echo, sleep, textstats, coordinator)");
