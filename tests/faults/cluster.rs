@@ -42,7 +42,15 @@ static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
 static STARTED_HERE: OnceLock<Cluster> = OnceLock::new();
 
 fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-local.sh")
+    repo_dir().join("scripts/kafka-local.sh")
+}
+
+/// The checkout under test. Read at run time (cargo test sets it) before the compile-time
+/// value: cargo's fingerprints are relative to the workspace, so a binary built in one clone
+/// is reused, unrebuilt, by another clone sharing the target dir, and would otherwise run the
+/// first clone's script (or one that no longer exists).
+pub fn repo_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 impl Cluster {

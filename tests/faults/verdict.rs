@@ -295,7 +295,9 @@ fn reason_kind(why: &str) -> String {
 /// The commit under test, for the record.
 fn commit() -> String {
     std::process::Command::new("git")
-        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "--short", "HEAD"])
+        .arg("-C")
+        .arg(super::cluster::repo_dir())
+        .args(["rev-parse", "--short", "HEAD"])
         .output()
         .ok()
         .filter(|o| o.status.success())
