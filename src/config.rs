@@ -41,14 +41,8 @@ pub struct Config {
     pub projection: crate::projection::ProjectionConfig,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryConfig {
-    /// Address the built-in registry listens on.
-    pub listen: String,
-    /// Registry the codecs use: the built-in one or an external Confluent Schema Registry.
-    pub url: String,
-}
+/// `[registry]`, owned by the registry module.
+pub use crate::registry::RegistryConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,11 +163,9 @@ impl Config {
                 reason: "must name at least one host:port when log.backend = \"kafka\"".into(),
             });
         }
-        if !(self.registry.url.starts_with("http://") || self.registry.url.starts_with("https://")) {
-            return Err(ConfigError::Field {
-                field: "registry.url",
-                reason: format!("`{}` must start with http:// or https://", self.registry.url),
-            });
+        let problems = self.registry.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems.join("; ")));
         }
         let problems: Vec<String> = self.agents.iter().flat_map(|(name, agent)| agent.problems(name)).collect();
         if !problems.is_empty() {

@@ -540,22 +540,22 @@ async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn Ev
         Command::Dlq { action: DlqAction::Resubmit { task, tenant, all } } => cli::tasks::dlq_resubmit(log, config, task, &tenant, all).await?,
         Command::Registry { listen } => {
             let listen = listen.unwrap_or_else(|| config.registry.listen.clone());
-            cli::events::run_registry(log, &config.log.topic_prefix, &listen).await?;
+            cli::events::run_registry(log, config, &listen).await?;
         }
         Command::Schemas { action: SchemasAction::Check { working, released } } => {
             cli::events::check_schemas(&working, &released)?;
         }
         Command::Schemas { action: SchemasAction::Register { registry } } => {
-            let registry = registry.unwrap_or_else(|| config.registry.url.clone());
+            let registry = agentlog::registry::RegistryConfig { url: registry.unwrap_or_else(|| config.registry.url.clone()), ..config.registry.clone() };
             cli::events::register_schemas(&registry, &config.log.topic_prefix, &config.agents).await?;
         }
         Command::Events { action: EventsAction::EmitSample { topic, registry, count } } => {
-            let registry = registry.unwrap_or_else(|| config.registry.url.clone());
+            let registry = agentlog::registry::RegistryConfig { url: registry.unwrap_or_else(|| config.registry.url.clone()), ..config.registry.clone() };
             cli::events::emit_sample(log, &topic, &registry, count).await?;
         }
         Command::Events { action: EventsAction::Read { topic, registry, max, dlq, idle_timeout_ms } } => {
             let dlq = dlq.unwrap_or_else(|| format!("{}dlq", config.log.topic_prefix));
-            let registry = registry.unwrap_or_else(|| config.registry.url.clone());
+            let registry = agentlog::registry::RegistryConfig { url: registry.unwrap_or_else(|| config.registry.url.clone()), ..config.registry.clone() };
             cli::events::read_events(log, &topic, &registry, &dlq, max, Duration::from_millis(idle_timeout_ms)).await?;
         }
         Command::Lag { group, topic } => {

@@ -5,10 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentlog::api::auth::sha256_hex;
+use agentlog::api::{ApiConfig, ApiKeyConfig};
 use agentlog::config::{Backend, Config, LogConfig};
-use agentlog::log::EventLog;
+use agentlog::events::reader::{EventReader, ReadOutcome, error_kind};
+use agentlog::events::wire::{WireCodec, WireError};
+use agentlog::events::{Lane, Meta, TaskSubmitted};
+use agentlog::log::{ConsumerOptions, EventLog, Record, SeekTo, TopicPartition, TopicSpec};
 use agentlog::open::open_log;
-use agentlog::registry::{Registry, RegistryError, serve};
+use agentlog::registry::{Registry, RegistryConfig, RegistryError, bind, serve};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -62,12 +67,17 @@ struct Server {
 
 impl Server {
     async fn start(config: &LogConfig, topic: &str) -> Server {
+        Server::start_with(config, topic, ApiConfig::default(), &RegistryConfig::default()).await
+    }
+
+    /// A server with the access rules of `access` (`[api]`) and the limits of `registry`.
+    async fn start_with(config: &LogConfig, topic: &str, access: ApiConfig, registry: &RegistryConfig) -> Server {
         let log = open_log(config).expect("open log");
         let shutdown = CancellationToken::new();
-        let registry = Registry::open(log.clone(), topic, shutdown.clone()).await.expect("open registry");
+        let registry = Registry::open_with(log.clone(), topic, registry, shutdown.clone()).await.expect("open registry");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("local addr"));
-        let task = tokio::spawn(serve(registry.clone(), listener, shutdown.clone()));
+        let task = tokio::spawn(serve(registry.clone(), listener, access, shutdown.clone()));
         let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("http client");
         Server { log, registry, url, shutdown, task, http }
     }
@@ -87,7 +97,15 @@ impl Server {
     /// As `send`, with the body as raw text (to send what is not JSON). Every answer, errors
     /// included, must carry the registry media type.
     async fn send_text(&self, method: reqwest::Method, path: &str, body: Option<String>) -> (StatusCode, Value) {
+        self.send_with(method, path, body, &[]).await
+    }
+
+    /// As `send_text`, with extra headers (credentials).
+    async fn send_with(&self, method: reqwest::Method, path: &str, body: Option<String>, headers: &[(&str, String)]) -> (StatusCode, Value) {
         let mut request = self.http.request(method, format!("{}{path}", self.url)).header("Accept", CT);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
         if let Some(body) = body {
             request = request.header("Content-Type", CT).body(body);
         }
@@ -401,5 +419,226 @@ async fn verbose_compatibility_lists_why() {
         assert_eq!(terse, (StatusCode::OK, json!({ "is_compatible": false })), "{route}");
     }
 
+    server.stop().await;
+}
+
+const ADMIN_KEY: &str = "sr-admin-key";
+const APP_KEY: &str = "sr-app-key";
+
+/// `[api]` with an admin tenant `ops` and an ordinary tenant `app`.
+fn keyed_access(failure_delay_ms: u64) -> ApiConfig {
+    let key = |tenant: &str, secret: &str| ApiKeyConfig { tenant: tenant.into(), sha256: sha256_hex(secret) };
+    ApiConfig {
+        keys: vec![key("ops", ADMIN_KEY), key("app", APP_KEY)],
+        admin_tenants: vec!["ops".into()],
+        auth_failure_delay_ms: failure_delay_ms,
+        ..ApiConfig::default()
+    }
+}
+
+fn bearer(key: &str) -> Vec<(&'static str, String)> {
+    vec![("Authorization", format!("Bearer {key}"))]
+}
+
+/// What Confluent clients send from `basic.auth.user.info = user:<key>`.
+fn basic(key: &str) -> Vec<(&'static str, String)> {
+    let pair = format!("any-user:{key}");
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut encoded = String::new();
+    for chunk in pair.as_bytes().chunks(3) {
+        let bits = chunk.iter().enumerate().fold(0u32, |bits, (i, b)| bits | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            encoded.push(if i <= chunk.len() { alphabet[(bits >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+        }
+    }
+    vec![("Authorization", format!("Basic {encoded}"))]
+}
+
+/// With keys: reads need any valid key, writes an admin tenant's, except registering what is
+/// already registered; refusals are Confluent-shaped and held `auth_failure_delay_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_let_any_tenant_read_and_only_admins_write() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start_with(&embedded_config(&dir), "agentlog.schemas", keyed_access(100), &RegistryConfig::default()).await;
+    let subject = "orders-io.agentlog.test.Order";
+    let versions = format!("/subjects/{subject}/versions");
+    let body = |schema: &str| Some(json!({ "schema": schema }).to_string());
+    let post = reqwest::Method::POST;
+
+    let started = std::time::Instant::now();
+    let answer = server.send_with(post.clone(), &versions, body(V1), &[]).await;
+    assert_error(&answer, StatusCode::UNAUTHORIZED, 40101);
+    assert!(started.elapsed() >= Duration::from_millis(100), "a 401 is held api.auth_failure_delay_ms");
+    assert_error(&server.send_with(post.clone(), &versions, body(V1), &bearer("not-a-key")).await, StatusCode::UNAUTHORIZED, 40101);
+    assert_error(&server.send_with(post.clone(), &versions, body(V1), &bearer(APP_KEY)).await, StatusCode::FORBIDDEN, 40301);
+    assert_eq!(server.send_with(post.clone(), &versions, body(V1), &bearer(ADMIN_KEY)).await, (StatusCode::OK, json!({ "id": 1 })));
+
+    // Reads: any key, in any of the three forms; none is 401. `GET /` (health) needs none.
+    assert_error(&server.get("/subjects").await, StatusCode::UNAUTHORIZED, 40101);
+    for headers in [bearer(APP_KEY), vec![("Authorization", format!("bEaReR {APP_KEY}"))], vec![("x-api-key", APP_KEY.to_owned())], basic(APP_KEY)] {
+        assert_eq!(server.send_with(reqwest::Method::GET, "/subjects", None, &headers).await, (StatusCode::OK, json!([subject])), "{headers:?}");
+    }
+    assert_eq!(server.get("/").await, (StatusCode::OK, json!({})));
+    let lookup = server.send_with(post.clone(), &format!("/subjects/{subject}"), body(V1), &basic(APP_KEY)).await;
+    assert_eq!((lookup.0, lookup.1["id"].clone()), (StatusCode::OK, json!(1)), "{lookup:?}");
+    let compatible = server.send_with(post.clone(), &format!("/compatibility/subjects/{subject}/versions/latest"), body(V2), &bearer(APP_KEY)).await;
+    assert_eq!(compatible, (StatusCode::OK, json!({ "is_compatible": true })));
+
+    // auto.register.schemas=true against an applied catalog: registering what is there is a
+    // lookup any key may do; a new version is a write.
+    assert_eq!(server.send_with(post.clone(), &versions, body(V1), &basic(APP_KEY)).await, (StatusCode::OK, json!({ "id": 1 })));
+    assert_error(&server.send_with(post.clone(), &versions, body(V2), &basic(APP_KEY)).await, StatusCode::FORBIDDEN, 40301);
+    assert_eq!(server.send_with(post.clone(), &versions, body(V2), &basic(ADMIN_KEY)).await, (StatusCode::OK, json!({ "id": 2 })));
+
+    let config = Some(json!({ "compatibility": "FULL" }).to_string());
+    for (method, path) in [(reqwest::Method::PUT, "/config".to_owned()), (reqwest::Method::PUT, format!("/config/{subject}")), (reqwest::Method::DELETE, format!("{versions}/2"))] {
+        let body = if method == reqwest::Method::PUT { config.clone() } else { None };
+        assert_error(&server.send_with(method.clone(), &path, body.clone(), &bearer(APP_KEY)).await, StatusCode::FORBIDDEN, 40301);
+        let done = server.send_with(method.clone(), &path, body, &bearer(ADMIN_KEY)).await;
+        assert_eq!(done.0, StatusCode::OK, "{method} {path}: {:?}", done.1);
+    }
+    server.stop().await;
+}
+
+/// Without keys the registry serves this machine only: a non-loopback address is refused at
+/// start-up, and a request naming a foreign Host (DNS rebinding) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_keys_only_this_machine_is_served() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(&embedded_config(&dir), "agentlog.schemas").await;
+    let refused = bind("0.0.0.0:0", &ApiConfig::default()).await.expect_err("bind refuses");
+    assert!(matches!(refused, RegistryError::NotLoopback { .. }), "{refused}");
+    assert!(refused.to_string().contains("api.keys"), "{refused}");
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.expect("bind");
+    let served = serve(server.registry.clone(), listener, ApiConfig::default(), CancellationToken::new()).await;
+    assert!(matches!(served, Err(RegistryError::NotLoopback { .. })), "{served:?}");
+    // With keys the same address is fine.
+    drop(bind("0.0.0.0:0", &keyed_access(0)).await.expect("keys allow any address"));
+
+    let foreign = server.send_with(reqwest::Method::GET, "/subjects", None, &[("Host", "evil.example".to_owned())]).await;
+    assert_error(&foreign, StatusCode::FORBIDDEN, 40301);
+    assert_eq!(server.get("/subjects").await, (StatusCode::OK, json!([])));
+    server.stop().await;
+}
+
+fn enum_schema(name: &str, symbols: usize) -> String {
+    let symbols: Vec<String> = (0..symbols).map(|i| format!("\"S{i:x}\"")).collect();
+    format!(r#"{{"type":"enum","name":"{name}","namespace":"io.agentlog.test","symbols":[{}]}}"#, symbols.join(","))
+}
+
+/// Schemas that crash or hang apache-avro are refused before it sees them, naming the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_schemas_are_refused_naming_the_limit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Room in bytes for the deep chain, so its depth is what is refused.
+    let limits = RegistryConfig { max_schema_bytes: 1024 * 1024, ..RegistryConfig::default() };
+    let server = Server::start_with(&embedded_config(&dir), "agentlog.schemas", ApiConfig::default(), &limits).await;
+    let recursive = r#"{"type":"record","name":"R","fields":[{"name":"r","type":"R"}]}"#.to_owned();
+    let huge_fixed = r#"{"type":"fixed","name":"F","size":1000000000000}"#.to_owned();
+    let mut chain = String::new();
+    for i in 0..11_000 {
+        chain.push_str(&format!(r#"{{"type":"record","name":"R{i}","fields":[{{"name":"f","type":"#));
+    }
+    chain.push_str(r#""string""#);
+    chain.push_str(&"}]}".repeat(11_000));
+    for (schema, names) in [(recursive, "contains itself"), (huge_fixed, "registry.max_fixed_size"), (chain, "registry.max_schema_depth")] {
+        let answer = server.register("hostile", &schema).await;
+        assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, 42201);
+        assert!(answer.1["message"].as_str().is_some_and(|m| m.contains(names)), "{names}: {:?}", answer.1);
+    }
+    // Enum symbols: the default limit (10,000) is accepted against an existing version; one
+    // more is refused, naming the key.
+    let subject = "colors-io.agentlog.test.Color";
+    assert_eq!(server.register(subject, &enum_schema("Color", 9_999)).await.0, StatusCode::OK);
+    let started = std::time::Instant::now();
+    assert_eq!(server.register(subject, &enum_schema("Color", 10_000)).await.0, StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(5), "checked within the default budget: {:?}", started.elapsed());
+    let answer = server.register(subject, &enum_schema("Color", 10_001)).await;
+    assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, 42201);
+    assert!(answer.1["message"].as_str().is_some_and(|m| m.contains("registry.max_enum_symbols")), "{:?}", answer.1);
+    server.stop().await;
+}
+
+/// A compatibility check over its budget is refused naming the budget, and meanwhile the
+/// server answers other requests at once: the check runs off the async threads. One worker
+/// thread, so a check run on it would hold up everything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_slow_compatibility_check_is_cut_at_its_budget_and_blocks_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let limits = RegistryConfig { max_enum_symbols: 200_000, max_schema_bytes: 4 * 1024 * 1024, compatibility_timeout_ms: 100, ..RegistryConfig::default() };
+    let server = Arc::new(Server::start_with(&embedded_config(&dir), "agentlog.schemas", ApiConfig::default(), &limits).await);
+    let subject = "big-io.agentlog.test.Big";
+    // Quadratic in symbols: 60,000 take well over the 100 ms budget.
+    assert_eq!(server.register(subject, &enum_schema("Big", 60_000)).await.0, StatusCode::OK);
+
+    let done = CancellationToken::new();
+    let probe = {
+        let (server, done) = (server.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            while !done.is_cancelled() {
+                let started = std::time::Instant::now();
+                assert_eq!(server.get("/").await.0, StatusCode::OK);
+                slowest = slowest.max(started.elapsed());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            slowest
+        })
+    };
+    let started = std::time::Instant::now();
+    let answer = server.register(subject, &enum_schema("Big", 60_001)).await;
+    let took = started.elapsed();
+    done.cancel();
+    let slowest = probe.await.expect("probe");
+    assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, 42201);
+    assert!(answer.1["message"].as_str().is_some_and(|m| m.contains("registry.compatibility_timeout_ms")), "{:?}", answer.1);
+    assert!(took < Duration::from_secs(2), "refused at the budget, not after the check: {took:?}");
+    assert!(slowest < Duration::from_millis(50), "GET / took {slowest:?} during the check");
+    let Ok(server) = Arc::try_unwrap(server) else { panic!("the probe still holds the server") };
+    server.stop().await;
+}
+
+/// agentlog's own codecs send `registry.api_key`; a writer schema over the limits (from a
+/// registry that allows more) is a typed error, and readers dead-letter its records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codecs_send_the_registry_key_and_refuse_writer_schemas_over_the_limits() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let generous = RegistryConfig { max_enum_symbols: 100_000, ..RegistryConfig::default() };
+    let server = Server::start_with(&embedded_config(&dir), "agentlog.schemas", keyed_access(0), &generous).await;
+    let topic = unique("tasks");
+    let event = TaskSubmitted::new(Meta::new("evt-1", "app", "test"), "task-1", "echo", Lane::High, b"{}".to_vec());
+
+    let keyless = WireCodec::from_config(&RegistryConfig { url: server.url.clone(), ..RegistryConfig::default() }).expect("codec");
+    assert!(keyless.encode(&topic, &event).await.is_err(), "a codec without the key is refused");
+    let keyed = RegistryConfig { url: server.url.clone(), api_key: ADMIN_KEY.into(), ..RegistryConfig::default() };
+    let codec = Arc::new(WireCodec::from_config(&keyed).expect("codec"));
+    let payload = codec.encode(&topic, &event).await.expect("encode registers with the key");
+    assert_eq!(codec.decode::<TaskSubmitted>(&payload).await.expect("decode").1.task_id, "task-1");
+
+    // 20,000 symbols: within this registry's limits, over the codec's (10,000).
+    let registered = server.send_with(reqwest::Method::POST, "/subjects/wide/versions", Some(json!({ "schema": enum_schema("Wide", 20_000) }).to_string()), &bearer(ADMIN_KEY)).await;
+    assert_eq!(registered.0, StatusCode::OK, "{:?}", registered.1);
+    let id = registered.1["id"].as_u64().expect("id") as u32;
+    let mut hostile = vec![0u8];
+    hostile.extend_from_slice(&id.to_be_bytes());
+    hostile.push(0);
+    let refused = codec.decode_value(&hostile).await.expect_err("over the limits");
+    assert!(matches!(&refused, WireError::SchemaOverLimits { id: refused_id, .. } if *refused_id == id), "{refused}");
+    assert_eq!(error_kind(&refused), "schema_over_limits");
+
+    let log = server.log.clone();
+    log.admin().create_topic(&TopicSpec::new(topic.clone(), 1)).await.expect("topic");
+    let dlq = unique("dlq");
+    log.admin().create_topic(&TopicSpec::new(dlq.clone(), 1)).await.expect("dlq topic");
+    let producer = log.producer().expect("producer");
+    producer.send(Record::new(topic.clone(), hostile)).await.expect("send").await.expect("durable");
+    let mut consumer = log.consumer(ConsumerOptions::default()).expect("consumer");
+    consumer.assign(&[(TopicPartition::new(topic.clone(), 0), SeekTo::Earliest)]).await.expect("assign");
+    let mut reader = EventReader::<TaskSubmitted>::new(consumer, codec.clone(), producer, dlq);
+    match tokio::time::timeout(Duration::from_secs(30), reader.next()).await.expect("in time").expect("read") {
+        ReadOutcome::DeadLettered { error: WireError::SchemaOverLimits { .. }, .. } => {}
+        other => panic!("expected a dead letter for the schema over the limits, got {other:?}"),
+    }
+    drop(reader);
     server.stop().await;
 }

@@ -24,6 +24,13 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 
+/// Whether a server may listen on `address`: without keys only on a loopback address, since
+/// anyone who reaches it could otherwise change what it serves. Shared by the API and the
+/// schema registry.
+pub fn may_listen(address: &SocketAddr, keys_configured: bool) -> bool {
+    keys_configured || address.ip().is_loopback()
+}
+
 /// The checks of loopback mode, for a server on `port`.
 #[derive(Debug, Clone, Copy)]
 pub struct Guard {

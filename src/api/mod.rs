@@ -311,7 +311,7 @@ pub fn router(state: Arc<ApiState>, max_body_bytes: usize, bound: SocketAddr) ->
 /// Binds `config.listen`; a non-loopback address needs API keys.
 pub async fn bind(config: &ApiConfig) -> Result<TcpListener, ApiStartError> {
     let address: SocketAddr = config.listen.parse().map_err(|_| ApiStartError::BadAddress(config.listen.clone()))?;
-    if !address.ip().is_loopback() && config.keys.is_empty() {
+    if !loopback::may_listen(&address, !config.keys.is_empty()) {
         return Err(ApiStartError::NotLoopback(config.listen.clone()));
     }
     TcpListener::bind(address).await.map_err(|source| ApiStartError::Bind { address: config.listen.clone(), source })

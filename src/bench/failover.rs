@@ -104,7 +104,7 @@ pub async fn run_failover_bench(log: Arc<dyn EventLog>, config: &LogConfig) -> R
     let registry = Registry::open(log.clone(), &format!("{}schemas", topics.prefix()), stop.clone()).await.map_err(|e| setup(&e))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| setup(&e))?;
     let url = format!("http://{}", listener.local_addr().map_err(|e| setup(&e))?);
-    let server = tokio::spawn(serve(registry.clone(), listener, stop.clone()));
+    let server = tokio::spawn(serve(registry.clone(), listener, crate::api::ApiConfig::default(), stop.clone()));
     let result = measure(&log, config, &topics, &url).await;
     stop.cancel();
     let _ = server.await;

@@ -122,7 +122,7 @@ pub async fn run_projection_bench(log: Arc<dyn EventLog>, options: &ProjectionBe
     let registry = Registry::open(log.clone(), &format!("{}schemas", topics.prefix()), stop.clone()).await.map_err(|e| BenchError::Setup(e.to_string()))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| BenchError::Setup(e.to_string()))?;
     let url = format!("http://{}", listener.local_addr().map_err(|e| BenchError::Setup(e.to_string()))?);
-    let server = tokio::spawn(serve(registry.clone(), listener, stop.clone()));
+    let server = tokio::spawn(serve(registry.clone(), listener, crate::api::ApiConfig::default(), stop.clone()));
     let codec = Arc::new(WireCodec::new(&url).map_err(|e| BenchError::Setup(e.to_string()))?);
     let dir = std::env::temp_dir().join(format!("agentlog-bench-projection-{suffix}"));
 

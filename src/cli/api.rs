@@ -67,16 +67,16 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
     let mut registry = None;
     let registry_url = if log.backend() == "embedded" {
         let topic = format!("{}schemas", config.log.topic_prefix);
-        let reg = agentlog::registry::Registry::open(log.clone(), &topic, shutdown.clone()).await.context("opening the schema registry")?;
-        let listener = tokio::net::TcpListener::bind(&config.registry.listen).await.with_context(|| format!("binding {}", config.registry.listen))?;
+        let reg = agentlog::registry::Registry::open_with(log.clone(), &topic, &config.registry, shutdown.clone()).await.context("opening the schema registry")?;
+        let listener = agentlog::registry::bind(&config.registry.listen, &config.api).await.with_context(|| format!("binding {}", config.registry.listen))?;
         let url = format!("http://{}", listener.local_addr()?);
-        registry = Some((reg.clone(), tokio::spawn(agentlog::registry::serve(reg, listener, shutdown.clone()))));
+        registry = Some((reg.clone(), tokio::spawn(agentlog::registry::serve(reg, listener, config.api.clone(), shutdown.clone()))));
         println!("schema registry on {url}");
         url
     } else {
         config.registry.url.clone()
     };
-    let codec = Arc::new(WireCodec::new(&registry_url)?);
+    let codec = Arc::new(WireCodec::from_config(&agentlog::registry::RegistryConfig { url: registry_url, ..config.registry.clone() })?);
     let mut api = start(log, config, codec).await?;
     println!("projection at {} (reading {} topics)", config.projection.dir.display(), api.projection.sources().len());
     println!("HTTP API on {}", api.url);

@@ -12,19 +12,19 @@ use tokio_util::sync::CancellationToken;
 use agentlog::config::Config;
 use agentlog::events::wire::WireCodec;
 use agentlog::log::EventLog;
-use agentlog::registry::{Registry, serve};
+use agentlog::registry::{Registry, RegistryConfig, bind, serve};
 
 pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let topic = format!("{}schemas", config.log.topic_prefix);
-    let registry = Registry::open(log.clone(), &topic, shutdown.clone()).await.context("opening the schema registry")?;
-    let listener = tokio::net::TcpListener::bind(&config.registry.listen).await.with_context(|| format!("binding {}", config.registry.listen))?;
+    let registry = Registry::open_with(log.clone(), &topic, &config.registry, shutdown.clone()).await.context("opening the schema registry")?;
+    let listener = bind(&config.registry.listen, &config.api).await.with_context(|| format!("binding {}", config.registry.listen))?;
     let registry_url = format!("http://{}", listener.local_addr()?);
-    let server = tokio::spawn(serve(registry.clone(), listener, shutdown.clone()));
+    let server = tokio::spawn(serve(registry.clone(), listener, config.api.clone(), shutdown.clone()));
     println!("schema registry on {registry_url}");
 
     // The codecs talk to the registry this process serves, wherever `registry.url` points.
-    let codec = Arc::new(WireCodec::new(&registry_url)?);
+    let codec = Arc::new(WireCodec::from_config(&RegistryConfig { url: registry_url.clone(), ..config.registry.clone() })?);
     let work = CancellationToken::new();
     let supervisor = super::worker::spawn_supervisor(log, config, codec.clone(), work.clone());
     let mut workers = Vec::new();

@@ -8,27 +8,28 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use schema_registry_converter::async_impl::schema_registry::{SrSettings, post_schema};
+use schema_registry_converter::async_impl::schema_registry::post_schema;
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use agentlog::events::reader::{EventReader, ReadOutcome};
-use agentlog::events::wire::WireCodec;
+use agentlog::config::Config;
+use agentlog::events::wire::{WireCodec, registry_settings};
 use agentlog::agent::AgentTypeConfig;
 use agentlog::events::{Event, Lane, Meta, TaskSubmitted, all_schemas, check_evolution, topic_of};
 use agentlog::log::{ConsumerOptions, EventLog, Record, SeekTo, TopicPartition, TopicSpec};
-use agentlog::registry::{Registry, serve};
+use agentlog::registry::{Registry, RegistryConfig, bind, serve};
 
 /// Serves the built-in schema registry until Ctrl-C or SIGTERM.
-pub async fn run_registry(log: &Arc<dyn EventLog>, topic_prefix: &str, listen: &str) -> anyhow::Result<()> {
+pub async fn run_registry(log: &Arc<dyn EventLog>, config: &Config, listen: &str) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let topic = format!("{topic_prefix}schemas");
-    let registry = Registry::open(log.clone(), &topic, shutdown.clone()).await.context("opening the schema registry")?;
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let topic = format!("{}schemas", config.log.topic_prefix);
+    let registry = Registry::open_with(log.clone(), &topic, &config.registry, shutdown.clone()).await.context("opening the schema registry")?;
+    let listener = bind(listen, &config.api).await.with_context(|| format!("binding {listen}"))?;
     println!("schema registry on http://{} (schemas on topic {topic})", listener.local_addr()?);
     println!("ready; Ctrl-C to stop");
-    let server = tokio::spawn(serve(registry.clone(), listener, shutdown.clone()));
+    let server = tokio::spawn(serve(registry.clone(), listener, config.api.clone(), shutdown.clone()));
     super::shutdown_signal().await;
     shutdown.cancel();
     let served = server.await.context("registry server task")?;
@@ -48,9 +49,9 @@ pub fn check_schemas(working: &Path, released: &Path) -> anyhow::Result<()> {
 /// each topic it is written to, `TaskSubmitted` under every lane topic of every declared agent
 /// type. Registering those up front matters: a producer that may not register schemas itself
 /// (`auto.register.schemas=false`, the usual locked-down setting) only looks its subject up,
-/// and would find none until agentlog had written to that lane.
-pub async fn register_schemas(registry_url: &str, topic_prefix: &str, agents: &BTreeMap<String, AgentTypeConfig>) -> anyhow::Result<()> {
-    let settings = SrSettings::new(registry_url.to_string());
+/// and would find none until agentlog had written to that lane. Sends `registry.api_key`.
+pub async fn register_schemas(registry: &RegistryConfig, topic_prefix: &str, agents: &BTreeMap<String, AgentTypeConfig>) -> anyhow::Result<()> {
+    let settings = registry_settings(registry)?;
     for (name, avsc) in all_schemas() {
         let subjects = subjects_of(name, topic_prefix, agents);
         if subjects.is_empty() {
@@ -90,8 +91,8 @@ pub async fn create_topic(log: &Arc<dyn EventLog>, name: &str, partitions: i32, 
 
 /// Writes `count` sample TaskSubmitted events (task ids `sample-0`, …) in Confluent's wire
 /// format: what a downstream client should be able to read with its own deserializer.
-pub async fn emit_sample(log: &Arc<dyn EventLog>, topic: &str, registry_url: &str, count: u32) -> anyhow::Result<()> {
-    let codec = WireCodec::new(registry_url)?;
+pub async fn emit_sample(log: &Arc<dyn EventLog>, topic: &str, registry: &RegistryConfig, count: u32) -> anyhow::Result<()> {
+    let codec = WireCodec::from_config(registry)?;
     let producer = log.producer()?;
     for i in 0..count {
         let task_id = format!("sample-{i}");
@@ -110,12 +111,12 @@ pub async fn emit_sample(log: &Arc<dyn EventLog>, topic: &str, registry_url: &st
 pub async fn read_events(
     log: &Arc<dyn EventLog>,
     topic: &str,
-    registry_url: &str,
+    registry: &RegistryConfig,
     dlq_topic: &str,
     max: u64,
     idle: Duration,
 ) -> anyhow::Result<()> {
-    let codec = Arc::new(WireCodec::new(registry_url)?);
+    let codec = Arc::new(WireCodec::from_config(registry)?);
     let partitions = log.admin().describe_topic(topic).await?.partitions;
     let mut consumer = log.consumer(ConsumerOptions::default())?;
     let parts: Vec<(TopicPartition, SeekTo)> =

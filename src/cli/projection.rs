@@ -25,14 +25,15 @@ pub struct LocalCodec {
 impl LocalCodec {
     pub async fn open(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<LocalCodec> {
         if log.backend() != "embedded" {
-            return Ok(LocalCodec { codec: Arc::new(WireCodec::new(&config.registry.url)?), registry: None });
+            return Ok(LocalCodec { codec: Arc::new(WireCodec::from_config(&config.registry)?), registry: None });
         }
         let stop = CancellationToken::new();
-        let registry = Registry::open(log.clone(), &format!("{}schemas", config.log.topic_prefix), stop.clone()).await.context("opening the schema registry")?;
+        let registry = Registry::open_with(log.clone(), &format!("{}schemas", config.log.topic_prefix), &config.registry, stop.clone()).await.context("opening the schema registry")?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
-        let server = tokio::spawn(serve(registry.clone(), listener, stop.clone()));
-        Ok(LocalCodec { codec: Arc::new(WireCodec::new(&url)?), registry: Some((registry, server, stop)) })
+        let server = tokio::spawn(serve(registry.clone(), listener, config.api.clone(), stop.clone()));
+        let codec = WireCodec::from_config(&agentlog::registry::RegistryConfig { url, ..config.registry.clone() })?;
+        Ok(LocalCodec { codec: Arc::new(codec), registry: Some((registry, server, stop)) })
     }
 
     pub async fn close(self) {

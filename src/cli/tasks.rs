@@ -27,7 +27,7 @@ pub struct SubmitArgs {
 }
 
 fn client(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<TaskClient> {
-    let codec = Arc::new(WireCodec::new(&config.registry.url)?);
+    let codec = Arc::new(WireCodec::from_config(&config.registry)?);
     Ok(TaskClient::new(log, codec, TaskTopics::new(config.log.topic_prefix.clone()), "cli")?)
 }
 

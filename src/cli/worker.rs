@@ -76,7 +76,7 @@ pub fn print_report(agent_type: &str, r: &WorkerReport) {
 }
 
 pub async fn run(log: &Arc<dyn EventLog>, config: &Config, agent_type: &str, concurrency: Option<u32>, drain_timeout: Duration) -> anyhow::Result<()> {
-    let codec = Arc::new(WireCodec::new(&config.registry.url)?);
+    let codec = Arc::new(WireCodec::from_config(&config.registry)?);
     let shutdown = CancellationToken::new();
     let mut worker = spawn_worker(log, config, codec, agent_type, concurrency, drain_timeout, shutdown.clone())?;
     println!("worker for `{agent_type}` running on the {} log at {}; Ctrl-C or SIGTERM drains", log.backend(), log.location());
@@ -94,7 +94,7 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config, agent_type: &str, con
 }
 
 pub async fn run_supervisor_command(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()> {
-    let codec = Arc::new(WireCodec::new(&config.registry.url)?);
+    let codec = Arc::new(WireCodec::from_config(&config.registry)?);
     let shutdown = CancellationToken::new();
     let mut supervisor = spawn_supervisor(log, config, codec, shutdown.clone());
     println!("supervisor running on the {} log at {}; Ctrl-C or SIGTERM stops it", log.backend(), log.location());

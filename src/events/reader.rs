@@ -59,6 +59,7 @@ pub fn error_kind(error: &WireError) -> &'static str {
         WireError::UnknownSchemaId { .. } => "unknown_schema_id",
         WireError::Corrupt { .. } => "corrupt",
         WireError::Unresolvable { .. } => "unresolvable",
+        WireError::SchemaOverLimits { .. } => "schema_over_limits",
         WireError::Registry { .. } => "registry",
         WireError::Rejected { .. } => "rejected",
         WireError::Encode { .. } => "encode",

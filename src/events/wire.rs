@@ -10,6 +10,11 @@
 //! subject and by id: after the first record of a type (encode) or of an id (decode) the hot
 //! path makes no HTTP call. The framing is checked here before anything else, and the datum is
 //! decoded here (with the cached writer schema), so each failure has a precise [`WireError`].
+//!
+//! A writer schema is held to the registry's limits ([`crate::registry::SchemaLimits`])
+//! before apache-avro parses it: the registry may be an external one, and a hostile schema
+//! crashes or hangs the parser and the decoder. One over the limits is a
+//! [`WireError::SchemaOverLimits`], which readers dead-letter like any record they cannot read.
 
 use std::any::TypeId;
 use std::collections::HashMap;
@@ -22,11 +27,13 @@ use apache_avro::schema::ResolvedSchema;
 use apache_avro::types::Value;
 use apache_avro::{AvroSchema, Schema};
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
-use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::async_impl::schema_registry::{SrSettings, get_schema_by_id};
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{RawError, SchemaType, SubjectNameStrategy, SuppliedSchema};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::registry::{RegistryConfig, SchemaLimits};
 
 /// The first byte of every Confluent-framed payload.
 pub const MAGIC_BYTE: u8 = 0;
@@ -60,6 +67,11 @@ pub enum WireError {
     /// versions, or invalid).
     #[error("schema registry rejected the schema for subject `{subject}`: {reason}")]
     Rejected { subject: String, reason: String },
+
+    /// The writer schema of the record is over this process's schema limits (or recursive):
+    /// it is not parsed, and the record cannot be read.
+    #[error("the writer schema with id {id} is refused: {reason}")]
+    SchemaOverLimits { id: u32, reason: String },
 
     /// The value does not fit its own schema, or the type has no named schema.
     #[error("cannot encode the value: {reason}")]
@@ -99,6 +111,11 @@ type FastReader = Arc<GenericDatumReader<'static>>;
 pub struct WireCodec {
     encoder: AvroEncoder,
     decoder: AvroDecoder,
+    /// For fetching a writer schema's text, to check it before the decoder parses it.
+    settings: SrSettings,
+    limits: SchemaLimits,
+    /// Per writer schema id: whether its text is within the limits (checked once per id).
+    checked: RwLock<HashMap<u32, Result<(), WireError>>>,
     /// Per Rust type: computed once, since deriving and serializing a schema is not free.
     types: RwLock<HashMap<TypeId, Arc<TypeSchema>>>,
     /// Per Rust type and topic: the registry id its schema has under that topic's subject.
@@ -110,27 +127,70 @@ pub struct WireCodec {
     writer_names: RwLock<HashMap<u32, Arc<str>>>,
 }
 
+/// The registry client settings of `config`: its `url`, a bounded request timeout, and
+/// `api_key` (when set) as `Authorization: Bearer`.
+pub fn registry_settings(config: &RegistryConfig) -> Result<SrSettings, WireError> {
+    let mut builder = SrSettings::new_builder(config.url.trim_end_matches('/').to_owned());
+    builder.set_timeout(REGISTRY_TIMEOUT);
+    if !config.api_key.is_empty() {
+        builder.set_token_authorization(&config.api_key);
+    }
+    builder.build().map_err(|e| WireError::Registry { reason: describe(&e) })
+}
+
 impl WireCodec {
     /// A codec for the registry at `registry_url` (e.g. `http://127.0.0.1:8081`), with a
-    /// bounded request timeout.
+    /// bounded request timeout, no key and the default schema limits.
     pub fn new(registry_url: &str) -> Result<Self, WireError> {
-        let settings = SrSettings::new_builder(registry_url.trim_end_matches('/').to_owned())
-            .set_timeout(REGISTRY_TIMEOUT)
-            .build()
-            .map_err(|e| WireError::Registry { reason: describe(&e) })?;
-        Ok(Self::with_settings(settings))
+        Self::from_config(&RegistryConfig { url: registry_url.to_owned(), ..RegistryConfig::default() })
     }
 
-    /// A codec with caller-built settings (authentication, several URLs, proxy choices).
+    /// The codec of `[registry]`: its `url`, its `api_key` and its schema limits. What every
+    /// agentlog process encodes and decodes with.
+    pub fn from_config(config: &RegistryConfig) -> Result<Self, WireError> {
+        Ok(Self::with_settings(registry_settings(config)?).with_limits(SchemaLimits::of(config)))
+    }
+
+    /// A codec with caller-built settings (authentication, several URLs, proxy choices) and
+    /// the default schema limits.
     pub fn with_settings(settings: SrSettings) -> Self {
         Self {
             encoder: AvroEncoder::new(settings.clone()),
-            decoder: AvroDecoder::new(settings),
+            decoder: AvroDecoder::new(settings.clone()),
+            settings,
+            limits: SchemaLimits::default(),
+            checked: RwLock::new(HashMap::new()),
             types: RwLock::new(HashMap::new()),
             ids: RwLock::new(HashMap::new()),
             readers: RwLock::new(HashMap::new()),
             writer_names: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The same codec holding writer schemas to `limits`.
+    pub fn with_limits(mut self, limits: SchemaLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The writer schema of `id`, parsed by the decoder (and cached there) only once its text
+    /// is known to be within the limits.
+    async fn writer_schema(&self, id: u32) -> Result<Arc<schema_registry_converter::avro_common::AvroSchema>, WireError> {
+        let verdict = self.checked.read().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
+        let verdict = match verdict {
+            Some(verdict) => verdict,
+            None => {
+                let raw = get_schema_by_id(id, &self.settings).await.map_err(|e| self.lookup_error(id, e))?;
+                let verdict = self.limits.check(&raw.schema).map_err(|refused| WireError::SchemaOverLimits { id, reason: refused.to_string() });
+                if let Err(error) = &verdict {
+                    tracing::warn!(id, %error, "refusing a writer schema over the limits");
+                }
+                self.checked.write().unwrap_or_else(|e| e.into_inner()).insert(id, verdict.clone());
+                verdict
+            }
+        };
+        verdict?;
+        self.decoder.get_schema(id).await.map_err(|e| self.lookup_error(id, e))
     }
 
     /// The subject a `T` is registered under on `topic` (TopicRecordNameStrategy).
@@ -209,7 +269,7 @@ impl WireCodec {
         if let Some(found) = cached {
             return Ok(found);
         }
-        let writer = self.decoder.get_schema(id).await.map_err(|e| self.lookup_error(id, e))?;
+        let writer = self.writer_schema(id).await?;
         let reader = if writer.parsed.canonical_form() == ty.reader.canonical_form() {
             let leaked: &'static Schema = Box::leak(Box::new(writer.parsed.clone()));
             let built = GenericDatumReader::builder(leaked).build().map_err(|e| WireError::Unresolvable { id, reason: format!("writer schema unusable: {e}") })?;
@@ -228,7 +288,7 @@ impl WireCodec {
         if let Some(name) = self.writer_names.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
             return Ok(Arc::clone(name));
         }
-        let writer = self.decoder.get_schema(id).await.map_err(|e| self.lookup_error(id, e))?;
+        let writer = self.writer_schema(id).await?;
         let name: Arc<str> = writer
             .parsed
             .name()
@@ -246,7 +306,7 @@ impl WireCodec {
 
     async fn decode_with_writer(&self, bytes: &[u8]) -> Result<(u32, Value, Arc<schema_registry_converter::avro_common::AvroSchema>), WireError> {
         let (id, datum) = split_frame(bytes)?;
-        let schema = self.decoder.get_schema(id).await.map_err(|e| self.lookup_error(id, e))?;
+        let schema = self.writer_schema(id).await?;
         let unusable = |e: apache_avro::Error| WireError::Unresolvable { id, reason: format!("writer schema unusable: {e}") };
         let names = ResolvedSchema::try_from(&schema.parsed).map_err(unusable)?;
         let reader = GenericDatumReader::builder(&schema.parsed).resolved_writer_schemata(names.clone()).build().map_err(unusable)?;

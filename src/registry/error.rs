@@ -71,6 +71,23 @@ pub enum RegistryError {
     #[error("Operation not permitted: {reason}")]
     OperationNotPermitted { reason: String },
 
+    /// No valid API key (keys are configured).
+    #[error("Unauthorized: {reason}")]
+    Unauthorized { reason: String },
+
+    /// A valid key whose tenant may not do this (a write by a non-admin tenant), or a request
+    /// from outside this machine in loopback mode.
+    #[error("Forbidden: {reason}")]
+    Forbidden { reason: String },
+
+    /// The compatibility check did not finish within `registry.compatibility_timeout_ms`.
+    #[error("Invalid schema: the compatibility check took longer than {budget_ms} ms (registry.compatibility_timeout_ms); a smaller schema (fewer enum symbols) checks faster")]
+    CompatibilityTimeout { budget_ms: u64 },
+
+    /// The server would serve the network without keys.
+    #[error("the schema registry's address {address} is not a loopback address and no api.keys are configured: without keys the registry only serves this machine")]
+    NotLoopback { address: String },
+
     /// The schemas topic could not be read or written.
     #[error("Error in the backend data store ({operation}): {source}")]
     Storage { operation: &'static str, #[source] source: LogError },
@@ -96,7 +113,9 @@ impl RegistryError {
             RegistryError::VersionNotFound { .. } => (StatusCode::NOT_FOUND, 40402),
             RegistryError::SchemaNotFound => (StatusCode::NOT_FOUND, 40403),
             RegistryError::Incompatible { .. } => (StatusCode::CONFLICT, 409),
-            RegistryError::InvalidSchema { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
+            RegistryError::InvalidSchema { .. } | RegistryError::CompatibilityTimeout { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
+            RegistryError::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, 40101),
+            RegistryError::Forbidden { .. } => (StatusCode::FORBIDDEN, 40301),
             RegistryError::InvalidVersion { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42202),
             RegistryError::InvalidCompatibilityLevel { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42203),
             RegistryError::OperationNotPermitted { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42205),
@@ -109,7 +128,7 @@ impl RegistryError {
             RegistryError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, 413),
             RegistryError::RouteNotFound => (StatusCode::NOT_FOUND, 404),
             RegistryError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, 405),
-            RegistryError::Storage { .. } | RegistryError::Encoding { .. } | RegistryError::Io(_) => {
+            RegistryError::Storage { .. } | RegistryError::Encoding { .. } | RegistryError::Io(_) | RegistryError::NotLoopback { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, 50001)
             }
             RegistryError::Timeout { .. } => (StatusCode::INTERNAL_SERVER_ERROR, 50002),

@@ -4,19 +4,41 @@
 //! included: handlers take their inputs through the extractors of [`super::extract`] and
 //! return [`RegistryError`], and unknown routes and methods are errors too, so no answer
 //! leaves in axum's plain-text shape. Query flags are parsed by [`super::params`].
+//!
+//! Who may do what, with the API's keys (`[api] keys`, `admin_tenants`):
+//! - any valid key may read: every GET, a lookup (`POST /subjects/{s}`) and compatibility
+//!   checks (`POST /compatibility/...`); `GET /` (the health path, answering `{}`) needs none;
+//! - writes (registering, `PUT /config`, `DELETE`) need an admin tenant's key, except that
+//!   registering a schema already live in the subject, which writes nothing and answers its
+//!   id, is open to any key: Confluent serializers with `auto.register.schemas=true` do that
+//!   on their first record, and keep working against an applied catalog;
+//! - no key or an invalid one is 401 (`error_code` 40101), a non-admin write 403 (40301),
+//!   both held `api.auth_failure_delay_ms` as the API holds its refusals.
+//!
+//! Without keys (loopback mode) everyone on this machine may read and write, with the API's
+//! Host and Origin checks against web pages ([`crate::api::loopback`]); serving a
+//! non-loopback address without keys is refused at start-up. Connections are served by the
+//! API's accept loop ([`crate::api::server`]): a connection cap, idle and header timeouts.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::api::ApiConfig;
+use crate::api::auth::Auth;
+use crate::api::loopback::{self, Guard};
 
 use super::compatibility::CompatibilityLevel;
 use super::error::RegistryError;
@@ -31,9 +53,89 @@ pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 type Shared = State<Arc<Registry>>;
 type ApiResult = Result<Response, RegistryError>;
 
-/// The registry's routes, with the registry as state. Mountable into a larger axum app
-/// (`Router::merge` / `nest`) or served alone by [`serve`].
-pub fn router(registry: Arc<Registry>) -> Router {
+/// What a request may do, decided by [`authorize`] before its handler runs.
+#[derive(Debug, Clone, Copy)]
+struct Caller {
+    /// An admin tenant's key, or loopback mode.
+    may_write: bool,
+}
+
+/// The access rules of a server: the API's keys and admin tenants, and in loopback mode the
+/// Host/Origin guard.
+struct Gate {
+    auth: Auth,
+    admin_tenants: Vec<String>,
+    failure_delay: Duration,
+    guard: Option<Guard>,
+}
+
+/// What a request does, by method and path.
+#[derive(Debug, PartialEq, Eq)]
+enum Action {
+    Health,
+    Read,
+    Register,
+    Write,
+}
+
+fn action(method: &Method, path: &str) -> Action {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        (&Method::GET, [""]) => Action::Health,
+        (&Method::GET | &Method::HEAD, _) => Action::Read,
+        (&Method::POST, ["subjects", _]) | (&Method::POST, ["compatibility", ..]) => Action::Read,
+        (&Method::POST, ["subjects", _, "versions"]) => Action::Register,
+        _ => Action::Write,
+    }
+}
+
+impl Gate {
+    fn caller(&self, request: &Request) -> Result<Caller, RegistryError> {
+        let forbidden = |e: crate::api::error::ApiError| RegistryError::Forbidden { reason: e.message };
+        if let Some(guard) = &self.guard {
+            guard.check(request.method(), request.headers()).map_err(forbidden)?;
+            return Ok(Caller { may_write: true });
+        }
+        let action = action(request.method(), request.uri().path());
+        if action == Action::Health {
+            return Ok(Caller { may_write: false });
+        }
+        let tenant = self.auth.tenant_of(request.headers()).map_err(|e| RegistryError::Unauthorized { reason: e.message })?;
+        let may_write = self.admin_tenants.contains(&tenant);
+        if action == Action::Write && !may_write {
+            return Err(RegistryError::Forbidden { reason: format!("tenant `{tenant}` may read schemas but not change them: writes need a key of an admin tenant (api.admin_tenants)") });
+        }
+        Ok(Caller { may_write })
+    }
+}
+
+/// Middleware: decides who the caller is (or refuses), and holds every 401 and 403, the
+/// handlers' included, for `api.auth_failure_delay_ms`.
+async fn authorize(State(gate): State<Arc<Gate>>, mut request: Request, next: Next) -> Response {
+    let response = match gate.caller(&request) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(refused) => refused.into_response(),
+    };
+    if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) && !gate.failure_delay.is_zero() {
+        tokio::time::sleep(gate.failure_delay).await;
+    }
+    response
+}
+
+/// The registry's routes, with the registry as state and the access rules of `access` (the
+/// `[api]` section: keys, admin tenants, refusal delay) for a server bound to `bound`.
+pub fn router(registry: Arc<Registry>, access: &ApiConfig, bound: SocketAddr) -> Router {
+    let auth = Auth::new(access);
+    let guard = Guard::for_server(bound, auth.keys_configured());
+    let gate = Gate {
+        auth,
+        admin_tenants: access.admin_tenants.clone(),
+        failure_delay: Duration::from_millis(access.auth_failure_delay_ms),
+        guard,
+    };
     Router::new()
         .route("/", get(root))
         .route("/schemas/types", get(schema_types))
@@ -51,15 +153,33 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/config/{subject}", get(get_subject_config).put(put_subject_config))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(Arc::new(gate), authorize))
         .with_state(registry)
 }
 
-/// Serves [`router`] on `listener` until `shutdown` is cancelled, then finishes in-flight
-/// requests (graceful shutdown). The registry itself (its tail task) is closed by its owner.
-pub async fn serve(registry: Arc<Registry>, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RegistryError> {
+/// Binds `listen` for [`serve`], refusing a non-loopback address when `access` has no keys
+/// (before anything is served, so a misconfiguration stops the process at start-up).
+pub async fn bind(listen: &str, access: &ApiConfig) -> Result<TcpListener, RegistryError> {
+    let listener = TcpListener::bind(listen).await?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, topic = registry.topic(), "schema registry listening");
-    axum::serve(listener, router(registry)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    if !loopback::may_listen(&address, !access.keys.is_empty()) {
+        return Err(RegistryError::NotLoopback { address: address.to_string() });
+    }
+    Ok(listener)
+}
+
+/// Serves [`router`] on `listener` until `shutdown` is cancelled, with the API's connection
+/// limits (`api.max_connections`, `api.idle_timeout_ms`, `api.header_read_timeout_ms`), then
+/// drains in-flight requests. The registry itself (its tail task) is closed by its owner.
+/// Without keys in `access` a non-loopback listener is refused.
+pub async fn serve(registry: Arc<Registry>, listener: TcpListener, access: ApiConfig, shutdown: CancellationToken) -> Result<(), RegistryError> {
+    let address = listener.local_addr()?;
+    if !loopback::may_listen(&address, !access.keys.is_empty()) {
+        return Err(RegistryError::NotLoopback { address: address.to_string() });
+    }
+    tracing::info!(%address, topic = registry.topic(), keys = !access.keys.is_empty(), "schema registry listening");
+    let limits = crate::api::server::Limits::of(&access);
+    crate::api::server::run(listener, router(registry, &access, address), limits, shutdown).await;
     tracing::info!(%address, "schema registry stopped");
     Ok(())
 }
@@ -181,8 +301,21 @@ async fn list_versions(State(registry): Shared, SrPath(subject): SrPath<String>,
     ok(json!(versions))
 }
 
-async fn register(State(registry): Shared, SrPath(subject): SrPath<String>, SrJson(body): SrJson<SchemaBody>) -> ApiResult {
-    let id = registry.register(&subject, &body.avro()?).await?;
+/// A caller that may not write still gets the id of a schema already live in the subject.
+async fn register(
+    State(registry): Shared,
+    Extension(caller): Extension<Caller>,
+    SrPath(subject): SrPath<String>,
+    SrJson(body): SrJson<SchemaBody>,
+) -> ApiResult {
+    let schema = body.avro()?;
+    let id = if caller.may_write {
+        registry.register(&subject, &schema).await?
+    } else {
+        registry.registered_id(&subject, &schema)?.ok_or_else(|| RegistryError::Forbidden {
+            reason: format!("the schema is not registered under `{subject}`, and registering it needs a key of an admin tenant (api.admin_tenants)"),
+        })?
+    };
     ok(json!({ "id": id }))
 }
 
@@ -238,7 +371,7 @@ async fn check_compatibility(
     SrJson(body): SrJson<SchemaBody>,
 ) -> ApiResult {
     let which = VersionSelector::parse(&version)?;
-    let reasons = registry.check_compatibility(&subject, which, &body.avro()?)?;
+    let reasons = registry.check_compatibility(&subject, which, &body.avro()?).await?;
     compatibility_answer(reasons, &params)
 }
 
@@ -249,7 +382,7 @@ async fn check_compatibility_all(
     SrQuery(params): Query,
     SrJson(body): SrJson<SchemaBody>,
 ) -> ApiResult {
-    let reasons = registry.check_compatibility(&subject, VersionSelector::Latest, &body.avro()?)?;
+    let reasons = registry.check_compatibility(&subject, VersionSelector::Latest, &body.avro()?).await?;
     compatibility_answer(reasons, &params)
 }
 
@@ -274,4 +407,22 @@ async fn put_subject_config(State(registry): Shared, SrPath(subject): SrPath<Str
 async fn put_config(registry: &Registry, subject: Option<&str>, body: ConfigBody) -> ApiResult {
     let level: CompatibilityLevel = body.compatibility.parse()?;
     ok(json!({ "compatibility": registry.set_compatibility(subject, level).await? }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_classified_by_method_and_path() {
+        assert_eq!(action(&Method::GET, "/"), Action::Health);
+        assert_eq!(action(&Method::GET, "/subjects/s/versions"), Action::Read);
+        assert_eq!(action(&Method::POST, "/subjects/s"), Action::Read);
+        assert_eq!(action(&Method::POST, "/compatibility/subjects/s/versions/latest"), Action::Read);
+        assert_eq!(action(&Method::POST, "/subjects/s/versions"), Action::Register);
+        assert_eq!(action(&Method::POST, "/subjects/a%2Fversions"), Action::Read);
+        for (method, path) in [(Method::PUT, "/config"), (Method::PUT, "/config/s"), (Method::DELETE, "/subjects/s/versions/1"), (Method::POST, "/other")] {
+            assert_eq!(action(&method, path), Action::Write, "{method} {path}");
+        }
+    }
 }

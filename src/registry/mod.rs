@@ -18,9 +18,11 @@
 //! others read, as Confluent does with its leader election.
 
 pub mod compatibility;
+pub mod config;
 pub mod error;
 mod extract;
 pub mod http;
+pub mod limits;
 pub mod params;
 pub mod state;
 pub mod storage;
@@ -33,8 +35,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use compatibility::CompatibilityLevel;
+pub use config::RegistryConfig;
 pub use error::RegistryError;
-pub use http::{router, serve};
+pub use http::{bind, router, serve};
+pub use limits::{SchemaLimits, SchemaRefused};
 pub use state::{SubjectVersion, VersionSelector};
 
 use state::{State, parse_schema};
@@ -55,14 +59,30 @@ pub struct Registry {
     applied: watch::Receiver<i64>,
     /// Serializes writes of this instance (see "Single writer" above).
     write_lock: tokio::sync::Mutex<()>,
+    /// What a schema must stay within, checked before it is parsed.
+    limits: SchemaLimits,
+    /// How long one compatibility check may take.
+    compatibility_timeout: Duration,
     cancel: CancellationToken,
     tail: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Registry {
+    /// [`Registry::open_with`] the default `[registry]` limits.
+    pub async fn open(log: Arc<dyn EventLog>, topic: &str, shutdown: CancellationToken) -> Result<Arc<Registry>, RegistryError> {
+        Self::open_with(log, topic, &RegistryConfig::default(), shutdown).await
+    }
+
     /// Opens the registry on `topic` (created with 1 partition, compacted, if missing), replays
     /// it, and keeps tailing it until `shutdown` is cancelled or [`Registry::close`] is called.
-    pub async fn open(log: Arc<dyn EventLog>, topic: &str, shutdown: CancellationToken) -> Result<Arc<Registry>, RegistryError> {
+    /// Schemas are held to the limits of `config`.
+    pub async fn open_with(
+        log: Arc<dyn EventLog>,
+        topic: &str,
+        config: &RegistryConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Registry>, RegistryError> {
+        let limits = SchemaLimits::of(config);
         storage::ensure_topic(log.as_ref(), topic).await?;
         let producer = log.producer().map_err(|source| RegistryError::Storage { operation: "open producer", source })?;
         let partition = TopicPartition::new(topic, storage::PARTITION);
@@ -74,7 +94,7 @@ impl Registry {
             .high;
         let consumer = Tail::start(log.as_ref(), topic).await?;
 
-        let state = Arc::new(RwLock::new(State::default()));
+        let state = Arc::new(RwLock::new(State::with_limits(limits)));
         let (applied_tx, applied) = watch::channel(0_i64);
         let cancel = shutdown.child_token();
         let tail = Tail { consumer, topic: topic.to_owned(), state: Arc::clone(&state), applied: applied_tx, cancel: cancel.clone() };
@@ -85,6 +105,8 @@ impl Registry {
             state,
             applied,
             write_lock: tokio::sync::Mutex::new(()),
+            limits,
+            compatibility_timeout: Duration::from_millis(config.compatibility_timeout_ms),
             cancel,
             tail: Mutex::new(Some(handle)),
         });
@@ -141,25 +163,77 @@ impl Registry {
         self.wait_applied(offset + 1, "apply of a registry write").await
     }
 
+    /// Parses `raw` if it is within the limits (checked first: hostile schemas crash or hang
+    /// the parser).
+    fn parse(&self, raw: &str) -> Result<(apache_avro::Schema, String), RegistryError> {
+        self.limits.check(raw).map_err(|refused| RegistryError::InvalidSchema { reason: refused.to_string() })?;
+        parse_schema(raw)
+    }
+
+    /// [`Registry::parse`] on the blocking pool: a schema near the size limit takes
+    /// milliseconds to check and parse, which the async threads serving other requests should
+    /// not spend.
+    async fn parse_blocking(&self, raw: &str) -> Result<(apache_avro::Schema, String), RegistryError> {
+        let (limits, raw) = (self.limits, raw.to_owned());
+        let parsed = tokio::task::spawn_blocking(move || {
+            limits.check(&raw).map_err(|refused| RegistryError::InvalidSchema { reason: refused.to_string() })?;
+            parse_schema(&raw)
+        });
+        parsed.await.map_err(|failed| RegistryError::InvalidSchema { reason: format!("parsing the schema failed: {failed}") })?
+    }
+
+    /// Why `candidate` is incompatible with `previous` at `level`, computed on the blocking
+    /// pool (the check is CPU-bound, quadratic in enum symbols) within the time budget. Past
+    /// the budget the check keeps its blocking thread until it ends, but nobody waits for it;
+    /// the enum-symbol limit bounds how long that is.
+    async fn incompatibilities(
+        &self,
+        level: CompatibilityLevel,
+        candidate: apache_avro::Schema,
+        previous: Vec<(u32, Arc<apache_avro::Schema>)>,
+    ) -> Result<Vec<String>, RegistryError> {
+        if previous.is_empty() || level == CompatibilityLevel::None {
+            return Ok(Vec::new());
+        }
+        let check = tokio::task::spawn_blocking(move || {
+            let previous: Vec<(u32, &apache_avro::Schema)> = previous.iter().map(|(v, s)| (*v, s.as_ref())).collect();
+            compatibility::check(level, &candidate, &previous)
+        });
+        match tokio::time::timeout(self.compatibility_timeout, check).await {
+            Ok(Ok(reasons)) => Ok(reasons),
+            Ok(Err(failed)) => Err(RegistryError::InvalidSchema { reason: format!("the compatibility check failed on this schema: {failed}") }),
+            Err(_) => Err(RegistryError::CompatibilityTimeout { budget_ms: self.compatibility_timeout.as_millis() as u64 }),
+        }
+    }
+
+    /// The id of `schema` when it is already live in `subject`: what registering it again
+    /// answers, without writing anything.
+    pub fn registered_id(&self, subject: &str, schema: &str) -> Result<Option<u32>, RegistryError> {
+        let (_, normalized) = self.parse(schema)?;
+        Ok(self.read().find_in_subject(subject, &normalized, false).map(|existing| existing.id))
+    }
+
     /// Registers `schema` under `subject` and returns its global id. An identical schema
     /// already live in the subject returns its id without a write; a schema known under another
     /// subject reuses that id (as Confluent does). Fails with `Incompatible` when the subject's
-    /// compatibility level rejects it.
+    /// compatibility level rejects it, and with `InvalidSchema` when it is over the limits.
     pub async fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
-        let (parsed, normalized) = parse_schema(schema)?;
+        let (parsed, normalized) = self.parse_blocking(schema).await?;
         let _writer = self.write_lock.lock().await;
-        let (id, version) = {
+        let (level, previous) = {
             let state = self.read();
             if let Some(existing) = state.find_in_subject(subject, &normalized, false) {
                 return Ok(existing.id);
             }
-            let level = state.level(Some(subject));
-            let previous = state.live_schemas(subject);
-            let previous: Vec<(u32, &apache_avro::Schema)> = previous.iter().map(|(v, s)| (*v, s.as_ref())).collect();
-            let reasons = compatibility::check(level, &parsed, &previous);
-            if !reasons.is_empty() {
-                return Err(RegistryError::Incompatible { subject: subject.to_owned(), level: level.to_string(), reasons });
-            }
+            (state.level(Some(subject)), state.live_schemas(subject))
+        };
+        let reasons = self.incompatibilities(level, parsed, previous).await?;
+        if !reasons.is_empty() {
+            return Err(RegistryError::Incompatible { subject: subject.to_owned(), level: level.to_string(), reasons });
+        }
+        // The write lock is still held: nothing this instance writes came in between.
+        let (id, version) = {
+            let state = self.read();
             let id = state.id_for(&normalized).unwrap_or_else(|| state.next_id());
             (id, state.max_version(subject) + 1)
         };
@@ -199,7 +273,7 @@ impl Registry {
 
     /// The version of `subject` holding a schema identical to `schema` (`POST /subjects/{s}`).
     pub fn lookup(&self, subject: &str, schema: &str, include_deleted: bool) -> Result<SubjectVersion, RegistryError> {
-        let (_, normalized) = parse_schema(schema)?;
+        let (_, normalized) = self.parse(schema)?;
         let state = self.read();
         state.versions(subject, include_deleted)?;
         state.find_in_subject(subject, &normalized, include_deleted).ok_or(RegistryError::SchemaNotFound)
@@ -225,23 +299,22 @@ impl Registry {
     /// Why `schema` would be rejected against `which` version (latest: per the subject's level;
     /// a specific version: that version alone). Empty: compatible. A subject without versions
     /// accepts anything, as in Confluent.
-    pub fn check_compatibility(&self, subject: &str, which: VersionSelector, schema: &str) -> Result<Vec<String>, RegistryError> {
-        let (parsed, _) = parse_schema(schema)?;
-        let state = self.read();
-        let level = state.level(Some(subject));
-        let live = state.live_schemas(subject);
-        let previous: Vec<(u32, &apache_avro::Schema)> = match which {
-            VersionSelector::Latest => live.iter().map(|(v, s)| (*v, s.as_ref())).collect(),
-            VersionSelector::Number(n) => {
-                let one: Vec<_> = live.iter().filter(|(v, _)| *v == n).map(|(v, s)| (*v, s.as_ref())).collect();
-                if one.is_empty() {
+    pub async fn check_compatibility(&self, subject: &str, which: VersionSelector, schema: &str) -> Result<Vec<String>, RegistryError> {
+        let (parsed, _) = self.parse_blocking(schema).await?;
+        let (level, previous) = {
+            let state = self.read();
+            let level = state.level(Some(subject));
+            let mut live = state.live_schemas(subject);
+            if let VersionSelector::Number(n) = which {
+                live.retain(|(v, _)| *v == n);
+                if live.is_empty() {
                     state.versions(subject, false)?;
                     return Err(RegistryError::VersionNotFound { subject: subject.to_owned(), version: n.to_string() });
                 }
-                one
             }
+            (level, live)
         };
-        Ok(compatibility::check(level, &parsed, &previous))
+        self.incompatibilities(level, parsed, previous).await
     }
 
     /// The compatibility level in force for `subject` (`None`: the global level).

@@ -11,6 +11,7 @@ use apache_avro::Schema;
 
 use super::compatibility::CompatibilityLevel;
 use super::error::RegistryError;
+use super::limits::SchemaLimits;
 use super::storage::StoredEvent;
 
 /// One schema, by global id. Ids are never removed, so data written with a since-deleted
@@ -63,6 +64,11 @@ impl VersionSelector {
 
 #[derive(Debug, Default)]
 pub struct State {
+    /// What a stored schema must stay within to be parsed at all (see [`State::apply`]).
+    limits: SchemaLimits,
+    /// The highest id of a stored schema skipped for its limits: never given out again, since
+    /// records on other topics may carry it.
+    skipped_max_id: u32,
     schemas: BTreeMap<u32, SchemaEntry>,
     ids_by_normalized: HashMap<String, u32>,
     subjects: BTreeMap<String, BTreeMap<u32, VersionEntry>>,
@@ -80,11 +86,24 @@ pub fn parse_schema(raw: &str) -> Result<(Schema, String), RegistryError> {
 }
 
 impl State {
+    pub fn with_limits(limits: SchemaLimits) -> State {
+        State { limits, ..State::default() }
+    }
+
     /// Applies one event from the topic. Events are trusted to be well-formed (the registry
     /// wrote them); one that does not parse is logged and skipped rather than wedging the tail.
+    /// A schema over the limits (only an older version could have written it) is not even
+    /// parsed: the version is skipped with a warning, and its id is not reused.
     pub fn apply(&mut self, event: StoredEvent) {
         match event {
             StoredEvent::Schema { subject, version, id, schema, deleted } => {
+                if !self.schemas.contains_key(&id)
+                    && let Err(refused) = self.limits.check(&schema)
+                {
+                    tracing::warn!(%subject, version, id, reason = %refused, "skipping a stored schema over the registry's limits");
+                    self.skipped_max_id = self.skipped_max_id.max(id);
+                    return;
+                }
                 if !self.schemas.contains_key(&id) {
                     let (parsed, normalized) = match parse_schema(&schema) {
                         Ok(p) => p,
@@ -107,7 +126,7 @@ impl State {
 
     /// The id the next new schema gets: one past the highest ever used (ids start at 1).
     pub fn next_id(&self) -> u32 {
-        self.schemas.keys().next_back().map_or(1, |id| id + 1)
+        self.schemas.keys().next_back().copied().unwrap_or(0).max(self.skipped_max_id) + 1
     }
 
     pub fn schema(&self, id: u32) -> Option<&SchemaEntry> {
@@ -241,6 +260,18 @@ mod tests {
         assert_eq!(state.max_version("s"), 1);
         assert_eq!(state.subjects(false), vec!["other".to_string()]);
         assert!(state.schema(1).is_some(), "ids outlive deleted versions");
+    }
+
+    #[test]
+    fn a_stored_schema_over_the_limits_is_skipped_and_its_id_kept_out_of_use() {
+        let mut state = State::default();
+        let recursive = r#"{"type":"record","name":"R","fields":[{"name":"r","type":"R"}]}"#;
+        state.apply(schema_event("s", 1, 7, recursive, false));
+        assert!(state.schema(7).is_none());
+        assert!(matches!(state.versions("s", true), Err(RegistryError::SubjectNotFound { .. })));
+        assert_eq!(state.next_id(), 8);
+        state.apply(schema_event("s", 2, 8, S1, false));
+        assert_eq!(state.version("s", VersionSelector::Latest, false).map(|v| v.id).ok(), Some(8));
     }
 
     #[test]

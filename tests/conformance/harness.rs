@@ -150,7 +150,7 @@ impl TestRegistry {
             .expect("registry");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let server = tokio::spawn(agentlog::registry::serve(registry.clone(), listener, shutdown.clone()));
+        let server = tokio::spawn(agentlog::registry::serve(registry.clone(), listener, agentlog::api::ApiConfig::default(), shutdown.clone()));
         TestRegistry { url, shutdown, server, registry }
     }
 
