@@ -318,6 +318,16 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// The supervisor with `timers` delayed tasks pending (due in an hour): its resident
+    /// memory and how long it takes to rebuild its timers from the log.
+    Timers {
+        #[arg(long, default_value_t = 1_000_000)]
+        timers: u64,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        #[arg(long)]
+        json: bool,
+    },
     /// HTTP load against a running API (`agentlog dev` or `agentlog api`), from this
     /// separate process, at a fixed offered rate. Does not open the log.
     Api {
@@ -413,7 +423,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
 /// two runs, or a run beside `agentlog dev`, would share one RocksDB ("wal_dir contains
 /// existing log file"), and each run would first replay the previous run's write-ahead log.
 fn private_bench_dir(command: &Command, config: &mut Config) -> Option<std::path::PathBuf> {
-    let benchmark = matches!(command, Command::Bench { what: BenchWhat::Tasks { .. } | BenchWhat::Projection { .. } | BenchWhat::Log { .. } });
+    let benchmark = matches!(command, Command::Bench { what: BenchWhat::Tasks { .. } | BenchWhat::Projection { .. } | BenchWhat::Log { .. } | BenchWhat::Timers { .. } });
     if !benchmark || config.log.backend != agentlog::config::Backend::Embedded {
         return None;
     }
@@ -586,6 +596,15 @@ async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn Ev
         Command::Bench { what: BenchWhat::Projection { events, tail, partitions, json } } => {
             let options = agentlog::bench::projection::ProjectionBenchOptions { events, tail, partitions };
             let report = agentlog::bench::projection::run_projection_bench(log.clone(), &options).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+        }
+        Command::Bench { what: BenchWhat::Timers { timers, partitions, json } } => {
+            let options = agentlog::bench::timers::TimerBenchOptions { timers, partitions };
+            let report = agentlog::bench::timers::run_timer_bench(log.clone(), &options).await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -60,6 +60,7 @@ task_suite!(
     a_drain_loses_nothing_and_runs_nothing_twice,
     a_silent_agent_is_declared_lost,
     delayed_tasks_and_jobs,
+    a_registry_outage_never_dead_letters_a_timer,
     exactly_once_outcomes,
     exactly_once_abandons_a_stuck_transaction,
     exactly_once_survives_partitions_moving,

@@ -10,8 +10,10 @@
 pub mod follow;
 pub mod jobs;
 pub mod liveness;
+pub mod timer_store;
 pub mod timers;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +37,8 @@ pub enum SupervisorError {
     Client(#[from] ClientError),
     #[error("a supervisor component panicked: {0}")]
     Component(String),
+    #[error(transparent)]
+    TimerStore(#[from] timer_store::TimerStoreError),
 }
 
 /// `[supervisor]` in config: heartbeats (workers send them, the supervisor watches them).
@@ -45,11 +49,24 @@ pub struct SupervisorConfig {
     pub heartbeat_interval_ms: u64,
     /// Heartbeats missed in a row before an instance is declared lost.
     pub missed_heartbeats: u32,
+    /// Where the supervisor keeps disposable state rebuilt from the log at every start (the
+    /// index of pending timers). Each process uses its own subdirectory, named after its
+    /// member id and removed when it stops, so a leader and a standby may share this.
+    pub state_dir: PathBuf,
 }
 
 impl Default for SupervisorConfig {
     fn default() -> Self {
-        Self { heartbeat_interval_ms: 1_000, missed_heartbeats: 3 }
+        Self { heartbeat_interval_ms: 1_000, missed_heartbeats: 3, state_dir: PathBuf::from("data/supervisor") }
+    }
+}
+
+impl SupervisorConfig {
+    /// The timer index of supervisor `supervisor_id`: `<state_dir>/timers-<id>`, with anything
+    /// but `[A-Za-z0-9._-]` in the id replaced by `_`.
+    pub fn timers_dir(&self, supervisor_id: &str) -> PathBuf {
+        let safe: String = supervisor_id.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect();
+        self.state_dir.join(format!("timers-{safe}"))
     }
 }
 
@@ -66,6 +83,16 @@ impl SupervisorError {
     /// may lead meanwhile), backs off and joins again.
     pub fn is_fatal(&self) -> bool {
         matches!(self, SupervisorError::Log(error) if error.is_fatal())
+    }
+
+    /// Whether doing the same again later may succeed (the log or the registry away).
+    pub fn retryable(&self) -> bool {
+        match self {
+            SupervisorError::Log(error) => error.retryable(),
+            SupervisorError::Encode(error) => matches!(error, WireError::Registry { .. }),
+            SupervisorError::Client(error) => error.retryable(),
+            SupervisorError::Component(_) | SupervisorError::TimerStore(_) => false,
+        }
     }
 }
 
@@ -159,7 +186,8 @@ impl Leadership {
         components.spawn(async move { watcher.await.map_err(|e| SupervisorError::Component(e.to_string())) });
         let client = TaskClient::new(log, codec.clone(), topics.clone(), settings.supervisor_id.clone())?;
         let (l, s) = (log.clone(), stop.clone());
-        components.spawn(async move { timers::run_timers(l, client, cancels, s).await.map(|_| ()) });
+        let timer_settings = timers::TimerSettings { dir: settings.config.timers_dir(&settings.supervisor_id), caught_up: None };
+        components.spawn(async move { timers::run_timers(l, client, cancels, timer_settings, s).await.map(|_| ()) });
         let (l, c, t, s) = (log.clone(), codec.clone(), topics.clone(), stop.clone());
         let interval = Duration::from_millis(settings.config.heartbeat_interval_ms);
         let missed = settings.config.missed_heartbeats;

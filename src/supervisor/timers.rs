@@ -9,79 +9,56 @@
 //! `TaskCancelled` to `task.results`) and then the marker. A cancel request matches a timer by
 //! task identity, (tenant, task id): the record's key is the task id alone, so the tenant is
 //! read from the command the timer carries.
+//!
+//! Each command is decoded once, when its timer is read, not when it fires:
+//! - a registry that cannot be asked (down, timing out) is nobody's fault: reading stops on
+//!   that record and retries it with a back-off, skipping nothing, until the registry answers;
+//! - a record that can never be decoded (corrupt bytes, a schema that cannot be resolved) has
+//!   no tenant and no command: it is dead-lettered, with the reason, as soon as the history
+//!   is read, and its marker written, so it never blocks the others.
+//!
+//! Pending timers wait in a [`TimerStore`] on disk (`supervisor.state_dir`), not in RAM: the
+//! memory of a supervisor holding a million delayed tasks is RocksDB's configured buffers,
+//! not a million commands. The store is rebuilt from the topic on every start.
+//!
+//! Firing retries a passing failure (the log or the registry away) with a back-off, keeping
+//! the timer pending; a failure that retrying cannot fix ends the supervisor's term.
 
-use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::SupervisorError;
 use super::follow::Follower;
-use crate::agent::cancels::{Cancels, TaskRef};
+use super::timer_store::{Action, Timer, TimerId, TimerStore};
+use crate::agent::cancels::Cancels;
 use crate::agent::client::{TIMER_DUE, TIMER_FIRED, TaskClient, new_id};
+use crate::backoff::Backoff;
+use crate::events::reader::{DLQ_ERROR, DLQ_REASON, DLQ_SOURCE, error_kind};
+use crate::events::wire::WireError;
 use crate::events::{Meta, TaskCancelled, TaskSubmitted, TimestampMicros};
 use crate::log::{ConsumedRecord, EventLog, Producer, Record, SeekTo};
 
-/// A timer waiting to fire.
-struct Pending {
-    key: Option<Bytes>,
-    payload: Bytes,
-    task: TaskRef,
+/// How the timers component keeps its index, and who hears when its history is read.
+pub struct TimerSettings {
+    /// The store's directory, this process's alone (wiped at start, removed at stop).
+    pub dir: PathBuf,
+    /// Told once the history is read (benchmarks and tests).
+    pub caught_up: Option<oneshot::Sender<Rebuilt>>,
 }
 
-/// Pending timers by due time; `(partition, offset)` identifies a timer.
-#[derive(Default)]
-struct Wheel {
-    by_due: BTreeMap<(i64, i32, i64), Pending>,
-    due_of: HashMap<(i32, i64), i64>,
-    by_task: HashMap<TaskRef, (i32, i64)>,
-}
-
-impl Wheel {
-    /// Adds the timer `record` of `tenant`'s task.
-    fn add(&mut self, record: &ConsumedRecord, tenant: String) {
-        let Some(due) = header_i64(record, TIMER_DUE) else {
-            tracing::warn!(partition = record.partition, offset = record.offset, "timer without a due time; firing it now");
-            return self.insert(0, record, tenant);
-        };
-        self.insert(due, record, tenant);
-    }
-
-    fn insert(&mut self, due: i64, record: &ConsumedRecord, tenant: String) {
-        let task_id = record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
-        let task = (tenant, task_id);
-        let id = (record.partition, record.offset);
-        self.by_task.insert(task.clone(), id);
-        self.due_of.insert(id, due);
-        self.by_due.insert((due, id.0, id.1), Pending { key: record.key.clone(), payload: record.payload.clone(), task });
-    }
-
-    fn remove(&mut self, id: (i32, i64)) -> Option<Pending> {
-        let due = self.due_of.remove(&id)?;
-        let pending = self.by_due.remove(&(due, id.0, id.1))?;
-        if self.by_task.get(&pending.task) == Some(&id) {
-            self.by_task.remove(&pending.task);
-        }
-        Some(pending)
-    }
-
-    fn next_due(&self) -> Option<i64> {
-        self.by_due.keys().next().map(|(due, _, _)| *due)
-    }
-
-    fn pop_due(&mut self, now_ms: i64) -> Option<((i32, i64), Pending)> {
-        let (&(due, p, o), _) = self.by_due.iter().next()?;
-        if due > now_ms {
-            return None;
-        }
-        self.remove((p, o)).map(|pending| ((p, o), pending))
-    }
-}
-
-fn header_i64(record: &ConsumedRecord, name: &str) -> Option<i64> {
-    record.header(name).and_then(|v| std::str::from_utf8(v).ok()).and_then(|s| s.parse().ok())
+/// What the rebuild from the topic found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Records read (timers and fired markers).
+    pub records: u64,
+    /// Timers pending once the history was read.
+    pub pending: u64,
+    pub elapsed: Duration,
 }
 
 /// Counts for tests and logs.
@@ -89,104 +66,233 @@ fn header_i64(record: &ConsumedRecord, name: &str) -> Option<i64> {
 pub struct TimerStats {
     pub fired: u64,
     pub cancelled: u64,
+    pub dead_lettered: u64,
 }
 
 pub async fn run_timers(
     log: Arc<dyn EventLog>,
     client: TaskClient,
     cancels: Arc<Cancels>,
+    settings: TimerSettings,
     stop: CancellationToken,
 ) -> Result<TimerStats, SupervisorError> {
     let topic = client.topics().timers();
     let producer = log.producer()?;
+    let store = TimerStore::open_fresh(&settings.dir)?;
     let mut follower = Follower::open(&log, std::slice::from_ref(&topic), SeekTo::Earliest).await?;
-    let mut wheel = Wheel::default();
-    let mut stats = TimerStats::default();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let caught_up = follower.caught_up();
-        let sleep = match (caught_up, wheel.next_due()) {
-            (true, Some(due)) => Duration::from_millis((due - now_ms()).clamp(0, 60_000) as u64),
-            _ => Duration::from_secs(60),
-        };
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            record = follower.next() => {
-                let Some(record) = record? else { continue };
-                match header_i64(&record, TIMER_FIRED) {
-                    Some(offset) => { wheel.remove((record.partition, offset)); }
-                    None => {
-                        // An undecodable timer gets no tenant: no cancel matches it, and
-                        // firing moves it to the dead-letter topic.
-                        let tenant = client.codec().decode::<TaskSubmitted>(&record.payload).await.map(|(_, task)| task.meta.tenant).unwrap_or_default();
-                        wheel.add(&record, tenant);
-                    }
-                }
-            }
-            _ = tokio::time::sleep(sleep) => {
-                let now = now_ms();
-                while let Some((id, pending)) = wheel.pop_due(now) {
-                    fire(&client, producer.as_ref(), &cancels, &topic, id, pending, &mut stats).await?;
-                }
-            }
-            _ = tick.tick(), if caught_up => {
-                // Cancel requests for waiting timers take effect now, not at their due time.
-                for task in cancels.take_new() {
-                    if let Some(id) = wheel.by_task.get(&task).copied()
-                        && let Some(pending) = wheel.remove(id)
-                    {
-                        fire(&client, producer.as_ref(), &cancels, &topic, id, pending, &mut stats).await?;
-                    }
-                }
-            }
-        }
-    }
+    let mut timers = Timers { client, producer, cancels, topic, store, stats: TimerStats::default(), retry: Backoff::default(), retry_at: None, unmarked: None };
+    let result = timers.run(&mut follower, settings.caught_up, &stop).await;
     follower.close().await;
-    Ok(stats)
+    result.map(|()| timers.stats)
 }
 
-async fn fire(
-    client: &TaskClient,
-    producer: &dyn Producer,
-    cancels: &Cancels,
-    topic: &str,
-    (partition, offset): (i32, i64),
-    pending: Pending,
-    stats: &mut TimerStats,
-) -> Result<(), SupervisorError> {
-    match client.codec().decode::<TaskSubmitted>(&pending.payload).await {
-        Ok((_, task)) => {
-            if let Some(reason) = cancels.requested(&task.meta.tenant, &task.task_id) {
-                let mut meta = Meta::new(new_id("ev"), task.meta.tenant.clone(), "supervisor");
-                meta.correlation_id = task.meta.correlation_id.clone();
-                meta.causation_id = Some(task.meta.event_id.clone());
-                let event = TaskCancelled { meta, task_id: task.task_id.clone(), reason };
-                let results = client.topics().results();
-                let payload = client.codec().encode(&results, &event).await?;
-                producer.send(Record::new(results, payload).with_key(Bytes::from(task.task_id.clone()))).await?.await?;
-                stats.cancelled += 1;
-            } else {
-                client.enqueue(&task).await?;
-                stats.fired += 1;
+/// The timers component while it runs: one method per event.
+struct Timers {
+    client: TaskClient,
+    producer: Arc<dyn Producer>,
+    cancels: Arc<Cancels>,
+    topic: String,
+    store: TimerStore,
+    stats: TimerStats,
+    /// Back-off of firing after a passing failure.
+    retry: Backoff,
+    /// No firing before this (a passing failure is being waited out).
+    retry_at: Option<Instant>,
+    /// The timer whose command went out but whose marker did not: firing it again writes
+    /// only the marker.
+    unmarked: Option<TimerId>,
+}
+
+impl Timers {
+    async fn run(&mut self, follower: &mut Follower, caught_up: Option<oneshot::Sender<Rebuilt>>, stop: &CancellationToken) -> Result<(), SupervisorError> {
+        let began = Instant::now();
+        let mut records = 0u64;
+        // The history first: nothing fires until every timer and marker in it is read.
+        while !follower.caught_up() {
+            let record = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                record = follower.next() => record?,
+            };
+            if let Some(record) = record {
+                records += 1;
+                if !self.on_record(record, stop).await? {
+                    return Ok(());
+                }
             }
         }
-        // A timer that does not decode can never fire; it goes to the DLQ rather than block.
-        Err(error) => {
-            tracing::warn!(partition, offset, %error, task_id = %pending.task.1, "undecodable timer moved to the dead-letter topic");
-            let letter = Record::new(client.topics().dlq(), pending.payload.clone())
-                .with_header(crate::events::reader::DLQ_REASON, Bytes::from(error.to_string()))
-                .with_header(crate::events::reader::DLQ_SOURCE, Bytes::from(format!("{topic}/{partition}/{offset}")));
-            let letter = match &pending.key { Some(k) => letter.with_key(k.clone()), None => letter };
-            producer.send(letter).await?.await?;
+        let rebuilt = Rebuilt { records, pending: self.store.len(), elapsed: began.elapsed() };
+        tracing::info!(topic = %self.topic, records = rebuilt.records, pending = rebuilt.pending, elapsed_ms = rebuilt.elapsed.as_millis() as u64, "timers rebuilt from the log");
+        if let Some(tell) = caught_up {
+            let _ = tell.send(rebuilt);
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let sleep = self.until_next_fire()?;
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                record = follower.next() => {
+                    let Some(record) = record? else { continue };
+                    if !self.on_record(record, stop).await? {
+                        return Ok(());
+                    }
+                }
+                _ = tokio::time::sleep(sleep) => self.fire_due().await?,
+                // Cancel requests for waiting timers take effect now, not at their due time.
+                _ = tick.tick() => self.on_cancels().await?,
+            }
         }
     }
-    let mut marker = Record::new(topic, Bytes::new()).with_partition(partition).with_header(TIMER_FIRED, Bytes::from(offset.to_string()));
-    if let Some(key) = pending.key {
-        marker = marker.with_key(key);
+
+    fn until_next_fire(&mut self) -> Result<Duration, SupervisorError> {
+        let now = Instant::now();
+        let waiting = self.retry_at.map_or(Duration::ZERO, |at| at.saturating_duration_since(now));
+        let due = match self.store.next_due()? {
+            Some(due) => Duration::from_millis(due.saturating_sub(now_ms()).clamp(0, 60_000) as u64),
+            None => Duration::from_secs(60),
+        };
+        Ok(due.max(waiting))
     }
-    producer.send(marker).await?.await?;
-    Ok(())
+
+    /// A timer or a fired marker read from the topic. `false` if `stop` fired while a
+    /// passing registry failure was being retried.
+    async fn on_record(&mut self, record: ConsumedRecord, stop: &CancellationToken) -> Result<bool, SupervisorError> {
+        let id = TimerId { partition: record.partition, offset: record.offset };
+        if let Some(offset) = header_i64(&record, TIMER_FIRED) {
+            self.store.remove(TimerId { partition: record.partition, offset })?;
+            return Ok(true);
+        }
+        let mut backoff = Backoff::default();
+        let decoded = loop {
+            match self.client.codec().decode::<TaskSubmitted>(&record.payload).await {
+                Ok((_, task)) => break Ok(task),
+                Err(error @ WireError::Registry { .. }) => {
+                    tracing::warn!(partition = id.partition, offset = id.offset, %error, failures = backoff.failures() + 1, "cannot decode a timer while the registry is away; retrying it");
+                    if !backoff.wait(stop).await {
+                        return Ok(false);
+                    }
+                }
+                Err(error) => break Err(error),
+            }
+        };
+        let key = record.key.as_ref().map(|k| k.to_vec());
+        let (due, timer) = match decoded {
+            Ok(task) => {
+                let due = header_i64(&record, TIMER_DUE).unwrap_or_else(|| {
+                    tracing::warn!(partition = id.partition, offset = id.offset, task_id = %task.task_id, "timer without a due time; firing it now");
+                    0
+                });
+                (due, Timer { key, task: Some((task.meta.tenant.clone(), task.task_id.clone())), action: Action::Submit(task) })
+            }
+            // Neither tenant nor command can be read: no cancel can match it and it can never
+            // fire, so it is dead-lettered as soon as the history is read.
+            Err(error) => {
+                tracing::warn!(partition = id.partition, offset = id.offset, %error, "undecodable timer; it will be moved to the dead-letter topic");
+                let action = Action::DeadLetter { payload: record.payload.to_vec(), reason: error.to_string(), kind: error_kind(&error).to_string() };
+                (i64::MIN, Timer { key, task: None, action })
+            }
+        };
+        self.store.insert(id, due, &timer)?;
+        Ok(true)
+    }
+
+    /// Fires every timer that is due, in due order, until one fails for a passing reason.
+    async fn fire_due(&mut self) -> Result<(), SupervisorError> {
+        if self.retry_at.is_some_and(|at| at > Instant::now()) {
+            return Ok(());
+        }
+        let now = now_ms();
+        while let Some((due, id, timer)) = self.store.first()? {
+            if due > now {
+                break;
+            }
+            if !self.fire_or_wait(id, timer).await? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_cancels(&mut self) -> Result<(), SupervisorError> {
+        for (tenant, task_id) in self.cancels.take_new() {
+            if let Some(id) = self.store.find_task(&tenant, &task_id)?
+                && let Some((_, timer)) = self.store.get(id)?
+            {
+                // Should this fail for a passing reason, the request stays known to
+                // `cancels` and the timer cancels when it falls due.
+                self.fire_or_wait(id, timer).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fires `timer` and forgets it; on a passing failure keeps it and waits a back-off
+    /// before firing again (`false`).
+    async fn fire_or_wait(&mut self, id: TimerId, timer: Timer) -> Result<bool, SupervisorError> {
+        match self.fire(id, &timer).await {
+            Ok(()) => {
+                self.store.remove(id)?;
+                self.retry.reset();
+                self.retry_at = None;
+                Ok(true)
+            }
+            Err(error) if error.retryable() => {
+                let delay = self.retry.next_delay();
+                tracing::warn!(partition = id.partition, offset = id.offset, %error, failures = self.retry.failures(), retry_in_ms = delay.as_millis() as u64, "firing a timer failed for a passing reason; it stays pending");
+                self.retry_at = Some(Instant::now() + delay);
+                Ok(false)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn fire(&mut self, id: TimerId, timer: &Timer) -> Result<(), SupervisorError> {
+        if self.unmarked != Some(id) {
+            match &timer.action {
+                Action::Submit(task) => self.submit_or_cancel(task).await?,
+                Action::DeadLetter { payload, reason, kind } => {
+                    tracing::warn!(partition = id.partition, offset = id.offset, %reason, "undecodable timer moved to the dead-letter topic");
+                    let letter = Record::new(self.client.topics().dlq(), payload.clone())
+                        .with_header(DLQ_REASON, Bytes::from(reason.clone()))
+                        .with_header(DLQ_ERROR, Bytes::from(kind.clone()))
+                        .with_header(DLQ_SOURCE, Bytes::from(format!("{}/{}/{}", self.topic, id.partition, id.offset)));
+                    let letter = match &timer.key { Some(k) => letter.with_key(Bytes::from(k.clone())), None => letter };
+                    self.producer.send(letter).await?.await?;
+                    self.stats.dead_lettered += 1;
+                }
+            }
+            self.unmarked = Some(id);
+        }
+        let mut marker = Record::new(self.topic.clone(), Bytes::new()).with_partition(id.partition).with_header(TIMER_FIRED, Bytes::from(id.offset.to_string()));
+        if let Some(key) = &timer.key {
+            marker = marker.with_key(Bytes::from(key.clone()));
+        }
+        self.producer.send(marker).await?.await?;
+        self.unmarked = None;
+        Ok(())
+    }
+
+    async fn submit_or_cancel(&mut self, task: &TaskSubmitted) -> Result<(), SupervisorError> {
+        let client = &self.client;
+        if let Some(reason) = self.cancels.requested(&task.meta.tenant, &task.task_id) {
+            let mut meta = Meta::new(new_id("ev"), task.meta.tenant.clone(), "supervisor");
+            meta.correlation_id = task.meta.correlation_id.clone();
+            meta.causation_id = Some(task.meta.event_id.clone());
+            let event = TaskCancelled { meta, task_id: task.task_id.clone(), reason };
+            let results = client.topics().results();
+            let payload = client.codec().encode(&results, &event).await?;
+            self.producer.send(Record::new(results, payload).with_key(Bytes::from(task.task_id.clone()))).await?.await?;
+            self.stats.cancelled += 1;
+        } else {
+            client.enqueue(task).await?;
+            self.stats.fired += 1;
+        }
+        Ok(())
+    }
+}
+
+fn header_i64(record: &ConsumedRecord, name: &str) -> Option<i64> {
+    record.header(name).and_then(|v| std::str::from_utf8(v).ok()).and_then(|s| s.parse().ok())
 }
 
 fn now_ms() -> i64 {

@@ -111,14 +111,28 @@ impl Fixture {
     }
 
     pub fn start_supervisor(&mut self, missed_heartbeats: u32) {
-        let settings = SupervisorSettings {
-            topic_prefix: self.topics.prefix().to_string(),
-            supervisor_id: unique("supervisor"),
-            config: SupervisorConfig { heartbeat_interval_ms: self.heartbeat.as_millis() as u64, missed_heartbeats },
+        let codec = self.codec.clone();
+        self.start_supervisor_with(missed_heartbeats, codec);
+    }
+
+    /// Like [`Fixture::start_supervisor`], with its own codec (one reaching the registry
+    /// through a [`RegistrySwitch`], say). Its timer index lives under the temp directory.
+    pub fn start_supervisor_with(&mut self, missed_heartbeats: u32, codec: Arc<WireCodec>) {
+        let config = SupervisorConfig {
+            heartbeat_interval_ms: self.heartbeat.as_millis() as u64,
+            missed_heartbeats,
+            state_dir: std::env::temp_dir().join("agentlog-test-supervisors"),
         };
+        let settings = SupervisorSettings { topic_prefix: self.topics.prefix().to_string(), supervisor_id: unique("supervisor"), config };
         let stop = CancellationToken::new();
-        let handle = tokio::spawn(run_supervisor(self.log.clone(), self.codec.clone(), settings, stop.clone()));
+        let handle = tokio::spawn(run_supervisor(self.log.clone(), codec, settings, stop.clone()));
         self.supervisor = Some((stop, handle));
+    }
+
+    /// A switchable way to this fixture's registry (see [`RegistrySwitch`]).
+    pub async fn registry_switch(&self, up: bool) -> RegistrySwitch {
+        let url = &self.registry.as_ref().expect("the fixture's registry runs").url;
+        RegistrySwitch::start(url, up).await
     }
 
     pub fn task(&self, agent_type: &str, lane: Lane, input: &str) -> TaskSubmitted {
@@ -233,6 +247,57 @@ impl EventStream {
                 Ok(Err(e)) => panic!("reading events failed: {e}"),
             }
         }
+    }
+}
+
+/// A registry outage on demand: a TCP proxy to a registry that forwards while up and, while
+/// down, cuts every connection, new ones at once and open ones (a client's pooled keep-alive
+/// connections) as it goes down. Codecs built on [`RegistrySwitch::codec`] see a registry that
+/// cannot be reached, the error a registry host or network failure gives.
+pub struct RegistrySwitch {
+    pub url: String,
+    up: tokio::sync::watch::Sender<bool>,
+    accept: JoinHandle<()>,
+}
+
+impl RegistrySwitch {
+    pub async fn start(registry_url: &str, up: bool) -> RegistrySwitch {
+        let target = registry_url.trim_start_matches("http://").trim_end_matches('/').to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (switch, state) = tokio::sync::watch::channel(up);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut state = state.clone();
+                if !*state.borrow() {
+                    continue;
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = state.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        RegistrySwitch { url, up: switch, accept }
+    }
+
+    /// A fresh codec (nothing cached) that reaches the registry through this switch.
+    pub fn codec(&self) -> Arc<WireCodec> {
+        Arc::new(WireCodec::new(&self.url).expect("codec"))
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+impl Drop for RegistrySwitch {
+    fn drop(&mut self) {
+        self.accept.abort();
     }
 }
 

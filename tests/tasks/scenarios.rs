@@ -471,6 +471,53 @@ pub async fn delayed_tasks_and_jobs(h: &mut Harness) {
     f.stop().await;
 }
 
+/// A schema registry that cannot be reached while the supervisor reads a timer, and still
+/// past the timer's due time, delays the task but never dead-letters it: it runs, once, when
+/// the registry is back. Before, a timer was decoded again when it fell due and an
+/// unreachable registry moved it to the dead-letter topic, so the task never ran. A second
+/// timer, read while the registry is up, falls due during an outage: firing waits it out.
+pub async fn a_registry_outage_never_dead_letters_a_timer(h: &mut Harness) {
+    let mut f = Fixture::new(h).await;
+    let (ty, agent) = f.agent_type("outage", "runtime = { kind = \"builtin\", name = \"echo\" }\n").await;
+    let (journal, runtime) = scripted();
+    f.start_worker(&ty, &agent, runtime, "w1");
+    // The supervisor reaches the registry through a switch, down from the start; the client
+    // and the worker use it directly.
+    let switch = f.registry_switch(false).await;
+    let mut delayed = f.task(&ty, Lane::Normal, "{}");
+    delayed.not_before = Some(TimestampMicros(TimestampMicros::now().0 + 1_000_000));
+    f.submit(&delayed).await;
+    f.start_supervisor_with(3, switch.codec());
+    // Well past the due time, registry still away.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(dead_letters(&f).await, 0, "a registry outage dead-lettered the timer");
+    assert!(journal.attempts_of(&delayed.task_id).is_empty(), "the task ran without its command decoded");
+    switch.set_up(true);
+    let outcomes = f.outcomes(&[delayed.task_id.clone()], WITHIN).await;
+    assert!(matches!(outcomes[&delayed.task_id], AnyEvent::TaskCompleted(_)), "{:?}", outcomes[&delayed.task_id]);
+    assert_eq!(journal.attempts_of(&delayed.task_id), vec![1]);
+
+    // Read while the registry is up, due while it is down: on a lane the supervisor has not
+    // written to yet, so firing must ask the registry.
+    let mut later = f.task(&ty, Lane::High, "{}");
+    later.not_before = Some(TimestampMicros(TimestampMicros::now().0 + 2_000_000));
+    f.submit(&later).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    switch.set_up(false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(journal.attempts_of(&later.task_id).is_empty(), "fired without the registry");
+    switch.set_up(true);
+    let outcomes = f.outcomes(&[later.task_id.clone()], WITHIN).await;
+    assert!(matches!(outcomes[&later.task_id], AnyEvent::TaskCompleted(_)), "{:?}", outcomes[&later.task_id]);
+    assert_eq!(journal.attempts_of(&later.task_id), vec![1]);
+    assert_eq!(dead_letters(&f).await, 0, "nothing was dead-lettered");
+    f.stop().await;
+}
+
+async fn dead_letters(f: &Fixture) -> usize {
+    f.all_events(&f.topics.dlq(), Duration::from_millis(500)).await.len()
+}
+
 /// With exactly_once, outcomes and offset commits are one transaction: every task has exactly
 /// one outcome on task.results (read_committed), retries included.
 pub async fn exactly_once_outcomes(h: &mut Harness) {
