@@ -1,7 +1,10 @@
 //! `GET /v1/stream/outcomes`: Server-Sent Events, one `outcome` event per task that reaches
 //! its outcome in the projection, for the caller's tenant, optionally of one agent type.
 //! A tenant may hold `api.max_streams_per_tenant` streams open at once: each holds a
-//! connection and a broadcast receiver for as long as the client likes.
+//! connection and a broadcast receiver for as long as the client likes. A receiver holds at
+//! most the channel's capacity of notices (each a task's name, not its view), so a client that
+//! never reads costs a bounded amount of memory; when it falls that far behind it gets a
+//! `lagged` event saying how many outcomes it missed.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -20,6 +23,7 @@ use super::ApiState;
 use super::auth::Tenant;
 use super::error::ApiError;
 use super::tasks::{query_error, task_json};
+use crate::projection::store::ProjectionStore;
 
 /// How often an open stream gets a keep-alive comment.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -67,6 +71,23 @@ impl Drop for StreamSlot {
     }
 }
 
+/// The `outcome` event of a task the projection just finished, read from the store (the notice
+/// names the task only; see [`crate::projection::OutcomeNotice`]). `None` when it cannot be
+/// read, which is logged: the stream goes on with the next outcome.
+fn outcome_event(store: &ProjectionStore, tenant: &str, task_id: &str) -> Option<Event> {
+    match store.task(tenant, task_id) {
+        Ok(Some(view)) => Some(Event::default().event("outcome").id(view.task_id.clone()).data(task_json(&view).to_string())),
+        Ok(None) => {
+            tracing::warn!(task_id, "an outcome notice names a task the projection does not hold");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(task_id, %error, "reading a finished task for its outcome event failed");
+            None
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StreamQuery {
@@ -90,33 +111,36 @@ pub async fn outcomes(
     }
     let slot = state.streams.open(&tenant, state.config.max_streams_per_tenant)?;
     let receiver = state.projection.subscribe();
+    let store = state.projection.store();
     let closing = state.closing.clone();
     // The slot lives in the stream's state: it is freed when hyper drops the stream.
     let stream = futures::stream::unfold((receiver, tenant, query.agent_type, slot), move |(mut receiver, tenant, agent_type, slot)| {
         let closing = closing.clone();
+        let store = store.clone();
         async move {
-        loop {
-            // Streams end when the server shuts down, or graceful shutdown would wait forever.
-            let next = tokio::select! {
-                _ = closing.cancelled() => return None,
-                next = receiver.recv() => next,
-            };
-            match next {
-                Ok(notice) => {
-                    if notice.tenant != tenant || agent_type.as_ref().is_some_and(|t| notice.agent_type.as_ref() != Some(t)) {
-                        continue;
+            loop {
+                // Streams end when the server shuts down, or graceful shutdown would wait forever.
+                let next = tokio::select! {
+                    _ = closing.cancelled() => return None,
+                    next = receiver.recv() => next,
+                };
+                let event = match next {
+                    Ok(notice) => {
+                        if notice.tenant != tenant || agent_type.as_ref().is_some_and(|t| notice.agent_type.as_ref() != Some(t)) {
+                            continue;
+                        }
+                        match outcome_event(&store, &tenant, &notice.task_id) {
+                            Some(event) => event,
+                            None => continue,
+                        }
                     }
-                    let event = Event::default().event("outcome").id(notice.view.task_id.clone()).data(task_json(&notice.view).to_string());
-                    return Some((Ok(event), (receiver, tenant, agent_type, slot)));
-                }
-                Err(RecvError::Lagged(missed)) => {
-                    // A slow reader is told what it missed rather than silently skipping.
-                    let event = Event::default().event("lagged").data(format!("{{\"missed\": {missed}}}"));
-                    return Some((Ok(event), (receiver, tenant, agent_type, slot)));
-                }
-                Err(RecvError::Closed) => return None,
+                    // A slow reader is told how much it missed rather than silently skipping;
+                    // `GET /v1/tasks` lists what finished meanwhile.
+                    Err(RecvError::Lagged(missed)) => Event::default().event("lagged").data(format!("{{\"missed\": {missed}}}")),
+                    Err(RecvError::Closed) => return None,
+                };
+                return Some((Ok(event), (receiver, tenant, agent_type, slot)));
             }
-        }
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))

@@ -334,7 +334,8 @@ pub async fn wait_outcome(projection: &Projection, tenant: &str, task_id: &str, 
         loop {
             match tokio::time::timeout_at(deadline, outcomes.recv()).await {
                 Err(_) => return Ok(None),
-                Ok(Ok(notice)) if notice.view.task_id == task_id && notice.tenant == tenant => return Ok(Some(notice.view.clone())),
+                // Its view is in the store by now: read it there.
+                Ok(Ok(notice)) if notice.task_id == task_id && notice.tenant == tenant => break,
                 Ok(Ok(_)) => continue,
                 // Missed notices or a closed stream: look in the store again.
                 Ok(Err(_)) => break,

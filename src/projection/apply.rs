@@ -31,12 +31,16 @@ pub enum Source {
     Other,
 }
 
-/// A task that reached its outcome in this batch: what the SSE stream publishes.
+/// A task that reached its outcome in this batch: what the SSE stream and waiting submits are
+/// told. It names the task rather than carrying its view: the broadcast channel keeps every
+/// notice its slowest receiver has not read (up to its capacity), and views with large inputs
+/// and outputs made one SSE client that never read pin +632 MB. Receivers read the view from
+/// the store, where it is durable before the notice is sent.
 #[derive(Debug, Clone)]
 pub struct OutcomeNotice {
     pub tenant: String,
     pub agent_type: Option<String>,
-    pub view: TaskView,
+    pub task_id: String,
 }
 
 /// A task's key in the `tasks` column family and in the batch's cache: (tenant, task id).
@@ -278,7 +282,7 @@ impl<'s> Totals<'s> {
             view.tenant_counted = true;
             self.tenant(&view.tenant)?.terminal += 1;
             if self.notify && self.noticed.insert(store::task_key(&view.tenant, &view.task_id)) {
-                self.notices.push(OutcomeNotice { tenant: view.tenant.clone(), agent_type: view.agent_type.clone(), view: view.clone() });
+                self.notices.push(OutcomeNotice { tenant: view.tenant.clone(), agent_type: view.agent_type.clone(), task_id: view.task_id.clone() });
             }
         }
         Ok(())
