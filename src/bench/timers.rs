@@ -103,7 +103,7 @@ pub async fn run_timer_bench(log: Arc<dyn EventLog>, options: &TimerBenchOptions
     let registry = Registry::open(log.clone(), &format!("{}schemas", topics.prefix()), stop.clone()).await.map_err(|e| setup(&e))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| setup(&e))?;
     let url = format!("http://{}", listener.local_addr().map_err(|e| setup(&e))?);
-    let server = tokio::spawn(serve(registry.clone(), listener, stop.clone()));
+    let server = tokio::spawn(serve(registry.clone(), listener, crate::api::ApiConfig::default(), stop.clone()));
     let codec = Arc::new(WireCodec::new(&url).map_err(|e| setup(&e))?);
     let dir = std::env::temp_dir().join(format!("agentlog-bench-timers-{suffix}"));
 

@@ -67,6 +67,9 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
     let mut registry = None;
     let registry_url = if log.backend() == "embedded" {
         let topic = format!("{}schemas", config.log.topic_prefix);
+        if let Some(problem) = config.registry.own_key_problem(&config.api) {
+            anyhow::bail!(problem);
+        }
         let reg = agentlog::registry::Registry::open_with(log.clone(), &topic, &config.registry, shutdown.clone()).await.context("opening the schema registry")?;
         let listener = agentlog::registry::bind(&config.registry.listen, &config.api).await.with_context(|| format!("binding {}", config.registry.listen))?;
         let url = format!("http://{}", listener.local_addr()?);

@@ -17,6 +17,9 @@ use agentlog::registry::{Registry, RegistryConfig, bind, serve};
 pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let topic = format!("{}schemas", config.log.topic_prefix);
+    if let Some(problem) = config.registry.own_key_problem(&config.api) {
+        anyhow::bail!(problem);
+    }
     let registry = Registry::open_with(log.clone(), &topic, &config.registry, shutdown.clone()).await.context("opening the schema registry")?;
     let listener = bind(&config.registry.listen, &config.api).await.with_context(|| format!("binding {}", config.registry.listen))?;
     let registry_url = format!("http://{}", listener.local_addr()?);

@@ -76,6 +76,37 @@ impl RegistryConfig {
     }
 }
 
+impl RegistryConfig {
+    /// Why a process serving the built-in registry with these API settings could not write
+    /// its own schemas, or `None`. With `api.keys` the registry answers keyed requests only,
+    /// and this process's codecs register each event schema on first use: without
+    /// `registry.api_key`, or with a key that is not an admin tenant's, every write it makes
+    /// (a submit, an outcome) would fail at the registry instead of at startup.
+    pub fn own_key_problem(&self, api: &crate::api::ApiConfig) -> Option<String> {
+        if api.keys.is_empty() {
+            return None;
+        }
+        if self.api_key.is_empty() {
+            return Some(
+                "registry.api_key is empty, but api.keys are configured: the schema registry this process serves answers keyed requests only, \
+                 and this process registers its event schemas there; set registry.api_key (AGENTLOG__REGISTRY__API_KEY) to the key of a tenant in api.admin_tenants"
+                    .to_string(),
+            );
+        }
+        let digest = crate::api::auth::sha256_hex(&self.api_key);
+        let Some(owner) = api.keys.iter().find(|k| k.sha256.eq_ignore_ascii_case(&digest)) else {
+            return Some("registry.api_key is not one of api.keys: the schema registry this process serves would refuse it".to_string());
+        };
+        if !api.admin_tenants.contains(&owner.tenant) {
+            return Some(format!(
+                "registry.api_key belongs to tenant `{}`, which is not in api.admin_tenants: registering this process's event schemas needs an admin tenant's key",
+                owner.tenant
+            ));
+        }
+        None
+    }
+}
+
 impl std::fmt::Debug for RegistryConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let key = if self.api_key.is_empty() { "" } else { crate::redact::MASK };
@@ -103,6 +134,19 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(!shown.contains("sr-secret") && !shown.contains("p4ss"), "{shown}");
         assert!(shown.contains("api_key: \"***\""), "{shown}");
+    }
+
+    #[test]
+    fn a_process_serving_a_keyed_registry_needs_an_admin_key_of_its_own() {
+        use crate::api::{ApiConfig, ApiKeyConfig};
+        let key = |tenant: &str, secret: &str| ApiKeyConfig { tenant: tenant.into(), sha256: crate::api::auth::sha256_hex(secret) };
+        let api = ApiConfig { keys: vec![key("ops", "ops-key"), key("acme", "acme-key")], admin_tenants: vec!["ops".into()], ..ApiConfig::default() };
+        let with = |api_key: &str| RegistryConfig { api_key: api_key.into(), ..RegistryConfig::default() };
+        assert_eq!(with("").own_key_problem(&ApiConfig::default()), None, "no keys: nothing to send");
+        assert!(with("").own_key_problem(&api).is_some_and(|p| p.contains("registry.api_key is empty")));
+        assert!(with("guess").own_key_problem(&api).is_some_and(|p| p.contains("not one of api.keys")));
+        assert!(with("acme-key").own_key_problem(&api).is_some_and(|p| p.contains("tenant `acme`")));
+        assert_eq!(with("ops-key").own_key_problem(&api), None);
     }
 
     #[test]
