@@ -79,10 +79,6 @@ impl HttpAgent {
         Ok(Self { shown: crate::redact::url(&parsed), url: parsed, client })
     }
 
-    pub fn url(&self) -> &reqwest::Url {
-        &self.url
-    }
-
     async fn call(&self, ctx: &TaskContext) -> Result<TaskOutput, AgentFailure> {
         let key = HeaderValue::from_str(&ctx.idempotency_key)
             .map_err(|_| AgentFailure::rejected("the idempotency key is not a valid HTTP header value"))?;

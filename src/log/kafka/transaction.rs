@@ -227,7 +227,7 @@ impl Transaction for KafkaTransaction<'_> {
         // Where a slow commit spends its time: the records' acks, the offsets' round trips to
         // the group coordinator, or the end of the transaction (markers on every partition).
         tracing::debug!(
-            records = positions.len(),
+            partitions = positions.len(),
             delivered_ms = delivered.as_millis() as u64,
             offsets_ms = (offsets_sent - delivered).as_millis() as u64,
             end_ms = (started.elapsed() - offsets_sent).as_millis() as u64,
