@@ -50,6 +50,10 @@ struct Proc {
     log: PathBuf,
 }
 
+/// How long gdb may take to dump one process's stacks (loading the symbols of a release
+/// build with debug info takes most of it).
+const STACKS_WITHIN: Duration = Duration::from_secs(120);
+
 /// The processes of one scenario. Dropping it kills whatever still runs.
 pub struct Fleet {
     dir: PathBuf,
@@ -156,6 +160,37 @@ impl Fleet {
 
     pub fn exits(&self) -> &[UnexpectedExit] {
         &self.exits
+    }
+
+    /// Writes every running process's threads' stacks (gdb, if installed) to
+    /// `<dir>/<name>.stacks.txt`: the evidence of where a worker that stopped reading sits.
+    /// Only called when acknowledged tasks are missing; gdb stops each process for the few
+    /// seconds it takes, and is cut off after [`STACKS_WITHIN`].
+    pub async fn dump_stacks(&mut self) -> Vec<String> {
+        self.poll();
+        let mut notes = Vec::new();
+        let running: Vec<(String, u32)> = self.procs.iter().filter_map(|p| Some((p.name.clone(), p.child.as_ref()?.id()))).collect();
+        for (name, pid) in running {
+            let path = self.dir.join(format!("{name}.stacks.txt"));
+            let dumped = tokio::time::timeout(
+                STACKS_WITHIN,
+                tokio::process::Command::new("gdb")
+                    .args(["-batch", "-nx", "-ex", "set pagination off", "-ex", "thread apply all bt", "-p", &pid.to_string()])
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true)
+                    .output(),
+            )
+            .await;
+            match dumped {
+                Ok(Ok(output)) => match std::fs::write(&path, [output.stdout, output.stderr].concat()) {
+                    Ok(()) => notes.push(format!("stacks of {name} in {}", path.display())),
+                    Err(e) => notes.push(format!("writing {}: {e}", path.display())),
+                },
+                Ok(Err(e)) => notes.push(format!("no stacks of {name}: gdb: {e}")),
+                Err(_) => notes.push(format!("no stacks of {name}: gdb took over {STACKS_WITHIN:?}")),
+            }
+        }
+        notes
     }
 
     /// Whether a process whose name starts with `prefix` still runs.

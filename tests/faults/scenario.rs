@@ -228,6 +228,10 @@ impl Scenario {
             }
             self.fleet.sleep(Duration::from_millis(250)).await;
         }
+        if reader.terminal_among(&acked) < acked.len() {
+            // Acknowledged tasks without an outcome: where each process sits is the evidence.
+            notes.extend(self.fleet.dump_stacks().await);
+        }
         let settle_until = Instant::now() + SETTLE_LIMIT;
         while Instant::now() < settle_until && reader.last_record().is_some_and(|at| at.elapsed() < SETTLE) {
             self.fleet.sleep(Duration::from_millis(250)).await;

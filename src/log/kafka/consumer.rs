@@ -263,6 +263,17 @@ impl KafkaConsumer {
     }
 }
 
+/// librdkafka's pause and resume wait, on the calling (async) thread and without a timeout,
+/// until the thread serving each partition has applied them. A call that took long is logged:
+/// a worker that stopped reading with partitions during a broker outage (fault suite) left
+/// no line saying where it waited.
+fn slow_call(operation: &str, partition: &TopicPartition, started: std::time::Instant) {
+    let took = started.elapsed();
+    if took >= std::time::Duration::from_millis(500) {
+        tracing::warn!(operation, %partition, took_ms = took.as_millis() as u64, "a librdkafka pause/resume call blocked this thread");
+    }
+}
+
 fn to_record(message: &BorrowedMessage<'_>) -> ConsumedRecord {
     let headers = message
         .headers()
@@ -312,7 +323,11 @@ impl Consumer for KafkaConsumer {
         let hard: Vec<TopicPartition> = self.hard_paused.drain().filter(|p| self.assignment.contains(p)).collect();
         if !hard.is_empty() {
             let tpl = to_tpl(hard.iter().map(|p| (p, Offset::Invalid)))?;
+            let started = std::time::Instant::now();
             self.consumer.resume(&tpl).map_err(|e| self.err("resume", e))?;
+            if let Some(first) = hard.first() {
+                slow_call("resume", first, started);
+            }
         }
         Ok(())
     }
@@ -329,7 +344,9 @@ impl Consumer for KafkaConsumer {
                         held.push_back(event);
                         if held.len() >= HARD_PAUSE_AT && !self.hard_paused.contains(&tp) {
                             let tpl = to_tpl(std::iter::once((&tp, Offset::Invalid)))?;
+                            let started = std::time::Instant::now();
                             self.consumer.pause(&tpl).map_err(|e| self.err("pause", e))?;
+                            slow_call("pause", &tp, started);
                             self.hard_paused.insert(tp);
                         }
                         continue;
@@ -416,7 +433,11 @@ impl Consumer for KafkaConsumer {
         let hard: Vec<&TopicPartition> = partitions.iter().filter(|p| self.hard_paused.contains(*p)).collect();
         if !hard.is_empty() {
             let tpl = to_tpl(hard.iter().map(|p| (*p, Offset::Invalid)))?;
+            let started = std::time::Instant::now();
             self.consumer.resume(&tpl).map_err(|e| self.err("resume", e))?;
+            if let Some(first) = hard.first() {
+                slow_call("resume", first, started);
+            }
         }
         for p in partitions {
             self.hard_paused.remove(p);
