@@ -263,7 +263,18 @@ pub struct RegistrySwitch {
 impl RegistrySwitch {
     pub async fn start(registry_url: &str, up: bool) -> RegistrySwitch {
         let target = registry_url.trim_start_matches("http://").trim_end_matches('/').to_string();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        // Same port as the registry, on another loopback address: without API keys the
+        // registry answers only requests whose Host is a loopback name with its own port (its
+        // guard against DNS rebinding), and clients of this proxy name the proxy.
+        let port = target.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).expect("registry url has a port");
+        let mut bound = None;
+        for last in 2..=20u8 {
+            if let Ok(listener) = tokio::net::TcpListener::bind((std::net::Ipv4Addr::new(127, 0, 0, last), port)).await {
+                bound = Some(listener);
+                break;
+            }
+        }
+        let listener = bound.expect("bind a loopback address with the registry's port");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (switch, state) = tokio::sync::watch::channel(up);
         let accept = tokio::spawn(async move {
