@@ -14,6 +14,7 @@ mod faults {
     pub mod api_view;
     pub mod client;
     pub mod cluster;
+    pub mod group;
     pub mod processes;
     pub mod results;
     pub mod scenario;

@@ -105,7 +105,7 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    async fn run_async(&self, args: &[&str]) -> Result<String, ClusterError> {
+    pub async fn run_async(&self, args: &[&str]) -> Result<String, ClusterError> {
         let this = self.clone();
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         tokio::task::spawn_blocking(move || this.run(&args.iter().map(String::as_str).collect::<Vec<_>>()))
