@@ -80,6 +80,9 @@ pub struct ApiConfig {
     pub max_idempotency_key_bytes: usize,
     /// Longest cancel reason, in bytes: every cancel request lands in the task's timeline.
     pub max_cancel_reason_bytes: usize,
+    /// Most idempotency keys this process keeps in memory while its projection does not show
+    /// them yet; past it a keyed submit answers 503 (retryable).
+    pub max_idempotency_claims: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +114,7 @@ impl Default for ApiConfig {
             max_label_value_bytes: 1024,
             max_idempotency_key_bytes: 256,
             max_cancel_reason_bytes: 1024,
+            max_idempotency_claims: 100_000,
         }
     }
 }
@@ -144,7 +148,11 @@ impl ApiConfig {
             out.push(format!("api.auth_failure_delay_ms must be at most {MAX_AUTH_FAILURE_DELAY_MS}"));
         }
         // A zero would refuse every key (a deployment that wants no labels sets api.max_labels = 0).
-        for (key, value) in [("api.max_label_key_bytes", self.max_label_key_bytes), ("api.max_idempotency_key_bytes", self.max_idempotency_key_bytes)] {
+        for (key, value) in [
+            ("api.max_label_key_bytes", self.max_label_key_bytes),
+            ("api.max_idempotency_key_bytes", self.max_idempotency_key_bytes),
+            ("api.max_idempotency_claims", self.max_idempotency_claims),
+        ] {
             if value == 0 {
                 out.push(format!("{key} must be at least 1"));
             }
@@ -226,7 +234,8 @@ impl ApiState {
             }
         }
         let auth = auth::Auth::new(&config);
-        Ok(ApiState { log, client, agents, projection, config, auth, schemas, metrics: metrics::Metrics::new(), admin: None, closing: CancellationToken::new(), claims: idempotency::Claims::default(), streams: stream::OpenStreams::default() })
+        let claims = idempotency::Claims::new(config.max_idempotency_claims);
+        Ok(ApiState { log, client, agents, projection, config, auth, schemas, metrics: metrics::Metrics::new(), admin: None, closing: CancellationToken::new(), claims, streams: stream::OpenStreams::default() })
     }
 }
 

@@ -16,6 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Tenant;
 use super::{ApiConfig, ApiState};
 use super::error::ApiError;
+use super::idempotency;
 use crate::agent::client::{ClientError, MAX_DEADLINE_MS, MAX_DELAY, Submitted, after_ms, new_id};
 use crate::agent::dlq;
 use crate::events::{Lane, TaskSubmitted, TimestampMicros};
@@ -359,10 +360,10 @@ pub async fn submit(
     // A keyed submit holds its key's claim until written, so a concurrent one with the same
     // key finds this task instead of writing a second (the projection may not show it yet).
     let mut claim = match &task.idempotency_key {
-        Some(key) => Some(state.claims.claim(&tenant, key).await),
+        Some(key) => Some(state.claims.claim(&tenant, key, || state.projection.applied()).await.map_err(claims_full)?),
         None => None,
     };
-    if let Some((id, _)) = claim.as_ref().and_then(|c| c.written.as_ref()) {
+    if let Some(id) = claim.as_ref().and_then(|c| c.written.as_ref()).map(|w| &w.task_id) {
         let mut body = json!({"task_id": id, "duplicate": true});
         if let Some(view) = state.projection.store().task(&tenant, id)? {
             body["task"] = task_json(&view);
@@ -375,7 +376,7 @@ pub async fn submit(
     check_quota(&state, &tenant, 1)?;
     let submitted = state.client.submit(&task).await.map_err(client_error)?;
     if let Some(claim) = claim.as_mut() {
-        claim.written = Some((task.task_id.clone(), Instant::now()));
+        claim.written = Some(written(&task.task_id, &submitted, Instant::now()));
     }
     drop(claim);
     let mut body = submitted_json(&submitted);
@@ -403,14 +404,18 @@ pub async fn submit_batch(State(state): State<Arc<ApiState>>, Tenant(tenant): Te
     }
     // The batch's keys are claimed together (see `submit`); a key named twice in the batch
     // is written once, and its later mentions answer with the first one's task.
-    let mut claims = state.claims.claim_all(&tenant, tasks.iter().filter_map(|t| t.idempotency_key.as_deref())).await;
+    let mut claims = state
+        .claims
+        .claim_all(&tenant, tasks.iter().filter_map(|t| t.idempotency_key.as_deref()), || state.projection.applied())
+        .await
+        .map_err(claims_full)?;
     let mut answers = vec![Value::Null; tasks.len()];
     let mut in_batch: HashMap<String, String> = HashMap::new();
     let mut fresh = Vec::new();
     for (i, task) in tasks.into_iter().enumerate() {
         let earlier = match &task.idempotency_key {
             Some(key) => match claims.get(key).and_then(|c| c.written.as_ref()) {
-                Some((id, _)) => Some(id.clone()),
+                Some(w) => Some(w.task_id.clone()),
                 None => in_batch.get(key).cloned(),
             },
             None => None,
@@ -440,7 +445,7 @@ pub async fn submit_batch(State(state): State<Arc<ApiState>>, Tenant(tenant): Te
                 answers[*i] = submitted_json(&submitted);
                 // Every written key is remembered, even when a later task of the batch failed.
                 if let Some(claim) = task.idempotency_key.as_ref().and_then(|key| claims.get_mut(key)) {
-                    claim.written = Some((task.task_id.clone(), now));
+                    claim.written = Some(written(&task.task_id, &submitted, now));
                 }
             }
             Err(error) => failure = failure.or(Some(error)),
@@ -451,6 +456,16 @@ pub async fn submit_batch(State(state): State<Arc<ApiState>>, Tenant(tenant): Te
         return Err(client_error(error));
     }
     Ok((StatusCode::ACCEPTED, Json(json!({ "tasks": answers }))))
+}
+
+/// Where a keyed submit was written, for its claim (see [`idempotency`]).
+fn written(task_id: &str, submitted: &Submitted, at: Instant) -> idempotency::Written {
+    idempotency::Written { task_id: task_id.to_string(), at, topic: submitted.topic.clone(), partition: submitted.position.partition, offset: submitted.position.offset }
+}
+
+/// Too many keyed submits wait for the projection: retryable, like any passing overload.
+fn claims_full(full: idempotency::ClaimsFull) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "idempotency_claims_full", full.to_string())
 }
 
 /// Parses `topic:partition:offset`.
