@@ -61,6 +61,7 @@ task_suite!(
     a_silent_agent_is_declared_lost,
     delayed_tasks_and_jobs,
     a_registry_outage_never_dead_letters_a_timer,
+    a_registry_outage_holds_the_projection_back,
     exactly_once_outcomes,
     exactly_once_abandons_a_stuck_transaction,
     exactly_once_survives_partitions_moving,

@@ -347,7 +347,8 @@ pub async fn wait_outcome(projection: &Projection, tenant: &str, task_id: &str, 
 
 #[utoipa::path(post, path = "/v1/tasks", tag = "tasks", params(Wait), request_body = SubmitTask,
     responses((status = 202, description = "accepted; `position` is where it was written"), (status = 200, description = "accepted and finished within wait_ms, or an earlier task with the same idempotency key"),
-        (status = 400, description = "a field is wrong (the error names it)"), (status = 401), (status = 413), (status = 429)))]
+        (status = 400, description = "a field is wrong (the error names it)"), (status = 401), (status = 413), (status = 429),
+        (status = 503, description = "the log is unavailable, or `idempotency_claims_full`: retry")))]
 pub async fn submit(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
@@ -391,7 +392,8 @@ pub async fn submit(
 }
 
 #[utoipa::path(post, path = "/v1/tasks/batch", tag = "tasks", request_body = SubmitBatch,
-    responses((status = 202, description = "all accepted, in order"), (status = 400, description = "a task is wrong (`tasks[i].field`); none was written"), (status = 401), (status = 413), (status = 429)))]
+    responses((status = 202, description = "all accepted, in order"), (status = 400, description = "a task is wrong (`tasks[i].field`); none was written"), (status = 401), (status = 413), (status = 429),
+        (status = 503, description = "the log is unavailable, or `idempotency_claims_full`: retry")))]
 pub async fn submit_batch(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, body: Result<Json<SubmitBatch>, JsonRejection>) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(batch) = body.map_err(body_error)?;
     if batch.tasks.is_empty() || batch.tasks.len() > state.config.max_batch {

@@ -109,7 +109,7 @@ impl<T: serde::de::DeserializeOwned + apache_avro::AvroSchema + 'static> EventRe
                 let Some(record) = self.taken.take() else { unreachable!("still taken") };
                 Ok(ReadOutcome::Event { record, schema_id, event })
             }
-            Err(error @ (WireError::Registry { .. } | WireError::Rejected { .. } | WireError::Encode { .. })) => {
+            Err(error) if error.is_passing() => {
                 // Not the record's fault: step back so the record is read again on retry.
                 let tp = record.topic_partition();
                 let offset = record.offset;

@@ -78,6 +78,15 @@ pub enum WireError {
     Encode { reason: String },
 }
 
+impl WireError {
+    /// The registry's fault, not the record's (unreachable, failing, refusing a write): the
+    /// same record reads once the registry is back, so a reader waits and retries; it never
+    /// skips, commits past or dead-letters the record for it.
+    pub fn is_passing(&self) -> bool {
+        matches!(self, WireError::Registry { .. } | WireError::Rejected { .. } | WireError::Encode { .. })
+    }
+}
+
 /// Splits a payload into the writer schema id and the Avro datum, checking the framing.
 pub fn split_frame(bytes: &[u8]) -> Result<(u32, &[u8]), WireError> {
     match bytes {

@@ -16,7 +16,7 @@ use super::store::{ProjectionStore, StoreError};
 use crate::agent::{AgentTypeConfig, TaskTopics};
 use crate::events::AnyEvent;
 use crate::events::any::decode_any;
-use crate::events::wire::WireCodec;
+use crate::events::wire::{WireCodec, WireError};
 use crate::events::Lane;
 use crate::log::{ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, EventLog, LogError, SeekTo, TopicPartition};
 
@@ -34,6 +34,10 @@ pub enum ProjectorError {
     Store(#[from] StoreError),
     #[error("reading the log: {0}")]
     Log(#[from] LogError),
+    /// The record at `position` needs the schema registry to be read, and it failed: the
+    /// projection waits (and says so in `/readyz`) rather than move past the record.
+    #[error("decoding {position}: {error}")]
+    Registry { position: String, error: WireError },
 }
 
 /// The topics a projection reads: every lane of every declared agent type, `timers`, and the
@@ -222,18 +226,20 @@ pub const CATCH_UP_WRITE_EVERY_UNORDERED: usize = 262_144;
 
 type DecodedBatch = Vec<(ConsumedRecord, Option<AnyEvent>)>;
 
-/// Decodes a batch. A record we cannot decode stays in the log; the projection moves past
-/// it (and says so). Fired-timer markers are empty and carry nothing to apply.
-async fn decode_batch(codec: &WireCodec, mut records: Vec<ConsumedRecord>) -> DecodedBatch {
+/// Decodes a batch. A record that cannot be decoded stays in the log; the projection moves
+/// past it (and says so). A registry that cannot be asked is not the record's fault: the
+/// batch fails with [`ProjectorError::Registry`] and the projector retries it from its stored
+/// offsets, as after any passing failure. Fired-timer markers are empty and carry nothing.
+async fn decode_batch(codec: &WireCodec, mut records: Vec<ConsumedRecord>) -> Result<DecodedBatch, ProjectorError> {
     let mut out = Vec::with_capacity(records.len());
-    decode_into(codec, &mut records, &mut out).await;
-    out
+    decode_into(codec, &mut records, &mut out).await?;
+    Ok(out)
 }
 
 /// [`decode_batch`] into buffers the caller reuses: a catch-up hands over a batch every
 /// millisecond or so, and fresh vectors for each (freed on the applier's thread) made the
 /// allocator fault in new memory.
-async fn decode_into(codec: &WireCodec, records: &mut Vec<ConsumedRecord>, out: &mut DecodedBatch) {
+async fn decode_into(codec: &WireCodec, records: &mut Vec<ConsumedRecord>, out: &mut DecodedBatch) -> Result<(), ProjectorError> {
     out.reserve(records.len());
     for record in records.drain(..) {
         let event = if record.payload.is_empty() {
@@ -241,6 +247,9 @@ async fn decode_into(codec: &WireCodec, records: &mut Vec<ConsumedRecord>, out: 
         } else {
             match decode_any(codec, &record.payload).await {
                 Ok(event) => Some(event),
+                Err(error) if error.is_passing() => {
+                    return Err(ProjectorError::Registry { position: format!("{}/{}@{}", record.topic, record.partition, record.offset), error });
+                }
                 Err(error) => {
                     tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %error, "projection skipped an undecodable record");
                     None
@@ -249,6 +258,7 @@ async fn decode_into(codec: &WireCodec, records: &mut Vec<ConsumedRecord>, out: 
         };
         out.push((record, event));
     }
+    Ok(())
 }
 
 /// Applies a decoded batch as one WriteBatch with the next offsets of its partitions.
@@ -404,7 +414,10 @@ async fn read_history(
             continue;
         }
         let mut decoded = recycled.try_recv().unwrap_or_else(|_| Vec::with_capacity(CATCH_UP_BATCH));
-        decode_into(&codec, &mut records, &mut decoded).await;
+        if let Err(error) = decode_into(&codec, &mut records, &mut decoded).await {
+            let _ = batches.send(Err(error)).await;
+            break;
+        }
         if batches.send(Ok(decoded)).await.is_err() {
             break;
         }
@@ -496,7 +509,10 @@ async fn follow(log: &Arc<dyn EventLog>, codec: &Arc<WireCodec>, projection: &Ar
             }
             continue;
         }
-        let decoded = decode_batch(codec, records).await;
+        let decoded = match decode_batch(codec, records).await {
+            Ok(decoded) => decoded,
+            Err(error) => break Err(error),
+        };
         match apply_decoded(&store, &kinds, decoded) {
             Ok((offsets, notices, _)) => projection.published(&offsets, notices),
             Err(error) => break Err(error),

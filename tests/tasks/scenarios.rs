@@ -1,11 +1,14 @@
 //! Task-lifecycle scenarios; each runs on the embedded log and on Kafka.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use agentlog::agent::dlq;
 use agentlog::agent::runtime::build;
 use agentlog::events::{AgentState, AnyEvent, Lane, TimestampMicros};
+use agentlog::projection::{Projection, ProjectionStore, sources};
 
 use super::fixture::{FirstTransactionHangs, Fixture, scripted};
 pub use super::hostile::*;
@@ -511,6 +514,43 @@ pub async fn a_registry_outage_never_dead_letters_a_timer(h: &mut Harness) {
     assert!(matches!(outcomes[&later.task_id], AnyEvent::TaskCompleted(_)), "{:?}", outcomes[&later.task_id]);
     assert_eq!(journal.attempts_of(&later.task_id), vec![1]);
     assert_eq!(dead_letters(&f).await, 0, "nothing was dead-lettered");
+    f.stop().await;
+}
+
+/// A schema registry the projector cannot reach holds the projection back (issue 14, item 3:
+/// an outage means wait and retry everywhere): a task whose records it cannot decode yet
+/// appears once the registry is back, and meanwhile `trouble` (what `/readyz` shows) names
+/// the registry. Before, the projector skipped such records and stored its offsets past
+/// them: the task never appeared.
+pub async fn a_registry_outage_holds_the_projection_back(h: &mut Harness) {
+    let f = Fixture::new(h).await;
+    let (ty, agent) = f.agent_type("projected", "runtime = { kind = \"builtin\", name = \"echo\" }\n").await;
+    // The client registers and writes directly; the projector reads through the switch.
+    let switch = f.registry_switch(false).await;
+    let task = f.task(&ty, Lane::Normal, "{}");
+    f.submit(&task).await;
+    let mut agents = BTreeMap::new();
+    agents.insert(ty.clone(), agent);
+    let dir = tempfile::tempdir().expect("projection dir");
+    let projection = Projection::new(ProjectionStore::open(dir.path()).expect("projection store"), sources(&f.topics, &agents)).expect("projection");
+    let stop = CancellationToken::new();
+    let projector = tokio::spawn(agentlog::projection::run(f.log.clone(), switch.codec(), projection.clone(), stop.clone()));
+    let tenant = task.meta.tenant.clone();
+    let shown = || projection.store().task(&tenant, &task.task_id).expect("store read").is_some();
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!shown(), "projected without its writer schema");
+    let trouble = projection.trouble().unwrap_or_default();
+    assert!(trouble.contains("registry"), "the projection says what it waits for: {trouble:?}");
+
+    switch.set_up(true);
+    let deadline = Instant::now() + WITHIN;
+    while !shown() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(shown(), "the task appears once the registry is back");
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), projector).await;
     f.stop().await;
 }
 
