@@ -62,6 +62,7 @@ task_suite!(
     delayed_tasks_and_jobs,
     a_registry_outage_never_dead_letters_a_timer,
     a_registry_outage_holds_the_projection_back,
+    a_registry_outage_never_loses_a_cancel,
     exactly_once_outcomes,
     exactly_once_abandons_a_stuck_transaction,
     exactly_once_survives_partitions_moving,

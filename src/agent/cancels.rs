@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::topics::TaskTopics;
 use crate::events::AnyEvent;
-use crate::events::decode_any;
+use crate::events::decode_any_waiting;
 use crate::events::wire::WireCodec;
 use crate::log::{ConsumerEvent, ConsumerOptions, EventLog, LogError, SeekTo, TopicPartition};
 
@@ -132,9 +132,12 @@ pub async fn watch_control(
             Ok(Err(e)) => return Err(e),
             Ok(Ok(ConsumerEvent::Record(record))) => {
                 next = record.offset + 1;
-                match decode_any(&codec, &record.payload).await {
-                    Ok(event) => apply(event, &cancels),
-                    Err(error) => tracing::warn!(offset = record.offset, %error, "skipping an undecodable control record"),
+                // A cancel read while the registry is away is applied once it is back, never
+                // skipped (the task would run although cancelled).
+                match decode_any_waiting(&codec, &record.payload, &stop).await {
+                    Some(Ok(event)) => apply(event, &cancels),
+                    Some(Err(error)) => tracing::warn!(offset = record.offset, %error, "skipping an undecodable control record"),
+                    None => return Err(LogError::Shutdown),
                 }
             }
             Ok(Ok(_)) => {}
@@ -147,9 +150,10 @@ pub async fn watch_control(
                 event = consumer.next_event() => event,
             };
             match event {
-                Ok(ConsumerEvent::Record(record)) => match decode_any(&codec, &record.payload).await {
-                    Ok(event) => apply(event, &cancels),
-                    Err(error) => tracing::warn!(offset = record.offset, %error, "skipping an undecodable control record"),
+                Ok(ConsumerEvent::Record(record)) => match decode_any_waiting(&codec, &record.payload, &stop).await {
+                    Some(Ok(event)) => apply(event, &cancels),
+                    Some(Err(error)) => tracing::warn!(offset = record.offset, %error, "skipping an undecodable control record"),
+                    None => break,
                 },
                 Ok(_) => {}
                 Err(error) => {

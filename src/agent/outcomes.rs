@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::topics::TaskTopics;
 use crate::events::wire::WireCodec;
-use crate::events::{AnyEvent, decode_any};
+use crate::events::{AnyEvent, decode_any_waiting};
 use crate::log::{EventLog, LogError, SeekTo};
 use crate::supervisor::follow::Follower;
 
@@ -59,7 +59,8 @@ impl OutcomeWatch {
                         continue;
                     }
                 };
-                let event = match decode_any(&codec, &record.payload).await {
+                let Some(decoded) = decode_any_waiting(&codec, &record.payload, &s).await else { break };
+                let event = match decoded {
                     Ok(event) if event.is_terminal() => event,
                     Ok(_) => continue,
                     Err(error) => {

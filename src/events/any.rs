@@ -3,8 +3,11 @@
 //! says which type to decode into. No header is needed, so records written by any
 //! Confluent-compatible producer decode too.
 
+use tokio_util::sync::CancellationToken;
+
 use super::wire::{WireCodec, WireError};
 use super::*;
+use crate::backoff::Backoff;
 
 /// Any agentlog event.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,6 +114,30 @@ impl AnyEvent {
 }
 
 /// Decodes a Confluent-framed payload into whichever event type wrote it.
+/// Decodes like [`decode_any`], but waits out a schema registry that cannot be asked
+/// (retrying with back-off, logging now and then) instead of failing: a follower that skipped
+/// the record would act as if it never happened (a cancel never applied, an outcome never
+/// seen). Errors of the record itself come back at once. `None` when `stop` came first.
+pub async fn decode_any_waiting(codec: &WireCodec, bytes: &[u8], stop: &CancellationToken) -> Option<Result<AnyEvent, WireError>> {
+    let mut backoff = Backoff::default();
+    loop {
+        match decode_any(codec, bytes).await {
+            Err(error) if error.is_passing() => {
+                if backoff.failures() % WAITING_LOGGED_EVERY == 0 {
+                    tracing::warn!(%error, retries = backoff.failures(), "waiting for the schema registry to read a record");
+                }
+                if !backoff.wait(stop).await {
+                    return None;
+                }
+            }
+            other => return Some(other),
+        }
+    }
+}
+
+/// Every how many retries [`decode_any_waiting`] says again that it waits.
+const WAITING_LOGGED_EVERY: u32 = 10;
+
 pub async fn decode_any(codec: &WireCodec, bytes: &[u8]) -> Result<AnyEvent, WireError> {
     let name = codec.writer_name(bytes).await?;
     macro_rules! pick {

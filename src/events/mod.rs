@@ -32,7 +32,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use agent::*;
-pub use any::{AnyEvent, decode_any};
+pub use any::{AnyEvent, decode_any, decode_any_waiting};
 pub use catalog::{EventType, META_AVSC, all_schemas, event_types, topic_of};
 pub use check::{CheckError, check_evolution};
 pub use job::*;

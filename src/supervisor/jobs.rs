@@ -16,7 +16,7 @@ use super::follow::Follower;
 use crate::agent::client::new_id;
 use crate::agent::topics::TaskTopics;
 use crate::events::wire::WireCodec;
-use crate::events::{AnyEvent, JobCompleted, Meta, TimestampMicros, decode_any};
+use crate::events::{AnyEvent, JobCompleted, Meta, TimestampMicros, decode_any_waiting};
 use crate::log::{EventLog, Producer, Record, SeekTo};
 
 /// How far back jobs are rebuilt from on start: a job older than this that is still open
@@ -105,7 +105,8 @@ pub async fn run_jobs(log: Arc<dyn EventLog>, codec: Arc<WireCodec>, topics: Tas
             record = follower.next() => record?,
         };
         if let Some(record) = record {
-            match decode_any(&codec, &record.payload).await {
+            let Some(decoded) = decode_any_waiting(&codec, &record.payload, &stop).await else { break };
+            match decoded {
                 Ok(AnyEvent::JobSubmitted(e)) => jobs.submitted(e.job_id, e.meta, e.task_ids),
                 Ok(AnyEvent::JobCompleted(e)) => {
                     let job_id = (e.meta.tenant, e.job_id);

@@ -16,7 +16,7 @@ use super::follow::Follower;
 use crate::agent::client::new_id;
 use crate::agent::topics::TaskTopics;
 use crate::events::wire::WireCodec;
-use crate::events::{AgentLost, AgentState, AgentStateChanged, AnyEvent, Meta, TimestampMicros, decode_any};
+use crate::events::{AgentLost, AgentState, AgentStateChanged, AnyEvent, Meta, TimestampMicros, decode_any_waiting};
 use crate::log::{EventLog, Producer, Record, SeekTo};
 
 /// How far back the monitor looks on start: instances silent for longer are not tracked.
@@ -56,7 +56,8 @@ pub async fn run_liveness(
             _ = stop.cancelled() => break,
             record = follower.next() => {
                 let Some(record) = record? else { continue };
-                let event = match decode_any(&codec, &record.payload).await {
+                let Some(decoded) = decode_any_waiting(&codec, &record.payload, &stop).await else { break };
+                let event = match decoded {
                     Ok(event) => event,
                     Err(error) => {
                         tracing::warn!(topic = %record.topic, offset = record.offset, %error, "skipping an undecodable agent event");

@@ -67,15 +67,24 @@ impl Fixture {
     }
 
     pub fn start_worker(&mut self, agent_type: &str, agent: &AgentTypeConfig, runtime: Arc<dyn Agent>, worker_id: &str) {
-        let log = self.log.clone();
-        self.start_worker_on(log, agent_type, agent, runtime, worker_id, agentlog::agent::worker::TRANSACTION_DEADLINE);
+        let (log, codec) = (self.log.clone(), self.codec.clone());
+        self.start_worker_on(log, codec, agent_type, agent, runtime, worker_id, agentlog::agent::worker::TRANSACTION_DEADLINE);
     }
 
-    /// Like [`Fixture::start_worker`], on `log` (a decorated one, say) and with its own
-    /// transaction deadline.
+    /// Like [`Fixture::start_worker`], reaching the registry through `codec` (a
+    /// [`RegistrySwitch`]'s, say).
+    pub fn start_worker_via(&mut self, codec: Arc<WireCodec>, agent_type: &str, agent: &AgentTypeConfig, runtime: Arc<dyn Agent>, worker_id: &str) {
+        let log = self.log.clone();
+        self.start_worker_on(log, codec, agent_type, agent, runtime, worker_id, agentlog::agent::worker::TRANSACTION_DEADLINE);
+    }
+
+    /// Like [`Fixture::start_worker`], on `log` (a decorated one, say), through `codec` and
+    /// with its own transaction deadline.
+    #[allow(clippy::too_many_arguments)]
     pub fn start_worker_on(
         &mut self,
         log: Arc<dyn EventLog>,
+        codec: Arc<WireCodec>,
         agent_type: &str,
         agent: &AgentTypeConfig,
         runtime: Arc<dyn Agent>,
@@ -93,7 +102,7 @@ impl Fixture {
             transaction_deadline,
         };
         let stop = CancellationToken::new();
-        let handle = tokio::spawn(run_worker(log, self.codec.clone(), runtime, settings, stop.clone()));
+        let handle = tokio::spawn(run_worker(log, codec, runtime, settings, stop.clone()));
         self.workers.push((stop, handle));
     }
 

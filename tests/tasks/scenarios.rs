@@ -554,6 +554,34 @@ pub async fn a_registry_outage_holds_the_projection_back(h: &mut Harness) {
     f.stop().await;
 }
 
+/// A cancel the worker reads while its registry is away is applied once the registry is
+/// back (issue 14, item 3): the running task ends cancelled. Before, the worker skipped the
+/// cancel it could not decode and the task ran to completion.
+pub async fn a_registry_outage_never_loses_a_cancel(h: &mut Harness) {
+    let mut f = Fixture::new(h).await;
+    let (ty, agent) = f.agent_type("cancel-outage", "runtime = { kind = \"builtin\", name = \"echo\" }\nconcurrency = 1\nlanes = [\"normal\"]\n").await;
+    let (journal, runtime) = scripted();
+    let switch = f.registry_switch(true).await;
+    f.start_worker_via(switch.codec(), &ty, &agent, runtime, "w1");
+    // One task through first: the worker knows the command and outcome schemas, not yet
+    // the cancel request's.
+    let warm = f.task(&ty, Lane::Normal, "{}");
+    f.submit(&warm).await;
+    let outcomes = f.outcomes(std::slice::from_ref(&warm.task_id), WITHIN).await;
+    assert!(matches!(outcomes[&warm.task_id], AnyEvent::TaskCompleted(_)), "{:?}", outcomes[&warm.task_id]);
+
+    let running = f.task(&ty, Lane::Normal, r#"{"sleep_ms": 30000}"#);
+    f.submit(&running).await;
+    wait_started(&journal, &running.task_id).await;
+    switch.set_up(false);
+    f.client.cancel(&running.task_id, "tenant-a", None).await.expect("cancel");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    switch.set_up(true);
+    let outcomes = f.outcomes(std::slice::from_ref(&running.task_id), WITHIN).await;
+    assert!(matches!(outcomes[&running.task_id], AnyEvent::TaskCancelled(_)), "the cancel was lost: {:?}", outcomes[&running.task_id]);
+    f.stop().await;
+}
+
 async fn dead_letters(f: &Fixture) -> usize {
     f.all_events(&f.topics.dlq(), Duration::from_millis(500)).await.len()
 }
@@ -594,7 +622,8 @@ pub async fn exactly_once_abandons_a_stuck_transaction(h: &mut Harness) {
     let (ty, agent) = f.agent_type("stuck", toml_text).await;
     let (_, runtime) = scripted();
     let hanging: std::sync::Arc<dyn agentlog::log::EventLog> = std::sync::Arc::new(FirstTransactionHangs(f.log.clone()));
-    f.start_worker_on(hanging, &ty, &agent, runtime, "stuck-1", Duration::from_secs(2));
+    let codec = f.codec.clone();
+    f.start_worker_on(hanging, codec, &ty, &agent, runtime, "stuck-1", Duration::from_secs(2));
     let mut ids = Vec::new();
     for _ in 0..5 {
         let task = f.task(&ty, Lane::Normal, r#"{"sleep_ms": 1}"#);
