@@ -40,6 +40,17 @@ pub(crate) fn producer_config(config: &KafkaConfig, max_record_bytes: usize) -> 
     client
 }
 
+/// The longest a group member may go without reading, and (KIP-848) its rebalance timeout:
+/// the time the coordinator gives it to give up partitions it moves elsewhere before fencing
+/// it. librdkafka's default is 5 minutes. In the fault suite a member kept partitions it
+/// had been asked to give up for minutes after a broker outage, heartbeating normally but
+/// never revoking them (librdkafka handed the application no revocation) while the new
+/// owner waited and their tasks with it (FAULTS.md, api_kill_during_broker_outage); only
+/// its fencing ended that. A worker reads at least every transaction deadline (30 s)
+/// and hands back a revoked partition within one, so a minute bounds such a stall without
+/// fencing healthy members. `log.kafka.consumer_properties` may set another value.
+pub(crate) const MAX_POLL_INTERVAL_MS: u64 = 60_000;
+
 /// Consumer settings: manual commits of offsets we choose, read_committed so aborted and
 /// open transactions stay invisible, and the KIP-848 protocol when configured.
 pub(crate) fn consumer_config(config: &KafkaConfig, group: Option<&str>, client_id: Option<&str>) -> ClientConfig {
@@ -54,7 +65,10 @@ pub(crate) fn consumer_config(config: &KafkaConfig, group: Option<&str>, client_
         Some(group) => {
             // Statistics carry each partition's fetch state, which finds assigned
             // partitions librdkafka never starts (see `fetch_states`).
-            client.set("group.id", group).set("statistics.interval.ms", super::fetch_states::STATISTICS_INTERVAL_MS.to_string());
+            client
+                .set("group.id", group)
+                .set("statistics.interval.ms", super::fetch_states::STATISTICS_INTERVAL_MS.to_string())
+                .set("max.poll.interval.ms", MAX_POLL_INTERVAL_MS.to_string());
             match config.group_protocol {
                 // Session timeout and heartbeats are the broker's business under KIP-848;
                 // librdkafka refuses the classic settings with it.
