@@ -103,9 +103,11 @@ pub async fn agent_types(State(state): State<Arc<ApiState>>, Tenant(tenant): Ten
 pub struct JobQuery {
     /// Page size, newest first (1 to 500, default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
     #[serde(default)]
+    #[param(pattern = r"^([0-9a-fA-F]{2}){8,}$")]
     pub cursor: Option<String>,
 }
 

@@ -571,9 +571,11 @@ pub async fn cancel(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, 
 pub struct ListDeadLetters {
     /// Page size, 1 to 500 (default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
     #[serde(default)]
+    #[param(pattern = r"^[0-9a-fA-F]{40}$")]
     pub cursor: Option<String>,
 }
 
