@@ -6,9 +6,11 @@
 use std::collections::HashMap;
 
 use agentlog::events::{
-    AgentDeregistered, AgentHeartbeat, AgentLost, AgentRegistered, AgentState, AgentStateChanged, AnyEvent, JobSubmitted, Lane, Meta, TaskCancelRequested,
+    AgentDeregistered, AgentHeartbeat, AgentLost, AgentRegistered, AgentState, AgentStateChanged, AnyEvent, JobCompleted, JobSubmitted, Lane, Meta, TaskCancelRequested,
     TaskCancelled, TaskCompleted, TaskDeadLettered, TaskExpired, TaskFailed, TaskProgress, TaskRetryScheduled, TaskStarted, TaskSubmitted, TimestampMicros,
 };
+use agentlog::agent::dlq;
+use agentlog::log::ConsumedRecord;
 use agentlog::projection::apply::{Changes, WrittenTasks};
 use agentlog::projection::{ProjectionStore, Source, TaskFilter};
 
@@ -704,4 +706,116 @@ fn a_store_of_an_older_layout_is_emptied_to_be_rebuilt() {
     let store = ProjectionStore::open(&path).expect("reopen");
     assert!(store.task(TENANT, "t1").expect("read").is_some(), "a store of this layout keeps its state");
     assert!(!store.offsets().expect("offsets").is_empty());
+}
+
+/// A record of the `dlq` topic parking `tenant`'s task `task_id` (decoded: the applier gets
+/// the record for its headers and the command it carries).
+fn letter(tenant: &str, task_id: &str, partition: i32, offset: i64, timestamp_ms: i64) -> (ConsumedRecord, Option<AnyEvent>) {
+    let mut meta = meta(&format!("{task_id}-{partition}-{offset}"), T0);
+    meta.tenant = tenant.into();
+    let task = TaskSubmitted::new(meta, task_id, TYPE, Lane::Normal, b"{}".to_vec());
+    let source = ConsumedRecord { topic: "lane".into(), partition: 0, offset, key: None, headers: Vec::new(), payload: Default::default(), timestamp_ms };
+    let long_reason = "x".repeat(5000);
+    let record = dlq::task_dead_letter("dlq", &source, Default::default(), 3, "transient", &long_reason, None);
+    let consumed = ConsumedRecord { topic: "dlq".into(), partition, offset, key: None, headers: record.headers, payload: Default::default(), timestamp_ms };
+    (consumed, Some(AnyEvent::TaskSubmitted(task)))
+}
+
+fn apply_letters(store: &ProjectionStore, batches: &[&[(ConsumedRecord, Option<AnyEvent>)]]) {
+    for batch in batches {
+        let mut changes = Changes::new(store);
+        for (record, event) in batch.iter() {
+            changes.consumed(&record.topic, record.partition, record.offset);
+            changes.dead_letter(record, event.clone()).expect("index letter");
+        }
+        let (write, _) = changes.finish().expect("finish");
+        store.write(write).expect("write");
+    }
+}
+
+/// The dead-letter index is a function of the letters, not of their order or batching: a
+/// task's latest letter is the newest by position whichever arrives last; another tenant's
+/// letter of the same task id is another task's; a letter naming no tenant is not indexed;
+/// reasons are capped; pages follow their cursor.
+#[test]
+fn dead_letters_index_the_same_in_any_order_and_name_the_latest() {
+    let acme = [letter("acme", "t1", 0, 0, 1_000), letter("acme", "t1", 1, 0, 2_000), letter("acme", "t1", 0, 5, 2_000)];
+    let others = [letter("globex", "t1", 0, 6, 3_000), (ConsumedRecord { topic: "dlq".into(), partition: 2, offset: 0, key: None, headers: Vec::new(), payload: Default::default(), timestamp_ms: 4_000 }, None)];
+    let orders: [[usize; 3]; 6] = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+    let mut expected = None;
+    for order in orders {
+        for split in [false, true] {
+            let (_dir, store) = fresh();
+            let mut all: Vec<_> = order.iter().map(|i| acme[*i].clone()).collect();
+            all.extend(others.iter().cloned());
+            if split {
+                let (first, second) = all.split_at(2);
+                apply_letters(&store, &[first, second]);
+            } else {
+                apply_letters(&store, &[&all]);
+            }
+            let latest = store.dead_letter("acme", "t1").expect("read").expect("acme's letter");
+            assert_eq!((latest.partition, latest.offset, latest.timestamp_ms), (1, 0, 2_000), "the newest by (time, partition, offset), order {order:?}");
+            assert!(latest.reason.len() <= 1024, "reason capped: {}", latest.reason.len());
+            let theirs = store.dead_letter("globex", "t1").expect("read").expect("globex's letter");
+            assert_eq!((theirs.partition, theirs.offset), (0, 6));
+            let dump = dump(&store);
+            assert_eq!(expected.get_or_insert_with(|| dump.clone()), &dump, "order {order:?}, split {split}");
+        }
+    }
+    let (_dir, store) = fresh();
+    let all: Vec<_> = acme.iter().chain(others.iter()).cloned().collect();
+    apply_letters(&store, &[&all]);
+    let first = store.dead_letters("acme", None, 2).expect("page");
+    let positions: Vec<(i32, i64)> = first.letters.iter().map(|l| (l.partition, l.offset)).collect();
+    assert_eq!(positions, [(1, 0), (0, 5)], "newest first");
+    let cursor = agentlog::projection::store::unhex(first.next_cursor.as_deref().expect("more")).expect("hex");
+    let cursor = agentlog::projection::store::LetterPosition::from_tail(&cursor).expect("a position");
+    let second = store.dead_letters("acme", Some(&cursor), 2).expect("page");
+    assert_eq!(second.letters.iter().map(|l| (l.partition, l.offset)).collect::<Vec<_>>(), [(0, 0)]);
+    assert_eq!(second.next_cursor, None);
+    assert_eq!(store.dead_letters("globex", None, 50).expect("page").letters.len(), 1);
+    assert!(store.dead_letters("", None, 50).expect("page").letters.is_empty(), "the undecodable letter is indexed for nobody");
+}
+
+/// Jobs page newest first, each exactly once, a tenant's own only, also when a job's
+/// completion was applied before its submit (its index entry moves when its time becomes known).
+#[test]
+fn jobs_page_newest_first_exactly_once() {
+    let (_dir, store) = fresh();
+    let job_meta = |tenant: &str, id: &str, at: i64| {
+        let mut m = meta(id, at);
+        m.tenant = tenant.into();
+        m
+    };
+    let mut early = Vec::new();
+    let mut submits = Vec::new();
+    for i in 0..120i64 {
+        let id = format!("job-{i:03}");
+        if i % 3 == 0 {
+            early.push((Source::Other, AnyEvent::JobCompleted(JobCompleted { meta: job_meta("acme", &format!("{id}-c"), T0 + i * 1_000_000 + 1), job_id: id.clone(), completed: 1, failed: 0 })));
+        }
+        submits.push((Source::Other, AnyEvent::JobSubmitted(JobSubmitted { meta: job_meta("acme", &id, T0 + i * 1_000), job_id: id, task_ids: vec!["t".into()], total: 1 })));
+    }
+    for i in 0..5i64 {
+        let id = format!("job-{i:03}");
+        submits.push((Source::Other, AnyEvent::JobSubmitted(JobSubmitted { meta: job_meta("globex", &format!("g{id}"), T0 + i), job_id: id, task_ids: vec![], total: 0 })));
+    }
+    apply(&store, &[early, submits]);
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = store.jobs("acme", cursor.as_deref(), 50).expect("page");
+        pages += 1;
+        seen.extend(page.jobs.into_iter().map(|j| j.job_id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(agentlog::projection::store::unhex(&next).expect("hex")),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..120).rev().map(|i| format!("job-{i:03}")).collect();
+    assert_eq!(seen, expected, "each job once, newest first");
+    assert_eq!(pages, 3);
+    assert_eq!(store.jobs("globex", None, 50).expect("page").jobs.len(), 5);
 }

@@ -16,12 +16,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use agentlog::agent::dlq;
 use agentlog::api::auth::sha256_hex;
 use agentlog::api::{ApiConfig, ApiKeyConfig, ApiStartError, ApiState, bind, serve};
+use agentlog::events::{JobSubmitted, Lane, TaskSubmitted};
+use agentlog::log::{ConsumedRecord, Record};
 use agentlog::projection::{Projection, ProjectorError, ProjectionStore, sources};
 
 use fixture::{Fixture, scripted};
@@ -121,6 +125,20 @@ impl Api {
                 return body;
             }
             assert!(Instant::now() < deadline, "{tenant}'s task {task_id} never became {what}: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls `path` as `tenant` until its `key` array holds `n` items (the projector indexes
+    /// what was written a moment ago).
+    async fn until_listed(&self, tenant: &str, path: &str, key: &str, n: usize) -> Value {
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            let (status, body) = self.get(tenant, path).await;
+            if status == 200 && body[key].as_array().is_some_and(|items| items.len() >= n) {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "{tenant}'s {path} never listed {n} {key}: {status} {body}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -263,11 +281,12 @@ pub async fn dead_letters_belong_to_their_tenant(h: &mut Harness) {
     assert_eq!(api.outcome("acme", &id).await["status"], "dead_lettered", "acme's dead letter is still acme's");
 
     for tenant in ["acme", "globex"] {
-        let (status, dlq) = api.get(tenant, "/v1/dlq").await;
-        assert_eq!(status, 200);
+        // The letter and the outcome are on two topics: the projection may show either first.
+        let dlq = api.until_listed(tenant, "/v1/dlq", "dead_letters", 1).await;
         let letters = dlq["dead_letters"].as_array().expect("dead letters");
         assert_eq!(letters.len(), 1, "{tenant} sees its own dead letter only: {dlq}");
         assert_eq!(letters[0]["task_id"], json!(id));
+        assert_eq!(letters[0]["task_status"], "dead_lettered", "{dlq}");
     }
     let (_, ops) = api.get("ops", "/v1/dlq").await;
     assert_eq!(ops["dead_letters"], json!([]), "a tenant without dead letters sees none");
@@ -280,6 +299,156 @@ pub async fn dead_letters_belong_to_their_tenant(h: &mut Harness) {
     let (_, globex) = api.get("globex", &format!("/v1/tasks/{id}")).await;
     let starts = globex["timeline"].as_array().expect("timeline").iter().filter(|e| e["event"] == "TaskStarted").count();
     assert_eq!(starts, 1, "globex's task was not resubmitted: {globex}");
+    // The task fails again: its new letter lists first, and the resubmitted one stays listed
+    // (the topic is the record of what failed).
+    let dlq = api.until_listed("acme", "/v1/dlq", "dead_letters", 2).await;
+    let letters = dlq["dead_letters"].as_array().expect("dead letters");
+    assert_eq!(letters.len(), 2, "{dlq}");
+    assert!(letters.iter().all(|l| l["task_id"] == json!(id)), "{dlq}");
+    assert!(letters[0]["dead_lettered_at_ms"].as_i64() >= letters[1]["dead_lettered_at_ms"].as_i64(), "newest first: {dlq}");
+    let (_, globex) = api.get("globex", "/v1/dlq").await;
+    assert_eq!(globex["dead_letters"].as_array().map(Vec::len), Some(1), "globex's own letter only: {globex}");
+    api.stop().await;
+}
+
+/// The dead letter of `tenant`'s task `task_id`, as a worker writes it to `dlq`.
+async fn dead_letter_of(api: &Api, tenant: &str, task_id: &str) -> Record {
+    let lane = api.f.topics.lane(&api.agent_type, Lane::Normal);
+    let task = TaskSubmitted::new(api.f.client.meta(tenant), task_id, api.agent_type.as_str(), Lane::Normal, b"{}".to_vec());
+    let payload = Bytes::from(api.f.codec.encode(&lane, &task).await.expect("encode"));
+    let source = ConsumedRecord { topic: lane, partition: 0, offset: 0, key: Some(Bytes::from(task_id.to_string())), headers: Vec::new(), payload: payload.clone(), timestamp_ms: 0 };
+    dlq::task_dead_letter(&api.f.topics.dlq(), &source, payload, 3, "transient", "kept failing", None)
+}
+
+/// Dead letters page through the projection's index, a tenant's own only: with 120 of
+/// acme's, 5 of globex's and one that is not a command on `dlq`, acme pages through its 120
+/// exactly once, newest first, 50 at a time; globex sees its 5; nobody (not even the admin
+/// tenant) sees the undecodable one; globex cannot resubmit acme's letter, acme can; a bad
+/// cursor or limit answers 400 naming the field.
+pub async fn dead_letters_page_per_tenant(h: &mut Harness) {
+    let api = Api::start(h).await;
+    let producer = api.f.log.producer().expect("producer");
+    let mut written = BTreeMap::<&str, Vec<String>>::new();
+    let mut durable = Vec::new();
+    for (tenant, n) in [("acme", 120), ("globex", 5)] {
+        for i in 0..n {
+            let id = unique(&format!("{tenant}-{i}"));
+            durable.push(producer.send(dead_letter_of(&api, tenant, &id).await).await.expect("accepted"));
+            written.entry(tenant).or_default().push(id);
+        }
+    }
+    durable.push(producer.send(Record::new(api.f.topics.dlq(), b"not a command".to_vec()).with_key(Bytes::from_static(b"junk"))).await.expect("accepted"));
+    for ack in durable {
+        ack.await.expect("durable");
+    }
+
+    api.until_listed("acme", "/v1/dlq?limit=500", "dead_letters", 120).await;
+    let mut seen = Vec::new();
+    let mut times = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/dlq?limit=50&cursor={c}"),
+            None => "/v1/dlq?limit=50".to_string(),
+        };
+        let (status, page) = api.get("acme", &path).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        let letters = page["dead_letters"].as_array().expect("dead letters");
+        assert!(letters.len() <= 50, "a page holds at most its limit: {}", letters.len());
+        for letter in letters {
+            seen.push(letter["task_id"].as_str().expect("task id").to_string());
+            times.push(letter["dead_lettered_at_ms"].as_i64().expect("time"));
+            assert_eq!(letter["attempts"], 3);
+            assert_eq!(letter["reason"], "kept failing");
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+        assert!(pages < 10, "paging does not end");
+    }
+    assert_eq!(pages, 3, "120 letters are 3 pages of at most 50");
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
+    let mut unique_seen = seen.clone();
+    unique_seen.sort();
+    unique_seen.dedup();
+    assert_eq!(unique_seen.len(), seen.len(), "no letter listed twice");
+    let mut acme = written["acme"].clone();
+    acme.sort();
+    assert_eq!(unique_seen, acme, "acme sees exactly its own 120");
+
+    let globex = api.until_listed("globex", "/v1/dlq", "dead_letters", 5).await;
+    let mut listed: Vec<String> = globex["dead_letters"].as_array().expect("letters").iter().map(|l| l["task_id"].as_str().expect("id").to_string()).collect();
+    listed.sort();
+    let mut expected = written["globex"].clone();
+    expected.sort();
+    assert_eq!(listed, expected, "globex sees its own 5 only: {globex}");
+    assert_eq!(globex["next_cursor"], Value::Null);
+    let (_, ops) = api.get("ops", "/v1/dlq").await;
+    assert_eq!(ops["dead_letters"], json!([]), "a letter naming no tenant is listed to nobody: {ops}");
+
+    let acme_id = &written["acme"][0];
+    let (status, body) = api.post("globex", &format!("/v1/dlq/{acme_id}/resubmit"), json!({})).await;
+    assert_eq!(status, 404, "globex cannot resubmit acme's letter: {body}");
+    let (status, body) = api.post("acme", &format!("/v1/dlq/{acme_id}/resubmit"), json!({})).await;
+    assert_eq!(status, 202, "acme resubmits its own, read back from the log: {body}");
+    assert_eq!(body["task_id"], json!(acme_id), "{body}");
+
+    for (query, field) in [("cursor=zz", "cursor"), ("cursor=00ff", "cursor"), ("limit=0", "limit"), ("limit=501", "limit")] {
+        let (status, body) = api.get("acme", &format!("/v1/dlq?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["field"], field, "{query}: {body}");
+    }
+    api.stop().await;
+}
+
+/// Jobs page newest first with a cursor, a tenant's own only.
+pub async fn jobs_page_per_tenant(h: &mut Harness) {
+    let api = Api::start(h).await;
+    let producer = api.f.log.producer().expect("producer");
+    let topic = api.f.topics.events();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let job_id = unique(&format!("job-{i}"));
+        let mut meta = api.f.client.meta("acme");
+        // A second apart, so newest first is one order.
+        meta.occurred_at.0 += i64::from(i) * 1_000_000;
+        let job = JobSubmitted { meta, job_id: job_id.clone(), task_ids: vec!["t".into()], total: 1 };
+        let payload = api.f.codec.encode(&topic, &job).await.expect("encode");
+        producer.send(Record::new(topic.clone(), payload).with_key(Bytes::from(job_id.clone()))).await.expect("accepted").await.expect("durable");
+        ids.push(job_id);
+    }
+    api.until_listed("acme", "/v1/jobs?limit=500", "jobs", 7).await;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/jobs?limit=3&cursor={c}"),
+            None => "/v1/jobs?limit=3".to_string(),
+        };
+        let (status, page) = api.get("acme", &path).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        seen.extend(page["jobs"].as_array().expect("jobs").iter().map(|j| j["job_id"].as_str().expect("id").to_string()));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+        assert!(pages < 10, "paging does not end");
+    }
+    ids.reverse();
+    assert_eq!(seen, ids, "every job once, newest first, in {pages} pages");
+    assert_eq!(pages, 3);
+    let (_, globex) = api.get("globex", "/v1/jobs").await;
+    assert_eq!(globex["jobs"], json!([]), "{globex}");
+    for (query, field) in [("cursor=zz", "cursor"), ("cursor=00", "cursor"), ("limit=0", "limit")] {
+        let (status, body) = api.get("acme", &format!("/v1/jobs?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["field"], field, "{query}: {body}");
+    }
     api.stop().await;
 }
 
@@ -341,5 +510,7 @@ tenancy_suite!(
     a_foreign_cancel_leaves_the_running_task_alone,
     two_tenants_with_one_id_complete_independently,
     dead_letters_belong_to_their_tenant,
+    dead_letters_page_per_tenant,
+    jobs_page_per_tenant,
     runtime_config_and_metrics_are_for_admins,
 );

@@ -3,6 +3,10 @@
 //! submitted) with headers saying why. Undecodable records the [`EventReader`] parks there
 //! share the format. Operators list them and re-submit them with a fresh attempt budget.
 //!
+//! The HTTP API lists them from the projection's index (a page at a time, per tenant) and
+//! reads back only the one record it re-sends ([`read_at`]); [`list`] reads the whole topic
+//! and is for the CLI, which an operator runs against the log itself.
+//!
 //! A dead letter must fit one log record like anything else. One that would not (a command
 //! near `log.max_record_bytes` plus the dead-letter headers, or a record written by a foreign
 //! producer past the limit) keeps its metadata and loses the end of its payload, and says so
@@ -64,10 +68,59 @@ pub enum DlqError {
     Client(#[from] ClientError),
     #[error("no dead letter for task `{0}`")]
     NotFound(String),
+    #[error("dead letter at {partition}/{offset} is no longer in the log (retention removed it)")]
+    Gone { partition: i32, offset: i64 },
     #[error("dead letter at {partition}/{offset} is not a task command ({reason}); it cannot be re-submitted")]
     NotATask { partition: i32, offset: i64, reason: String },
     #[error("dead letter of task `{task_id}` was truncated to fit the log ({note}); it cannot be re-submitted")]
     Truncated { task_id: String, note: String },
+}
+
+/// How long [`read_at`] waits for the one record it reads.
+const READ_ONE: Duration = Duration::from_secs(30);
+
+/// The dead letter at `partition`/`offset` of the dead-letter topic: reads that one record,
+/// nothing else.
+pub async fn read_at(log: &Arc<dyn EventLog>, client: &TaskClient, partition: i32, offset: i64) -> Result<DeadLetter, DlqError> {
+    let tp = TopicPartition::new(client.topics().dlq(), partition);
+    let marks = log.admin().watermarks(&tp).await?;
+    if offset < marks.low || offset >= marks.high {
+        return Err(DlqError::Gone { partition, offset });
+    }
+    let mut consumer = log.consumer(ConsumerOptions::default())?;
+    consumer.assign(&[(tp, SeekTo::Offset(offset))]).await?;
+    let read = async {
+        loop {
+            if let ConsumerEvent::Record(record) = consumer.next_event().await? {
+                return Ok::<_, LogError>(record);
+            }
+        }
+    };
+    let record = tokio::time::timeout(READ_ONE, read).await.map_err(|_| LogError::Timeout { operation: "reading a dead letter", after: READ_ONE });
+    let closed = consumer.close().await;
+    let record = record??;
+    closed?;
+    // A compacted or aborted offset is skipped by the log: the next record is another letter.
+    if record.offset != offset {
+        return Err(DlqError::Gone { partition, offset });
+    }
+    Ok(letter_of(client, record).await)
+}
+
+async fn letter_of(client: &TaskClient, record: ConsumedRecord) -> DeadLetter {
+    let header = |name: &str| record.header(name).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+    let task = client.codec().decode::<TaskSubmitted>(&record.payload).await.ok().map(|(_, t)| t);
+    DeadLetter {
+        partition: record.partition,
+        offset: record.offset,
+        reason: header(DLQ_REASON),
+        error_kind: header(DLQ_ERROR),
+        source: header(DLQ_SOURCE),
+        attempts: header(DLQ_ATTEMPTS).parse().ok(),
+        truncated: record.header(DLQ_TRUNCATED).map(|v| String::from_utf8_lossy(v).into_owned()),
+        task,
+        record,
+    }
 }
 
 /// Every entry on the dead-letter topic, oldest first per partition (reads up to the
@@ -99,19 +152,7 @@ pub async fn list(log: &Arc<dyn EventLog>, client: &TaskClient) -> Result<Vec<De
         {
             remaining.remove(&record.partition);
         }
-        let header = |name: &str| record.header(name).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
-        let task = client.codec().decode::<TaskSubmitted>(&record.payload).await.ok().map(|(_, t)| t);
-        letters.push(DeadLetter {
-            partition: record.partition,
-            offset: record.offset,
-            reason: header(DLQ_REASON),
-            error_kind: header(DLQ_ERROR),
-            source: header(DLQ_SOURCE),
-            attempts: header(DLQ_ATTEMPTS).parse().ok(),
-            truncated: record.header(DLQ_TRUNCATED).map(|v| String::from_utf8_lossy(v).into_owned()),
-            task,
-            record,
-        });
+        letters.push(letter_of(client, record).await);
     }
     consumer.close().await?;
     Ok(letters)

@@ -13,9 +13,10 @@ use utoipa::IntoParams;
 use super::ApiState;
 use super::auth::Tenant;
 use super::error::ApiError;
-use super::tasks::query_error;
+use super::tasks::{page_limit, query_error};
 use crate::events::Lane;
 use crate::log::TopicPartition;
+use crate::projection::store::{JOB_CURSOR_MIN, unhex};
 use crate::projection::views::AgentView;
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -100,26 +101,32 @@ pub async fn agent_types(State(state): State<Arc<ApiState>>, Tenant(tenant): Ten
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct JobQuery {
-    /// Most jobs to return, newest first (1 to 500, default 50).
+    /// Page size, newest first (1 to 500, default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    #[param(pattern = r"^([0-9a-fA-F]{2}){8,}$")]
+    pub cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobQuery), responses((status = 200, description = "this tenant's jobs, newest first"), (status = 400), (status = 401)))]
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobQuery),
+    responses((status = 200, description = "this tenant's jobs newest first (by submit time; jobs whose submit is not projected yet last), with `next_cursor` when there are more"), (status = 400, description = "a bad `limit` or `cursor` (the error names the field)"), (status = 401)))]
 pub async fn jobs(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, query: Result<Query<JobQuery>, QueryRejection>) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(query_error)?;
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_field("limit", "limit must be between 1 and 500"));
-    }
-    let jobs: Vec<Value> = state
-        .projection
-        .store()
-        .jobs(&tenant, limit)?
+    let limit = page_limit(query.limit)?;
+    let cursor = match &query.cursor {
+        Some(text) => Some(unhex(text).filter(|tail| tail.len() >= JOB_CURSOR_MIN).ok_or_else(|| ApiError::bad_field("cursor", "not a cursor this API returned"))?),
+        None => None,
+    };
+    let page = state.projection.store().jobs(&tenant, cursor.as_deref(), limit)?;
+    let jobs: Vec<Value> = page
+        .jobs
         .into_iter()
         .map(|j| json!({"job_id": j.job_id, "total": j.total, "submitted_at_ms": j.submitted_at_us.map(ms), "completed": j.completed, "failed": j.failed, "completed_at_ms": j.completed_at_us.map(ms)}))
         .collect();
-    Ok(Json(json!({ "jobs": jobs })))
+    Ok(Json(json!({ "jobs": jobs, "next_cursor": page.next_cursor })))
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "job id")),

@@ -21,7 +21,7 @@ use crate::agent::client::{ClientError, MAX_DEADLINE_MS, MAX_DELAY, Submitted, a
 use crate::agent::dlq;
 use crate::events::{Lane, TaskSubmitted, TimestampMicros};
 use crate::log::{LogError, TopicPartition};
-use crate::projection::store::unhex;
+use crate::projection::store::{LetterPosition, unhex};
 use crate::projection::views::{TASK_STATUSES, TaskView};
 use crate::projection::{Projection, TaskFilter};
 
@@ -529,10 +529,7 @@ pub async fn list(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, qu
         let known: Vec<&str> = state.agents.keys().map(String::as_str).collect();
         return Err(ApiError::bad_field("agent_type", format!("unknown agent type `{agent_type}`; known: {}", known.join(", "))));
     }
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_field("limit", "limit must be between 1 and 500"));
-    }
+    let limit = page_limit(query.limit)?;
     let cursor = match &query.cursor {
         Some(text) => Some(unhex(text).ok_or_else(|| ApiError::bad_field("cursor", "not a cursor this API returned"))?),
         None => None,
@@ -586,31 +583,89 @@ pub async fn cancel(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, 
     Ok((StatusCode::ACCEPTED, Json(json!({ "task_id": id, "cancel_requested": true }))))
 }
 
-#[utoipa::path(get, path = "/v1/dlq", tag = "dead letters", responses((status = 200, description = "this tenant's dead letters"), (status = 401)))]
-pub async fn dlq_list(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<Json<Value>, ApiError> {
-    let letters = dlq::list(&state.log, &state.client).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let items: Vec<Value> = letters
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListDeadLetters {
+    /// Page size, 1 to 500 (default 50).
+    #[serde(default)]
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    #[param(pattern = r"^[0-9a-fA-F]{40}$")]
+    pub cursor: Option<String>,
+}
+
+/// How long a resubmit waits for a dead letter the projection has not indexed yet (the
+/// outcome and the letter are on two topics, and the projector may apply either first).
+const DEAD_LETTER_LOOKUP: Duration = Duration::from_secs(2);
+
+/// The page size of a listing: 1 to 500, 50 when not given.
+pub(crate) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_field("limit", "limit must be between 1 and 500"));
+    }
+    Ok(limit)
+}
+
+#[utoipa::path(get, path = "/v1/dlq", tag = "dead letters", params(ListDeadLetters),
+    responses((status = 200, description = "this tenant's dead letters newest first (by log time), with `next_cursor` when there are more; `task_status` is the task's status now (not `dead_lettered` once it was re-submitted and ran again). Letters whose command does not decode name no tenant and are not listed (`agentlog dlq list` shows them)"), (status = 400, description = "a bad `limit` or `cursor` (the error names the field)"), (status = 401)))]
+pub async fn dlq_list(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, query: Result<Query<ListDeadLetters>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let limit = page_limit(query.limit)?;
+    let cursor = match &query.cursor {
+        Some(text) => Some(unhex(text).and_then(|tail| LetterPosition::from_tail(&tail)).ok_or_else(|| ApiError::bad_field("cursor", "not a cursor this API returned"))?),
+        None => None,
+    };
+    let store = state.projection.store();
+    let page = store.dead_letters(&tenant, cursor.as_ref(), limit)?;
+    let ids: Vec<&str> = page.letters.iter().map(|l| l.task_id.as_str()).collect();
+    let tasks = store.tasks(&tenant, &ids)?;
+    let items: Vec<Value> = page
+        .letters
         .iter()
-        .filter(|l| l.task.as_ref().is_some_and(|t| t.meta.tenant == tenant))
-        .map(|l| {
+        .zip(tasks)
+        .map(|(l, task)| {
             json!({
-                "partition": l.partition, "offset": l.offset,
-                "task_id": l.task.as_ref().map(|t| t.task_id.clone()),
-                "agent_type": l.task.as_ref().map(|t| t.agent_type.clone()),
+                "partition": l.partition, "offset": l.offset, "dead_lettered_at_ms": l.timestamp_ms,
+                "task_id": l.task_id, "agent_type": l.agent_type,
                 "attempts": l.attempts, "error_kind": l.error_kind, "reason": l.reason, "source": l.source,
                 "truncated": l.truncated,
+                "task_status": task.map(|t| t.status),
             })
         })
         .collect();
-    Ok(Json(json!({ "dead_letters": items })))
+    Ok(Json(json!({ "dead_letters": items, "next_cursor": page.next_cursor })))
 }
 
 #[utoipa::path(post, path = "/v1/dlq/{id}/resubmit", tag = "dead letters", params(("id" = String, Path, description = "task id")),
-    responses((status = 202, description = "submitted again with a fresh attempt budget"), (status = 404, description = "no dead letter for this task"), (status = 409, description = "the dead letter was truncated to fit the log and cannot be re-submitted"), (status = 401)))]
+    responses((status = 202, description = "the task's latest dead letter submitted again with a fresh attempt budget (the letter stays listed)"), (status = 404, description = "no dead letter for this task of this tenant (or retention removed it from the log)"), (status = 409, description = "the dead letter was truncated to fit the log and cannot be re-submitted"), (status = 401)))]
 pub async fn dlq_resubmit(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let letters = dlq::list(&state.log, &state.client).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let letter = dlq::find(&letters, &tenant, &id).map_err(|e| ApiError::not_found("no_dead_letter", e.to_string()))?;
-    let submitted = dlq::resubmit(&state.client, letter).await.map_err(|e| match e {
+    let no_letter = |message: String| ApiError::not_found("no_dead_letter", message);
+    let deadline = tokio::time::Instant::now() + DEAD_LETTER_LOOKUP;
+    let view = loop {
+        let store = state.projection.store();
+        if let Some(view) = store.dead_letter(&tenant, &id)? {
+            break view;
+        }
+        // Waits only for a task the projection shows dead-lettered: any other id answers at once.
+        let dead_lettered = store.task(&tenant, &id)?.is_some_and(|t| t.status == "dead_lettered");
+        if !dead_lettered || tokio::time::Instant::now() >= deadline {
+            return Err(no_letter(dlq::DlqError::NotFound(id).to_string()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let letter = dlq::read_at(&state.log, &state.client, view.partition, view.offset).await.map_err(|e| match e {
+        dlq::DlqError::Gone { .. } => no_letter(e.to_string()),
+        other => ApiError::unavailable(other.to_string()),
+    })?;
+    // The index named this record for this tenant's task; a log that answers with another
+    // record at that offset (it was rewritten) must not re-send someone else's command.
+    if !letter.task.as_ref().is_some_and(|t| t.task_id == id && t.meta.tenant == tenant) {
+        return Err(no_letter(format!("the dead letter of task `{id}` at {}/{} is no longer in the log", view.partition, view.offset)));
+    }
+    let submitted = dlq::resubmit(&state.client, &letter).await.map_err(|e| match e {
         dlq::DlqError::Truncated { .. } => ApiError::new(StatusCode::CONFLICT, "dead_letter_truncated", e.to_string()),
         other => ApiError::unavailable(other.to_string()),
     })?;

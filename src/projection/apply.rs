@@ -13,9 +13,12 @@ use hdrhistogram::Histogram;
 use rocksdb::WriteBatch;
 use rustc_hash::FxBuildHasher;
 
-use super::store::{self, CF_AGENTS, CF_INDEX, CF_JOBS, CF_OFFSETS, CF_STATS, CF_TASKS, ProjectionStore, StoreError};
-use super::views::{AgentView, JobView, OutcomeView, ProgressView, TaskView, TenantCounters, TimelineEntry, TypeCounters};
+use super::store::{self, CF_AGENTS, CF_DLQ, CF_INDEX, CF_JOBS, CF_OFFSETS, CF_STATS, CF_TASKS, LetterPosition, ProjectionStore, StoreError};
+use super::views::{AgentView, DEAD_LETTER_TEXT_CAP, DeadLetterView, JobView, OutcomeView, ProgressView, TaskView, TenantCounters, TimelineEntry, TypeCounters, capped};
+use crate::agent::dlq::DLQ_ATTEMPTS;
+use crate::events::reader::{DLQ_ERROR, DLQ_REASON, DLQ_SOURCE, DLQ_TRUNCATED};
 use crate::events::{AnyEvent, Meta};
+use crate::log::ConsumedRecord;
 
 /// Maps keyed by ids and names the applier hashes several times per event: SipHash's
 /// protection against chosen keys buys nothing here (the keys come from our own log) and
@@ -23,11 +26,13 @@ use crate::events::{AnyEvent, Meta};
 type Map<K, V> = HashMap<K, V, FxBuildHasher>;
 
 /// What kind of topic a record came from: a TaskSubmitted means "queued" on a lane topic and
-/// "scheduled" on `timers`.
+/// "scheduled" on `timers`, and on `dlq` it is a parked command that changes no task (its
+/// record is indexed by [`Changes::dead_letter`], headers and all).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Lane,
     Timers,
+    Dlq,
     Other,
 }
 
@@ -144,8 +149,13 @@ pub struct Changes<'s> {
     /// Boxed: a view is large, and a map of views would move all of them on every growth.
     tasks: Map<TaskKey, Box<TaskEntry>>,
     agents: Map<String, AgentView>,
-    /// By tenant 0 job id, as in the `jobs` column family.
-    jobs: Map<Vec<u8>, JobView>,
+    /// By tenant 0 job id, as in the `jobs` column family, with the job's index key as
+    /// stored (`None` for a job not stored yet).
+    jobs: Map<Vec<u8>, (Option<Vec<u8>>, JobView)>,
+    /// Dead letters to index, by their key in `dlq`.
+    dead_letters: Map<Vec<u8>, DeadLetterView>,
+    /// The latest letter per (tenant, task) known to this batch, by its `K` key in `dlq`.
+    latest_letters: Map<Vec<u8>, LetterPosition>,
     totals: Totals<'s>,
     idempotency: HashMap<Vec<u8>, String>,
     offsets: Map<String, Map<i32, i64>>,
@@ -311,6 +321,8 @@ impl<'s> Changes<'s> {
             tasks: Map::with_capacity_and_hasher(round.tasks, FxBuildHasher),
             agents: Map::default(),
             jobs: Map::default(),
+            dead_letters: Map::default(),
+            latest_letters: Map::default(),
             totals: Totals::new(store, notify),
             idempotency: HashMap::new(),
             offsets: Map::default(),
@@ -372,14 +384,56 @@ impl<'s> Changes<'s> {
     fn job(&mut self, tenant: &str, job_id: &str) -> Result<&mut JobView, StoreError> {
         let key = store::task_key(tenant, job_id);
         if !self.jobs.contains_key(&key) {
-            let view = self.store.job(tenant, job_id)?.unwrap_or_else(|| JobView { job_id: job_id.to_string(), tenant: tenant.to_string(), ..Default::default() });
-            self.jobs.insert(key.clone(), view);
+            let entry = match self.store.job(tenant, job_id)? {
+                Some(view) => (Some(store::job_index_key(&view)), view),
+                None => (None, JobView { job_id: job_id.to_string(), tenant: tenant.to_string(), ..Default::default() }),
+            };
+            self.jobs.insert(key.clone(), entry);
         }
-        Ok(self.jobs.get_mut(&key).expect("inserted above"))
+        Ok(&mut self.jobs.get_mut(&key).expect("inserted above").1)
+    }
+
+    /// Indexes one record of the `dlq` topic under the tenant of the command it parks (and
+    /// as its task's latest letter when it is). A record whose command did not decode names
+    /// no tenant: it is not indexed (it stays in the log, for `agentlog dlq list`).
+    /// Redelivered records write the same keys again.
+    pub fn dead_letter(&mut self, record: &ConsumedRecord, event: Option<AnyEvent>) -> Result<(), StoreError> {
+        let Some(AnyEvent::TaskSubmitted(task)) = event else { return Ok(()) };
+        self.applied += 1;
+        let header = |name: &str| record.header(name).map(|v| String::from_utf8_lossy(v).into_owned());
+        let position = LetterPosition { timestamp_ms: record.timestamp_ms, partition: record.partition, offset: record.offset };
+        let view = DeadLetterView {
+            partition: record.partition,
+            offset: record.offset,
+            timestamp_ms: record.timestamp_ms,
+            agent_type: task.agent_type,
+            attempts: header(DLQ_ATTEMPTS).and_then(|a| a.parse().ok()),
+            error_kind: capped(header(DLQ_ERROR).unwrap_or_default(), DEAD_LETTER_TEXT_CAP),
+            reason: capped(header(DLQ_REASON).unwrap_or_default(), DEAD_LETTER_TEXT_CAP),
+            source: capped(header(DLQ_SOURCE).unwrap_or_default(), DEAD_LETTER_TEXT_CAP),
+            truncated: header(DLQ_TRUNCATED).map(|t| capped(t, DEAD_LETTER_TEXT_CAP)),
+            task_id: task.task_id,
+        };
+        let tenant = &task.meta.tenant;
+        let latest_key = store::dead_letter_task_key(tenant, &view.task_id);
+        let latest = match self.latest_letters.get(&latest_key) {
+            Some(latest) => Some(*latest),
+            None => self.store.raw(CF_DLQ, &latest_key)?.and_then(|tail| LetterPosition::from_tail(&tail)),
+        };
+        // The latest by position, whatever order the letters arrive in.
+        if latest.is_none_or(|latest| latest < position) {
+            self.latest_letters.insert(latest_key, position);
+        }
+        self.dead_letters.insert(store::dead_letter_key(tenant, &position), view);
+        Ok(())
     }
 
     /// Applies one decoded event. Redelivered events change nothing.
     pub fn apply(&mut self, source: Source, mut event: AnyEvent) -> Result<(), StoreError> {
+        if source == Source::Dlq {
+            // A parked command is not a submit; its record goes to `dead_letter`.
+            return Ok(());
+        }
         self.applied += 1;
         match &event {
             AnyEvent::AgentRegistered(_)
@@ -550,8 +604,22 @@ impl<'s> Changes<'s> {
             batch.put_cf(agents_cf, id.as_bytes(), store::encode_into(view, &mut buffer));
         }
         let jobs_cf = store.cf(CF_JOBS)?;
-        for (key, view) in &self.jobs {
+        for (key, (stored_index, view)) in &self.jobs {
             batch.put_cf(jobs_cf, key, store::encode_into(view, &mut buffer));
+            let index = store::job_index_key(view);
+            if stored_index.as_ref() != Some(&index) {
+                if let Some(old) = stored_index {
+                    batch.delete_cf(index_cf, old);
+                }
+                batch.put_cf(index_cf, index, []);
+            }
+        }
+        let dlq_cf = store.cf(CF_DLQ)?;
+        for (key, view) in &self.dead_letters {
+            batch.put_cf(dlq_cf, key, store::encode_into(view, &mut buffer));
+        }
+        for (key, position) in &self.latest_letters {
+            batch.put_cf(dlq_cf, key, position.tail());
         }
         let totals = self.totals;
         let stats_cf = store.cf(CF_STATS)?;
@@ -666,7 +734,7 @@ fn apply_to_task(view: &mut TaskView, source: Source, mut event: AnyEvent) -> (b
                     entry.event = "TaskScheduled".into();
                     entry.detail = e.not_before.map(|d| format!("not_before {}", d.0));
                 }
-                Source::Lane | Source::Other => view.max_enqueued = view.max_enqueued.max(e.attempt),
+                Source::Lane | Source::Dlq | Source::Other => view.max_enqueued = view.max_enqueued.max(e.attempt),
             }
             if e.attempt <= 1 {
                 first_submit = view.submitted_at_us.is_none();

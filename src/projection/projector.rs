@@ -1,4 +1,4 @@
-//! The projector: reads the task, agent and job topics and applies them to the store in
+//! The projector: reads the task, agent, job and dead-letter topics and applies them to the store in
 //! batches, each batch one WriteBatch with the next offsets of the partitions it read. It
 //! starts from the offsets in the store, so a restart (even after kill -9) resumes exactly
 //! where durable state ends.
@@ -40,11 +40,12 @@ pub enum ProjectorError {
     Registry { position: String, error: WireError },
 }
 
-/// The topics a projection reads: every lane of every declared agent type, `timers`, and the
-/// task, result, agent and heartbeat topics.
+/// The topics a projection reads: every lane of every declared agent type, `timers`, `dlq`
+/// (indexed so dead letters page like tasks), and the task, result, agent and heartbeat topics.
 pub fn sources(topics: &TaskTopics, agents: &std::collections::BTreeMap<String, AgentTypeConfig>) -> Vec<(String, Source)> {
     let mut out = vec![
         (topics.timers(), Source::Timers),
+        (topics.dlq(), Source::Dlq),
         (topics.events(), Source::Other),
         (topics.results(), Source::Other),
         (topics.agent_events(), Source::Other),
@@ -271,9 +272,7 @@ fn apply_decoded(
     let mut changes = Changes::new(store);
     for (record, event) in batch {
         changes.consumed(&record.topic, record.partition, record.offset);
-        if let Some(event) = event {
-            changes.apply(kinds.get(&record.topic).copied().unwrap_or(Source::Other), event)?;
-        }
+        apply_record(&mut changes, kinds, &record, event)?;
     }
     if changes.is_empty() {
         return Ok((HashMap::new(), Vec::new(), 0));
@@ -283,6 +282,18 @@ fn apply_decoded(
     let (write, notices) = changes.finish()?;
     store.write(write)?;
     Ok((offsets, notices, applied))
+}
+
+/// Applies one decoded record by the kind of its topic: a dead letter is indexed with its
+/// headers, anything else applied as an event.
+fn apply_record(changes: &mut Changes<'_>, kinds: &HashMap<String, Source>, record: &ConsumedRecord, event: Option<AnyEvent>) -> Result<(), StoreError> {
+    match kinds.get(&record.topic).copied().unwrap_or(Source::Other) {
+        Source::Dlq => changes.dead_letter(record, event),
+        kind => match event {
+            Some(event) => changes.apply(kind, event),
+            None => Ok(()),
+        },
+    }
 }
 
 /// Takes the next record, then whatever else is ready, up to `max`.
@@ -570,10 +581,7 @@ pub async fn catch_up(
         pending += batch.len();
         let applied = batch.drain(..).try_for_each(|(record, event)| {
             changes.consumed(&record.topic, record.partition, record.offset);
-            match event {
-                Some(event) => changes.apply(kinds.get(&record.topic).copied().unwrap_or(Source::Other), event),
-                None => Ok(()),
-            }
+            apply_record(&mut changes, &kinds, &record, event)
         });
         // The reader may be gone already; then the batch is simply freed.
         let _ = recycle.send(batch);

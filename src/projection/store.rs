@@ -8,8 +8,14 @@
 //!   `A` tenant 0 agent type 0 created‖id → empty; `I` tenant 0 idempotency key → task id
 //!   (of that tenant).
 //!   `created` is `u64::MAX − created_at_us` big-endian so a forward scan is newest first.
+//!   `J` tenant 0 created‖job id → empty, `created` from the job's `submitted_at_us` (0 when
+//!   not known yet: such jobs list last), so jobs page newest first.
 //! - `agents`:  agent id → [`AgentView`]
 //! - `jobs`:    tenant 0 job id → [`JobView`]
+//! - `dlq`:     `L` tenant 0 [`LetterPosition`] → [`DeadLetterView`] (a tenant's dead letters,
+//!   newest first); `K` tenant 0 task id → the position of that task's latest dead letter
+//!   (what a resubmit re-sends). Letters whose command does not decode name no tenant and
+//!   are not indexed.
 //! - `stats`:   `c` type → [`TypeCounters`]; `l` type → submit→outcome latency histogram,
 //!   `d` type → run duration histogram (hdrhistogram V2, µs resolution in ms), all tenants
 //!   together (for `/metrics`); `C`, `L`, `D` tenant 0 type → the same for one tenant (what
@@ -26,7 +32,7 @@ use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode,
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::views::{AgentView, JobView, TaskView, TenantCounters, TypeCounters};
+use super::views::{AgentView, DeadLetterView, JobView, TaskView, TenantCounters, TypeCounters};
 
 pub const CF_TASKS: &str = "tasks";
 pub const CF_INDEX: &str = "index";
@@ -34,14 +40,17 @@ pub const CF_AGENTS: &str = "agents";
 pub const CF_JOBS: &str = "jobs";
 pub const CF_STATS: &str = "stats";
 pub const CF_OFFSETS: &str = "offsets";
+pub const CF_DLQ: &str = "dlq";
 
 /// The version of the key layout above, kept under [`FORMAT_KEY`] in the default column
 /// family. A store of another version (or of none: before tenants scoped task keys, tasks
 /// were keyed by id alone) is not read with this layout but emptied, and the projector
 /// rebuilds it from the log from the start: a projection is derived and disposable.
-pub const FORMAT: &str = "2";
+/// Version 3 added the `dlq` family and the `J` job index: a store of version 2 has neither
+/// (and no offsets of the `dlq` topic), so it is rebuilt.
+pub const FORMAT: &str = "3";
 const FORMAT_KEY: &[u8] = b"format";
-const ALL_CFS: [&str; 6] = [CF_TASKS, CF_INDEX, CF_AGENTS, CF_JOBS, CF_STATS, CF_OFFSETS];
+const ALL_CFS: [&str; 7] = [CF_TASKS, CF_INDEX, CF_AGENTS, CF_JOBS, CF_STATS, CF_DLQ, CF_OFFSETS];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -87,6 +96,85 @@ pub struct TaskPage {
     /// Opaque cursor of the next page, when there may be one.
     pub next_cursor: Option<String>,
 }
+
+pub struct JobPage {
+    pub jobs: Vec<JobView>,
+    /// Opaque cursor of the next page, when there may be one.
+    pub next_cursor: Option<String>,
+}
+
+pub struct DeadLetterPage {
+    pub letters: Vec<DeadLetterView>,
+    /// Opaque cursor of the next page, when there may be one.
+    pub next_cursor: Option<String>,
+}
+
+/// Where a dead letter sits in its tenant's listing: by log timestamp, then partition and
+/// offset (letters of one millisecond keep one order in every replay). Its key form
+/// ([`LetterPosition::tail`]) reverses that order, so a forward scan is newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LetterPosition {
+    pub timestamp_ms: i64,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl LetterPosition {
+    /// Bytes of [`LetterPosition::tail`].
+    pub const LEN: usize = 20;
+
+    pub fn tail(&self) -> [u8; Self::LEN] {
+        let mut out = [0; Self::LEN];
+        out[..8].copy_from_slice(&(u64::MAX - self.timestamp_ms.max(0) as u64).to_be_bytes());
+        out[8..12].copy_from_slice(&(u32::MAX - self.partition.max(0) as u32).to_be_bytes());
+        out[12..].copy_from_slice(&(u64::MAX - self.offset.max(0) as u64).to_be_bytes());
+        out
+    }
+
+    /// The position of a tail, if it is one (a cursor comes from a client).
+    pub fn from_tail(tail: &[u8]) -> Option<LetterPosition> {
+        if tail.len() != Self::LEN {
+            return None;
+        }
+        let ts = u64::MAX - u64::from_be_bytes(tail[..8].try_into().ok()?);
+        let partition = u32::MAX - u32::from_be_bytes(tail[8..12].try_into().ok()?);
+        let offset = u64::MAX - u64::from_be_bytes(tail[12..].try_into().ok()?);
+        Some(LetterPosition { timestamp_ms: i64::try_from(ts).ok()?, partition: i32::try_from(partition).ok()?, offset: i64::try_from(offset).ok()? })
+    }
+}
+
+fn tenant_prefix(tag: u8, tenant: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + tenant.len());
+    key.push(tag);
+    key.extend_from_slice(tenant.as_bytes());
+    key.push(0);
+    key
+}
+
+/// The `dlq` key of `tenant`'s dead letter at `position`.
+pub fn dead_letter_key(tenant: &str, position: &LetterPosition) -> Vec<u8> {
+    let mut key = tenant_prefix(b'L', tenant);
+    key.extend_from_slice(&position.tail());
+    key
+}
+
+/// The `dlq` key naming the latest dead letter of `tenant`'s task `task_id`.
+pub fn dead_letter_task_key(tenant: &str, task_id: &str) -> Vec<u8> {
+    let mut key = tenant_prefix(b'K', tenant);
+    key.extend_from_slice(task_id.as_bytes());
+    key
+}
+
+/// The `index` key listing a job newest first.
+pub fn job_index_key(view: &JobView) -> Vec<u8> {
+    let mut key = tenant_prefix(b'J', &view.tenant);
+    key.extend_from_slice(&created_key(view.submitted_at_us.unwrap_or(0)));
+    key.extend_from_slice(view.job_id.as_bytes());
+    key
+}
+
+/// Shortest tail of a job cursor: the 8 bytes of its time.
+pub const JOB_CURSOR_MIN: usize = 8;
 
 pub fn created_key(created_at_us: i64) -> [u8; 8] {
     (u64::MAX - created_at_us.max(0) as u64).to_be_bytes()
@@ -436,20 +524,66 @@ impl ProjectionStore {
         self.scan(CF_AGENTS)
     }
 
-    /// `tenant`'s jobs, newest first.
-    pub fn jobs(&self, tenant: &str, limit: usize) -> Result<Vec<JobView>, StoreError> {
-        let prefix = task_key(tenant, "");
-        let mut jobs: Vec<JobView> = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_JOBS)?, IteratorMode::From(&prefix, Direction::Forward)) {
-            let (key, value) = item.map_err(rocks("jobs scan"))?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            jobs.push(decode(&key, &value)?);
+    /// A page of `tenant`'s jobs, newest first, after `cursor` (the tail of the last key of
+    /// the previous page): one bounded scan of the `J` index.
+    pub fn jobs(&self, tenant: &str, cursor: Option<&[u8]>, limit: usize) -> Result<JobPage, StoreError> {
+        let prefix = tenant_prefix(b'J', tenant);
+        let (jobs, next_cursor) = self.page(CF_INDEX, &prefix, cursor, limit, |tail, _| match tail.get(JOB_CURSOR_MIN..) {
+            Some(id) => self.job(tenant, &String::from_utf8_lossy(id)),
+            None => Ok(None),
+        })?;
+        Ok(JobPage { jobs, next_cursor })
+    }
+
+    /// A page of `tenant`'s dead letters, newest first, after `cursor`.
+    pub fn dead_letters(&self, tenant: &str, cursor: Option<&LetterPosition>, limit: usize) -> Result<DeadLetterPage, StoreError> {
+        let prefix = tenant_prefix(b'L', tenant);
+        let cursor = cursor.map(LetterPosition::tail);
+        let (letters, next_cursor) = self.page(CF_DLQ, &prefix, cursor.as_ref().map(|c| c.as_slice()), limit, |key, value| decode(key, value).map(Some))?;
+        Ok(DeadLetterPage { letters, next_cursor })
+    }
+
+    /// The latest dead letter of `tenant`'s task `task_id`.
+    pub fn dead_letter(&self, tenant: &str, task_id: &str) -> Result<Option<DeadLetterView>, StoreError> {
+        let Some(tail) = self.raw(CF_DLQ, &dead_letter_task_key(tenant, task_id))? else { return Ok(None) };
+        let position = LetterPosition::from_tail(&tail).ok_or_else(|| StoreError::Corrupt { what: format!("dead letter position of task `{task_id}`"), reason: "not a position".into() })?;
+        self.get_json(CF_DLQ, &dead_letter_key(tenant, &position))
+    }
+
+    /// Up to `limit` items under `prefix` of `cf`, strictly after `prefix‖cursor`, made by
+    /// `item` from each key's tail after the prefix and its value (`None` skips one); with
+    /// the cursor of the next page when one more key follows. Holds at most `limit` items.
+    fn page<T>(
+        &self,
+        cf: &'static str,
+        prefix: &[u8],
+        cursor: Option<&[u8]>,
+        limit: usize,
+        mut item: impl FnMut(&[u8], &[u8]) -> Result<Option<T>, StoreError>,
+    ) -> Result<(Vec<T>, Option<String>), StoreError> {
+        let mut start = prefix.to_vec();
+        if let Some(cursor) = cursor {
+            start.extend_from_slice(cursor);
+            // Strictly after the cursor's key.
+            start.push(0);
         }
-        jobs.sort_by(|a, b| b.submitted_at_us.cmp(&a.submitted_at_us).then_with(|| a.job_id.cmp(&b.job_id)));
-        jobs.truncate(limit);
-        Ok(jobs)
+        let mut out = Vec::with_capacity(limit.min(512));
+        let mut last_tail: Option<Vec<u8>> = None;
+        for entry in self.db.iterator_cf(self.cf(cf)?, IteratorMode::From(&start, Direction::Forward)) {
+            let (key, value) = entry.map_err(rocks("page scan"))?;
+            if !key.starts_with(prefix) {
+                return Ok((out, None));
+            }
+            if out.len() >= limit {
+                return Ok((out, last_tail.map(|t| hex(&t))));
+            }
+            let tail = &key[prefix.len()..];
+            last_tail = Some(tail.to_vec());
+            if let Some(found) = item(tail, &value)? {
+                out.push(found);
+            }
+        }
+        Ok((out, None))
     }
 
     fn scan<T: DeserializeOwned>(&self, cf: &'static str) -> Result<Vec<T>, StoreError> {
@@ -533,7 +667,7 @@ impl ProjectionStore {
     /// Every key and value of the state (not the offsets), in a stable text form: two
     /// projections of the same events dump the same text.
     pub fn dump(&self, out: &mut dyn std::io::Write) -> Result<(), StoreError> {
-        for cf in [CF_TASKS, CF_INDEX, CF_AGENTS, CF_JOBS, CF_STATS] {
+        for cf in [CF_TASKS, CF_INDEX, CF_AGENTS, CF_JOBS, CF_STATS, CF_DLQ] {
             for item in self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
                 let (key, value) = item.map_err(rocks("dump scan"))?;
                 let json = |v: serde_json::Result<String>| v.unwrap_or_else(|e| format!("unprintable: {e}"));
@@ -547,6 +681,8 @@ impl ProjectionStore {
                     (CF_TASKS, _) => json(serde_json::to_string(&decode::<TaskView>(&key, &value)?)),
                     (CF_AGENTS, _) => json(serde_json::to_string(&decode::<AgentView>(&key, &value)?)),
                     (CF_JOBS, _) => json(serde_json::to_string(&decode::<JobView>(&key, &value)?)),
+                    (CF_DLQ, Some(b'L')) => json(serde_json::to_string(&decode::<DeadLetterView>(&key, &value)?)),
+                    (CF_DLQ, _) => hex(&value),
                     _ => String::from_utf8_lossy(&value).into_owned(),
                 };
                 writeln!(out, "{cf}\t{}\t{value_text}", hex(&key)).map_err(|e| StoreError::Corrupt { what: "dump output".into(), reason: e.to_string() })?;

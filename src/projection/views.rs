@@ -180,6 +180,46 @@ pub struct JobView {
     pub failed: Option<i32>,
 }
 
+/// What the projection keeps of one record of the `dlq` topic, enough to list it and to
+/// find it again in the log: never its payload (the parked command stays in the log, and
+/// a resubmit reads that one record back by its partition and offset).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetterView {
+    pub partition: i32,
+    pub offset: i64,
+    /// The record's log timestamp (ms): what listings order by.
+    pub timestamp_ms: i64,
+    pub task_id: String,
+    pub agent_type: String,
+    pub attempts: Option<i32>,
+    pub error_kind: String,
+    /// At most [`DEAD_LETTER_TEXT_CAP`] bytes.
+    pub reason: String,
+    /// topic/partition/offset of the command that failed.
+    pub source: String,
+    /// What was cut to make the letter fit the log (such a letter cannot be re-submitted);
+    /// at most [`DEAD_LETTER_TEXT_CAP`] bytes.
+    pub truncated: Option<String>,
+}
+
+/// Most bytes of a dead letter's reason (or truncation note) the projection keeps: a page
+/// of 500 letters stays small whatever a failing agent wrote.
+pub const DEAD_LETTER_TEXT_CAP: usize = 1024;
+
+/// `text` cut to at most `max` bytes at a character boundary, marked with `…` when cut.
+pub fn capped(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
+    text
+}
+
 /// Counters per agent type; the latency histograms are stored next to them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TypeCounters {
