@@ -230,13 +230,16 @@ impl Scenario {
         }
         if reader.terminal_among(&acked) < acked.len() {
             // Acknowledged tasks without an outcome: where each process sits is the evidence.
-            notes.extend(self.fleet.dump_stacks().await);
+            // The group first: gdb stops each process for seconds, past the members' session
+            // timeout, and the fencing that follows reshuffles the group (it ended a stalled
+            // reconciliation this way once).
             let group = format!("agents.{}", self.agent_type);
             let path = self.dir.join("group.txt");
             match std::fs::write(&path, super::group::describe(self.cluster, &group).await) {
                 Ok(()) => notes.push(format!("the group as its coordinator sees it in {}", path.display())),
                 Err(e) => notes.push(format!("writing {}: {e}", path.display())),
             }
+            notes.extend(self.fleet.dump_stacks().await);
         }
         let settle_until = Instant::now() + SETTLE_LIMIT;
         while Instant::now() < settle_until && reader.last_record().is_some_and(|at| at.elapsed() < SETTLE) {
