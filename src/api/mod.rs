@@ -203,6 +203,8 @@ pub struct ApiState {
     pub claims: idempotency::Claims,
     /// Open event streams per tenant.
     pub streams: stream::OpenStreams,
+    /// The supervised components of this process (`agentlog dev`), shown on `/readyz`.
+    pub components: Option<crate::components::ComponentBoard>,
 }
 
 impl ApiState {
@@ -226,7 +228,7 @@ impl ApiState {
             }
         }
         let auth = auth::Auth::new(&config);
-        Ok(ApiState { log, client, agents, projection, config, auth, schemas, metrics: metrics::Metrics::new(), admin: None, closing: CancellationToken::new(), claims: idempotency::Claims::default(), streams: stream::OpenStreams::default() })
+        Ok(ApiState { log, client, agents, projection, config, auth, schemas, metrics: metrics::Metrics::new(), admin: None, closing: CancellationToken::new(), claims: idempotency::Claims::default(), streams: stream::OpenStreams::default(), components: None })
     }
 }
 
@@ -240,6 +242,12 @@ impl ApiState {
     /// Enables `/v1/admin/...` over this projection directory.
     pub fn with_admin(mut self, admin: admin::AdminContext) -> Self {
         self.admin = Some(admin);
+        self
+    }
+
+    /// Shows these components' states on `/readyz`, which answers 503 while one restarts.
+    pub fn with_components(mut self, board: crate::components::ComponentBoard) -> Self {
+        self.components = Some(board);
         self
     }
 }
