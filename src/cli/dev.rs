@@ -105,9 +105,12 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
     }
 }
 
+/// One run of a server component.
+type ServerRun = std::pin::Pin<Box<dyn Future<Output = Result<(), ComponentError>> + Send>>;
+
 /// The runs of a server component: the first serves `listener`, bound before anything started
 /// (so its address is known and printed); each restart binds that same address again.
-fn rebinding<S, Fut, E>(listener: TcpListener, serve: S) -> anyhow::Result<impl FnMut(CancellationToken) -> std::pin::Pin<Box<dyn Future<Output = Result<(), ComponentError>> + Send>> + Send + 'static>
+fn rebinding<S, Fut, E>(listener: TcpListener, serve: S) -> anyhow::Result<impl FnMut(CancellationToken) -> ServerRun + Send + 'static>
 where
     S: Fn(TcpListener, CancellationToken) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
@@ -125,6 +128,6 @@ where
                 None => TcpListener::bind(address).await?,
             };
             serve(listener, stop).await.map_err(Into::into)
-        }) as std::pin::Pin<Box<dyn Future<Output = Result<(), ComponentError>> + Send>>
+        }) as ServerRun
     })
 }
