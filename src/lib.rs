@@ -11,6 +11,8 @@
 //!   built-in Confluent-compatible schema registry on the `schemas` topic.
 //! - [`agent`]: agent types from config, retry policy, and the worker's offset tracker.
 //! - [`bench`]: the log benchmark behind `agentlog bench log`.
+//! - [`components`]: supervision of the components one process runs (`agentlog dev`): a
+//!   component that stops is logged and started again after a back-off, its state on `/readyz`.
 //! - [`redact`]: credentials in URLs masked before they reach an error, a log line, an outcome
 //!   or an API answer.
 //!
@@ -21,6 +23,7 @@ pub mod agent;
 pub mod api;
 pub mod backoff;
 pub mod bench;
+pub mod components;
 pub mod config;
 pub mod events;
 pub mod log;

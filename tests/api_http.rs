@@ -1,6 +1,6 @@
 //! The HTTP API on a real port over the embedded log, with a real worker and supervisor:
 //! submit and wait, the 400s that name the field (and write nothing), 413, cancel, DLQ, and
-//! the refusal to bind beyond loopback.
+//! the refusal to bind beyond loopback, and `/readyz` showing supervised components.
 
 #[path = "conformance/harness.rs"]
 #[allow(dead_code)]
@@ -11,13 +11,15 @@ mod fixture;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use agentlog::agent::runtime::build;
 use agentlog::api::{ApiConfig, ApiState, ApiStartError, bind, serve};
+use agentlog::components::{ComponentBoard, Components, RestartPolicy};
 use agentlog::events::Lane;
 use agentlog::projection::{Projection, ProjectionStore, sources};
 use agentlog::log::TopicPartition;
@@ -138,4 +140,78 @@ async fn the_api_refuses_to_bind_beyond_loopback() {
     assert!(matches!(bind(&config).await, Err(ApiStartError::NotLoopback(_))));
     let config = ApiConfig { listen: "localhost-ish".into(), ..ApiConfig::default() };
     assert!(matches!(bind(&config).await, Err(ApiStartError::BadAddress(_))));
+}
+
+/// `/readyz` shows the supervised components of the process (as `agentlog dev` runs them):
+/// a component whose run failed answers 503 naming it and its error while it waits out its
+/// back-off, then 200 once it runs again, its restart and last error kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_shows_a_failed_component_restarting_then_running() {
+    let mut h = Harness::embedded();
+    let f = Fixture::new(&h).await;
+    let agents = BTreeMap::new();
+    let stop = CancellationToken::new();
+    let dir = tempfile::tempdir().expect("projection dir");
+    let projection = Projection::new(ProjectionStore::open(dir.path()).expect("projection store"), sources(&f.topics, &agents)).expect("projection");
+    let projector = tokio::spawn(agentlog::projection::run(f.log.clone(), f.codec.clone(), projection.clone(), stop.clone()));
+    let board = ComponentBoard::default();
+    let state = Arc::new(ApiState::new(f.log.clone(), f.client.clone(), agents, projection, ApiConfig::default()).expect("api state").with_components(board.clone()));
+    let listener = bind(&ApiConfig { listen: "127.0.0.1:0".into(), ..ApiConfig::default() }).await.expect("bind loopback");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(serve(listener, state, MAX_BODY, stop.clone()));
+    let http = reqwest::Client::new();
+    let readyz = || async {
+        let answer = http.get(format!("{base}/readyz")).send().await.expect("readyz");
+        (answer.status().as_u16(), answer.json::<Value>().await.expect("json"))
+    };
+
+    let policy = RestartPolicy { first: Duration::from_secs(2), max: Duration::from_secs(2), healthy_after: Duration::from_secs(60) };
+    let mut group = Components::new(board.clone(), policy);
+    let runs = Arc::new(AtomicU32::new(0));
+    let counted = runs.clone();
+    group.spawn("flaky", move |stop: CancellationToken| {
+        let run = counted.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            if run == 1 {
+                return Err(std::io::Error::other("disk on fire"));
+            }
+            stop.cancelled().await;
+            Ok(())
+        }
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let restarting = loop {
+        let (status, body) = readyz().await;
+        if body["components"]["flaky"]["state"] == "restarting" {
+            assert_eq!(status, 503, "{body}");
+            break body;
+        }
+        assert!(Instant::now() < deadline, "never saw the component restarting: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let flaky = &restarting["components"]["flaky"];
+    assert_eq!((flaky["last_error"].as_str(), flaky["failures_in_a_row"].as_u64()), (Some("disk on fire"), Some(1)), "{restarting}");
+    assert!(flaky["next_start_ms"].as_i64().is_some(), "{restarting}");
+    let waiting = restarting["waiting_for"].to_string();
+    assert!(waiting.contains("flaky") && waiting.contains("disk on fire"), "{waiting}");
+
+    let ready = loop {
+        let (status, body) = readyz().await;
+        if status == 200 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "not ready again after the restart: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let flaky = &ready["components"]["flaky"];
+    assert_eq!((flaky["state"].as_str(), flaky["restarts"].as_u64(), flaky["last_error"].as_str()), (Some("running"), Some(1), Some("disk on fire")), "{ready}");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+
+    assert!(group.stop().await.is_empty());
+    stop.cancel();
+    server.await.expect("server task").expect("server");
+    projector.await.expect("projector task").expect("projector");
+    f.stop().await;
+    h.release().await;
 }

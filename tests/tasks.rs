@@ -70,6 +70,7 @@ task_suite!(
     an_echo_too_large_for_its_outcome_fails_the_task,
     an_http_agent_answering_megabytes_fails_the_task,
     a_near_limit_dead_letter_is_truncated,
+    a_timer_too_large_for_its_lane_is_dead_lettered,
     undecodable_lane_records_are_dead_lettered,
     submit_past_the_headroom_answers_413,
     url_credentials_never_reach_an_answer,

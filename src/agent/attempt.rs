@@ -30,14 +30,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::cancels::Cancels;
 use super::client::{new_id, timer_record};
-use super::dlq::task_dead_letter;
+use super::dlq::{Parking, dead_letter_records};
 use super::limits::{bound_message, fits};
 use super::retry::RetryPolicy;
 use super::runtime::{Agent, AgentFailure, TaskContext, TaskOutput, kind};
 use super::topics::TaskTopics;
 use crate::events::wire::{WireCodec, WireError};
 use crate::events::{
-    Meta, TaskCancelled, TaskCompleted, TaskDeadLettered, TaskExpired, TaskFailed, TaskRetryScheduled, TaskStarted, TaskSubmitted, TimestampMicros,
+    Meta, TaskCancelled, TaskCompleted, TaskExpired, TaskFailed, TaskRetryScheduled, TaskStarted, TaskSubmitted, TimestampMicros,
 };
 use crate::backoff::Backoff;
 use crate::log::{ConsumedRecord, Delivery, Producer, Record};
@@ -281,57 +281,22 @@ async fn failed(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted,
     Ok(Outcome::new(Ending::Failed, vec![record(env, env.topics.results(), task, &event).await?]))
 }
 
-/// TaskDeadLettered and the command on `dlq`. Both embed the whole command, so one near the
-/// record limit would make them too large: then both carry a copy whose input is cut to fit
-/// (the metadata, ids and labels kept, decodable), marked in the dead letter's
-/// [`DLQ_TRUNCATED`](super::dlq::DLQ_TRUNCATED) header and in the event's last error.
+/// TaskDeadLettered and the command on `dlq`, fitted to the record limit
+/// ([`dead_letter_records`]). A registry that cannot be reached is waited for, as in [`record`].
 async fn dead_lettered(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted, error_kind: &str, reason: String, last_error: String) -> Result<Outcome, WireError> {
-    let reason = bound_message(reason);
-    let last_error = bound_message(last_error);
-    let max = env.max_record_bytes;
-    let mut payload = source.payload.clone();
-    let mut note: Option<String> = None;
-    let mut cut_input = task.input.len();
-    // Each round cuts what the previous one was over by, plus slack for the marker and the
-    // Avro length prefixes; a few rounds settle it, and an empty input ends the search.
-    for _ in 0..4 {
-        let event = dead_letter_event(env, task, &last_error, &payload, note.as_deref());
-        let (event, letter) = (
-            record(env, env.topics.results(), task, &event).await?,
-            task_dead_letter(&env.topics.dlq(), source, payload.clone(), task.attempt, error_kind, &reason, note.as_deref()),
-        );
-        if fits(&event, max) && fits(&letter, max) {
-            // The dead letter goes first: records are appended in order, so whoever sees the
-            // outcome on `task.results` finds the letter on `dlq` already (`GET /v1/dlq`
-            // right after the outcome missed it on the embedded log).
-            return Ok(Outcome::new(Ending::DeadLettered, vec![letter, event]));
+    let why = Parking { error_kind, reason: bound_message(reason), last_error: bound_message(last_error), outcome_reason: "max_attempts" };
+    let mut backoff = Backoff::default();
+    loop {
+        match dead_letter_records(&env.codec, &env.topics, source, task, meta(env, task), &why, env.max_record_bytes).await {
+            // Only the event when the metadata alone is too large; `within_limit` turns it
+            // into a bare failure.
+            Ok(records) => return Ok(Outcome::new(Ending::DeadLettered, records)),
+            Err(error @ WireError::Registry { .. }) => {
+                tracing::warn!(task_id = %task.task_id, %error, failures = backoff.failures() + 1, "encoding a dead letter needs the registry; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(error) => return Err(error),
         }
-        if cut_input == 0 {
-            break;
-        }
-        let over = event.size().max(letter.size()).saturating_sub(max);
-        cut_input = cut_input.saturating_sub(over + 512);
-        let mut cut = task.clone();
-        cut.input.truncate(cut_input);
-        payload = Bytes::from(env.codec.encode(&source.topic, &cut).await?);
-        note = Some(format!("input cut from {} to {cut_input} bytes to fit log.max_record_bytes ({max})", task.input.len()));
-    }
-    // Only the metadata itself is too large; `within_limit` turns this into a bare failure.
-    let event = dead_letter_event(env, task, &last_error, &payload, note.as_deref());
-    Ok(Outcome::new(Ending::DeadLettered, vec![record(env, env.topics.results(), task, &event).await?]))
-}
-
-fn dead_letter_event(env: &AttemptEnv, task: &TaskSubmitted, last_error: &str, command: &Bytes, truncated: Option<&str>) -> TaskDeadLettered {
-    TaskDeadLettered {
-        meta: meta(env, task),
-        task_id: task.task_id.clone(),
-        attempts: task.attempt,
-        last_error: match truncated {
-            Some(note) => format!("{last_error} [dead letter truncated: {note}]"),
-            None => last_error.to_string(),
-        },
-        reason: "max_attempts".into(),
-        original_command: command.to_vec(),
     }
 }
 

@@ -57,6 +57,16 @@ impl ClientError {
             ClientError::Invalid { .. } | ClientError::TooLarge { .. } => false,
         }
     }
+
+    /// Whether the log refuses this record for what it is (too large for the log or for the
+    /// command limit, an invalid partition): written again it is refused again.
+    pub fn rejects_record(&self) -> bool {
+        match self {
+            ClientError::Log(e) => e.rejects_record(),
+            ClientError::TooLarge { .. } => true,
+            ClientError::Encode(_) | ClientError::Invalid { .. } => false,
+        }
+    }
 }
 
 /// Where a submitted task went.

@@ -20,8 +20,11 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::client::{ClientError, Submitted, TaskClient};
-use crate::events::TaskSubmitted;
+use super::limits::fits;
+use super::topics::TaskTopics;
 use crate::events::reader::{DLQ_ERROR, DLQ_REASON, DLQ_SOURCE};
+use crate::events::wire::{WireCodec, WireError};
+use crate::events::{Meta, TaskDeadLettered, TaskSubmitted};
 use crate::log::{ConsumedRecord, ConsumerEvent, ConsumerOptions, EventLog, Header, LogError, Record, SeekTo, TopicPartition};
 
 /// Header: how many attempts the task had.
@@ -41,6 +44,68 @@ pub fn task_dead_letter(dlq_topic: &str, source: &ConsumedRecord, payload: Bytes
         headers.push(Header { name: DLQ_TRUNCATED.into(), value: Bytes::from(note.to_string()) });
     }
     Record { topic: dlq_topic.to_string(), partition: None, key: source.key.clone(), headers, payload, timestamp_ms: None }
+}
+
+/// Why a task is parked, as its letter's headers and its TaskDeadLettered say it.
+#[derive(Debug, Clone)]
+pub struct Parking<'a> {
+    /// The failure's kind (header `agentlog.dlq.error`).
+    pub error_kind: &'a str,
+    /// Header `agentlog.dlq.reason`.
+    pub reason: String,
+    /// TaskDeadLettered's `last_error`.
+    pub last_error: String,
+    /// TaskDeadLettered's `reason`: `max_attempts`, `record_too_large`.
+    pub outcome_reason: &'a str,
+}
+
+/// The records that park `task`, read from `source` (whose payload is its command): its letter
+/// on `dlq`, then its TaskDeadLettered on `task.results` (records are appended in order, so
+/// whoever sees the outcome finds the letter already; `GET /v1/dlq` right after the outcome
+/// missed it on the embedded log when the order was the other way).
+///
+/// Both embed the whole command, so one near the record limit `max` would make them too
+/// large: then both carry a copy whose input is cut to fit (metadata, ids and labels kept,
+/// decodable), marked in the letter's [`DLQ_TRUNCATED`] header and in the event's last error.
+/// When the metadata alone is too large, only the event is returned, still too large: the
+/// caller turns it into whatever it can write.
+pub async fn dead_letter_records(codec: &WireCodec, topics: &TaskTopics, source: &ConsumedRecord, task: &TaskSubmitted, meta: Meta, why: &Parking<'_>, max: usize) -> Result<Vec<Record>, WireError> {
+    let results = topics.results();
+    let dlq = topics.dlq();
+    let mut payload = source.payload.clone();
+    let mut note: Option<String> = None;
+    let mut cut_input = task.input.len();
+    let outcome = |command: &Bytes, note: Option<&str>| TaskDeadLettered {
+        meta: meta.clone(),
+        task_id: task.task_id.clone(),
+        attempts: task.attempt,
+        last_error: match note {
+            Some(note) => format!("{} [dead letter truncated: {note}]", why.last_error),
+            None => why.last_error.clone(),
+        },
+        reason: why.outcome_reason.to_string(),
+        original_command: command.to_vec(),
+    };
+    let keyed = |payload: Vec<u8>| Record::new(results.clone(), payload).with_key(Bytes::from(task.task_id.clone()));
+    // Each round cuts what the previous one was over by, plus slack for the marker and the
+    // Avro length prefixes; a few rounds settle it, and an empty input ends the search.
+    for _ in 0..4 {
+        let event = keyed(codec.encode(&results, &outcome(&payload, note.as_deref())).await?);
+        let letter = task_dead_letter(&dlq, source, payload.clone(), task.attempt, why.error_kind, &why.reason, note.as_deref());
+        if fits(&event, max) && fits(&letter, max) {
+            return Ok(vec![letter, event]);
+        }
+        if cut_input == 0 {
+            break;
+        }
+        let over = event.size().max(letter.size()).saturating_sub(max);
+        cut_input = cut_input.saturating_sub(over + 512);
+        let mut cut = task.clone();
+        cut.input.truncate(cut_input);
+        payload = Bytes::from(codec.encode(&source.topic, &cut).await?);
+        note = Some(format!("input cut from {} to {cut_input} bytes to fit log.max_record_bytes ({max})", task.input.len()));
+    }
+    Ok(vec![keyed(codec.encode(&results, &outcome(&payload, note.as_deref())).await?)])
 }
 
 /// One entry of the dead-letter topic.

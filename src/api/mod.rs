@@ -211,6 +211,8 @@ pub struct ApiState {
     pub claims: idempotency::Claims,
     /// Open event streams per tenant.
     pub streams: stream::OpenStreams,
+    /// The supervised components of this process (`agentlog dev`), shown on `/readyz`.
+    pub components: Option<crate::components::ComponentBoard>,
 }
 
 impl ApiState {
@@ -235,7 +237,7 @@ impl ApiState {
         }
         let auth = auth::Auth::new(&config);
         let claims = idempotency::Claims::new(config.max_idempotency_claims);
-        Ok(ApiState { log, client, agents, projection, config, auth, schemas, metrics: metrics::Metrics::new(), admin: None, closing: CancellationToken::new(), claims, streams: stream::OpenStreams::default() })
+        Ok(ApiState { log, client, agents, projection, config, auth, schemas, metrics: metrics::Metrics::new(), admin: None, closing: CancellationToken::new(), claims, streams: stream::OpenStreams::default(), components: None })
     }
 }
 
@@ -249,6 +251,12 @@ impl ApiState {
     /// Enables `/v1/admin/...` over this projection directory.
     pub fn with_admin(mut self, admin: admin::AdminContext) -> Self {
         self.admin = Some(admin);
+        self
+    }
+
+    /// Shows these components' states on `/readyz`, which answers 503 while one restarts.
+    pub fn with_components(mut self, board: crate::components::ComponentBoard) -> Self {
+        self.components = Some(board);
         self
     }
 }

@@ -1,4 +1,5 @@
-//! `/healthz` (the process answers), `/readyz` (the projection has read the history),
+//! `/healthz` (the process answers), `/readyz` (the projection has read the history and no
+//! supervised component is restarting),
 //! `/metrics` (Prometheus) and `/openapi.json`.
 
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::ApiState;
+use crate::components::Phase;
 use super::auth::Tenant;
 use super::error::ApiError;
 
@@ -19,7 +21,8 @@ pub async fn healthz() -> &'static str {
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "the projection has caught up with the log"), (status = 503, description = "still catching up")))]
+    responses((status = 200, description = "the projection has caught up with the log and no component of this process is restarting"),
+        (status = 503, description = "still catching up, or a component is restarting (`components` says which and why)")))]
 pub async fn readyz(State(state): State<Arc<ApiState>>) -> (StatusCode, Json<Value>) {
     let mut waiting_for = Vec::new();
     if !state.projection.is_caught_up() {
@@ -41,9 +44,18 @@ pub async fn readyz(State(state): State<Arc<ApiState>>) -> (StatusCode, Json<Val
             None
         }
     };
+    // `agentlog dev` supervises its components; a standalone `agentlog api` has none.
+    let mut components = state.components.as_ref().map(|board| board.snapshot()).unwrap_or_default();
+    for (name, component) in &mut components {
+        component.last_error = component.last_error.as_deref().map(crate::redact::paths_in);
+        if component.state == Phase::Restarting {
+            let error = component.last_error.as_deref().unwrap_or("unknown");
+            waiting_for.push(format!("component `{name}` to start again ({} failed runs in a row; last error: {error})", component.failures_in_a_row));
+        }
+    }
     let ready = waiting_for.is_empty();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "ready": ready, "lag_records": lag, "waiting_for": waiting_for })))
+    (status, Json(json!({ "ready": ready, "lag_records": lag, "waiting_for": waiting_for, "components": components })))
 }
 
 /// How long `/readyz` waits for the log's high watermarks.

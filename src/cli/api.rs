@@ -5,11 +5,13 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use agentlog::agent::{TaskClient, TaskTopics};
 use agentlog::api::{ApiState, ApiStartError};
+use agentlog::components::ComponentBoard;
 use agentlog::config::Config;
 use agentlog::events::wire::WireCodec;
 use agentlog::log::EventLog;
@@ -25,18 +27,35 @@ pub struct ApiHandle {
     stop: CancellationToken,
 }
 
-pub async fn start(log: &Arc<dyn EventLog>, config: &Config, codec: Arc<WireCodec>) -> anyhow::Result<ApiHandle> {
+/// What the projector and the API server run on, opened and bound but not started: `start`
+/// spawns them, `agentlog dev` runs them as supervised components.
+pub struct ApiParts {
+    pub url: String,
+    pub projection: Arc<Projection>,
+    pub state: Arc<ApiState>,
+    pub listener: TcpListener,
+}
+
+pub async fn prepare(log: &Arc<dyn EventLog>, config: &Config, codec: Arc<WireCodec>, components: Option<ComponentBoard>) -> anyhow::Result<ApiParts> {
     let topics = TaskTopics::new(config.log.topic_prefix.clone());
     let generations = Arc::new(Generations::new(&config.projection.dir)?);
     let store = generations.open_current()?;
     let projection = Projection::new(store, agentlog::projection::sources(&topics, &config.agents))?;
-    let stop = CancellationToken::new();
-    let projector = tokio::spawn(agentlog::projection::run(log.clone(), codec.clone(), projection.clone(), stop.clone()));
     let client = TaskClient::new(log, codec.clone(), topics, "api")?;
     let admin = AdminContext::new(generations, codec);
-    let state = Arc::new(ApiState::new(log.clone(), client, config.agents.clone(), projection.clone(), config.api.clone())?.with_admin(admin));
+    let mut state = ApiState::new(log.clone(), client, config.agents.clone(), projection.clone(), config.api.clone())?.with_admin(admin);
+    if let Some(board) = components {
+        state = state.with_components(board);
+    }
     let listener = agentlog::api::bind(&config.api).await?;
     let url = format!("http://{}", listener.local_addr()?);
+    Ok(ApiParts { url, projection, state: Arc::new(state), listener })
+}
+
+pub async fn start(log: &Arc<dyn EventLog>, config: &Config, codec: Arc<WireCodec>) -> anyhow::Result<ApiHandle> {
+    let ApiParts { url, projection, state, listener } = prepare(log, config, codec.clone(), None).await?;
+    let stop = CancellationToken::new();
+    let projector = tokio::spawn(agentlog::projection::run(log.clone(), codec, projection.clone(), stop.clone()));
     let server = tokio::spawn(agentlog::api::serve(listener, state, config.log.max_record_bytes, stop.clone()));
     Ok(ApiHandle { url, projection, projector, server, stop })
 }

@@ -1,18 +1,30 @@
 //! `agentlog dev`: the whole platform in one process on the embedded log — topics, the schema
 //! registry, the supervisor, one worker per declared agent type (the demo agents of
-//! `config/dev.toml`) and the HTTP API to submit work. Ctrl-C drains the workers and stops
-//! everything.
+//! `config/dev.toml`) and the HTTP API to submit work.
+//!
+//! Each of these runs as a supervised component ([`agentlog::components`]): one that stops
+//! (an error, a panic) is logged naming it and started again after a back-off, and `/readyz`
+//! shows every component's state. Ctrl-C or SIGTERM stops them in order: the workers drain and
+//! the supervisor stops first (they write through the registry), then the projector and the
+//! HTTP server, then the registry's server.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use agentlog::components::{ComponentBoard, ComponentError, Components, RestartPolicy, StopFailure};
 use agentlog::config::Config;
 use agentlog::events::wire::WireCodec;
 use agentlog::log::EventLog;
 use agentlog::registry::{Registry, RegistryConfig, bind, serve};
+
+/// How long a draining worker waits for its running tasks.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
@@ -20,27 +32,50 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
     if let Some(problem) = config.registry.own_key_problem(&config.api) {
         anyhow::bail!(problem);
     }
+    let board = ComponentBoard::default();
+    let policy = RestartPolicy::default();
     let registry = Registry::open_with(log.clone(), &topic, &config.registry, shutdown.clone()).await.context("opening the schema registry")?;
     let listener = bind(&config.registry.listen, &config.api).await.with_context(|| format!("binding {}", config.registry.listen))?;
     let registry_url = format!("http://{}", listener.local_addr()?);
-    let server = tokio::spawn(serve(registry.clone(), listener, config.api.clone(), shutdown.clone()));
+    let mut servers = Components::new(board.clone(), policy.clone());
+    let (reg, access) = (registry.clone(), config.api.clone());
+    servers.spawn("registry", rebinding(listener, move |listener, stop| serve(reg.clone(), listener, access.clone(), stop))?);
     println!("schema registry on {registry_url}");
 
     // The codecs talk to the registry this process serves, wherever `registry.url` points.
     let codec = Arc::new(WireCodec::from_config(&RegistryConfig { url: registry_url.clone(), ..config.registry.clone() })?);
-    let work = CancellationToken::new();
-    let supervisor = super::worker::spawn_supervisor(log, config, codec.clone(), work.clone());
-    let mut workers = Vec::new();
+    // Everything that can fail on the configuration fails the command before any component
+    // runs. The projector and the HTTP API are the way to submit and query work while this
+    // process owns the embedded log.
+    let parts = super::api::prepare(log, config, codec.clone(), Some(board.clone())).await?;
+    let api_url = parts.url.clone();
+    for name in config.agents.keys() {
+        drop(super::worker::worker_run(log, config, codec.clone(), name, None, DRAIN_TIMEOUT, CancellationToken::new())?);
+    }
+    let shared = Arc::new(config.clone());
+    let mut agents = Components::new(board.clone(), policy.clone());
+    let (l, c, k) = (log.clone(), shared.clone(), codec.clone());
+    agents.spawn("supervisor", move |stop| super::worker::supervisor_run(&l, &c, k.clone(), stop));
     for (name, agent) in &config.agents {
-        workers.push((name.clone(), super::worker::spawn_worker(log, config, codec.clone(), name, None, Duration::from_secs(30), work.clone())?));
+        let (l, c, k, n) = (log.clone(), shared.clone(), codec.clone(), name.clone());
+        agents.spawn(format!("worker.{name}"), move |stop| {
+            let run = super::worker::worker_run(&l, &c, k.clone(), &n, None, DRAIN_TIMEOUT, stop);
+            let name = n.clone();
+            async move {
+                let report = run?.await?;
+                super::worker::print_report(&name, &report);
+                Ok::<(), ComponentError>(())
+            }
+        });
         println!("worker  {name:<10} {} (concurrency {}, lanes {})", agent.description, agent.concurrency, agent.lanes.join("/"));
     }
     println!("supervisor running (timers, heartbeats, jobs)");
 
-    // The projector and the HTTP API: the way to submit and query work while this process
-    // owns the embedded log.
-    let api = super::api::start(log, config, codec.clone()).await?;
-    let api_url = api.url.clone();
+    let mut api = Components::new(board.clone(), policy);
+    let (l, k, projection) = (log.clone(), codec.clone(), parts.projection.clone());
+    api.spawn("projector", move |stop| agentlog::projection::run(l.clone(), k.clone(), projection.clone(), stop));
+    let (state, max_body) = (parts.state.clone(), config.log.max_record_bytes);
+    api.spawn("api", rebinding(parts.listener, move |listener, stop| agentlog::api::serve(listener, state.clone(), max_body, stop))?);
     println!("projection at {}", config.projection.dir.display());
     println!("HTTP API on {api_url}");
     println!();
@@ -56,26 +91,43 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
     println!("  curl -N {api_url}/v1/stream/outcomes");
     println!("also: POST {api_url}/v1/tasks/<id>/cancel, GET {api_url}/v1/agents, /v1/agent-types, /v1/stats, /v1/dlq, /metrics, /openapi.json");
     println!();
-    println!("ready; Ctrl-C drains the workers and stops");
+    println!("ready; Ctrl-C drains the workers and stops; GET {api_url}/readyz shows every component");
     super::shutdown_signal().await;
     println!("draining");
-    work.cancel();
-    let mut failed = None;
-    for (name, worker) in workers {
-        match worker.await.context("worker task")? {
-            Ok(report) => super::worker::print_report(&name, &report),
-            Err(error) => failed = Some(anyhow::anyhow!("worker {name}: {error}")),
-        }
-    }
-    if let Err(error) = supervisor.await.context("supervisor task")? {
-        failed = Some(anyhow::anyhow!("supervisor: {error}"));
-    }
-    if let Err(error) = api.stop().await {
-        failed = Some(error);
-    }
+    let mut failed = agents.stop().await;
+    failed.extend(api.stop().await);
+    failed.extend(servers.stop().await);
     shutdown.cancel();
-    let served = server.await.context("registry server task")?;
     registry.close().await;
-    served.context("schema registry")?;
-    failed.map_or(Ok(()), Err)
+    match failed.as_slice() {
+        [] => Ok(()),
+        failures => Err(anyhow::anyhow!("{}", failures.iter().map(|StopFailure { component, error }| format!("{component}: {error}")).collect::<Vec<_>>().join("; "))),
+    }
+}
+
+/// One run of a server component.
+type ServerRun = std::pin::Pin<Box<dyn Future<Output = Result<(), ComponentError>> + Send>>;
+
+/// The runs of a server component: the first serves `listener`, bound before anything started
+/// (so its address is known and printed); each restart binds that same address again.
+fn rebinding<S, Fut, E>(listener: TcpListener, serve: S) -> anyhow::Result<impl FnMut(CancellationToken) -> ServerRun + Send + 'static>
+where
+    S: Fn(TcpListener, CancellationToken) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<ComponentError> + 'static,
+{
+    let address: SocketAddr = listener.local_addr()?;
+    let mut first = Some(listener);
+    let serve = Arc::new(serve);
+    Ok(move |stop: CancellationToken| {
+        let bound = first.take();
+        let serve = serve.clone();
+        Box::pin(async move {
+            let listener = match bound {
+                Some(listener) => listener,
+                None => TcpListener::bind(address).await?,
+            };
+            serve(listener, stop).await.map_err(Into::into)
+        }) as ServerRun
+    })
 }

@@ -35,6 +35,20 @@ pub fn spawn_worker(
     drain_timeout: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<Result<WorkerReport, agentlog::agent::WorkerError>>> {
+    Ok(tokio::spawn(worker_run(log, config, codec, agent_type, concurrency, drain_timeout, shutdown)?))
+}
+
+/// A worker for `agent_type`, not started yet (for whoever owns its task); an error names a
+/// configuration that cannot run.
+pub fn worker_run(
+    log: &Arc<dyn EventLog>,
+    config: &Config,
+    codec: Arc<WireCodec>,
+    agent_type: &str,
+    concurrency: Option<u32>,
+    drain_timeout: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<impl Future<Output = Result<WorkerReport, agentlog::agent::WorkerError>> + Send + use<>> {
     let mut agent = declared(config, agent_type)?;
     if let Some(n) = concurrency {
         anyhow::ensure!(n > 0, "--concurrency must be at least 1");
@@ -51,7 +65,7 @@ pub fn spawn_worker(
         heartbeat_interval: Duration::from_millis(config.supervisor.heartbeat_interval_ms),
         transaction_deadline: agentlog::agent::worker::TRANSACTION_DEADLINE,
     };
-    Ok(tokio::spawn(run_worker(log.clone(), codec, runtime, settings, shutdown)))
+    Ok(run_worker(log.clone(), codec, runtime, settings, shutdown))
 }
 
 pub fn spawn_supervisor(
@@ -60,12 +74,22 @@ pub fn spawn_supervisor(
     codec: Arc<WireCodec>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<Result<(), agentlog::supervisor::SupervisorError>> {
+    tokio::spawn(supervisor_run(log, config, codec, shutdown))
+}
+
+/// The supervisor, not started yet (for whoever owns its task).
+pub fn supervisor_run(
+    log: &Arc<dyn EventLog>,
+    config: &Config,
+    codec: Arc<WireCodec>,
+    shutdown: CancellationToken,
+) -> impl Future<Output = Result<(), agentlog::supervisor::SupervisorError>> + Send + use<> {
     let settings = SupervisorSettings {
         topic_prefix: config.log.topic_prefix.clone(),
         supervisor_id: format!("supervisor-{}-{}", hostname(), std::process::id()),
         config: config.supervisor.clone(),
     };
-    tokio::spawn(run_supervisor(log.clone(), codec, settings, shutdown))
+    run_supervisor(log.clone(), codec, settings, shutdown)
 }
 
 pub fn print_report(agent_type: &str, r: &WorkerReport) {

@@ -22,7 +22,13 @@
 //! not a million commands. The store is rebuilt from the topic on every start.
 //!
 //! Firing retries a passing failure (the log or the registry away) with a back-off, keeping
-//! the timer pending; a failure that retrying cannot fix ends the supervisor's term.
+//! the timer pending. A command its lane refuses for what it is (too large for the lane: a
+//! worker's retry timer may carry a command up to the record limit, which leaves no room for
+//! the submit headroom; a foreign producer's timer; a limit lowered since it was scheduled)
+//! would be refused on every retry, and ending the supervisor's term for it made a crash
+//! loop that fired nothing else: it is dead-lettered with its TaskDeadLettered outcome, like a
+//! task that used up its attempts, and the timers go on. Any other failure that retrying
+//! cannot fix ends the supervisor's term.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,7 +42,10 @@ use super::SupervisorError;
 use super::follow::Follower;
 use super::timer_store::{Action, Timer, TimerId, TimerStore};
 use crate::agent::cancels::Cancels;
-use crate::agent::client::{TIMER_DUE, TIMER_FIRED, TaskClient, new_id};
+use crate::agent::client::{ClientError, TIMER_DUE, TIMER_FIRED, TaskClient, new_id};
+use crate::agent::dlq::{Parking, dead_letter_records};
+use crate::agent::limits::{bound_message, fits};
+use crate::agent::runtime::kind;
 use crate::backoff::Backoff;
 use crate::events::reader::{DLQ_ERROR, DLQ_REASON, DLQ_SOURCE, error_kind};
 use crate::events::wire::WireError;
@@ -80,7 +89,8 @@ pub async fn run_timers(
     let producer = log.producer()?;
     let store = TimerStore::open_fresh(&settings.dir)?;
     let mut follower = Follower::open(&log, std::slice::from_ref(&topic), SeekTo::Earliest).await?;
-    let mut timers = Timers { client, producer, cancels, topic, store, stats: TimerStats::default(), retry: Backoff::default(), retry_at: None, unmarked: None };
+    let max_record_bytes = log.max_record_bytes();
+    let mut timers = Timers { client, producer, cancels, topic, store, max_record_bytes, stats: TimerStats::default(), retry: Backoff::default(), retry_at: None, unmarked: None };
     let result = timers.run(&mut follower, settings.caught_up, &stop).await;
     follower.close().await;
     result.map(|()| timers.stats)
@@ -93,6 +103,8 @@ struct Timers {
     cancels: Arc<Cancels>,
     topic: String,
     store: TimerStore,
+    /// `log.max_record_bytes`: a dead letter is fitted to it.
+    max_record_bytes: usize,
     stats: TimerStats,
     /// Back-off of firing after a passing failure.
     retry: Backoff,
@@ -249,7 +261,7 @@ impl Timers {
     async fn fire(&mut self, id: TimerId, timer: &Timer) -> Result<(), SupervisorError> {
         if self.unmarked != Some(id) {
             match &timer.action {
-                Action::Submit(task) => self.submit_or_cancel(task).await?,
+                Action::Submit(task) => self.submit_or_cancel(id, timer.key.as_deref(), task).await?,
                 Action::DeadLetter { payload, reason, kind } => {
                     tracing::warn!(partition = id.partition, offset = id.offset, %reason, "undecodable timer moved to the dead-letter topic");
                     let letter = Record::new(self.client.topics().dlq(), payload.clone())
@@ -272,23 +284,79 @@ impl Timers {
         Ok(())
     }
 
-    async fn submit_or_cancel(&mut self, task: &TaskSubmitted) -> Result<(), SupervisorError> {
+    async fn submit_or_cancel(&mut self, id: TimerId, key: Option<&[u8]>, task: &TaskSubmitted) -> Result<(), SupervisorError> {
         let client = &self.client;
         if let Some(reason) = self.cancels.requested(&task.meta.tenant, &task.task_id) {
-            let mut meta = Meta::new(new_id("ev"), task.meta.tenant.clone(), "supervisor");
-            meta.correlation_id = task.meta.correlation_id.clone();
-            meta.causation_id = Some(task.meta.event_id.clone());
-            let event = TaskCancelled { meta, task_id: task.task_id.clone(), reason };
+            // Cut as a worker cuts it: a long reason must not make the outcome too large.
+            let reason = reason.map(bound_message);
+            let event = TaskCancelled { meta: caused_by(task), task_id: task.task_id.clone(), reason };
             let results = client.topics().results();
             let payload = client.codec().encode(&results, &event).await?;
             self.producer.send(Record::new(results, payload).with_key(Bytes::from(task.task_id.clone()))).await?.await?;
             self.stats.cancelled += 1;
         } else {
-            client.enqueue(task).await?;
-            self.stats.fired += 1;
+            match client.enqueue(task).await {
+                Ok(_) => self.stats.fired += 1,
+                Err(error) if error.rejects_record() => self.park(id, key, task, &error).await?,
+                Err(error) => return Err(error.into()),
+            }
         }
         Ok(())
     }
+
+    /// Dead-letters the command of timer `id`, which its lane refused for what it is
+    /// (`refused`), with its TaskDeadLettered outcome, both fitted to the record limit.
+    /// Encoding or writing them may still fail for a passing reason: then the timer stays
+    /// pending and this runs again.
+    async fn park(&mut self, id: TimerId, key: Option<&[u8]>, task: &TaskSubmitted, refused: &ClientError) -> Result<(), SupervisorError> {
+        let lane = self.client.topics().lane(&task.agent_type, task.lane);
+        let command = self.client.codec().encode(&lane, task).await?;
+        // The letter names the timer it came from; its payload is the command as the lane
+        // would have held it.
+        let source = ConsumedRecord {
+            topic: self.topic.clone(),
+            partition: id.partition,
+            offset: id.offset,
+            key: key.map(Bytes::copy_from_slice),
+            headers: Vec::new(),
+            payload: Bytes::from(command),
+            timestamp_ms: now_ms(),
+        };
+        let reason = bound_message(format!("the command could not be written to its lane `{lane}`: {refused}"));
+        let why = Parking { error_kind: kind::RECORD_TOO_LARGE, reason: reason.clone(), last_error: reason, outcome_reason: kind::RECORD_TOO_LARGE };
+        let records = dead_letter_records(self.client.codec(), self.client.topics(), &source, task, caused_by(task), &why, self.max_record_bytes).await?;
+        for record in records {
+            let (topic, size) = (record.topic.clone(), record.size());
+            // Only a command whose metadata alone is past the limit gets here: nothing about
+            // it can be written, and retrying would stop every other timer.
+            if !fits(&record, self.max_record_bytes) {
+                tracing::error!(task_id = %task.task_id, %topic, size, max = self.max_record_bytes, "a record parking a timer's command does not fit the log; dropped");
+                continue;
+            }
+            match self.producer.send(record).await {
+                Ok(delivery) => match delivery.await {
+                    Ok(_) => {}
+                    Err(error) if error.rejects_record() => tracing::error!(task_id = %task.task_id, %topic, size, %error, "the log refused a record parking a timer's command; dropped"),
+                    Err(error) => return Err(error.into()),
+                },
+                Err(error) if error.rejects_record() => tracing::error!(task_id = %task.task_id, %topic, size, %error, "the log refused a record parking a timer's command; dropped"),
+                Err(error) => return Err(error.into()),
+            }
+        }
+        tracing::warn!(task_id = %task.task_id, partition = id.partition, offset = id.offset, %lane, error = %refused, "a timer's command does not fit its lane; moved to the dead-letter topic");
+        self.stats.dead_lettered += 1;
+        Ok(())
+    }
+}
+
+/// An envelope from the supervisor caused by `task`'s command: same tenant, correlation and trace.
+fn caused_by(task: &TaskSubmitted) -> Meta {
+    let mut meta = Meta::new(new_id("ev"), task.meta.tenant.clone(), "supervisor");
+    meta.correlation_id = task.meta.correlation_id.clone();
+    meta.causation_id = Some(task.meta.event_id.clone());
+    meta.trace_parent = task.meta.trace_parent.clone();
+    meta.trace_state = task.meta.trace_state.clone();
+    meta
 }
 
 fn header_i64(record: &ConsumedRecord, name: &str) -> Option<i64> {

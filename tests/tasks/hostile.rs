@@ -12,11 +12,13 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use agentlog::agent::client::timer_record;
 use agentlog::agent::dlq;
+use agentlog::agent::limits::max_command_bytes;
 use agentlog::agent::runtime::build;
 use agentlog::api::{ApiConfig, ApiState, serve};
 use agentlog::config::Backend;
-use agentlog::events::{AnyEvent, Lane, TaskSubmitted};
+use agentlog::events::{AnyEvent, Lane, TaskSubmitted, TimestampMicros};
 use agentlog::log::{Record, TopicPartition};
 use agentlog::projection::{Projection, ProjectionStore, sources};
 
@@ -201,6 +203,52 @@ pub async fn a_near_limit_dead_letter_is_truncated(h: &mut Harness) {
     assert!(dlq::resubmit(&f.client, letter).await.is_err(), "a truncated letter is never re-submitted");
     f.stop().await;
     server.abort();
+}
+
+/// A timer whose command fits `timers` but is past the submit limit of its lane (a worker's
+/// retry timer may carry a command up to the record limit; so may a foreign producer's) is
+/// refused by its lane on every try. It used to end the supervisor's term each time, a crash
+/// loop that fired nothing else: now it is dead-lettered with its outcome, and the timer due
+/// after it fires.
+pub async fn a_timer_too_large_for_its_lane_is_dead_lettered(h: &mut Harness) {
+    let mut f = Fixture::new(h).await;
+    let (ty, agent) = f.agent_type("bigtimer", "runtime = { kind = \"builtin\", name = \"echo\" }\n").await;
+    f.start_worker(&ty, &agent, build(&agent.runtime, Duration::from_secs(5)).expect("echo"), "w1");
+    let max = f.log.max_record_bytes();
+    let now = TimestampMicros::now().0;
+    let mut big = f.task(&ty, Lane::Normal, "");
+    big.not_before = Some(TimestampMicros(now + 200_000));
+    big.input = vec![b'x'; max - 4_000];
+    let timer = timer_record(&f.codec, &f.topics, &big).await.expect("encode");
+    assert!(timer.size() <= max && timer.size() > max_command_bytes(max), "a timer the log takes and the lane's submit check refuses: {} bytes", timer.size());
+    f.log.producer().expect("producer").send(timer).await.expect("accepted").await.expect("durable");
+    let mut next = f.task(&ty, Lane::Normal, r#"{"ok":true}"#);
+    next.not_before = Some(TimestampMicros(now + 400_000));
+    f.submit(&next).await;
+    f.start_supervisor(3);
+
+    let outcomes = f.outcomes(&[big.task_id.clone(), next.task_id.clone()], WITHIN).await;
+    match &outcomes[&big.task_id] {
+        AnyEvent::TaskDeadLettered(dead) => {
+            assert_eq!(dead.reason, "record_too_large");
+            assert!(dead.last_error.contains("log.max_record_bytes") && dead.last_error.contains(&f.topics.lane(&ty, Lane::Normal)), "{}", dead.last_error);
+        }
+        other => panic!("expected TaskDeadLettered, got {other:?}"),
+    }
+    assert_completed(&outcomes, &next);
+    // On Kafka the letter and the outcome are on different partitions: looked for up to 5 s.
+    let mut letters = dlq::list(&f.log, &f.client).await.expect("dlq list");
+    for _ in 0..50 {
+        if dlq::find(&letters, &big.meta.tenant, &big.task_id).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        letters = dlq::list(&f.log, &f.client).await.expect("dlq list");
+    }
+    let letter = dlq::find(&letters, &big.meta.tenant, &big.task_id).expect("the command is on the dead-letter topic");
+    assert_eq!(letter.error_kind, "record_too_large");
+    assert!(letter.source.starts_with(&format!("{}/", f.topics.timers())), "the letter names its timer: {}", letter.source);
+    f.stop().await;
 }
 
 /// Garbage bytes and an undecodable record at the limit (and on Kafka one past it, from a
