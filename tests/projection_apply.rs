@@ -372,7 +372,7 @@ fn the_first_terminal_outcome_wins() {
         let mut dumps = Vec::new();
         for order in interleavings(&streams) {
             let (_dir, store) = fresh();
-            apply(&store, &[order.clone()]);
+            apply(&store, std::slice::from_ref(&order));
             let view = store.task(TENANT, "t1").expect("read").expect("task");
             assert_eq!(view.status, status, "{:?}", names(&order));
             let counters: HashMap<String, _> = store.type_counters().expect("counters").into_iter().collect();

@@ -247,7 +247,7 @@ async fn failed(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted,
     failure.message = bound_message(failure.message);
     let attempt = task.attempt.max(1) as u32;
     let policy = RetryPolicy { max_attempts: if task.max_attempts > 0 { task.max_attempts as u32 } else { env.policy.max_attempts }, ..env.policy.clone() };
-    let retries_kind = policy.retry_on.iter().any(|k| *k == failure.kind);
+    let retries_kind = policy.retry_on.contains(&failure.kind);
     let last_error = failure.to_string();
     if retries_kind && policy.retries(&failure.kind, attempt) {
         let backoff = policy.backoff(attempt, rand::random::<f64>());

@@ -124,12 +124,13 @@ impl Claims {
         let full = slots.map.len() >= self.cap;
         let due = slots.map.len() >= slots.prune_at;
         let rescan = !full || slots.last_full_scan.is_none_or(|at| now.duration_since(at) >= FULL_RESCAN_EVERY);
-        if (full || due) && rescan {
-            if let Some(applied) = applied.take() {
-                prune(&mut slots.map, now, &applied());
-                slots.prune_at = (slots.map.len() * 2).max(PRUNE_AT);
-                slots.last_full_scan = full.then_some(now);
-            }
+        if (full || due)
+            && rescan
+            && let Some(applied) = applied.take()
+        {
+            prune(&mut slots.map, now, &applied());
+            slots.prune_at = (slots.map.len() * 2).max(PRUNE_AT);
+            slots.last_full_scan = full.then_some(now);
         }
         if slots.map.len() >= self.cap {
             return Err(ClaimsFull { held: slots.map.len(), cap: self.cap });
@@ -234,7 +235,7 @@ mod tests {
             let mut claim = claims.claim("acme", key, nothing_applied).await.expect("room below the bound");
             claim.written = Some(written(key, Instant::now(), i as i64));
         }
-        let refused = claims.claim("acme", "k3", nothing_applied).await.err().expect("a fourth key is refused at the bound");
+        let refused = claims.claim("acme", "k3", nothing_applied).await.expect_err("a fourth key is refused at the bound");
         assert_eq!((refused.held, refused.cap), (3, 3));
         assert!(refused.to_string().contains("api.max_idempotency_claims"), "{refused}");
         let known = claims.claim("acme", "k1", nothing_applied).await.expect("a claimed key is still served");

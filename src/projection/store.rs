@@ -597,7 +597,7 @@ impl ProjectionStore {
 
     /// Counters per agent type over all tenants (for operators: `/metrics`).
     pub fn type_counters(&self) -> Result<Vec<(String, TypeCounters)>, StoreError> {
-        self.prefixed_stats(&[b'c'])
+        self.prefixed_stats(b"c")
     }
 
     /// Counters per agent type of `tenant`'s tasks only.
@@ -697,7 +697,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 pub fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
