@@ -1,6 +1,6 @@
 //! The fault suite: agentlog as a user runs it (registry, supervisor, api and three sleep
 //! workers with exactly-once on, each its own process) on a real three-broker Kafka (RF 3,
-//! min.insync.replicas 2), under 100 tasks/s over HTTP, with one fault per scenario. Each
+//! min.insync.replicas 2), under 50 tasks/s over HTTP (`AGENTLOG_FAULTS_RATE`), with one fault per scenario. Each
 //! scenario is judged as DESIGN.md's "Fault tests" asks (see `faults/verdict.rs`) and fails
 //! on any lost, duplicated or unexpected task, any process exit it did not cause, a task
 //! still open 30 s after the last heal, or an API that disagrees with `task.results`.

@@ -89,7 +89,7 @@ impl Cluster {
 
     fn run(&self, args: &[&str]) -> Result<String, ClusterError> {
         let command = args.join(" ");
-        // kafka-local.sh bounds every wait itself (start 90 s, locks 180 s).
+        // kafka-local.sh bounds every wait itself (start 90 s, restart-node 180 s, locks 180 s).
         let out = Command::new("bash")
             .arg(script())
             .args(args)

@@ -1,5 +1,5 @@
 //! The faults, one function each: what to break, when, and when it counts as healed. Times
-//! are from the start of the load (100 tasks/s); every scenario lets 5 s of load run on a
+//! are from the start of the load (50 tasks/s by default); every scenario lets 5 s of load run on a
 //! healthy system first. A killed process is restarted only where the scenario says so.
 
 use std::time::Duration;

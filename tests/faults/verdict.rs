@@ -5,7 +5,7 @@
 //! process exits; and the API against the topic. One line is printed per scenario and one
 //! JSON object appended to the results file (`AGENTLOG_FAULTS_RESULTS`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -62,7 +62,9 @@ pub struct Verdict {
     pub seconds: f64,
 }
 
-pub fn judge(scenario: &str, history: &History, outcomes: &Outcomes, timeline: Timeline, exits: &[UnexpectedExit], api: ApiCheck, dir: &Path) -> Verdict {
+/// `warmed`: ids of the warm-up's tasks, run before the recorded load: theirs are expected
+/// outcomes and only checked for duplicates.
+pub fn judge(scenario: &str, history: &History, warmed: &HashSet<String>, outcomes: &Outcomes, timeline: Timeline, exits: &[UnexpectedExit], api: ApiCheck, dir: &Path) -> Verdict {
     let mut v = Verdict {
         scenario: scenario.to_string(),
         commit: commit(),
@@ -145,9 +147,9 @@ pub fn judge(scenario: &str, history: &History, outcomes: &Outcomes, timeline: T
             }
         }
     }
-    let submitted: std::collections::HashSet<&str> = history.submissions.iter().map(|s| s.task_id.as_str()).collect();
+    let submitted: HashSet<&str> = history.submissions.iter().map(|s| s.task_id.as_str()).collect();
     for (id, seen) in &outcomes.by_task {
-        if !submitted.contains(id.as_str()) {
+        if !submitted.contains(id.as_str()) && !warmed.contains(id) {
             v.unexpected += 1;
             example("unexpected", format!("{id} (never submitted by this scenario)"));
         }

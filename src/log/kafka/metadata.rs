@@ -9,6 +9,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use super::client::map_error;
 use crate::log::{LogError, LogResult};
 
+/// How long a topic missing from the metadata is asked about again before it is unknown.
+const UNKNOWN_TOPIC_GRACE: Duration = Duration::from_secs(5);
+const UNKNOWN_TOPIC_RETRY: Duration = Duration::from_millis(250);
+
 /// Knows how many partitions each topic has; asks the cluster on a miss.
 pub(crate) struct TopicCache {
     client: Arc<BaseConsumer>,
@@ -26,7 +30,19 @@ impl TopicCache {
         if let Some(count) = self.counts.read().expect("topic cache lock poisoned").get(topic) {
             return Ok(*count);
         }
-        let count = self.fetch(topic).await?;
+        // A topic created a moment ago by another process may be missing from the metadata of
+        // the broker asked, for seconds when a broker is catching up after a restart (a
+        // registry started right after `topics apply` exited on it in the fault suite). So an
+        // unknown topic is asked about again for a while before it counts as unknown.
+        let deadline = tokio::time::Instant::now() + UNKNOWN_TOPIC_GRACE;
+        let count = loop {
+            match self.fetch(topic).await {
+                Err(LogError::UnknownTopic { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(UNKNOWN_TOPIC_RETRY).await;
+                }
+                other => break other?,
+            }
+        };
         self.counts.write().expect("topic cache lock poisoned").insert(topic.to_string(), count);
         Ok(count)
     }
