@@ -75,6 +75,7 @@ async fn submit_wait_validate_cancel_and_dlq_over_http() {
         (json!({"agent_type": echo, "input": {}, "deadline_ms": 9_223_372_036_854_775_808u64}), "deadline_ms", "at most"),
         // Size caps (defaults): what a task keeps for its whole life.
         (json!({"agent_type": echo, "input": {}, "idempotency_key": "k".repeat(257)}), "idempotency_key", "api.max_idempotency_key_bytes"),
+        (json!({"agent_type": echo, "input": {}, "ordering_key": "o".repeat(257)}), "ordering_key", "api.max_ordering_key_bytes"),
         (json!({"agent_type": echo, "input": {}, "labels": many_labels(65)}), "labels", "api.max_labels"),
         (json!({"agent_type": echo, "input": {}, "labels": Value::Object([("k".repeat(129), json!("v"))].into_iter().collect())}), "labels", "api.max_label_key_bytes"),
         (json!({"agent_type": echo, "input": {}, "labels": {"team": "v".repeat(1025)}}), "labels.team", "api.max_label_value_bytes"),

@@ -78,6 +78,9 @@ pub struct ApiConfig {
     pub max_label_value_bytes: usize,
     /// Longest idempotency key, in bytes: keys are kept (per tenant) in the projection.
     pub max_idempotency_key_bytes: usize,
+    /// Longest ordering key, in bytes: a worker keeps the key of every task it holds, and the
+    /// projection keeps it in the task's view.
+    pub max_ordering_key_bytes: usize,
     /// Longest cancel reason, in bytes: every cancel request lands in the task's timeline.
     pub max_cancel_reason_bytes: usize,
     /// Most idempotency keys this process keeps in memory while its projection does not show
@@ -113,6 +116,7 @@ impl Default for ApiConfig {
             max_label_key_bytes: 128,
             max_label_value_bytes: 1024,
             max_idempotency_key_bytes: 256,
+            max_ordering_key_bytes: 256,
             max_cancel_reason_bytes: 1024,
             max_idempotency_claims: 100_000,
         }
@@ -151,6 +155,7 @@ impl ApiConfig {
         for (key, value) in [
             ("api.max_label_key_bytes", self.max_label_key_bytes),
             ("api.max_idempotency_key_bytes", self.max_idempotency_key_bytes),
+            ("api.max_ordering_key_bytes", self.max_ordering_key_bytes),
             ("api.max_idempotency_claims", self.max_idempotency_claims),
         ] {
             if value == 0 {

@@ -42,7 +42,8 @@ pub struct SubmitTask {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     pub task_id: Option<String>,
-    /// Tasks with the same key run one at a time, in order.
+    /// Tasks with the same key run one at a time, in order; at most
+    /// `api.max_ordering_key_bytes` (default 256) bytes.
     #[serde(default)]
     pub ordering_key: Option<String>,
     /// A second submit with the same key returns the original task instead of a new one; at
@@ -267,6 +268,14 @@ fn check_caps(config: &ApiConfig, request: &SubmitTask, field: &dyn Fn(&str) -> 
         return Err(ApiError::bad_field(
             field("idempotency_key"),
             format!("idempotency_key is {} bytes; the limit is {} (api.max_idempotency_key_bytes)", key.len(), config.max_idempotency_key_bytes),
+        ));
+    }
+    if let Some(key) = &request.ordering_key
+        && key.len() > config.max_ordering_key_bytes
+    {
+        return Err(ApiError::bad_field(
+            field("ordering_key"),
+            format!("ordering_key is {} bytes; the limit is {} (api.max_ordering_key_bytes)", key.len(), config.max_ordering_key_bytes),
         ));
     }
     if request.labels.len() > config.max_labels {
