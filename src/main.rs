@@ -77,8 +77,10 @@ enum Command {
         /// Overrides the agent type's configured concurrency.
         #[arg(long)]
         concurrency: Option<u32>,
-        /// Seconds a drain waits for running tasks before leaving them to another worker.
-        #[arg(long, default_value_t = 30)]
+        /// Seconds a drain waits for running tasks before leaving them to another worker. On
+        /// Kafka keep it below the group's rebalance timeout (`max.poll.interval.ms`, 25 s):
+        /// a draining worker does not read, and is fenced past it.
+        #[arg(long, default_value_t = 20)]
         drain_timeout_s: u64,
     },
     /// Timers (delays, retry backoff), the heartbeat monitor and job aggregation; one

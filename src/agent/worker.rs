@@ -161,7 +161,9 @@ enum Delivery {
 /// losing a broker. The worker does not read its partitions while it commits, so an unbounded
 /// wait held them until librdkafka's max.poll.interval.ms (5 min): in a broker_kill run a
 /// worker stopped polling with two lane partitions, and 758 tasks waited past the drain.
-pub const TRANSACTION_DEADLINE: Duration = Duration::from_secs(30);
+/// Below the group's rebalance timeout (25 s, `MAX_POLL_INTERVAL_MS`), which a member not
+/// reading for longer would exceed.
+pub const TRANSACTION_DEADLINE: Duration = Duration::from_secs(20);
 
 /// A transaction committing in the background.
 struct Committing {
