@@ -598,7 +598,14 @@ async fn committed_floors(log: &Arc<dyn EventLog>, group: &str, parts: &[TopicPa
 }
 
 /// How long a worker waits for the committed offsets of partitions it was just assigned.
-const FLOOR_LOOKUP: Duration = Duration::from_secs(2);
+/// While a killed owner's transaction is still open its offset commit is pending, and a
+/// read_committed lookup gets no answer until the coordinator aborts it: up to the
+/// transaction timeout (10 s) plus the brokers' scan for timed-out transactions (1 s as
+/// shipped). With 2 s the lookup gave up in a worker_kill run, librdkafka resumed two
+/// partitions from their start, and 193 tasks committed before the kill ran again (two
+/// outcomes each, exactly-once on). 12 s covers the abort and stays below the group's
+/// 25 s rebalance timeout, which a member not polling meanwhile must not exceed.
+const FLOOR_LOOKUP: Duration = Duration::from_secs(12);
 
 /// One task's turn, as a spawned task: the attempt and, with at-least-once, writing its records.
 async fn turn(env: Arc<AttemptEnv>, taken: Taken, write: bool, shutdown: CancellationToken) -> Done {
