@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod client;
 pub mod delegate;
 pub mod dlq;
+pub mod floors;
 pub mod limits;
 pub mod offsets;
 pub mod outcomes;

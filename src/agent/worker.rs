@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::attempt::{AttemptEnv, Ending, Outcome, refused, run_attempt};
 use super::cancels::{Cancels, watch_control};
 use super::catalog::{AgentTypeConfig, LANES};
+use super::floors::FloorLookups;
 use super::offsets::OffsetTracker;
 use super::presence::{Identity, Load, Presence, PresenceError};
 use crate::backoff::Backoff;
@@ -33,7 +34,7 @@ use super::topics::TaskTopics;
 use crate::events::reader::{EventReadError, EventReader, ReadOutcome};
 use crate::events::wire::{WireCodec, WireError};
 use crate::events::{AgentState, TaskSubmitted};
-use crate::log::{ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, EventLog, LogError, Producer, Record, TopicPartition, TransactionalProducer};
+use crate::log::{ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, EventLog, LogError, Producer, Record, SeekTo, TopicPartition, TransactionalProducer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -433,6 +434,7 @@ impl Member<'_> {
 
         let mut scheduler: Scheduler<Taken> = Scheduler::new(settings.agent.concurrency as usize, settings.prefetch_per_lane);
         let mut tracker = OffsetTracker::default();
+        let mut floors = FloorLookups::new(self.log.admin(), group.clone());
         let mut running: JoinSet<Done> = JoinSet::new();
         // Per lane: whether its partitions are paused; `None` after a rebalance, to re-apply.
         let mut paused: [Option<bool>; LANES.len()] = [None; LANES.len()];
@@ -449,7 +451,7 @@ impl Member<'_> {
                     // copies all of it more than once per task.
                     running.spawn(Box::pin(turn(env.clone(), taken, writes_own, shutdown.clone())));
                 }
-                update_pauses(reader.consumer(), &scheduler, self.lane_topics, self.lane_of, &mut paused)?;
+                update_pauses(reader.consumer(), &scheduler, &floors, self.lane_topics, self.lane_of, &mut paused)?;
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => break,
@@ -472,6 +474,15 @@ impl Member<'_> {
                         // after it subscribed; exactly-once workers ran ~50 tasks per commit).
                         commit_tick.reset();
                     }
+                    known = floors.next(), if floors.is_looking() => {
+                        if !known.is_empty() {
+                            let (parts, found): (Vec<TopicPartition>, Vec<Option<i64>>) = known.into_iter().unzip();
+                            tracing::debug!(?parts, committed = ?found, "committed offsets known; reading the partitions");
+                            tracker.assigned(&parts, &found);
+                            // Re-applied per lane, which resumes them unless their lane is full.
+                            paused = [None; LANES.len()];
+                        }
+                    }
                     _ = commit_tick.tick(), if !pending.is_empty() && !delivery.is_committing() => {
                         flush(&mut pending, &mut delivery, reader.consumer()).await?;
                     }
@@ -484,6 +495,14 @@ impl Member<'_> {
                     outcome = reader.next(), if !delivery.is_committing() => match outcome? {
                         ReadOutcome::Event { record, event, .. } => {
                             let tp = record.topic_partition();
+                            if floors.awaits(&tp) {
+                                // Paused since its assignment, so not expected: put it back
+                                // until the partition's committed offset is known.
+                                tracing::warn!(partition = %tp, offset = record.offset, "a record of a partition whose committed offset is not known yet; reading it later");
+                                reader.consumer().seek(&tp, SeekTo::Offset(record.offset)).await?;
+                                reader.consumer().pause(std::slice::from_ref(&tp))?;
+                                continue;
+                            }
                             if let Some(floor) = tracker.below_floor(&tp, record.offset) {
                                 // Committed work is never taken again, whatever position the
                                 // client resumed the partition at.
@@ -521,12 +540,15 @@ impl Member<'_> {
                             // Waiting tasks of lost partitions belong to their new owner.
                             scheduler.remove_waiting(|t| parts.contains(&t.record.topic_partition()));
                             tracker.revoke(&parts);
+                            floors.revoke(&parts);
                             paused = [None; LANES.len()];
                         }
                         ReadOutcome::Rebalance(ConsumerEvent::Assigned(parts)) => {
                             tracing::info!(?parts, "partitions assigned");
-                            let floors = committed_floors(self.log, &group, &parts).await;
-                            tracker.assigned(&parts, &floors);
+                            // Read only once the group's committed offsets are known (see
+                            // `floors`): paused here, resumed when the lookup answers.
+                            reader.consumer().pause(&parts)?;
+                            floors.start(&parts);
                             paused = [None; LANES.len()];
                         }
                         ReadOutcome::Rebalance(_) => paused = [None; LANES.len()],
@@ -573,39 +595,6 @@ impl Member<'_> {
         Ok(())
     }
 }
-
-/// The group's committed offsets of just-assigned partitions, asked for once they are ours:
-/// records below them were done by an earlier owner and are skipped. `None` where the group
-/// never committed or the answer did not come within [`FLOOR_LOOKUP`]: librdkafka then
-/// resumes from its own lookup, as before.
-///
-/// Asked through the admin client and bounded in time: the poll loop waits for it, and a
-/// member that does not poll cannot take part in the group's reconciliation (a partition
-/// revoked elsewhere meanwhile stayed unassigned in a run where the member's own lookup
-/// blocked through a broker outage).
-async fn committed_floors(log: &Arc<dyn EventLog>, group: &str, parts: &[TopicPartition]) -> Vec<Option<i64>> {
-    match tokio::time::timeout(FLOOR_LOOKUP, log.admin().committed_offsets(group, parts)).await {
-        Ok(Ok(floors)) => floors,
-        Ok(Err(error)) => {
-            tracing::warn!(%error, ?parts, "looking up committed offsets of assigned partitions failed");
-            vec![None; parts.len()]
-        }
-        Err(_) => {
-            tracing::warn!(?parts, "no committed offsets of assigned partitions within {FLOOR_LOOKUP:?}");
-            vec![None; parts.len()]
-        }
-    }
-}
-
-/// How long a worker waits for the committed offsets of partitions it was just assigned.
-/// While a killed owner's transaction is still open its offset commit is pending, and a
-/// read_committed lookup gets no answer until the coordinator aborts it: up to the
-/// transaction timeout (10 s) plus the brokers' scan for timed-out transactions (1 s as
-/// shipped). With 2 s the lookup gave up in a worker_kill run, librdkafka resumed two
-/// partitions from their start, and 193 tasks committed before the kill ran again (two
-/// outcomes each, exactly-once on). 12 s covers the abort and stays below the group's
-/// 25 s rebalance timeout, which a member not polling meanwhile must not exceed.
-const FLOOR_LOOKUP: Duration = Duration::from_secs(12);
 
 /// One task's turn, as a spawned task: the attempt and, with at-least-once, writing its records.
 async fn turn(env: Arc<AttemptEnv>, taken: Taken, write: bool, shutdown: CancellationToken) -> Done {
@@ -823,6 +812,7 @@ async fn commit(consumer: &mut dyn Consumer, positions: &[(TopicPartition, i64)]
 fn update_pauses(
     consumer: &mut dyn Consumer,
     scheduler: &Scheduler<Taken>,
+    floors: &FloorLookups,
     topics: &[String],
     lane_of: &HashMap<String, usize>,
     paused: &mut [Option<bool>; LANES.len()],
@@ -839,7 +829,13 @@ fn update_pauses(
         if paused[lane] == Some(full) {
             continue;
         }
-        let parts: Vec<TopicPartition> = assignment.get_or_insert_with(|| consumer.assignment()).iter().filter(|tp| &tp.topic == topic).cloned().collect();
+        // A partition whose committed offset is not known yet stays paused whatever its lane.
+        let parts: Vec<TopicPartition> = assignment
+            .get_or_insert_with(|| consumer.assignment())
+            .iter()
+            .filter(|tp| &tp.topic == topic && (full || !floors.awaits(tp)))
+            .cloned()
+            .collect();
         if full { consumer.pause(&parts)? } else { consumer.resume(&parts)? }
         tracing::debug!(%topic, paused = full, "lane flow control");
         paused[lane] = Some(full);

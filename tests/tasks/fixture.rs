@@ -3,7 +3,7 @@
 //! outcome topics with deadlines instead of sleeps.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,8 +16,8 @@ use agentlog::agent::{AgentTypeConfig, TaskClient, TaskTopics, WorkerError, Work
 use agentlog::events::wire::WireCodec;
 use agentlog::events::{AnyEvent, Lane, TaskSubmitted, decode_any};
 use agentlog::log::{
-    Admin, Consumer, ConsumerEvent, ConsumerOptions, EventLog, LogResult, Producer, SeekTo, TopicPartition, TopicSpec, Transaction,
-    TransactionalProducer,
+    Admin, Consumer, ConsumerEvent, ConsumerOptions, EventLog, GroupMetadata, LogError, LogResult, Producer, SeekTo, TopicDescription,
+    TopicPartition, TopicSpec, Transaction, TransactionalProducer, Watermarks,
 };
 use agentlog::supervisor::{SupervisorConfig, SupervisorSettings, run_supervisor};
 
@@ -421,5 +421,159 @@ impl EventLog for FirstTransactionHangs {
     }
     async fn shutdown(&self, timeout: Duration) -> LogResult<()> {
         self.0.shutdown(timeout).await
+    }
+}
+
+/// A log whose group consumers resume every newly assigned partition at its start, and whose
+/// first `failing` committed-offset lookups fail: what a worker met when librdkafka resumed
+/// two partitions from offset 0 while the previous owner's transaction (holding the group's
+/// offsets) was still open. Counts what it did, so a test can tell the fault happened.
+pub struct ResumesAtStart {
+    inner: Arc<dyn EventLog>,
+    counts: Arc<Rewinds>,
+}
+
+#[derive(Default)]
+pub struct Rewinds {
+    /// Partitions sent back to their start on assignment.
+    pub rewound: AtomicU32,
+    /// Committed-offset lookups still to fail, and how many did.
+    to_fail: AtomicU32,
+    pub failed: AtomicU32,
+}
+
+impl ResumesAtStart {
+    pub fn new(inner: Arc<dyn EventLog>, failing: u32) -> (Arc<dyn EventLog>, Arc<Rewinds>) {
+        let counts = Arc::new(Rewinds { to_fail: AtomicU32::new(failing), ..Default::default() });
+        (Arc::new(ResumesAtStart { inner, counts: counts.clone() }), counts)
+    }
+}
+
+struct RewindingConsumer {
+    // A mutex only to be `Sync`, which `committed(&self)` needs: `dyn Consumer` is `Send` only.
+    inner: tokio::sync::Mutex<Box<dyn Consumer>>,
+    counts: Arc<Rewinds>,
+}
+
+impl RewindingConsumer {
+    fn get(&self) -> tokio::sync::MutexGuard<'_, Box<dyn Consumer>> {
+        self.inner.try_lock().expect("one caller at a time")
+    }
+}
+
+#[async_trait]
+impl Consumer for RewindingConsumer {
+    fn subscribe(&mut self, topics: &[String]) -> LogResult<()> {
+        self.inner.get_mut().subscribe(topics)
+    }
+    async fn assign(&mut self, partitions: &[(TopicPartition, SeekTo)]) -> LogResult<()> {
+        self.inner.get_mut().assign(partitions).await
+    }
+    async fn next_event(&mut self) -> LogResult<ConsumerEvent> {
+        let inner = self.inner.get_mut();
+        let event = inner.next_event().await?;
+        if let ConsumerEvent::Assigned(parts) = &event {
+            for p in parts {
+                inner.seek(p, SeekTo::Earliest).await?;
+                self.counts.rewound.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        Ok(event)
+    }
+    async fn seek(&mut self, partition: &TopicPartition, to: SeekTo) -> LogResult<()> {
+        self.inner.get_mut().seek(partition, to).await
+    }
+    fn pause(&mut self, partitions: &[TopicPartition]) -> LogResult<()> {
+        self.inner.get_mut().pause(partitions)
+    }
+    fn resume(&mut self, partitions: &[TopicPartition]) -> LogResult<()> {
+        self.inner.get_mut().resume(partitions)
+    }
+    fn assignment(&self) -> Vec<TopicPartition> {
+        self.get().assignment()
+    }
+    fn positions(&self) -> Vec<(TopicPartition, i64)> {
+        self.get().positions()
+    }
+    async fn commit(&mut self, offsets: &[(TopicPartition, i64)]) -> LogResult<()> {
+        self.inner.get_mut().commit(offsets).await
+    }
+    async fn committed(&self, partitions: &[TopicPartition]) -> LogResult<Vec<Option<i64>>> {
+        self.inner.lock().await.committed(partitions).await
+    }
+    fn group_metadata(&self) -> Option<GroupMetadata> {
+        self.get().group_metadata()
+    }
+    async fn close(self: Box<Self>) -> LogResult<()> {
+        self.inner.into_inner().close().await
+    }
+}
+
+struct FailingLookups {
+    inner: Arc<dyn Admin>,
+    counts: Arc<Rewinds>,
+}
+
+#[async_trait]
+impl Admin for FailingLookups {
+    async fn create_topic(&self, spec: &TopicSpec) -> LogResult<()> {
+        self.inner.create_topic(spec).await
+    }
+    async fn describe_topic(&self, name: &str) -> LogResult<TopicDescription> {
+        self.inner.describe_topic(name).await
+    }
+    async fn delete_topic(&self, name: &str) -> LogResult<()> {
+        self.inner.delete_topic(name).await
+    }
+    async fn list_topics(&self) -> LogResult<Vec<String>> {
+        self.inner.list_topics().await
+    }
+    async fn watermarks(&self, partition: &TopicPartition) -> LogResult<Watermarks> {
+        self.inner.watermarks(partition).await
+    }
+    async fn offset_for_timestamp(&self, partition: &TopicPartition, timestamp_ms: i64) -> LogResult<Option<i64>> {
+        self.inner.offset_for_timestamp(partition, timestamp_ms).await
+    }
+    async fn committed_offsets(&self, group: &str, partitions: &[TopicPartition]) -> LogResult<Vec<Option<i64>>> {
+        if self.counts.to_fail.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            self.counts.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(LogError::Timeout { operation: "committed offsets (injected)", after: Duration::from_secs(10) });
+        }
+        self.inner.committed_offsets(group, partitions).await
+    }
+}
+
+#[async_trait]
+impl EventLog for ResumesAtStart {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn orders_by_time(&self) -> bool {
+        self.inner.orders_by_time()
+    }
+    fn max_record_bytes(&self) -> usize {
+        self.inner.max_record_bytes()
+    }
+    fn producer(&self) -> LogResult<Arc<dyn Producer>> {
+        self.inner.producer()
+    }
+    fn consumer(&self, options: ConsumerOptions) -> LogResult<Box<dyn Consumer>> {
+        let inner = self.inner.consumer(options.clone())?;
+        if options.group.is_none() {
+            return Ok(inner);
+        }
+        Ok(Box::new(RewindingConsumer { inner: tokio::sync::Mutex::new(inner), counts: self.counts.clone() }))
+    }
+    fn transactional_producer(&self, transactional_id: &str) -> LogResult<Arc<dyn TransactionalProducer>> {
+        self.inner.transactional_producer(transactional_id)
+    }
+    fn admin(&self) -> Arc<dyn Admin> {
+        Arc::new(FailingLookups { inner: self.inner.admin(), counts: self.counts.clone() })
+    }
+    async fn shutdown(&self, timeout: Duration) -> LogResult<()> {
+        self.inner.shutdown(timeout).await
     }
 }

@@ -1,6 +1,7 @@
 //! Task-lifecycle scenarios; each runs on the embedded log and on Kafka.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -10,7 +11,7 @@ use agentlog::agent::runtime::build;
 use agentlog::events::{AgentState, AnyEvent, Lane, TimestampMicros};
 use agentlog::projection::{Projection, ProjectionStore, sources};
 
-use super::fixture::{FirstTransactionHangs, Fixture, scripted};
+use super::fixture::{FirstTransactionHangs, Fixture, ResumesAtStart, scripted};
 pub use super::hostile::*;
 use crate::harness::Harness;
 
@@ -691,6 +692,58 @@ pub async fn exactly_once_survives_partitions_moving(h: &mut Harness) {
     let twice: Vec<_> = per_task.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "tasks with more than one committed outcome: {twice:?}");
     assert_eq!(per_task.len(), TASKS as usize, "one committed outcome for each task");
+    f.stop().await;
+}
+
+/// Exactly-once never takes committed work again, even where the client resumes a newly
+/// assigned partition at its start (as librdkafka once did while the previous owner's
+/// transaction, holding the group's offsets, was still open: 193 tasks of a fault-suite run
+/// got two outcomes) and the group's committed offsets cannot be looked up at first: the
+/// worker reads such a partition only once it knows them.
+pub async fn exactly_once_never_reruns_committed_work(h: &mut Harness) {
+    const DONE: usize = 30;
+    const LATER: usize = 10;
+    let mut f = Fixture::new(h).await;
+    let toml_text = "runtime = { kind = \"builtin\", name = \"echo\" }\nconcurrency = 4\ntimeout_ms = 10000\nexactly_once = true\n";
+    let (ty, agent) = f.agent_type("floor", toml_text).await;
+    let (journal, runtime) = scripted();
+    f.start_worker(&ty, &agent, runtime.clone(), "first");
+    let mut done = Vec::new();
+    for _ in 0..DONE {
+        let task = f.task(&ty, Lane::Normal, r#"{"sleep_ms": 1}"#);
+        f.submit(&task).await;
+        done.push(task.task_id);
+    }
+    f.outcomes(&done, WITHIN).await;
+    // Drained: its outcomes and offsets are committed.
+    f.drain_worker(0).await;
+
+    let mut later = Vec::new();
+    for _ in 0..LATER {
+        let task = f.task(&ty, Lane::Normal, r#"{"sleep_ms": 1}"#);
+        f.submit(&task).await;
+        later.push(task.task_id);
+    }
+    let (forgetful, counts) = ResumesAtStart::new(f.log.clone(), 3);
+    let codec = f.codec.clone();
+    f.start_worker_on(forgetful, codec, &ty, &agent, runtime, "second", agentlog::agent::worker::TRANSACTION_DEADLINE);
+    let outcomes = f.outcomes(&later, WITHIN).await;
+    assert!(outcomes.values().all(|e| matches!(e, AnyEvent::TaskCompleted(_))), "{outcomes:?}");
+    f.drain_worker(0).await;
+
+    assert!(counts.rewound.load(Ordering::SeqCst) > 0, "the second worker's partitions were sent back to their start");
+    assert_eq!(counts.failed.load(Ordering::SeqCst), 3, "its first committed-offset lookups failed");
+    let ran_again: Vec<&String> = done.iter().filter(|id| journal.attempts_of(id).len() != 1).collect();
+    assert!(ran_again.is_empty(), "tasks committed by the first worker ran again: {ran_again:?}");
+    let mut per_task: HashMap<String, usize> = HashMap::new();
+    for event in f.all_events(&f.topics.results(), Duration::from_secs(2)).await {
+        if let AnyEvent::TaskCompleted(done) = event {
+            *per_task.entry(done.task_id).or_default() += 1;
+        }
+    }
+    for id in done.iter().chain(&later) {
+        assert_eq!(per_task.get(id), Some(&1), "exactly one committed outcome for {id}");
+    }
     f.stop().await;
 }
 
