@@ -38,14 +38,14 @@ pub const RATE_PER_S: u32 = 50;
 pub fn rate_per_s() -> u32 {
     std::env::var("AGENTLOG_FAULTS_RATE").ok().and_then(|v| v.parse().ok()).filter(|r| *r > 0).unwrap_or(RATE_PER_S)
 }
-/// How long the drain waits past the last heal for every acknowledged task's outcome: past
-/// the 30 s the verdict allows, so a late task shows as late rather than lost, and past
-/// librdkafka's 60 s transaction.timeout.ms, because a read_committed reader sees nothing
-/// behind a killed producer's open transaction until the coordinator aborts it (outcomes
-/// that showed up after 45 s were counted lost before; they were late, and some duplicated).
 /// The warm-up before the recorded load (see [`warm_up`]), and how long its tasks may take.
 const WARM_UP_LOAD: Duration = Duration::from_secs(10);
 const WARM_UP_LIMIT: Duration = Duration::from_secs(120);
+/// How long the drain waits past the last heal for every acknowledged task's outcome: past
+/// the 30 s the verdict allows, so a late task shows as late rather than lost, and past a
+/// killed producer's transaction timeout, because a read_committed reader sees nothing
+/// behind its open transaction until the coordinator aborts it (outcomes that showed up
+/// after 45 s were counted lost before; they were late, and some duplicated).
 const DRAIN_LIMIT: Duration = Duration::from_secs(90);
 /// Outcomes keep arriving? Read on until none came for this long (duplicates show up late).
 const SETTLE: Duration = Duration::from_secs(3);
@@ -152,14 +152,7 @@ impl Scenario {
 
     /// Starts the recording client: [`rate_per_s`] tasks of 10 ms sleep a second for `duration`.
     pub fn load(&self, duration: Duration) -> JoinHandle<Result<History, reqwest::Error>> {
-        tokio::spawn(client::run(Load {
-            api_url: self.api_url.clone(),
-            agent_type: self.agent_type.clone(),
-            id_prefix: format!("{}-{}", self.name, self.agent_type),
-            rate_per_s: rate_per_s(),
-            duration,
-            input: serde_json::json!({"ms": 10}),
-        }))
+        tokio::spawn(client::run(workload(&self.api_url, &self.agent_type, format!("{}-{}", self.name, self.agent_type), duration)))
     }
 
     /// Marks the first fault (the start of "during the fault").
@@ -337,8 +330,18 @@ async fn apply_topics(config: &Path, dir: &Path) {
     assert!(out.status.success(), "agentlog topics apply failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
 }
 
-/// Polls `probe` until it holds, failing with the evidence if a process exits meanwhile or
-/// START_WITHIN passes.
+/// The suite's load: [`rate_per_s`] tasks of 10 ms sleep a second for `duration`.
+fn workload(api_url: &str, agent_type: &str, id_prefix: String, duration: Duration) -> Load {
+    Load {
+        api_url: api_url.to_string(),
+        agent_type: agent_type.to_string(),
+        id_prefix,
+        rate_per_s: rate_per_s(),
+        duration,
+        input: serde_json::json!({"ms": 10}),
+    }
+}
+
 /// Runs [`WARM_UP_LOAD`] of load before the recorded one and waits until every task of it
 /// that was acknowledged has its outcome; returns their ids. A cluster that just started (the
 /// first scenario of a run, always in CI) spends its first half minute compiling (the broker
@@ -346,14 +349,7 @@ async fn apply_topics(config: &Path, dir: &Path) {
 /// cores that starved the processes into missed sessions: the recorded load then measured a
 /// cold start instead of the fault (CI, 2026-12-03: tasks submitted before any fault waited 20 s).
 async fn warm_up(fleet: &mut Fleet, reader: &ResultsReader, api_url: &str, agent_type: &str, name: &str) -> HashSet<String> {
-    let load = Load {
-        api_url: api_url.to_string(),
-        agent_type: agent_type.to_string(),
-        id_prefix: format!("warm-up-{name}-{agent_type}"),
-        rate_per_s: rate_per_s(),
-        duration: WARM_UP_LOAD,
-        input: serde_json::json!({"ms": 10}),
-    };
+    let load = workload(api_url, agent_type, format!("warm-up-{name}-{agent_type}"), WARM_UP_LOAD);
     let history = client::run(load).await.unwrap_or_else(|e| panic!("warm-up load: {e}"));
     let acked: Vec<String> = history.submissions.iter().filter(|s| matches!(s.answer, Answer::Ok)).map(|s| s.task_id.clone()).collect();
     let deadline = Instant::now() + WARM_UP_LIMIT;
@@ -369,6 +365,8 @@ async fn warm_up(fleet: &mut Fleet, reader: &ResultsReader, api_url: &str, agent
     history.submissions.into_iter().map(|s| s.task_id).collect()
 }
 
+/// Polls `probe` until it holds, failing with the evidence if a process exits meanwhile or
+/// START_WITHIN passes.
 async fn wait_for<F, Fut>(fleet: &mut Fleet, what: &str, probe: F)
 where
     F: Fn() -> Fut,
