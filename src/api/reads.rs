@@ -15,7 +15,7 @@ use super::auth::Tenant;
 use super::error::ApiError;
 use super::tasks::{page_limit, query_error};
 use crate::events::Lane;
-use crate::log::TopicPartition;
+use crate::log::lag::group_lag;
 use crate::projection::store::{JOB_CURSOR_MIN, unhex};
 use crate::projection::views::AgentView;
 
@@ -75,15 +75,8 @@ pub async fn agent_types(State(state): State<Arc<ApiState>>, Tenant(tenant): Ten
         let mut lag = BTreeMap::new();
         for lane in Lane::ALL.into_iter().filter(|l| agent.lanes.iter().any(|x| x == l.as_str())) {
             let topic = state.client.topics().lane(name, lane);
-            let partitions = admin.describe_topic(&topic).await.map_err(|e| ApiError::unavailable(e.to_string()))?.partitions;
-            let tps: Vec<TopicPartition> = (0..partitions).map(|p| TopicPartition::new(topic.clone(), p)).collect();
-            let committed = admin.committed_offsets(&group, &tps).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
-            let mut waiting = 0i64;
-            for (tp, committed) in tps.iter().zip(committed) {
-                let marks = admin.watermarks(tp).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
-                waiting += (marks.high - committed.unwrap_or(marks.low).max(marks.low)).max(0);
-            }
-            lag.insert(lane.as_str().to_string(), waiting);
+            let partitions = group_lag(admin.as_ref(), &group, &topic).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+            lag.insert(lane.as_str().to_string(), partitions.iter().map(|p| p.lag).sum::<i64>());
         }
         // Even admins see credentials in URLs and exec environment values masked.
         let runtime = agent.runtime.shown();

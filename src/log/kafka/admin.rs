@@ -9,10 +9,11 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaResult;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::client::{committed_in, map_error};
 use super::metadata::TopicCache;
+use super::offset_readers::OffsetReaders;
 use crate::log::{
     Admin, CleanupPolicy, LogError, LogResult, TopicDescription, TopicPartition, TopicSpec, Watermarks,
 };
@@ -21,8 +22,8 @@ pub(crate) struct KafkaAdmin {
     pub(crate) admin: AdminClient<DefaultClientContext>,
     pub(crate) client: Arc<BaseConsumer>,
     pub(crate) topics: Arc<TopicCache>,
-    /// Settings for the short-lived consumers that read another group's offsets.
-    pub(crate) consumer_config: ClientConfig,
+    /// Readers of other groups' committed offsets, one per group.
+    pub(crate) offset_readers: OffsetReaders,
     pub(crate) endpoint: String,
     pub(crate) timeout: Duration,
 }
@@ -213,16 +214,13 @@ impl Admin for KafkaAdmin {
     }
 
     async fn committed_offsets(&self, group: &str, partitions: &[TopicPartition]) -> LogResult<Vec<Option<i64>>> {
-        let mut config = self.consumer_config.clone();
-        config.set("group.id", group);
-        let consumer: BaseConsumer =
-            config.create().map_err(|e| LogError::Kafka { operation: "create offsets reader", source: e })?;
+        let reader = self.offset_readers.get(group)?;
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
             tpl.add_partition(&p.topic, p.partition);
         }
         let timeout = self.timeout;
-        let found = tokio::task::spawn_blocking(move || consumer.committed_offsets(tpl, timeout))
+        let found = tokio::task::spawn_blocking(move || reader.committed_offsets(tpl, timeout))
             .await
             .map_err(|_| LogError::Shutdown)?
             .map_err(|e| map_error("committed offsets", &self.endpoint, None, e))?;

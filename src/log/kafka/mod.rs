@@ -9,6 +9,7 @@ mod client;
 mod consumer;
 mod fetch_states;
 mod metadata;
+mod offset_readers;
 mod producer;
 mod transaction;
 
@@ -52,7 +53,7 @@ impl KafkaLog {
             admin: admin_client,
             client,
             topics: topics.clone(),
-            consumer_config: client::consumer_config(config, None, Some("agentlog-offsets")),
+            offset_readers: offset_readers::OffsetReaders::new(client::consumer_config(config, None, Some("agentlog-offsets"))),
             endpoint,
             timeout,
         });
