@@ -25,6 +25,7 @@ use super::topics::TaskTopics;
 use crate::events::reader::{DLQ_ERROR, DLQ_REASON, DLQ_SOURCE};
 use crate::events::wire::{WireCodec, WireError};
 use crate::events::{Meta, TaskDeadLettered, TaskSubmitted};
+use crate::log::follow::Follower;
 use crate::log::{ConsumedRecord, ConsumerEvent, ConsumerOptions, EventLog, Header, LogError, Record, SeekTo, TopicPartition};
 
 /// Header: how many attempts the task had.
@@ -141,6 +142,9 @@ pub enum DlqError {
     Truncated { task_id: String, note: String },
 }
 
+/// How long [`list`] waits while nothing moves (no record, no partition reaching its end).
+const LIST_STALL: Duration = Duration::from_secs(30);
+
 /// How long [`read_at`] waits for the one record it reads.
 const READ_ONE: Duration = Duration::from_secs(30);
 
@@ -189,37 +193,15 @@ async fn letter_of(client: &TaskClient, record: ConsumedRecord) -> DeadLetter {
 }
 
 /// Every entry on the dead-letter topic, oldest first per partition (reads up to the
-/// high watermarks taken at the start, so it ends).
+/// high watermarks taken at the start, so it ends, also where a partition ends in a
+/// transaction's commit marker: exactly-once workers dead-letter inside their transactions).
 pub async fn list(log: &Arc<dyn EventLog>, client: &TaskClient) -> Result<Vec<DeadLetter>, DlqError> {
-    let topic = client.topics().dlq();
-    let admin = log.admin();
-    let partitions = admin.describe_topic(&topic).await?.partitions;
-    let mut ends = Vec::new();
-    for p in 0..partitions {
-        let tp = TopicPartition::new(&topic, p);
-        let marks = admin.watermarks(&tp).await?;
-        if marks.high > marks.low {
-            ends.push((tp, marks.high));
-        }
-    }
-    let mut letters = Vec::new();
-    if ends.is_empty() {
-        return Ok(letters);
-    }
-    let mut consumer = log.consumer(ConsumerOptions::default())?;
-    consumer.assign(&ends.iter().map(|(tp, _)| (tp.clone(), SeekTo::Earliest)).collect::<Vec<_>>()).await?;
-    let mut remaining: std::collections::HashMap<i32, i64> = ends.iter().map(|(tp, high)| (tp.partition, *high)).collect();
-    while !remaining.is_empty() {
-        let event = tokio::time::timeout(Duration::from_secs(30), consumer.next_event()).await.map_err(|_| LogError::Timeout { operation: "reading the dead-letter topic", after: Duration::from_secs(30) })??;
-        let ConsumerEvent::Record(record) = event else { continue };
-        if let Some(high) = remaining.get(&record.partition)
-            && record.offset + 1 >= *high
-        {
-            remaining.remove(&record.partition);
-        }
+    let follower = Follower::open(log, &[client.topics().dlq()], SeekTo::Earliest).await?;
+    let records = follower.read_history(LIST_STALL).await?;
+    let mut letters = Vec::with_capacity(records.len());
+    for record in records {
         letters.push(letter_of(client, record).await);
     }
-    consumer.close().await?;
     Ok(letters)
 }
 

@@ -16,7 +16,7 @@ use super::topics::TaskTopics;
 use crate::events::wire::WireCodec;
 use crate::events::{AnyEvent, decode_any_waiting};
 use crate::log::{EventLog, LogError, SeekTo};
-use crate::supervisor::follow::Follower;
+use crate::log::follow::Follower;
 
 /// Outcomes remembered at most.
 const MAX_KEPT: usize = 200_000;

@@ -23,7 +23,7 @@ use crate::events::wire::WireCodec;
 use crate::events::{AnyEvent, Lane, TaskSubmitted, TimestampMicros, decode_any};
 use crate::log::{EventLog, SeekTo, TopicSpec};
 use crate::registry::{Registry, serve};
-use crate::supervisor::follow::Follower;
+use crate::log::follow::Follower;
 
 const AGENT_TYPE: &str = "bench_sleep";
 const PARTITIONS: i32 = 4;

@@ -28,6 +28,7 @@
 
 pub mod embedded;
 pub mod error;
+pub mod follow;
 pub mod kafka;
 pub mod lag;
 pub mod murmur2;

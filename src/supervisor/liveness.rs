@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::SupervisorError;
-use super::follow::Follower;
+use crate::log::follow::Follower;
 use crate::agent::client::new_id;
 use crate::agent::topics::TaskTopics;
 use crate::events::wire::WireCodec;

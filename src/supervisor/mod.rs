@@ -7,7 +7,6 @@
 //! rebuilds its state from the log and takes over. Components read their topics without a
 //! group, so a new leader always sees the whole picture.
 
-pub mod follow;
 pub mod jobs;
 pub mod liveness;
 pub mod timer_store;

@@ -39,7 +39,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::SupervisorError;
-use super::follow::Follower;
+use crate::log::follow::Follower;
 use super::timer_store::{Action, Timer, TimerId, TimerStore};
 use crate::agent::cancels::Cancels;
 use crate::agent::client::{ClientError, TIMER_DUE, TIMER_FIRED, TaskClient, new_id};

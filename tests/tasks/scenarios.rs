@@ -747,6 +747,52 @@ pub async fn exactly_once_never_reruns_committed_work(h: &mut Harness) {
     f.stop().await;
 }
 
+/// With exactly_once, a dead letter is written inside the worker's transaction, so on Kafka
+/// the dead-letter partition ends with the transaction's commit marker, an offset no reader
+/// is ever handed. Listing the dead letters must still end, with the letter, and the letter
+/// must re-submit; the listing read until it saw a record at the high watermark − 1 and
+/// failed after 30 s of waiting for one.
+pub async fn exactly_once_dead_letters_are_listed_and_resubmitted(h: &mut Harness) {
+    let mut f = Fixture::new(h).await;
+    let toml_text = RETRYING.replace("[retry]", "exactly_once = true\n[retry]");
+    let (ty, agent) = f.agent_type("parked", &toml_text).await;
+    let (journal, runtime) = scripted();
+    f.start_supervisor(3);
+    f.start_worker(&ty, &agent, runtime, "w1");
+    let poison = f.task(&ty, Lane::Normal, r#"{"fail_until": 4}"#);
+    f.submit(&poison).await;
+    let outcomes = f.outcomes(std::slice::from_ref(&poison.task_id), WITHIN).await;
+    assert!(matches!(outcomes[&poison.task_id], AnyEvent::TaskDeadLettered(_)), "{outcomes:?}");
+
+    // Well inside the listing's own 30 s wait: the letter is there as soon as it is committed.
+    let letters = tokio::time::timeout(Duration::from_secs(15), dlq::list(&f.log, &f.client))
+        .await
+        .expect("the dead-letter listing ends")
+        .expect("dlq list");
+    let letter = dlq::find(&letters, &poison.meta.tenant, &poison.task_id).expect("the task is on the dlq");
+    assert_eq!(letter.attempts, Some(3));
+    dlq::resubmit(&f.client, letter).await.expect("resubmit");
+    let deadline = Instant::now() + WITHIN;
+    while journal.attempts_of(&poison.task_id).len() < 6 {
+        assert!(Instant::now() < deadline, "re-submitted task did not run: {:?}", journal.attempts_of(&poison.task_id));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Parked twice now: the second listing ends too, with both letters.
+    let letters = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let letters = dlq::list(&f.log, &f.client).await.expect("dlq list");
+            if letters.iter().filter(|l| l.task.as_ref().is_some_and(|t| t.task_id == poison.task_id)).count() == 2 {
+                return letters;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("both dead letters are listed");
+    assert!(letters.len() >= 2);
+    f.stop().await;
+}
+
 /// Delegation: the coordinator agent fans out to echo, textstats and sleep through its
 /// delegate and aggregates their outcomes; the children carry the parent's id.
 pub async fn a_coordinator_delegates_and_aggregates(h: &mut Harness) {

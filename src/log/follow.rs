@@ -1,11 +1,18 @@
 //! Reading whole topics without a consumer group, knowing when the history that existed at
 //! the start has been read: supervisor components rebuild their state from the log before
-//! they act on it, so nothing fires twice after a restart.
+//! they act on it, so nothing fires twice after a restart, and listings (the dead letters)
+//! read a topic to its end.
+//!
+//! "Its end" is the high watermark taken at the start, and a record at the high watermark − 1
+//! is not the test: on Kafka a transaction's commit marker takes an offset and is never
+//! handed to a reader, so a partition whose last write was transactional (an exactly-once
+//! worker's outcomes and dead letters) never delivers that offset. The consumer's position,
+//! which moves past markers, is.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::log::{ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, EventLog, LogError, SeekTo, TopicPartition};
+use super::{ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, EventLog, LogError, SeekTo, TopicPartition};
 
 /// How long a catching-up reader waits for more history before calling it read.
 pub const IDLE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -102,6 +109,56 @@ impl Follower {
                 return Ok(Some(record));
             }
         }
+    }
+
+    /// Every record from the start given to [`Follower::open`] up to the high watermarks of
+    /// then, oldest first per partition (records written since may come along). Fails when
+    /// nothing moved, no record and no partition reaching its end, for `stall`: unlike
+    /// [`Follower::next`], which calls quiet history read after [`IDLE`], a listing must not
+    /// end early.
+    pub async fn read_history(mut self, stall: std::time::Duration) -> Result<Vec<ConsumedRecord>, LogError> {
+        let mut records = Vec::new();
+        let mut quiet = std::time::Duration::ZERO;
+        while !self.behind.is_empty() {
+            match tokio::time::timeout(POSITIONS_EVERY, self.consumer.next_event()).await {
+                Ok(event) => {
+                    let event = match event {
+                        Ok(event) => event,
+                        Err(error) => {
+                            self.close().await;
+                            return Err(error);
+                        }
+                    };
+                    if let ConsumerEvent::Record(record) = event {
+                        quiet = std::time::Duration::ZERO;
+                        let tp = record.topic_partition();
+                        if self.behind.get(&tp).is_some_and(|high| record.offset + 1 >= *high) {
+                            self.behind.remove(&tp);
+                        }
+                        records.push(record);
+                    }
+                    if !self.behind.is_empty() && self.last_settled.elapsed() >= POSITIONS_EVERY {
+                        self.last_settled = std::time::Instant::now();
+                        self.settle_by_positions();
+                    }
+                }
+                Err(_) => {
+                    let before = self.behind.len();
+                    self.settle_by_positions();
+                    if self.behind.len() < before {
+                        quiet = std::time::Duration::ZERO;
+                        continue;
+                    }
+                    quiet += POSITIONS_EVERY;
+                    if quiet >= stall {
+                        self.close().await;
+                        return Err(LogError::Timeout { operation: "reading a topic to its end", after: stall });
+                    }
+                }
+            }
+        }
+        self.close().await;
+        Ok(records)
     }
 
     pub async fn close(self) {
