@@ -180,6 +180,10 @@ impl Config {
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems.join("; ")));
         }
+        let problems = self.supervisor.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems.join("; ")));
+        }
         if log.kafka.request_timeout_ms == 0 {
             return Err(ConfigError::Field { field: "log.kafka.request_timeout_ms", reason: "must be greater than 0".into() });
         }
@@ -315,5 +319,21 @@ idle_timeout_ms = 1000
     fn zero_record_limit_is_rejected_naming_the_field() {
         let err = load_str("[log]\nmax_record_bytes = 0\n", &[]).expect_err("zero");
         assert!(err.to_string().contains("log.max_record_bytes"), "{err}");
+    }
+
+    /// A zero heartbeat interval loaded, and every worker then panicked at start.
+    #[test]
+    fn heartbeat_settings_out_of_range_are_rejected_naming_the_key() {
+        for (toml, key) in [
+            ("[supervisor]\nheartbeat_interval_ms = 0\n", "supervisor.heartbeat_interval_ms"),
+            ("[supervisor]\nheartbeat_interval_ms = 9223372036854775807\n", "supervisor.heartbeat_interval_ms"),
+            ("[supervisor]\nmissed_heartbeats = 0\n", "supervisor.missed_heartbeats"),
+        ] {
+            let err = load_str(toml, &[]).expect_err(toml);
+            assert!(err.to_string().contains(key), "{toml}: {err}");
+        }
+        let err = Config::load_with_env(None, vec![("AGENTLOG__SUPERVISOR__HEARTBEAT_INTERVAL_MS".into(), "0".into())]).expect_err("env");
+        assert!(err.to_string().contains("supervisor.heartbeat_interval_ms"), "{err}");
+        load_str("[supervisor]\nheartbeat_interval_ms = 250\nmissed_heartbeats = 4\n", &[]).expect("in range");
     }
 }

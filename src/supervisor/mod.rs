@@ -40,6 +40,11 @@ pub enum SupervisorError {
     TimerStore(#[from] timer_store::TimerStoreError),
 }
 
+/// The heartbeat interval's allowed range, in ms: from 10 ms to an hour.
+const HEARTBEAT_INTERVAL_MS: (u64, u64) = (10, 3_600_000);
+/// At most this many missed heartbeats before an instance is declared lost.
+const MAX_MISSED_HEARTBEATS: u32 = 1_000;
+
 /// `[supervisor]` in config: heartbeats (workers send them, the supervisor watches them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -61,6 +66,23 @@ impl Default for SupervisorConfig {
 }
 
 impl SupervisorConfig {
+    /// Problems with `[supervisor]`, each naming the full key. A zero interval would stop
+    /// every worker at start (a timer period must not be zero), and one past `i64` of
+    /// milliseconds would make every agent lost at once.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !(HEARTBEAT_INTERVAL_MS.0..=HEARTBEAT_INTERVAL_MS.1).contains(&self.heartbeat_interval_ms) {
+            out.push(format!(
+                "supervisor.heartbeat_interval_ms must be between {} and {} (got {})",
+                HEARTBEAT_INTERVAL_MS.0, HEARTBEAT_INTERVAL_MS.1, self.heartbeat_interval_ms
+            ));
+        }
+        if !(1..=MAX_MISSED_HEARTBEATS).contains(&self.missed_heartbeats) {
+            out.push(format!("supervisor.missed_heartbeats must be between 1 and {MAX_MISSED_HEARTBEATS} (got {})", self.missed_heartbeats));
+        }
+        out
+    }
+
     /// The timer index of supervisor `supervisor_id`: `<state_dir>/timers-<id>`, with anything
     /// but `[A-Za-z0-9._-]` in the id replaced by `_`.
     pub fn timers_dir(&self, supervisor_id: &str) -> PathBuf {
