@@ -819,3 +819,42 @@ fn jobs_page_newest_first_exactly_once() {
     assert_eq!(pages, 3);
     assert_eq!(store.jobs("globex", None, 50).expect("page").jobs.len(), 5);
 }
+
+/// The outcome notices (what SSE streams send) of `batches` applied live, one `Changes` each.
+fn notices(store: &ProjectionStore, batches: &[Vec<Ev>]) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    for (i, batch) in batches.iter().enumerate() {
+        let mut changes = Changes::new(store);
+        for (offset, (source, event)) in batch.iter().enumerate() {
+            changes.consumed("source", 0, (i * 10_000 + offset) as i64);
+            changes.apply(*source, event.clone()).expect("apply");
+        }
+        let (write, noticed) = changes.finish().expect("finish");
+        store.write(write).expect("write");
+        out.extend(noticed.into_iter().map(|n| (n.task_id, n.agent_type)));
+    }
+    out
+}
+
+/// A task's outcome is noticed once, naming its type, whichever of its submit and its outcome
+/// the projection applies first and however they are batched: streams filtered by type
+/// (`?agent_type=`) select by that name, and an outcome noticed before its submit was noticed
+/// with no type and reached none of them.
+#[test]
+fn an_outcome_is_noticed_once_with_its_type_whatever_comes_first() {
+    let submit = (Source::Lane, AnyEvent::TaskSubmitted(submitted("n-s1", "n", 1, T0)));
+    let outcome = (Source::Other, completed("n-c1", "n", 1, T0 + 1_000));
+    let started = (Source::Other, started("n-st1", "n", 1, "worker-a", T0 + 500));
+    let cases: Vec<(&str, Vec<Vec<Ev>>)> = vec![
+        ("submit, then outcome, one batch", vec![vec![submit.clone(), outcome.clone()]]),
+        ("outcome, then submit, one batch", vec![vec![outcome.clone(), submit.clone()]]),
+        ("submit, then outcome, two batches", vec![vec![submit.clone()], vec![outcome.clone()]]),
+        ("outcome, then submit, two batches", vec![vec![outcome.clone()], vec![submit.clone()]]),
+        ("outcome, start, submit, three batches", vec![vec![outcome.clone()], vec![started.clone()], vec![submit.clone()]]),
+        ("everything again afterwards", vec![vec![submit.clone(), outcome.clone()], vec![outcome.clone(), submit.clone(), started.clone()]]),
+    ];
+    for (case, batches) in cases {
+        let (_dir, store) = fresh();
+        assert_eq!(notices(&store, &batches), vec![("n".to_string(), Some(TYPE.to_string()))], "{case}");
+    }
+}
