@@ -74,14 +74,18 @@ async def open_stream(port, tenant, agent_type, read, counts, index):
         raise RuntimeError(f"stream {index}: {head[:200]!r}")
 
     async def consume():
+        # Line by line: counting in arbitrary reads missed an event whose `event:` line was
+        # split between two of them. (The chunked encoding's size lines are lines of their own.)
         try:
             while True:
-                chunk = await reader.read(65536)
-                if not chunk:
+                line = await reader.readline()
+                if not line:
                     return
-                counts[index] += chunk.count(b"event: outcome")
-                lagged[index] += chunk.count(b"event: lagged")
-        except (ConnectionError, asyncio.IncompleteReadError):
+                if line.startswith(b"event: outcome"):
+                    counts[index] += 1
+                elif line.startswith(b"event: lagged"):
+                    lagged[index] += 1
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             return
 
     asyncio.get_running_loop().create_task(consume())
@@ -187,24 +191,34 @@ concurrency = 8
         await submit_all(api_port, "bench", "echo", args.tasks, args.input_bytes)
         readers = args.clients - args.silent
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not terminal(api_port, f"echo-{args.tasks - 1}"):
+        # Blocking HTTP runs in a thread: on the event loop it stopped every reading stream
+        # while it waited (up to 10 s a call), and their counts with them.
+        while time.monotonic() < deadline and not await asyncio.to_thread(terminal, api_port, f"echo-{args.tasks - 1}"):
             await asyncio.sleep(0.5)
         # Then the readers' own tasks: every reading stream must still deliver every outcome
         # (while the flood passed, a stream that fell 4,096 notices behind got `lagged`).
+        flood_s = time.monotonic() - started
         await submit_all(api_port, "bench", "small", args.small_tasks, 10, concurrency=1)
-        while time.monotonic() < deadline and sum(counts[args.silent:]) < readers * args.small_tasks:
+        # Their own wait: the flood's time must not eat into it.
+        small_deadline = time.monotonic() + 180
+        while time.monotonic() < small_deadline and sum(counts[args.silent:]) < readers * args.small_tasks:
             await asyncio.sleep(0.5)
         elapsed = time.monotonic() - started
-        open_tasks = sum(1 for i in range(args.tasks) if not terminal(api_port, f"echo-{i}"))
+        open_tasks = 0
+        for i in range(args.tasks):
+            open_tasks += 0 if await asyncio.to_thread(terminal, api_port, f"echo-{i}") else 1
         sampling = False
         await sampler
         end = rss_mb(server.pid)
         got = sum(counts[args.silent:])
+        per_reader = counts[args.silent:] or [0]
+        complete = sum(1 for c in per_reader if c >= args.small_tasks)
         print(
             f"clients={args.clients} silent={args.silent} tasks={args.tasks} input_bytes={args.input_bytes} small_tasks={args.small_tasks} "
             f"| rss_idle_mb={idle:.0f} rss_streams_open_mb={streams_open:.0f} rss_peak_mb={peak:.0f} rss_end_mb={end:.0f} "
             f"peak_above_idle_mb={peak - idle:.0f} | reader_outcome_events={got}/{readers * args.small_tasks} lagged_events={sum(lagged.values())} "
-            f"open_echo_tasks={open_tasks} in {elapsed:.1f}s"
+            f"(per reader min={min(per_reader)} max={max(per_reader)}, {complete} of {readers} got all) "
+            f"open_echo_tasks={open_tasks} flood={flood_s:.1f}s in {elapsed:.1f}s"
         )
         if got != readers * args.small_tasks or open_tasks:
             print("not every task finished, or not every reading client got every outcome", file=sys.stderr)
