@@ -128,7 +128,7 @@ pub async fn run_timer_bench(log: Arc<dyn EventLog>, options: &TimerBenchOptions
         };
         let client = TaskClient::new(&log, codec.clone(), topics.clone(), "bench-supervisor").map_err(|e| setup(&e))?;
         let (tell, rebuilt) = tokio::sync::oneshot::channel();
-        let settings = TimerSettings { dir: dir.clone(), caught_up: Some(tell) };
+        let settings = TimerSettings { state_dir: dir.clone(), caught_up: Some(tell) };
         let timers_stop = CancellationToken::new();
         let timers = tokio::spawn(run_timers(log.clone(), client, Arc::new(Cancels::tracking_new()), settings, timers_stop.clone()));
         let rebuilt = rebuilt.await;

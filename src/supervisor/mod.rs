@@ -83,12 +83,6 @@ impl SupervisorConfig {
         out
     }
 
-    /// The timer index of supervisor `supervisor_id`: `<state_dir>/timers-<id>`, with anything
-    /// but `[A-Za-z0-9._-]` in the id replaced by `_`.
-    pub fn timers_dir(&self, supervisor_id: &str) -> PathBuf {
-        let safe: String = supervisor_id.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect();
-        self.state_dir.join(format!("timers-{safe}"))
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -207,7 +201,7 @@ impl Leadership {
         components.spawn(async move { watcher.await.map_err(|e| SupervisorError::Component(e.to_string())) });
         let client = TaskClient::new(log, codec.clone(), topics.clone(), settings.supervisor_id.clone())?;
         let (l, s) = (log.clone(), stop.clone());
-        let timer_settings = timers::TimerSettings { dir: settings.config.timers_dir(&settings.supervisor_id), caught_up: None };
+        let timer_settings = timers::TimerSettings { state_dir: settings.config.state_dir.clone(), caught_up: None };
         components.spawn(async move { timers::run_timers(l, client, cancels, timer_settings, s).await.map(|_| ()) });
         let (l, c, t, s) = (log.clone(), codec.clone(), topics.clone(), stop.clone());
         let interval = Duration::from_millis(settings.config.heartbeat_interval_ms);

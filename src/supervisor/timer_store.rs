@@ -6,15 +6,19 @@
 //!
 //! The store is disposable. The `timers` topic is the source of truth: the store is wiped
 //! and rebuilt from the topic every time a supervisor starts leading, so there is nothing to
-//! migrate, no write-ahead log, and no durability to care about. Each supervisor process uses
-//! its own directory (named after its member id, removed when the store is dropped), so a
-//! leader and a standby on one host never share one.
+//! migrate, no write-ahead log, and no durability to care about. Each open store holds its
+//! own slot directory, `timers-<n>` under the state dir, claimed with an advisory lock on
+//! `timers-<n>.lock` (removed when the store is dropped), so a leader and a standby on one
+//! host never share one, and the slot of a supervisor that was killed (its lock went with its
+//! process) is wiped and reused by the next instead of staying on disk for good.
 //!
 //! Layout (one column family; big-endian, sign-flipped integers so bytewise order is numeric):
 //! - `d` ‖ due ms ‖ partition ‖ offset        → the timer (what firing does), postcard
 //! - `i` ‖ partition ‖ offset                 → due ms ‖ its `t` key (empty without a task)
 //! - `t` ‖ tenant length u32 ‖ tenant ‖ task id → partition ‖ offset (cancels by task)
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use rocksdb::{BlockBasedOptions, Cache, DB, DBCompressionType, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions};
@@ -28,6 +32,10 @@ const WRITE_BUFFER_BYTES: usize = 8 << 20;
 /// Memory for cached blocks, index and filter blocks included.
 const BLOCK_CACHE_BYTES: usize = 8 << 20;
 
+/// Slots tried before giving up: more supervisors than this sharing one state dir is a
+/// misconfiguration, not a load to serve.
+const MAX_SLOTS: usize = 64;
+
 const DUE: u8 = b'd';
 const ID: u8 = b'i';
 const TASK: u8 = b't';
@@ -36,6 +44,8 @@ const TASK: u8 = b't';
 pub enum TimerStoreError {
     #[error("preparing the timer index directory {path}: {source}")]
     Dir { path: PathBuf, source: std::io::Error },
+    #[error("all {MAX_SLOTS} timer index slots under {path} are held by other supervisors")]
+    NoFreeSlot { path: PathBuf },
     #[error("opening the timer index at {path}: {source}")]
     Open { path: PathBuf, source: rocksdb::Error },
     #[error("timer index {operation} failed: {source}")]
@@ -83,8 +93,10 @@ pub struct TimerStore {
     /// The earliest due time, when known (`None` until the next scan).
     next_due: Option<Option<i64>>,
     pending: u64,
-    // Declared last: removes the directory once `db` is closed.
+    // Declared after `db`: removes the directory once `db` is closed.
     _dir: RemoveOnDrop,
+    // Declared last: the slot stays claimed until its directory is gone.
+    _slot: Option<File>,
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -99,7 +111,39 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// Claims `lock` for this open file: `Ok(false)` when another holder has it. An flock is
+/// per open file, so two stores of one process exclude each other too, and the kernel drops
+/// it when its process dies, however it dies.
+fn try_lock(lock: &File) -> std::io::Result<bool> {
+    // SAFETY: flock on a descriptor this `File` owns and keeps open.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let error = std::io::Error::last_os_error();
+    if error.kind() == std::io::ErrorKind::WouldBlock { Ok(false) } else { Err(error) }
+}
+
 impl TimerStore {
+    /// Opens an empty store in the first free slot under `state_dir`, wiping what an earlier
+    /// (perhaps killed) holder of that slot left there.
+    pub fn open_in(state_dir: &Path) -> Result<TimerStore, TimerStoreError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TimerStoreError::Dir { path, source }
+        };
+        std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
+        for slot in 0..MAX_SLOTS {
+            let lock_path = state_dir.join(format!("timers-{slot}.lock"));
+            let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
+            if try_lock(&lock).map_err(io(&lock_path))? {
+                let mut store = TimerStore::open_fresh(&state_dir.join(format!("timers-{slot}")))?;
+                store._slot = Some(lock);
+                return Ok(store);
+            }
+        }
+        Err(TimerStoreError::NoFreeSlot { path: state_dir.to_path_buf() })
+    }
+
     /// Opens an empty store at `dir`, deleting whatever an earlier run left there.
     pub fn open_fresh(dir: &Path) -> Result<TimerStore, TimerStoreError> {
         let io = |source| TimerStoreError::Dir { path: dir.to_path_buf(), source };
@@ -125,7 +169,12 @@ impl TimerStore {
         table.set_bloom_filter(10.0, false);
         options.set_block_based_table_factory(&table);
         let db = DB::open(&options, dir).map_err(|source| TimerStoreError::Open { path: dir.to_path_buf(), source })?;
-        Ok(TimerStore { db, floor: vec![DUE], next_due: Some(None), pending: 0, _dir: guard })
+        Ok(TimerStore { db, floor: vec![DUE], next_due: Some(None), pending: 0, _dir: guard, _slot: None })
+    }
+
+    /// The directory the store lives in.
+    pub fn dir(&self) -> &Path {
+        &self._dir.0
     }
 
     /// How many timers are pending (a record inserted twice counts twice).
@@ -338,6 +387,33 @@ mod tests {
             store.remove(id).expect("remove");
         }
         out
+    }
+
+    #[test]
+    fn a_killed_supervisors_slot_is_wiped_and_reused_and_live_slots_are_never_shared() {
+        let state = tempfile::tempdir().expect("tempdir");
+        // What a supervisor killed with 9 leaves: its slot directory full of index files, and
+        // a lock file nobody holds any more.
+        std::fs::create_dir_all(state.path().join("timers-0")).expect("stale slot");
+        std::fs::write(state.path().join("timers-0").join("000042.sst"), vec![0u8; 4096]).expect("stale file");
+        std::fs::write(state.path().join("timers-0.lock"), b"").expect("stale lock");
+
+        let mut first = TimerStore::open_in(state.path()).expect("open first");
+        assert_eq!(first.dir(), state.path().join("timers-0"), "the dead holder's slot is taken over");
+        assert!(!first.dir().join("000042.sst").exists(), "and wiped");
+        first.insert(id(0, 0), 1_000, &timer("a", "kept")).expect("insert");
+        let second = TimerStore::open_in(state.path()).expect("open second");
+        assert_eq!(second.dir(), state.path().join("timers-1"), "a held slot is never shared");
+        assert_eq!(first.find_task("a", "kept").expect("find"), Some(id(0, 0)), "the first store kept its timer");
+
+        drop(first);
+        drop(second);
+        let left: Vec<String> = std::fs::read_dir(state.path())
+            .expect("read state dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|name| !name.ends_with(".lock"))
+            .collect();
+        assert!(left.is_empty(), "closed stores leave no index behind: {left:?}");
     }
 
     #[test]

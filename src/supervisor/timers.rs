@@ -54,8 +54,8 @@ use crate::log::{ConsumedRecord, EventLog, Producer, Record, SeekTo};
 
 /// How the timers component keeps its index, and who hears when its history is read.
 pub struct TimerSettings {
-    /// The store's directory, this process's alone (wiped at start, removed at stop).
-    pub dir: PathBuf,
+    /// Where the store claims a slot directory of its own (wiped at start, removed at stop).
+    pub state_dir: PathBuf,
     /// Told once the history is read (benchmarks and tests).
     pub caught_up: Option<oneshot::Sender<Rebuilt>>,
 }
@@ -87,7 +87,7 @@ pub async fn run_timers(
 ) -> Result<TimerStats, SupervisorError> {
     let topic = client.topics().timers();
     let producer = log.producer()?;
-    let store = TimerStore::open_fresh(&settings.dir)?;
+    let store = TimerStore::open_in(&settings.state_dir)?;
     let mut follower = Follower::open(&log, std::slice::from_ref(&topic), SeekTo::Earliest).await?;
     let max_record_bytes = log.max_record_bytes();
     let mut timers = Timers { client, producer, cancels, topic, store, max_record_bytes, stats: TimerStats::default(), retry: Backoff::default(), retry_at: None, unmarked: None };
