@@ -336,7 +336,7 @@ pub async fn bind(config: &ApiConfig) -> Result<TcpListener, ApiStartError> {
     if !loopback::may_listen(&address, !config.keys.is_empty()) {
         return Err(ApiStartError::NotLoopback(config.listen.clone()));
     }
-    TcpListener::bind(address).await.map_err(|source| ApiStartError::Bind { address: config.listen.clone(), source })
+    server::listen(address).await.map_err(|source| ApiStartError::Bind { address: config.listen.clone(), source })
 }
 
 /// Serves until `shutdown`, with the connection limits of `state.config` (see `server`).

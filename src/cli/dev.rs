@@ -125,7 +125,7 @@ where
         Box::pin(async move {
             let listener = match bound {
                 Some(listener) => listener,
-                None => TcpListener::bind(address).await?,
+                None => agentlog::api::server::listen(address).await?,
             };
             serve(listener, stop).await.map_err(Into::into)
         }) as ServerRun

@@ -160,7 +160,7 @@ pub fn router(registry: Arc<Registry>, access: &ApiConfig, bound: SocketAddr) ->
 /// Binds `listen` for [`serve`], refusing a non-loopback address when `access` has no keys
 /// (before anything is served, so a misconfiguration stops the process at start-up).
 pub async fn bind(listen: &str, access: &ApiConfig) -> Result<TcpListener, RegistryError> {
-    let listener = TcpListener::bind(listen).await?;
+    let listener = crate::api::server::listen(listen).await?;
     let address = listener.local_addr()?;
     if !loopback::may_listen(&address, !access.keys.is_empty()) {
         return Err(RegistryError::NotLoopback { address: address.to_string() });
