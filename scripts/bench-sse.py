@@ -171,6 +171,7 @@ concurrency = 8
         else:
             raise RuntimeError("the API did not become ready")
         idle = rss_mb(server.pid)
+        args.silent = min(args.silent, args.clients)
         counts = [0] * args.clients
         for i in range(args.clients):
             silent = i < args.silent
@@ -189,7 +190,8 @@ concurrency = 8
         peak = streams_open
         sampler = asyncio.get_running_loop().create_task(sample())
         await submit_all(api_port, "bench", "echo", args.tasks, args.input_bytes)
-        readers = args.clients - args.silent
+        # A control run (--clients 0) has no silent and no reading client.
+        readers = max(0, args.clients - args.silent)
         deadline = time.monotonic() + 600
         # Blocking HTTP runs in a thread: on the event loop it stopped every reading stream
         # while it waited (up to 10 s a call), and their counts with them.
