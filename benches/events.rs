@@ -68,12 +68,8 @@ fn bench_wire(c: &mut Criterion) {
 
     // Measured on a current-thread runtime so the figure is the codec, not cross-thread wake-ups.
     let local = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    c.bench_function("wire/encode TaskSubmitted", |b| {
-        b.iter(|| local.block_on(codec.encode(topic, &task)).expect("encode"))
-    });
-    c.bench_function("wire/decode TaskSubmitted", |b| {
-        b.iter(|| local.block_on(codec.decode::<TaskSubmitted>(&bytes)).expect("decode"))
-    });
+    c.bench_function("wire/encode TaskSubmitted", |b| b.iter(|| local.block_on(codec.encode(topic, &task)).expect("encode")));
+    c.bench_function("wire/decode TaskSubmitted", |b| b.iter(|| local.block_on(codec.decode::<TaskSubmitted>(&bytes)).expect("decode")));
 
     shutdown.cancel();
     runtime.block_on(async {

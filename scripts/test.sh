@@ -4,6 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Style gate first (it takes a second): the code is what `cargo fmt` makes of it (rustfmt.toml).
+fmt_status=0
+if ! cargo fmt --version >/dev/null 2>&1; then
+  echo "rustfmt is not installed (rustup component add rustfmt): the style gate cannot run" >&2
+  fmt_status=1
+elif ! cargo fmt --check >/dev/null; then
+  cargo fmt --check -- --files-with-diff >&2 || true
+  echo "the files above are not formatted: run cargo fmt" >&2
+  fmt_status=1
+fi
+
 log_dir=$(mktemp -d)
 trap 'scripts/kafka-local.sh stop >/dev/null 2>&1 || true; rm -rf "$log_dir"' EXIT
 
@@ -22,6 +33,7 @@ set +e
 cargo test --release --all-targets 2>&1 | tee "$log_dir/test.log"
 status=${PIPESTATUS[0]}
 set -e
+[ "$fmt_status" -eq 0 ] || status=1
 
 # Schema evolution: a change that would break a reader of the released schemas fails here.
 bin="${CARGO_TARGET_DIR:-target}/release/agentlog"

@@ -263,7 +263,8 @@ fn ended(error: JoinError) -> String {
         return format!("its task was cancelled: {error}");
     }
     let panic = error.into_panic();
-    let message = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a non-text payload".into());
+    let message =
+        panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a non-text payload".into());
     format!("panicked: {message}")
 }
 

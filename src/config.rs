@@ -113,10 +113,7 @@ impl Config {
     }
 
     /// As [`Config::load`], with the environment passed in (tests).
-    pub fn load_with_env(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load_with_env(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULTS));
         if let Some(path) = file {
             if !path.exists() {
@@ -125,8 +122,7 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         // Only our prefix; `__` separates levels so keys may contain single underscores.
-        let vars: Vec<(String, String)> =
-            env.into_iter().filter(|(k, _)| k.starts_with("AGENTLOG__")).collect();
+        let vars: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with("AGENTLOG__")).collect();
         for (key, value) in vars {
             let lower = key["AGENTLOG__".len()..].to_ascii_lowercase();
             let parts: Vec<&str> = lower.split("__").collect();
@@ -285,11 +281,9 @@ mod tests {
 
     #[test]
     fn agent_types_load_and_bad_ones_name_the_key() {
-        let config = load_str("[agents.echo]\nruntime = { kind = \"builtin\", name = \"echo\" }\nconcurrency = 2\n", &[])
-            .expect("agent type loads");
+        let config = load_str("[agents.echo]\nruntime = { kind = \"builtin\", name = \"echo\" }\nconcurrency = 2\n", &[]).expect("agent type loads");
         assert_eq!(config.agents["echo"].concurrency, 2);
-        let err = load_str("[agents.echo]\nruntime = { kind = \"builtin\", name = \"echo\" }\nlanes = [\"fast\"]\n", &[])
-            .expect_err("unknown lane");
+        let err = load_str("[agents.echo]\nruntime = { kind = \"builtin\", name = \"echo\" }\nlanes = [\"fast\"]\n", &[]).expect_err("unknown lane");
         assert!(err.to_string().contains("agents.echo.lanes: unknown lane `fast`"), "{err}");
     }
 
@@ -304,10 +298,14 @@ mod tests {
         let api = Config::load_with_env(None, Vec::new()).expect("defaults load").api;
         assert_eq!((api.max_connections, api.idle_timeout_ms, api.header_read_timeout_ms), (1024, 60_000, 10_000));
         assert_eq!((api.max_streams_per_tenant, api.auth_failure_delay_ms), (16, 250));
-        let err = load_str("[api]
+        let err = load_str(
+            "[api]
 header_read_timeout_ms = 5000
 idle_timeout_ms = 1000
-", &[]).expect_err("head past idle");
+",
+            &[],
+        )
+        .expect_err("head past idle");
         assert!(err.to_string().contains("api.header_read_timeout_ms (5000) must not exceed api.idle_timeout_ms (1000)"), "{err}");
         for (key, value) in [("MAX_CONNECTIONS", "0"), ("MAX_STREAMS_PER_TENANT", "0"), ("AUTH_FAILURE_DELAY_MS", "60000")] {
             let err = Config::load_with_env(None, vec![(format!("AGENTLOG__API__{key}"), value.into())]).expect_err(key);

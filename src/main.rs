@@ -8,8 +8,8 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use agentlog::bench::{LogBenchOptions, run_log_bench};
 use agentlog::agent::lane_topic_specs;
+use agentlog::bench::{LogBenchOptions, run_log_bench};
 use agentlog::config::Config;
 use agentlog::log::{ConsumerEvent, ConsumerOptions, EventLog, Record, SeekTo, TopicPartition, lag};
 use agentlog::open::open_log;
@@ -378,9 +378,7 @@ fn main() -> anyhow::Result<()> {
     let (writer, _flush_at_exit) =
         tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(true).thread_name("agentlog-log").finish(std::io::stderr());
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,librdkafka=warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,librdkafka=warn".into()))
         .with_writer(writer)
         .init();
     let cli = Cli::parse();
@@ -425,7 +423,8 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
 /// two runs, or a run beside `agentlog dev`, would share one RocksDB ("wal_dir contains
 /// existing log file"), and each run would first replay the previous run's write-ahead log.
 fn private_bench_dir(command: &Command, config: &mut Config) -> Option<std::path::PathBuf> {
-    let benchmark = matches!(command, Command::Bench { what: BenchWhat::Tasks { .. } | BenchWhat::Projection { .. } | BenchWhat::Log { .. } | BenchWhat::Timers { .. } });
+    let benchmark =
+        matches!(command, Command::Bench { what: BenchWhat::Tasks { .. } | BenchWhat::Projection { .. } | BenchWhat::Log { .. } | BenchWhat::Timers { .. } });
     if !benchmark || config.log.backend != agentlog::config::Backend::Embedded {
         return None;
     }
@@ -481,7 +480,11 @@ async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn Ev
                             actual.replication_factor,
                             actual.cleanup_policy.as_str(),
                             entry.key,
-                            if drift.is_empty() { "ok".to_string() } else { format!("DRIFT: {}", drift.iter().map(|d| d.difference.clone()).collect::<Vec<_>>().join("; ")) }
+                            if drift.is_empty() {
+                                "ok".to_string()
+                            } else {
+                                format!("DRIFT: {}", drift.iter().map(|d| d.difference.clone()).collect::<Vec<_>>().join("; "))
+                            }
                         );
                     }
                     Err(agentlog::log::LogError::UnknownTopic { .. }) => {
@@ -523,7 +526,9 @@ async fn dispatch(command: Command, config: &Config, log: &std::sync::Arc<dyn Ev
         }
         Command::Supervisor => cli::worker::run_supervisor_command(log, config).await?,
         Command::Replay { into, as_of_ms } => cli::projection::replay(log, config, into, as_of_ms).await?,
-        Command::Projection { .. } | Command::Snapshot { .. } | Command::Bench { what: BenchWhat::Api { .. } } => unreachable!("handled before the log is opened"),
+        Command::Projection { .. } | Command::Snapshot { .. } | Command::Bench { what: BenchWhat::Api { .. } } => {
+            unreachable!("handled before the log is opened")
+        }
         Command::Api => {
             // The embedded log belongs to this process, so it sets up its topics; on Kafka
             // that is `agentlog topics apply`'s job.
@@ -641,8 +646,7 @@ async fn consume(
         consumer.subscribe(std::slice::from_ref(&topic))?;
     } else {
         let partitions = log.admin().describe_topic(&topic).await?.partitions;
-        let parts: Vec<(TopicPartition, SeekTo)> =
-            (0..partitions).map(|p| (TopicPartition::new(&topic, p), SeekTo::Earliest)).collect();
+        let parts: Vec<(TopicPartition, SeekTo)> = (0..partitions).map(|p| (TopicPartition::new(&topic, p), SeekTo::Earliest)).collect();
         consumer.assign(&parts).await?;
     }
     let mut next: std::collections::BTreeMap<TopicPartition, i64> = Default::default();
@@ -658,11 +662,8 @@ async fn consume(
         if let ConsumerEvent::Record(r) = event {
             next.insert(r.topic_partition(), r.offset + 1);
             seen += 1;
-            let headers: serde_json::Map<String, serde_json::Value> = r
-                .headers
-                .iter()
-                .map(|h| (h.name.clone(), json!(String::from_utf8_lossy(&h.value))))
-                .collect();
+            let headers: serde_json::Map<String, serde_json::Value> =
+                r.headers.iter().map(|h| (h.name.clone(), json!(String::from_utf8_lossy(&h.value)))).collect();
             println!(
                 "{}",
                 json!({

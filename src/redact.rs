@@ -93,7 +93,9 @@ pub fn urls_in(text: &str) -> String {
     while let Some(at) = rest.find("://") {
         let scheme_start = rest[..at].rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))).map_or(0, |i| i + 1);
         let tail = &rest[at + 3..];
-        let end = at + 3 + tail.find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>' | '(' | ')' | '[' | ']' | '{' | '}')).unwrap_or(tail.len());
+        let end = at
+            + 3
+            + tail.find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>' | '(' | ')' | '[' | ']' | '{' | '}')).unwrap_or(tail.len());
         out.push_str(&rest[..scheme_start]);
         out.push_str(&url_text(&rest[scheme_start..end]));
         rest = &rest[end..];

@@ -124,25 +124,15 @@ pub fn compare(spec: &TopicSpec, actual: &TopicDescription) -> Vec<Drift> {
     let mut out = Vec::new();
     let mut differ = |difference: String| out.push(Drift { topic: spec.name.clone(), difference });
     if actual.partitions < spec.partitions {
-        differ(format!(
-            "has {} partitions, the catalog wants {} (adding partitions moves keys; do it deliberately)",
-            actual.partitions, spec.partitions
-        ));
+        differ(format!("has {} partitions, the catalog wants {} (adding partitions moves keys; do it deliberately)", actual.partitions, spec.partitions));
     } else if actual.partitions > spec.partitions {
         differ(format!("has {} partitions, the catalog wants {}", actual.partitions, spec.partitions));
     }
     if actual.cleanup_policy != spec.cleanup_policy {
-        differ(format!(
-            "cleanup policy is {}, the catalog wants {}",
-            actual.cleanup_policy.as_str(),
-            spec.cleanup_policy.as_str()
-        ));
+        differ(format!("cleanup policy is {}, the catalog wants {}", actual.cleanup_policy.as_str(), spec.cleanup_policy.as_str()));
     }
     if actual.replication_factor != spec.replication_factor {
-        differ(format!(
-            "replication factor is {}, the catalog wants {}",
-            actual.replication_factor, spec.replication_factor
-        ));
+        differ(format!("replication factor is {}, the catalog wants {}", actual.replication_factor, spec.replication_factor));
     }
     if actual.retention_ms != spec.retention_ms {
         differ(format!("retention.ms is {:?}, the catalog wants {:?}", actual.retention_ms, spec.retention_ms));
@@ -170,8 +160,7 @@ mod tests {
 
     #[test]
     fn unknown_catalog_key_is_rejected() {
-        let err = Catalog::parse("[[topic]]\nname='x'\npartitions=1\nkey='k'\ndescription='d'\nretention='1d'\n", "", 1)
-            .expect_err("unknown key");
+        let err = Catalog::parse("[[topic]]\nname='x'\npartitions=1\nkey='k'\ndescription='d'\nretention='1d'\n", "", 1).expect_err("unknown key");
         assert!(err.to_string().contains("retention"), "{err}");
     }
 

@@ -203,7 +203,9 @@ async fn http_failure_messages_mask_the_urls_credentials() {
         let err = http(with_credentials(&refused, "/run"), Duration::from_secs(5)).run(ctx("{}", "application/json")).await.expect_err("refused");
         assert_eq!(err.kind, "transient", "{err}");
         assert!(!leaks(&err.message), "{}", err.message);
-        let err = runtime::build(&RuntimeConfig::Http { url: "ftp://agent-user:s3cret-pass@h/?token=t0ken-abc".into() }, Duration::from_secs(1)).err().expect("ftp refused");
+        let err = runtime::build(&RuntimeConfig::Http { url: "ftp://agent-user:s3cret-pass@h/?token=t0ken-abc".into() }, Duration::from_secs(1))
+            .err()
+            .expect("ftp refused");
         assert!(!leaks(&err.to_string()), "{err}");
     })
     .await;
@@ -282,7 +284,11 @@ async fn exec_nonzero_exit_fails_with_kind_exit_and_the_stderr_tail() {
 async fn exec_sees_only_metadata_in_its_environment_and_fixed_args() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        let path = script(&dir, "env.sh", "printf '%s|%s|%s|%s|%s' \"$AGENTLOG_TASK_ID\" \"$AGENTLOG_ATTEMPT\" \"$AGENTLOG_AGENT_TYPE\" \"$AGENTLOG_IDEMPOTENCY_KEY\" \"$*\"\n");
+        let path = script(
+            &dir,
+            "env.sh",
+            "printf '%s|%s|%s|%s|%s' \"$AGENTLOG_TASK_ID\" \"$AGENTLOG_ATTEMPT\" \"$AGENTLOG_AGENT_TYPE\" \"$AGENTLOG_IDEMPOTENCY_KEY\" \"$*\"\n",
+        );
         let out = exec("/bin/sh", &[&path, "a1", "a2"]).run(ctx("ignored", "text/plain")).await.expect("completed");
         assert_eq!(String::from_utf8_lossy(&out.output), "task-0001|2|demo|task-0001/idem|a1 a2");
     })
@@ -457,7 +463,8 @@ async fn exec_cancel_or_drop_kills_the_programs_descendants() {
         let dir = tempfile::tempdir().unwrap();
         for how in ["cancel", "drop"] {
             let pidfile = dir.path().join(format!("pids-{how}"));
-            let path = script(&dir, &format!("tree-{how}.sh"), &format!("/bin/sleep 30 &\necho $! > {p}\necho $$ >> {p}\n/bin/sleep 30\n", p = pidfile.display()));
+            let path =
+                script(&dir, &format!("tree-{how}.sh"), &format!("/bin/sleep 30 &\necho $! > {p}\necho $$ >> {p}\n/bin/sleep 30\n", p = pidfile.display()));
             let agent = exec("/bin/sh", &[&path]);
             let c = ctx("", "text/plain");
             let cancel = c.cancel.clone();

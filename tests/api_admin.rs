@@ -3,12 +3,12 @@
 //! continues on the new generation, and a restart opens the generation that was swapped in.
 //! `POST /v1/admin/snapshots` makes a checkpoint that restores.
 
-#[path = "conformance/harness.rs"]
-#[allow(dead_code)]
-mod harness;
 #[path = "tasks/fixture.rs"]
 #[allow(dead_code)]
 mod fixture;
+#[path = "conformance/harness.rs"]
+#[allow(dead_code)]
+mod harness;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,7 +28,8 @@ use harness::Harness;
 async fn submit_and_wait(http: &reqwest::Client, base: &str, agent_type: &str, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
-        let answer = http.post(format!("{base}/v1/tasks?wait_ms=10000")).json(&json!({"agent_type": agent_type, "input": {"i": i}})).send().await.expect("submit");
+        let answer =
+            http.post(format!("{base}/v1/tasks?wait_ms=10000")).json(&json!({"agent_type": agent_type, "input": {"i": i}})).send().await.expect("submit");
         assert_eq!(answer.status(), 200, "task {i} finished within the wait");
         let body: Value = answer.json().await.expect("json");
         ids.push(body["task_id"].as_str().expect("id").to_string());

@@ -2,12 +2,12 @@
 //! submit and wait, the 400s that name the field (and write nothing), 413, cancel, DLQ, and
 //! the refusal to bind beyond loopback, and `/readyz` showing supervised components.
 
-#[path = "conformance/harness.rs"]
-#[allow(dead_code)]
-mod harness;
 #[path = "tasks/fixture.rs"]
 #[allow(dead_code)]
 mod fixture;
+#[path = "conformance/harness.rs"]
+#[allow(dead_code)]
+mod harness;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,11 +18,11 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use agentlog::agent::runtime::build;
-use agentlog::api::{ApiConfig, ApiState, ApiStartError, bind, serve};
+use agentlog::api::{ApiConfig, ApiStartError, ApiState, bind, serve};
 use agentlog::components::{ComponentBoard, Components, RestartPolicy};
 use agentlog::events::Lane;
-use agentlog::projection::{Projection, ProjectionStore, sources};
 use agentlog::log::TopicPartition;
+use agentlog::projection::{Projection, ProjectionStore, sources};
 
 use fixture::Fixture;
 use harness::Harness;
@@ -77,7 +77,11 @@ async fn submit_wait_validate_cancel_and_dlq_over_http() {
         (json!({"agent_type": echo, "input": {}, "idempotency_key": "k".repeat(257)}), "idempotency_key", "api.max_idempotency_key_bytes"),
         (json!({"agent_type": echo, "input": {}, "ordering_key": "o".repeat(257)}), "ordering_key", "api.max_ordering_key_bytes"),
         (json!({"agent_type": echo, "input": {}, "labels": many_labels(65)}), "labels", "api.max_labels"),
-        (json!({"agent_type": echo, "input": {}, "labels": Value::Object([("k".repeat(129), json!("v"))].into_iter().collect())}), "labels", "api.max_label_key_bytes"),
+        (
+            json!({"agent_type": echo, "input": {}, "labels": Value::Object([("k".repeat(129), json!("v"))].into_iter().collect())}),
+            "labels",
+            "api.max_label_key_bytes",
+        ),
         (json!({"agent_type": echo, "input": {}, "labels": {"team": "v".repeat(1025)}}), "labels.team", "api.max_label_value_bytes"),
     ];
     for (request, field, says) in cases {
@@ -156,7 +160,8 @@ async fn readyz_shows_a_failed_component_restarting_then_running() {
     let projection = Projection::new(ProjectionStore::open(dir.path()).expect("projection store"), sources(&f.topics, &agents)).expect("projection");
     let projector = tokio::spawn(agentlog::projection::run(f.log.clone(), f.codec.clone(), projection.clone(), stop.clone()));
     let board = ComponentBoard::default();
-    let state = Arc::new(ApiState::new(f.log.clone(), f.client.clone(), agents, projection, ApiConfig::default()).expect("api state").with_components(board.clone()));
+    let state =
+        Arc::new(ApiState::new(f.log.clone(), f.client.clone(), agents, projection, ApiConfig::default()).expect("api state").with_components(board.clone()));
     let listener = bind(&ApiConfig { listen: "127.0.0.1:0".into(), ..ApiConfig::default() }).await.expect("bind loopback");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let server = tokio::spawn(serve(listener, state, MAX_BODY, stop.clone()));
@@ -206,7 +211,11 @@ async fn readyz_shows_a_failed_component_restarting_then_running() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let flaky = &ready["components"]["flaky"];
-    assert_eq!((flaky["state"].as_str(), flaky["restarts"].as_u64(), flaky["last_error"].as_str()), (Some("running"), Some(1), Some("disk on fire")), "{ready}");
+    assert_eq!(
+        (flaky["state"].as_str(), flaky["restarts"].as_u64(), flaky["last_error"].as_str()),
+        (Some("running"), Some(1), Some("disk on fire")),
+        "{ready}"
+    );
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 
     assert!(group.stop().await.is_empty());

@@ -3,12 +3,12 @@
 //! bounded metric labels, and loopback mode refusing foreign Hosts and Origins. Raw TCP where
 //! the point is what a client that is not well-behaved sees. Every wait is bounded.
 
-#[path = "conformance/harness.rs"]
-#[allow(dead_code)]
-mod harness;
 #[path = "tasks/fixture.rs"]
 #[allow(dead_code)]
 mod fixture;
+#[path = "conformance/harness.rs"]
+#[allow(dead_code)]
+mod harness;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -235,10 +235,8 @@ async fn a_burst_of_connections_past_the_cap_waits_in_the_queue_without_a_drop()
     // queued connection), well before the 1 s after which a dropped one would be resent.
     let address = api.address;
     let started = Instant::now();
-    let connects = futures::future::join_all((0..BURST).map(|_| async move {
-        tokio::time::timeout(Duration::from_millis(900), TcpStream::connect(address)).await
-    }))
-    .await;
+    let connects =
+        futures::future::join_all((0..BURST).map(|_| async move { tokio::time::timeout(Duration::from_millis(900), TcpStream::connect(address)).await })).await;
     let waited = started.elapsed();
     let mut burst = Vec::new();
     let mut late = 0;
@@ -330,7 +328,8 @@ async fn bearer_in_any_case_works_and_refusals_are_held_without_holding_others()
     assert_eq!(good_status, 200);
     assert!(good_took < Duration::from_millis(700), "a good request is not held up by refusals: {good_took:?}");
     // With keys the Host check does not apply: a proxy on this machine may forward a public Host.
-    let proxied = api.http.get(format!("{}/v1/stats", api.base)).header("host", "api.example.com").header("authorization", "Bearer k-acme").send().await.expect("answer");
+    let proxied =
+        api.http.get(format!("{}/v1/stats", api.base)).header("host", "api.example.com").header("authorization", "Bearer k-acme").send().await.expect("answer");
     assert_eq!(proxied.status(), 200);
     api.stop().await;
 }

@@ -4,12 +4,12 @@
 //! in-flight quota, cancel conflicts, the outcome stream, readiness, metrics, agents, agent
 //! types and stats. Every wait is bounded.
 
-#[path = "conformance/harness.rs"]
-#[allow(dead_code)]
-mod harness;
 #[path = "tasks/fixture.rs"]
 #[allow(dead_code)]
 mod fixture;
+#[path = "conformance/harness.rs"]
+#[allow(dead_code)]
+mod harness;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -315,7 +315,8 @@ async fn idempotency_keys_batches_and_input_schemas() {
     let me = Who::Tenant("writer");
 
     // Idempotency key: the second submit returns the first task and writes nothing.
-    let (status, first) = post(&http, format!("{base}/v1/tasks?wait_ms=15000"), me, json!({"agent_type": "echo", "input": {"n": 1}, "idempotency_key": "order-17"})).await;
+    let (status, first) =
+        post(&http, format!("{base}/v1/tasks?wait_ms=15000"), me, json!({"agent_type": "echo", "input": {"n": 1}, "idempotency_key": "order-17"})).await;
     assert_eq!(status, 200, "{first}");
     let original = first["task_id"].as_str().expect("id").to_string();
     let marks = api.lane_marks().await;
@@ -325,10 +326,15 @@ async fn idempotency_keys_batches_and_input_schemas() {
     assert_eq!(again["duplicate"], true);
     assert_eq!(again["task"]["input"], json!({"n": 1}), "the original task, not the new input");
     // The same key in a batch, next to a new task: only the new one is written.
-    let (status, batch) = post(&http, format!("{base}/v1/tasks/batch"), me, json!({"tasks": [
-        {"agent_type": "echo", "input": {}, "idempotency_key": "order-17"},
-        {"agent_type": "echo", "input": {}, "task_id": "fresh-1"},
-    ]}))
+    let (status, batch) = post(
+        &http,
+        format!("{base}/v1/tasks/batch"),
+        me,
+        json!({"tasks": [
+            {"agent_type": "echo", "input": {}, "idempotency_key": "order-17"},
+            {"agent_type": "echo", "input": {}, "task_id": "fresh-1"},
+        ]}),
+    )
     .await;
     assert_eq!(status, 202, "{batch}");
     assert_eq!((batch["tasks"][0]["task_id"].as_str(), batch["tasks"][0]["duplicate"].as_bool()), (Some(original.as_str()), Some(true)));
@@ -336,7 +342,8 @@ async fn idempotency_keys_batches_and_input_schemas() {
     let after: i64 = api.lane_marks().await.iter().sum();
     assert_eq!(after, marks.iter().sum::<i64>() + 1, "one record for the one new task");
     // Keys are per tenant: another tenant's same key is a new task.
-    let (status, other) = post(&http, format!("{base}/v1/tasks"), Who::Tenant("other"), json!({"agent_type": "echo", "input": {}, "idempotency_key": "order-17"})).await;
+    let (status, other) =
+        post(&http, format!("{base}/v1/tasks"), Who::Tenant("other"), json!({"agent_type": "echo", "input": {}, "idempotency_key": "order-17"})).await;
     assert_eq!(status, 202, "{other}");
     assert_ne!(other["task_id"], original.as_str());
 
@@ -350,10 +357,15 @@ async fn idempotency_keys_batches_and_input_schemas() {
         assert!(*status == 202 || (*status == 200 && body["duplicate"] == true), "{status} {body}");
         assert_eq!(body["task_id"], winner, "every racing submit names the one task: {body}");
     }
-    let (status, twice) = post(&http, format!("{base}/v1/tasks/batch"), me, json!({"tasks": [
-        {"agent_type": "echo", "input": {}, "idempotency_key": "race-2"},
-        {"agent_type": "echo", "input": {}, "idempotency_key": "race-2"},
-    ]}))
+    let (status, twice) = post(
+        &http,
+        format!("{base}/v1/tasks/batch"),
+        me,
+        json!({"tasks": [
+            {"agent_type": "echo", "input": {}, "idempotency_key": "race-2"},
+            {"agent_type": "echo", "input": {}, "idempotency_key": "race-2"},
+        ]}),
+    )
     .await;
     assert_eq!(status, 202, "{twice}");
     assert_eq!(twice["tasks"][0]["task_id"], twice["tasks"][1]["task_id"], "{twice}");
@@ -453,7 +465,8 @@ async fn open_stream(http: &reqwest::Client, base: &str, key: &str) -> reqwest::
 async fn api_keys_keep_tenants_apart_in_reads_cancels_and_the_outcome_stream() {
     let mut api = Api::start(&[("echo", ECHO, true)]).await;
     let (key_a, key_b) = ("key-of-tenant-a-0123456789", "key-of-tenant-b-9876543210");
-    let keys = vec![ApiKeyConfig { tenant: "a".into(), sha256: sha256_hex(key_a) }, ApiKeyConfig { tenant: "b".into(), sha256: sha256_hex(key_b).to_uppercase() }];
+    let keys =
+        vec![ApiKeyConfig { tenant: "a".into(), sha256: sha256_hex(key_a) }, ApiKeyConfig { tenant: "b".into(), sha256: sha256_hex(key_b).to_uppercase() }];
     let base = api.serve(ApiConfig { keys, ..ApiConfig::default() }).await;
     let http = api.http.clone();
     let (a, b) = (Who::Key(key_a), Who::Key(key_b));

@@ -260,7 +260,8 @@ async fn kafka_projection_survives_repeated_kill_9() {
                 let id = format!("k{n}");
                 let key = Bytes::from(id.clone());
                 let submitted = TaskSubmitted::new(Meta::new(format!("s{n}"), "t", "fault"), &id, "echo", Lane::Normal, b"{}".to_vec());
-                let running = TaskStarted { meta: Meta::new(format!("b{n}"), "t", "fault"), task_id: id.clone(), agent_id: format!("agent-{}", n % 3), attempt: 1 };
+                let running =
+                    TaskStarted { meta: Meta::new(format!("b{n}"), "t", "fault"), task_id: id.clone(), agent_id: format!("agent-{}", n % 3), attempt: 1 };
                 let done = TaskCompleted {
                     meta: Meta::new(format!("c{n}"), "t", "fault"),
                     task_id: id.clone(),

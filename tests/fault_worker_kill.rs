@@ -180,12 +180,8 @@ async fn kill_9_of_a_worker_loses_nothing_and_exactly_once_holds() {
     let _ = a.child.wait();
     let accepted = submitter.await.expect("submitter");
     // In flight on a at the kill: started there, no outcome yet.
-    let in_flight: HashSet<String> = watch
-        .started
-        .iter()
-        .filter(|(id, agent, _)| a.owns(agent) && !watch.outcomes.contains_key(id))
-        .map(|(id, _, _)| id.clone())
-        .collect();
+    let in_flight: HashSet<String> =
+        watch.started.iter().filter(|(id, agent, _)| a.owns(agent) && !watch.outcomes.contains_key(id)).map(|(id, _, _)| id.clone()).collect();
 
     // Outcomes may wait behind the dead worker's open transaction (transaction.timeout.ms)
     // before read_committed readers see them; allow for that.
@@ -196,11 +192,8 @@ async fn kill_9_of_a_worker_loses_nothing_and_exactly_once_holds() {
     let lost = accepted.iter().filter(|id| !watch.outcomes.contains_key(*id)).count();
     let duplicated = watch.outcomes.values().filter(|o| o.len() > 1).count();
     let recovered = in_flight.len();
-    let failover_ms = in_flight
-        .iter()
-        .filter_map(|id| watch.outcomes.get(id).and_then(|o| o.first()).map(|(_, at)| (at.0 - killed_at.0) / 1000))
-        .max()
-        .unwrap_or(0);
+    let failover_ms =
+        in_flight.iter().filter_map(|id| watch.outcomes.get(id).and_then(|o| o.first()).map(|(_, at)| (at.0 - killed_at.0) / 1000)).max().unwrap_or(0);
     eprintln!(
         "fault report: accepted={} lost={lost} duplicated={duplicated} recovered(in flight on the killed worker)={recovered} failover_ms={failover_ms}",
         accepted.len()

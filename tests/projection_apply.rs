@@ -5,11 +5,12 @@
 
 use std::collections::HashMap;
 
-use agentlog::events::{
-    AgentDeregistered, AgentHeartbeat, AgentLost, AgentRegistered, AgentState, AgentStateChanged, AnyEvent, JobCompleted, JobSubmitted, Lane, Meta, TaskCancelRequested,
-    TaskCancelled, TaskCompleted, TaskDeadLettered, TaskExpired, TaskFailed, TaskProgress, TaskRetryScheduled, TaskStarted, TaskSubmitted, TimestampMicros,
-};
 use agentlog::agent::dlq;
+use agentlog::events::{
+    AgentDeregistered, AgentHeartbeat, AgentLost, AgentRegistered, AgentState, AgentStateChanged, AnyEvent, JobCompleted, JobSubmitted, Lane, Meta,
+    TaskCancelRequested, TaskCancelled, TaskCompleted, TaskDeadLettered, TaskExpired, TaskFailed, TaskProgress, TaskRetryScheduled, TaskStarted, TaskSubmitted,
+    TimestampMicros,
+};
 use agentlog::log::ConsumedRecord;
 use agentlog::projection::apply::{Changes, WrittenTasks};
 use agentlog::projection::{ProjectionStore, Source, TaskFilter};
@@ -41,7 +42,14 @@ fn started(event_id: &str, task_id: &str, attempt: i32, agent_id: &str, at: i64)
 }
 
 fn progress(event_id: &str, task_id: &str, attempt: i32, percent: f32, at: i64) -> AnyEvent {
-    AnyEvent::TaskProgress(TaskProgress { meta: meta(event_id, at), task_id: task_id.into(), attempt, percent: Some(percent), message: Some(format!("{percent}%")), detail: None })
+    AnyEvent::TaskProgress(TaskProgress {
+        meta: meta(event_id, at),
+        task_id: task_id.into(),
+        attempt,
+        percent: Some(percent),
+        message: Some(format!("{percent}%")),
+        detail: None,
+    })
 }
 
 fn retry(event_id: &str, task_id: &str, attempt: i32, at: i64) -> AnyEvent {
@@ -67,7 +75,14 @@ fn completed(event_id: &str, task_id: &str, attempt: i32, at: i64) -> AnyEvent {
 }
 
 fn failed(event_id: &str, task_id: &str, attempt: i32, at: i64) -> AnyEvent {
-    AnyEvent::TaskFailed(TaskFailed { meta: meta(event_id, at), task_id: task_id.into(), attempt, error_kind: "fatal".into(), message: "no".into(), retryable: false })
+    AnyEvent::TaskFailed(TaskFailed {
+        meta: meta(event_id, at),
+        task_id: task_id.into(),
+        attempt,
+        error_kind: "fatal".into(),
+        message: "no".into(),
+        retryable: false,
+    })
 }
 
 fn dead_lettered(event_id: &str, task_id: &str, attempts: i32, at: i64) -> AnyEvent {
@@ -90,7 +105,12 @@ fn expired(event_id: &str, task_id: &str, at: i64) -> AnyEvent {
 }
 
 fn cancel_requested(event_id: &str, task_id: &str, at: i64) -> AnyEvent {
-    AnyEvent::TaskCancelRequested(TaskCancelRequested { meta: meta(event_id, at), task_id: task_id.into(), reason: Some("stop".into()), requested_by: Some("api".into()) })
+    AnyEvent::TaskCancelRequested(TaskCancelRequested {
+        meta: meta(event_id, at),
+        task_id: task_id.into(),
+        reason: Some("stop".into()),
+        requested_by: Some("api".into()),
+    })
 }
 
 /// Applies `batches`, each as one `Changes`/WriteBatch, into `store`.
@@ -226,7 +246,10 @@ fn a_lifecycle_projects_the_same_in_every_interleaving_and_batching() {
     assert_eq!(view.updated_at_us, T0 + 600_000);
     assert_eq!(view.max_attempts, Some(3));
     assert_eq!(view.job_id.as_deref(), Some("job-1"));
-    assert_eq!(view.outcome.as_ref().and_then(|o| o.output.as_deref()).map(|t| serde_json::from_str::<serde_json::Value>(t).expect("json output")), Some(serde_json::json!({"answer": 42})));
+    assert_eq!(
+        view.outcome.as_ref().and_then(|o| o.output.as_deref()).map(|t| serde_json::from_str::<serde_json::Value>(t).expect("json output")),
+        Some(serde_json::json!({"answer": 42}))
+    );
     assert_eq!(view.progress.as_ref().map(|p| p.percent), Some(Some(50.0)));
     let timeline: Vec<&str> = view.timeline.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(
@@ -444,42 +467,54 @@ fn agent_meta(event_id: &str, at: i64) -> Meta {
 
 fn agent_events() -> (Vec<Ev>, Vec<Ev>) {
     let lifecycle = vec![
-        (Source::Other, AnyEvent::AgentRegistered(AgentRegistered {
-            meta: agent_meta("a-reg", 10),
-            agent_id: "agent-1".into(),
-            agent_type: TYPE.into(),
-            capabilities: vec!["fast".into()],
-            host: "h1".into(),
-            version: "1.0".into(),
-            concurrency: 4,
-        })),
-        (Source::Other, AnyEvent::AgentStateChanged(AgentStateChanged {
-            meta: agent_meta("a-run", 20),
-            agent_id: "agent-1".into(),
-            from_state: AgentState::Starting,
-            to_state: AgentState::Running,
-            reason: None,
-        })),
-        (Source::Other, AnyEvent::AgentStateChanged(AgentStateChanged {
-            meta: agent_meta("a-drain", 40),
-            agent_id: "agent-1".into(),
-            from_state: AgentState::Running,
-            to_state: AgentState::Draining,
-            reason: Some("sigterm".into()),
-        })),
+        (
+            Source::Other,
+            AnyEvent::AgentRegistered(AgentRegistered {
+                meta: agent_meta("a-reg", 10),
+                agent_id: "agent-1".into(),
+                agent_type: TYPE.into(),
+                capabilities: vec!["fast".into()],
+                host: "h1".into(),
+                version: "1.0".into(),
+                concurrency: 4,
+            }),
+        ),
+        (
+            Source::Other,
+            AnyEvent::AgentStateChanged(AgentStateChanged {
+                meta: agent_meta("a-run", 20),
+                agent_id: "agent-1".into(),
+                from_state: AgentState::Starting,
+                to_state: AgentState::Running,
+                reason: None,
+            }),
+        ),
+        (
+            Source::Other,
+            AnyEvent::AgentStateChanged(AgentStateChanged {
+                meta: agent_meta("a-drain", 40),
+                agent_id: "agent-1".into(),
+                from_state: AgentState::Running,
+                to_state: AgentState::Draining,
+                reason: Some("sigterm".into()),
+            }),
+        ),
     ];
     let heartbeat = |seq: i64, at: i64, in_flight: i32| {
-        (Source::Other, AnyEvent::AgentHeartbeat(AgentHeartbeat {
-            meta: agent_meta(&format!("a-hb{seq}"), at),
-            agent_id: "agent-1".into(),
-            sequence: seq,
-            in_flight,
-            capacity: 4,
-            completed_total: seq * 10,
-            failed_total: seq,
-            cpu_percent: 1.5 * seq as f64,
-            memory_bytes: 1000 * seq,
-        }))
+        (
+            Source::Other,
+            AnyEvent::AgentHeartbeat(AgentHeartbeat {
+                meta: agent_meta(&format!("a-hb{seq}"), at),
+                agent_id: "agent-1".into(),
+                sequence: seq,
+                in_flight,
+                capacity: 4,
+                completed_total: seq * 10,
+                failed_total: seq,
+                cpu_percent: 1.5 * seq as f64,
+                memory_bytes: 1000 * seq,
+            }),
+        )
     };
     // Sequence 3 was stamped at an earlier time than 2 (a clock step): sequence decides.
     let heartbeats = vec![heartbeat(1, 15, 1), heartbeat(2, 35, 2), heartbeat(3, 30, 3)];
@@ -513,8 +548,19 @@ fn an_agent_takes_its_state_from_the_latest_lifecycle_event_and_its_load_from_th
 
     // Lost and deregistered at the same instant: the larger event id wins, in both orders.
     let at = 50;
-    let lost = (Source::Other, AnyEvent::AgentLost(AgentLost { meta: agent_meta("a-z-lost", at), agent_id: "agent-1".into(), last_heartbeat_at: TimestampMicros(35), missed_heartbeats: 3 }));
-    let gone = (Source::Other, AnyEvent::AgentDeregistered(AgentDeregistered { meta: agent_meta("a-dereg", at), agent_id: "agent-1".into(), reason: "drained".into() }));
+    let lost = (
+        Source::Other,
+        AnyEvent::AgentLost(AgentLost {
+            meta: agent_meta("a-z-lost", at),
+            agent_id: "agent-1".into(),
+            last_heartbeat_at: TimestampMicros(35),
+            missed_heartbeats: 3,
+        }),
+    );
+    let gone = (
+        Source::Other,
+        AnyEvent::AgentDeregistered(AgentDeregistered { meta: agent_meta("a-dereg", at), agent_id: "agent-1".into(), reason: "drained".into() }),
+    );
     for tail in [vec![lost.clone(), gone.clone()], vec![gone, lost]] {
         let (_dir, store) = fresh();
         apply(&store, &[all.clone(), tail]);
@@ -539,7 +585,12 @@ fn job_streams() -> Vec<Vec<Ev>> {
             streams[topic * 2 + p].extend(stream);
         }
     }
-    let job = AnyEvent::JobSubmitted(JobSubmitted { meta: meta("job-1", T0 - 1), job_id: "job-1".into(), task_ids: vec!["t1".into(), "t2".into(), "t3".into()], total: 3 });
+    let job = AnyEvent::JobSubmitted(JobSubmitted {
+        meta: meta("job-1", T0 - 1),
+        job_id: "job-1".into(),
+        task_ids: vec!["t1".into(), "t2".into(), "t3".into()],
+        total: 3,
+    });
     streams[4].insert(0, (Source::Other, job));
     let (lifecycle_events, heartbeats) = agent_events();
     streams.push(lifecycle_events);
@@ -572,7 +623,13 @@ fn many_tasks_and_a_job_count_the_same_in_any_interleaving() {
     let counters: HashMap<String, _> = store.type_counters().expect("counters").into_iter().collect();
     assert_eq!((counters[TYPE].submitted, counters[TYPE].completed), (3, 3));
     assert_eq!(store.histogram(b'l', TYPE).expect("read").expect("latency").len(), 3);
-    let listed: Vec<String> = store.list_tasks(&TaskFilter { tenant: TENANT.into(), ..TaskFilter::default() }, None, 10).expect("list").tasks.into_iter().map(|t| t.task_id).collect();
+    let listed: Vec<String> = store
+        .list_tasks(&TaskFilter { tenant: TENANT.into(), ..TaskFilter::default() }, None, 10)
+        .expect("list")
+        .tasks
+        .into_iter()
+        .map(|t| t.task_id)
+        .collect();
     assert_eq!(listed, ["t3", "t2", "t1"], "newest first");
     assert_eq!(store.job(TENANT, "job-1").expect("read").expect("job").total, 3);
 
@@ -646,7 +703,8 @@ fn two_tenants_with_one_task_id_have_two_tasks() {
     theirs.meta = globex(theirs.meta);
     theirs.input = br#"{"q":2}"#.to_vec();
     theirs.labels.insert("team".into(), "ads".into());
-    let their_cancel = AnyEvent::TaskCancelRequested(TaskCancelRequested { meta: globex(meta("g2", T0 + 1_600)), task_id: "t1".into(), reason: None, requested_by: None });
+    let their_cancel =
+        AnyEvent::TaskCancelRequested(TaskCancelRequested { meta: globex(meta("g2", T0 + 1_600)), task_id: "t1".into(), reason: None, requested_by: None });
     let their_outcome = AnyEvent::TaskCancelled(TaskCancelled { meta: globex(meta("g3", T0 + 1_700)), task_id: "t1".into(), reason: None });
     let events: Vec<Ev> = vec![
         (Source::Lane, AnyEvent::TaskSubmitted(submitted("a1", "t1", 1, T0 + 1_000))),
@@ -672,7 +730,8 @@ fn two_tenants_with_one_task_id_have_two_tasks() {
             let listed = store.list_tasks(&TaskFilter { tenant: tenant.into(), ..TaskFilter::default() }, None, 10).expect("list").tasks;
             assert_eq!(listed.iter().map(|t| (t.task_id.as_str(), t.status.as_str())).collect::<Vec<_>>(), [("t1", status)], "{tenant} lists its own task");
         }
-        let counted = |tenant: &str| store.tenant_type_counters(tenant).expect("counters").into_iter().collect::<HashMap<_, _>>().remove(TYPE).expect("counted");
+        let counted =
+            |tenant: &str| store.tenant_type_counters(tenant).expect("counters").into_iter().collect::<HashMap<_, _>>().remove(TYPE).expect("counted");
         let (acme, globex) = (counted(TENANT), counted("globex"));
         assert_eq!((acme.submitted, acme.completed, acme.cancelled), (1, 1, 0));
         assert_eq!((globex.submitted, globex.completed, globex.cancelled), (1, 0, 1));
@@ -740,7 +799,13 @@ fn apply_letters(store: &ProjectionStore, batches: &[&[(ConsumedRecord, Option<A
 #[test]
 fn dead_letters_index_the_same_in_any_order_and_name_the_latest() {
     let acme = [letter("acme", "t1", 0, 0, 1_000), letter("acme", "t1", 1, 0, 2_000), letter("acme", "t1", 0, 5, 2_000)];
-    let others = [letter("globex", "t1", 0, 6, 3_000), (ConsumedRecord { topic: "dlq".into(), partition: 2, offset: 0, key: None, headers: Vec::new(), payload: Default::default(), timestamp_ms: 4_000 }, None)];
+    let others = [
+        letter("globex", "t1", 0, 6, 3_000),
+        (
+            ConsumedRecord { topic: "dlq".into(), partition: 2, offset: 0, key: None, headers: Vec::new(), payload: Default::default(), timestamp_ms: 4_000 },
+            None,
+        ),
+    ];
     let orders: [[usize; 3]; 6] = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
     let mut expected = None;
     for order in orders {
@@ -793,13 +858,27 @@ fn jobs_page_newest_first_exactly_once() {
     for i in 0..120i64 {
         let id = format!("job-{i:03}");
         if i % 3 == 0 {
-            early.push((Source::Other, AnyEvent::JobCompleted(JobCompleted { meta: job_meta("acme", &format!("{id}-c"), T0 + i * 1_000_000 + 1), job_id: id.clone(), completed: 1, failed: 0 })));
+            early.push((
+                Source::Other,
+                AnyEvent::JobCompleted(JobCompleted {
+                    meta: job_meta("acme", &format!("{id}-c"), T0 + i * 1_000_000 + 1),
+                    job_id: id.clone(),
+                    completed: 1,
+                    failed: 0,
+                }),
+            ));
         }
-        submits.push((Source::Other, AnyEvent::JobSubmitted(JobSubmitted { meta: job_meta("acme", &id, T0 + i * 1_000), job_id: id, task_ids: vec!["t".into()], total: 1 })));
+        submits.push((
+            Source::Other,
+            AnyEvent::JobSubmitted(JobSubmitted { meta: job_meta("acme", &id, T0 + i * 1_000), job_id: id, task_ids: vec!["t".into()], total: 1 }),
+        ));
     }
     for i in 0..5i64 {
         let id = format!("job-{i:03}");
-        submits.push((Source::Other, AnyEvent::JobSubmitted(JobSubmitted { meta: job_meta("globex", &format!("g{id}"), T0 + i), job_id: id, task_ids: vec![], total: 0 })));
+        submits.push((
+            Source::Other,
+            AnyEvent::JobSubmitted(JobSubmitted { meta: job_meta("globex", &format!("g{id}"), T0 + i), job_id: id, task_ids: vec![], total: 0 }),
+        ));
     }
     apply(&store, &[early, submits]);
     let mut seen = Vec::new();

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 const CT: &str = "application/vnd.schemaregistry.v1+json";
 const V1: &str = r#"{"type":"record","name":"Order","namespace":"io.agentlog.test","fields":[{"name":"id","type":"string"}]}"#;
 /// V1 plus a field with a default: BACKWARD compatible.
-const V2: &str = r#"{"type":"record","name":"Order","namespace":"io.agentlog.test","fields":[{"name":"id","type":"string"},{"name":"qty","type":"int","default":1}]}"#;
+const V2: &str =
+    r#"{"type":"record","name":"Order","namespace":"io.agentlog.test","fields":[{"name":"id","type":"string"},{"name":"qty","type":"int","default":1}]}"#;
 /// A new required field: not BACKWARD compatible with V2.
 const V3_BREAKING: &str = r#"{"type":"record","name":"Order","namespace":"io.agentlog.test","fields":[{"name":"id","type":"string"},{"name":"qty","type":"int","default":1},{"name":"price","type":"double"}]}"#;
 
@@ -160,10 +161,7 @@ async fn register_lookup_versions_delete() {
     assert_eq!(server.get("/schemas/ids/1/subjects").await.1, json!(["orders-io.agentlog.test.Order", "other-io.agentlog.test.Order"]));
     assert_eq!(server.get("/subjects").await.1, json!(["orders-io.agentlog.test.Order", "other-io.agentlog.test.Order"]));
     assert_eq!(server.get(&format!("/subjects/{subject}/versions")).await.1, json!([1, 2]));
-    assert_eq!(
-        server.get(&format!("/subjects/{subject}/versions/latest")).await.1,
-        json!({ "subject": subject, "version": 2, "id": 2, "schema": V2 })
-    );
+    assert_eq!(server.get(&format!("/subjects/{subject}/versions/latest")).await.1, json!({ "subject": subject, "version": 2, "id": 2, "schema": V2 }));
     assert_eq!(server.get(&format!("/subjects/{subject}/versions/1")).await.1["id"], json!(1));
 
     // Lookup by schema.
@@ -491,7 +489,9 @@ async fn keys_let_any_tenant_read_and_only_admins_write() {
     assert_eq!(server.send_with(post.clone(), &versions, body(V2), &basic(ADMIN_KEY)).await, (StatusCode::OK, json!({ "id": 2 })));
 
     let config = Some(json!({ "compatibility": "FULL" }).to_string());
-    for (method, path) in [(reqwest::Method::PUT, "/config".to_owned()), (reqwest::Method::PUT, format!("/config/{subject}")), (reqwest::Method::DELETE, format!("{versions}/2"))] {
+    for (method, path) in
+        [(reqwest::Method::PUT, "/config".to_owned()), (reqwest::Method::PUT, format!("/config/{subject}")), (reqwest::Method::DELETE, format!("{versions}/2"))]
+    {
         let body = if method == reqwest::Method::PUT { config.clone() } else { None };
         assert_error(&server.send_with(method.clone(), &path, body.clone(), &bearer(APP_KEY)).await, StatusCode::FORBIDDEN, 40301);
         let done = server.send_with(method.clone(), &path, body, &bearer(ADMIN_KEY)).await;
@@ -616,7 +616,9 @@ async fn codecs_send_the_registry_key_and_refuse_writer_schemas_over_the_limits(
     assert_eq!(codec.decode::<TaskSubmitted>(&payload).await.expect("decode").1.task_id, "task-1");
 
     // 20,000 symbols: within this registry's limits, over the codec's (10,000).
-    let registered = server.send_with(reqwest::Method::POST, "/subjects/wide/versions", Some(json!({ "schema": enum_schema("Wide", 20_000) }).to_string()), &bearer(ADMIN_KEY)).await;
+    let registered = server
+        .send_with(reqwest::Method::POST, "/subjects/wide/versions", Some(json!({ "schema": enum_schema("Wide", 20_000) }).to_string()), &bearer(ADMIN_KEY))
+        .await;
     assert_eq!(registered.0, StatusCode::OK, "{:?}", registered.1);
     let id = registered.1["id"].as_u64().expect("id") as u32;
     let mut hostile = vec![0u8];

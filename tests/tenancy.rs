@@ -5,12 +5,12 @@
 //! only. Each scenario runs a real worker, supervisor, projector (RocksDB) and the API on a
 //! real loopback port with API keys.
 
-#[path = "conformance/harness.rs"]
-#[allow(dead_code)]
-mod harness;
 #[path = "tasks/fixture.rs"]
 #[allow(dead_code)]
 mod fixture;
+#[path = "conformance/harness.rs"]
+#[allow(dead_code)]
+mod harness;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use agentlog::api::auth::sha256_hex;
 use agentlog::api::{ApiConfig, ApiKeyConfig, ApiStartError, ApiState, bind, serve};
 use agentlog::events::{JobSubmitted, Lane, TaskSubmitted};
 use agentlog::log::{ConsumedRecord, Record};
-use agentlog::projection::{Projection, ProjectorError, ProjectionStore, sources};
+use agentlog::projection::{Projection, ProjectionStore, ProjectorError, sources};
 
 use fixture::{Fixture, scripted};
 use harness::{Harness, kafka_bootstrap, unique};
@@ -294,7 +294,11 @@ pub async fn dead_letters_belong_to_their_tenant(h: &mut Harness) {
     // acme resubmits its own (older) dead letter: acme's task runs again, globex's does not.
     let (status, body) = api.post("acme", &format!("/v1/dlq/{id}/resubmit"), json!({})).await;
     assert_eq!(status, 202, "acme resubmits its own dead letter: {body}");
-    let acme = api.until("acme", &id, "run again", |t| t["attempts"] == 1 && t["timeline"].as_array().is_some_and(|e| e.iter().filter(|e| e["event"] == "TaskStarted").count() == 2)).await;
+    let acme = api
+        .until("acme", &id, "run again", |t| {
+            t["attempts"] == 1 && t["timeline"].as_array().is_some_and(|e| e.iter().filter(|e| e["event"] == "TaskStarted").count() == 2)
+        })
+        .await;
     assert_eq!(acme["input"]["owner"], "acme");
     let (_, globex) = api.get("globex", &format!("/v1/tasks/{id}")).await;
     let starts = globex["timeline"].as_array().expect("timeline").iter().filter(|e| e["event"] == "TaskStarted").count();
@@ -316,7 +320,15 @@ async fn dead_letter_of(api: &Api, tenant: &str, task_id: &str) -> Record {
     let lane = api.f.topics.lane(&api.agent_type, Lane::Normal);
     let task = TaskSubmitted::new(api.f.client.meta(tenant), task_id, api.agent_type.as_str(), Lane::Normal, b"{}".to_vec());
     let payload = Bytes::from(api.f.codec.encode(&lane, &task).await.expect("encode"));
-    let source = ConsumedRecord { topic: lane, partition: 0, offset: 0, key: Some(Bytes::from(task_id.to_string())), headers: Vec::new(), payload: payload.clone(), timestamp_ms: 0 };
+    let source = ConsumedRecord {
+        topic: lane,
+        partition: 0,
+        offset: 0,
+        key: Some(Bytes::from(task_id.to_string())),
+        headers: Vec::new(),
+        payload: payload.clone(),
+        timestamp_ms: 0,
+    };
     dlq::task_dead_letter(&api.f.topics.dlq(), &source, payload, 3, "transient", "kept failing", None)
 }
 

@@ -35,11 +35,9 @@ use super::limits::{bound_message, fits};
 use super::retry::RetryPolicy;
 use super::runtime::{Agent, AgentFailure, TaskContext, TaskOutput, kind};
 use super::topics::TaskTopics;
-use crate::events::wire::{WireCodec, WireError};
-use crate::events::{
-    Meta, TaskCancelled, TaskCompleted, TaskExpired, TaskFailed, TaskRetryScheduled, TaskStarted, TaskSubmitted, TimestampMicros,
-};
 use crate::backoff::Backoff;
+use crate::events::wire::{WireCodec, WireError};
+use crate::events::{Meta, TaskCancelled, TaskCompleted, TaskExpired, TaskFailed, TaskRetryScheduled, TaskStarted, TaskSubmitted, TimestampMicros};
 use crate::log::{ConsumedRecord, Delivery, Producer, Record};
 
 /// How long an agent gets to honour a cancel signal before its attempt is dropped.
@@ -179,7 +177,14 @@ async fn completed(env: &AttemptEnv, task: &TaskSubmitted, output: TaskOutput, e
 
 /// A TaskFailed record that no retry policy retries.
 async fn failed_record(env: &AttemptEnv, task: &TaskSubmitted, error_kind: &str, message: String) -> Result<Record, WireError> {
-    let event = TaskFailed { meta: meta(env, task), task_id: task.task_id.clone(), attempt: task.attempt, error_kind: error_kind.into(), message: bound_message(message), retryable: false };
+    let event = TaskFailed {
+        meta: meta(env, task),
+        task_id: task.task_id.clone(),
+        attempt: task.attempt,
+        error_kind: error_kind.into(),
+        message: bound_message(message),
+        retryable: false,
+    };
     record(env, env.topics.results(), task, &event).await
 }
 
@@ -271,19 +276,34 @@ async fn failed(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted,
         // A command submitted without the headroom (straight to the lane topic) may not fit
         // `timers` with its new envelope: it cannot wait for a retry, so it is parked.
         let last_error = format!("{last_error} (no retry: the command of {} bytes does not fit a timer under log.max_record_bytes)", source.payload.len());
-        return dead_lettered(env, source, task, &failure.kind, format!("could not schedule attempt {}; last error: {last_error}", attempt + 1), last_error).await;
+        return dead_lettered(env, source, task, &failure.kind, format!("could not schedule attempt {}; last error: {last_error}", attempt + 1), last_error)
+            .await;
     }
     if retries_kind {
         let reason = format!("gave up after {attempt} attempts; last error: {last_error}");
         return dead_lettered(env, source, task, &failure.kind, reason, last_error).await;
     }
-    let event = TaskFailed { meta: meta(env, task), task_id: task.task_id.clone(), attempt: task.attempt, error_kind: failure.kind, message: failure.message, retryable: false };
+    let event = TaskFailed {
+        meta: meta(env, task),
+        task_id: task.task_id.clone(),
+        attempt: task.attempt,
+        error_kind: failure.kind,
+        message: failure.message,
+        retryable: false,
+    };
     Ok(Outcome::new(Ending::Failed, vec![record(env, env.topics.results(), task, &event).await?]))
 }
 
 /// TaskDeadLettered and the command on `dlq`, fitted to the record limit
 /// ([`dead_letter_records`]). A registry that cannot be reached is waited for, as in [`record`].
-async fn dead_lettered(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted, error_kind: &str, reason: String, last_error: String) -> Result<Outcome, WireError> {
+async fn dead_lettered(
+    env: &AttemptEnv,
+    source: &ConsumedRecord,
+    task: &TaskSubmitted,
+    error_kind: &str,
+    reason: String,
+    last_error: String,
+) -> Result<Outcome, WireError> {
     let why = Parking { error_kind, reason: bound_message(reason), last_error: bound_message(last_error), outcome_reason: "max_attempts" };
     let mut backoff = Backoff::default();
     loop {
@@ -319,7 +339,12 @@ fn meta(env: &AttemptEnv, cause: &TaskSubmitted) -> Meta {
 /// An event record keyed by task id. A registry that cannot be reached is waited for with a
 /// back-off (the encoding needs the schema id once per type and topic): the agent's result is
 /// kept, not thrown away with the group membership. The attempt is dropped if the worker stops.
-async fn record<T: serde::Serialize + apache_avro::AvroSchema + 'static>(env: &AttemptEnv, topic: String, task: &TaskSubmitted, event: &T) -> Result<Record, WireError> {
+async fn record<T: serde::Serialize + apache_avro::AvroSchema + 'static>(
+    env: &AttemptEnv,
+    topic: String,
+    task: &TaskSubmitted,
+    event: &T,
+) -> Result<Record, WireError> {
     let mut backoff = Backoff::default();
     let payload = loop {
         match env.codec.encode(&topic, event).await {

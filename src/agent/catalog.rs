@@ -159,11 +159,7 @@ impl AgentTypeConfig {
 
     /// The lane topics of agent type `name`, highest priority first, with the topic prefix.
     pub fn lane_topics(&self, name: &str, prefix: &str) -> Vec<String> {
-        LANES
-            .iter()
-            .filter(|lane| self.lanes.iter().any(|l| l == *lane))
-            .map(|lane| format!("{prefix}tasks.{name}.{lane}"))
-            .collect()
+        LANES.iter().filter(|lane| self.lanes.iter().any(|l| l == *lane)).map(|lane| format!("{prefix}tasks.{name}.{lane}")).collect()
     }
 }
 
@@ -250,8 +246,7 @@ mod tests {
 
     #[test]
     fn unknown_runtime_fields_are_rejected() {
-        let err = toml::from_str::<AgentTypeConfig>("runtime = { kind = \"exec\", program = \"/bin/cat\", shell = true }\n")
-            .expect_err("shell is not a field");
+        let err = toml::from_str::<AgentTypeConfig>("runtime = { kind = \"exec\", program = \"/bin/cat\", shell = true }\n").expect_err("shell is not a field");
         assert!(err.to_string().contains("shell"), "{err}");
     }
 }

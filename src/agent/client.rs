@@ -120,7 +120,10 @@ impl TaskClient {
         if let Some(at) = task.not_before.filter(|_| delayed)
             && at.0 - now.0 > MAX_DELAY.as_micros() as i64
         {
-            return Err(ClientError::Invalid { field: "not_before", reason: format!("is more than {} days ahead (the retention of the timers topic)", MAX_DELAY.as_secs() / 86_400) });
+            return Err(ClientError::Invalid {
+                field: "not_before",
+                reason: format!("is more than {} days ahead (the retention of the timers topic)", MAX_DELAY.as_secs() / 86_400),
+            });
         }
         let (topic, position) = if delayed {
             (self.topics.timers(), self.schedule(task).await?)
@@ -164,7 +167,12 @@ impl TaskClient {
         if tasks.is_empty() {
             return Err(ClientError::Invalid { field: "tasks", reason: "a job needs at least one task".into() });
         }
-        let job = JobSubmitted { meta: self.meta(tenant), job_id: job_id.to_string(), task_ids: tasks.iter().map(|t| t.task_id.clone()).collect(), total: tasks.len() as i32 };
+        let job = JobSubmitted {
+            meta: self.meta(tenant),
+            job_id: job_id.to_string(),
+            task_ids: tasks.iter().map(|t| t.task_id.clone()).collect(),
+            total: tasks.len() as i32,
+        };
         let topic = self.topics.events();
         let payload = self.codec.encode(&topic, &job).await?;
         self.producer.send(Record::new(topic, payload).with_key(Bytes::from(job_id.to_string()))).await?.await?;

@@ -55,6 +55,9 @@ impl Delegate {
 
     /// The sub-task's terminal outcome, waiting up to `timeout`.
     pub async fn outcome(&self, child_id: &str, timeout: Duration) -> Result<AnyEvent, DelegateError> {
-        self.outcomes.wait(&self.parent.meta.tenant, child_id, timeout).await.ok_or_else(|| DelegateError::NoOutcome { task_id: child_id.to_string(), after: timeout })
+        self.outcomes
+            .wait(&self.parent.meta.tenant, child_id, timeout)
+            .await
+            .ok_or_else(|| DelegateError::NoOutcome { task_id: child_id.to_string(), after: timeout })
     }
 }

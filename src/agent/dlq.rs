@@ -35,7 +35,15 @@ pub use crate::events::reader::DLQ_TRUNCATED;
 
 /// The dead-letter record of a task that used up its attempts, carrying `payload` (the
 /// original command, or a cut copy of it: then `truncated` says what was cut).
-pub fn task_dead_letter(dlq_topic: &str, source: &ConsumedRecord, payload: Bytes, attempts: i32, error_kind: &str, reason: &str, truncated: Option<&str>) -> Record {
+pub fn task_dead_letter(
+    dlq_topic: &str,
+    source: &ConsumedRecord,
+    payload: Bytes,
+    attempts: i32,
+    error_kind: &str,
+    reason: &str,
+    truncated: Option<&str>,
+) -> Record {
     let mut headers: Vec<Header> = source.headers.iter().filter(|h| !h.name.starts_with("agentlog.dlq.")).cloned().collect();
     headers.push(Header { name: DLQ_REASON.into(), value: Bytes::from(reason.to_string()) });
     headers.push(Header { name: DLQ_ERROR.into(), value: Bytes::from(error_kind.to_string()) });
@@ -70,7 +78,15 @@ pub struct Parking<'a> {
 /// decodable), marked in the letter's [`DLQ_TRUNCATED`] header and in the event's last error.
 /// When the metadata alone is too large, only the event is returned, still too large: the
 /// caller turns it into whatever it can write.
-pub async fn dead_letter_records(codec: &WireCodec, topics: &TaskTopics, source: &ConsumedRecord, task: &TaskSubmitted, meta: Meta, why: &Parking<'_>, max: usize) -> Result<Vec<Record>, WireError> {
+pub async fn dead_letter_records(
+    codec: &WireCodec,
+    topics: &TaskTopics,
+    source: &ConsumedRecord,
+    task: &TaskSubmitted,
+    meta: Meta,
+    why: &Parking<'_>,
+    max: usize,
+) -> Result<Vec<Record>, WireError> {
     let results = topics.results();
     let dlq = topics.dlq();
     let mut payload = source.payload.clone();

@@ -23,10 +23,10 @@ pub mod scheduler;
 pub mod topics;
 pub mod worker;
 
-pub use client::{ClientError, Submitted, TaskClient};
-pub use topics::TaskTopics;
 pub use catalog::{AgentTypeConfig, LANES, RuntimeConfig, lane_topic_specs};
+pub use client::{ClientError, Submitted, TaskClient};
 pub use offsets::{OffsetTracker, PartitionProgress};
 pub use retry::RetryPolicy;
 pub use scheduler::Scheduler;
+pub use topics::TaskTopics;
 pub use worker::{WorkerError, WorkerReport, WorkerSettings, run_worker};

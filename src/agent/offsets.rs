@@ -105,8 +105,7 @@ impl OffsetTracker {
 
     /// Commit positions of every partition (for a final commit on drain).
     pub fn positions(&self) -> Vec<(TopicPartition, i64)> {
-        let mut out: Vec<(TopicPartition, i64)> =
-            self.partitions.iter().filter_map(|(tp, p)| p.position().map(|pos| (tp.clone(), pos))).collect();
+        let mut out: Vec<(TopicPartition, i64)> = self.partitions.iter().filter_map(|(tp, p)| p.position().map(|pos| (tp.clone(), pos))).collect();
         out.sort();
         out
     }

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use super::topics::TaskTopics;
 use crate::events::wire::WireCodec;
 use crate::events::{AnyEvent, decode_any_waiting};
-use crate::log::{EventLog, LogError, SeekTo};
 use crate::log::follow::Follower;
+use crate::log::{EventLog, LogError, SeekTo};
 
 /// Outcomes remembered at most.
 const MAX_KEPT: usize = 200_000;
@@ -129,9 +129,13 @@ impl Drop for OutcomeWatch {
 /// An outcome as JSON, for the CLI and the API.
 pub fn outcome_json(event: &AnyEvent) -> serde_json::Value {
     use serde_json::json;
-    let text = |bytes: &[u8]| serde_json::from_slice::<serde_json::Value>(bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned()));
+    let text = |bytes: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned()))
+    };
     match event {
-        AnyEvent::TaskCompleted(e) => json!({"task_id": e.task_id, "status": "completed", "attempt": e.attempt, "output": text(&e.output), "duration_ms": e.duration_ms}),
+        AnyEvent::TaskCompleted(e) => {
+            json!({"task_id": e.task_id, "status": "completed", "attempt": e.attempt, "output": text(&e.output), "duration_ms": e.duration_ms})
+        }
         AnyEvent::TaskFailed(e) => json!({"task_id": e.task_id, "status": "failed", "attempt": e.attempt, "error_kind": e.error_kind, "message": e.message}),
         AnyEvent::TaskDeadLettered(e) => json!({"task_id": e.task_id, "status": "dead_lettered", "attempts": e.attempts, "last_error": e.last_error}),
         AnyEvent::TaskCancelled(e) => json!({"task_id": e.task_id, "status": "cancelled", "reason": e.reason}),

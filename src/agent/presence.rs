@@ -100,7 +100,8 @@ impl Presence {
     }
 
     pub async fn change(&mut self, to: AgentState, reason: Option<String>) -> Result<(), PresenceError> {
-        let event = AgentStateChanged { meta: self.writer.meta(), agent_id: self.writer.identity.agent_id.clone(), from_state: self.state, to_state: to, reason };
+        let event =
+            AgentStateChanged { meta: self.writer.meta(), agent_id: self.writer.identity.agent_id.clone(), from_state: self.state, to_state: to, reason };
         self.writer.write(self.writer.topics.agent_events(), &event).await?;
         self.state = to;
         Ok(())

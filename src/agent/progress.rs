@@ -34,7 +34,8 @@ impl Progress {
         let mut meta = self.meta.clone();
         meta.event_id = new_id("ev");
         meta.occurred_at = crate::events::TimestampMicros::now();
-        let event = TaskProgress { meta, task_id: self.task_id.clone(), attempt: self.attempt, percent: percent.map(|p| p.clamp(0.0, 100.0)), message, detail: None };
+        let event =
+            TaskProgress { meta, task_id: self.task_id.clone(), attempt: self.attempt, percent: percent.map(|p| p.clamp(0.0, 100.0)), message, detail: None };
         let written = async {
             let payload = self.codec.encode(&self.topic, &event).await.map_err(|e| e.to_string())?;
             let record = Record::new(&self.topic, payload).with_key(Bytes::from(self.task_id.clone()));

@@ -67,10 +67,7 @@ impl RetryPolicy {
             out.push("retry.max_attempts must be at least 1".to_string());
         }
         if self.initial_backoff_ms > self.max_backoff_ms {
-            out.push(format!(
-                "retry.initial_backoff_ms ({}) exceeds retry.max_backoff_ms ({})",
-                self.initial_backoff_ms, self.max_backoff_ms
-            ));
+            out.push(format!("retry.initial_backoff_ms ({}) exceeds retry.max_backoff_ms ({})", self.initial_backoff_ms, self.max_backoff_ms));
         }
         if !(self.multiplier >= 1.0 && self.multiplier.is_finite()) {
             out.push(format!("retry.multiplier ({}) must be a finite number >= 1", self.multiplier));

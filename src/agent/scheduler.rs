@@ -147,14 +147,7 @@ pub struct Scheduler<T> {
 
 impl<T> Scheduler<T> {
     pub fn new(concurrency: usize, prefetch: usize) -> Self {
-        Self {
-            lanes: Default::default(),
-            busy_keys: HashSet::new(),
-            running: 0,
-            concurrency: concurrency.max(1),
-            prefetch: prefetch.max(1),
-            arrivals: 0,
-        }
+        Self { lanes: Default::default(), busy_keys: HashSet::new(), running: 0, concurrency: concurrency.max(1), prefetch: prefetch.max(1), arrivals: 0 }
     }
 
     /// Buffers a task taken from `source` (a partition) of `lane`'s topic; `timestamp_ms` is

@@ -27,14 +27,16 @@ use super::catalog::{AgentTypeConfig, LANES};
 use super::floors::FloorLookups;
 use super::offsets::OffsetTracker;
 use super::presence::{Identity, Load, Presence, PresenceError};
-use crate::backoff::Backoff;
 use super::runtime::Agent;
 use super::scheduler::Scheduler;
 use super::topics::TaskTopics;
+use crate::backoff::Backoff;
 use crate::events::reader::{EventReadError, EventReader, ReadOutcome};
 use crate::events::wire::{WireCodec, WireError};
 use crate::events::{AgentState, TaskSubmitted};
-use crate::log::{ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, EventLog, LogError, Producer, Record, SeekTo, TopicPartition, TransactionalProducer};
+use crate::log::{
+    ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, EventLog, LogError, Producer, Record, SeekTo, TopicPartition, TransactionalProducer,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -261,19 +263,15 @@ pub async fn run_worker(
 ) -> Result<WorkerReport, WorkerError> {
     let topics = TaskTopics::new(settings.topic_prefix.clone());
     let lane_topics = settings.agent.lane_topics(&settings.agent_type, topics.prefix());
-    let lane_of: HashMap<String, usize> = lane_topics
-        .iter()
-        .map(|t| (t.clone(), LANES.iter().position(|l| t.ends_with(&format!(".{l}"))).unwrap_or(LANES.len() - 1)))
-        .collect();
+    let lane_of: HashMap<String, usize> =
+        lane_topics.iter().map(|t| (t.clone(), LANES.iter().position(|l| t.ends_with(&format!(".{l}"))).unwrap_or(LANES.len() - 1))).collect();
     let producer = log.producer()?;
 
     // Cancel requests first: a task cancelled before this worker started must not run.
     let cancels = Arc::new(Cancels::default());
     let background = CancellationToken::new();
-    let control = until_started("the control topic reader", &shutdown, || {
-        watch_control(&log, codec.clone(), &topics, cancels.clone(), background.clone())
-    })
-    .await?;
+    let control =
+        until_started("the control topic reader", &shutdown, || watch_control(&log, codec.clone(), &topics, cancels.clone(), background.clone())).await?;
     let Some(control) = control else { return Ok(WorkerReport::default()) };
 
     let load = Arc::new(Load::default());
@@ -301,13 +299,11 @@ pub async fn run_worker(
     // re-run after a crash.
     let delegation = if settings.agent.delegates {
         let since = crate::events::TimestampMicros::now().0 / 1000 - 3_600_000;
-        let watch = until_started("following task.results", &shutdown, || {
-            super::outcomes::OutcomeWatch::start(&log, codec.clone(), &topics, since)
-        })
-        .await;
+        let watch = until_started("following task.results", &shutdown, || super::outcomes::OutcomeWatch::start(&log, codec.clone(), &topics, since)).await;
         match watch {
             Ok(Some(watch)) => Some((
-                super::client::TaskClient::new(&log, codec.clone(), topics.clone(), settings.worker_id.clone()).map_err(|e| WorkerError::Attempt(e.to_string()))?,
+                super::client::TaskClient::new(&log, codec.clone(), topics.clone(), settings.worker_id.clone())
+                    .map_err(|e| WorkerError::Attempt(e.to_string()))?,
                 Arc::new(watch),
             )),
             other => {
@@ -321,11 +317,7 @@ pub async fn run_worker(
     };
     // One transactional id for the worker's whole life: a new membership's first transaction
     // fences and aborts whatever the previous one left open.
-    let transactions = if settings.agent.exactly_once {
-        Some(log.transactional_producer(&format!("agentlog-worker-{}", settings.worker_id))?)
-    } else {
-        None
-    };
+    let transactions = if settings.agent.exactly_once { Some(log.transactional_producer(&format!("agentlog-worker-{}", settings.worker_id))?) } else { None };
     let env = Arc::new(AttemptEnv {
         agent,
         agent_type: settings.agent_type.clone(),
@@ -340,7 +332,16 @@ pub async fn run_worker(
         delegation,
     });
     let outcomes = env.delegation.as_ref().map(|(_, watch)| watch.clone());
-    let member = Member { log: &log, codec: &codec, env: &env, settings: &settings, lane_topics: &lane_topics, lane_of: &lane_of, load: &load, transactions: transactions.as_ref() };
+    let member = Member {
+        log: &log,
+        codec: &codec,
+        env: &env,
+        settings: &settings,
+        lane_topics: &lane_topics,
+        lane_of: &lane_of,
+        load: &load,
+        transactions: transactions.as_ref(),
+    };
 
     let mut report = WorkerReport::default();
     let mut backoff = Backoff::default();
@@ -423,10 +424,13 @@ impl Member<'_> {
         let load = self.load;
         let env = self.env;
         let group = format!("agents.{}", settings.agent_type);
-        let mut consumer = self.log.consumer(ConsumerOptions { group: Some(group.clone()), client_id: Some(settings.worker_id.clone()), ..Default::default() })?;
+        let mut consumer =
+            self.log.consumer(ConsumerOptions { group: Some(group.clone()), client_id: Some(settings.worker_id.clone()), ..Default::default() })?;
         consumer.subscribe(self.lane_topics)?;
         let mut delivery = match self.transactions {
-            Some(producer) => Delivery::ExactlyOnce { producer: producer.clone(), stash: HashMap::new(), committing: None, allowed: settings.transaction_deadline },
+            Some(producer) => {
+                Delivery::ExactlyOnce { producer: producer.clone(), stash: HashMap::new(), committing: None, allowed: settings.transaction_deadline }
+            }
             None => Delivery::AtLeastOnce,
         };
         let mut reader = EventReader::<TaskSubmitted>::new(consumer, self.codec.clone(), env.producer.clone(), env.topics.dlq());
@@ -830,13 +834,13 @@ fn update_pauses(
             continue;
         }
         // A partition whose committed offset is not known yet stays paused whatever its lane.
-        let parts: Vec<TopicPartition> = assignment
-            .get_or_insert_with(|| consumer.assignment())
-            .iter()
-            .filter(|tp| &tp.topic == topic && (full || !floors.awaits(tp)))
-            .cloned()
-            .collect();
-        if full { consumer.pause(&parts)? } else { consumer.resume(&parts)? }
+        let parts: Vec<TopicPartition> =
+            assignment.get_or_insert_with(|| consumer.assignment()).iter().filter(|tp| &tp.topic == topic && (full || !floors.awaits(tp))).cloned().collect();
+        if full {
+            consumer.pause(&parts)?
+        } else {
+            consumer.resume(&parts)?
+        }
         tracing::debug!(%topic, paused = full, "lane flow control");
         paused[lane] = Some(full);
     }

@@ -53,7 +53,9 @@ pub type Applied = HashMap<(String, i32), i64>;
 
 /// A keyed submit found `api.max_idempotency_claims` claims waiting for the projection.
 #[derive(Debug, thiserror::Error)]
-#[error("{held} idempotency keys written by this API are not yet shown by its projection (api.max_idempotency_claims = {cap}); retry when the projection has caught up")]
+#[error(
+    "{held} idempotency keys written by this API are not yet shown by its projection (api.max_idempotency_claims = {cap}); retry when the projection has caught up"
+)]
 pub struct ClaimsFull {
     pub held: usize,
     pub cap: usize,

@@ -46,7 +46,13 @@ impl Guard {
     /// Why a request is refused, if it is.
     pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
-            return Err(refused("foreign_host", format!("a Host header naming this server is required: without api.keys the API answers only requests to localhost:{} or a loopback address", self.port)));
+            return Err(refused(
+                "foreign_host",
+                format!(
+                    "a Host header naming this server is required: without api.keys the API answers only requests to localhost:{} or a loopback address",
+                    self.port
+                ),
+            ));
         };
         if !self.is_local(host, Some(80)) {
             return Err(refused(

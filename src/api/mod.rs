@@ -10,8 +10,8 @@ pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod idempotency;
-pub mod metrics;
 pub mod loopback;
+pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod reads;
@@ -235,14 +235,29 @@ impl ApiState {
         let mut schemas = BTreeMap::new();
         for (name, agent) in &agents {
             if let Some(text) = &agent.input_schema {
-                let schema: serde_json::Value = serde_json::from_str(text).map_err(|e| ApiStartError::Schema { agent_type: name.clone(), reason: e.to_string() })?;
+                let schema: serde_json::Value =
+                    serde_json::from_str(text).map_err(|e| ApiStartError::Schema { agent_type: name.clone(), reason: e.to_string() })?;
                 let validator = jsonschema::validator_for(&schema).map_err(|e| ApiStartError::Schema { agent_type: name.clone(), reason: e.to_string() })?;
                 schemas.insert(name.clone(), validator);
             }
         }
         let auth = auth::Auth::new(&config);
         let claims = idempotency::Claims::new(config.max_idempotency_claims);
-        Ok(ApiState { log, client, agents, projection, config, auth, schemas, metrics: metrics::Metrics::new(), admin: None, closing: CancellationToken::new(), claims, streams: stream::OpenStreams::default(), components: None })
+        Ok(ApiState {
+            log,
+            client,
+            agents,
+            projection,
+            config,
+            auth,
+            schemas,
+            metrics: metrics::Metrics::new(),
+            admin: None,
+            closing: CancellationToken::new(),
+            claims,
+            streams: stream::OpenStreams::default(),
+            components: None,
+        })
     }
 }
 
@@ -314,10 +329,7 @@ pub fn routes() -> Vec<Route> {
 /// The API for a server bound to `bound` (the loopback checks need its port).
 pub fn router(state: Arc<ApiState>, max_body_bytes: usize, bound: SocketAddr) -> Router {
     // Routes of one path with different methods are merged by `Router::route`.
-    let router = routes()
-        .into_iter()
-        .fold(Router::new(), |router, Route { path, handler, .. }| router.route(path, handler))
-        .fallback(ops::not_found);
+    let router = routes().into_iter().fold(Router::new(), |router, Route { path, handler, .. }| router.route(path, handler)).fallback(ops::not_found);
     let router = match loopback::Guard::for_server(bound, state.auth.keys_configured()) {
         Some(guard) => router.layer(axum::middleware::from_fn_with_state(Arc::new(guard), loopback::refuse_foreign)),
         None => router,

@@ -39,10 +39,15 @@ struct Refusals;
 impl Modify for Refusals {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for item in openapi.paths.paths.values_mut() {
-            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.options, &mut item.head, &mut item.patch, &mut item.trace].into_iter().flatten() {
+            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.options, &mut item.head, &mut item.patch, &mut item.trace]
+                .into_iter()
+                .flatten()
+            {
                 op.responses.responses.entry("403".to_string()).or_insert_with(|| {
                     utoipa::openapi::ResponseBuilder::new()
-                        .description("refused: without api.keys, a Host or (on POST) an Origin that is not this machine's loopback name; or a tenant not allowed here")
+                        .description(
+                            "refused: without api.keys, a Host or (on POST) an Origin that is not this machine's loopback name; or a tenant not allowed here",
+                        )
                         .build()
                         .into()
                 });
@@ -80,8 +85,12 @@ pub fn document<'a>(agent_types: impl IntoIterator<Item = &'a str>, max_batch: u
 
 /// Every (method, path) the document describes, e.g. `("GET", "/v1/tasks/{id}")`, sorted.
 pub fn documented_routes() -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> =
-        ApiDoc::openapi().paths.paths.iter().flat_map(|(path, item)| operations(item).into_iter().map(move |(method, _)| (method.to_string(), path.clone()))).collect();
+    let mut out: Vec<(String, String)> = ApiDoc::openapi()
+        .paths
+        .paths
+        .iter()
+        .flat_map(|(path, item)| operations(item).into_iter().map(move |(method, _)| (method.to_string(), path.clone())))
+        .collect();
     out.sort();
     out
 }

@@ -11,9 +11,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::ApiState;
-use crate::components::Phase;
 use super::auth::Tenant;
 use super::error::ApiError;
+use crate::components::Phase;
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "the process is up", body = String)))]
 pub async fn healthz() -> &'static str {
@@ -67,7 +67,11 @@ pub async fn metrics(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant)
     // The metrics count every tenant's tasks: with keys, only admin tenants may read them
     // (a scraper sends an admin key), as a tenant's own view is `/v1/stats`.
     if !state.is_admin(&tenant) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("tenant `{tenant}` is not in api.admin_tenants; /metrics counts every tenant's tasks")));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("tenant `{tenant}` is not in api.admin_tenants; /metrics counts every tenant's tasks"),
+        ));
     }
     let text = super::metrics::render(&state).await.map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())

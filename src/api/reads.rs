@@ -110,7 +110,9 @@ pub async fn jobs(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, qu
     let Query(query) = query.map_err(query_error)?;
     let limit = page_limit(query.limit)?;
     let cursor = match &query.cursor {
-        Some(text) => Some(unhex(text).filter(|tail| tail.len() >= JOB_CURSOR_MIN).ok_or_else(|| ApiError::bad_field("cursor", "not a cursor this API returned"))?),
+        Some(text) => {
+            Some(unhex(text).filter(|tail| tail.len() >= JOB_CURSOR_MIN).ok_or_else(|| ApiError::bad_field("cursor", "not a cursor this API returned"))?)
+        }
         None => None,
     };
     let page = state.projection.store().jobs(&tenant, cursor.as_deref(), limit)?;

@@ -331,7 +331,13 @@ impl Shed {
 
 impl HeadDeadline {
     fn plain(deadline: tokio::time::Instant) -> HeadDeadline {
-        HeadDeadline { sleep: Box::pin(tokio::time::sleep_until(deadline)), bytes_read: Arc::new(AtomicU64::new(0)), read_at_start: 0, header_read: None, shed: None }
+        HeadDeadline {
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            bytes_read: Arc::new(AtomicU64::new(0)),
+            read_at_start: 0,
+            header_read: None,
+            shed: None,
+        }
     }
 }
 

@@ -14,9 +14,9 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Tenant;
-use super::{ApiConfig, ApiState};
 use super::error::ApiError;
 use super::idempotency;
+use super::{ApiConfig, ApiState};
 use crate::agent::client::{ClientError, MAX_DEADLINE_MS, MAX_DELAY, Submitted, after_ms, new_id};
 use crate::agent::dlq;
 use crate::events::{Lane, TaskSubmitted, TimestampMicros};
@@ -141,7 +141,9 @@ fn client_error(e: ClientError) -> ApiError {
 
 pub fn body_error(e: JsonRejection) -> ApiError {
     match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError { field: Some("body".into()), ..ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.body_text()) },
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError { field: Some("body".into()), ..ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.body_text()) }
+        }
         _ => ApiError::bad_field("body", e.body_text()),
     }
 }
@@ -212,7 +214,10 @@ fn validate(state: &ApiState, tenant: &str, request: SubmitTask, prefix: &str) -
         return Err(ApiError::bad_field(field("lane"), format!("`{lane_name}` is not a lane; lanes: critical, high, normal, low")));
     };
     if !declared.lanes.iter().any(|l| l == lane.as_str()) {
-        return Err(ApiError::bad_field(field("lane"), format!("agent type `{}` does not read lane `{lane}`; its lanes: {}", request.agent_type, declared.lanes.join(", "))));
+        return Err(ApiError::bad_field(
+            field("lane"),
+            format!("agent type `{}` does not read lane `{lane}`; its lanes: {}", request.agent_type, declared.lanes.join(", ")),
+        ));
     }
     if request.deadline_ms == Some(0) {
         return Err(ApiError::bad_field(field("deadline_ms"), "deadline_ms must be greater than 0 (a deadline now has already passed)"));
@@ -230,7 +235,9 @@ fn validate(state: &ApiState, tenant: &str, request: SubmitTask, prefix: &str) -
         None => None,
     };
     let deadline = match request.deadline_ms {
-        Some(ms) if ms > MAX_DEADLINE_MS => return Err(ApiError::bad_field(field("deadline_ms"), format!("deadline_ms must be at most {MAX_DEADLINE_MS} (100 years)"))),
+        Some(ms) if ms > MAX_DEADLINE_MS => {
+            return Err(ApiError::bad_field(field("deadline_ms"), format!("deadline_ms must be at most {MAX_DEADLINE_MS} (100 years)")));
+        }
         Some(ms) => Some(after_ms(now, ms).ok_or_else(|| ApiError::bad_field(field("deadline_ms"), "deadline_ms is past the largest timestamp"))?),
         None => None,
     };
@@ -288,7 +295,10 @@ fn check_caps(config: &ApiConfig, request: &SubmitTask, field: &dyn Fn(&str) -> 
         if key.len() > config.max_label_key_bytes {
             // The key itself may be huge: the message names its start only.
             let start = crate::agent::runtime::head_text(key.as_bytes(), 32);
-            return Err(ApiError::bad_field(field("labels"), format!("label key `{start}` is {} bytes; the limit is {} (api.max_label_key_bytes)", key.len(), config.max_label_key_bytes)));
+            return Err(ApiError::bad_field(
+                field("labels"),
+                format!("label key `{start}` is {} bytes; the limit is {} (api.max_label_key_bytes)", key.len(), config.max_label_key_bytes),
+            ));
         }
         if value.len() > config.max_label_value_bytes {
             return Err(ApiError::bad_field(
@@ -403,10 +413,17 @@ pub async fn submit(
 #[utoipa::path(post, path = "/v1/tasks/batch", tag = "tasks", request_body = SubmitBatch,
     responses((status = 202, description = "all accepted, in order"), (status = 400, description = "a task is wrong (`tasks[i].field`); none was written"), (status = 401), (status = 413), (status = 429),
         (status = 503, description = "the log is unavailable, or `idempotency_claims_full`: retry")))]
-pub async fn submit_batch(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, body: Result<Json<SubmitBatch>, JsonRejection>) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn submit_batch(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    body: Result<Json<SubmitBatch>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(batch) = body.map_err(body_error)?;
     if batch.tasks.is_empty() || batch.tasks.len() > state.config.max_batch {
-        return Err(ApiError::bad_field("tasks", format!("a batch holds 1 to {} tasks (api.max_batch); this one has {}", state.config.max_batch, batch.tasks.len())));
+        return Err(ApiError::bad_field(
+            "tasks",
+            format!("a batch holds 1 to {} tasks (api.max_batch); this one has {}", state.config.max_batch, batch.tasks.len()),
+        ));
     }
     // Everything is checked before anything is written.
     let mut tasks = Vec::with_capacity(batch.tasks.len());
@@ -415,11 +432,8 @@ pub async fn submit_batch(State(state): State<Arc<ApiState>>, Tenant(tenant): Te
     }
     // The batch's keys are claimed together (see `submit`); a key named twice in the batch
     // is written once, and its later mentions answer with the first one's task.
-    let mut claims = state
-        .claims
-        .claim_all(&tenant, tasks.iter().filter_map(|t| t.idempotency_key.as_deref()), || state.projection.applied())
-        .await
-        .map_err(claims_full)?;
+    let mut claims =
+        state.claims.claim_all(&tenant, tasks.iter().filter_map(|t| t.idempotency_key.as_deref()), || state.projection.applied()).await.map_err(claims_full)?;
     let mut answers = vec![Value::Null; tasks.len()];
     let mut in_batch: HashMap<String, String> = HashMap::new();
     let mut fresh = Vec::new();
@@ -471,7 +485,13 @@ pub async fn submit_batch(State(state): State<Arc<ApiState>>, Tenant(tenant): Te
 
 /// Where a keyed submit was written, for its claim (see [`idempotency`]).
 fn written(task_id: &str, submitted: &Submitted, at: Instant) -> idempotency::Written {
-    idempotency::Written { task_id: task_id.to_string(), at, topic: submitted.topic.clone(), partition: submitted.position.partition, offset: submitted.position.offset }
+    idempotency::Written {
+        task_id: task_id.to_string(),
+        at,
+        topic: submitted.topic.clone(),
+        partition: submitted.position.partition,
+        offset: submitted.position.offset,
+    }
 }
 
 /// Too many keyed submits wait for the projection: retryable, like any passing overload.
@@ -505,7 +525,12 @@ async fn check_written(state: &ApiState, topic: &str, partition: i32, offset: i6
 
 #[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "task id"), GetTask),
     responses((status = 200, description = "the task: status, attempts, agent, timeline, result or error"), (status = 404, description = "no such task for this tenant"), (status = 400), (status = 401)))]
-pub async fn get(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Path(id): Path<String>, query: Result<Query<GetTask>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+pub async fn get(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    query: Result<Query<GetTask>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(query_error)?;
     if let Some(after) = &query.after {
         let Some((topic, partition, offset)) = parse_position(after) else {
@@ -525,7 +550,11 @@ pub async fn get(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Pat
 
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(ListTasks),
     responses((status = 200, description = "tasks newest first, with `next_cursor` when there are more"), (status = 400), (status = 401)))]
-pub async fn list(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, query: Result<Query<ListTasks>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    query: Result<Query<ListTasks>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(query_error)?;
     if let Some(status) = &query.status
         && !TASK_STATUSES.contains(&status.as_str())
@@ -543,7 +572,8 @@ pub async fn list(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, qu
         Some(text) => Some(unhex(text).ok_or_else(|| ApiError::bad_field("cursor", "not a cursor this API returned"))?),
         None => None,
     };
-    let filter = TaskFilter { tenant, status: query.status, agent_type: query.agent_type, created_after_us: query.created_after_ms.map(|ms| ms.saturating_mul(1000)) };
+    let filter =
+        TaskFilter { tenant, status: query.status, agent_type: query.agent_type, created_after_us: query.created_after_ms.map(|ms| ms.saturating_mul(1000)) };
     let page = state.projection.store().list_tasks(&filter, cursor.as_deref(), limit)?;
     let tasks: Vec<Value> = page.tasks.iter().map(task_json).collect();
     Ok(Json(json!({ "tasks": tasks, "next_cursor": page.next_cursor })))
@@ -551,7 +581,12 @@ pub async fn list(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, qu
 
 #[utoipa::path(get, path = "/v1/tasks/{id}/outcome", tag = "tasks", params(("id" = String, Path, description = "task id"), Wait),
     responses((status = 200, description = "the terminal outcome"), (status = 404, description = "no outcome (yet)"), (status = 401)))]
-pub async fn outcome(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Path(id): Path<String>, wait: Result<Query<Wait>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+pub async fn outcome(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    wait: Result<Query<Wait>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
     let Query(wait) = wait.map_err(query_error)?;
     let found = match wait_of(&state, wait.wait_ms) {
         Some(wait) => wait_outcome(&state.projection, &tenant, &id, wait).await?,
@@ -568,14 +603,22 @@ const CANCEL_LOOKUP: Duration = Duration::from_secs(2);
 
 #[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path, description = "task id")), request_body(content = Cancel, description = "optional reason"),
     responses((status = 202, description = "cancel requested"), (status = 400, description = "the reason is too long (the error names the field and the limit)"), (status = 404, description = "no such task for this tenant"), (status = 409, description = "already finished"), (status = 401)))]
-pub async fn cancel(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Path(id): Path<String>, body: Option<Json<Cancel>>) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn cancel(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    body: Option<Json<Cancel>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Cancel { reason } = body.map(|Json(c)| c).unwrap_or_default();
     // Every request lands in the task's timeline: 300 cancels with long reasons made one task
     // view 4.96 MB.
     if let Some(reason) = &reason
         && reason.len() > state.config.max_cancel_reason_bytes
     {
-        return Err(ApiError::bad_field("reason", format!("reason is {} bytes; the limit is {} (api.max_cancel_reason_bytes)", reason.len(), state.config.max_cancel_reason_bytes)));
+        return Err(ApiError::bad_field(
+            "reason",
+            format!("reason is {} bytes; the limit is {} (api.max_cancel_reason_bytes)", reason.len(), state.config.max_cancel_reason_bytes),
+        ));
     }
     let deadline = tokio::time::Instant::now() + CANCEL_LOOKUP;
     let view = loop {
@@ -620,11 +663,17 @@ pub(crate) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
 
 #[utoipa::path(get, path = "/v1/dlq", tag = "dead letters", params(ListDeadLetters),
     responses((status = 200, description = "this tenant's dead letters newest first (by log time), with `next_cursor` when there are more; `task_status` is the task's status now (not `dead_lettered` once it was re-submitted and ran again). Letters whose command does not decode name no tenant and are not listed (`agentlog dlq list` shows them)"), (status = 400, description = "a bad `limit` or `cursor` (the error names the field)"), (status = 401)))]
-pub async fn dlq_list(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, query: Result<Query<ListDeadLetters>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+pub async fn dlq_list(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    query: Result<Query<ListDeadLetters>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(query_error)?;
     let limit = page_limit(query.limit)?;
     let cursor = match &query.cursor {
-        Some(text) => Some(unhex(text).and_then(|tail| LetterPosition::from_tail(&tail)).ok_or_else(|| ApiError::bad_field("cursor", "not a cursor this API returned"))?),
+        Some(text) => {
+            Some(unhex(text).and_then(|tail| LetterPosition::from_tail(&tail)).ok_or_else(|| ApiError::bad_field("cursor", "not a cursor this API returned"))?)
+        }
         None => None,
     };
     let store = state.projection.store();

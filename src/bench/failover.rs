@@ -21,9 +21,9 @@ use crate::agent::{TaskClient, TaskTopics};
 use crate::config::LogConfig;
 use crate::events::wire::WireCodec;
 use crate::events::{AnyEvent, Lane, TaskSubmitted, TimestampMicros, decode_any};
+use crate::log::follow::Follower;
 use crate::log::{EventLog, SeekTo, TopicSpec};
 use crate::registry::{Registry, serve};
-use crate::log::follow::Follower;
 
 const AGENT_TYPE: &str = "bench_sleep";
 const PARTITIONS: i32 = 4;
@@ -51,7 +51,11 @@ impl std::fmt::Display for FailoverReport {
             "failover (kill -9 of one of two workers, 80 tasks/s of 100 ms, exactly-once): {} ms (first re-run started after {} ms)",
             self.failover_ms, self.reassigned_ms
         )?;
-        writeln!(f, "  accepted={} in-flight on the killed worker={} lost={} duplicated={}", self.accepted, self.in_flight_on_killed, self.lost, self.duplicated)?;
+        writeln!(
+            f,
+            "  accepted={} in-flight on the killed worker={} lost={} duplicated={}",
+            self.accepted, self.in_flight_on_killed, self.lost, self.duplicated
+        )?;
         if !self.duplicated_sample.is_empty() {
             writeln!(f, "  duplicated (sample): {}", self.duplicated_sample.join(", "))?;
         }
@@ -192,7 +196,8 @@ async fn measure(log: &Arc<dyn EventLog>, config: &LogConfig, topics: &TaskTopic
         .map(|(_, _, at)| (at.0 - killed_at.0) / 1000)
         .min()
         .unwrap_or(0);
-    let failover_ms = in_flight.iter().filter_map(|id| seen.outcomes.get(id).and_then(|o| o.first())).map(|(at, _)| (at.0 - killed_at.0) / 1000).max().unwrap_or(0);
+    let failover_ms =
+        in_flight.iter().filter_map(|id| seen.outcomes.get(id).and_then(|o| o.first())).map(|(at, _)| (at.0 - killed_at.0) / 1000).max().unwrap_or(0);
 
     for i in 0..40 {
         let task = TaskSubmitted::new(client.meta("bench"), format!("join-{i}"), AGENT_TYPE, Lane::Normal, br#"{"ms": 300}"#.to_vec());

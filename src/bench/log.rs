@@ -62,12 +62,7 @@ impl std::fmt::Display for LogBenchReport {
         write!(
             f,
             "produce->consume latency at {} records/s ({} records): p50={}us p99={}us p999={}us max={}us",
-            self.latency_rate_per_s,
-            self.latency_records,
-            self.latency_p50_us,
-            self.latency_p99_us,
-            self.latency_p999_us,
-            self.latency_max_us
+            self.latency_rate_per_s, self.latency_records, self.latency_p50_us, self.latency_p99_us, self.latency_p999_us, self.latency_max_us
         )
     }
 }
@@ -102,8 +97,7 @@ pub async fn run_log_bench(log: Arc<dyn EventLog>, options: &LogBenchOptions) ->
 
     // Throughput: consume everything from the start.
     let mut consumer = log.consumer(ConsumerOptions::default())?;
-    let parts: Vec<(TopicPartition, SeekTo)> =
-        (0..options.partitions).map(|p| (TopicPartition::new(&throughput_topic, p), SeekTo::Earliest)).collect();
+    let parts: Vec<(TopicPartition, SeekTo)> = (0..options.partitions).map(|p| (TopicPartition::new(&throughput_topic, p), SeekTo::Earliest)).collect();
     consumer.assign(&parts).await?;
     let started = Instant::now();
     let timeout = Duration::from_secs(300);
@@ -145,8 +139,7 @@ async fn latency_run(log: &Arc<dyn EventLog>, options: &LogBenchOptions, suffix:
     let origin = Instant::now();
 
     let mut consumer = log.consumer(ConsumerOptions::default())?;
-    let parts: Vec<(TopicPartition, SeekTo)> =
-        (0..options.partitions).map(|p| (TopicPartition::new(&topic, p), SeekTo::Earliest)).collect();
+    let parts: Vec<(TopicPartition, SeekTo)> = (0..options.partitions).map(|p| (TopicPartition::new(&topic, p), SeekTo::Earliest)).collect();
     consumer.assign(&parts).await?;
     // Warm-up: one record per partition read back before timing starts, so the figures are
     // steady state rather than the consumer's first fetch.
@@ -164,8 +157,7 @@ async fn latency_run(log: &Arc<dyn EventLog>, options: &LogBenchOptions, suffix:
         }
     }
     let reader = tokio::spawn(async move {
-        let mut histogram =
-            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| BenchError::Histogram(e.to_string()))?;
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| BenchError::Histogram(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(options_deadline(total));
         let mut seen = 0;
         while seen < total {
@@ -199,13 +191,7 @@ async fn latency_run(log: &Arc<dyn EventLog>, options: &LogBenchOptions, suffix:
 
 /// Sends `total` records at `options.rate` per second (open loop: on schedule, never waiting
 /// for earlier deliveries), each carrying its send time in µs since `origin`.
-async fn offer(
-    producer: &dyn crate::log::Producer,
-    topic: &str,
-    options: &LogBenchOptions,
-    total: u64,
-    origin: Instant,
-) -> Result<(), BenchError> {
+async fn offer(producer: &dyn crate::log::Producer, topic: &str, options: &LogBenchOptions, total: u64, origin: Instant) -> Result<(), BenchError> {
     let interval = Duration::from_secs_f64(1.0 / options.rate.max(1) as f64);
     let mut inflight: VecDeque<Delivery> = VecDeque::new();
     let mut buf = BytesMut::with_capacity(options.size.max(8) * 1024);

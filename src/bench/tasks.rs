@@ -136,7 +136,17 @@ pub async fn run_task_bench(log: Arc<dyn EventLog>, options: &TaskBenchOptions) 
     registry.close().await;
     let ((elapsed, _), (_, histogram)) = result?;
     report.map_err(|e| BenchError::Setup(format!("worker: {e}")))?;
-    for topic in [topics.events(), topics.results(), topics.dlq(), topics.timers(), topics.agent_events(), topics.heartbeats(), topics.control(), lane.clone(), format!("{}schemas", topics.prefix())] {
+    for topic in [
+        topics.events(),
+        topics.results(),
+        topics.dlq(),
+        topics.timers(),
+        topics.agent_events(),
+        topics.heartbeats(),
+        topics.control(),
+        lane.clone(),
+        format!("{}schemas", topics.prefix()),
+    ] {
         let _ = admin.delete_topic(&topic).await;
     }
     Ok(TaskBenchReport {

@@ -18,9 +18,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::log::BenchError;
+use crate::agent::TaskTopics;
 use crate::agent::cancels::Cancels;
 use crate::agent::client::{TaskClient, timer_record};
-use crate::agent::TaskTopics;
 use crate::events::wire::WireCodec;
 use crate::events::{Lane, Meta, TaskSubmitted, TimestampMicros};
 use crate::log::{EventLog, TopicSpec};

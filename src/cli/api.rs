@@ -10,12 +10,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use agentlog::agent::{TaskClient, TaskTopics};
-use agentlog::api::{ApiState, ApiStartError};
+use agentlog::api::admin::AdminContext;
+use agentlog::api::{ApiStartError, ApiState};
 use agentlog::components::ComponentBoard;
 use agentlog::config::Config;
 use agentlog::events::wire::WireCodec;
 use agentlog::log::EventLog;
-use agentlog::api::admin::AdminContext;
 use agentlog::projection::{Generations, Projection, ProjectorError};
 
 /// The projector and the API server, running.
@@ -89,7 +89,8 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
         if let Some(problem) = config.registry.own_key_problem(&config.api) {
             anyhow::bail!(problem);
         }
-        let reg = agentlog::registry::Registry::open_with(log.clone(), &topic, &config.registry, shutdown.clone()).await.context("opening the schema registry")?;
+        let reg =
+            agentlog::registry::Registry::open_with(log.clone(), &topic, &config.registry, shutdown.clone()).await.context("opening the schema registry")?;
         let listener = agentlog::registry::bind(&config.registry.listen, &config.api).await.with_context(|| format!("binding {}", config.registry.listen))?;
         let url = format!("http://{}", listener.local_addr()?);
         registry = Some((reg.clone(), tokio::spawn(agentlog::registry::serve(reg, listener, config.api.clone(), shutdown.clone()))));

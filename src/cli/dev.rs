@@ -101,7 +101,9 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
     registry.close().await;
     match failed.as_slice() {
         [] => Ok(()),
-        failures => Err(anyhow::anyhow!("{}", failures.iter().map(|StopFailure { component, error }| format!("{component}: {error}")).collect::<Vec<_>>().join("; "))),
+        failures => {
+            Err(anyhow::anyhow!("{}", failures.iter().map(|StopFailure { component, error }| format!("{component}: {error}")).collect::<Vec<_>>().join("; ")))
+        }
     }
 }
 

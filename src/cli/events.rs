@@ -13,10 +13,10 @@ use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSche
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use agentlog::events::reader::{EventReader, ReadOutcome};
-use agentlog::config::Config;
-use agentlog::events::wire::{WireCodec, registry_settings};
 use agentlog::agent::AgentTypeConfig;
+use agentlog::config::Config;
+use agentlog::events::reader::{EventReader, ReadOutcome};
+use agentlog::events::wire::{WireCodec, registry_settings};
 use agentlog::events::{Event, Lane, Meta, TaskSubmitted, all_schemas, check_evolution, topic_of};
 use agentlog::log::{ConsumerOptions, EventLog, Record, SeekTo, TopicPartition, TopicSpec};
 use agentlog::registry::{Registry, RegistryConfig, bind, serve};
@@ -59,9 +59,7 @@ pub async fn register_schemas(registry: &RegistryConfig, topic_prefix: &str, age
         }
         for subject in subjects {
             let schema = SuppliedSchema::new(Some(name.to_string()), SchemaType::Avro, avsc.to_string());
-            let registered = post_schema(&settings, subject.clone(), schema)
-                .await
-                .map_err(|e| anyhow::anyhow!("registering {subject}: {e}"))?;
+            let registered = post_schema(&settings, subject.clone(), schema).await.map_err(|e| anyhow::anyhow!("registering {subject}: {e}"))?;
             println!("registered {subject} id={}", registered.id);
         }
     }
@@ -72,11 +70,7 @@ pub async fn register_schemas(registry: &RegistryConfig, topic_prefix: &str, age
 fn subjects_of(name: &str, topic_prefix: &str, agents: &BTreeMap<String, AgentTypeConfig>) -> Vec<String> {
     if name == TaskSubmitted::NAME {
         // Lane topics come from the same declaration `topics apply` creates them from.
-        return agents
-            .iter()
-            .flat_map(|(agent_type, agent)| agent.lane_topics(agent_type, topic_prefix))
-            .map(|topic| format!("{topic}-{name}"))
-            .collect();
+        return agents.iter().flat_map(|(agent_type, agent)| agent.lane_topics(agent_type, topic_prefix)).map(|topic| format!("{topic}-{name}")).collect();
     }
     topic_of(name).map(|topic| format!("{topic_prefix}{topic}-{name}")).into_iter().collect()
 }
@@ -108,19 +102,11 @@ pub async fn emit_sample(log: &Arc<dyn EventLog>, topic: &str, registry: &Regist
 
 /// Reads TaskSubmitted events from the start of `topic`, printing each as JSON; records that
 /// cannot be decoded go to the DLQ topic (printed too) and reading moves on.
-pub async fn read_events(
-    log: &Arc<dyn EventLog>,
-    topic: &str,
-    registry: &RegistryConfig,
-    dlq_topic: &str,
-    max: u64,
-    idle: Duration,
-) -> anyhow::Result<()> {
+pub async fn read_events(log: &Arc<dyn EventLog>, topic: &str, registry: &RegistryConfig, dlq_topic: &str, max: u64, idle: Duration) -> anyhow::Result<()> {
     let codec = Arc::new(WireCodec::from_config(registry)?);
     let partitions = log.admin().describe_topic(topic).await?.partitions;
     let mut consumer = log.consumer(ConsumerOptions::default())?;
-    let parts: Vec<(TopicPartition, SeekTo)> =
-        (0..partitions).map(|p| (TopicPartition::new(topic, p), SeekTo::Earliest)).collect();
+    let parts: Vec<(TopicPartition, SeekTo)> = (0..partitions).map(|p| (TopicPartition::new(topic, p), SeekTo::Earliest)).collect();
     consumer.assign(&parts).await?;
     let mut reader = EventReader::<TaskSubmitted>::new(consumer, codec, log.producer()?, dlq_topic);
     let mut seen = 0;
@@ -132,10 +118,7 @@ pub async fn read_events(
         match outcome {
             ReadOutcome::Event { record, schema_id, event } => {
                 seen += 1;
-                println!(
-                    "{}",
-                    json!({"partition": record.partition, "offset": record.offset, "schema_id": schema_id, "event": event})
-                );
+                println!("{}", json!({"partition": record.partition, "offset": record.offset, "schema_id": schema_id, "event": event}));
             }
             ReadOutcome::DeadLettered { record, error, dead_letter } => {
                 seen += 1;

@@ -28,7 +28,9 @@ impl LocalCodec {
             return Ok(LocalCodec { codec: Arc::new(WireCodec::from_config(&config.registry)?), registry: None });
         }
         let stop = CancellationToken::new();
-        let registry = Registry::open_with(log.clone(), &format!("{}schemas", config.log.topic_prefix), &config.registry, stop.clone()).await.context("opening the schema registry")?;
+        let registry = Registry::open_with(log.clone(), &format!("{}schemas", config.log.topic_prefix), &config.registry, stop.clone())
+            .await
+            .context("opening the schema registry")?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let server = tokio::spawn(serve(registry.clone(), listener, config.api.clone(), stop.clone()));

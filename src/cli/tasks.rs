@@ -38,7 +38,12 @@ pub fn parse_lane(lane: &str) -> anyhow::Result<Lane> {
 pub async fn submit(log: &Arc<dyn EventLog>, config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
     let declared = super::worker::declared(config, &args.agent_type)?;
     let lane = parse_lane(&args.lane)?;
-    anyhow::ensure!(declared.lanes.iter().any(|l| l == lane.as_str()), "agent type `{}` does not read lane `{lane}`; its lanes: {}", args.agent_type, declared.lanes.join(", "));
+    anyhow::ensure!(
+        declared.lanes.iter().any(|l| l == lane.as_str()),
+        "agent type `{}` does not read lane `{lane}`; its lanes: {}",
+        args.agent_type,
+        declared.lanes.join(", ")
+    );
     let input: serde_json::Value = serde_json::from_str(&args.input).with_context(|| format!("--input is not JSON: {}", args.input))?;
     let client = client(log, config)?;
     let task_id = args.task_id.unwrap_or_else(|| new_id("task"));
@@ -58,7 +63,10 @@ pub async fn submit(log: &Arc<dyn EventLog>, config: &Config, args: SubmitArgs) 
     }
     let results = client.topics().results();
     let submitted = client.submit(&task).await?;
-    println!("{}", json!({"task_id": submitted.task_id, "topic": submitted.topic, "partition": submitted.position.partition, "offset": submitted.position.offset, "delayed": submitted.delayed}));
+    println!(
+        "{}",
+        json!({"task_id": submitted.task_id, "topic": submitted.topic, "partition": submitted.position.partition, "offset": submitted.position.offset, "delayed": submitted.delayed})
+    );
     if let Some(wait) = args.wait {
         let outcome = wait_for_outcome(log, client.codec(), &results, (&args.tenant, &task_id), now / 1000 - 1_000, wait).await?;
         println!("{outcome}");
@@ -68,13 +76,21 @@ pub async fn submit(log: &Arc<dyn EventLog>, config: &Config, args: SubmitArgs) 
 
 /// Reads `task.results` from `since_ms` until the outcome of the task (tenant, task id) shows
 /// up, as JSON (another tenant's task of the same id is another task).
-async fn wait_for_outcome(log: &Arc<dyn EventLog>, codec: &WireCodec, results: &str, (tenant, task_id): (&str, &str), since_ms: i64, wait: Duration) -> anyhow::Result<String> {
+async fn wait_for_outcome(
+    log: &Arc<dyn EventLog>,
+    codec: &WireCodec,
+    results: &str,
+    (tenant, task_id): (&str, &str),
+    since_ms: i64,
+    wait: Duration,
+) -> anyhow::Result<String> {
     let partitions = log.admin().describe_topic(results).await?.partitions;
     let mut consumer = log.consumer(ConsumerOptions::default())?;
     consumer.assign(&(0..partitions).map(|p| (TopicPartition::new(results, p), SeekTo::Timestamp(since_ms))).collect::<Vec<_>>()).await?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let event = tokio::time::timeout_at(deadline, consumer.next_event()).await.map_err(|_| anyhow::anyhow!("no outcome for {task_id} within {wait:?}"))??;
+        let event =
+            tokio::time::timeout_at(deadline, consumer.next_event()).await.map_err(|_| anyhow::anyhow!("no outcome for {task_id} within {wait:?}"))??;
         let ConsumerEvent::Record(record) = event else { continue };
         if record.key.as_deref() != Some(task_id.as_bytes()) {
             continue;

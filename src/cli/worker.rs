@@ -54,7 +54,8 @@ pub fn worker_run(
         anyhow::ensure!(n > 0, "--concurrency must be at least 1");
         agent.concurrency = n;
     }
-    let runtime = build(&agent.runtime, Duration::from_millis(agent.timeout_ms)).with_context(|| format!("building the runtime of agent type `{agent_type}`"))?;
+    let runtime =
+        build(&agent.runtime, Duration::from_millis(agent.timeout_ms)).with_context(|| format!("building the runtime of agent type `{agent_type}`"))?;
     let settings = WorkerSettings {
         agent_type: agent_type.to_string(),
         prefetch_per_lane: agentlog::agent::worker::prefetch_per_lane(&agent),

@@ -30,7 +30,9 @@ pub enum AnyEvent {
     JobSubmitted(JobSubmitted),
     JobCompleted(JobCompleted),
     /// A schema this build does not know (a newer event type): skipped by readers, not an error.
-    Unknown { name: String },
+    Unknown {
+        name: String,
+    },
 }
 
 impl AnyEvent {

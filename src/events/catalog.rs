@@ -82,8 +82,5 @@ pub fn all_schemas() -> Vec<(&'static str, &'static str)> {
 /// name; `None` for a name that is not an agentlog event. `TaskSubmitted` yields the template
 /// `tasks.<type>.<lane>`: its real topic depends on the value (`Event::topic`).
 pub fn topic_of(full_name: &str) -> Option<&'static str> {
-    EVENT_TYPES
-        .iter()
-        .find(|t| t.name == full_name)
-        .map(|t| t.topic)
+    EVENT_TYPES.iter().find(|t| t.name == full_name).map(|t| t.topic)
 }

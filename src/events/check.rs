@@ -78,39 +78,21 @@ pub enum Incompatibility {
     )]
     FieldRemovedWithoutDefault { schema: String, field: String },
     #[error("{schema}: field `{field}` changed type from `{old}` to `{new}`: {} ({rule})", rule.consequence())]
-    TypeChanged {
-        schema: String,
-        field: String,
-        old: String,
-        new: String,
-        rule: Rule,
-    },
+    TypeChanged { schema: String, field: String, old: String, new: String, rule: Rule },
     #[error(
         "{schema}: field `{field}`: enum symbol(s) {symbols:?} removed and the new enum has no \
          default: {} that holds them ({})",
         Rule::Backward.consequence(), Rule::Backward
     )]
-    EnumSymbolRemoved {
-        schema: String,
-        field: String,
-        symbols: Vec<String>,
-    },
+    EnumSymbolRemoved { schema: String, field: String, symbols: Vec<String> },
     #[error(
         "{schema}: field `{field}`: enum symbol(s) {symbols:?} added but the released enum has no \
          default: {} that holds them ({})",
         Rule::Forward.consequence(), Rule::Forward
     )]
-    EnumSymbolAdded {
-        schema: String,
-        field: String,
-        symbols: Vec<String>,
-    },
+    EnumSymbolAdded { schema: String, field: String, symbols: Vec<String> },
     #[error("{schema}: {} ({rule}): {detail}", rule.consequence())]
-    Other {
-        schema: String,
-        rule: Rule,
-        detail: String,
-    },
+    Other { schema: String, rule: Rule, detail: String },
 }
 
 impl Incompatibility {
@@ -118,13 +100,9 @@ impl Incompatibility {
     pub fn rule(&self) -> Rule {
         match self {
             Incompatibility::SchemaRemoved { .. } => Rule::Full,
-            Incompatibility::FieldAddedWithoutDefault { .. }
-            | Incompatibility::EnumSymbolRemoved { .. } => Rule::Backward,
-            Incompatibility::FieldRemovedWithoutDefault { .. }
-            | Incompatibility::EnumSymbolAdded { .. } => Rule::Forward,
-            Incompatibility::TypeChanged { rule, .. } | Incompatibility::Other { rule, .. } => {
-                *rule
-            }
+            Incompatibility::FieldAddedWithoutDefault { .. } | Incompatibility::EnumSymbolRemoved { .. } => Rule::Backward,
+            Incompatibility::FieldRemovedWithoutDefault { .. } | Incompatibility::EnumSymbolAdded { .. } => Rule::Forward,
+            Incompatibility::TypeChanged { rule, .. } | Incompatibility::Other { rule, .. } => *rule,
         }
     }
 }
@@ -133,20 +111,11 @@ impl Incompatibility {
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     #[error("cannot read schema directory {}: {source}", path.display())]
-    ReadDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ReadDir { path: PathBuf, source: std::io::Error },
     #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{} is not a valid Avro schema: {source}", path.display())]
-    Parse {
-        path: PathBuf,
-        source: Box<apache_avro::Error>,
-    },
+    Parse { path: PathBuf, source: Box<apache_avro::Error> },
     #[error("{} is not a named schema (an event must be a record)", path.display())]
     Unnamed { path: PathBuf },
     #[error("{} incompatible schema change(s) against the released set:\n  {}",
@@ -169,20 +138,13 @@ pub fn check_evolution(working_dir: &Path, released_dir: &Path) -> Result<(), Ch
         let old = parse(&released_dir.join(file))?;
         let schema = full_name(&old, &released_dir.join(file))?;
         if !working.contains(file) {
-            found.push(Incompatibility::SchemaRemoved {
-                schema,
-                file: file.clone(),
-            });
+            found.push(Incompatibility::SchemaRemoved { schema, file: file.clone() });
             continue;
         }
         let new = parse(&working_dir.join(file))?;
         found.extend(compare(&schema, &old, &new));
     }
-    if found.is_empty() {
-        Ok(())
-    } else {
-        Err(CheckError::Incompatible(found))
-    }
+    if found.is_empty() { Ok(()) } else { Err(CheckError::Incompatible(found)) }
 }
 
 /// Incompatibilities between a released schema and its working version.
@@ -192,28 +154,17 @@ pub fn compare(schema: &str, old: &Schema, new: &Schema) -> Vec<Incompatibility>
     // (a renamed record, a change the diff does not model) is reported with its own words.
     let backward = SchemaCompatibility::can_read(old, new);
     let forward = SchemaCompatibility::can_read(new, old);
-    let explained = |r: Rule| {
-        found
-            .iter()
-            .any(|i| i.rule() == r || i.rule() == Rule::Full)
-    };
+    let explained = |r: Rule| found.iter().any(|i| i.rule() == r || i.rule() == Rule::Full);
     let unexplained_backward = !fully(&backward) && !explained(Rule::Backward);
     let unexplained_forward = !fully(&forward) && !explained(Rule::Forward);
     if let Some(rule) = Rule::from_directions(unexplained_backward, unexplained_forward) {
-        let detail = [
-            ("reading old data", &backward, unexplained_backward),
-            ("reading new data", &forward, unexplained_forward),
-        ]
-        .into_iter()
-        .filter(|(_, _, unexplained)| *unexplained)
-        .filter_map(|(what, r, _)| describe(r).map(|d| format!("{what}: {d}")))
-        .collect::<Vec<_>>()
-        .join("; ");
-        found.push(Incompatibility::Other {
-            schema: schema.to_owned(),
-            rule,
-            detail,
-        });
+        let detail = [("reading old data", &backward, unexplained_backward), ("reading new data", &forward, unexplained_forward)]
+            .into_iter()
+            .filter(|(_, _, unexplained)| *unexplained)
+            .filter_map(|(what, r, _)| describe(r).map(|d| format!("{what}: {d}")))
+            .collect::<Vec<_>>()
+            .join("; ");
+        found.push(Incompatibility::Other { schema: schema.to_owned(), rule, detail });
     }
     found
 }
@@ -242,10 +193,7 @@ fn describe(r: &Result<Compatibility, apache_avro::error::CompatibilityError>) -
 }
 
 fn list_avsc(dir: &Path) -> Result<Vec<String>, CheckError> {
-    let read_dir = |source| CheckError::ReadDir {
-        path: dir.to_owned(),
-        source,
-    };
+    let read_dir = |source| CheckError::ReadDir { path: dir.to_owned(), source };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(read_dir)? {
         let path = entry.map_err(read_dir)?.path();
@@ -260,21 +208,10 @@ fn list_avsc(dir: &Path) -> Result<Vec<String>, CheckError> {
 }
 
 fn parse(path: &Path) -> Result<Schema, CheckError> {
-    let text = std::fs::read_to_string(path).map_err(|source| CheckError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    Schema::parse_str(&text).map_err(|source| CheckError::Parse {
-        path: path.to_owned(),
-        source: Box::new(source),
-    })
+    let text = std::fs::read_to_string(path).map_err(|source| CheckError::Read { path: path.to_owned(), source })?;
+    Schema::parse_str(&text).map_err(|source| CheckError::Parse { path: path.to_owned(), source: Box::new(source) })
 }
 
 fn full_name(schema: &Schema, path: &Path) -> Result<String, CheckError> {
-    schema
-        .name()
-        .map(|n| n.fullname(None))
-        .ok_or_else(|| CheckError::Unnamed {
-            path: path.to_owned(),
-        })
+    schema.name().map(|n| n.fullname(None)).ok_or_else(|| CheckError::Unnamed { path: path.to_owned() })
 }

@@ -55,9 +55,7 @@ impl Meta {
 ///
 /// A newtype rather than a bare `i64` so the derived schema carries the logical type, which
 /// other clients (Python, Java) use to hand out real datetimes.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct TimestampMicros(pub i64);
 
@@ -71,10 +69,7 @@ impl TimestampMicros {
 
 impl From<SystemTime> for TimestampMicros {
     fn from(t: SystemTime) -> Self {
-        let micros = t
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+        let micros = t.duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)).unwrap_or(0);
         Self(micros)
     }
 }
@@ -84,10 +79,7 @@ impl AvroSchemaComponent for TimestampMicros {
         Schema::TimestampMicros
     }
 
-    fn get_record_fields_in_ctxt(
-        _: &mut HashSet<Name>,
-        _: NamespaceRef,
-    ) -> Option<Vec<RecordField>> {
+    fn get_record_fields_in_ctxt(_: &mut HashSet<Name>, _: NamespaceRef) -> Option<Vec<RecordField>> {
         None
     }
 }

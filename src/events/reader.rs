@@ -44,9 +44,17 @@ impl EventReadError {
 /// What one read produced.
 #[derive(Debug)]
 pub enum ReadOutcome<T> {
-    Event { record: ConsumedRecord, schema_id: u32, event: T },
+    Event {
+        record: ConsumedRecord,
+        schema_id: u32,
+        event: T,
+    },
     /// The record could not be decoded; it now sits in the DLQ at `dead_letter`.
-    DeadLettered { record: ConsumedRecord, error: WireError, dead_letter: Position },
+    DeadLettered {
+        record: ConsumedRecord,
+        error: WireError,
+        dead_letter: Position,
+    },
     /// A rebalance of the underlying consumer (group members must see these).
     Rebalance(ConsumerEvent),
 }
@@ -144,10 +152,7 @@ async fn dead_letter(producer: &dyn Producer, dlq_topic: &str, record: &Consumed
     let mut headers = record.headers.clone();
     headers.push(Header { name: DLQ_REASON.into(), value: Bytes::from(error.to_string()) });
     headers.push(Header { name: DLQ_ERROR.into(), value: Bytes::from_static(error_kind(error).as_bytes()) });
-    headers.push(Header {
-        name: DLQ_SOURCE.into(),
-        value: Bytes::from(format!("{}/{}/{}", record.topic, record.partition, record.offset)),
-    });
+    headers.push(Header { name: DLQ_SOURCE.into(), value: Bytes::from(format!("{}/{}/{}", record.topic, record.partition, record.offset)) });
     let letter = Record {
         topic: dlq_topic.to_string(),
         partition: None,

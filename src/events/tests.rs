@@ -31,11 +31,7 @@ fn meta() -> Meta {
 }
 
 fn avsc_of(name: &str) -> &'static str {
-    event_types()
-        .iter()
-        .find(|t| t.name == name)
-        .map(|t| t.avsc)
-        .unwrap_or_else(|| panic!("{name} is not in the catalog"))
+    event_types().iter().find(|t| t.name == name).map(|t| t.avsc).unwrap_or_else(|| panic!("{name} is not in the catalog"))
 }
 
 /// The schema as JSON without `doc`s: everything that matters to readers, including what
@@ -61,22 +57,9 @@ impl EventTypeVisitor for DerivedMatchesFile {
     fn visit<T: Event + Sample>(&mut self) {
         let derived = T::get_schema();
         let file = Schema::parse_str(avsc_of(T::NAME)).expect("avsc parses");
-        assert_eq!(
-            derived.name().map(|n| n.fullname(None)).as_deref(),
-            Some(T::NAME)
-        );
-        assert_eq!(
-            derived.canonical_form(),
-            file.canonical_form(),
-            "{}: canonical form",
-            T::NAME
-        );
-        assert_eq!(
-            contract_json(&derived),
-            contract_json(&file),
-            "{}: defaults/logical types",
-            T::NAME
-        );
+        assert_eq!(derived.name().map(|n| n.fullname(None)).as_deref(), Some(T::NAME));
+        assert_eq!(derived.canonical_form(), file.canonical_form(), "{}: canonical form", T::NAME);
+        assert_eq!(contract_json(&derived), contract_json(&file), "{}: defaults/logical types", T::NAME);
     }
 }
 
@@ -95,24 +78,14 @@ impl EventTypeVisitor for RoundTrip {
 fn roundtrip<T: Event + Sample>(value: T) {
     let schema = Schema::parse_str(avsc_of(T::NAME)).expect("avsc parses");
     // Schema-aware serde, the fast path.
-    let writer = GenericDatumWriter::builder(&schema)
-        .build()
-        .expect("writer");
-    let bytes = writer
-        .write_ser_to_vec(&value)
-        .unwrap_or_else(|e| panic!("{}: {e}", T::NAME));
-    let reader = GenericDatumReader::builder(&schema)
-        .build()
-        .expect("reader");
-    let back: T = reader
-        .read_deser(&mut &bytes[..])
-        .unwrap_or_else(|e| panic!("{}: {e}", T::NAME));
+    let writer = GenericDatumWriter::builder(&schema).build().expect("writer");
+    let bytes = writer.write_ser_to_vec(&value).unwrap_or_else(|e| panic!("{}: {e}", T::NAME));
+    let reader = GenericDatumReader::builder(&schema).build().expect("reader");
+    let back: T = reader.read_deser(&mut &bytes[..]).unwrap_or_else(|e| panic!("{}: {e}", T::NAME));
     assert_eq!(back, value, "{}: schema-aware serde", T::NAME);
     // Through apache_avro::types::Value, with validation: must produce the same bytes.
     let v = apache_avro::to_value(&value).expect("to_value");
-    let via_value = writer
-        .write_value_to_vec(v)
-        .unwrap_or_else(|e| panic!("{}: {e}", T::NAME));
+    let via_value = writer.write_value_to_vec(v).unwrap_or_else(|e| panic!("{}: {e}", T::NAME));
     assert_eq!(via_value, bytes, "{}: both encoders agree", T::NAME);
     // The direct writer the wire codec uses must write exactly apache-avro's bytes.
     let resolved = apache_avro::schema::ResolvedSchema::try_from(&schema).expect("resolves");
@@ -138,12 +111,7 @@ fn every_event_round_trips() {
         labels: HashMap::new(),
         ..TaskSubmitted::sample()
     });
-    roundtrip(TaskProgress {
-        percent: None,
-        message: None,
-        detail: None,
-        ..TaskProgress::sample()
-    });
+    roundtrip(TaskProgress { percent: None, message: None, detail: None, ..TaskProgress::sample() });
 }
 
 fn parsed_meta() -> Schema {
@@ -153,43 +121,20 @@ fn parsed_meta() -> Schema {
 struct InlinedMeta;
 impl EventTypeVisitor for InlinedMeta {
     fn visit<T: Event + Sample>(&mut self) {
-        let Schema::Record(event) = Schema::parse_str(avsc_of(T::NAME)).expect("parses") else {
-            panic!("{} is not a record", T::NAME)
-        };
+        let Schema::Record(event) = Schema::parse_str(avsc_of(T::NAME)).expect("parses") else { panic!("{} is not a record", T::NAME) };
         let first = event.fields.first().expect("has fields");
-        assert_eq!(
-            first.name,
-            "meta",
-            "{}: meta must be the first field",
-            T::NAME
-        );
+        assert_eq!(first.name, "meta", "{}: meta must be the first field", T::NAME);
         let meta = parsed_meta();
-        assert_eq!(
-            first.schema.canonical_form(),
-            meta.canonical_form(),
-            "{}: inlined Meta drifted",
-            T::NAME
-        );
-        assert_eq!(
-            contract_json(&first.schema),
-            contract_json(&meta),
-            "{}: inlined Meta drifted",
-            T::NAME
-        );
+        assert_eq!(first.schema.canonical_form(), meta.canonical_form(), "{}: inlined Meta drifted", T::NAME);
+        assert_eq!(contract_json(&first.schema), contract_json(&meta), "{}: inlined Meta drifted", T::NAME);
     }
 }
 
 #[test]
 fn inlined_meta_equals_meta_avsc() {
     visit_event_types(&mut InlinedMeta);
-    assert_eq!(
-        Meta::get_schema().canonical_form(),
-        parsed_meta().canonical_form()
-    );
-    assert_eq!(
-        contract_json(&Meta::get_schema()),
-        contract_json(&parsed_meta())
-    );
+    assert_eq!(Meta::get_schema().canonical_form(), parsed_meta().canonical_form());
+    assert_eq!(contract_json(&Meta::get_schema()), contract_json(&parsed_meta()));
 }
 
 /// Walks a schema's JSON and lists records, enums and fields that lack a `doc`.
@@ -197,10 +142,7 @@ fn undocumented(v: &Json, path: &str, out: &mut Vec<String>) {
     match v {
         Json::Object(m) => {
             let kind = m.get("type").and_then(Json::as_str);
-            let has_doc = m
-                .get("doc")
-                .and_then(Json::as_str)
-                .is_some_and(|d| !d.trim().is_empty());
+            let has_doc = m.get("doc").and_then(Json::as_str).is_some_and(|d| !d.trim().is_empty());
             if matches!(kind, Some("record" | "enum" | "fixed")) && !has_doc {
                 out.push(format!("{path} (type)"));
             }
@@ -208,11 +150,7 @@ fn undocumented(v: &Json, path: &str, out: &mut Vec<String>) {
                 for f in fields {
                     let name = f.get("name").and_then(Json::as_str).unwrap_or("?");
                     let fpath = format!("{path}.{name}");
-                    if !f
-                        .get("doc")
-                        .and_then(Json::as_str)
-                        .is_some_and(|d| !d.trim().is_empty())
-                    {
+                    if !f.get("doc").and_then(Json::as_str).is_some_and(|d| !d.trim().is_empty()) {
                         out.push(fpath.clone());
                     }
                     if let Some(t) = f.get("type") {
@@ -234,10 +172,7 @@ fn undocumented(v: &Json, path: &str, out: &mut Vec<String>) {
 #[test]
 fn every_record_and_field_has_a_doc() {
     let mut missing = Vec::new();
-    let files = event_types()
-        .iter()
-        .map(|t| (t.file, t.avsc))
-        .chain([("Meta.avsc", META_AVSC)]);
+    let files = event_types().iter().map(|t| (t.file, t.avsc)).chain([("Meta.avsc", META_AVSC)]);
     for (file, avsc) in files {
         let json: Json = serde_json::from_str(avsc).expect("valid JSON");
         undocumented(&json, file, &mut missing);
@@ -265,16 +200,10 @@ fn catalog_covers_every_schema_file_and_topic() {
     on_disk.sort();
     let mut listed: Vec<String> = event_types().iter().map(|t| t.file.to_owned()).collect();
     listed.sort();
-    assert_eq!(
-        on_disk, listed,
-        "every schemas/*.avsc is an event type in the catalog"
-    );
+    assert_eq!(on_disk, listed, "every schemas/*.avsc is an event type in the catalog");
     assert_eq!(all_schemas().len(), 17);
     for t in event_types() {
-        assert_eq!(
-            format!("io.agentlog.v1.{}", t.file.trim_end_matches(".avsc")),
-            t.name
-        );
+        assert_eq!(format!("io.agentlog.v1.{}", t.file.trim_end_matches(".avsc")), t.name);
     }
 
     let expect = [
@@ -297,11 +226,7 @@ fn catalog_covers_every_schema_file_and_topic() {
         ("JobCompleted", "task.events"),
     ];
     for (name, topic) in expect {
-        assert_eq!(
-            topic_of(&format!("io.agentlog.v1.{name}")),
-            Some(topic),
-            "{name}"
-        );
+        assert_eq!(topic_of(&format!("io.agentlog.v1.{name}")), Some(topic), "{name}");
     }
     assert_eq!(topic_of("io.agentlog.v1.Meta"), None);
 }
@@ -309,8 +234,7 @@ fn catalog_covers_every_schema_file_and_topic() {
 #[test]
 fn released_set_is_compatible_with_working_set() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
-    check_evolution(&dir, &dir.join("released"))
-        .expect("schemas/ is FULL compatible with schemas/released/");
+    check_evolution(&dir, &dir.join("released")).expect("schemas/ is FULL compatible with schemas/released/");
 }
 
 #[test]
@@ -350,25 +274,13 @@ impl Sample for TaskSubmitted {
 
 impl Sample for TaskStarted {
     fn sample() -> Self {
-        Self {
-            meta: meta(),
-            task_id: "t-1".into(),
-            agent_id: "a-1".into(),
-            attempt: 2,
-        }
+        Self { meta: meta(), task_id: "t-1".into(), agent_id: "a-1".into(), attempt: 2 }
     }
 }
 
 impl Sample for TaskProgress {
     fn sample() -> Self {
-        Self {
-            meta: meta(),
-            task_id: "t-1".into(),
-            attempt: 1,
-            percent: Some(42.5),
-            message: Some("reading".into()),
-            detail: Some(vec![0, 1, 255]),
-        }
+        Self { meta: meta(), task_id: "t-1".into(), attempt: 1, percent: Some(42.5), message: Some("reading".into()), detail: Some(vec![0, 1, 255]) }
     }
 }
 
@@ -387,27 +299,13 @@ impl Sample for TaskRetryScheduled {
 
 impl Sample for TaskCompleted {
     fn sample() -> Self {
-        Self {
-            meta: meta(),
-            task_id: "t-1".into(),
-            attempt: 1,
-            output: b"{}".to_vec(),
-            content_type: "application/json".into(),
-            duration_ms: 1234,
-        }
+        Self { meta: meta(), task_id: "t-1".into(), attempt: 1, output: b"{}".to_vec(), content_type: "application/json".into(), duration_ms: 1234 }
     }
 }
 
 impl Sample for TaskFailed {
     fn sample() -> Self {
-        Self {
-            meta: meta(),
-            task_id: "t-1".into(),
-            attempt: 3,
-            error_kind: "timeout".into(),
-            message: "no answer in 120 s".into(),
-            retryable: true,
-        }
+        Self { meta: meta(), task_id: "t-1".into(), attempt: 3, error_kind: "timeout".into(), message: "no answer in 120 s".into(), retryable: true }
     }
 }
 
@@ -426,32 +324,19 @@ impl Sample for TaskDeadLettered {
 
 impl Sample for TaskCancelRequested {
     fn sample() -> Self {
-        Self {
-            meta: meta(),
-            task_id: "t-1".into(),
-            reason: Some("user".into()),
-            requested_by: Some("alice".into()),
-        }
+        Self { meta: meta(), task_id: "t-1".into(), reason: Some("user".into()), requested_by: Some("alice".into()) }
     }
 }
 
 impl Sample for TaskCancelled {
     fn sample() -> Self {
-        Self {
-            meta: meta(),
-            task_id: "t-1".into(),
-            reason: None,
-        }
+        Self { meta: meta(), task_id: "t-1".into(), reason: None }
     }
 }
 
 impl Sample for TaskExpired {
     fn sample() -> Self {
-        Self {
-            meta: meta(),
-            task_id: "t-1".into(),
-            deadline: TimestampMicros(1),
-        }
+        Self { meta: meta(), task_id: "t-1".into(), deadline: TimestampMicros(1) }
     }
 }
 
@@ -487,55 +372,30 @@ impl Sample for AgentHeartbeat {
 
 impl Sample for AgentStateChanged {
     fn sample() -> Self {
-        Self {
-            meta: meta(),
-            agent_id: "a-1".into(),
-            from_state: AgentState::Running,
-            to_state: AgentState::Draining,
-            reason: Some("SIGTERM".into()),
-        }
+        Self { meta: meta(), agent_id: "a-1".into(), from_state: AgentState::Running, to_state: AgentState::Draining, reason: Some("SIGTERM".into()) }
     }
 }
 
 impl Sample for AgentLost {
     fn sample() -> Self {
-        Self {
-            meta: meta(),
-            agent_id: "a-1".into(),
-            last_heartbeat_at: TimestampMicros(1_722_000_000_000_000),
-            missed_heartbeats: 3,
-        }
+        Self { meta: meta(), agent_id: "a-1".into(), last_heartbeat_at: TimestampMicros(1_722_000_000_000_000), missed_heartbeats: 3 }
     }
 }
 
 impl Sample for AgentDeregistered {
     fn sample() -> Self {
-        Self {
-            meta: meta(),
-            agent_id: "a-1".into(),
-            reason: "shutdown".into(),
-        }
+        Self { meta: meta(), agent_id: "a-1".into(), reason: "shutdown".into() }
     }
 }
 
 impl Sample for JobSubmitted {
     fn sample() -> Self {
-        Self {
-            meta: meta(),
-            job_id: "j-1".into(),
-            task_ids: vec!["t-1".into(), "t-2".into()],
-            total: 2,
-        }
+        Self { meta: meta(), job_id: "j-1".into(), task_ids: vec!["t-1".into(), "t-2".into()], total: 2 }
     }
 }
 
 impl Sample for JobCompleted {
     fn sample() -> Self {
-        Self {
-            meta: meta(),
-            job_id: "j-1".into(),
-            completed: 1,
-            failed: 1,
-        }
+        Self { meta: meta(), job_id: "j-1".into(), completed: 1, failed: 1 }
     }
 }

@@ -255,9 +255,9 @@ impl WireCodec {
             // Fast path, the common case: the writer schema is `T`'s own, so the datum is
             // deserialized straight into `T` with no intermediate Value and no resolution.
             let mut cursor = Cursor::new(datum);
-            let typed = reader.read_deser::<T>(&mut cursor).map_err(|e| {
-                if hits_eof(&e) { WireError::Truncated { len: bytes.len() } } else { WireError::Corrupt { id, reason: e.to_string() } }
-            })?;
+            let typed = reader
+                .read_deser::<T>(&mut cursor)
+                .map_err(|e| if hits_eof(&e) { WireError::Truncated { len: bytes.len() } } else { WireError::Corrupt { id, reason: e.to_string() } })?;
             let trailing = datum.len() as u64 - cursor.position().min(datum.len() as u64);
             if trailing > 0 {
                 return Err(WireError::Corrupt { id, reason: format!("{trailing} bytes left after the datum") });
@@ -281,7 +281,8 @@ impl WireCodec {
         let writer = self.writer_schema(id).await?;
         let reader = if writer.parsed.canonical_form() == ty.reader.canonical_form() {
             let leaked: &'static Schema = Box::leak(Box::new(writer.parsed.clone()));
-            let built = GenericDatumReader::builder(leaked).build().map_err(|e| WireError::Unresolvable { id, reason: format!("writer schema unusable: {e}") })?;
+            let built =
+                GenericDatumReader::builder(leaked).build().map_err(|e| WireError::Unresolvable { id, reason: format!("writer schema unusable: {e}") })?;
             Some(Arc::new(built))
         } else {
             None
@@ -320,9 +321,9 @@ impl WireCodec {
         let names = ResolvedSchema::try_from(&schema.parsed).map_err(unusable)?;
         let reader = GenericDatumReader::builder(&schema.parsed).resolved_writer_schemata(names.clone()).build().map_err(unusable)?;
         let mut cursor = Cursor::new(datum);
-        let value = reader.read_value(&mut cursor).map_err(|e| {
-            if hits_eof(&e) { WireError::Truncated { len: bytes.len() } } else { WireError::Corrupt { id, reason: e.to_string() } }
-        })?;
+        let value = reader
+            .read_value(&mut cursor)
+            .map_err(|e| if hits_eof(&e) { WireError::Truncated { len: bytes.len() } } else { WireError::Corrupt { id, reason: e.to_string() } })?;
         // apache-avro decodes a string cut short as a null instead of failing; such a value
         // no longer matches the writer schema, which is how the truncation shows.
         if !value.validate_with_names(&schema.parsed, names.get_names()) {

@@ -35,15 +35,25 @@ pub enum LogError {
     Transaction { transactional_id: String, operation: &'static str, reason: String, abortable: bool },
 
     #[error("embedded log storage error during {operation}: {source}")]
-    Storage { operation: &'static str, #[source] source: rocksdb::Error },
+    Storage {
+        operation: &'static str,
+        #[source]
+        source: rocksdb::Error,
+    },
 
     #[error("embedded log data is corrupt: {0}")]
     Corrupt(String),
 
     #[error("kafka error during {operation}: {source}")]
-    Kafka { operation: &'static str, #[source] source: rdkafka::error::KafkaError },
+    Kafka {
+        operation: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
 
-    #[error("partition {topic}/{partition} has been assigned for {after:?} but the Kafka client never started fetching it (fetch state `{state}`); leaving the group so that it is assigned again")]
+    #[error(
+        "partition {topic}/{partition} has been assigned for {after:?} but the Kafka client never started fetching it (fetch state `{state}`); leaving the group so that it is assigned again"
+    )]
     Stalled { topic: String, partition: i32, state: String, after: Duration },
 
     #[error("the event log is shutting down")]
@@ -56,19 +66,21 @@ impl LogError {
         match self {
             LogError::Unavailable { .. } | LogError::Timeout { .. } | LogError::NotAssigned { .. } | LogError::Stalled { .. } => true,
             LogError::Transaction { abortable, .. } => *abortable,
-            LogError::Kafka { source, .. } => source
-                .rdkafka_error_code()
-                .is_some_and(|code| matches!(code,
+            LogError::Kafka { source, .. } => source.rdkafka_error_code().is_some_and(|code| {
+                matches!(
+                    code,
                     rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
-                    | rdkafka::types::RDKafkaErrorCode::AllBrokersDown
-                    | rdkafka::types::RDKafkaErrorCode::RequestTimedOut
-                    | rdkafka::types::RDKafkaErrorCode::MessageTimedOut
-                    | rdkafka::types::RDKafkaErrorCode::OperationTimedOut
-                    | rdkafka::types::RDKafkaErrorCode::QueueFull
-                    | rdkafka::types::RDKafkaErrorCode::NotEnoughReplicas
-                    | rdkafka::types::RDKafkaErrorCode::NotEnoughReplicasAfterAppend
-                    | rdkafka::types::RDKafkaErrorCode::LeaderNotAvailable
-                    | rdkafka::types::RDKafkaErrorCode::NotLeaderForPartition)),
+                        | rdkafka::types::RDKafkaErrorCode::AllBrokersDown
+                        | rdkafka::types::RDKafkaErrorCode::RequestTimedOut
+                        | rdkafka::types::RDKafkaErrorCode::MessageTimedOut
+                        | rdkafka::types::RDKafkaErrorCode::OperationTimedOut
+                        | rdkafka::types::RDKafkaErrorCode::QueueFull
+                        | rdkafka::types::RDKafkaErrorCode::NotEnoughReplicas
+                        | rdkafka::types::RDKafkaErrorCode::NotEnoughReplicasAfterAppend
+                        | rdkafka::types::RDKafkaErrorCode::LeaderNotAvailable
+                        | rdkafka::types::RDKafkaErrorCode::NotLeaderForPartition
+                )
+            }),
             _ => false,
         }
     }

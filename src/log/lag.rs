@@ -7,8 +7,7 @@ use super::{Admin, LogResult, PartitionLag, TopicPartition};
 /// offset (a group that never committed lags by everything still stored).
 pub async fn group_lag(admin: &dyn Admin, group: &str, topic: &str) -> LogResult<Vec<PartitionLag>> {
     let description = admin.describe_topic(topic).await?;
-    let partitions: Vec<TopicPartition> =
-        (0..description.partitions).map(|p| TopicPartition::new(topic, p)).collect();
+    let partitions: Vec<TopicPartition> = (0..description.partitions).map(|p| TopicPartition::new(topic, p)).collect();
     let committed = admin.committed_offsets(group, &partitions).await?;
     let mut lags = Vec::with_capacity(partitions.len());
     for (tp, committed) in partitions.iter().zip(committed) {

@@ -136,11 +136,7 @@ pub trait Transaction: Send {
 
     /// Commits every record sent and, atomically with them, these consumed offsets for the
     /// group `group` identifies. Returns the records' positions in send order.
-    async fn commit_with_offsets(
-        self: Box<Self>,
-        offsets: &[(TopicPartition, i64)],
-        group: Option<&GroupMetadata>,
-    ) -> LogResult<Vec<Position>>;
+    async fn commit_with_offsets(self: Box<Self>, offsets: &[(TopicPartition, i64)], group: Option<&GroupMetadata>) -> LogResult<Vec<Position>>;
 
     /// Discards every record sent.
     async fn abort(self: Box<Self>) -> LogResult<()>;

@@ -71,9 +71,7 @@ impl Record {
 
     /// Bytes the record occupies for the size limit: key, payload and headers.
     pub fn size(&self) -> usize {
-        self.key.as_ref().map_or(0, |k| k.len())
-            + self.payload.len()
-            + self.headers.iter().map(|h| h.name.len() + h.value.len()).sum::<usize>()
+        self.key.as_ref().map_or(0, |k| k.len()) + self.payload.len() + self.headers.iter().map(|h| h.name.len() + h.value.len()).sum::<usize>()
     }
 }
 

@@ -14,7 +14,9 @@ use rocksdb::WriteBatch;
 use rustc_hash::FxBuildHasher;
 
 use super::store::{self, CF_AGENTS, CF_DLQ, CF_INDEX, CF_JOBS, CF_OFFSETS, CF_STATS, CF_TASKS, LetterPosition, ProjectionStore, StoreError};
-use super::views::{AgentView, DEAD_LETTER_TEXT_CAP, DeadLetterView, JobView, OutcomeView, ProgressView, TaskView, TenantCounters, TimelineEntry, TypeCounters, capped};
+use super::views::{
+    AgentView, DEAD_LETTER_TEXT_CAP, DeadLetterView, JobView, OutcomeView, ProgressView, TaskView, TenantCounters, TimelineEntry, TypeCounters, capped,
+};
 use crate::agent::dlq::DLQ_ATTEMPTS;
 use crate::events::reader::{DLQ_ERROR, DLQ_REASON, DLQ_SOURCE, DLQ_TRUNCATED};
 use crate::events::{AnyEvent, Meta};
@@ -184,15 +186,7 @@ fn state_name(state: crate::events::AgentState) -> String {
 
 impl<'s> Totals<'s> {
     fn new(store: &'s ProjectionStore, notify: bool) -> Self {
-        Totals {
-            store,
-            counters: Map::default(),
-            histograms: Map::default(),
-            tenants: Map::default(),
-            notices: Vec::new(),
-            noticed: HashSet::new(),
-            notify,
-        }
+        Totals { store, counters: Map::default(), histograms: Map::default(), tenants: Map::default(), notices: Vec::new(), noticed: HashSet::new(), notify }
     }
 
     /// Changes the counters of `agent_type` over all tenants and of `tenant` alike.
@@ -266,7 +260,9 @@ impl<'s> Totals<'s> {
                 self.unrecord(Measure::Duration, tenant, agent_type, duration)?;
             }
         }
-        if replaced.latency_recorded && let Some(submitted) = view.submitted_at_us {
+        if replaced.latency_recorded
+            && let Some(submitted) = view.submitted_at_us
+        {
             self.unrecord(Measure::Latency, tenant, agent_type, (replaced.old.at_us - submitted) / 1000)?;
         }
         Ok(())
@@ -293,7 +289,9 @@ impl<'s> Totals<'s> {
                     self.record(Measure::Duration, &view.tenant, agent_type, duration)?;
                 }
             }
-            if !view.latency_recorded && let Some(submitted) = view.submitted_at_us {
+            if !view.latency_recorded
+                && let Some(submitted) = view.submitted_at_us
+            {
                 view.latency_recorded = true;
                 self.record(Measure::Latency, &view.tenant, agent_type, (outcome.at_us - submitted) / 1000)?;
             }
@@ -307,7 +305,12 @@ impl<'s> Totals<'s> {
         // is noticed once the type is known: sent at once with no type, it never reached a
         // stream of that type (2 of 100 tasks missed every such stream in bench-sse.py).
         let outcome_is_new = !before.outcome_counted || !before.type_known;
-        if view.outcome.is_some() && view.agent_type.is_some() && outcome_is_new && self.notify && self.noticed.insert(store::task_key(&view.tenant, &view.task_id)) {
+        if view.outcome.is_some()
+            && view.agent_type.is_some()
+            && outcome_is_new
+            && self.notify
+            && self.noticed.insert(store::task_key(&view.tenant, &view.task_id))
+        {
             self.notices.push(OutcomeNotice { tenant: view.tenant.clone(), agent_type: view.agent_type.clone(), task_id: view.task_id.clone() });
         }
         Ok(())
@@ -389,7 +392,8 @@ impl<'s> Changes<'s> {
 
     fn agent(&mut self, agent_id: &str) -> Result<&mut AgentView, StoreError> {
         if !self.agents.contains_key(agent_id) {
-            let view = self.store.agent(agent_id)?.unwrap_or_else(|| AgentView { agent_id: agent_id.to_string(), state: "unknown".into(), ..Default::default() });
+            let view =
+                self.store.agent(agent_id)?.unwrap_or_else(|| AgentView { agent_id: agent_id.to_string(), state: "unknown".into(), ..Default::default() });
             self.agents.insert(agent_id.to_string(), view);
         }
         Ok(self.agents.get_mut(agent_id).expect("inserted above"))

@@ -46,9 +46,11 @@ impl Generations {
     pub fn current(&self) -> Result<u64, GenerationError> {
         let file = self.current_file();
         match std::fs::read_to_string(&file) {
-            Ok(text) => {
-                text.trim().strip_prefix("gen-").and_then(|n| n.parse().ok()).ok_or_else(|| GenerationError::BadCurrent { path: file.clone(), text: text.trim().to_string() })
-            }
+            Ok(text) => text
+                .trim()
+                .strip_prefix("gen-")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| GenerationError::BadCurrent { path: file.clone(), text: text.trim().to_string() }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
             Err(e) => Err(GenerationError::Io { path: file, source: e }),
         }

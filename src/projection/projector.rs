@@ -15,9 +15,9 @@ use super::apply::{Changes, OutcomeNotice, Source, WrittenTasks};
 use super::store::{ProjectionStore, StoreError};
 use crate::agent::{AgentTypeConfig, TaskTopics};
 use crate::events::AnyEvent;
+use crate::events::Lane;
 use crate::events::any::decode_any;
 use crate::events::wire::{WireCodec, WireError};
-use crate::events::Lane;
 use crate::log::{ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, EventLog, LogError, SeekTo, TopicPartition};
 
 /// Most records applied in one WriteBatch.

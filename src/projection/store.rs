@@ -546,7 +546,8 @@ impl ProjectionStore {
     /// The latest dead letter of `tenant`'s task `task_id`.
     pub fn dead_letter(&self, tenant: &str, task_id: &str) -> Result<Option<DeadLetterView>, StoreError> {
         let Some(tail) = self.raw(CF_DLQ, &dead_letter_task_key(tenant, task_id))? else { return Ok(None) };
-        let position = LetterPosition::from_tail(&tail).ok_or_else(|| StoreError::Corrupt { what: format!("dead letter position of task `{task_id}`"), reason: "not a position".into() })?;
+        let position = LetterPosition::from_tail(&tail)
+            .ok_or_else(|| StoreError::Corrupt { what: format!("dead letter position of task `{task_id}`"), reason: "not a position".into() })?;
         self.get_json(CF_DLQ, &dead_letter_key(tenant, &position))
     }
 

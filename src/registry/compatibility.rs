@@ -43,30 +43,15 @@ impl CompatibilityLevel {
 
     /// Whether every earlier version is checked, not just the latest.
     fn transitive(self) -> bool {
-        matches!(
-            self,
-            CompatibilityLevel::BackwardTransitive | CompatibilityLevel::ForwardTransitive | CompatibilityLevel::FullTransitive
-        )
+        matches!(self, CompatibilityLevel::BackwardTransitive | CompatibilityLevel::ForwardTransitive | CompatibilityLevel::FullTransitive)
     }
 
     fn backward(self) -> bool {
-        matches!(
-            self,
-            CompatibilityLevel::Backward
-                | CompatibilityLevel::BackwardTransitive
-                | CompatibilityLevel::Full
-                | CompatibilityLevel::FullTransitive
-        )
+        matches!(self, CompatibilityLevel::Backward | CompatibilityLevel::BackwardTransitive | CompatibilityLevel::Full | CompatibilityLevel::FullTransitive)
     }
 
     fn forward(self) -> bool {
-        matches!(
-            self,
-            CompatibilityLevel::Forward
-                | CompatibilityLevel::ForwardTransitive
-                | CompatibilityLevel::Full
-                | CompatibilityLevel::FullTransitive
-        )
+        matches!(self, CompatibilityLevel::Forward | CompatibilityLevel::ForwardTransitive | CompatibilityLevel::Full | CompatibilityLevel::FullTransitive)
     }
 }
 
@@ -98,11 +83,7 @@ impl FromStr for CompatibilityLevel {
 /// soft-deleted versions already left out) and returns why it is incompatible; an empty list
 /// means compatible. Non-transitive levels look at the latest version only.
 pub fn check(level: CompatibilityLevel, candidate: &Schema, previous: &[(u32, &Schema)]) -> Vec<String> {
-    let against: &[(u32, &Schema)] = if level.transitive() {
-        previous
-    } else {
-        previous.last().map(std::slice::from_ref).unwrap_or(&[])
-    };
+    let against: &[(u32, &Schema)] = if level.transitive() { previous } else { previous.last().map(std::slice::from_ref).unwrap_or(&[]) };
     let mut reasons = Vec::new();
     for (version, old) in against {
         if level.backward()
@@ -125,9 +106,7 @@ pub fn check(level: CompatibilityLevel, candidate: &Schema, previous: &[(u32, &S
 fn can_read(writer: &Schema, reader: &Schema) -> Option<String> {
     match SchemaCompatibility::can_read(writer, reader) {
         Ok(Compatibility::Full) => None,
-        Ok(Compatibility::Partial) => {
-            Some("only partially compatible (an enum symbol or union branch of the writer is missing in the reader)".to_owned())
-        }
+        Ok(Compatibility::Partial) => Some("only partially compatible (an enum symbol or union branch of the writer is missing in the reader)".to_owned()),
         Err(e) => Some(e.to_string()),
     }
 }
@@ -137,8 +116,7 @@ mod tests {
     use super::*;
 
     fn record(fields: &str) -> Schema {
-        Schema::parse_str(&format!(r#"{{"type":"record","name":"R","namespace":"t","fields":[{fields}]}}"#))
-            .expect("test schema parses")
+        Schema::parse_str(&format!(r#"{{"type":"record","name":"R","namespace":"t","fields":[{fields}]}}"#)).expect("test schema parses")
     }
 
     #[test]

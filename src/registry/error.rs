@@ -32,7 +32,9 @@ pub enum RegistryError {
     #[error("The specified version '{version}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\"")]
     InvalidVersion { version: String },
 
-    #[error("Invalid compatibility level. Valid values are none, backward, forward, full, backward_transitive, forward_transitive, and full_transitive (got '{level}')")]
+    #[error(
+        "Invalid compatibility level. Valid values are none, backward, forward, full, backward_transitive, forward_transitive, and full_transitive (got '{level}')"
+    )]
     InvalidCompatibilityLevel { level: String },
 
     /// The request body is JSON, but not of the shape the endpoint expects.
@@ -81,16 +83,24 @@ pub enum RegistryError {
     Forbidden { reason: String },
 
     /// The compatibility check did not finish within `registry.compatibility_timeout_ms`.
-    #[error("Invalid schema: the compatibility check took longer than {budget_ms} ms (registry.compatibility_timeout_ms); a smaller schema (fewer enum symbols) checks faster")]
+    #[error(
+        "Invalid schema: the compatibility check took longer than {budget_ms} ms (registry.compatibility_timeout_ms); a smaller schema (fewer enum symbols) checks faster"
+    )]
     CompatibilityTimeout { budget_ms: u64 },
 
     /// The server would serve the network without keys.
-    #[error("the schema registry's address {address} is not a loopback address and no api.keys are configured: without keys the registry only serves this machine")]
+    #[error(
+        "the schema registry's address {address} is not a loopback address and no api.keys are configured: without keys the registry only serves this machine"
+    )]
     NotLoopback { address: String },
 
     /// The schemas topic could not be read or written.
     #[error("Error in the backend data store ({operation}): {source}")]
-    Storage { operation: &'static str, #[source] source: LogError },
+    Storage {
+        operation: &'static str,
+        #[source]
+        source: LogError,
+    },
 
     /// A write was durable but this instance did not see it applied in time (the tail is stuck).
     #[error("Operation timed out: {operation} after {after_ms} ms")]

@@ -40,12 +40,12 @@ use crate::api::ApiConfig;
 use crate::api::auth::Auth;
 use crate::api::loopback::{self, Guard};
 
+use super::Registry;
 use super::compatibility::CompatibilityLevel;
 use super::error::RegistryError;
 use super::extract::{SrJson, SrPath, SrQuery};
 use super::params::{QueryParams, Visibility};
 use super::state::{SubjectVersion, VersionSelector};
-use super::Registry;
 
 /// The media type of every answer.
 pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -103,7 +103,9 @@ impl Gate {
         let tenant = self.auth.tenant_of(request.headers()).map_err(|e| RegistryError::Unauthorized { reason: e.message })?;
         let may_write = self.admin_tenants.contains(&tenant);
         if action == Action::Write && !may_write {
-            return Err(RegistryError::Forbidden { reason: format!("tenant `{tenant}` may read schemas but not change them: writes need a key of an admin tenant (api.admin_tenants)") });
+            return Err(RegistryError::Forbidden {
+                reason: format!("tenant `{tenant}` may read schemas but not change them: writes need a key of an admin tenant (api.admin_tenants)"),
+            });
         }
         Ok(Caller { may_write })
     }
@@ -130,12 +132,7 @@ async fn authorize(State(gate): State<Arc<Gate>>, mut request: Request, next: Ne
 pub fn router(registry: Arc<Registry>, access: &ApiConfig, bound: SocketAddr) -> Router {
     let auth = Auth::new(access);
     let guard = Guard::for_server(bound, auth.keys_configured());
-    let gate = Gate {
-        auth,
-        admin_tenants: access.admin_tenants.clone(),
-        failure_delay: Duration::from_millis(access.auth_failure_delay_ms),
-        guard,
-    };
+    let gate = Gate { auth, admin_tenants: access.admin_tenants.clone(), failure_delay: Duration::from_millis(access.auth_failure_delay_ms), guard };
     Router::new()
         .route("/", get(root))
         .route("/schemas/types", get(schema_types))
@@ -271,8 +268,7 @@ async fn schema_by_id(State(registry): Shared, SrPath(id): SrPath<String>, SrQue
 }
 
 async fn subjects_of_id(State(registry): Shared, SrPath(id): SrPath<String>, SrQuery(params): Query) -> ApiResult {
-    let mut subjects: Vec<String> =
-        registry.subjects_of_id(parse_id(&id)?, params.deleted.get())?.into_iter().map(|(s, _)| s).collect();
+    let mut subjects: Vec<String> = registry.subjects_of_id(parse_id(&id)?, params.deleted.get())?.into_iter().map(|(s, _)| s).collect();
     subjects.dedup();
     ok(json!(subjects))
 }
@@ -319,12 +315,7 @@ async fn register(
     ok(json!({ "id": id }))
 }
 
-async fn lookup(
-    State(registry): Shared,
-    SrPath(subject): SrPath<String>,
-    SrQuery(params): Query,
-    SrJson(body): SrJson<SchemaBody>,
-) -> ApiResult {
+async fn lookup(State(registry): Shared, SrPath(subject): SrPath<String>, SrQuery(params): Query, SrJson(body): SrJson<SchemaBody>) -> ApiResult {
     ok(version_json(&registry.lookup(&subject, &body.avro()?, params.deleted.get())?))
 }
 
@@ -333,11 +324,7 @@ async fn get_version(State(registry): Shared, SrPath((subject, version)): SrPath
     ok(version_json(&registry.version(&subject, which, params.deleted.get())?))
 }
 
-async fn get_version_schema(
-    State(registry): Shared,
-    SrPath((subject, version)): SrPath<(String, String)>,
-    SrQuery(params): Query,
-) -> ApiResult {
+async fn get_version_schema(State(registry): Shared, SrPath((subject, version)): SrPath<(String, String)>, SrQuery(params): Query) -> ApiResult {
     let which = VersionSelector::parse(&version)?;
     let found = registry.version(&subject, which, params.deleted.get())?;
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], found.schema).into_response())

@@ -47,7 +47,9 @@ pub enum SchemaRefused {
     TooManySymbols { name: String, found: usize, limit: usize },
     #[error("fixed `{name}` has size {found}, over the limit of {limit} bytes (registry.max_fixed_size)")]
     FixedTooLarge { name: String, found: String, limit: u64 },
-    #[error("type `{name}` contains itself: recursive schemas are not accepted (decoding recurses once per level of nesting in the data, so one record could nest as deep as it has bytes)")]
+    #[error(
+        "type `{name}` contains itself: recursive schemas are not accepted (decoding recurses once per level of nesting in the data, so one record could nest as deep as it has bytes)"
+    )]
     Recursive { name: String },
     #[error("the schema is not valid JSON: {reason}")]
     NotJson { reason: String },

@@ -76,22 +76,12 @@ impl Registry {
     /// Opens the registry on `topic` (created with 1 partition, compacted, if missing), replays
     /// it, and keeps tailing it until `shutdown` is cancelled or [`Registry::close`] is called.
     /// Schemas are held to the limits of `config`.
-    pub async fn open_with(
-        log: Arc<dyn EventLog>,
-        topic: &str,
-        config: &RegistryConfig,
-        shutdown: CancellationToken,
-    ) -> Result<Arc<Registry>, RegistryError> {
+    pub async fn open_with(log: Arc<dyn EventLog>, topic: &str, config: &RegistryConfig, shutdown: CancellationToken) -> Result<Arc<Registry>, RegistryError> {
         let limits = SchemaLimits::of(config);
         storage::ensure_topic(log.as_ref(), topic).await?;
         let producer = log.producer().map_err(|source| RegistryError::Storage { operation: "open producer", source })?;
         let partition = TopicPartition::new(topic, storage::PARTITION);
-        let high = log
-            .admin()
-            .watermarks(&partition)
-            .await
-            .map_err(|source| RegistryError::Storage { operation: "read schemas watermarks", source })?
-            .high;
+        let high = log.admin().watermarks(&partition).await.map_err(|source| RegistryError::Storage { operation: "read schemas watermarks", source })?.high;
         let consumer = Tail::start(log.as_ref(), topic).await?;
 
         let state = Arc::new(RwLock::new(State::with_limits(limits)));
@@ -284,13 +274,7 @@ impl Registry {
     pub async fn delete_version(&self, subject: &str, which: VersionSelector) -> Result<u32, RegistryError> {
         let _writer = self.write_lock.lock().await;
         let found = self.read().version(subject, which, false)?;
-        let event = StoredEvent::Schema {
-            subject: subject.to_owned(),
-            version: found.version,
-            id: found.id,
-            schema: found.schema,
-            deleted: true,
-        };
+        let event = StoredEvent::Schema { subject: subject.to_owned(), version: found.version, id: found.id, schema: found.schema, deleted: true };
         self.write(event).await?;
         tracing::info!(subject, version = found.version, id = found.id, "schema version soft-deleted");
         Ok(found.version)

@@ -139,20 +139,13 @@ impl State {
 
     /// Subjects that have at least one live version (or any version with `include_deleted`).
     pub fn subjects(&self, include_deleted: bool) -> Vec<String> {
-        self.subjects
-            .iter()
-            .filter(|(_, versions)| include_deleted || versions.values().any(|v| !v.deleted))
-            .map(|(name, _)| name.clone())
-            .collect()
+        self.subjects.iter().filter(|(_, versions)| include_deleted || versions.values().any(|v| !v.deleted)).map(|(name, _)| name.clone()).collect()
     }
 
     /// A subject's versions, ascending; `SubjectNotFound` when none is visible.
     pub fn versions(&self, subject: &str, include_deleted: bool) -> Result<Vec<(u32, VersionEntry)>, RegistryError> {
-        let versions: Vec<(u32, VersionEntry)> = self
-            .subjects
-            .get(subject)
-            .map(|vs| vs.iter().filter(|(_, v)| include_deleted || !v.deleted).map(|(n, v)| (*n, *v)).collect())
-            .unwrap_or_default();
+        let versions: Vec<(u32, VersionEntry)> =
+            self.subjects.get(subject).map(|vs| vs.iter().filter(|(_, v)| include_deleted || !v.deleted).map(|(n, v)| (*n, *v)).collect()).unwrap_or_default();
         if versions.is_empty() {
             return Err(RegistryError::SubjectNotFound { subject: subject.to_owned() });
         }
@@ -199,20 +192,14 @@ impl State {
         self.subjects
             .iter()
             .flat_map(|(subject, versions)| {
-                versions
-                    .iter()
-                    .filter(move |(_, v)| v.id == id && (include_deleted || !v.deleted))
-                    .map(move |(n, _)| (subject.clone(), *n))
+                versions.iter().filter(move |(_, v)| v.id == id && (include_deleted || !v.deleted)).map(move |(n, _)| (subject.clone(), *n))
             })
             .collect()
     }
 
     /// The level that applies to `subject`: its own, else the global one, else BACKWARD.
     pub fn level(&self, subject: Option<&str>) -> CompatibilityLevel {
-        subject
-            .and_then(|s| self.subject_levels.get(s).copied())
-            .or(self.global_level)
-            .unwrap_or_default()
+        subject.and_then(|s| self.subject_levels.get(s).copied()).or(self.global_level).unwrap_or_default()
     }
 
     /// Live versions of a subject with their parsed schemas, oldest first (the compatibility
@@ -220,12 +207,7 @@ impl State {
     pub fn live_schemas(&self, subject: &str) -> Vec<(u32, Arc<Schema>)> {
         self.subjects
             .get(subject)
-            .map(|vs| {
-                vs.iter()
-                    .filter(|(_, v)| !v.deleted)
-                    .filter_map(|(n, v)| self.schemas.get(&v.id).map(|s| (*n, Arc::clone(&s.parsed))))
-                    .collect()
-            })
+            .map(|vs| vs.iter().filter(|(_, v)| !v.deleted).filter_map(|(n, v)| self.schemas.get(&v.id).map(|s| (*n, Arc::clone(&s.parsed)))).collect())
             .unwrap_or_default()
     }
 }

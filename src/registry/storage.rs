@@ -16,10 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::compatibility::CompatibilityLevel;
 use super::error::RegistryError;
 use super::state::State;
-use crate::log::{
-    CleanupPolicy, Consumer, ConsumerEvent, ConsumerOptions, EventLog, LogError, Producer, Record, SeekTo,
-    TopicPartition, TopicSpec,
-};
+use crate::log::{CleanupPolicy, Consumer, ConsumerEvent, ConsumerOptions, EventLog, LogError, Producer, Record, SeekTo, TopicPartition, TopicSpec};
 
 /// The partition everything lives on: one partition gives one total order of changes.
 pub const PARTITION: i32 = 0;
@@ -53,8 +50,12 @@ pub async fn ensure_topic(log: &dyn EventLog, topic: &str) -> Result<(), Registr
     match admin.describe_topic(topic).await {
         Ok(description) => {
             if description.cleanup_policy != CleanupPolicy::Compact || description.partitions != 1 {
-                tracing::warn!(topic, partitions = description.partitions, cleanup_policy = description.cleanup_policy.as_str(),
-                    "schemas topic should have 1 partition and cleanup policy compact; using partition 0");
+                tracing::warn!(
+                    topic,
+                    partitions = description.partitions,
+                    cleanup_policy = description.cleanup_policy.as_str(),
+                    "schemas topic should have 1 partition and cleanup policy compact; using partition 0"
+                );
             }
             Ok(())
         }

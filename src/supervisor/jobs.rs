@@ -12,11 +12,11 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::SupervisorError;
-use crate::log::follow::Follower;
 use crate::agent::client::new_id;
 use crate::agent::topics::TaskTopics;
 use crate::events::wire::WireCodec;
 use crate::events::{AnyEvent, JobCompleted, Meta, TimestampMicros, decode_any_waiting};
+use crate::log::follow::Follower;
 use crate::log::{EventLog, Producer, Record, SeekTo};
 
 /// How far back jobs are rebuilt from on start: a job older than this that is still open

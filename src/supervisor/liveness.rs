@@ -12,11 +12,11 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::SupervisorError;
-use crate::log::follow::Follower;
 use crate::agent::client::new_id;
 use crate::agent::topics::TaskTopics;
 use crate::events::wire::WireCodec;
 use crate::events::{AgentLost, AgentState, AgentStateChanged, AnyEvent, Meta, TimestampMicros, decode_any_waiting};
+use crate::log::follow::Follower;
 use crate::log::{EventLog, Producer, Record, SeekTo};
 
 /// How far back the monitor looks on start: instances silent for longer are not tracked.
@@ -116,7 +116,13 @@ fn meta() -> Meta {
     Meta::new(new_id("ev"), "system", "supervisor")
 }
 
-async fn write<T: serde::Serialize + apache_avro::AvroSchema + 'static>(codec: &WireCodec, producer: &dyn Producer, topic: &str, key: &str, event: &T) -> Result<(), SupervisorError> {
+async fn write<T: serde::Serialize + apache_avro::AvroSchema + 'static>(
+    codec: &WireCodec,
+    producer: &dyn Producer,
+    topic: &str,
+    key: &str,
+    event: &T,
+) -> Result<(), SupervisorError> {
     let payload = codec.encode(topic, event).await?;
     producer.send(Record::new(topic, payload).with_key(Bytes::from(key.to_string()))).await?.await?;
     Ok(())

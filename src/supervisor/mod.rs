@@ -82,7 +82,6 @@ impl SupervisorConfig {
         }
         out
     }
-
 }
 
 #[derive(Debug, Clone)]
@@ -117,7 +116,12 @@ const HEALTHY_TERM: Duration = Duration::from_secs(30);
 /// Runs until `shutdown`, leading whenever the group gives this instance the control
 /// partition. A passing failure (a broker restarting, the registry down) ends only the
 /// current term; the supervisor rejoins the election after a back-off.
-pub async fn run_supervisor(log: Arc<dyn EventLog>, codec: Arc<WireCodec>, settings: SupervisorSettings, shutdown: CancellationToken) -> Result<(), SupervisorError> {
+pub async fn run_supervisor(
+    log: Arc<dyn EventLog>,
+    codec: Arc<WireCodec>,
+    settings: SupervisorSettings,
+    shutdown: CancellationToken,
+) -> Result<(), SupervisorError> {
     let mut backoff = crate::backoff::Backoff::default();
     loop {
         let began = tokio::time::Instant::now();
@@ -141,7 +145,8 @@ pub async fn run_supervisor(log: Arc<dyn EventLog>, codec: Arc<WireCodec>, setti
 async fn run_term(log: &Arc<dyn EventLog>, codec: &Arc<WireCodec>, settings: &SupervisorSettings, shutdown: &CancellationToken) -> Result<(), SupervisorError> {
     let topics = TaskTopics::new(settings.topic_prefix.clone());
     let control = TopicPartition::new(topics.control(), 0);
-    let mut election = log.consumer(ConsumerOptions { group: Some("agentlog.supervisor".into()), client_id: Some(settings.supervisor_id.clone()), ..Default::default() })?;
+    let mut election =
+        log.consumer(ConsumerOptions { group: Some("agentlog.supervisor".into()), client_id: Some(settings.supervisor_id.clone()), ..Default::default() })?;
     election.subscribe(std::slice::from_ref(&control.topic))?;
     let mut leading: Option<Leadership> = None;
     let result = loop {

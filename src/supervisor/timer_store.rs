@@ -247,7 +247,11 @@ impl TimerStore {
             return Ok(None);
         };
         let (due_raw, _) = split_index(&index)?;
-        let value = self.db.get_pinned(due_key_raw(due_raw, id)).map_err(rocks("get"))?.ok_or_else(|| TimerStoreError::Corrupt(format!("timer {id:?} has no entry by due time")))?;
+        let value = self
+            .db
+            .get_pinned(due_key_raw(due_raw, id))
+            .map_err(rocks("get"))?
+            .ok_or_else(|| TimerStoreError::Corrupt(format!("timer {id:?} has no entry by due time")))?;
         Ok(Some((flip(due_raw), decode_timer(&value)?)))
     }
 

@@ -39,7 +39,6 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::SupervisorError;
-use crate::log::follow::Follower;
 use super::timer_store::{Action, Timer, TimerId, TimerStore};
 use crate::agent::cancels::Cancels;
 use crate::agent::client::{ClientError, TIMER_DUE, TIMER_FIRED, TaskClient, new_id};
@@ -50,6 +49,7 @@ use crate::backoff::Backoff;
 use crate::events::reader::{DLQ_ERROR, DLQ_REASON, DLQ_SOURCE, error_kind};
 use crate::events::wire::WireError;
 use crate::events::{Meta, TaskCancelled, TaskSubmitted, TimestampMicros};
+use crate::log::follow::Follower;
 use crate::log::{ConsumedRecord, EventLog, Producer, Record, SeekTo};
 
 /// How the timers component keeps its index, and who hears when its history is read.
@@ -90,7 +90,18 @@ pub async fn run_timers(
     let store = TimerStore::open_in(&settings.state_dir)?;
     let mut follower = Follower::open(&log, std::slice::from_ref(&topic), SeekTo::Earliest).await?;
     let max_record_bytes = log.max_record_bytes();
-    let mut timers = Timers { client, producer, cancels, topic, store, max_record_bytes, stats: TimerStats::default(), retry: Backoff::default(), retry_at: None, unmarked: None };
+    let mut timers = Timers {
+        client,
+        producer,
+        cancels,
+        topic,
+        store,
+        max_record_bytes,
+        stats: TimerStats::default(),
+        retry: Backoff::default(),
+        retry_at: None,
+        unmarked: None,
+    };
     let result = timers.run(&mut follower, settings.caught_up, &stop).await;
     follower.close().await;
     result.map(|()| timers.stats)
@@ -268,14 +279,18 @@ impl Timers {
                         .with_header(DLQ_REASON, Bytes::from(reason.clone()))
                         .with_header(DLQ_ERROR, Bytes::from(kind.clone()))
                         .with_header(DLQ_SOURCE, Bytes::from(format!("{}/{}/{}", self.topic, id.partition, id.offset)));
-                    let letter = match &timer.key { Some(k) => letter.with_key(Bytes::from(k.clone())), None => letter };
+                    let letter = match &timer.key {
+                        Some(k) => letter.with_key(Bytes::from(k.clone())),
+                        None => letter,
+                    };
                     self.producer.send(letter).await?.await?;
                     self.stats.dead_lettered += 1;
                 }
             }
             self.unmarked = Some(id);
         }
-        let mut marker = Record::new(self.topic.clone(), Bytes::new()).with_partition(id.partition).with_header(TIMER_FIRED, Bytes::from(id.offset.to_string()));
+        let mut marker =
+            Record::new(self.topic.clone(), Bytes::new()).with_partition(id.partition).with_header(TIMER_FIRED, Bytes::from(id.offset.to_string()));
         if let Some(key) = &timer.key {
             marker = marker.with_key(Bytes::from(key.clone()));
         }
@@ -336,10 +351,14 @@ impl Timers {
             match self.producer.send(record).await {
                 Ok(delivery) => match delivery.await {
                     Ok(_) => {}
-                    Err(error) if error.rejects_record() => tracing::error!(task_id = %task.task_id, %topic, size, %error, "the log refused a record parking a timer's command; dropped"),
+                    Err(error) if error.rejects_record() => {
+                        tracing::error!(task_id = %task.task_id, %topic, size, %error, "the log refused a record parking a timer's command; dropped")
+                    }
                     Err(error) => return Err(error.into()),
                 },
-                Err(error) if error.rejects_record() => tracing::error!(task_id = %task.task_id, %topic, size, %error, "the log refused a record parking a timer's command; dropped"),
+                Err(error) if error.rejects_record() => {
+                    tracing::error!(task_id = %task.task_id, %topic, size, %error, "the log refused a record parking a timer's command; dropped")
+                }
                 Err(error) => return Err(error.into()),
             }
         }

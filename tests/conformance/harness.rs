@@ -73,7 +73,14 @@ impl Harness {
     /// Environment that points an `agentlog` child process at this backend.
     pub fn child_env(&self) -> Vec<(String, String)> {
         vec![
-            ("AGENTLOG__LOG__BACKEND".into(), match self.backend { Backend::Embedded => "embedded", Backend::Kafka => "kafka" }.into()),
+            (
+                "AGENTLOG__LOG__BACKEND".into(),
+                match self.backend {
+                    Backend::Embedded => "embedded",
+                    Backend::Kafka => "kafka",
+                }
+                .into(),
+            ),
             ("AGENTLOG__LOG__EMBEDDED__DATA_DIR".into(), self.config.log.embedded.data_dir.display().to_string()),
             ("AGENTLOG__LOG__KAFKA__BOOTSTRAP_SERVERS".into(), self.config.log.kafka.bootstrap_servers.clone()),
             ("AGENTLOG__LOG__MAX_RECORD_BYTES".into(), self.config.log.max_record_bytes.to_string()),
@@ -145,9 +152,7 @@ pub struct TestRegistry {
 impl TestRegistry {
     pub async fn start(log: &Arc<dyn EventLog>) -> TestRegistry {
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let registry = agentlog::registry::Registry::open(log.clone(), &unique("schemas"), shutdown.clone())
-            .await
-            .expect("registry");
+        let registry = agentlog::registry::Registry::open(log.clone(), &unique("schemas"), shutdown.clone()).await.expect("registry");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let server = tokio::spawn(agentlog::registry::serve(registry.clone(), listener, agentlog::api::ApiConfig::default(), shutdown.clone()));

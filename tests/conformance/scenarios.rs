@@ -8,9 +8,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use agentlog::log::murmur2::partition_for_key;
-use agentlog::log::{
-    ConsumerEvent, ConsumerOptions, LogError, Record, SeekTo, TopicPartition, TopicSpec, lag,
-};
+use agentlog::log::{ConsumerEvent, ConsumerOptions, LogError, Record, SeekTo, TopicPartition, TopicSpec, lag};
 use agentlog::topics::{self, TopicsError};
 
 use super::harness::{Harness, TestRegistry, WITHIN, agentlog_bin, create_task_topics, read_records, read_until_marker, unique};
@@ -82,10 +80,8 @@ pub async fn group_members_split_partitions_and_failover(h: &mut Harness) {
     let topic = h.topic(4).await;
     let group = unique("g");
     let spawn_member = |name: &'static str| {
-        let mut consumer = h
-            .log()
-            .consumer(ConsumerOptions { group: Some(group.clone()), client_id: Some(name.into()), ..Default::default() })
-            .expect("consumer");
+        let mut consumer =
+            h.log().consumer(ConsumerOptions { group: Some(group.clone()), client_id: Some(name.into()), ..Default::default() }).expect("consumer");
         consumer.subscribe(std::slice::from_ref(&topic)).expect("subscribe");
         let (assignment_tx, assignment_rx) = watch::channel(Vec::<TopicPartition>::new());
         let (records_tx, records_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -222,20 +218,14 @@ pub async fn transactions_are_all_or_nothing(h: &mut Harness) {
         committed.send(Record::new(&output, format!("committed-{i}"))).await.expect("send");
     }
     let metadata = member.group_metadata().expect("group member metadata");
-    let positions = committed
-        .commit_with_offsets(&[(in_tp.clone(), command.offset + 1)], Some(&metadata))
-        .await
-        .expect("commit");
+    let positions = committed.commit_with_offsets(&[(in_tp.clone(), command.offset + 1)], Some(&metadata)).await.expect("commit");
     assert_eq!(positions.len(), 3);
     h.produce(Record::new(&output, "marker")).await;
 
     let mut reader = h.log().consumer(ConsumerOptions::default()).expect("consumer");
     reader.assign(&assign_all(&output, 1, SeekTo::Earliest)).await.expect("assign");
-    let seen: Vec<String> = read_until_marker(reader.as_mut(), b"marker", WITHIN)
-        .await
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
-        .collect();
+    let seen: Vec<String> =
+        read_until_marker(reader.as_mut(), b"marker", WITHIN).await.iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect();
     assert_eq!(seen, vec!["committed-0", "committed-1", "committed-2"]);
     let offsets = h.log().admin().committed_offsets(&group, std::slice::from_ref(&in_tp)).await.expect("offsets");
     assert_eq!(offsets, vec![Some(command.offset + 1)]);
@@ -247,11 +237,8 @@ pub async fn transactions_are_all_or_nothing(h: &mut Harness) {
     assert!(matches!(err, LogError::RecordTooLarge { .. }), "{err}");
     failing.abort().await.expect("abort");
     h.produce(Record::new(&output, "marker-2")).await;
-    let after: Vec<String> = read_until_marker(reader.as_mut(), b"marker-2", WITHIN)
-        .await
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
-        .collect();
+    let after: Vec<String> =
+        read_until_marker(reader.as_mut(), b"marker-2", WITHIN).await.iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect();
     assert_eq!(after, Vec::<String>::new(), "nothing of the aborted transaction may be visible");
     member.close().await.expect("close");
 }
@@ -492,16 +479,11 @@ pub async fn undecodable_events_are_dead_lettered(h: &mut Harness) {
     while outcomes.len() < payloads.len() {
         match tokio::time::timeout(WITHIN, reader.next()).await.expect("outcome in time").expect("read") {
             ReadOutcome::Event { event, .. } => outcomes.push(format!("event:{}", event.task_id)),
-            ReadOutcome::DeadLettered { error, .. } => {
-                outcomes.push(format!("dlq:{}", agentlog::events::reader::error_kind(&error)))
-            }
+            ReadOutcome::DeadLettered { error, .. } => outcomes.push(format!("dlq:{}", agentlog::events::reader::error_kind(&error))),
             ReadOutcome::Rebalance(_) => {}
         }
     }
-    assert_eq!(
-        outcomes,
-        vec!["event:first", "dlq:wrong_magic_byte", "dlq:truncated", "dlq:unknown_schema_id", "dlq:truncated", "dlq:corrupt", "event:last"]
-    );
+    assert_eq!(outcomes, vec!["event:first", "dlq:wrong_magic_byte", "dlq:truncated", "dlq:unknown_schema_id", "dlq:truncated", "dlq:corrupt", "event:last"]);
 
     let mut letters = h.log().consumer(ConsumerOptions::default()).expect("consumer");
     letters.assign(&assign_all(&dlq, 1, SeekTo::Earliest)).await.expect("assign");
@@ -528,8 +510,7 @@ pub async fn worker_runs_tasks_and_commits_after_outcomes(h: &mut Harness) {
 
     let prefix = format!("{}.", unique("p"));
     let agent_type = unique("echo");
-    let agent: AgentTypeConfig =
-        toml::from_str("runtime = { kind = \"builtin\", name = \"echo\" }\nconcurrency = 4\npartitions = 2\n").expect("agent type");
+    let agent: AgentTypeConfig = toml::from_str("runtime = { kind = \"builtin\", name = \"echo\" }\nconcurrency = 4\npartitions = 2\n").expect("agent type");
     let admin = h.log().admin();
     let lane_topics = agent.lane_topics(&agent_type, &prefix);
     for topic in &lane_topics {
@@ -617,10 +598,9 @@ pub async fn a_task_longer_than_max_poll_interval_does_not_evict_the_worker(h: &
 
     let prefix = format!("{}.", unique("p"));
     let agent_type = unique("sleep");
-    let agent: AgentTypeConfig = toml::from_str(
-        "runtime = { kind = \"builtin\", name = \"sleep\" }\nconcurrency = 1\npartitions = 1\nlanes = [\"normal\"]\ntimeout_ms = 60000\n",
-    )
-    .expect("agent type");
+    let agent: AgentTypeConfig =
+        toml::from_str("runtime = { kind = \"builtin\", name = \"sleep\" }\nconcurrency = 1\npartitions = 1\nlanes = [\"normal\"]\ntimeout_ms = 60000\n")
+            .expect("agent type");
     let admin = log.admin();
     let lane_topic = format!("{prefix}tasks.{agent_type}.normal");
     admin.create_topic(&TopicSpec::new(&lane_topic, 1)).await.expect("lane topic");
@@ -683,10 +663,8 @@ pub async fn each_topic_spreads_evenly_over_the_members(h: &mut Harness) {
     let group = unique("g");
     let mut members = Vec::new();
     for i in 0..3 {
-        let mut consumer = h
-            .log()
-            .consumer(ConsumerOptions { group: Some(group.clone()), client_id: Some(format!("m{i}")), ..Default::default() })
-            .expect("consumer");
+        let mut consumer =
+            h.log().consumer(ConsumerOptions { group: Some(group.clone()), client_id: Some(format!("m{i}")), ..Default::default() }).expect("consumer");
         consumer.subscribe(&lanes).expect("subscribe");
         members.push(consumer);
     }

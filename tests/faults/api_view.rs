@@ -42,7 +42,9 @@ pub async fn compare(api_url: &str, expected: &HashMap<String, Option<&'static s
     let deadline = started + within;
     let http = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
         Ok(http) => http,
-        Err(error) => return ApiCheck { checked: expected.len(), disagree: expected.len(), examples: vec![format!("no HTTP client: {error}")], ..ApiCheck::default() },
+        Err(error) => {
+            return ApiCheck { checked: expected.len(), disagree: expected.len(), examples: vec![format!("no HTTP client: {error}")], ..ApiCheck::default() };
+        }
     };
     let mut check = ApiCheck { checked: expected.len(), ..ApiCheck::default() };
     while Instant::now() < deadline {

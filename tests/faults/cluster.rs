@@ -63,9 +63,9 @@ impl Cluster {
 
     fn start() -> Result<Cluster, ClusterError> {
         let port = std::env::var("AGENTLOG_FAULTS_KAFKA_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(29092);
-        let dir = std::env::var_os("AGENTLOG_FAULTS_KAFKA_DIR").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache/agentlog/kafka-faults")
-        });
+        let dir = std::env::var_os("AGENTLOG_FAULTS_KAFKA_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache/agentlog/kafka-faults"));
         let mut cluster = Cluster { port, dir, bootstrap: String::new() };
         let already = cluster.run(&["status"]).is_ok();
         cluster.bootstrap = cluster.run(&["start", "--brokers", &BROKERS.to_string()])?.trim().to_string();
@@ -167,8 +167,7 @@ impl Cluster {
         let topics = topics.to_vec();
         tokio::task::spawn_blocking(move || {
             let metadata_error = |topic: &str, message: String| ClusterError::Metadata { topic: topic.to_string(), message };
-            let consumer: BaseConsumer =
-                ClientConfig::new().set("bootstrap.servers", &bootstrap).create().map_err(|e| metadata_error("-", e.to_string()))?;
+            let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().map_err(|e| metadata_error("-", e.to_string()))?;
             let mut counts = BTreeMap::new();
             for topic in &topics {
                 let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(|e| metadata_error(topic, e.to_string()))?;

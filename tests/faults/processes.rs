@@ -144,7 +144,16 @@ impl Fleet {
             };
             let pid = child.id();
             proc.child = None;
-            self.exits.push(UnexpectedExit { name: proc.name.clone(), pid, status: status.to_string(), at, at_s, after_fault_s: None, log: proc.log.clone(), tail: tail(&proc.log, TAIL_LINES) });
+            self.exits.push(UnexpectedExit {
+                name: proc.name.clone(),
+                pid,
+                status: status.to_string(),
+                at,
+                at_s,
+                after_fault_s: None,
+                log: proc.log.clone(),
+                tail: tail(&proc.log, TAIL_LINES),
+            });
         }
     }
 

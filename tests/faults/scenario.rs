@@ -322,7 +322,13 @@ exactly_once = true
 async fn apply_topics(config: &Path, dir: &Path) {
     let out = tokio::time::timeout(
         START_WITHIN,
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_agentlog")).arg("--config").arg(config).args(["topics", "apply"]).current_dir(dir).kill_on_drop(true).output(),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_agentlog"))
+            .arg("--config")
+            .arg(config)
+            .args(["topics", "apply"])
+            .current_dir(dir)
+            .kill_on_drop(true)
+            .output(),
     )
     .await
     .unwrap_or_else(|_| panic!("`agentlog topics apply` did not finish within {START_WITHIN:?}"))
@@ -358,7 +364,11 @@ async fn warm_up(fleet: &mut Fleet, reader: &ResultsReader, api_url: &str, agent
             panic!("warming up: {} exited with {}:\n{}", exit.name, exit.status, exit.tail.join("\n"));
         }
         if Instant::now() >= deadline {
-            panic!("warming up: {} of {} acknowledged tasks without an outcome {WARM_UP_LIMIT:?} after the warm-up load, with no fault", acked.len() - reader.terminal_among(&acked), acked.len());
+            panic!(
+                "warming up: {} of {} acknowledged tasks without an outcome {WARM_UP_LIMIT:?} after the warm-up load, with no fault",
+                acked.len() - reader.terminal_among(&acked),
+                acked.len()
+            );
         }
         fleet.sleep(Duration::from_millis(250)).await;
     }

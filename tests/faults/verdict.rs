@@ -64,7 +64,16 @@ pub struct Verdict {
 
 /// `warmed`: ids of the warm-up's tasks, run before the recorded load: theirs are expected
 /// outcomes and only checked for duplicates.
-pub fn judge(scenario: &str, history: &History, warmed: &HashSet<String>, outcomes: &Outcomes, timeline: Timeline, exits: &[UnexpectedExit], api: ApiCheck, dir: &Path) -> Verdict {
+pub fn judge(
+    scenario: &str,
+    history: &History,
+    warmed: &HashSet<String>,
+    outcomes: &Outcomes,
+    timeline: Timeline,
+    exits: &[UnexpectedExit],
+    api: ApiCheck,
+    dir: &Path,
+) -> Verdict {
     let mut v = Verdict {
         scenario: scenario.to_string(),
         commit: commit(),
@@ -84,11 +93,7 @@ pub fn judge(scenario: &str, history: &History, warmed: &HashSet<String>, outcom
         p99_all_ms: None,
         exits: exits
             .iter()
-            .map(|e| UnexpectedExit {
-                at_s: signed_secs(e.at, timeline.started),
-                after_fault_s: timeline.fault.map(|f| signed_secs(e.at, f)),
-                ..e.clone()
-            })
+            .map(|e| UnexpectedExit { at_s: signed_secs(e.at, timeline.started), after_fault_s: timeline.fault.map(|f| signed_secs(e.at, f)), ..e.clone() })
             .collect(),
         api,
         consume_errors: outcomes.consume_errors,
@@ -202,7 +207,12 @@ impl Verdict {
             out.push("the API never answered /readyz 200 after the heal".into());
         }
         if self.api.disagree > 0 {
-            out.push(format!("the API disagrees with task.results on {} of {} tasks, e.g. {}", self.api.disagree, self.api.checked, self.api.examples.join("; ")));
+            out.push(format!(
+                "the API disagrees with task.results on {} of {} tasks, e.g. {}",
+                self.api.disagree,
+                self.api.checked,
+                self.api.examples.join("; ")
+            ));
         }
         if self.ok == 0 {
             out.push("no submission was acknowledged: the scenario proves nothing".into());

@@ -16,8 +16,8 @@ use agentlog::agent::{AgentTypeConfig, TaskClient, TaskTopics, WorkerError, Work
 use agentlog::events::wire::WireCodec;
 use agentlog::events::{AnyEvent, Lane, TaskSubmitted, decode_any};
 use agentlog::log::{
-    Admin, Consumer, ConsumerEvent, ConsumerOptions, EventLog, GroupMetadata, LogError, LogResult, Producer, SeekTo, TopicDescription,
-    TopicPartition, TopicSpec, Transaction, TransactionalProducer, Watermarks,
+    Admin, Consumer, ConsumerEvent, ConsumerOptions, EventLog, GroupMetadata, LogError, LogResult, Producer, SeekTo, TopicDescription, TopicPartition,
+    TopicSpec, Transaction, TransactionalProducer, Watermarks,
 };
 use agentlog::supervisor::{SupervisorConfig, SupervisorSettings, run_supervisor};
 

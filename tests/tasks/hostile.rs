@@ -106,7 +106,9 @@ async fn http_agent() -> (String, tokio::task::JoinHandle<std::io::Result<()>>) 
 pub async fn an_echo_too_large_for_its_outcome_fails_the_task(h: &mut Harness) {
     at_shipped_limit(h).await;
     let mut f = Fixture::new(h).await;
-    let (ty, agent) = f.agent_type("echo", "runtime = { kind = \"builtin\", name = \"echo\" }\n[retry]\nretry_on = [\"timeout\", \"transient\", \"output_too_large\"]\n").await;
+    let (ty, agent) = f
+        .agent_type("echo", "runtime = { kind = \"builtin\", name = \"echo\" }\n[retry]\nretry_on = [\"timeout\", \"transient\", \"output_too_large\"]\n")
+        .await;
     // A worker id like `agentlog worker` makes on a cloud host (`<type>-<hostname>-<pid>`): the
     // outcome's envelope carries it, so the echo of a command at the limit does not fit.
     let worker_id = format!("{ty}-ip-172-31-20-117.eu-west-1.compute.internal-{}", std::process::id());
@@ -281,7 +283,9 @@ pub async fn undecodable_lane_records_are_dead_lettered(h: &mut Harness) {
         let letter = letters.iter().find(|l| &l.source == source).unwrap_or_else(|| panic!("no dead letter from {source}"));
         let truncated = letter.record.header("agentlog.dlq.truncated").is_some();
         assert_eq!(truncated, letter.record.payload.len() > 1000, "only the large ones are cut ({source})");
-        let size = letter.record.payload.len() + letter.record.key.as_ref().map_or(0, |k| k.len()) + letter.record.headers.iter().map(|h| h.name.len() + h.value.len()).sum::<usize>();
+        let size = letter.record.payload.len()
+            + letter.record.key.as_ref().map_or(0, |k| k.len())
+            + letter.record.headers.iter().map(|h| h.name.len() + h.value.len()).sum::<usize>();
         assert!(size <= LIMIT, "{source}: {size}");
     }
     let reports = f.stop().await;
@@ -394,7 +398,10 @@ pub async fn url_credentials_never_reach_an_answer(h: &mut Harness) {
         assert!(!text.contains("s3cret-pass") && !text.contains("t0ken-abc"), "{what} shows the URL's credentials: {text}");
     }
     let message = task["outcome"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("agent-user:***@") && message.contains("token=***") && message.contains("503"), "the failure still says where and what: {message}");
+    assert!(
+        message.contains("agent-user:***@") && message.contains("token=***") && message.contains("503"),
+        "the failure still says where and what: {message}"
+    );
     let runtime = &catalog["agent_types"].as_array().expect("types").iter().find(|t| t["name"] == json!(ty)).expect("listed")["runtime"];
     assert_eq!(runtime["url"], json!(format!("{}?token=***", url.replacen("http://", "http://agent-user:***@", 1))), "{runtime}");
 

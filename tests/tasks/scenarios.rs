@@ -112,11 +112,12 @@ pub async fn poison_task_is_dead_lettered_and_can_be_resubmitted(h: &mut Harness
 /// taken after its deadline ends Expired without running.
 pub async fn timeouts_retry_and_expired_tasks_never_run(h: &mut Harness) {
     let mut f = Fixture::new(h).await;
-    let (ty, agent) = f.agent_type(
-        "slow",
-        "runtime = { kind = \"builtin\", name = \"echo\" }\ntimeout_ms = 300\n[retry]\nmax_attempts = 2\ninitial_backoff_ms = 50\njitter = 0.0\n",
-    )
-    .await;
+    let (ty, agent) = f
+        .agent_type(
+            "slow",
+            "runtime = { kind = \"builtin\", name = \"echo\" }\ntimeout_ms = 300\n[retry]\nmax_attempts = 2\ninitial_backoff_ms = 50\njitter = 0.0\n",
+        )
+        .await;
     let (journal, runtime) = scripted();
     f.start_supervisor(3);
     f.start_worker(&ty, &agent, runtime, "w1");
@@ -420,7 +421,8 @@ pub async fn a_silent_agent_is_declared_lost(h: &mut Harness) {
     // 4 missed heartbeats of 200 ms, checked every 100 ms: well under 2 s.
     assert!(detect < Duration::from_secs(2), "lost after {detect:?}");
     let beats = f.all_events(&f.topics.heartbeats(), Duration::from_secs(3)).await;
-    let orderly: Vec<_> = beats.iter().filter_map(|e| if let AnyEvent::AgentHeartbeat(b) = e { (b.agent_id == "orderly").then_some(b) } else { None }).collect();
+    let orderly: Vec<_> =
+        beats.iter().filter_map(|e| if let AnyEvent::AgentHeartbeat(b) = e { (b.agent_id == "orderly").then_some(b) } else { None }).collect();
     assert!(orderly.len() >= 3, "heartbeats every interval");
     assert!(orderly.windows(2).all(|w| w[1].sequence == w[0].sequence + 1), "heartbeat sequence has no gaps");
     assert!(orderly.iter().all(|b| b.capacity == 4 && b.memory_bytes > 0));
@@ -445,11 +447,8 @@ pub async fn delayed_tasks_and_jobs(h: &mut Harness) {
     delayed.not_before = Some(due);
     let submitted = f.client.submit(&delayed).await.expect("submit");
     assert!(submitted.delayed && submitted.topic == f.topics.timers());
-    let job_tasks = vec![
-        f.task(&ty, Lane::Normal, r#"{}"#),
-        f.task(&ty, Lane::High, r#"{}"#),
-        f.task(&ty, Lane::Normal, r#"{"fail_until": 9, "fail_kind": "rejected"}"#),
-    ];
+    let job_tasks =
+        vec![f.task(&ty, Lane::Normal, r#"{}"#), f.task(&ty, Lane::High, r#"{}"#), f.task(&ty, Lane::Normal, r#"{"fail_until": 9, "fail_kind": "rejected"}"#)];
     let job_ids: Vec<String> = job_tasks.iter().map(|t| t.task_id.clone()).collect();
     f.client.submit_job("job-1", "tenant-a", job_tasks).await.expect("job");
     let outcomes = f.outcomes(&[delayed.task_id.clone()], WITHIN).await;
@@ -765,10 +764,7 @@ pub async fn exactly_once_dead_letters_are_listed_and_resubmitted(h: &mut Harnes
     assert!(matches!(outcomes[&poison.task_id], AnyEvent::TaskDeadLettered(_)), "{outcomes:?}");
 
     // Well inside the listing's own 30 s wait: the letter is there as soon as it is committed.
-    let letters = tokio::time::timeout(Duration::from_secs(15), dlq::list(&f.log, &f.client))
-        .await
-        .expect("the dead-letter listing ends")
-        .expect("dlq list");
+    let letters = tokio::time::timeout(Duration::from_secs(15), dlq::list(&f.log, &f.client)).await.expect("the dead-letter listing ends").expect("dlq list");
     let letter = dlq::find(&letters, &poison.meta.tenant, &poison.task_id).expect("the task is on the dlq");
     assert_eq!(letter.attempts, Some(3));
     dlq::resubmit(&f.client, letter).await.expect("resubmit");
@@ -825,7 +821,8 @@ pub async fn a_coordinator_delegates_and_aggregates(h: &mut Harness) {
     );
     let events = f.all_events(&f.topics.events(), Duration::from_secs(3)).await;
     let sleep_child = format!("{}.2", parent.task_id);
-    let progress: Vec<_> = events.iter().filter_map(|e| if let AnyEvent::TaskProgress(p) = e { (p.task_id == sleep_child).then_some(p) } else { None }).collect();
+    let progress: Vec<_> =
+        events.iter().filter_map(|e| if let AnyEvent::TaskProgress(p) = e { (p.task_id == sleep_child).then_some(p) } else { None }).collect();
     assert_eq!(progress.len(), 1, "the sleep agent reported progress once");
     assert_eq!((progress[0].percent, progress[0].attempt), (Some(50.0), 1));
     f.stop().await;

@@ -128,7 +128,8 @@ async fn coordinate(ctx: TaskContext) -> Result<TaskOutput, AgentFailure> {
     }
     let mut children = Vec::new();
     for (n, (agent_type, child_input)) in plan.iter().enumerate() {
-        let id = delegate.submit(n, agent_type, child_input.to_string().into_bytes()).await.map_err(|e| AgentFailure::transient(format!("coordinator: {e}")))?;
+        let id =
+            delegate.submit(n, agent_type, child_input.to_string().into_bytes()).await.map_err(|e| AgentFailure::transient(format!("coordinator: {e}")))?;
         children.push((*agent_type, id));
     }
     let mut answer = serde_json::Map::new();
@@ -139,7 +140,8 @@ async fn coordinate(ctx: TaskContext) -> Result<TaskOutput, AgentFailure> {
         };
         match outcome {
             crate::events::AnyEvent::TaskCompleted(done) => {
-                let value = serde_json::from_slice(&done.output).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&done.output).into_owned()));
+                let value =
+                    serde_json::from_slice(&done.output).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&done.output).into_owned()));
                 answer.insert(agent_type.to_string(), value);
             }
             other => return Err(AgentFailure::new("child_failed", format!("sub-task {id} ({agent_type}) ended {}", other.name()), false)),

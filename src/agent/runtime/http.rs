@@ -80,33 +80,17 @@ impl HttpAgent {
     }
 
     async fn call(&self, ctx: &TaskContext) -> Result<TaskOutput, AgentFailure> {
-        let key = HeaderValue::from_str(&ctx.idempotency_key)
-            .map_err(|_| AgentFailure::rejected("the idempotency key is not a valid HTTP header value"))?;
+        let key = HeaderValue::from_str(&ctx.idempotency_key).map_err(|_| AgentFailure::rejected("the idempotency key is not a valid HTTP header value"))?;
         let body = RequestBody::of(ctx);
-        let mut response = self
-            .client
-            .post(self.url.clone())
-            .header(IDEMPOTENCY_KEY_HEADER, key)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport_failure(&self.shown, &e))?;
+        let mut response =
+            self.client.post(self.url.clone()).header(IDEMPOTENCY_KEY_HEADER, key).json(&body).send().await.map_err(|e| transport_failure(&self.shown, &e))?;
         let status = response.status();
         if status.is_success() {
-            let content_type = response
-                .headers()
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("application/octet-stream")
-                .to_string();
+            let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/octet-stream").to_string();
             let output = match read_body(&mut response, MAX_OUTPUT_BYTES).await.map_err(|e| transport_failure(&self.shown, &e))? {
                 (body, false) => body,
                 (_, true) => {
-                    return Err(AgentFailure::new(
-                        kind::OUTPUT_TOO_LARGE,
-                        format!("{} answered with more than {MAX_OUTPUT_BYTES} bytes", self.shown),
-                        false,
-                    ));
+                    return Err(AgentFailure::new(kind::OUTPUT_TOO_LARGE, format!("{} answered with more than {MAX_OUTPUT_BYTES} bytes", self.shown), false));
                 }
             };
             return Ok(TaskOutput { output, content_type });
@@ -260,8 +244,7 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc_4648_vectors() {
-        for (input, expected) in
-            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")]
+        for (input, expected) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")]
         {
             assert_eq!(base64(input.as_bytes()), expected, "{input}");
         }

@@ -17,12 +17,7 @@ use super::{Incompatibility, Rule};
 type Defs = HashMap<Name, Schema>;
 
 pub(super) fn diff(schema: &str, old: &Schema, new: &Schema) -> Vec<Incompatibility> {
-    let mut differ = Differ {
-        schema,
-        old_defs: definitions(old),
-        new_defs: definitions(new),
-        found: Vec::new(),
-    };
+    let mut differ = Differ { schema, old_defs: definitions(old), new_defs: definitions(new), found: Vec::new() };
     if let (Schema::Record(o), Schema::Record(n)) = (old, new) {
         differ.records("", o, n);
     }
@@ -44,25 +39,15 @@ impl Differ<'_> {
             match names().find_map(|n| old.fields.iter().find(|of| &of.name == n)) {
                 Some(of) => self.field(&path, &of.schema, &nf.schema),
                 None if nf.default.is_none() => {
-                    self.found.push(Incompatibility::FieldAddedWithoutDefault {
-                        schema: self.schema.to_owned(),
-                        field: path,
-                    });
+                    self.found.push(Incompatibility::FieldAddedWithoutDefault { schema: self.schema.to_owned(), field: path });
                 }
                 None => {}
             }
         }
         for of in &old.fields {
-            let kept = new
-                .fields
-                .iter()
-                .any(|nf| nf.name == of.name || nf.aliases.contains(&of.name));
+            let kept = new.fields.iter().any(|nf| nf.name == of.name || nf.aliases.contains(&of.name));
             if !kept && of.default.is_none() {
-                self.found
-                    .push(Incompatibility::FieldRemovedWithoutDefault {
-                        schema: self.schema.to_owned(),
-                        field: format!("{prefix}{}", of.name),
-                    });
+                self.found.push(Incompatibility::FieldRemovedWithoutDefault { schema: self.schema.to_owned(), field: format!("{prefix}{}", of.name) });
             }
         }
     }
@@ -96,28 +81,14 @@ impl Differ<'_> {
     }
 
     fn enums(&mut self, path: &str, old: &EnumSchema, new: &EnumSchema) {
-        let missing = |from: &EnumSchema, to: &EnumSchema| -> Vec<String> {
-            from.symbols
-                .iter()
-                .filter(|s| !to.symbols.contains(s))
-                .cloned()
-                .collect()
-        };
+        let missing = |from: &EnumSchema, to: &EnumSchema| -> Vec<String> { from.symbols.iter().filter(|s| !to.symbols.contains(s)).cloned().collect() };
         let removed = missing(old, new);
         if !removed.is_empty() && new.default.is_none() {
-            self.found.push(Incompatibility::EnumSymbolRemoved {
-                schema: self.schema.to_owned(),
-                field: path.to_owned(),
-                symbols: removed,
-            });
+            self.found.push(Incompatibility::EnumSymbolRemoved { schema: self.schema.to_owned(), field: path.to_owned(), symbols: removed });
         }
         let added = missing(new, old);
         if !added.is_empty() && old.default.is_none() {
-            self.found.push(Incompatibility::EnumSymbolAdded {
-                schema: self.schema.to_owned(),
-                field: path.to_owned(),
-                symbols: added,
-            });
+            self.found.push(Incompatibility::EnumSymbolAdded { schema: self.schema.to_owned(), field: path.to_owned(), symbols: added });
         }
     }
 }
@@ -189,9 +160,7 @@ fn inline(schema: &Schema, defs: &Defs) -> Schema {
                 let variants = u.variants().iter().map(|v| go(v, defs, open)).collect();
                 // Inlining changes no variant's kind or name, so the union stays valid; keep
                 // the original should that ever not hold.
-                UnionSchema::new(variants)
-                    .map(Schema::Union)
-                    .unwrap_or_else(|_| schema.clone())
+                UnionSchema::new(variants).map(Schema::Union).unwrap_or_else(|_| schema.clone())
             }
             other => other.clone(),
         }
@@ -203,14 +172,7 @@ fn inline(schema: &Schema, defs: &Defs) -> Schema {
 fn label(schema: &Schema) -> String {
     match schema {
         Schema::Union(u) => {
-            format!(
-                "[{}]",
-                u.variants()
-                    .iter()
-                    .map(label)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+            format!("[{}]", u.variants().iter().map(label).collect::<Vec<_>>().join(", "))
         }
         Schema::Array(a) => format!("array<{}>", label(&a.items)),
         Schema::Map(m) => format!("map<{}>", label(&m.types)),

@@ -30,19 +30,13 @@ fn fields(schema: &mut Value) -> &mut Vec<Value> {
 }
 
 fn field<'a>(schema: &'a mut Value, name: &str) -> &'a mut Value {
-    fields(schema)
-        .iter_mut()
-        .find(|f| f["name"] == name)
-        .expect("field exists")
+    fields(schema).iter_mut().find(|f| f["name"] == name).expect("field exists")
 }
 
 /// Runs the check with `released()` released and `working` as the working version.
 fn check(working: Option<&Value>) -> Result<(), CheckError> {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (w, r) = (
-        tmp.path().join("schemas"),
-        tmp.path().join("schemas/released"),
-    );
+    let (w, r) = (tmp.path().join("schemas"), tmp.path().join("schemas/released"));
     fs::create_dir_all(&r).expect("mkdir");
     write(&r, &released());
     if let Some(working) = working {
@@ -52,11 +46,7 @@ fn check(working: Option<&Value>) -> Result<(), CheckError> {
 }
 
 fn write(dir: &Path, schema: &Value) {
-    fs::write(
-        dir.join("TaskFailed.avsc"),
-        serde_json::to_string_pretty(schema).expect("json"),
-    )
-    .expect("write");
+    fs::write(dir.join("TaskFailed.avsc"), serde_json::to_string_pretty(schema).expect("json")).expect("write");
 }
 
 /// The incompatibilities of `working`, asserting the check failed.
@@ -71,8 +61,7 @@ fn broken(working: &Value) -> Vec<Incompatibility> {
 fn unchanged_and_optional_field_with_null_default_pass() {
     check(Some(&released())).expect("unchanged");
     let mut s = released();
-    fields(&mut s)
-        .push(json!({"name": "hint", "type": ["null", "string"], "default": null, "doc": "d"}));
+    fields(&mut s).push(json!({"name": "hint", "type": ["null", "string"], "default": null, "doc": "d"}));
     check(Some(&s)).expect("optional field with default null is FULL compatible");
     // Removing a field that has a default is compatible too, also inside `meta`.
     let meta = field(&mut s, "meta");
@@ -85,10 +74,7 @@ fn field_added_without_default_is_backward_break() {
     let mut s = released();
     fields(&mut s).push(json!({"name": "retryable", "type": "boolean", "doc": "d"}));
     let found = broken(&s);
-    let expected = Incompatibility::FieldAddedWithoutDefault {
-        schema: "io.agentlog.v1.TaskFailed".into(),
-        field: "retryable".into(),
-    };
+    let expected = Incompatibility::FieldAddedWithoutDefault { schema: "io.agentlog.v1.TaskFailed".into(), field: "retryable".into() };
     assert_eq!(found, [expected]);
     assert_eq!(
         found[0].to_string(),
@@ -103,13 +89,7 @@ fn field_removed_without_default_is_forward_break_and_named_inside_meta() {
     let meta = field(&mut s, "meta");
     fields(&mut meta["type"]).retain(|f| f["name"] != "event_id");
     let found = broken(&s);
-    assert_eq!(
-        found,
-        [Incompatibility::FieldRemovedWithoutDefault {
-            schema: "io.agentlog.v1.TaskFailed".into(),
-            field: "meta.event_id".into(),
-        }]
-    );
+    assert_eq!(found, [Incompatibility::FieldRemovedWithoutDefault { schema: "io.agentlog.v1.TaskFailed".into(), field: "meta.event_id".into() }]);
     assert!(found[0].to_string().contains("(FORWARD)"), "{}", found[0]);
 }
 
@@ -133,10 +113,7 @@ fn type_change_names_field_types_and_direction() {
     let mut s = released();
     field(&mut s, "attempt")["type"] = json!("long");
     let found = broken(&s);
-    assert!(
-        matches!(&found[..], [Incompatibility::TypeChanged { field, rule: Rule::Forward, .. }] if field == "attempt"),
-        "{found:?}"
-    );
+    assert!(matches!(&found[..], [Incompatibility::TypeChanged { field, rule: Rule::Forward, .. }] if field == "attempt"), "{found:?}");
 
     // Making an optional field required: old data may hold null.
     let mut s = released();
@@ -145,17 +122,8 @@ fn type_change_names_field_types_and_direction() {
     causation["type"] = json!("string");
     causation.as_object_mut().expect("object").remove("default");
     let found = broken(&s);
-    assert!(
-        matches!(&found[..], [Incompatibility::TypeChanged { field, rule: Rule::Backward, .. }] if field == "meta.causation_id"),
-        "{found:?}"
-    );
-    assert!(
-        found[0]
-            .to_string()
-            .contains("from `[null, string]` to `string`"),
-        "{}",
-        found[0]
-    );
+    assert!(matches!(&found[..], [Incompatibility::TypeChanged { field, rule: Rule::Backward, .. }] if field == "meta.causation_id"), "{found:?}");
+    assert!(found[0].to_string().contains("from `[null, string]` to `string`"), "{}", found[0]);
 }
 
 #[test]
@@ -164,21 +132,15 @@ fn enum_symbol_removed_or_added_without_default_breaks() {
     field(&mut s, "kind")["type"]["symbols"] = json!(["TIMEOUT"]);
     let found = broken(&s);
     // `previous_kind` uses the same enum (by reference), so it breaks as well.
-    let removed = |field: &str| Incompatibility::EnumSymbolRemoved {
-        schema: "io.agentlog.v1.TaskFailed".into(),
-        field: field.into(),
-        symbols: vec!["CRASH".into()],
-    };
+    let removed =
+        |field: &str| Incompatibility::EnumSymbolRemoved { schema: "io.agentlog.v1.TaskFailed".into(), field: field.into(), symbols: vec!["CRASH".into()] };
     assert_eq!(found, [removed("kind"), removed("previous_kind")]);
     assert!(found[0].to_string().contains("(BACKWARD)"));
 
     let mut s = released();
     field(&mut s, "kind")["type"]["symbols"] = json!(["TIMEOUT", "CRASH", "OOM"]);
     let found = broken(&s);
-    assert!(
-        matches!(&found[..], [Incompatibility::EnumSymbolAdded { field, symbols, .. }, _] if field == "kind" && symbols == &["OOM"]),
-        "{found:?}"
-    );
+    assert!(matches!(&found[..], [Incompatibility::EnumSymbolAdded { field, symbols, .. }, _] if field == "kind" && symbols == &["OOM"]), "{found:?}");
 
     // An enum with a default absorbs unknown symbols both ways.
     let mut s = released();
@@ -192,13 +154,7 @@ fn removed_schema_file_is_an_error() {
         Err(CheckError::Incompatible(found)) => found,
         other => panic!("{other:?}"),
     };
-    assert_eq!(
-        found,
-        [Incompatibility::SchemaRemoved {
-            schema: "io.agentlog.v1.TaskFailed".into(),
-            file: "TaskFailed.avsc".into(),
-        }]
-    );
+    assert_eq!(found, [Incompatibility::SchemaRemoved { schema: "io.agentlog.v1.TaskFailed".into(), file: "TaskFailed.avsc".into() }]);
 }
 
 #[test]
@@ -218,8 +174,5 @@ fn unparsable_working_schema_is_an_error() {
     let tmp = tempfile::tempdir().expect("tempdir");
     fs::write(tmp.path().join("Broken.avsc"), "{").expect("write");
     let released = tempfile::tempdir().expect("tempdir");
-    assert!(matches!(
-        check_evolution(tmp.path(), released.path()),
-        Err(CheckError::Parse { .. })
-    ));
+    assert!(matches!(check_evolution(tmp.path(), released.path()), Err(CheckError::Parse { .. })));
 }

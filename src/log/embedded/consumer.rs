@@ -19,10 +19,7 @@ use super::coordinator::Assignment;
 use super::topic::TopicShared;
 use super::writer::OffsetsCommit;
 use super::{Shared, live, reader};
-use crate::log::{
-    ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, GroupMetadata, GroupMetadataInner, LogError, LogResult, SeekTo,
-    TopicPartition,
-};
+use crate::log::{ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, GroupMetadata, GroupMetadataInner, LogError, LogResult, SeekTo, TopicPartition};
 
 /// One partition this consumer reads.
 struct Cursor {
@@ -127,8 +124,7 @@ impl EmbeddedConsumer {
                 .partition(|c| !c.topic.is_deleted() && new.partitions.binary_search(&c.tp).is_ok());
         self.cursors = kept;
         self.heads_valid = false;
-        let added: Vec<TopicPartition> =
-            new.partitions.iter().filter(|tp| !self.cursors.iter().any(|c| &c.tp == *tp)).cloned().collect();
+        let added: Vec<TopicPartition> = new.partitions.iter().filter(|tp| !self.cursors.iter().any(|c| &c.tp == *tp)).cloned().collect();
         let committed = reader::committed(shared, &group, &added)?;
         let mut assigned = Vec::with_capacity(added.len());
         for (tp, committed) in added.into_iter().zip(committed) {
@@ -348,10 +344,11 @@ impl Consumer for EmbeddedConsumer {
 
     async fn seek(&mut self, partition: &TopicPartition, to: SeekTo) -> LogResult<()> {
         let shared = live(&self.shared)?;
-        let cursor = self.cursors.iter_mut().find(|c| &c.tp == partition).ok_or_else(|| LogError::Invalid {
-            what: "seek",
-            reason: format!("{partition} is not assigned to this consumer"),
-        })?;
+        let cursor = self
+            .cursors
+            .iter_mut()
+            .find(|c| &c.tp == partition)
+            .ok_or_else(|| LogError::Invalid { what: "seek", reason: format!("{partition} is not assigned to this consumer") })?;
         let position = reader::resolve_seek(&shared, &cursor.topic, partition.partition as u32, to)?;
         cursor.seek(position);
         self.heads_valid = false;

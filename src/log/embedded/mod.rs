@@ -234,9 +234,7 @@ impl EventLog for EmbeddedLog {
                 let _ = done.await;
             }
         };
-        tokio::time::timeout(timeout, finished)
-            .await
-            .map_err(|_| LogError::Timeout { operation: "embedded log shutdown", after: timeout })?;
+        tokio::time::timeout(timeout, finished).await.map_err(|_| LogError::Timeout { operation: "embedded log shutdown", after: timeout })?;
         // Both threads signalled completion as their last act, so these joins return at once.
         let _ = writer.join();
         if let Some(handle) = retention_handle {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use rocksdb::DB;
 
 use super::store::{
-    self, META_NEXT_TOPIC_ID, META_TOPIC_PREFIX, StoredTopic, decode_partition_meta, meta_partition_key, offset_of_key,
-    partition_prefix, record_key, timestamp_key, timestamp_of_key,
+    self, META_NEXT_TOPIC_ID, META_TOPIC_PREFIX, StoredTopic, decode_partition_meta, meta_partition_key, offset_of_key, partition_prefix, record_key,
+    timestamp_key, timestamp_of_key,
 };
 use super::topic::TopicShared;
 use super::writer::{Cfs, PartitionWriter, WriterState, WriterTopic};
@@ -31,8 +31,8 @@ pub(crate) fn load(db: &DB) -> LogResult<(WriterState, HashMap<String, Arc<Topic
         if !key.starts_with(META_TOPIC_PREFIX) {
             break;
         }
-        let topic: StoredTopic = serde_json::from_slice(value)
-            .map_err(|e| LogError::Corrupt(format!("topic metadata {}: {e}", String::from_utf8_lossy(key))))?;
+        let topic: StoredTopic =
+            serde_json::from_slice(value).map_err(|e| LogError::Corrupt(format!("topic metadata {}: {e}", String::from_utf8_lossy(key))))?;
         stored.push(topic);
         meta.next();
     }

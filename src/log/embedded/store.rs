@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use rocksdb::{BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, DB};
+use rocksdb::{BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Options};
 use serde::{Deserialize, Serialize};
 
 use crate::log::{Header, LogError, LogResult, TopicSpec};
@@ -89,10 +89,7 @@ pub(crate) fn record_key(topic_id: u32, partition: u32, offset: i64) -> [u8; 16]
 
 /// The offset stored in a `records` key (its last eight bytes).
 pub(crate) fn offset_of_key(key: &[u8]) -> LogResult<i64> {
-    let tail: [u8; 8] = key
-        .get(8..16)
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| LogError::Corrupt(format!("record key of {} bytes", key.len())))?;
+    let tail: [u8; 8] = key.get(8..16).and_then(|s| s.try_into().ok()).ok_or_else(|| LogError::Corrupt(format!("record key of {} bytes", key.len())))?;
     Ok(u64::from_be_bytes(tail) as i64)
 }
 
@@ -105,18 +102,12 @@ pub(crate) fn timestamp_key(topic_id: u32, partition: u32, timestamp_ms: i64) ->
 }
 
 pub(crate) fn timestamp_of_key(key: &[u8]) -> LogResult<i64> {
-    let tail: [u8; 8] = key
-        .get(8..16)
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| LogError::Corrupt(format!("time index key of {} bytes", key.len())))?;
+    let tail: [u8; 8] = key.get(8..16).and_then(|s| s.try_into().ok()).ok_or_else(|| LogError::Corrupt(format!("time index key of {} bytes", key.len())))?;
     Ok((u64::from_be_bytes(tail) ^ (1 << 63)) as i64)
 }
 
 pub(crate) fn decode_i64(value: &[u8], what: &str) -> LogResult<i64> {
-    let bytes: [u8; 8] = value
-        .get(..8)
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| LogError::Corrupt(format!("{what} of {} bytes", value.len())))?;
+    let bytes: [u8; 8] = value.get(..8).and_then(|s| s.try_into().ok()).ok_or_else(|| LogError::Corrupt(format!("{what} of {} bytes", value.len())))?;
     Ok(i64::from_be_bytes(bytes))
 }
 
@@ -258,9 +249,7 @@ pub(crate) fn decode_record(value: &Bytes) -> LogResult<DecodedRecord> {
     let mut headers = Vec::with_capacity(count.min(64));
     for _ in 0..count {
         let len = c.u32()?;
-        let name = std::str::from_utf8(&value[c.take(len)?])
-            .map_err(|_| LogError::Corrupt("header name is not UTF-8".into()))?
-            .to_owned();
+        let name = std::str::from_utf8(&value[c.take(len)?]).map_err(|_| LogError::Corrupt("header name is not UTF-8".into()))?.to_owned();
         let len = c.u32()?;
         headers.push(Header { name, value: value.slice(c.take(len)?) });
     }

@@ -10,8 +10,8 @@ use tokio::time::timeout;
 use super::EmbeddedLog;
 use crate::config::{EmbeddedConfig, FsyncPolicy};
 use crate::log::{
-    CleanupPolicy, ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, EventLog, LogError, Position, Record, SeekTo,
-    TopicPartition, TopicSpec, Watermarks,
+    CleanupPolicy, ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, EventLog, LogError, Position, Record, SeekTo, TopicPartition, TopicSpec,
+    Watermarks,
 };
 
 const WAIT: Duration = Duration::from_secs(10);

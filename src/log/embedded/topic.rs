@@ -33,11 +33,7 @@ impl TopicShared {
     pub fn new(id: u32, spec: TopicSpec, marks: impl IntoIterator<Item = (i64, i64, u64)>) -> Self {
         let partitions = marks
             .into_iter()
-            .map(|(low, high, bytes)| PartitionShared {
-                low: AtomicI64::new(low),
-                high: AtomicI64::new(high),
-                bytes: AtomicU64::new(bytes),
-            })
+            .map(|(low, high, bytes)| PartitionShared { low: AtomicI64::new(low), high: AtomicI64::new(high), bytes: AtomicU64::new(bytes) })
             .collect();
         Self { id, spec, partitions, round_robin: AtomicU32::new(0), changed: watch::channel(0).0, deleted: AtomicBool::new(false) }
     }

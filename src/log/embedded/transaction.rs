@@ -9,7 +9,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::producer::Ingress;
 use super::writer::{Append, OffsetsCommit};
-use crate::log::{GroupMetadata, GroupMetadataInner, LogError, LogResult, Position, Record, Transaction, TopicPartition, TransactionalProducer};
+use crate::log::{GroupMetadata, GroupMetadataInner, LogError, LogResult, Position, Record, TopicPartition, Transaction, TransactionalProducer};
 
 pub(crate) struct EmbeddedTransactionalProducer {
     id: String,

@@ -103,22 +103,13 @@ impl WriterState {
 
     fn append(&mut self, append: &Append, now_ms: i64, staged: &mut Staged) -> LogResult<Position> {
         let record = &append.record;
-        let topic = self
-            .topics
-            .get_mut(&append.topic_id)
-            .ok_or_else(|| LogError::UnknownTopic { topic: record.topic.clone() })?;
+        let topic = self.topics.get_mut(&append.topic_id).ok_or_else(|| LogError::UnknownTopic { topic: record.topic.clone() })?;
         let p = topic
             .partitions
             .get_mut(append.partition as usize)
             .ok_or_else(|| LogError::UnknownPartition { topic: record.topic.clone(), partition: append.partition as i32 })?;
         if p.epoch != self.epoch {
-            self.undo.push(Undo {
-                topic_id: append.topic_id,
-                partition: append.partition,
-                next: p.next,
-                max_timestamp: p.max_timestamp,
-                bytes: p.bytes,
-            });
+            self.undo.push(Undo { topic_id: append.topic_id, partition: append.partition, next: p.next, max_timestamp: p.max_timestamp, bytes: p.bytes });
             p.epoch = self.epoch;
         }
         let offset = p.next;
@@ -305,14 +296,7 @@ pub(crate) fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>) {
     tracing::debug!("embedded log writer stopped");
 }
 
-fn group_commit(
-    shared: &Shared,
-    cfs: &Cfs<'_>,
-    write_options: &WriteOptions,
-    commands: &mut Vec<Command>,
-    outcomes: &mut Vec<Outcome>,
-    staged: &mut Staged,
-) {
+fn group_commit(shared: &Shared, cfs: &Cfs<'_>, write_options: &WriteOptions, commands: &mut Vec<Command>, outcomes: &mut Vec<Outcome>, staged: &mut Staged) {
     let now = now_ms();
     let mut state = shared.state.lock().expect("embedded log state lock poisoned: a writer panicked");
     state.epoch += 1;
@@ -321,9 +305,7 @@ fn group_commit(
         let outcome = match command {
             Command::One { append, .. } => Outcome::One(state.append(append, now, staged)),
             Command::Many { appends, commit, .. } => {
-                let checked = state
-                    .check_appends(appends)
-                    .and_then(|()| commit.as_ref().map_or(Ok(()), |c| state.check_commit(shared, c)));
+                let checked = state.check_appends(appends).and_then(|()| commit.as_ref().map_or(Ok(()), |c| state.check_commit(shared, c)));
                 Outcome::Many(checked.and_then(|()| {
                     let mut positions = Vec::with_capacity(appends.len());
                     for a in appends {
@@ -375,4 +357,3 @@ fn group_commit(
         }
     }
 }
-

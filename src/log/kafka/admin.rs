@@ -14,9 +14,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::client::{committed_in, map_error};
 use super::metadata::TopicCache;
 use super::offset_readers::OffsetReaders;
-use crate::log::{
-    Admin, CleanupPolicy, LogError, LogResult, TopicDescription, TopicPartition, TopicSpec, Watermarks,
-};
+use crate::log::{Admin, CleanupPolicy, LogError, LogResult, TopicDescription, TopicPartition, TopicSpec, Watermarks};
 
 pub(crate) struct KafkaAdmin {
     pub(crate) admin: AdminClient<DefaultClientContext>,
@@ -91,11 +89,7 @@ impl Admin for KafkaAdmin {
         for (key, value) in &spec.configs {
             topic = topic.set(key, value);
         }
-        let results = self
-            .admin
-            .create_topics([&topic], &self.options())
-            .await
-            .map_err(|e| map_error("create topic", &self.endpoint, Some(&spec.name), e))?;
+        let results = self.admin.create_topics([&topic], &self.options()).await.map_err(|e| map_error("create topic", &self.endpoint, Some(&spec.name), e))?;
         for result in results {
             match result {
                 Ok(_) => {}
@@ -138,14 +132,10 @@ impl Admin for KafkaAdmin {
             .describe_configs([&ResourceSpecifier::Topic(name)], &self.options())
             .await
             .map_err(|e| map_error("describe topic configs", &self.endpoint, Some(name), e))?;
-        let resource = configs
-            .into_iter()
-            .next()
-            .ok_or_else(|| LogError::UnknownTopic { topic: name.to_string() })?
-            .map_err(|code| match code {
-                RDKafkaErrorCode::UnknownTopicOrPartition => LogError::UnknownTopic { topic: name.to_string() },
-                other => LogError::Invalid { what: "topic", reason: format!("describing `{name}` failed: {other}") },
-            })?;
+        let resource = configs.into_iter().next().ok_or_else(|| LogError::UnknownTopic { topic: name.to_string() })?.map_err(|code| match code {
+            RDKafkaErrorCode::UnknownTopicOrPartition => LogError::UnknownTopic { topic: name.to_string() },
+            other => LogError::Invalid { what: "topic", reason: format!("describing `{name}` failed: {other}") },
+        })?;
         let get = |key: &str| resource.get(key).and_then(|entry| entry.value.as_deref());
         let cleanup_policy = match get("cleanup.policy") {
             Some(policy) if policy.contains("compact") => CleanupPolicy::Compact,
@@ -162,11 +152,7 @@ impl Admin for KafkaAdmin {
     }
 
     async fn delete_topic(&self, name: &str) -> LogResult<()> {
-        let results = self
-            .admin
-            .delete_topics(&[name], &self.options())
-            .await
-            .map_err(|e| map_error("delete topic", &self.endpoint, Some(name), e))?;
+        let results = self.admin.delete_topics(&[name], &self.options()).await.map_err(|e| map_error("delete topic", &self.endpoint, Some(name), e))?;
         self.topics.forget(name);
         for result in results {
             match result {

@@ -1,8 +1,8 @@
 //! librdkafka client settings and the mapping of rdkafka errors onto [`LogError`].
 
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::{GroupProtocol, KafkaConfig};
 use crate::log::{LogError, TopicPartition};
@@ -125,9 +125,7 @@ pub(crate) fn map_error(operation: &'static str, endpoint: &str, topic: Option<&
             | RDKafkaErrorCode::MessageTimedOut
             | RDKafkaErrorCode::TimedOutQueue,
         ) => LogError::Unavailable { endpoint: endpoint.to_string(), reason: format!("{operation}: {error}") },
-        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
-            LogError::UnknownTopic { topic: topic.unwrap_or("?").to_string() }
-        }
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => LogError::UnknownTopic { topic: topic.unwrap_or("?").to_string() },
         Some(RDKafkaErrorCode::TopicAlreadyExists) => LogError::TopicExists { topic: topic.unwrap_or("?").to_string() },
         _ => LogError::Kafka { operation, source: error },
     }

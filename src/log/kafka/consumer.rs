@@ -15,10 +15,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use super::client::{committed_in, map_error};
 use super::fetch_states::{FetchStates, StallWatch};
 use super::metadata::TopicCache;
-use crate::log::{
-    ConsumedRecord, Consumer, ConsumerEvent, GroupMetadata, GroupMetadataInner, Header, LogError, LogResult, SeekTo,
-    TopicPartition,
-};
+use crate::log::{ConsumedRecord, Consumer, ConsumerEvent, GroupMetadata, GroupMetadataInner, Header, LogError, LogResult, SeekTo, TopicPartition};
 
 /// Turns librdkafka's rebalance callbacks into events. librdkafka runs the callback on the
 /// thread polling the consumer, before it hands out a record of the new assignment, so the
@@ -68,8 +65,7 @@ fn to_partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
 fn to_tpl<'a>(partitions: impl IntoIterator<Item = (&'a TopicPartition, Offset)>) -> LogResult<TopicPartitionList> {
     let mut tpl = TopicPartitionList::new();
     for (tp, offset) in partitions {
-        tpl.add_partition_offset(&tp.topic, tp.partition, offset)
-            .map_err(|e| LogError::Invalid { what: "offset", reason: e.to_string() })?;
+        tpl.add_partition_offset(&tp.topic, tp.partition, offset).map_err(|e| LogError::Invalid { what: "offset", reason: e.to_string() })?;
     }
     Ok(tpl)
 }
@@ -139,13 +135,7 @@ pub(crate) struct KafkaConsumer {
 }
 
 impl KafkaConsumer {
-    pub(crate) fn new(
-        consumer: StreamConsumer<RebalanceEvents>,
-        group: Option<String>,
-        topics: Arc<TopicCache>,
-        endpoint: String,
-        timeout: Duration,
-    ) -> Self {
+    pub(crate) fn new(consumer: StreamConsumer<RebalanceEvents>, group: Option<String>, topics: Arc<TopicCache>, endpoint: String, timeout: Duration) -> Self {
         Self {
             consumer: Arc::new(consumer),
             group,
@@ -170,10 +160,7 @@ impl KafkaConsumer {
     }
 
     /// Runs a blocking librdkafka call off the async runtime.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        call: impl FnOnce(&StreamConsumer<RebalanceEvents>) -> T + Send + 'static,
-    ) -> LogResult<T> {
+    async fn blocking<T: Send + 'static>(&self, call: impl FnOnce(&StreamConsumer<RebalanceEvents>) -> T + Send + 'static) -> LogResult<T> {
         let consumer = self.consumer.clone();
         tokio::task::spawn_blocking(move || call(&consumer)).await.map_err(|_| LogError::Shutdown)
     }
@@ -186,10 +173,7 @@ impl KafkaConsumer {
             SeekTo::Timestamp(ts) => {
                 let tpl = to_tpl([(tp, Offset::Offset(ts))])?;
                 let timeout = self.timeout;
-                let found = self
-                    .blocking(move |c| c.offsets_for_times(tpl, timeout))
-                    .await?
-                    .map_err(|e| self.err("offsets for times", e))?;
+                let found = self.blocking(move |c| c.offsets_for_times(tpl, timeout)).await?.map_err(|e| self.err("offsets for times", e))?;
                 match found.elements().first().map(|e| e.offset()) {
                     Some(Offset::Offset(o)) => Offset::Offset(o),
                     _ => Offset::End,
@@ -213,12 +197,7 @@ impl KafkaConsumer {
             None => Ok(()),
             Some(stall) => {
                 self.stalls.reset();
-                Err(LogError::Stalled {
-                    topic: stall.partition.topic,
-                    partition: stall.partition.partition,
-                    state: stall.state,
-                    after: stall.after,
-                })
+                Err(LogError::Stalled { topic: stall.partition.topic, partition: stall.partition.partition, state: stall.state, after: stall.after })
             }
         }
     }
@@ -241,8 +220,7 @@ impl KafkaConsumer {
     }
 
     fn take_rebalances(&mut self) {
-        let pending: Vec<ConsumerEvent> =
-            self.consumer.context().pending.lock().expect("rebalance queue lock poisoned").drain(..).collect();
+        let pending: Vec<ConsumerEvent> = self.consumer.context().pending.lock().expect("rebalance queue lock poisoned").drain(..).collect();
         for event in pending {
             match &event {
                 ConsumerEvent::Assigned(parts) => self.assignment.extend(parts.iter().cloned()),
@@ -277,11 +255,7 @@ fn slow_call(operation: &str, partition: &TopicPartition, started: std::time::In
 fn to_record(message: &BorrowedMessage<'_>) -> ConsumedRecord {
     let headers = message
         .headers()
-        .map(|hs| {
-            hs.iter()
-                .map(|h| Header { name: h.key.to_string(), value: Bytes::copy_from_slice(h.value.unwrap_or_default()) })
-                .collect()
-        })
+        .map(|hs| hs.iter().map(|h| Header { name: h.key.to_string(), value: Bytes::copy_from_slice(h.value.unwrap_or_default()) }).collect())
         .unwrap_or_default();
     ConsumedRecord {
         topic: message.topic().to_string(),
@@ -478,10 +452,15 @@ impl Consumer for KafkaConsumer {
             })
             // Records fetched but not handed out yet are still to be read.
             .map(|(tp, o)| {
-                let held = self.ready.iter().chain(self.held.get(&tp).into_iter().flatten()).filter_map(|e| match e {
-                    ConsumerEvent::Record(r) if r.topic == tp.topic && r.partition == tp.partition => Some(r.offset),
-                    _ => None,
-                }).min();
+                let held = self
+                    .ready
+                    .iter()
+                    .chain(self.held.get(&tp).into_iter().flatten())
+                    .filter_map(|e| match e {
+                        ConsumerEvent::Record(r) if r.topic == tp.topic && r.partition == tp.partition => Some(r.offset),
+                        _ => None,
+                    })
+                    .min();
                 let o = held.map_or(o, |h| h.min(o));
                 (tp, o)
             })
@@ -567,9 +546,8 @@ mod tests {
         let topic = format!("fetch-states-{}-{:08x}", std::process::id(), rand::random::<u32>());
         log.admin().create_topic(&TopicSpec::new(&topic, 2)).await.expect("create topic");
         let group = format!("fetch-states-{:08x}", rand::random::<u32>());
-        let created: StreamConsumer<RebalanceEvents> = super::super::client::consumer_config(&config.log.kafka, Some(&group), None)
-            .create_with_context(RebalanceEvents::default())
-            .expect("consumer");
+        let created: StreamConsumer<RebalanceEvents> =
+            super::super::client::consumer_config(&config.log.kafka, Some(&group), None).create_with_context(RebalanceEvents::default()).expect("consumer");
         let mut consumer = KafkaConsumer::new(created, Some(group), log.topics.clone(), "test".into(), Duration::from_secs(15));
         consumer.subscribe(std::slice::from_ref(&topic)).expect("subscribe");
 

@@ -114,12 +114,7 @@ pub(crate) struct StallWatch {
 impl StallWatch {
     /// Checks the assignment against the latest fetch states at `now`; the first partition
     /// unstarted for [`STALLED_AFTER`] or longer is returned.
-    pub(crate) fn check<'a>(
-        &mut self,
-        assignment: impl IntoIterator<Item = &'a TopicPartition>,
-        states: &FetchStates,
-        now: Instant,
-    ) -> Option<Stall> {
+    pub(crate) fn check<'a>(&mut self, assignment: impl IntoIterator<Item = &'a TopicPartition>, states: &FetchStates, now: Instant) -> Option<Stall> {
         let mut seen: HashMap<TopicPartition, Instant> = HashMap::new();
         let mut stalled = None;
         for partition in assignment {
@@ -159,10 +154,10 @@ mod tests {
     fn report(states: &[(&str, i32, &str)]) -> Vec<u8> {
         let mut topics: HashMap<String, serde_json::Map<String, serde_json::Value>> = HashMap::new();
         for (topic, partition, state) in states {
-            topics.entry((*topic).to_string()).or_default().insert(
-                partition.to_string(),
-                serde_json::json!({"partition": partition, "fetch_state": state, "app_offset": -1001}),
-            );
+            topics
+                .entry((*topic).to_string())
+                .or_default()
+                .insert(partition.to_string(), serde_json::json!({"partition": partition, "fetch_state": state, "app_offset": -1001}));
         }
         let topics: serde_json::Map<String, serde_json::Value> =
             topics.into_iter().map(|(t, p)| (t.clone(), serde_json::json!({"topic": t, "partitions": p}))).collect();

@@ -77,8 +77,7 @@ impl TopicCache {
             .await
             .map_err(|_| LogError::Shutdown)?
             .map_err(|e| map_error("list topics", &self.endpoint, None, e))?;
-        let mut names: Vec<String> =
-            metadata.topics().iter().map(|t| t.name().to_string()).filter(|n| !n.starts_with("__")).collect();
+        let mut names: Vec<String> = metadata.topics().iter().map(|t| t.name().to_string()).filter(|n| !n.starts_with("__")).collect();
         names.sort();
         Ok(names)
     }

@@ -46,9 +46,7 @@ impl KafkaLog {
             .map_err(|e| LogError::Kafka { operation: "create metadata client", source: e })?;
         let client = Arc::new(client);
         let topics = Arc::new(metadata::TopicCache::new(client.clone(), endpoint.clone(), timeout));
-        let admin_client = client::base_config(config)
-            .create()
-            .map_err(|e| LogError::Kafka { operation: "create admin client", source: e })?;
+        let admin_client = client::base_config(config).create().map_err(|e| LogError::Kafka { operation: "create admin client", source: e })?;
         let admin = Arc::new(admin::KafkaAdmin {
             admin: admin_client,
             client,
@@ -64,9 +62,8 @@ impl KafkaLog {
         if let Some(p) = self.producer.get() {
             return Ok(p.clone());
         }
-        let created: FutureProducer = client::producer_config(&self.config, self.max_record_bytes)
-            .create()
-            .map_err(|e| LogError::Kafka { operation: "create producer", source: e })?;
+        let created: FutureProducer =
+            client::producer_config(&self.config, self.max_record_bytes).create().map_err(|e| LogError::Kafka { operation: "create producer", source: e })?;
         let producer = Arc::new(producer::KafkaProducer {
             producer: created,
             topics: self.topics.clone(),
@@ -98,17 +95,10 @@ impl EventLog for KafkaLog {
     }
 
     fn consumer(&self, options: ConsumerOptions) -> LogResult<Box<dyn Consumer>> {
-        let created: StreamConsumer<consumer::RebalanceEvents> =
-            client::consumer_config(&self.config, options.group.as_deref(), options.client_id.as_deref())
-                .create_with_context(consumer::RebalanceEvents::default())
-                .map_err(|e| LogError::Kafka { operation: "create consumer", source: e })?;
-        Ok(Box::new(consumer::KafkaConsumer::new(
-            created,
-            options.group,
-            self.topics.clone(),
-            self.config.bootstrap_servers.clone(),
-            self.timeout,
-        )))
+        let created: StreamConsumer<consumer::RebalanceEvents> = client::consumer_config(&self.config, options.group.as_deref(), options.client_id.as_deref())
+            .create_with_context(consumer::RebalanceEvents::default())
+            .map_err(|e| LogError::Kafka { operation: "create consumer", source: e })?;
+        Ok(Box::new(consumer::KafkaConsumer::new(created, options.group, self.topics.clone(), self.config.bootstrap_servers.clone(), self.timeout)))
     }
 
     fn transactional_producer(&self, transactional_id: &str) -> LogResult<Arc<dyn TransactionalProducer>> {

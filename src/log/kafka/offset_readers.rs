@@ -39,8 +39,7 @@ impl OffsetReaders {
         }
         let mut config = self.config.clone();
         config.set("group.id", group);
-        let reader: BaseConsumer =
-            config.create().map_err(|e| LogError::Kafka { operation: "create offsets reader", source: e })?;
+        let reader: BaseConsumer = config.create().map_err(|e| LogError::Kafka { operation: "create offsets reader", source: e })?;
         if readers.len() >= MAX_READERS {
             // Any one goes: a reader still in use by a caller lives on in its Arc until done.
             if let Some(evicted) = readers.keys().next().cloned() {

@@ -84,4 +84,3 @@ impl Producer for KafkaProducer {
         }))
     }
 }
-

@@ -15,10 +15,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::metadata::TopicCache;
 use super::producer::{to_future_record, validate};
-use crate::log::{
-    GroupMetadata, GroupMetadataInner, LogError, LogResult, Position, Record, TopicPartition, Transaction,
-    TransactionalProducer,
-};
+use crate::log::{GroupMetadata, GroupMetadataInner, LogError, LogResult, Position, Record, TopicPartition, Transaction, TransactionalProducer};
 
 struct State {
     producer: Option<FutureProducer>,
@@ -60,10 +57,7 @@ impl KafkaTransactionalProducer {
 }
 
 /// Runs a blocking librdkafka transaction call off the async runtime.
-async fn blocking<T: Send + 'static>(
-    producer: &FutureProducer,
-    call: impl FnOnce(&FutureProducer) -> T + Send + 'static,
-) -> LogResult<T> {
+async fn blocking<T: Send + 'static>(producer: &FutureProducer, call: impl FnOnce(&FutureProducer) -> T + Send + 'static) -> LogResult<T> {
     let producer = producer.clone();
     tokio::task::spawn_blocking(move || call(&producer)).await.map_err(|_| LogError::Shutdown)
 }
@@ -84,13 +78,8 @@ impl TransactionalProducer for KafkaTransactionalProducer {
             state.open = false;
         }
         if state.producer.is_none() {
-            let producer: FutureProducer = self
-                .config
-                .create()
-                .map_err(|e| LogError::Kafka { operation: "create transactional producer", source: e })?;
-            blocking(&producer, move |p| p.init_transactions(timeout))
-                .await?
-                .map_err(|e| self.txn_error("init", &e))?;
+            let producer: FutureProducer = self.config.create().map_err(|e| LogError::Kafka { operation: "create transactional producer", source: e })?;
+            blocking(&producer, move |p| p.init_transactions(timeout)).await?.map_err(|e| self.txn_error("init", &e))?;
             state.producer = Some(producer);
         }
         let Some(producer) = state.producer.clone() else {
@@ -134,7 +123,9 @@ impl KafkaTransaction<'_> {
         loop {
             match call(self.producer.clone()).await? {
                 Ok(()) => return Ok(Ok(())),
-                Err(KafkaError::Transaction(e)) if e.is_retriable() && !e.txn_requires_abort() && !e.is_fatal() && started.elapsed() < self.owner.resume_for => {
+                Err(KafkaError::Transaction(e))
+                    if e.is_retriable() && !e.txn_requires_abort() && !e.is_fatal() && started.elapsed() < self.owner.resume_for =>
+                {
                     tracing::warn!(transactional_id = %self.owner.transactional_id, operation, error = %e, "transaction call timed out; resuming it");
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
@@ -162,19 +153,12 @@ impl KafkaTransaction<'_> {
 impl Transaction for KafkaTransaction<'_> {
     async fn send(&mut self, record: Record) -> LogResult<()> {
         validate(&self.owner.topics, &record, self.owner.max_record_bytes).await?;
-        let future = self
-            .producer
-            .send_result(to_future_record(&record))
-            .map_err(|(e, _)| self.owner.txn_error("send", &e))?;
+        let future = self.producer.send_result(to_future_record(&record)).map_err(|(e, _)| self.owner.txn_error("send", &e))?;
         self.deliveries.push(future);
         Ok(())
     }
 
-    async fn commit_with_offsets(
-        mut self: Box<Self>,
-        offsets: &[(TopicPartition, i64)],
-        group: Option<&GroupMetadata>,
-    ) -> LogResult<Vec<Position>> {
+    async fn commit_with_offsets(mut self: Box<Self>, offsets: &[(TopicPartition, i64)], group: Option<&GroupMetadata>) -> LogResult<Vec<Position>> {
         let timeout = self.owner.timeout;
         let started = std::time::Instant::now();
         let mut positions = Vec::with_capacity(self.deliveries.len());
@@ -217,9 +201,7 @@ impl Transaction for KafkaTransaction<'_> {
             }
         }
         let offsets_sent = started.elapsed();
-        let result = self
-            .resuming("commit", |producer| async move { blocking(&producer, move |p| p.commit_transaction(timeout)).await })
-            .await?;
+        let result = self.resuming("commit", |producer| async move { blocking(&producer, move |p| p.commit_transaction(timeout)).await }).await?;
         if let Err(error) = result {
             return Err(self.abort_after(error).await);
         }
