@@ -52,35 +52,11 @@ fault_test!(broker_kill { supervisors: 1, load_s: 30 });
 fault_test!(api_kill_during_broker_outage { supervisors: 1, load_s: 30 });
 
 // `make faults`.
-fault_test!(
-    #[ignore = "make faults"]
-    baseline { supervisors: 1, load_s: 20 }
-);
-fault_test!(
-    #[ignore = "make faults"]
-    worker_pause { supervisors: 1, load_s: 25 }
-);
-fault_test!(
-    #[ignore = "make faults"]
-    supervisor_leader_kill { supervisors: 2, load_s: 20 }
-);
-fault_test!(
-    #[ignore = "make faults"]
-    api_kill { supervisors: 1, load_s: 20 }
-);
-fault_test!(
-    #[ignore = "make faults"]
-    broker_leader_kill { supervisors: 1, load_s: 30 }
-);
-fault_test!(
-    #[ignore = "make faults"]
-    broker_pause { supervisors: 1, load_s: 25 }
-);
-fault_test!(
-    #[ignore = "make faults"]
-    registry_restart { supervisors: 1, load_s: 20 }
-);
-fault_test!(
-    #[ignore = "make faults"]
-    combination { supervisors: 1, load_s: 35 }
-);
+fault_test! { #[ignore = "make faults"] baseline { supervisors: 1, load_s: 20 } }
+fault_test! { #[ignore = "make faults"] worker_pause { supervisors: 1, load_s: 25 } }
+fault_test! { #[ignore = "make faults"] supervisor_leader_kill { supervisors: 2, load_s: 20 } }
+fault_test! { #[ignore = "make faults"] api_kill { supervisors: 1, load_s: 20 } }
+fault_test! { #[ignore = "make faults"] broker_leader_kill { supervisors: 1, load_s: 30 } }
+fault_test! { #[ignore = "make faults"] broker_pause { supervisors: 1, load_s: 25 } }
+fault_test! { #[ignore = "make faults"] registry_restart { supervisors: 1, load_s: 20 } }
+fault_test! { #[ignore = "make faults"] combination { supervisors: 1, load_s: 35 } }
