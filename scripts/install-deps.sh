@@ -19,3 +19,10 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is not installed: install Rust (https://rustup.rs), edition 2024 needs Rust >= 1.88" >&2
   exit 1
 fi
+# The style gates of `make test` (cargo fmt --check, cargo clippy -D warnings).
+for tool in rustfmt clippy; do
+  if ! cargo "${tool/rustfmt/fmt}" --version >/dev/null 2>&1 && command -v rustup >/dev/null 2>&1; then
+    echo "installing the Rust component $tool"
+    rustup component add "$tool" || echo "could not install $tool: make test's style gate will fail until it is there" >&2
+  fi
+done

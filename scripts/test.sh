@@ -9,10 +9,18 @@ fmt_status=0
 if ! cargo fmt --version >/dev/null 2>&1; then
   echo "rustfmt is not installed (rustup component add rustfmt): the style gate cannot run" >&2
   fmt_status=1
-elif ! cargo fmt --check >/dev/null; then
-  cargo fmt --check -- --files-with-diff >&2 || true
+elif ! unformatted=$(cargo fmt --check -- --files-with-diff); then
+  echo "$unformatted" >&2
   echo "the files above are not formatted: run cargo fmt" >&2
   fmt_status=1
+fi
+
+# Lints: clippy over every target, warnings as errors. It shares the release build's
+# dependencies (same profile), so only agentlog itself is checked (about a minute).
+clippy_status=0
+if ! cargo clippy --release --all-targets --quiet -- -D warnings; then
+  echo "clippy found the problems above: fix them (or allow one with a comment saying why)" >&2
+  clippy_status=1
 fi
 
 log_dir=$(mktemp -d)
@@ -34,6 +42,7 @@ cargo test --release --all-targets 2>&1 | tee "$log_dir/test.log"
 status=${PIPESTATUS[0]}
 set -e
 [ "$fmt_status" -eq 0 ] || status=1
+[ "$clippy_status" -eq 0 ] || status=1
 
 # Schema evolution: a change that would break a reader of the released schemas fails here.
 bin="${CARGO_TARGET_DIR:-target}/release/agentlog"

@@ -62,11 +62,8 @@ async fn acknowledged_appends_survive_kill_9(fsync: FsyncPolicy) {
         total += admin.watermarks(&TopicPartition::new(topic, p)).await.expect("marks").high;
     }
     while stored.len() < total as usize {
-        match tokio::time::timeout(Duration::from_secs(10), consumer.next_event()).await.expect("read in time").expect("read") {
-            ConsumerEvent::Record(r) => {
-                stored.insert((r.partition, r.offset), String::from_utf8_lossy(&r.payload).into_owned());
-            }
-            _ => {}
+        if let ConsumerEvent::Record(r) = tokio::time::timeout(Duration::from_secs(10), consumer.next_event()).await.expect("read in time").expect("read") {
+            stored.insert((r.partition, r.offset), String::from_utf8_lossy(&r.payload).into_owned());
         }
     }
     for (seq, partition, offset) in &acked {

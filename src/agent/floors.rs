@@ -126,7 +126,7 @@ async fn look_up(admin: &dyn Admin, group: &str, partitions: &[TopicPartition]) 
             Err(_) => format!("no answer within {ATTEMPT:?}"),
         };
         // The first failure and then every tenth: an open transaction alone takes ~10 tries.
-        if backoff.failures() % 10 == 0 {
+        if backoff.failures().is_multiple_of(10) {
             tracing::warn!(?partitions, error = %failure, failures = backoff.failures() + 1, "committed offsets of assigned partitions unknown; their records wait");
         }
         tokio::time::sleep(backoff.next_delay()).await;

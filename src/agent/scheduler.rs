@@ -171,7 +171,7 @@ impl<T> Scheduler<T> {
 
     /// The next task to start, if the rules allow one; it counts as running until
     /// [`Scheduler::finished`] is called with its key.
-    pub fn next(&mut self) -> Option<(Lane, T)> {
+    pub fn take_next(&mut self) -> Option<(Lane, T)> {
         if self.running >= self.concurrency {
             return None;
         }
@@ -234,13 +234,13 @@ mod tests {
         for i in 0..50 {
             s.push(LOW, 0, 0, None, format!("low-{i}"));
         }
-        assert_eq!(s.next(), Some((LOW, "low-0".to_string())));
+        assert_eq!(s.take_next(), Some((LOW, "low-0".to_string())));
         s.push(HIGH, 0, 0, None, "high".to_string());
-        assert_eq!(s.next(), None, "concurrency 1 is in use");
+        assert_eq!(s.take_next(), None, "concurrency 1 is in use");
         s.finished(None);
-        assert_eq!(s.next(), Some((HIGH, "high".to_string())), "the high task goes next");
+        assert_eq!(s.take_next(), Some((HIGH, "high".to_string())), "the high task goes next");
         s.finished(None);
-        assert_eq!(s.next(), Some((LOW, "low-1".to_string())));
+        assert_eq!(s.take_next(), Some((LOW, "low-1".to_string())));
     }
 
     #[test]
@@ -249,34 +249,34 @@ mod tests {
         s.push(LOW, 0, 0, Some("k".into()), 1);
         s.push(LOW, 0, 0, Some("k".into()), 2);
         s.push(LOW, 0, 0, Some("other".into()), 3);
-        assert_eq!(s.next(), Some((LOW, 1)));
-        assert_eq!(s.next(), Some((LOW, 3)), "another key is not held back");
-        assert_eq!(s.next(), None, "2 waits for 1");
+        assert_eq!(s.take_next(), Some((LOW, 1)));
+        assert_eq!(s.take_next(), Some((LOW, 3)), "another key is not held back");
+        assert_eq!(s.take_next(), None, "2 waits for 1");
         s.finished(Some("k"));
-        assert_eq!(s.next(), Some((LOW, 2)));
+        assert_eq!(s.take_next(), Some((LOW, 2)));
     }
 
     #[test]
     fn a_task_never_overtakes_an_earlier_waiting_task_of_its_key() {
         let mut s = Scheduler::new(4, 100);
         s.push(HIGH, 0, 0, Some("busy".into()), "a");
-        assert_eq!(s.next(), Some((HIGH, "a")));
+        assert_eq!(s.take_next(), Some((HIGH, "a")));
         s.push(HIGH, 0, 0, Some("busy".into()), "b");
         s.push(HIGH, 0, 0, Some("busy".into()), "c");
-        assert_eq!(s.next(), None);
+        assert_eq!(s.take_next(), None);
         s.finished(Some("busy"));
-        assert_eq!(s.next(), Some((HIGH, "b")));
-        assert_eq!(s.next(), None, "c waits for b");
+        assert_eq!(s.take_next(), Some((HIGH, "b")));
+        assert_eq!(s.take_next(), None, "c waits for b");
     }
 
     #[test]
     fn a_higher_lane_task_blocked_by_its_key_does_not_idle_lower_lanes() {
         let mut s = Scheduler::new(2, 100);
         s.push(CRITICAL, 0, 0, Some("k".into()), "c1");
-        assert_eq!(s.next(), Some((CRITICAL, "c1")));
+        assert_eq!(s.take_next(), Some((CRITICAL, "c1")));
         s.push(CRITICAL, 0, 0, Some("k".into()), "c2");
         s.push(LOW, 0, 0, None, "l1");
-        assert_eq!(s.next(), Some((LOW, "l1")));
+        assert_eq!(s.take_next(), Some((LOW, "l1")));
     }
 
     #[test]
@@ -304,12 +304,12 @@ mod tests {
         for (ts, name) in [(11, "p3-old"), (41, "p3-new")] {
             s.push(LOW, 3, ts, None, name);
         }
-        assert_eq!(s.next(), Some((LOW, "p2-old")));
-        assert_eq!(s.next(), Some((LOW, "p3-old")), "3's head is older than 2's next task");
-        assert_eq!(s.next(), Some((LOW, "p2-new")));
-        assert_eq!(s.next(), None, "concurrency 3 is in use");
+        assert_eq!(s.take_next(), Some((LOW, "p2-old")));
+        assert_eq!(s.take_next(), Some((LOW, "p3-old")), "3's head is older than 2's next task");
+        assert_eq!(s.take_next(), Some((LOW, "p2-new")));
+        assert_eq!(s.take_next(), None, "concurrency 3 is in use");
         s.finished(None);
-        assert_eq!(s.next(), Some((LOW, "p3-new")));
+        assert_eq!(s.take_next(), Some((LOW, "p3-new")));
     }
 
     #[test]
@@ -320,9 +320,9 @@ mod tests {
         s.push(LOW, 0, 50, None, "p0-first");
         s.push(LOW, 0, 10, None, "p0-second");
         s.push(LOW, 1, 30, None, "p1");
-        assert_eq!(s.next(), Some((LOW, "p1")));
-        assert_eq!(s.next(), Some((LOW, "p0-first")));
-        assert_eq!(s.next(), Some((LOW, "p0-second")));
+        assert_eq!(s.take_next(), Some((LOW, "p1")));
+        assert_eq!(s.take_next(), Some((LOW, "p0-first")));
+        assert_eq!(s.take_next(), Some((LOW, "p0-second")));
     }
 
     #[test]
@@ -331,11 +331,11 @@ mod tests {
         s.push(LOW, 0, 100, Some("k".into()), "k-taken-first");
         s.push(LOW, 1, 5, Some("k".into()), "k-taken-second");
         s.push(LOW, 1, 200, None, "free");
-        assert_eq!(s.next(), Some((LOW, "k-taken-first")), "taken order wins for a key");
-        assert_eq!(s.next(), Some((LOW, "free")), "a keyed task waiting for its key does not block its partition's others");
-        assert_eq!(s.next(), None);
+        assert_eq!(s.take_next(), Some((LOW, "k-taken-first")), "taken order wins for a key");
+        assert_eq!(s.take_next(), Some((LOW, "free")), "a keyed task waiting for its key does not block its partition's others");
+        assert_eq!(s.take_next(), None);
         s.finished(Some("k"));
-        assert_eq!(s.next(), Some((LOW, "k-taken-second")));
+        assert_eq!(s.take_next(), Some((LOW, "k-taken-second")));
     }
 
     #[test]
@@ -344,7 +344,7 @@ mod tests {
         s.push(LOW, 0, 1, Some("k".into()), (0, "revoked"));
         s.push(LOW, 1, 2, Some("k".into()), (1, "kept"));
         s.remove_waiting(|(partition, _)| *partition == 0);
-        assert_eq!(s.next(), Some((LOW, (1, "kept"))), "the revoked task no longer claims the key");
+        assert_eq!(s.take_next(), Some((LOW, (1, "kept"))), "the revoked task no longer claims the key");
         assert_eq!(s.waiting(), 0);
     }
 }

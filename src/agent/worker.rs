@@ -449,7 +449,7 @@ impl Member<'_> {
 
         let result: Result<(), WorkerError> = async {
             loop {
-                while let Some((_, taken)) = scheduler.next() {
+                while let Some((_, taken)) = scheduler.take_next() {
                     load.in_flight.fetch_add(1, Ordering::Relaxed);
                     // Boxed: a turn's future is several kilobytes, and spawning it unboxed
                     // copies all of it more than once per task.

@@ -26,7 +26,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -95,28 +95,28 @@ pub async fn listen(addresses: impl ToSocketAddrs) -> io::Result<TcpListener> {
 /// (see the module doc).
 #[derive(Default)]
 struct Pressure {
-    wanted: AtomicUsize,
+    wanted: AtomicBool,
     notify: Arc<Notify>,
 }
 
 impl Pressure {
     /// A connection waits for a slot: one idle connection is to give up its own.
     fn want_one(&self) {
-        self.wanted.store(1, Ordering::SeqCst);
+        self.wanted.store(true, Ordering::SeqCst);
         self.notify.notify_waiters();
     }
 
     fn satisfied(&self) {
-        self.wanted.store(0, Ordering::SeqCst);
+        self.wanted.store(false, Ordering::SeqCst);
     }
 
     fn wants(&self) -> bool {
-        self.wanted.load(Ordering::SeqCst) > 0
+        self.wanted.load(Ordering::SeqCst)
     }
 
     /// Whether this idle connection is the one to close.
     fn claim(&self) -> bool {
-        self.wanted.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| w.checked_sub(1)).is_ok()
+        self.wanted.compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst).is_ok()
     }
 
     /// A wake-up for the next `want_one`, registered before it is polled so none is missed

@@ -19,8 +19,11 @@ use agentlog::registry::{Registry, serve};
 /// belongs to this process, so nobody else can).
 pub struct LocalCodec {
     pub codec: Arc<WireCodec>,
-    registry: Option<(Arc<Registry>, tokio::task::JoinHandle<Result<(), agentlog::registry::RegistryError>>, CancellationToken)>,
+    registry: Option<ServedRegistry>,
 }
+
+/// The registry this process serves, its server task and what stops it.
+type ServedRegistry = (Arc<Registry>, tokio::task::JoinHandle<Result<(), agentlog::registry::RegistryError>>, CancellationToken);
 
 impl LocalCodec {
     pub async fn open(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<LocalCodec> {

@@ -197,10 +197,11 @@ fn list_avsc(dir: &Path) -> Result<Vec<String>, CheckError> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(read_dir)? {
         let path = entry.map_err(read_dir)?.path();
-        if path.is_file() && path.extension().is_some_and(|e| e == "avsc") {
-            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-                files.push(name.to_owned());
-            }
+        if path.is_file()
+            && path.extension().is_some_and(|e| e == "avsc")
+            && let Some(name) = path.file_name().and_then(|n| n.to_str())
+        {
+            files.push(name.to_owned());
         }
     }
     files.sort();

@@ -150,7 +150,7 @@ fn undocumented(v: &Json, path: &str, out: &mut Vec<String>) {
                 for f in fields {
                     let name = f.get("name").and_then(Json::as_str).unwrap_or("?");
                     let fpath = format!("{path}.{name}");
-                    if !f.get("doc").and_then(Json::as_str).is_some_and(|d| !d.trim().is_empty()) {
+                    if f.get("doc").and_then(Json::as_str).is_none_or(|d| d.trim().is_empty()) {
                         out.push(fpath.clone());
                     }
                     if let Some(t) = f.get("type") {

@@ -262,13 +262,12 @@ async fn decode_into(codec: &WireCodec, records: &mut Vec<ConsumedRecord>, out: 
     Ok(())
 }
 
+/// What applying a batch did: the next offset of each (topic, partition) it touched, the
+/// outcomes it reached and the number of events applied.
+type Applied = (HashMap<(String, i32), i64>, Vec<OutcomeNotice>, usize);
+
 /// Applies a decoded batch as one WriteBatch with the next offsets of its partitions.
-/// Returns those offsets, the outcomes reached and the number of events applied.
-fn apply_decoded(
-    store: &ProjectionStore,
-    kinds: &HashMap<String, Source>,
-    batch: DecodedBatch,
-) -> Result<(HashMap<(String, i32), i64>, Vec<OutcomeNotice>, usize), ProjectorError> {
+fn apply_decoded(store: &ProjectionStore, kinds: &HashMap<String, Source>, batch: DecodedBatch) -> Result<Applied, ProjectorError> {
     let mut changes = Changes::new(store);
     for (record, event) in batch {
         changes.consumed(&record.topic, record.partition, record.offset);

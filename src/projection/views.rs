@@ -101,7 +101,7 @@ impl TaskView {
             return &outcome.status;
         }
         let started = self.attempts;
-        let status = if self.max_scheduled > self.max_enqueued.max(started) {
+        if self.max_scheduled > self.max_enqueued.max(started) {
             "scheduled"
         } else if started > 0 && started >= self.max_enqueued && self.max_retry < started {
             "running"
@@ -111,8 +111,7 @@ impl TaskView {
             "queued"
         } else {
             "pending"
-        };
-        status
+        }
     }
 
     /// Adds an entry unless an entry with the same event and id is there; keeps the earliest

@@ -66,6 +66,9 @@ pub struct TimerId {
 }
 
 /// What firing a timer does, settled when the timer was read (its command decoded once).
+// Timers wait serialized on disk, and only the few firing now are held as values, so the
+// size of the larger variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Action {
     /// Submit the command to its lane (or cancel it, if cancellation was asked meanwhile).
@@ -94,7 +97,7 @@ pub struct TimerStore {
     next_due: Option<Option<i64>>,
     pending: u64,
     // Declared after `db`: removes the directory once `db` is closed.
-    _dir: RemoveOnDrop,
+    dir: RemoveOnDrop,
     // Declared last: the slot stays claimed until its directory is gone.
     _slot: Option<File>,
 }
@@ -169,12 +172,12 @@ impl TimerStore {
         table.set_bloom_filter(10.0, false);
         options.set_block_based_table_factory(&table);
         let db = DB::open(&options, dir).map_err(|source| TimerStoreError::Open { path: dir.to_path_buf(), source })?;
-        Ok(TimerStore { db, floor: vec![DUE], next_due: Some(None), pending: 0, _dir: guard, _slot: None })
+        Ok(TimerStore { db, floor: vec![DUE], next_due: Some(None), pending: 0, dir: guard, _slot: None })
     }
 
     /// The directory the store lives in.
     pub fn dir(&self) -> &Path {
-        &self._dir.0
+        &self.dir.0
     }
 
     /// How many timers are pending (a record inserted twice counts twice).

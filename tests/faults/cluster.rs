@@ -187,9 +187,9 @@ impl Cluster {
 }
 
 extern "C" fn stop_at_exit() {
-    if let Some(cluster) = STARTED_HERE.get() {
-        if let Err(error) = cluster.run(&["stop"]) {
-            eprintln!("stopping the fault-test Kafka cluster: {error}");
-        }
+    if let Some(cluster) = STARTED_HERE.get()
+        && let Err(error) = cluster.run(&["stop"])
+    {
+        eprintln!("stopping the fault-test Kafka cluster: {error}");
     }
 }

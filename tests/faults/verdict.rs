@@ -64,6 +64,7 @@ pub struct Verdict {
 
 /// `warmed`: ids of the warm-up's tasks, run before the recorded load: theirs are expected
 /// outcomes and only checked for duplicates.
+#[allow(clippy::too_many_arguments)] // each is one input of the verdict, named at the one call site
 pub fn judge(
     scenario: &str,
     history: &History,

@@ -443,7 +443,7 @@ pub struct Rewinds {
 }
 
 impl ResumesAtStart {
-    pub fn new(inner: Arc<dyn EventLog>, failing: u32) -> (Arc<dyn EventLog>, Arc<Rewinds>) {
+    pub fn wrap(inner: Arc<dyn EventLog>, failing: u32) -> (Arc<dyn EventLog>, Arc<Rewinds>) {
         let counts = Arc::new(Rewinds { to_fail: AtomicU32::new(failing), ..Default::default() });
         (Arc::new(ResumesAtStart { inner, counts: counts.clone() }), counts)
     }

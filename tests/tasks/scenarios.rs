@@ -723,7 +723,7 @@ pub async fn exactly_once_never_reruns_committed_work(h: &mut Harness) {
         f.submit(&task).await;
         later.push(task.task_id);
     }
-    let (forgetful, counts) = ResumesAtStart::new(f.log.clone(), 3);
+    let (forgetful, counts) = ResumesAtStart::wrap(f.log.clone(), 3);
     let codec = f.codec.clone();
     f.start_worker_on(forgetful, codec, &ty, &agent, runtime, "second", agentlog::agent::worker::TRANSACTION_DEADLINE);
     let outcomes = f.outcomes(&later, WITHIN).await;
