@@ -22,7 +22,7 @@ test: deps
 # on ports 29092-29097 and stops at its end; verdicts are appended to
 # $AGENTLOG_FAULTS_RESULTS (default $TMPDIR or /tmp, then agentlog-faults/results.jsonl).
 faults: deps
-	AGENTLOG_FAULTS=1 cargo test --release --test faults -- --include-ignored --test-threads=1 --nocapture
+	cargo test --release --test faults -- --include-ignored --test-threads=1 --nocapture
 
 # Log benchmark on both backends (starts and stops the local Kafka).
 bench: deps

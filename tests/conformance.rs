@@ -1,6 +1,7 @@
 //! One conformance suite for both backends: every scenario in `conformance/scenarios.rs`
-//! runs against the embedded log, and against Kafka when `AGENTLOG_TEST_KAFKA` names a
-//! broker (`make test` starts one; under `CI=true` a missing broker fails the run).
+//! runs against the embedded log, and against the Kafka broker `AGENTLOG_TEST_KAFKA` names.
+//! The Kafka variants are `#[ignore]`d, so a plain `cargo test` shows them as ignored;
+//! `make test` starts a broker and runs them with `--include-ignored`.
 
 mod conformance {
     pub mod harness;
@@ -27,11 +28,9 @@ macro_rules! conformance_suite {
             use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs Kafka: AGENTLOG_TEST_KAFKA names a broker (make test starts one and runs these)"]
                 async fn $scenario() {
-                    let Some(bootstrap) = kafka_bootstrap() else {
-                        eprintln!("SKIPPED kafka::{}: AGENTLOG_TEST_KAFKA is not set", stringify!($scenario));
-                        return;
-                    };
+                    let bootstrap = kafka_bootstrap();
                     let mut harness = Harness::kafka(&bootstrap);
                     scenarios::$scenario(&mut harness).await;
                     harness.release().await;

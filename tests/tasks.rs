@@ -3,8 +3,8 @@
 //! runtimes, drains, heartbeats and lost agents, delays, jobs and exactly-once outcomes, and
 //! hostile inputs (outputs, dead letters and submits past the record limit, garbage on a lane,
 //! credentials in an agent's URL).
-//! Kafka runs when `AGENTLOG_TEST_KAFKA` names a broker (`make test` starts one; under
-//! `CI=true` a missing broker fails the run).
+//! The Kafka variants are `#[ignore]`d: `make test` starts a broker, names it in
+//! `AGENTLOG_TEST_KAFKA` and runs them with `--include-ignored`.
 
 #[path = "conformance/harness.rs"]
 #[allow(dead_code)]
@@ -35,11 +35,9 @@ macro_rules! task_suite {
             use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs Kafka: AGENTLOG_TEST_KAFKA names a broker (make test starts one and runs these)"]
                 async fn $scenario() {
-                    let Some(bootstrap) = kafka_bootstrap() else {
-                        eprintln!("SKIPPED kafka::{}: AGENTLOG_TEST_KAFKA is not set", stringify!($scenario));
-                        return;
-                    };
+                    let bootstrap = kafka_bootstrap();
                     let mut harness = Harness::kafka(&bootstrap);
                     scenarios::$scenario(&mut harness).await;
                     harness.release().await;

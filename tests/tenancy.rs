@@ -503,11 +503,9 @@ macro_rules! tenancy_suite {
             use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs Kafka: AGENTLOG_TEST_KAFKA names a broker (make test starts one and runs these)"]
                 async fn $scenario() {
-                    let Some(bootstrap) = kafka_bootstrap() else {
-                        eprintln!("SKIPPED kafka::{}: AGENTLOG_TEST_KAFKA is not set", stringify!($scenario));
-                        return;
-                    };
+                    let bootstrap = kafka_bootstrap();
                     let mut harness = Harness::kafka(&bootstrap);
                     super::$scenario(&mut harness).await;
                     harness.release().await;

@@ -58,17 +58,6 @@ pub type Step = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-/// Faults run only when asked for with AGENTLOG_FAULTS=1 (`make faults`, and `make test`
-/// through scripts/test.sh for the CI subset): they start a cluster of their own and take
-/// minutes, which a plain `cargo test` should not. Under CI=true they may not skip.
-pub fn enabled() -> bool {
-    let enabled = std::env::var("AGENTLOG_FAULTS").is_ok_and(|v| v.trim() == "1");
-    if !enabled && std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true but AGENTLOG_FAULTS is not 1: fault tests may not skip in CI");
-    }
-    enabled
-}
-
 pub struct Scenario {
     pub name: String,
     pub cluster: &'static Cluster,
@@ -87,13 +76,9 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// Sets the scenario up with `supervisors` supervisor processes; None when fault tests
-    /// are not enabled. Panics with the evidence if the system does not come up.
-    pub async fn begin(name: &str, supervisors: usize) -> Option<Scenario> {
-        if !enabled() {
-            eprintln!("SKIPPED {name}: set AGENTLOG_FAULTS=1 to run the fault suite");
-            return None;
-        }
+    /// Sets the scenario up with `supervisors` supervisor processes. Panics with the evidence
+    /// if the system does not come up.
+    pub async fn begin(name: &str, supervisors: usize) -> Scenario {
         let turn = SERIAL.lock().await;
         let cluster = tokio::task::spawn_blocking(Cluster::shared).await.expect("cluster start task").unwrap_or_else(|e| panic!("three-broker cluster: {e}"));
         cluster.heal_all().await.unwrap_or_else(|e| panic!("healing the cluster before {name}: {e}"));
@@ -133,7 +118,7 @@ impl Scenario {
         let reader = ResultsReader::start(&log, &topics.results()).await.expect("reading task.results");
         let warmed = warm_up(&mut fleet, &reader, &api_url, &agent_type, name).await;
         eprintln!("{name}: up and warmed in {:.1}s; logs in {}", started.elapsed().as_secs_f64(), dir.display());
-        Some(Scenario {
+        Scenario {
             name: name.to_string(),
             cluster,
             fleet,
@@ -147,7 +132,7 @@ impl Scenario {
             warmed,
             _log: log,
             _turn: turn,
-        })
+        }
     }
 
     /// Starts the recording client: [`rate_per_s`] tasks of 10 ms sleep a second for `duration`.

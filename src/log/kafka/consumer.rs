@@ -527,16 +527,11 @@ mod tests {
     /// state; a real client must deliver them in the shape `FetchStates` reads, or the check
     /// would silently never fire.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Kafka: AGENTLOG_TEST_KAFKA names a broker (make test starts one and runs these)"]
     async fn a_group_member_sees_the_fetch_state_of_its_partitions() {
         let bootstrap = match std::env::var("AGENTLOG_TEST_KAFKA") {
             Ok(servers) if !servers.trim().is_empty() => servers,
-            _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("CI=true but AGENTLOG_TEST_KAFKA does not name a broker: Kafka tests may not skip in CI")
-            }
-            _ => {
-                eprintln!("SKIPPED a_group_member_sees_the_fetch_state_of_its_partitions: AGENTLOG_TEST_KAFKA is not set");
-                return;
-            }
+            _ => panic!("this Kafka test needs AGENTLOG_TEST_KAFKA to name a broker (scripts/kafka-local.sh start; make test does both)"),
         };
         let mut config = Config::load_with_env(None, Vec::new()).expect("default config");
         config.log.backend = Backend::Kafka;
