@@ -114,7 +114,7 @@ enum Command {
         #[arg(long, default_value = "{}")]
         input: String,
         #[arg(long, default_value = "normal")]
-        lane: String,
+        lane: agentlog::events::Lane,
         #[arg(long, default_value = "default")]
         tenant: String,
         /// Ordering key: tasks sharing it run one at a time, in order.

@@ -94,7 +94,7 @@ impl Api {
     async fn lane_marks(&self) -> Vec<i64> {
         let mut out = Vec::new();
         for (name, agent) in &self.agents {
-            for lane in Lane::ALL.into_iter().filter(|l| agent.lanes.iter().any(|x| x == l.as_str())) {
+            for lane in agent.lanes_by_priority() {
                 let topic = self.f.topics.lane(name, lane);
                 for p in 0..fixture::PARTITIONS {
                     out.push(self.f.log.admin().watermarks(&TopicPartition::new(topic.clone(), p)).await.expect("watermarks").high);

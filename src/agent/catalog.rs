@@ -7,11 +7,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::retry::RetryPolicy;
+use crate::events::Lane;
+use crate::events::lane::names as lane_names;
 use crate::log::TopicSpec;
-
-/// The four lanes, highest priority first; a worker never starts a lower-lane task while a
-/// higher-lane one of its assignment waits.
-pub const LANES: [&str; 4] = ["critical", "high", "normal", "low"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,9 +25,11 @@ pub struct AgentTypeConfig {
     pub timeout_ms: u64,
     #[serde(default)]
     pub retry: RetryPolicy,
-    /// Lanes this type reads, a subset of critical/high/normal/low.
-    #[serde(default = "default_lanes")]
-    pub lanes: Vec<String>,
+    /// Lanes this type reads, a subset of critical/high/normal/low (by name; an unknown name
+    /// fails the config load, naming the key). A worker never starts a lower-lane task while
+    /// a higher-lane one of its assignment waits.
+    #[serde(default = "default_lanes", with = "lane_names")]
+    pub lanes: Vec<Lane>,
     /// Partitions of each lane topic: the most workers that can share one lane.
     #[serde(default = "default_partitions")]
     pub partitions: i32,
@@ -96,8 +96,8 @@ fn default_concurrency() -> u32 {
 fn default_timeout_ms() -> u64 {
     300_000
 }
-fn default_lanes() -> Vec<String> {
-    LANES.iter().map(|l| l.to_string()).collect()
+fn default_lanes() -> Vec<Lane> {
+    Lane::ALL.to_vec()
 }
 fn default_partitions() -> i32 {
     6
@@ -124,9 +124,7 @@ impl AgentTypeConfig {
             out.push(format!("{} must name at least one lane", key("lanes")));
         }
         for (i, lane) in self.lanes.iter().enumerate() {
-            if !LANES.contains(&lane.as_str()) {
-                out.push(format!("{}: unknown lane `{lane}` (known: {})", key("lanes"), LANES.join(", ")));
-            } else if self.lanes[..i].contains(lane) {
+            if self.lanes[..i].contains(lane) {
                 out.push(format!("{}: lane `{lane}` is listed twice", key("lanes")));
             }
         }
@@ -157,9 +155,24 @@ impl AgentTypeConfig {
         out
     }
 
+    /// The lanes this type reads, highest priority first (whatever the config's order).
+    pub fn lanes_by_priority(&self) -> impl Iterator<Item = Lane> + '_ {
+        Lane::ALL.into_iter().filter(|lane| self.lanes.contains(lane))
+    }
+
+    /// Whether this type reads `lane`.
+    pub fn reads(&self, lane: Lane) -> bool {
+        self.lanes.contains(&lane)
+    }
+
+    /// The lanes this type reads, as a list for messages (`high, normal`).
+    pub fn lane_list(&self) -> String {
+        self.lanes_by_priority().map(Lane::as_str).collect::<Vec<_>>().join(", ")
+    }
+
     /// The lane topics of agent type `name`, highest priority first, with the topic prefix.
     pub fn lane_topics(&self, name: &str, prefix: &str) -> Vec<String> {
-        LANES.iter().filter(|lane| self.lanes.iter().any(|l| l == *lane)).map(|lane| format!("{prefix}tasks.{name}.{lane}")).collect()
+        self.lanes_by_priority().map(|lane| format!("{prefix}{}", crate::events::lane_topic(name, lane))).collect()
     }
 }
 
@@ -198,7 +211,7 @@ mod tests {
 
     #[test]
     fn lanes_keep_priority_order_whatever_the_config_order() {
-        let agent = AgentTypeConfig { lanes: vec!["low".into(), "critical".into()], ..echo() };
+        let agent = AgentTypeConfig { lanes: vec![Lane::Low, Lane::Critical], ..echo() };
         assert_eq!(agent.lane_topics("x", ""), vec!["tasks.x.critical", "tasks.x.low"]);
     }
 
@@ -206,7 +219,7 @@ mod tests {
     fn problems_name_the_full_key() {
         let agent = AgentTypeConfig {
             concurrency: 0,
-            lanes: vec!["urgent".into()],
+            lanes: vec![Lane::High, Lane::High],
             runtime: RuntimeConfig::Http { url: "agent:8080".into() },
             retry: RetryPolicy { max_attempts: 0, ..RetryPolicy::default() },
             ..echo()
@@ -214,7 +227,7 @@ mod tests {
         let problems = agent.problems("summarize").join("\n");
         for expected in [
             "agents.summarize.concurrency",
-            "agents.summarize.lanes: unknown lane `urgent`",
+            "agents.summarize.lanes: lane `high` is listed twice",
             "agents.summarize.runtime.url",
             "agents.summarize.retry.max_attempts",
         ] {
@@ -242,6 +255,16 @@ mod tests {
         assert_eq!(http.shown()["url"], "https://u:***@h/run?token=***");
         let problems = AgentTypeConfig { runtime: RuntimeConfig::Http { url: "u:p4ss@h/run".into() }, ..echo() }.problems("x").join("\n");
         assert!(problems.contains("runtime.url") && !problems.contains("p4ss"), "{problems}");
+    }
+
+    #[test]
+    fn lanes_are_read_by_name_and_an_unknown_one_is_refused() {
+        let agent: AgentTypeConfig = toml::from_str("runtime = { kind = \"builtin\", name = \"echo\" }\nlanes = [\"low\", \"high\"]\n").expect("two lanes");
+        assert_eq!(agent.lanes, vec![Lane::Low, Lane::High]);
+        assert_eq!(agent.lane_list(), "high, low");
+        assert_eq!(toml::to_string(&agent).expect("serialize").lines().find(|l| l.starts_with("lanes")), Some(r#"lanes = ["low", "high"]"#));
+        let err = toml::from_str::<AgentTypeConfig>("runtime = { kind = \"builtin\", name = \"echo\" }\nlanes = [\"urgent\"]\n").expect_err("not a lane");
+        assert!(err.to_string().contains("unknown lane `urgent` (known: critical, high, normal, low)"), "{err}");
     }
 
     #[test]

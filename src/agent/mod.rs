@@ -23,7 +23,7 @@ pub mod scheduler;
 pub mod topics;
 pub mod worker;
 
-pub use catalog::{AgentTypeConfig, LANES, RuntimeConfig, lane_topic_specs};
+pub use catalog::{AgentTypeConfig, RuntimeConfig, lane_topic_specs};
 pub use client::{ClientError, Submitted, TaskClient};
 pub use offsets::{OffsetTracker, PartitionProgress};
 pub use retry::RetryPolicy;

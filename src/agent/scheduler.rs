@@ -20,9 +20,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-/// Lane index: 0 is the highest priority (critical), 3 the lowest (low).
-pub type Lane = usize;
-pub const LANE_COUNT: usize = 4;
+use crate::events::Lane;
 
 /// Where a task came from within its lane (the partition of the lane topic).
 pub type Source = i32;
@@ -137,7 +135,8 @@ impl<T> LaneQueue<T> {
 }
 
 pub struct Scheduler<T> {
-    lanes: [LaneQueue<T>; LANE_COUNT],
+    /// Indexed by [`Lane::index`]: highest priority first.
+    lanes: [LaneQueue<T>; Lane::COUNT],
     busy_keys: HashSet<String>,
     running: usize,
     concurrency: usize,
@@ -154,19 +153,19 @@ impl<T> Scheduler<T> {
     /// its record's timestamp, which orders it against the other sources' tasks.
     pub fn push(&mut self, lane: Lane, source: Source, timestamp_ms: i64, key: Option<String>, task: T) {
         self.arrivals += 1;
-        self.lanes[lane.min(LANE_COUNT - 1)].push(source, Waiting { key, age: (timestamp_ms, self.arrivals), task });
+        self.lanes[lane.index()].push(source, Waiting { key, age: (timestamp_ms, self.arrivals), task });
     }
 
     /// Whether `lane` holds as many waiting tasks as it may prefetch.
     pub fn lane_full(&self, lane: Lane) -> bool {
-        self.lanes[lane.min(LANE_COUNT - 1)].len >= self.prefetch
+        self.lanes[lane.index()].len >= self.prefetch
     }
 
     /// Whether `lane` has drained to half its prefetch: the point to resume a paused lane.
     /// (Pausing when full and resuming only at half keeps a busy lane from flapping between
     /// pause and resume on every task, which costs the Kafka consumer its fetched data.)
     pub fn lane_low(&self, lane: Lane) -> bool {
-        self.lanes[lane.min(LANE_COUNT - 1)].len <= self.prefetch / 2
+        self.lanes[lane.index()].len <= self.prefetch / 2
     }
 
     /// The next task to start, if the rules allow one; it counts as running until
@@ -175,8 +174,8 @@ impl<T> Scheduler<T> {
         if self.running >= self.concurrency {
             return None;
         }
-        for lane in 0..LANE_COUNT {
-            if let Some(waiting) = self.lanes[lane].take_oldest(&self.busy_keys) {
+        for lane in Lane::ALL {
+            if let Some(waiting) = self.lanes[lane.index()].take_oldest(&self.busy_keys) {
                 if let Some(key) = waiting.key {
                     self.busy_keys.insert(key);
                 }
@@ -198,7 +197,7 @@ impl<T> Scheduler<T> {
     /// Drops every waiting task (the worker lost the partitions, or drains) and returns them.
     pub fn drain_waiting(&mut self) -> Vec<(Lane, T)> {
         let mut out = Vec::new();
-        for (lane, queue) in self.lanes.iter_mut().enumerate() {
+        for (lane, queue) in Lane::ALL.into_iter().zip(self.lanes.iter_mut()) {
             out.extend(queue.retain(|_| false).into_iter().map(|task| (lane, task)));
         }
         out
@@ -224,9 +223,9 @@ impl<T> Scheduler<T> {
 mod tests {
     use super::*;
 
-    const CRITICAL: Lane = 0;
-    const HIGH: Lane = 1;
-    const LOW: Lane = 3;
+    const CRITICAL: Lane = Lane::Critical;
+    const HIGH: Lane = Lane::High;
+    const LOW: Lane = Lane::Low;
 
     #[test]
     fn a_high_task_starts_before_a_backlog_of_low_ones() {

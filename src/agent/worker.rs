@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::attempt::{AttemptEnv, Ending, Outcome, refused, run_attempt};
 use super::cancels::{Cancels, watch_control};
-use super::catalog::{AgentTypeConfig, LANES};
+use super::catalog::AgentTypeConfig;
 use super::floors::FloorLookups;
 use super::offsets::OffsetTracker;
 use super::presence::{Identity, Load, Presence, PresenceError};
@@ -33,7 +33,7 @@ use super::topics::TaskTopics;
 use crate::backoff::Backoff;
 use crate::events::reader::{EventReadError, EventReader, ReadOutcome};
 use crate::events::wire::{WireCodec, WireError};
-use crate::events::{AgentState, TaskSubmitted};
+use crate::events::{AgentState, Lane, TaskSubmitted};
 use crate::log::{
     ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, EventLog, LogError, Producer, Record, SeekTo, TopicPartition, TransactionalProducer,
 };
@@ -262,9 +262,8 @@ pub async fn run_worker(
     shutdown: CancellationToken,
 ) -> Result<WorkerReport, WorkerError> {
     let topics = TaskTopics::new(settings.topic_prefix.clone());
+    let lane_of: HashMap<String, Lane> = settings.agent.lanes_by_priority().map(|lane| (topics.lane(&settings.agent_type, lane), lane)).collect();
     let lane_topics = settings.agent.lane_topics(&settings.agent_type, topics.prefix());
-    let lane_of: HashMap<String, usize> =
-        lane_topics.iter().map(|t| (t.clone(), LANES.iter().position(|l| t.ends_with(&format!(".{l}"))).unwrap_or(LANES.len() - 1))).collect();
     let producer = log.producer()?;
 
     // Cancel requests first: a task cancelled before this worker started must not run.
@@ -411,7 +410,7 @@ struct Member<'a> {
     env: &'a Arc<AttemptEnv>,
     settings: &'a WorkerSettings,
     lane_topics: &'a [String],
-    lane_of: &'a HashMap<String, usize>,
+    lane_of: &'a HashMap<String, Lane>,
     load: &'a Arc<Load>,
     transactions: Option<&'a Arc<dyn TransactionalProducer>>,
 }
@@ -441,7 +440,7 @@ impl Member<'_> {
         let mut floors = FloorLookups::new(self.log.admin(), group.clone());
         let mut running: JoinSet<Done> = JoinSet::new();
         // Per lane: whether its partitions are paused; `None` after a rebalance, to re-apply.
-        let mut paused: [Option<bool>; LANES.len()] = [None; LANES.len()];
+        let mut paused: [Option<bool>; Lane::COUNT] = [None; Lane::COUNT];
         // Commit positions of finished work, flushed on the commit tick.
         let mut pending: BTreeMap<TopicPartition, i64> = BTreeMap::new();
         let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
@@ -484,7 +483,7 @@ impl Member<'_> {
                             tracing::debug!(?parts, committed = ?found, "committed offsets known; reading the partitions");
                             tracker.assigned(&parts, &found);
                             // Re-applied per lane, which resumes them unless their lane is full.
-                            paused = [None; LANES.len()];
+                            paused = [None; Lane::COUNT];
                         }
                     }
                     _ = commit_tick.tick(), if !pending.is_empty() && !delivery.is_committing() => {
@@ -513,7 +512,7 @@ impl Member<'_> {
                                 tracing::warn!(partition = %tp, offset = record.offset, committed = floor, "skipping a record below the group's committed offset");
                                 continue;
                             }
-                            let lane = self.lane_of.get(&record.topic).copied().unwrap_or(LANES.len() - 1);
+                            let lane = self.lane_of.get(&record.topic).copied().unwrap_or(Lane::Low);
                             tracker.started(&tp, record.offset);
                             let key = event.ordering_key.clone();
                             scheduler.push(lane, record.partition, record.timestamp_ms, key, Taken { record, task: event });
@@ -545,7 +544,7 @@ impl Member<'_> {
                             scheduler.remove_waiting(|t| parts.contains(&t.record.topic_partition()));
                             tracker.revoke(&parts);
                             floors.revoke(&parts);
-                            paused = [None; LANES.len()];
+                            paused = [None; Lane::COUNT];
                         }
                         ReadOutcome::Rebalance(ConsumerEvent::Assigned(parts)) => {
                             tracing::info!(?parts, "partitions assigned");
@@ -553,9 +552,9 @@ impl Member<'_> {
                             // `floors`): paused here, resumed when the lookup answers.
                             reader.consumer().pause(&parts)?;
                             floors.start(&parts);
-                            paused = [None; LANES.len()];
+                            paused = [None; Lane::COUNT];
                         }
-                        ReadOutcome::Rebalance(_) => paused = [None; LANES.len()],
+                        ReadOutcome::Rebalance(_) => paused = [None; Lane::COUNT],
                     },
                 }
             }
@@ -818,19 +817,19 @@ fn update_pauses(
     scheduler: &Scheduler<Taken>,
     floors: &FloorLookups,
     topics: &[String],
-    lane_of: &HashMap<String, usize>,
-    paused: &mut [Option<bool>; LANES.len()],
+    lane_of: &HashMap<String, Lane>,
+    paused: &mut [Option<bool>; Lane::COUNT],
 ) -> Result<(), WorkerError> {
     // The assignment is only fetched when a lane's state flips: this runs on every turn of
     // the poll loop, and on Kafka it copies librdkafka's assignment list.
     let mut assignment: Option<Vec<TopicPartition>> = None;
     for topic in topics {
-        let lane = lane_of.get(topic).copied().unwrap_or(LANES.len() - 1);
-        let full = match paused[lane] {
+        let lane = lane_of.get(topic).copied().unwrap_or(Lane::Low);
+        let full = match paused[lane.index()] {
             Some(true) => !scheduler.lane_low(lane),
             _ => scheduler.lane_full(lane),
         };
-        if paused[lane] == Some(full) {
+        if paused[lane.index()] == Some(full) {
             continue;
         }
         // A partition whose committed offset is not known yet stays paused whatever its lane.
@@ -842,7 +841,7 @@ fn update_pauses(
             consumer.resume(&parts)?
         }
         tracing::debug!(%topic, paused = full, "lane flow control");
-        paused[lane] = Some(full);
+        paused[lane.index()] = Some(full);
     }
     Ok(())
 }

@@ -73,7 +73,7 @@ pub async fn agent_types(State(state): State<Arc<ApiState>>, Tenant(tenant): Ten
     for (name, agent) in &state.agents {
         let group = format!("agents.{name}");
         let mut lag = BTreeMap::new();
-        for lane in Lane::ALL.into_iter().filter(|l| agent.lanes.iter().any(|x| x == l.as_str())) {
+        for lane in agent.lanes_by_priority() {
             let topic = state.client.topics().lane(name, lane);
             let partitions = group_lag(admin.as_ref(), &group, &topic).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
             lag.insert(lane.as_str().to_string(), partitions.iter().map(|p| p.lag).sum::<i64>());
@@ -83,7 +83,7 @@ pub async fn agent_types(State(state): State<Arc<ApiState>>, Tenant(tenant): Ten
         let runtime = if admin_view { runtime } else { json!({"kind": runtime["kind"]}) };
         types.push(json!({
             "name": name, "description": agent.description, "runtime": runtime, "concurrency": agent.concurrency,
-            "timeout_ms": agent.timeout_ms, "retry": agent.retry, "lanes": agent.lanes, "partitions": agent.partitions,
+            "timeout_ms": agent.timeout_ms, "retry": agent.retry, "lanes": agent.lanes_by_priority().map(Lane::as_str).collect::<Vec<_>>(), "partitions": agent.partitions,
             "input_schema": agent.input_schema.as_deref().and_then(|s| serde_json::from_str::<Value>(s).ok()),
             "exactly_once": agent.exactly_once, "lag": lag,
         }));

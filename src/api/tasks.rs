@@ -209,14 +209,14 @@ fn validate(state: &ApiState, tenant: &str, request: SubmitTask, prefix: &str) -
         let known: Vec<&str> = state.agents.keys().map(String::as_str).collect();
         return Err(ApiError::bad_field(field("agent_type"), format!("unknown agent type `{}`; known: {}", request.agent_type, known.join(", "))));
     };
-    let lane_name = request.lane.as_deref().unwrap_or("normal");
-    let Some(lane) = Lane::ALL.into_iter().find(|l| l.as_str() == lane_name) else {
-        return Err(ApiError::bad_field(field("lane"), format!("`{lane_name}` is not a lane; lanes: critical, high, normal, low")));
+    let lane = match request.lane.as_deref() {
+        None => Lane::Normal,
+        Some(name) => name.parse::<Lane>().map_err(|e| ApiError::bad_field(field("lane"), e.to_string()))?,
     };
-    if !declared.lanes.iter().any(|l| l == lane.as_str()) {
+    if !declared.reads(lane) {
         return Err(ApiError::bad_field(
             field("lane"),
-            format!("agent type `{}` does not read lane `{lane}`; its lanes: {}", request.agent_type, declared.lanes.join(", ")),
+            format!("agent type `{}` does not read lane `{lane}`; its lanes: {}", request.agent_type, declared.lane_list()),
         ));
     }
     if request.deadline_ms == Some(0) {

@@ -141,7 +141,7 @@ pub async fn run_projection_bench(log: Arc<dyn EventLog>, options: &ProjectionBe
                 concurrency: 1,
                 timeout_ms: 1000,
                 retry: Default::default(),
-                lanes: vec!["normal".into()],
+                lanes: vec![Lane::Normal],
                 partitions: options.partitions,
                 input_schema: None,
                 exactly_once: false,

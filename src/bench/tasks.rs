@@ -102,7 +102,7 @@ pub async fn run_task_bench(log: Arc<dyn EventLog>, options: &TaskBenchOptions) 
         concurrency: options.concurrency,
         timeout_ms: 60_000,
         retry: Default::default(),
-        lanes: vec!["normal".into()],
+        lanes: vec![Lane::Normal],
         partitions: options.partitions,
         input_schema: None,
         exactly_once: options.exactly_once,

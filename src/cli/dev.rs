@@ -67,7 +67,12 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
                 Ok::<(), ComponentError>(())
             }
         });
-        println!("worker  {name:<10} {} (concurrency {}, lanes {})", agent.description, agent.concurrency, agent.lanes.join("/"));
+        println!(
+            "worker  {name:<10} {} (concurrency {}, lanes {})",
+            agent.description,
+            agent.concurrency,
+            agent.lanes_by_priority().map(|l| l.as_str()).collect::<Vec<_>>().join("/")
+        );
     }
     println!("supervisor running (timers, heartbeats, jobs)");
 

@@ -16,7 +16,7 @@ use agentlog::log::{ConsumerEvent, ConsumerOptions, EventLog, SeekTo, TopicParti
 pub struct SubmitArgs {
     pub agent_type: String,
     pub input: String,
-    pub lane: String,
+    pub lane: Lane,
     pub tenant: String,
     pub ordering_key: Option<String>,
     pub task_id: Option<String>,
@@ -31,19 +31,10 @@ fn client(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<TaskClient
     Ok(TaskClient::new(log, codec, TaskTopics::new(config.log.topic_prefix.clone()), "cli")?)
 }
 
-pub fn parse_lane(lane: &str) -> anyhow::Result<Lane> {
-    Lane::ALL.into_iter().find(|l| l.as_str() == lane).with_context(|| format!("--lane `{lane}` is not a lane; lanes: critical, high, normal, low"))
-}
-
 pub async fn submit(log: &Arc<dyn EventLog>, config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
     let declared = super::worker::declared(config, &args.agent_type)?;
-    let lane = parse_lane(&args.lane)?;
-    anyhow::ensure!(
-        declared.lanes.iter().any(|l| l == lane.as_str()),
-        "agent type `{}` does not read lane `{lane}`; its lanes: {}",
-        args.agent_type,
-        declared.lanes.join(", ")
-    );
+    let lane = args.lane;
+    anyhow::ensure!(declared.reads(lane), "agent type `{}` does not read lane `{lane}`; its lanes: {}", args.agent_type, declared.lane_list());
     let input: serde_json::Value = serde_json::from_str(&args.input).with_context(|| format!("--input is not JSON: {}", args.input))?;
     let client = client(log, config)?;
     let task_id = args.task_id.unwrap_or_else(|| new_id("task"));

@@ -7,7 +7,8 @@
 //! the last released set in `schemas/released/`.
 //!
 //! - [`meta`]: the `Meta` envelope every event carries, and [`TimestampMicros`].
-//! - [`task`], [`agent`], [`job`]: the event types, one module per domain.
+//! - [`task`], [`agent`], [`job`]: the event types, one module per domain; [`lane`]: the
+//!   priority lanes, by name and index.
 //! - [`catalog`]: every event type with its `.avsc` text and catalog topic.
 //! - [`check`]: `schemas check`, the compatibility gate.
 
@@ -17,6 +18,7 @@ pub mod avro_binary;
 pub mod catalog;
 pub mod check;
 pub mod job;
+pub mod lane;
 pub mod meta;
 pub mod reader;
 pub mod task;

@@ -5,52 +5,12 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt;
 
 use apache_avro::AvroSchema;
 use serde::{Deserialize, Serialize};
 
+pub use super::lane::{Lane, UnknownLane, lane_topic};
 use super::meta::{Meta, TimestampMicros};
-
-/// Priority lane. Lanes are separate topics read in priority order, because a log has no
-/// priorities of its own. Readers map a lane they do not know to `Normal` (the enum default),
-/// so adding a lane later does not break old consumers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, AvroSchema)]
-#[avro(namespace = "io.agentlog.v1")]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Lane {
-    Critical,
-    High,
-    #[default]
-    Normal,
-    Low,
-}
-
-impl Lane {
-    /// Every lane, highest priority first: the order workers read them in.
-    pub const ALL: [Lane; 4] = [Lane::Critical, Lane::High, Lane::Normal, Lane::Low];
-
-    /// Lower-case name used in topic names (`tasks.<type>.<lane>`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lane::Critical => "critical",
-            Lane::High => "high",
-            Lane::Normal => "normal",
-            Lane::Low => "low",
-        }
-    }
-}
-
-impl fmt::Display for Lane {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Lane topic of an agent type, without the configurable prefix: `tasks.<type>.<lane>`.
-pub fn lane_topic(agent_type: &str, lane: Lane) -> String {
-    format!("tasks.{agent_type}.{lane}")
-}
 
 /// Command asking an agent type to run a task (`io.agentlog.v1.TaskSubmitted`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]

@@ -15,7 +15,6 @@ use super::apply::{Changes, OutcomeNotice, Source, WrittenTasks};
 use super::store::{ProjectionStore, StoreError};
 use crate::agent::{AgentTypeConfig, TaskTopics};
 use crate::events::AnyEvent;
-use crate::events::Lane;
 use crate::events::any::decode_any;
 use crate::events::wire::{WireCodec, WireError};
 use crate::log::{ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, EventLog, LogError, SeekTo, TopicPartition};
@@ -52,10 +51,8 @@ pub fn sources(topics: &TaskTopics, agents: &std::collections::BTreeMap<String, 
         (topics.heartbeats(), Source::Other),
     ];
     for name in agents.keys() {
-        for lane in Lane::ALL {
-            if agents[name].lanes.iter().any(|l| l == lane.as_str()) {
-                out.push((topics.lane(name, lane), Source::Lane));
-            }
+        for lane in agents[name].lanes_by_priority() {
+            out.push((topics.lane(name, lane), Source::Lane));
         }
     }
     out
