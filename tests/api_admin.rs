@@ -103,7 +103,7 @@ async fn replay_swaps_in_a_rebuilt_generation_while_serving() {
     assert_eq!(restored, 2);
     let store = generations.open_current().expect("open restored");
     for id in before.iter().chain(&after) {
-        assert_eq!(store.task(agentlog::api::auth::DEFAULT_TENANT, id).expect("read").map(|t| t.status), Some("completed".to_string()), "{id} in the snapshot");
+        assert_eq!(store.task(agentlog::api::auth::DEFAULT_TENANT, id).expect("read").map(|t| t.status.as_str()), Some("completed"), "{id} in the snapshot");
     }
     assert!(!dir.path().join("gen-0").exists() && !dir.path().join("gen-1").exists(), "older generations are removed at open");
     drop(store);

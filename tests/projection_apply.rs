@@ -236,7 +236,7 @@ fn a_lifecycle_projects_the_same_in_every_interleaving_and_batching() {
     let (_dir, store) = fresh();
     apply(&store, &[natural(&streams)]);
     let view = store.task(TENANT, "t1").expect("read").expect("task");
-    assert_eq!(view.status, "completed");
+    assert_eq!(view.status.as_str(), "completed");
     assert_eq!(view.attempts, 2);
     assert_eq!(view.agent_id.as_deref(), Some("worker-b"));
     assert_eq!(view.tenant, TENANT);
@@ -331,10 +331,10 @@ fn derived_status_follows_the_life_of_a_task_across_batches() {
     for (event, status) in order.iter().zip(expect) {
         apply(&store, &[vec![event.clone()]]);
         let view = store.task(TENANT, "t1").expect("read").expect("task");
-        assert_eq!(view.status, status, "after {}@{:?}", event.1.name(), event.0);
+        assert_eq!(view.status.as_str(), status, "after {}@{:?}", event.1.name(), event.0);
         // The status index holds the task under its current status only.
         for other in ["queued", "running", "retrying", "scheduled", "completed"] {
-            let filter = TaskFilter { tenant: TENANT.into(), status: Some(other.into()), ..TaskFilter::default() };
+            let filter = TaskFilter { tenant: TENANT.into(), status: Some(other.parse().expect("a status")), ..TaskFilter::default() };
             let listed = store.list_tasks(&filter, None, 10).expect("list").tasks.len();
             assert_eq!(listed, usize::from(other == status), "status index `{other}` after {}", event.1.name());
         }
@@ -352,14 +352,14 @@ fn derived_status_follows_the_life_of_a_task_across_batches() {
     let view = store.task(TENANT, "d1").expect("read").expect("task");
     assert_eq!((view.status.as_str(), view.not_before_us), ("scheduled", Some(T0 + 60_000_000)));
     apply(&store, &[vec![(Source::Lane, AnyEvent::TaskSubmitted(delayed))]]);
-    assert_eq!(store.task(TENANT, "d1").expect("read").expect("task").status, "queued");
+    assert_eq!(store.task(TENANT, "d1").expect("read").expect("task").status.as_str(), "queued");
 
     // Nothing but a cancel request: pending; a start seen before its submit: running.
     let (_dir, store) = fresh();
     apply(&store, &[vec![(Source::Other, cancel_requested("x-c", "x1", T0)), (Source::Other, started("y-st", "y1", 1, "w", T0))]]);
     let x = store.task(TENANT, "x1").expect("read").expect("task");
     assert_eq!((x.status.as_str(), x.cancel_requested), ("pending", true));
-    assert_eq!(store.task(TENANT, "y1").expect("read").expect("task").status, "running");
+    assert_eq!(store.task(TENANT, "y1").expect("read").expect("task").status.as_str(), "running");
 
     // Each kind of outcome is the status, whatever came before.
     let outcomes = [
@@ -373,7 +373,7 @@ fn derived_status_follows_the_life_of_a_task_across_batches() {
     for (status, outcome) in outcomes {
         let task = outcome.task_id().expect("task event").to_string();
         apply(&store, &[vec![(Source::Lane, AnyEvent::TaskSubmitted(submitted(&format!("{task}-s"), &task, 1, T0))), (Source::Other, outcome)]]);
-        assert_eq!(store.task(TENANT, &task).expect("read").expect("task").status, status);
+        assert_eq!(store.task(TENANT, &task).expect("read").expect("task").status.as_str(), status);
     }
     let counters: HashMap<String, _> = store.type_counters().expect("counters").into_iter().collect();
     let c = &counters[TYPE];
@@ -397,7 +397,7 @@ fn the_first_terminal_outcome_wins() {
             let (_dir, store) = fresh();
             apply(&store, std::slice::from_ref(&order));
             let view = store.task(TENANT, "t1").expect("read").expect("task");
-            assert_eq!(view.status, status, "{:?}", names(&order));
+            assert_eq!(view.status.as_str(), status, "{:?}", names(&order));
             let counters: HashMap<String, _> = store.type_counters().expect("counters").into_iter().collect();
             assert_eq!(counters[TYPE].terminal(), 1, "one outcome counted: {:?}", names(&order));
             assert_eq!(store.tenant_counters(TENANT).expect("tenant").terminal, 1);
@@ -422,7 +422,7 @@ fn a_dead_lettered_task_resubmitted_later_ends_with_its_new_outcome_in_any_inter
     apply(&store, &[all[0].clone()]);
     let expected = dump(&store);
     let view = store.task(TENANT, "t1").expect("read").expect("task");
-    assert_eq!(view.status, "completed");
+    assert_eq!(view.status.as_str(), "completed");
     let counters: HashMap<String, _> = store.type_counters().expect("counters").into_iter().collect();
     assert_eq!((counters[TYPE].submitted, counters[TYPE].completed, counters[TYPE].dead_lettered), (1, 1, 0));
     let latency = store.histogram(b'l', TYPE).expect("read").expect("latency");

@@ -17,7 +17,7 @@ use super::tasks::{page_limit, query_error};
 use crate::events::Lane;
 use crate::log::lag::group_lag;
 use crate::projection::store::{JOB_CURSOR_MIN, unhex};
-use crate::projection::views::AgentView;
+use crate::projection::views::{AgentView, TaskStatus};
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -132,7 +132,7 @@ pub async fn job(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Pat
     let ids: Vec<&str> = job.task_ids.iter().map(String::as_str).collect();
     let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
     for view in store.tasks(&tenant, &ids)? {
-        *by_status.entry(view.map_or_else(|| "pending".to_string(), |v| v.status)).or_default() += 1;
+        *by_status.entry(view.map_or(TaskStatus::Pending, |v| v.status).as_str().to_string()).or_default() += 1;
     }
     Ok(Json(json!({
         "job_id": job.job_id, "total": job.total, "task_ids": job.task_ids, "tasks_by_status": by_status,

@@ -22,7 +22,7 @@ use crate::agent::dlq;
 use crate::events::{Lane, TaskSubmitted, TimestampMicros};
 use crate::log::{LogError, TopicPartition};
 use crate::projection::store::{LetterPosition, unhex};
-use crate::projection::views::{TASK_STATUSES, TaskView};
+use crate::projection::views::{TaskStatus, TaskView};
 use crate::projection::{Projection, TaskFilter};
 
 /// A task to run.
@@ -556,11 +556,7 @@ pub async fn list(
     query: Result<Query<ListTasks>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(query_error)?;
-    if let Some(status) = &query.status
-        && !TASK_STATUSES.contains(&status.as_str())
-    {
-        return Err(ApiError::bad_field("status", format!("`{status}` is not a status; statuses: {}", TASK_STATUSES.join(", "))));
-    }
+    let status = query.status.as_deref().map(str::parse::<TaskStatus>).transpose().map_err(|e| ApiError::bad_field("status", e.to_string()))?;
     if let Some(agent_type) = &query.agent_type
         && !state.agents.contains_key(agent_type)
     {
@@ -572,8 +568,7 @@ pub async fn list(
         Some(text) => Some(unhex(text).ok_or_else(|| ApiError::bad_field("cursor", "not a cursor this API returned"))?),
         None => None,
     };
-    let filter =
-        TaskFilter { tenant, status: query.status, agent_type: query.agent_type, created_after_us: query.created_after_ms.map(|ms| ms.saturating_mul(1000)) };
+    let filter = TaskFilter { tenant, status, agent_type: query.agent_type, created_after_us: query.created_after_ms.map(|ms| ms.saturating_mul(1000)) };
     let page = state.projection.store().list_tasks(&filter, cursor.as_deref(), limit)?;
     let tasks: Vec<Value> = page.tasks.iter().map(task_json).collect();
     Ok(Json(json!({ "tasks": tasks, "next_cursor": page.next_cursor })))
@@ -708,7 +703,7 @@ pub async fn dlq_resubmit(State(state): State<Arc<ApiState>>, Tenant(tenant): Te
             break view;
         }
         // Waits only for a task the projection shows dead-lettered: any other id answers at once.
-        let dead_lettered = store.task(&tenant, &id)?.is_some_and(|t| t.status == "dead_lettered");
+        let dead_lettered = store.task(&tenant, &id)?.is_some_and(|t| t.status == TaskStatus::DeadLettered);
         if !dead_lettered || tokio::time::Instant::now() >= deadline {
             return Err(no_letter(dlq::DlqError::NotFound(id).to_string()));
         }

@@ -15,7 +15,8 @@ use rustc_hash::FxBuildHasher;
 
 use super::store::{self, CF_AGENTS, CF_DLQ, CF_INDEX, CF_JOBS, CF_OFFSETS, CF_STATS, CF_TASKS, LetterPosition, ProjectionStore, StoreError};
 use super::views::{
-    AgentView, DEAD_LETTER_TEXT_CAP, DeadLetterView, JobView, OutcomeView, ProgressView, TaskView, TenantCounters, TimelineEntry, TypeCounters, capped,
+    AgentView, DEAD_LETTER_TEXT_CAP, DeadLetterView, JobView, OutcomeView, ProgressView, TaskStatus, TaskView, TenantCounters, TimelineEntry, TypeCounters,
+    capped,
 };
 use crate::agent::dlq::DLQ_ATTEMPTS;
 use crate::events::reader::{DLQ_ERROR, DLQ_REASON, DLQ_SOURCE, DLQ_TRUNCATED};
@@ -255,7 +256,7 @@ impl<'s> Totals<'s> {
         let Some(agent_type) = &view.agent_type else { return Ok(()) };
         let tenant = &view.tenant;
         if replaced.counted {
-            self.count(tenant, agent_type, |c| c.uncount_outcome(&replaced.old.status))?;
+            self.count(tenant, agent_type, |c| c.uncount_outcome(replaced.old.status))?;
             if let Some(duration) = replaced.old.duration_ms {
                 self.unrecord(Measure::Duration, tenant, agent_type, duration)?;
             }
@@ -284,7 +285,7 @@ impl<'s> Totals<'s> {
         if let (Some(outcome), Some(agent_type)) = (&view.outcome, &view.agent_type) {
             if !view.outcome_counted {
                 view.outcome_counted = true;
-                self.count(&view.tenant, agent_type, |c| c.count_outcome(&outcome.status))?;
+                self.count(&view.tenant, agent_type, |c| c.count_outcome(outcome.status))?;
                 if let Some(duration) = outcome.duration_ms {
                     self.record(Measure::Duration, &view.tenant, agent_type, duration)?;
                 }
@@ -792,7 +793,7 @@ fn apply_to_task(view: &mut TaskView, source: Source, mut event: AnyEvent) -> (b
             let event_id = entry.event_id.clone();
             let outcome = match outcome {
                 AnyEvent::TaskCompleted(e) => OutcomeView {
-                    status: "completed".into(),
+                    status: TaskStatus::Completed,
                     at_us: at,
                     event_id,
                     attempt: Some(e.attempt),
@@ -802,7 +803,7 @@ fn apply_to_task(view: &mut TaskView, source: Source, mut event: AnyEvent) -> (b
                     message: None,
                 },
                 AnyEvent::TaskFailed(e) => OutcomeView {
-                    status: "failed".into(),
+                    status: TaskStatus::Failed,
                     at_us: at,
                     event_id,
                     attempt: Some(e.attempt),
@@ -812,7 +813,7 @@ fn apply_to_task(view: &mut TaskView, source: Source, mut event: AnyEvent) -> (b
                     message: Some(e.message),
                 },
                 AnyEvent::TaskDeadLettered(e) => OutcomeView {
-                    status: "dead_lettered".into(),
+                    status: TaskStatus::DeadLettered,
                     at_us: at,
                     event_id,
                     attempt: Some(e.attempts),
@@ -822,7 +823,7 @@ fn apply_to_task(view: &mut TaskView, source: Source, mut event: AnyEvent) -> (b
                     message: Some(e.last_error),
                 },
                 AnyEvent::TaskCancelled(e) => OutcomeView {
-                    status: "cancelled".into(),
+                    status: TaskStatus::Cancelled,
                     at_us: at,
                     event_id,
                     attempt: None,
@@ -832,7 +833,7 @@ fn apply_to_task(view: &mut TaskView, source: Source, mut event: AnyEvent) -> (b
                     message: e.reason,
                 },
                 AnyEvent::TaskExpired(e) => OutcomeView {
-                    status: "expired".into(),
+                    status: TaskStatus::Expired,
                     at_us: at,
                     event_id,
                     attempt: None,
@@ -850,7 +851,7 @@ fn apply_to_task(view: &mut TaskView, source: Source, mut event: AnyEvent) -> (b
             // resubmitted may end again: that later outcome replaces it.
             let replace = match &view.outcome {
                 None => true,
-                Some(old) => old.status == "dead_lettered" && outcome.status != "dead_lettered" && old.event_id != outcome.event_id,
+                Some(old) => old.status == TaskStatus::DeadLettered && outcome.status != TaskStatus::DeadLettered && old.event_id != outcome.event_id,
             };
             if replace {
                 if let Some(old) = view.outcome.take() {
@@ -867,7 +868,7 @@ fn apply_to_task(view: &mut TaskView, source: Source, mut event: AnyEvent) -> (b
     }
     view.add_timeline(entry);
     if view.status != view.derive_status() {
-        view.status = view.derive_status().to_string();
+        view.status = view.derive_status();
     }
     (first_submit, replaced)
 }

@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod generations;
 pub mod projector;
+pub mod status;
 pub mod store;
 pub mod views;
 

@@ -32,7 +32,7 @@ use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode,
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::views::{AgentView, DeadLetterView, JobView, TaskView, TenantCounters, TypeCounters};
+use super::views::{AgentView, DeadLetterView, JobView, TaskStatus, TaskView, TenantCounters, TypeCounters};
 
 pub const CF_TASKS: &str = "tasks";
 pub const CF_INDEX: &str = "index";
@@ -47,8 +47,9 @@ pub const CF_DLQ: &str = "dlq";
 /// were keyed by id alone) is not read with this layout but emptied, and the projector
 /// rebuilds it from the log from the start: a projection is derived and disposable.
 /// Version 3 added the `dlq` family and the `J` job index: a store of version 2 has neither
-/// (and no offsets of the `dlq` topic), so it is rebuilt.
-pub const FORMAT: &str = "3";
+/// (and no offsets of the `dlq` topic), so it is rebuilt. Version 4 stores a task's status as
+/// a [`TaskStatus`] (postcard writes an enum as its index, not its name).
+pub const FORMAT: &str = "4";
 const FORMAT_KEY: &[u8] = b"format";
 const ALL_CFS: [&str; 7] = [CF_TASKS, CF_INDEX, CF_AGENTS, CF_JOBS, CF_STATS, CF_DLQ, CF_OFFSETS];
 
@@ -85,7 +86,7 @@ pub struct ProjectionStore {
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
     pub tenant: String,
-    pub status: Option<String>,
+    pub status: Option<TaskStatus>,
     pub agent_type: Option<String>,
     /// Only tasks created at or after this time (µs).
     pub created_after_us: Option<i64>,
@@ -200,7 +201,7 @@ pub fn index_keys(view: &TaskView) -> Vec<Vec<u8>> {
     };
     let mut keys = Vec::with_capacity(3);
     keys.push(key(b'T', None));
-    keys.push(key(b'S', Some(&view.status)));
+    keys.push(key(b'S', Some(view.status.as_str())));
     if let Some(agent_type) = &view.agent_type {
         keys.push(key(b'A', Some(agent_type)));
     }
@@ -463,7 +464,7 @@ impl ProjectionStore {
                 prefix.push(b'S');
                 prefix.extend_from_slice(filter.tenant.as_bytes());
                 prefix.push(0);
-                prefix.extend_from_slice(status.as_bytes());
+                prefix.extend_from_slice(status.as_str().as_bytes());
                 prefix.push(0);
             }
             (None, Some(agent_type)) => {

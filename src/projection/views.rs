@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::status::TaskStatus;
+
 /// Most timeline entries kept per task: the earliest ones by (time, event, id). Keeping the
 /// N smallest of a set gives the same result in any arrival order.
 pub const TIMELINE_CAP: usize = 100;
@@ -17,7 +19,7 @@ pub struct TaskView {
     pub tenant: String,
     pub agent_type: Option<String>,
     pub lane: Option<String>,
-    pub status: String,
+    pub status: TaskStatus,
     /// Earliest `occurred_at` of any event of the task (µs since the epoch).
     pub created_at_us: i64,
     /// `occurred_at` of the first attempt's TaskSubmitted.
@@ -64,7 +66,8 @@ pub struct ProgressView {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutcomeView {
-    pub status: String,
+    /// Always a terminal status.
+    pub status: TaskStatus,
     pub at_us: i64,
     pub event_id: String,
     pub attempt: Option<i32>,
@@ -88,7 +91,7 @@ pub struct TimelineEntry {
 impl TaskView {
     /// A task not seen before: `tenant`'s task `task_id`.
     pub fn new(tenant: &str, task_id: &str) -> Self {
-        TaskView { tenant: tenant.to_string(), task_id: task_id.to_string(), status: "pending".into(), created_at_us: i64::MAX, ..Default::default() }
+        TaskView { tenant: tenant.to_string(), task_id: task_id.to_string(), status: TaskStatus::Pending, created_at_us: i64::MAX, ..Default::default() }
     }
 
     pub fn is_terminal(&self) -> bool {
@@ -96,21 +99,21 @@ impl TaskView {
     }
 
     /// The status as a function of the aggregates alone (so it is order-independent).
-    pub fn derive_status(&self) -> &str {
+    pub fn derive_status(&self) -> TaskStatus {
         if let Some(outcome) = &self.outcome {
-            return &outcome.status;
+            return outcome.status;
         }
         let started = self.attempts;
         if self.max_scheduled > self.max_enqueued.max(started) {
-            "scheduled"
+            TaskStatus::Scheduled
         } else if started > 0 && started >= self.max_enqueued && self.max_retry < started {
-            "running"
+            TaskStatus::Running
         } else if self.max_retry > 0 && self.max_retry >= started && self.max_enqueued <= self.max_retry {
-            "retrying"
+            TaskStatus::Retrying
         } else if self.max_enqueued > 0 {
-            "queued"
+            TaskStatus::Queued
         } else {
-            "pending"
+            TaskStatus::Pending
         }
     }
 
@@ -131,10 +134,6 @@ impl TaskView {
         true
     }
 }
-
-/// The statuses a task can have, for validation of filters.
-pub const TASK_STATUSES: [&str; 11] =
-    ["pending", "queued", "scheduled", "running", "retrying", "completed", "failed", "dead_lettered", "cancelled", "expired", "unknown"];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentView {
@@ -232,28 +231,29 @@ pub struct TypeCounters {
 }
 
 impl TypeCounters {
-    pub fn count_outcome(&mut self, status: &str) {
-        match status {
-            "completed" => self.completed += 1,
-            "failed" => self.failed += 1,
-            "dead_lettered" => self.dead_lettered += 1,
-            "cancelled" => self.cancelled += 1,
-            "expired" => self.expired += 1,
-            _ => {}
+    pub fn count_outcome(&mut self, status: TaskStatus) {
+        if let Some(counter) = self.counter(status) {
+            *counter += 1;
         }
     }
 
     /// Takes back [`TypeCounters::count_outcome`] (an outcome replaced by a later one).
-    pub fn uncount_outcome(&mut self, status: &str) {
-        let counter = match status {
-            "completed" => &mut self.completed,
-            "failed" => &mut self.failed,
-            "dead_lettered" => &mut self.dead_lettered,
-            "cancelled" => &mut self.cancelled,
-            "expired" => &mut self.expired,
-            _ => return,
-        };
-        *counter = counter.saturating_sub(1);
+    pub fn uncount_outcome(&mut self, status: TaskStatus) {
+        if let Some(counter) = self.counter(status) {
+            *counter = counter.saturating_sub(1);
+        }
+    }
+
+    /// The counter of an outcome status (none for a status that is not one).
+    fn counter(&mut self, status: TaskStatus) -> Option<&mut u64> {
+        match status {
+            TaskStatus::Completed => Some(&mut self.completed),
+            TaskStatus::Failed => Some(&mut self.failed),
+            TaskStatus::DeadLettered => Some(&mut self.dead_lettered),
+            TaskStatus::Cancelled => Some(&mut self.cancelled),
+            TaskStatus::Expired => Some(&mut self.expired),
+            TaskStatus::Pending | TaskStatus::Queued | TaskStatus::Scheduled | TaskStatus::Running | TaskStatus::Retrying => None,
+        }
     }
 
     pub fn terminal(&self) -> u64 {

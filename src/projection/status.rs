@@ -1,0 +1,96 @@
+//! A task's status as the projection derives it and the API shows it (`"dead_lettered"`):
+//! parsed once where a name comes in (a `?status=` filter), typed everywhere after.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Seen only through events that do not say it was submitted (yet).
+    #[default]
+    Pending,
+    /// On its lane topic, waiting for a worker.
+    Queued,
+    /// Waiting on `timers` for its `not_before`.
+    Scheduled,
+    Running,
+    /// Failed retryably; the next attempt waits on `timers`.
+    Retrying,
+    Completed,
+    Failed,
+    DeadLettered,
+    Cancelled,
+    Expired,
+}
+
+impl TaskStatus {
+    pub const ALL: [TaskStatus; 10] = [
+        TaskStatus::Pending,
+        TaskStatus::Queued,
+        TaskStatus::Scheduled,
+        TaskStatus::Running,
+        TaskStatus::Retrying,
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+        TaskStatus::DeadLettered,
+        TaskStatus::Cancelled,
+        TaskStatus::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Queued => "queued",
+            TaskStatus::Scheduled => "scheduled",
+            TaskStatus::Running => "running",
+            TaskStatus::Retrying => "retrying",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::DeadLettered => "dead_lettered",
+            TaskStatus::Cancelled => "cancelled",
+            TaskStatus::Expired => "expired",
+        }
+    }
+
+    /// An outcome: nothing more happens to the task unless it is re-submitted.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskStatus::Completed | TaskStatus::Failed | TaskStatus::DeadLettered | TaskStatus::Cancelled | TaskStatus::Expired)
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A status name that is not one of [`TaskStatus::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a status; statuses: pending, queued, scheduled, running, retrying, completed, failed, dead_lettered, cancelled, expired")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for TaskStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(name: &str) -> Result<TaskStatus, UnknownStatus> {
+        TaskStatus::ALL.into_iter().find(|status| status.as_str() == name).ok_or_else(|| UnknownStatus(name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_str_and_json() {
+        for status in TaskStatus::ALL {
+            assert_eq!(status.as_str().parse::<TaskStatus>(), Ok(status));
+            assert_eq!(serde_json::to_value(status).expect("json"), serde_json::json!(status.as_str()), "the API shows the same name");
+        }
+        assert_eq!("done".parse::<TaskStatus>(), Err(UnknownStatus("done".into())));
+        assert_eq!(TaskStatus::ALL.iter().filter(|s| s.is_terminal()).count(), 5);
+    }
+}
