@@ -20,7 +20,7 @@ use agentlog::open::open_log;
 
 use super::api_view::{self, status_of};
 use super::client::{self, Answer, History, Load};
-use super::cluster::Cluster;
+use super::cluster::{BROKERS, Cluster};
 use super::processes::Fleet;
 use super::results::ResultsReader;
 use super::verdict::{Timeline, judge, write_history};
@@ -267,10 +267,29 @@ impl Scenario {
         if let Err(error) = steps {
             failures.insert(0, format!("a scenario step failed: {error}"));
         }
+        if !failures.is_empty() {
+            notes.extend(self.keep_broker_logs());
+        }
         for example in verdict.examples.iter().chain(&notes) {
             eprintln!("  {example}");
         }
         assert!(failures.is_empty(), "{} failed ({} assertions):\n- {}", self.name, failures.len(), failures.join("\n- "));
+    }
+
+    /// Copies each broker's log beside the scenario's own: the cluster's directory is reused by
+    /// the next scenario and formatted again by the next run, and a failure on Kafka's side
+    /// (a coordinator that stops answering, an ISR that will not shrink) is read only there.
+    fn keep_broker_logs(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        for node in 1..=BROKERS {
+            let from = self.cluster.node_dir(node).join("kafka.log");
+            let to = self.dir.join(format!("broker-{node}.log"));
+            match std::fs::copy(&from, &to) {
+                Ok(_) => notes.push(format!("broker {node}'s log in {}", to.display())),
+                Err(e) => notes.push(format!("copying {}: {e}", from.display())),
+            }
+        }
+        notes
     }
 }
 
