@@ -63,7 +63,7 @@ async fn submit_wait_validate_cancel_and_dlq_over_http() {
     let before = lane_high_watermarks(&f, &lane_topic).await;
     let cases = [
         (json!({"agent_type": "summarize", "input": {}}), "agent_type", "known: echo"),
-        (json!({"agent_type": echo, "input": {}, "lane": "fast"}), "lane", "not a lane"),
+        (json!({"agent_type": echo, "input": {}, "lane": "fast"}), "lane", "unknown lane `fast` (known: critical, high, normal, low)"),
         (json!({"agent_type": echo, "input": {}, "lane": "low"}), "lane", "does not read lane `low`"),
         (json!({"agent_type": echo, "input": {}, "deadline_ms": 0}), "deadline_ms", "already passed"),
         (json!({"agent_type": echo, "input": {}, "max_attempts": 0}), "max_attempts", "at least 1"),

@@ -529,7 +529,7 @@ fn an_agent_takes_its_state_from_the_latest_lifecycle_event_and_its_load_from_th
     let (_dir, store) = fresh();
     apply(&store, &[all.clone()]);
     let agent = store.agent("agent-1").expect("read").expect("agent");
-    assert_eq!(agent.state, "draining");
+    assert_eq!(agent.state.as_str(), "draining");
     assert_eq!(agent.agent_type.as_deref(), Some(TYPE));
     assert_eq!((agent.registered_at_us, agent.concurrency), (Some(10), Some(4)));
     assert_eq!((agent.heartbeat_sequence, agent.last_heartbeat_at_us, agent.in_flight, agent.completed_total), (3, Some(30), 3, 30));
@@ -564,7 +564,7 @@ fn an_agent_takes_its_state_from_the_latest_lifecycle_event_and_its_load_from_th
     for tail in [vec![lost.clone(), gone.clone()], vec![gone, lost]] {
         let (_dir, store) = fresh();
         apply(&store, &[all.clone(), tail]);
-        assert_eq!(store.agent("agent-1").expect("read").expect("agent").state, "lost");
+        assert_eq!(store.agent("agent-1").expect("read").expect("agent").state.as_str(), "lost");
     }
 }
 

@@ -148,7 +148,7 @@ pub async fn render(state: &ApiState) -> Result<String, String> {
     registry.register("agentlog_task_latency_ms", "submit to outcome latency percentiles per agent type", latency);
     let agents = Family::<AgentLabels, Gauge>::default();
     for agent in store.agents().map_err(|e| e.to_string())? {
-        agents.get_or_create(&AgentLabels { agent_type: agent.agent_type.unwrap_or_default(), state: agent.state }).inc();
+        agents.get_or_create(&AgentLabels { agent_type: agent.agent_type.unwrap_or_default(), state: agent.state.as_str().to_string() }).inc();
     }
     registry.register("agentlog_agents", "agents per type and state", agents);
     let caught_up = Gauge::<i64>::default();

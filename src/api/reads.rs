@@ -17,7 +17,7 @@ use super::tasks::{page_limit, query_error};
 use crate::events::Lane;
 use crate::log::lag::group_lag;
 use crate::projection::store::{JOB_CURSOR_MIN, unhex};
-use crate::projection::views::{AgentView, TaskStatus};
+use crate::projection::views::{AgentStatus, AgentView, TaskStatus};
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -27,7 +27,7 @@ pub struct AgentQuery {
     /// Agents that declared this capability.
     #[serde(default)]
     pub capability: Option<String>,
-    /// starting, running, paused, draining, stopped, lost, deregistered.
+    /// unknown, starting, running, paused, draining, stopped, lost or deregistered.
     #[serde(default)]
     pub status: Option<String>,
 }
@@ -50,6 +50,7 @@ fn agent_json(a: &AgentView) -> Value {
     responses((status = 200, description = "agents, least loaded first"), (status = 400), (status = 401)))]
 pub async fn agents(State(state): State<Arc<ApiState>>, Tenant(_): Tenant, query: Result<Query<AgentQuery>, QueryRejection>) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(query_error)?;
+    let status = query.status.as_deref().map(str::parse::<AgentStatus>).transpose().map_err(|e| ApiError::bad_field("status", e.to_string()))?;
     let mut agents: Vec<AgentView> = state
         .projection
         .store()
@@ -57,7 +58,7 @@ pub async fn agents(State(state): State<Arc<ApiState>>, Tenant(_): Tenant, query
         .into_iter()
         .filter(|a| query.agent_type.as_ref().is_none_or(|t| a.agent_type.as_ref() == Some(t)))
         .filter(|a| query.capability.as_ref().is_none_or(|c| a.capabilities.contains(c)))
-        .filter(|a| query.status.as_ref().is_none_or(|s| &a.state == s))
+        .filter(|a| status.is_none_or(|s| a.state == s))
         .collect();
     agents.sort_by(|a, b| a.load().total_cmp(&b.load()).then_with(|| a.agent_id.cmp(&b.agent_id)));
     Ok(Json(json!({ "agents": agents.iter().map(agent_json).collect::<Vec<_>>() })))

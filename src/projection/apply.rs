@@ -15,8 +15,8 @@ use rustc_hash::FxBuildHasher;
 
 use super::store::{self, CF_AGENTS, CF_DLQ, CF_INDEX, CF_JOBS, CF_OFFSETS, CF_STATS, CF_TASKS, LetterPosition, ProjectionStore, StoreError};
 use super::views::{
-    AgentView, DEAD_LETTER_TEXT_CAP, DeadLetterView, JobView, OutcomeView, ProgressView, TaskStatus, TaskView, TenantCounters, TimelineEntry, TypeCounters,
-    capped,
+    AgentStatus, AgentView, DEAD_LETTER_TEXT_CAP, DeadLetterView, JobView, OutcomeView, ProgressView, TaskStatus, TaskView, TenantCounters, TimelineEntry,
+    TypeCounters, capped,
 };
 use crate::agent::dlq::DLQ_ATTEMPTS;
 use crate::events::reader::{DLQ_ERROR, DLQ_REASON, DLQ_SOURCE, DLQ_TRUNCATED};
@@ -179,10 +179,6 @@ pub struct Changes<'s> {
 /// lossily.
 fn text_of(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-fn state_name(state: crate::events::AgentState) -> String {
-    format!("{state:?}").to_lowercase()
 }
 
 impl<'s> Totals<'s> {
@@ -394,7 +390,7 @@ impl<'s> Changes<'s> {
     fn agent(&mut self, agent_id: &str) -> Result<&mut AgentView, StoreError> {
         if !self.agents.contains_key(agent_id) {
             let view =
-                self.store.agent(agent_id)?.unwrap_or_else(|| AgentView { agent_id: agent_id.to_string(), state: "unknown".into(), ..Default::default() });
+                self.store.agent(agent_id)?.unwrap_or_else(|| AgentView { agent_id: agent_id.to_string(), state: AgentStatus::Unknown, ..Default::default() });
             self.agents.insert(agent_id.to_string(), view);
         }
         Ok(self.agents.get_mut(agent_id).expect("inserted above"))
@@ -560,7 +556,7 @@ impl<'s> Changes<'s> {
                 agent.capabilities = e.capabilities.clone();
                 agent.concurrency = Some(e.concurrency);
                 agent.registered_at_us = Some(agent.registered_at_us.map_or(at, |r| r.min(at)));
-                Some("starting".to_string())
+                Some(AgentStatus::Starting)
             }
             AnyEvent::AgentHeartbeat(e) => {
                 if (e.sequence, at) > (agent.heartbeat_sequence, agent.last_heartbeat_at_us.unwrap_or(i64::MIN)) {
@@ -575,9 +571,9 @@ impl<'s> Changes<'s> {
                 }
                 None
             }
-            AnyEvent::AgentStateChanged(e) => Some(state_name(e.to_state)),
-            AnyEvent::AgentLost(_) => Some("lost".to_string()),
-            AnyEvent::AgentDeregistered(_) => Some("deregistered".to_string()),
+            AnyEvent::AgentStateChanged(e) => Some(AgentStatus::from(e.to_state)),
+            AnyEvent::AgentLost(_) => Some(AgentStatus::Lost),
+            AnyEvent::AgentDeregistered(_) => Some(AgentStatus::Deregistered),
             _ => None,
         };
         if let Some(state) = state {

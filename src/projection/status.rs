@@ -1,10 +1,13 @@
-//! A task's status as the projection derives it and the API shows it (`"dead_lettered"`):
-//! parsed once where a name comes in (a `?status=` filter), typed everywhere after.
+//! The statuses the projection derives, of a task and of an agent, as the API shows them
+//! (`"dead_lettered"`, `"draining"`): parsed once where a name comes in (a `?status=`
+//! filter), typed everywhere after.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+use crate::events::AgentState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -80,6 +83,83 @@ impl FromStr for TaskStatus {
     }
 }
 
+/// An agent's status: the state of its latest lifecycle event ([`AgentState`]), or
+/// `Deregistered` once it said goodbye.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    /// Known only from heartbeats or load reports (or a state added after this version).
+    #[default]
+    Unknown,
+    Starting,
+    Running,
+    Paused,
+    Draining,
+    Stopped,
+    /// The supervisor missed its heartbeats.
+    Lost,
+    Deregistered,
+}
+
+impl AgentStatus {
+    pub const ALL: [AgentStatus; 8] = [
+        AgentStatus::Unknown,
+        AgentStatus::Starting,
+        AgentStatus::Running,
+        AgentStatus::Paused,
+        AgentStatus::Draining,
+        AgentStatus::Stopped,
+        AgentStatus::Lost,
+        AgentStatus::Deregistered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Unknown => "unknown",
+            AgentStatus::Starting => "starting",
+            AgentStatus::Running => "running",
+            AgentStatus::Paused => "paused",
+            AgentStatus::Draining => "draining",
+            AgentStatus::Stopped => "stopped",
+            AgentStatus::Lost => "lost",
+            AgentStatus::Deregistered => "deregistered",
+        }
+    }
+}
+
+impl From<AgentState> for AgentStatus {
+    fn from(state: AgentState) -> AgentStatus {
+        match state {
+            AgentState::Unknown => AgentStatus::Unknown,
+            AgentState::Starting => AgentStatus::Starting,
+            AgentState::Running => AgentStatus::Running,
+            AgentState::Paused => AgentStatus::Paused,
+            AgentState::Draining => AgentStatus::Draining,
+            AgentState::Stopped => AgentStatus::Stopped,
+            AgentState::Lost => AgentStatus::Lost,
+        }
+    }
+}
+
+impl fmt::Display for AgentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An agent status name that is not one of [`AgentStatus::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an agent status; statuses: unknown, starting, running, paused, draining, stopped, lost, deregistered")]
+pub struct UnknownAgentStatus(pub String);
+
+impl FromStr for AgentStatus {
+    type Err = UnknownAgentStatus;
+
+    fn from_str(name: &str) -> Result<AgentStatus, UnknownAgentStatus> {
+        AgentStatus::ALL.into_iter().find(|status| status.as_str() == name).ok_or_else(|| UnknownAgentStatus(name.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +172,15 @@ mod tests {
         }
         assert_eq!("done".parse::<TaskStatus>(), Err(UnknownStatus("done".into())));
         assert_eq!(TaskStatus::ALL.iter().filter(|s| s.is_terminal()).count(), 5);
+    }
+
+    #[test]
+    fn agent_statuses_name_every_event_state_and_round_trip() {
+        for status in AgentStatus::ALL {
+            assert_eq!(status.as_str().parse::<AgentStatus>(), Ok(status));
+            assert_eq!(serde_json::to_value(status).expect("json"), serde_json::json!(status.as_str()));
+        }
+        assert_eq!(AgentStatus::from(AgentState::Draining), AgentStatus::Draining);
+        assert!("busy".parse::<AgentStatus>().is_err());
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use super::status::TaskStatus;
+pub use super::status::{AgentStatus, TaskStatus};
 
 /// Most timeline entries kept per task: the earliest ones by (time, event, id). Keeping the
 /// N smallest of a set gives the same result in any arrival order.
@@ -145,7 +145,7 @@ pub struct AgentView {
     pub capabilities: Vec<String>,
     pub concurrency: Option<i32>,
     /// From the latest lifecycle event by (time, id).
-    pub state: String,
+    pub state: AgentStatus,
     pub state_at_us: i64,
     pub state_event_id: String,
     pub registered_at_us: Option<i64>,
