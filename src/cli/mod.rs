@@ -1,10 +1,14 @@
 //! Command implementations of the `agentlog` binary that are more than a call into the library.
 
 pub mod api;
+pub mod args;
+pub mod bench;
 pub mod dev;
 pub mod events;
 pub mod projection;
+pub mod records;
 pub mod tasks;
+pub mod topics;
 pub mod worker;
 
 /// Resolves on Ctrl-C or SIGTERM.
