@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use agentlog::agent::runtime::build;
-use agentlog::api::admin::AdminContext;
+use agentlog::api::admin::{AdminContext, ReplayState};
 use agentlog::api::{ApiConfig, ApiState, bind, serve};
 use agentlog::projection::{Generations, Projection, sources};
 
@@ -107,6 +107,44 @@ async fn replay_swaps_in_a_rebuilt_generation_while_serving() {
     }
     assert!(!dir.path().join("gen-0").exists() && !dir.path().join("gen-1").exists(), "older generations are removed at open");
     drop(store);
+    f.stop().await;
+    h.release().await;
+}
+
+/// Shutting the API down while a replay runs waits for the replay to let go: when `serve`
+/// returns, the replay is over (abandoned, or done if it won the race), never still running
+/// beside a process that is about to close the projection under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_a_running_replay() {
+    let mut h = Harness::embedded();
+    let mut f = Fixture::new(&h).await;
+    let (echo, echo_agent) = f.agent_type_named("echo", "runtime = { kind = \"builtin\", name = \"echo\" }\n").await;
+    f.start_worker(&echo, &echo_agent, build(&echo_agent.runtime, Duration::from_secs(5)).expect("echo"), "echo-1");
+    let agents = BTreeMap::from([(echo.clone(), echo_agent)]);
+    let stop = CancellationToken::new();
+    let dir = tempfile::tempdir().expect("projection dir");
+    let generations = Arc::new(Generations::new(dir.path()).expect("generations"));
+    let projection = Projection::new(generations.open_current().expect("open"), sources(&f.topics, &agents)).expect("projection");
+    let projector = tokio::spawn(agentlog::projection::run(f.log.clone(), f.codec.clone(), projection.clone(), stop.clone()));
+    let state = Arc::new(
+        ApiState::new(f.log.clone(), f.client.clone(), agents, projection.clone(), ApiConfig::default())
+            .expect("api state")
+            .with_admin(AdminContext::new(generations.clone(), f.codec.clone())),
+    );
+    let listener = bind(&ApiConfig { listen: "127.0.0.1:0".into(), ..ApiConfig::default() }).await.expect("bind loopback");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(serve(listener, state.clone(), 64 * 1024, stop.clone()));
+    let http = reqwest::Client::new();
+    submit_and_wait(&http, &base, &echo, 50).await;
+
+    let answer = http.post(format!("{base}/v1/admin/replay")).send().await.expect("replay");
+    assert_eq!(answer.status(), 202);
+    stop.cancel();
+    server.await.expect("server task").expect("server");
+    let replay = state.admin.as_ref().expect("admin context").replay_state();
+    assert!(!matches!(replay, ReplayState::Running { .. } | ReplayState::Never), "serve returned with the replay {replay:?}");
+    projector.await.expect("projector task").expect("projector");
+    drop(projection);
     f.stop().await;
     h.release().await;
 }

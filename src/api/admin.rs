@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use serde::Serialize;
 use serde_json::{Value, json};
+use tokio_util::task::TaskTracker;
 
 use super::ApiState;
 use super::auth::Tenant;
@@ -20,12 +22,50 @@ pub struct AdminContext {
     pub generations: Arc<Generations>,
     pub codec: Arc<WireCodec>,
     /// The last replay: running, or how it ended.
-    pub replay: Mutex<Value>,
+    replay: Mutex<ReplayState>,
+    /// The running replay, so that shutting the API down waits for it to let go of the
+    /// half-built generation.
+    tasks: TaskTracker,
+}
+
+/// The last replay, as `GET /v1/admin/replay` shows it (`{"state": "done", "events": ...}`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ReplayState {
+    Never,
+    Running {
+        started_at_ms: i64,
+    },
+    Done {
+        events: usize,
+        records: usize,
+        elapsed_ms: u64,
+        events_per_s: u64,
+    },
+    Failed {
+        error: String,
+    },
+    /// The API shut down first; the half-built generation is removed at the next start.
+    Abandoned,
 }
 
 impl AdminContext {
     pub fn new(generations: Arc<Generations>, codec: Arc<WireCodec>) -> AdminContext {
-        AdminContext { generations, codec, replay: Mutex::new(json!({"state": "never"})) }
+        AdminContext { generations, codec, replay: Mutex::new(ReplayState::Never), tasks: TaskTracker::new() }
+    }
+
+    pub fn replay_state(&self) -> ReplayState {
+        self.replay.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_replay(&self, state: ReplayState) {
+        *self.replay.lock().unwrap_or_else(|p| p.into_inner()) = state;
+    }
+
+    /// Waits for a running replay to end (it ends soon after the API's closing token fires).
+    pub async fn finish(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 
@@ -42,28 +82,32 @@ pub async fn replay(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) 
     let admin = admitted(&state, &tenant)?;
     {
         let mut status = admin.replay.lock().unwrap_or_else(|p| p.into_inner());
-        if status["state"] == "running" {
+        if matches!(*status, ReplayState::Running { .. }) {
             return Err(ApiError::new(StatusCode::CONFLICT, "replay_running", "a replay is already running"));
         }
-        *status = json!({"state": "running", "started_at_ms": crate::events::TimestampMicros::now().0 / 1000});
+        *status = ReplayState::Running { started_at_ms: crate::events::TimestampMicros::now().0 / 1000 };
     }
     let task_state = state.clone();
-    // Owned by the server's closing token: a shutdown abandons the half-built generation
-    // (removed at the next start), never the live one.
-    tokio::spawn(async move {
+    // Ends with the server's closing token: a shutdown abandons the half-built generation
+    // (removed at the next start), never the live one, and waits for that (`finish`).
+    admin.tasks.spawn(async move {
         let Some(admin) = task_state.admin.as_ref() else { return };
         let outcome = tokio::select! {
-            _ = task_state.closing.cancelled() => json!({"state": "abandoned"}),
+            _ = task_state.closing.cancelled() => ReplayState::Abandoned,
             result = replay_and_swap(&task_state.log, &admin.codec, &task_state.projection, &admin.generations) => match result {
-                Ok(report) => json!({"state": "done", "events": report.events, "records": report.records, "elapsed_ms": report.elapsed.as_millis() as u64,
-                    "events_per_s": (report.events as f64 / report.elapsed.as_secs_f64().max(1e-9)) as u64}),
+                Ok(report) => ReplayState::Done {
+                    events: report.events,
+                    records: report.records,
+                    elapsed_ms: report.elapsed.as_millis() as u64,
+                    events_per_s: (report.events as f64 / report.elapsed.as_secs_f64().max(1e-9)) as u64,
+                },
                 Err(error) => {
                     tracing::error!(%error, "replay failed");
-                    json!({"state": "failed", "error": crate::redact::paths_in(&error.to_string())})
+                    ReplayState::Failed { error: crate::redact::paths_in(&error.to_string()) }
                 }
             },
         };
-        *admin.replay.lock().unwrap_or_else(|p| p.into_inner()) = outcome;
+        admin.set_replay(outcome);
     });
     Ok((StatusCode::ACCEPTED, Json(json!({"state": "running"}))))
 }
@@ -71,7 +115,7 @@ pub async fn replay(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) 
 #[utoipa::path(get, path = "/v1/admin/replay", tag = "operations", responses((status = 200, description = "the last replay's state"), (status = 401), (status = 403)))]
 pub async fn replay_status(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<Json<Value>, ApiError> {
     let admin = admitted(&state, &tenant)?;
-    Ok(Json(admin.replay.lock().unwrap_or_else(|p| p.into_inner()).clone()))
+    Ok(Json(json!(admin.replay_state())))
 }
 
 #[utoipa::path(post, path = "/v1/admin/snapshots", tag = "operations",

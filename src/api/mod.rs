@@ -356,12 +356,15 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>, max_body_bytes: 
     let bound = listener.local_addr().map_err(ApiStartError::Serve)?;
     let limits = server::Limits::of(&state.config);
     let closing = state.closing.clone();
-    let app = router(state, max_body_bytes, bound);
+    let app = router(state.clone(), max_body_bytes, bound);
     // Open event streams end as shutdown starts, or draining would wait for them.
     let end_streams = async {
         shutdown.cancelled().await;
         closing.cancel();
     };
     tokio::join!(server::run(listener, app, limits, shutdown.clone()), end_streams);
+    if let Some(admin) = &state.admin {
+        admin.finish().await;
+    }
     Ok(())
 }
