@@ -66,6 +66,7 @@ task_suite!(
     exactly_once_survives_partitions_moving,
     exactly_once_never_reruns_committed_work,
     exactly_once_dead_letters_are_listed_and_resubmitted,
+    a_worker_that_fails_to_start_stops_its_readers,
     a_coordinator_delegates_and_aggregates,
     an_echo_too_large_for_its_outcome_fails_the_task,
     an_http_agent_answering_megabytes_fails_the_task,

@@ -269,6 +269,8 @@ pub async fn run_worker(
     // Cancel requests first: a task cancelled before this worker started must not run.
     let cancels = Arc::new(Cancels::default());
     let background = CancellationToken::new();
+    // However this function returns (an early `?` included), the background readers stop.
+    let _stop_background = background.clone().drop_guard();
     let control =
         until_started("the control topic reader", &shutdown, || watch_control(&log, codec.clone(), &topics, cancels.clone(), background.clone())).await?;
     let Some(control) = control else { return Ok(WorkerReport::default()) };

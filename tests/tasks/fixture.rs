@@ -3,7 +3,7 @@
 //! outcome topics with deadlines instead of sleeps.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -91,7 +91,15 @@ impl Fixture {
         worker_id: &str,
         transaction_deadline: Duration,
     ) {
-        let settings = WorkerSettings {
+        let settings = self.worker_settings(agent_type, agent, worker_id, transaction_deadline);
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(run_worker(log, codec, runtime, settings, stop.clone()));
+        self.workers.push((stop, handle));
+    }
+
+    /// What the fixture's workers run with.
+    pub fn worker_settings(&self, agent_type: &str, agent: &AgentTypeConfig, worker_id: &str, transaction_deadline: Duration) -> WorkerSettings {
+        WorkerSettings {
             agent_type: agent_type.to_string(),
             agent: agent.clone(),
             topic_prefix: self.topics.prefix().to_string(),
@@ -100,10 +108,7 @@ impl Fixture {
             drain_timeout: Duration::from_secs(20),
             heartbeat_interval: self.heartbeat,
             transaction_deadline,
-        };
-        let stop = CancellationToken::new();
-        let handle = tokio::spawn(run_worker(log, codec, runtime, settings, stop.clone()));
-        self.workers.push((stop, handle));
+        }
     }
 
     /// Drains worker `i` (as SIGTERM does) and returns its report.
@@ -440,6 +445,11 @@ pub struct Rewinds {
     /// Committed-offset lookups still to fail, and how many did.
     to_fail: AtomicU32,
     pub failed: AtomicU32,
+    /// Consumers created and not yet dropped (group members and plain readers alike).
+    pub live_consumers: AtomicI32,
+    /// Refuse to create transactional producers (a worker of an exactly-once type fails to
+    /// start after its background readers are already running).
+    pub refuse_transactions: AtomicBool,
 }
 
 impl ResumesAtStart {
@@ -453,6 +463,25 @@ struct RewindingConsumer {
     // A mutex only to be `Sync`, which `committed(&self)` needs: `dyn Consumer` is `Send` only.
     inner: tokio::sync::Mutex<Box<dyn Consumer>>,
     counts: Arc<Rewinds>,
+    /// Group members are rewound on assignment; plain readers are only counted.
+    rewind: bool,
+    _live: Live,
+}
+
+/// One of [`Rewinds::live_consumers`], until dropped.
+struct Live(Arc<Rewinds>);
+
+impl Live {
+    fn new(counts: &Arc<Rewinds>) -> Live {
+        counts.live_consumers.fetch_add(1, Ordering::SeqCst);
+        Live(counts.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.live_consumers.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl RewindingConsumer {
@@ -472,7 +501,9 @@ impl Consumer for RewindingConsumer {
     async fn next_event(&mut self) -> LogResult<ConsumerEvent> {
         let inner = self.inner.get_mut();
         let event = inner.next_event().await?;
-        if let ConsumerEvent::Assigned(parts) = &event {
+        if let ConsumerEvent::Assigned(parts) = &event
+            && self.rewind
+        {
             for p in parts {
                 inner.seek(p, SeekTo::Earliest).await?;
                 self.counts.rewound.fetch_add(1, Ordering::SeqCst);
@@ -561,13 +592,14 @@ impl EventLog for ResumesAtStart {
         self.inner.producer()
     }
     fn consumer(&self, options: ConsumerOptions) -> LogResult<Box<dyn Consumer>> {
-        let inner = self.inner.consumer(options.clone())?;
-        if options.group.is_none() {
-            return Ok(inner);
-        }
-        Ok(Box::new(RewindingConsumer { inner: tokio::sync::Mutex::new(inner), counts: self.counts.clone() }))
+        let rewind = options.group.is_some();
+        let inner = self.inner.consumer(options)?;
+        Ok(Box::new(RewindingConsumer { inner: tokio::sync::Mutex::new(inner), counts: self.counts.clone(), rewind, _live: Live::new(&self.counts) }))
     }
     fn transactional_producer(&self, transactional_id: &str) -> LogResult<Arc<dyn TransactionalProducer>> {
+        if self.counts.refuse_transactions.load(Ordering::SeqCst) {
+            return Err(LogError::Invalid { what: "transactional producer", reason: "refused (injected)".into() });
+        }
         self.inner.transactional_producer(transactional_id)
     }
     fn admin(&self) -> Arc<dyn Admin> {

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use agentlog::agent::dlq;
 use agentlog::agent::runtime::build;
+use agentlog::agent::worker::run_worker;
 use agentlog::events::{AgentState, AnyEvent, Lane, TimestampMicros};
 use agentlog::projection::{Projection, ProjectionStore, sources};
 
@@ -825,5 +826,25 @@ pub async fn a_coordinator_delegates_and_aggregates(h: &mut Harness) {
         events.iter().filter_map(|e| if let AnyEvent::TaskProgress(p) = e { (p.task_id == sleep_child).then_some(p) } else { None }).collect();
     assert_eq!(progress.len(), 1, "the sleep agent reported progress once");
     assert_eq!((progress[0].percent, progress[0].attempt), (Some(50.0), 1));
+    f.stop().await;
+}
+
+/// A worker that fails to start after its background readers are running stops them. An
+/// exactly-once worker whose transactional producer could not be created returned its error
+/// with the control-topic reader still running, for the life of the process.
+pub async fn a_worker_that_fails_to_start_stops_its_readers(h: &mut Harness) {
+    let f = Fixture::new(h).await;
+    let (ty, agent) = f.agent_type("refused", "runtime = { kind = \"builtin\", name = \"echo\" }\nexactly_once = true\n").await;
+    let (refusing, counts) = ResumesAtStart::wrap(f.log.clone(), 0);
+    counts.refuse_transactions.store(true, Ordering::SeqCst);
+    let runtime = build(&agent.runtime, Duration::from_secs(5)).expect("echo");
+    let settings = f.worker_settings(&ty, &agent, "refused-1", agentlog::agent::worker::TRANSACTION_DEADLINE);
+    let started = tokio::time::timeout(WITHIN, run_worker(refusing, f.codec.clone(), runtime, settings, CancellationToken::new())).await;
+    assert!(matches!(started, Ok(Err(_))), "the worker fails to start: {:?}", started.map(|r| r.map(|_| "a report")));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while counts.live_consumers.load(Ordering::SeqCst) > 0 {
+        assert!(Instant::now() < deadline, "{} reader(s) still open after the worker failed", counts.live_consumers.load(Ordering::SeqCst));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     f.stop().await;
 }
