@@ -43,12 +43,6 @@ impl Lane {
     pub fn index(self) -> usize {
         self as usize
     }
-
-    /// The lane whose topic `topic` is (`….<lane>` at its end), if any.
-    pub fn of_topic(topic: &str) -> Option<Lane> {
-        let (_, name) = topic.rsplit_once('.')?;
-        name.parse().ok()
-    }
 }
 
 impl fmt::Display for Lane {
@@ -106,12 +100,5 @@ mod tests {
         let error = "urgent".parse::<Lane>().expect_err("not a lane");
         assert_eq!(error.to_string(), "unknown lane `urgent` (known: critical, high, normal, low)");
         assert_eq!("NORMAL".parse::<Lane>(), Err(UnknownLane("NORMAL".into())), "names are lower case; symbols are the wire's");
-    }
-
-    #[test]
-    fn a_topic_names_its_lane_at_its_end() {
-        assert_eq!(Lane::of_topic("prod.tasks.summarize.high"), Some(Lane::High));
-        assert_eq!(Lane::of_topic("tasks.summarize.urgent"), None);
-        assert_eq!(Lane::of_topic("normal"), None, "a bare name is not a lane topic");
     }
 }
