@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use super::log::BenchError;
 use crate::agent::{TaskClient, TaskTopics};
@@ -23,7 +22,7 @@ use crate::events::wire::WireCodec;
 use crate::events::{AnyEvent, Lane, TaskSubmitted, TimestampMicros, decode_any};
 use crate::log::follow::Follower;
 use crate::log::{EventLog, SeekTo, TopicSpec};
-use crate::registry::{Registry, serve};
+use crate::registry::RegistryServer;
 
 const AGENT_TYPE: &str = "bench_sleep";
 const PARTITIONS: i32 = 4;
@@ -104,15 +103,9 @@ pub async fn run_failover_bench(log: Arc<dyn EventLog>, config: &LogConfig) -> R
     admin.create_topic(&TopicSpec::new(topics.control(), 1)).await?;
     admin.create_topic(&TopicSpec::new(topics.lane(AGENT_TYPE, Lane::Normal), PARTITIONS)).await?;
 
-    let stop = CancellationToken::new();
-    let registry = Registry::open(log.clone(), &format!("{}schemas", topics.prefix()), stop.clone()).await.map_err(|e| setup(&e))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| setup(&e))?;
-    let url = format!("http://{}", listener.local_addr().map_err(|e| setup(&e))?);
-    let server = tokio::spawn(serve(registry.clone(), listener, crate::api::ApiConfig::default(), stop.clone()));
-    let result = measure(&log, config, &topics, &url).await;
-    stop.cancel();
-    let _ = server.await;
-    registry.close().await;
+    let registry = RegistryServer::on_loopback(log.clone(), &format!("{}schemas", topics.prefix())).await.map_err(|e| setup(&e))?;
+    let result = measure(&log, config, &topics, registry.url()).await;
+    let _ = registry.stop().await;
     result
 }
 

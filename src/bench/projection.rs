@@ -13,7 +13,6 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use super::log::BenchError;
 use crate::agent::{AgentTypeConfig, RuntimeConfig, TaskTopics};
@@ -21,7 +20,7 @@ use crate::events::wire::WireCodec;
 use crate::events::{Lane, Meta, TaskCompleted, TaskProgress, TaskStarted, TaskSubmitted, TimestampMicros};
 use crate::log::{EventLog, Record, TopicSpec};
 use crate::projection::{Generations, catch_up, sources};
-use crate::registry::{Registry, serve};
+use crate::registry::RegistryServer;
 
 #[derive(Debug, Clone)]
 pub struct ProjectionBenchOptions {
@@ -118,12 +117,8 @@ pub async fn run_projection_bench(log: Arc<dyn EventLog>, options: &ProjectionBe
     for topic in &all {
         admin.create_topic(&TopicSpec::new(topic.clone(), options.partitions)).await?;
     }
-    let stop = CancellationToken::new();
-    let registry = Registry::open(log.clone(), &format!("{}schemas", topics.prefix()), stop.clone()).await.map_err(|e| BenchError::Setup(e.to_string()))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| BenchError::Setup(e.to_string()))?;
-    let url = format!("http://{}", listener.local_addr().map_err(|e| BenchError::Setup(e.to_string()))?);
-    let server = tokio::spawn(serve(registry.clone(), listener, crate::api::ApiConfig::default(), stop.clone()));
-    let codec = Arc::new(WireCodec::new(&url).map_err(|e| BenchError::Setup(e.to_string()))?);
+    let registry = RegistryServer::on_loopback(log.clone(), &format!("{}schemas", topics.prefix())).await.map_err(|e| BenchError::Setup(e.to_string()))?;
+    let codec = Arc::new(WireCodec::new(registry.url()).map_err(|e| BenchError::Setup(e.to_string()))?);
     let dir = std::env::temp_dir().join(format!("agentlog-bench-projection-{suffix}"));
 
     let result = async {
@@ -179,9 +174,7 @@ pub async fn run_projection_bench(log: Arc<dyn EventLog>, options: &ProjectionBe
     }
     .await;
 
-    stop.cancel();
-    let _ = server.await;
-    registry.close().await;
+    let _ = registry.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
     for topic in all.iter().cloned().chain([format!("{}schemas", topics.prefix())]) {
         let _ = admin.delete_topic(&topic).await;

@@ -24,7 +24,7 @@ use crate::agent::{AgentTypeConfig, RuntimeConfig, TaskTopics, WorkerSettings, r
 use crate::events::wire::WireCodec;
 use crate::events::{Lane, Meta, TaskSubmitted};
 use crate::log::{ConsumerEvent, ConsumerOptions, Delivery, EventLog, LogError, Record, SeekTo, TopicPartition, TopicSpec};
-use crate::registry::{Registry, serve};
+use crate::registry::RegistryServer;
 
 #[derive(Debug, Clone)]
 pub struct TaskBenchOptions {
@@ -89,12 +89,8 @@ pub async fn run_task_bench(log: Arc<dyn EventLog>, options: &TaskBenchOptions) 
     admin.create_topic(&TopicSpec::new(&lane, options.partitions)).await?;
 
     // The built-in schema registry on a free port, as `agentlog dev` runs it.
-    let stop = CancellationToken::new();
-    let registry = Registry::open(log.clone(), &format!("{}schemas", topics.prefix()), stop.clone()).await.map_err(|e| BenchError::Setup(e.to_string()))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| BenchError::Setup(e.to_string()))?;
-    let url = format!("http://{}", listener.local_addr().map_err(|e| BenchError::Setup(e.to_string()))?);
-    let server = tokio::spawn(serve(registry.clone(), listener, crate::api::ApiConfig::default(), stop.clone()));
-    let codec = Arc::new(WireCodec::new(&url).map_err(|e| BenchError::Setup(e.to_string()))?);
+    let registry = RegistryServer::on_loopback(log.clone(), &format!("{}schemas", topics.prefix())).await.map_err(|e| BenchError::Setup(e.to_string()))?;
+    let codec = Arc::new(WireCodec::new(registry.url()).map_err(|e| BenchError::Setup(e.to_string()))?);
 
     let agent = AgentTypeConfig {
         description: "no-op".into(),
@@ -131,9 +127,7 @@ pub async fn run_task_bench(log: Arc<dyn EventLog>, options: &TaskBenchOptions) 
 
     worker_stop.cancel();
     let report = worker.await.map_err(|_| LogError::Shutdown)?;
-    stop.cancel();
-    let _ = server.await;
-    registry.close().await;
+    let _ = registry.stop().await;
     let ((elapsed, _), (_, histogram)) = result?;
     report.map_err(|e| BenchError::Setup(format!("worker: {e}")))?;
     for topic in [

@@ -24,7 +24,7 @@ use crate::agent::client::{TaskClient, timer_record};
 use crate::events::wire::WireCodec;
 use crate::events::{Lane, Meta, TaskSubmitted, TimestampMicros};
 use crate::log::{EventLog, TopicSpec};
-use crate::registry::{Registry, serve};
+use crate::registry::RegistryServer;
 use crate::supervisor::timers::{TimerSettings, run_timers};
 
 #[derive(Debug, Clone)]
@@ -98,13 +98,9 @@ pub async fn run_timer_bench(log: Arc<dyn EventLog>, options: &TimerBenchOptions
     for topic in &all {
         admin.create_topic(&TopicSpec::new(topic.clone(), options.partitions)).await?;
     }
-    let stop = CancellationToken::new();
     let setup = |e: &dyn std::fmt::Display| BenchError::Setup(e.to_string());
-    let registry = Registry::open(log.clone(), &format!("{}schemas", topics.prefix()), stop.clone()).await.map_err(|e| setup(&e))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| setup(&e))?;
-    let url = format!("http://{}", listener.local_addr().map_err(|e| setup(&e))?);
-    let server = tokio::spawn(serve(registry.clone(), listener, crate::api::ApiConfig::default(), stop.clone()));
-    let codec = Arc::new(WireCodec::new(&url).map_err(|e| setup(&e))?);
+    let registry = RegistryServer::on_loopback(log.clone(), &format!("{}schemas", topics.prefix())).await.map_err(|e| setup(&e))?;
+    let codec = Arc::new(WireCodec::new(registry.url()).map_err(|e| setup(&e))?);
     let dir = std::env::temp_dir().join(format!("agentlog-bench-timers-{suffix}"));
 
     let result = async {
@@ -157,9 +153,7 @@ pub async fn run_timer_bench(log: Arc<dyn EventLog>, options: &TimerBenchOptions
     }
     .await;
 
-    stop.cancel();
-    let _ = server.await;
-    registry.close().await;
+    let _ = registry.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
     for topic in all.iter().cloned().chain([format!("{}schemas", topics.prefix())]) {
         let _ = admin.delete_topic(&topic).await;

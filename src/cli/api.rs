@@ -92,8 +92,9 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
         let reg =
             agentlog::registry::Registry::open_with(log.clone(), &topic, &config.registry, shutdown.clone()).await.context("opening the schema registry")?;
         let listener = agentlog::registry::bind(&config.registry.listen, &config.api).await.with_context(|| format!("binding {}", config.registry.listen))?;
-        let url = format!("http://{}", listener.local_addr()?);
-        registry = Some((reg.clone(), tokio::spawn(agentlog::registry::serve(reg, listener, config.api.clone(), shutdown.clone()))));
+        let served = agentlog::registry::RegistryServer::spawn(reg, listener, config.api.clone(), shutdown.clone())?;
+        let url = served.url().to_string();
+        registry = Some(served);
         println!("schema registry on {url}");
         url
     } else {
@@ -115,10 +116,8 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
         None => api.stop().await,
     };
     shutdown.cancel();
-    if let Some((reg, server)) = registry {
-        let served = server.await.context("registry server task")?;
-        reg.close().await;
-        served.context("schema registry")?;
+    if let Some(registry) = registry {
+        registry.stop().await.context("schema registry")?;
     }
     stopped
 }

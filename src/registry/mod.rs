@@ -24,6 +24,7 @@ mod extract;
 pub mod http;
 pub mod limits;
 pub mod params;
+pub mod server;
 pub mod state;
 pub mod storage;
 
@@ -39,6 +40,7 @@ pub use config::RegistryConfig;
 pub use error::RegistryError;
 pub use http::{bind, router, serve};
 pub use limits::{SchemaLimits, SchemaRefused};
+pub use server::RegistryServer;
 pub use state::{SubjectVersion, VersionSelector};
 
 use state::{State, parse_schema};

@@ -143,19 +143,13 @@ pub const WITHIN: Duration = Duration::from_secs(30);
 /// events; stopped with [`TestRegistry::stop`].
 pub struct TestRegistry {
     pub url: String,
-    shutdown: tokio_util::sync::CancellationToken,
-    server: tokio::task::JoinHandle<Result<(), agentlog::registry::RegistryError>>,
-    registry: Arc<agentlog::registry::Registry>,
+    server: agentlog::registry::RegistryServer,
 }
 
 impl TestRegistry {
     pub async fn start(log: &Arc<dyn EventLog>) -> TestRegistry {
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let registry = agentlog::registry::Registry::open(log.clone(), &unique("schemas"), shutdown.clone()).await.expect("registry");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let server = tokio::spawn(agentlog::registry::serve(registry.clone(), listener, agentlog::api::ApiConfig::default(), shutdown.clone()));
-        TestRegistry { url, shutdown, server, registry }
+        let server = agentlog::registry::RegistryServer::on_loopback(log.clone(), &unique("schemas")).await.expect("registry");
+        TestRegistry { url: server.url().to_string(), server }
     }
 
     pub fn codec(&self) -> Arc<agentlog::events::wire::WireCodec> {
@@ -163,9 +157,7 @@ impl TestRegistry {
     }
 
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        self.server.await.expect("server task").expect("server");
-        self.registry.close().await;
+        self.server.stop().await.expect("registry server");
     }
 }
 
