@@ -51,3 +51,17 @@ impl TaskTopics {
         self.named("agent.heartbeats")
     }
 }
+
+/// `agents.<type>`: the consumer group of an agent type's workers, whose lag per lane is
+/// what `GET /v1/agent-types` shows.
+///
+/// Group names do not take the topic prefix, as DESIGN.md names them: the default prefix
+/// (`agentlog.`) would rename every deployed group, and a renamed group starts without
+/// committed offsets, so with `auto.offset.reset = earliest` its workers would run every
+/// retained task again. Prefixing needs a migration that copies the committed offsets first.
+pub fn worker_group(agent_type: &str) -> String {
+    format!("agents.{agent_type}")
+}
+
+/// The supervisor's group: one member leads (timers, liveness, jobs), the others stand by.
+pub const SUPERVISOR_GROUP: &str = "agentlog.supervisor";

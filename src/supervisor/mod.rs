@@ -145,8 +145,11 @@ pub async fn run_supervisor(
 async fn run_term(log: &Arc<dyn EventLog>, codec: &Arc<WireCodec>, settings: &SupervisorSettings, shutdown: &CancellationToken) -> Result<(), SupervisorError> {
     let topics = TaskTopics::new(settings.topic_prefix.clone());
     let control = TopicPartition::new(topics.control(), 0);
-    let mut election =
-        log.consumer(ConsumerOptions { group: Some("agentlog.supervisor".into()), client_id: Some(settings.supervisor_id.clone()), ..Default::default() })?;
+    let mut election = log.consumer(ConsumerOptions {
+        group: Some(crate::agent::topics::SUPERVISOR_GROUP.into()),
+        client_id: Some(settings.supervisor_id.clone()),
+        ..Default::default()
+    })?;
     election.subscribe(std::slice::from_ref(&control.topic))?;
     let mut leading: Option<Leadership> = None;
     let result = loop {

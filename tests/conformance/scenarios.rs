@@ -561,7 +561,7 @@ pub async fn worker_runs_tasks_and_commits_after_outcomes(h: &mut Harness) {
     stop.cancel();
     let report = worker.await.expect("worker task").expect("worker");
     assert_eq!((report.completed, report.failed, report.dead_lettered, report.undecodable, report.abandoned), (40, 0, 0, 0, 0));
-    let group = format!("agents.{agent_type}");
+    let group = agentlog::agent::topics::worker_group(&agent_type);
     let mut committed = 0;
     for topic in &lane_topics {
         let parts: Vec<TopicPartition> = (0..2).map(|p| TopicPartition::new(topic, p)).collect();
@@ -634,7 +634,7 @@ pub async fn a_task_longer_than_max_poll_interval_does_not_evict_the_worker(h: &
     // The commit follows the outcome; once it is there, the member was never evicted (an
     // evicted member's commit is refused and the task would be delivered again).
     let tp = TopicPartition::new(&lane_topic, 0);
-    let group = format!("agents.{agent_type}");
+    let group = agentlog::agent::topics::worker_group(&agent_type);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let committed = admin.committed_offsets(&group, std::slice::from_ref(&tp)).await.expect("committed");

@@ -1,0 +1,101 @@
+//! One task's turn, run as a spawned task beside the poll loop: the attempt and, with
+//! at-least-once, writing its records until they are durable.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::WorkerError;
+use crate::agent::attempt::{AttemptEnv, Outcome, refused, run_attempt};
+use crate::backoff::Backoff;
+use crate::events::TaskSubmitted;
+use crate::log::{ConsumedRecord, LogError, Producer, Record, TopicPartition};
+
+/// A task taken from a lane topic.
+pub(super) struct Taken {
+    pub record: ConsumedRecord,
+    pub task: TaskSubmitted,
+}
+
+/// A finished turn, back in the poll loop. With at-least-once its records are already
+/// durable; with exactly-once they wait for the transaction.
+pub(super) struct Done {
+    pub tp: TopicPartition,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub outcome: Result<Outcome, WorkerError>,
+}
+
+/// Runs the attempt; with `write` (at-least-once) also writes its records.
+pub(super) async fn turn(env: Arc<AttemptEnv>, taken: Taken, write: bool, shutdown: CancellationToken) -> Done {
+    let Taken { record, task } = taken;
+    let tp = record.topic_partition();
+    let outcome = async {
+        let mut outcome = run_attempt(&env, &record, &task).await?;
+        if write {
+            // Written records are not needed afterwards (only exactly-once keeps them, to
+            // write in its transaction), so they move instead of being cloned.
+            match write_durably(env.producer.as_ref(), std::mem::take(&mut outcome.records), &shutdown).await {
+                Ok(()) => {}
+                // Refused for what they are, the records would be refused on every run of the
+                // task (the attempt keeps them within the size limit, so this is the rest:
+                // a partition the topic lost, say). The task fails instead; only an error of
+                // the log itself ends the membership.
+                Err(error) if error.rejects_record() => {
+                    tracing::error!(task_id = %task.task_id, %error, "the log refused the task's outcome; the task fails instead");
+                    let failure = refused(&env, &task, &error).await?;
+                    outcome.ending = failure.ending;
+                    match write_durably(env.producer.as_ref(), failure.records, &shutdown).await {
+                        Err(again) if again.rejects_record() => {
+                            tracing::error!(task_id = %task.task_id, error = %again, "the failure was refused too; the task ends without an outcome");
+                        }
+                        written => written?,
+                    }
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        // TaskStarted is informational (the timeline): one that could not be stored is
+        // logged and the turn goes on, but it is settled before the offset can be committed.
+        if let Some(started) = outcome.started.take()
+            && let Err(error) = started.await
+        {
+            tracing::warn!(task_id = %task.task_id, %error, "TaskStarted was not stored");
+        }
+        Ok::<_, WorkerError>(outcome)
+    }
+    .await;
+    Done { tp, offset: record.offset, key: task.ordering_key.clone(), outcome }
+}
+
+/// Appends records until every one is durable, retrying while the log is passingly
+/// unavailable (a broker restarting, a leader moving): an outcome the agent produced is kept
+/// and written once the log is back, not thrown away with its attempt. At-least-once: a
+/// retry after a timed-out delivery may write a record twice.
+async fn write_durably(producer: &dyn Producer, records: Vec<Record>, shutdown: &CancellationToken) -> Result<(), LogError> {
+    let mut backoff = Backoff::default();
+    loop {
+        match write_all(producer, records.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.retryable() => {
+                tracing::warn!(%error, failures = backoff.failures() + 1, "writing an outcome failed; retrying");
+                if !backoff.wait(shutdown).await {
+                    return Err(error);
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Appends records and waits until every one is durable.
+async fn write_all(producer: &dyn Producer, records: Vec<Record>) -> Result<(), LogError> {
+    let mut deliveries = Vec::with_capacity(records.len());
+    for record in records {
+        deliveries.push(producer.send(record).await?);
+    }
+    for delivery in deliveries {
+        delivery.await?;
+    }
+    Ok(())
+}
