@@ -13,6 +13,7 @@ use agentlog::events::{
 };
 use agentlog::log::ConsumedRecord;
 use agentlog::projection::apply::{Changes, WrittenTasks};
+use agentlog::projection::measure::Measure;
 use agentlog::projection::{ProjectionStore, Source, TaskFilter};
 
 const TENANT: &str = "acme";
@@ -260,9 +261,9 @@ fn a_lifecycle_projects_the_same_in_every_interleaving_and_batching() {
     let counters: HashMap<String, _> = store.type_counters().expect("counters").into_iter().collect();
     assert_eq!((counters[TYPE].submitted, counters[TYPE].completed, counters[TYPE].terminal()), (1, 1, 1));
     assert_eq!(counters[TYPE].retries, 1, "one retry, counted once in every order (the dumps compared below hold the counters)");
-    let latency = store.histogram(b'l', TYPE).expect("read").expect("latency histogram");
+    let latency = store.histogram(Measure::Latency, TYPE).expect("read").expect("latency histogram");
     assert_eq!((latency.len(), latency.max()), (1, 600), "submit→outcome latency counted once, in ms");
-    let duration = store.histogram(b'd', TYPE).expect("read").expect("duration histogram");
+    let duration = store.histogram(Measure::Duration, TYPE).expect("read").expect("duration histogram");
     assert_eq!((duration.len(), duration.max()), (1, 120));
     let tenant = store.tenant_counters(TENANT).expect("tenant");
     assert_eq!((tenant.submitted, tenant.terminal, tenant.open()), (1, 1, 0));
@@ -425,7 +426,7 @@ fn a_dead_lettered_task_resubmitted_later_ends_with_its_new_outcome_in_any_inter
     assert_eq!(view.status.as_str(), "completed");
     let counters: HashMap<String, _> = store.type_counters().expect("counters").into_iter().collect();
     assert_eq!((counters[TYPE].submitted, counters[TYPE].completed, counters[TYPE].dead_lettered), (1, 1, 0));
-    let latency = store.histogram(b'l', TYPE).expect("read").expect("latency");
+    let latency = store.histogram(Measure::Latency, TYPE).expect("read").expect("latency");
     assert_eq!((latency.len(), latency.max()), (1, 1_500), "latency of the final outcome, from the first submit");
     for (i, order) in all.iter().enumerate() {
         for batch in [0, 1] {
@@ -622,7 +623,7 @@ fn many_tasks_and_a_job_count_the_same_in_any_interleaving() {
     apply(&store, &[reference]);
     let counters: HashMap<String, _> = store.type_counters().expect("counters").into_iter().collect();
     assert_eq!((counters[TYPE].submitted, counters[TYPE].completed), (3, 3));
-    assert_eq!(store.histogram(b'l', TYPE).expect("read").expect("latency").len(), 3);
+    assert_eq!(store.histogram(Measure::Latency, TYPE).expect("read").expect("latency").len(), 3);
     let listed: Vec<String> = store
         .list_tasks(&TaskFilter { tenant: TENANT.into(), ..TaskFilter::default() }, None, 10)
         .expect("list")
@@ -737,8 +738,8 @@ fn two_tenants_with_one_task_id_have_two_tasks() {
         assert_eq!((globex.submitted, globex.completed, globex.cancelled), (1, 0, 1));
         let all: HashMap<String, _> = store.type_counters().expect("counters").into_iter().collect();
         assert_eq!((all[TYPE].submitted, all[TYPE].completed, all[TYPE].cancelled), (2, 1, 1), "operators' totals count both");
-        assert_eq!(store.tenant_histogram(b'L', "globex", TYPE).expect("read").expect("latency").len(), 1);
-        assert_eq!(store.histogram(b'l', TYPE).expect("read").expect("latency").len(), 2);
+        assert_eq!(store.tenant_histogram(Measure::Latency, "globex", TYPE).expect("read").expect("latency").len(), 1);
+        assert_eq!(store.histogram(Measure::Latency, TYPE).expect("read").expect("latency").len(), 2);
     }
 }
 

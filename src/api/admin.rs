@@ -8,10 +8,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
-use serde_json::{Value, json};
 use tokio_util::task::TaskTracker;
 
 use super::ApiState;
+use super::answers::SnapshotTaken;
 use super::auth::Tenant;
 use super::error::ApiError;
 use crate::events::wire::WireCodec;
@@ -29,7 +29,7 @@ pub struct AdminContext {
 }
 
 /// The last replay, as `GET /v1/admin/replay` shows it (`{"state": "done", "events": ...}`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ReplayState {
     Never,
@@ -77,15 +77,16 @@ fn admitted<'s>(state: &'s ApiState, tenant: &str) -> Result<&'s AdminContext, A
 }
 
 #[utoipa::path(post, path = "/v1/admin/replay", tag = "operations",
-    responses((status = 202, description = "replay started: the projection is rebuilt from the log and swapped in when caught up"), (status = 409, description = "a replay is running"), (status = 401), (status = 403)))]
-pub async fn replay(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<(StatusCode, Json<Value>), ApiError> {
+    responses((status = 202, description = "replay started: the projection is rebuilt from the log and swapped in when caught up", body = ReplayState), (status = 409, description = "a replay is running"), (status = 401), (status = 403)))]
+pub async fn replay(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<(StatusCode, Json<ReplayState>), ApiError> {
     let admin = admitted(&state, &tenant)?;
+    let running = ReplayState::Running { started_at_ms: crate::events::TimestampMicros::now().0 / 1000 };
     {
         let mut status = admin.replay.lock().unwrap_or_else(|p| p.into_inner());
         if matches!(*status, ReplayState::Running { .. }) {
             return Err(ApiError::new(StatusCode::CONFLICT, "replay_running", "a replay is already running"));
         }
-        *status = ReplayState::Running { started_at_ms: crate::events::TimestampMicros::now().0 / 1000 };
+        *status = running.clone();
     }
     let task_state = state.clone();
     // Ends with the server's closing token: a shutdown abandons the half-built generation
@@ -109,18 +110,18 @@ pub async fn replay(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) 
         };
         admin.set_replay(outcome);
     });
-    Ok((StatusCode::ACCEPTED, Json(json!({"state": "running"}))))
+    Ok((StatusCode::ACCEPTED, Json(running)))
 }
 
-#[utoipa::path(get, path = "/v1/admin/replay", tag = "operations", responses((status = 200, description = "the last replay's state"), (status = 401), (status = 403)))]
-pub async fn replay_status(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/admin/replay", tag = "operations", responses((status = 200, description = "the last replay's state", body = ReplayState), (status = 401), (status = 403)))]
+pub async fn replay_status(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<Json<ReplayState>, ApiError> {
     let admin = admitted(&state, &tenant)?;
-    Ok(Json(json!(admin.replay_state())))
+    Ok(Json(admin.replay_state()))
 }
 
 #[utoipa::path(post, path = "/v1/admin/snapshots", tag = "operations",
-    responses((status = 201, description = "a checkpoint of the projection with its offsets; `snapshot` names it in the `snapshots` directory under `projection.dir` (`agentlog snapshot restore` takes that path)"), (status = 401), (status = 403)))]
-pub async fn snapshot(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<(StatusCode, Json<Value>), ApiError> {
+    responses((status = 201, description = "a checkpoint of the projection with its offsets; `snapshot` names it in the `snapshots` directory under `projection.dir` (`agentlog snapshot restore` takes that path)", body = super::answers::SnapshotTaken), (status = 401), (status = 403)))]
+pub async fn snapshot(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<(StatusCode, Json<SnapshotTaken>), ApiError> {
     let admin = admitted(&state, &tenant)?;
     let name = format!("snap-{}", crate::events::TimestampMicros::now().0);
     let dir = admin.generations.snapshots_dir();
@@ -131,5 +132,5 @@ pub async fn snapshot(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant
     state.projection.store().checkpoint(&dir.join(&name))?;
     // The name only: the server's absolute path is not the caller's business (operators know
     // `projection.dir`).
-    Ok((StatusCode::CREATED, Json(json!({"snapshot": name}))))
+    Ok((StatusCode::CREATED, Json(SnapshotTaken { snapshot: name })))
 }

@@ -18,6 +18,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::ApiState;
+use crate::projection::measure::Measure;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -137,7 +138,7 @@ pub async fn render(state: &ApiState) -> Result<String, String> {
         ] {
             tasks.get_or_create(&OutcomeLabels { agent_type: agent_type.clone(), outcome: outcome.into() }).set(n as i64);
         }
-        if let Some(h) = store.histogram(b'l', &agent_type).map_err(|e| e.to_string())? {
+        if let Some(h) = store.histogram(Measure::Latency, &agent_type).map_err(|e| e.to_string())? {
             for q in [0.5, 0.9, 0.99, 0.999] {
                 latency.get_or_create(&QuantileLabels { agent_type: agent_type.clone(), quantile: q.to_string() }).set(h.value_at_quantile(q) as i64);
             }

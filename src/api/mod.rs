@@ -7,6 +7,7 @@
 //! start-up, since it would let anyone on the network submit work.
 
 pub mod admin;
+pub mod answers;
 pub mod auth;
 pub mod error;
 pub mod idempotency;

@@ -161,6 +161,32 @@ mod tests {
         }
     }
 
+    /// Every success of a JSON operation documents its body, so a generated client knows the
+    /// answer's fields and Schemathesis checks each answer against them. Not JSON: the
+    /// liveness text, the Prometheus text, the document itself and the SSE stream.
+    #[test]
+    fn every_json_success_documents_its_answer() {
+        let not_json = ["/healthz", "/metrics", "/openapi.json", "/v1/stream/outcomes"];
+        let doc = ApiDoc::openapi();
+        let mut missing = Vec::new();
+        for (path, item) in &doc.paths.paths {
+            for (method, op) in operations(item) {
+                for (status, response) in &op.responses.responses {
+                    let utoipa::openapi::RefOr::T(response) = response else { continue };
+                    let documented = response.content.get("application/json").is_some_and(|c| c.schema.is_some());
+                    if status.starts_with('2') && !not_json.contains(&path.as_str()) && !documented {
+                        missing.push(format!("{method} {path} {status}"));
+                    }
+                }
+            }
+        }
+        assert!(missing.is_empty(), "answers without a documented body (add `body = answers::...`): {missing:?}");
+        let names: BTreeSet<&String> = doc.components.as_ref().map(|c| c.schemas.keys().collect()).unwrap_or_default();
+        for schema in ["Task", "Submitted", "TaskPage", "DeadLetterPage", "Stats", "Readiness", "ReplayState"] {
+            assert!(names.contains(&schema.to_string()), "schema {schema} is not in components: {names:?}");
+        }
+    }
+
     /// What the handlers check beyond the types is in the served document, so generated
     /// clients and fuzzers send what is accepted.
     #[test]

@@ -8,9 +8,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::ApiState;
+use super::answers::Readiness;
 use super::auth::Tenant;
 use super::error::ApiError;
 use crate::components::Phase;
@@ -21,9 +22,9 @@ pub async fn healthz() -> &'static str {
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "the projection has caught up with the log and no component of this process is restarting"),
-        (status = 503, description = "still catching up, or a component is restarting (`components` says which and why)")))]
-pub async fn readyz(State(state): State<Arc<ApiState>>) -> (StatusCode, Json<Value>) {
+    responses((status = 200, description = "the projection has caught up with the log and no component of this process is restarting", body = super::answers::Readiness),
+        (status = 503, description = "still catching up, or a component is restarting (`components` says which and why)", body = super::answers::Readiness)))]
+pub async fn readyz(State(state): State<Arc<ApiState>>) -> (StatusCode, Json<Readiness>) {
     let mut waiting_for = Vec::new();
     if !state.projection.is_caught_up() {
         waiting_for.push("the projection to read the log's history".to_string());
@@ -55,7 +56,7 @@ pub async fn readyz(State(state): State<Arc<ApiState>>) -> (StatusCode, Json<Val
     }
     let ready = waiting_for.is_empty();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "ready": ready, "lag_records": lag, "waiting_for": waiting_for, "components": components })))
+    (status, Json(Readiness { ready, lag_records: lag, waiting_for, components }))
 }
 
 /// How long `/readyz` waits for the log's high watermarks.

@@ -11,11 +11,12 @@ use serde_json::{Value, json};
 use utoipa::IntoParams;
 
 use super::ApiState;
+use super::answers;
 use super::auth::Tenant;
 use super::error::ApiError;
 use super::tasks::{page_limit, query_error};
-use crate::events::Lane;
 use crate::log::lag::group_lag;
+use crate::projection::measure::Measure;
 use crate::projection::store::{JOB_CURSOR_MIN, unhex};
 use crate::projection::views::{AgentStatus, AgentView, TaskStatus};
 
@@ -32,23 +33,13 @@ pub struct AgentQuery {
     pub status: Option<String>,
 }
 
-fn ms(us: i64) -> i64 {
-    us / 1000
-}
-
-fn agent_json(a: &AgentView) -> Value {
-    json!({
-        "agent_id": a.agent_id, "agent_type": a.agent_type, "status": a.state, "host": a.host, "version": a.version,
-        "capabilities": a.capabilities, "concurrency": a.concurrency, "in_flight": a.in_flight, "capacity": a.capacity,
-        "load": a.load(), "completed_total": a.completed_total, "failed_total": a.failed_total,
-        "cpu_percent": a.cpu_percent, "memory_bytes": a.memory_bytes,
-        "registered_at_ms": a.registered_at_us.map(ms), "last_heartbeat_at_ms": a.last_heartbeat_at_us.map(ms),
-    })
-}
-
 #[utoipa::path(get, path = "/v1/agents", tag = "agents", params(AgentQuery),
-    responses((status = 200, description = "agents, least loaded first"), (status = 400), (status = 401)))]
-pub async fn agents(State(state): State<Arc<ApiState>>, Tenant(_): Tenant, query: Result<Query<AgentQuery>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+    responses((status = 200, description = "agents, least loaded first", body = super::answers::AgentList), (status = 400), (status = 401)))]
+pub async fn agents(
+    State(state): State<Arc<ApiState>>,
+    Tenant(_): Tenant,
+    query: Result<Query<AgentQuery>, QueryRejection>,
+) -> Result<Json<answers::AgentList>, ApiError> {
     let Query(query) = query.map_err(query_error)?;
     let status = query.status.as_deref().map(str::parse::<AgentStatus>).transpose().map_err(|e| ApiError::bad_field("status", e.to_string()))?;
     let mut agents: Vec<AgentView> = state
@@ -61,18 +52,18 @@ pub async fn agents(State(state): State<Arc<ApiState>>, Tenant(_): Tenant, query
         .filter(|a| status.is_none_or(|s| a.state == s))
         .collect();
     agents.sort_by(|a, b| a.load().total_cmp(&b.load()).then_with(|| a.agent_id.cmp(&b.agent_id)));
-    Ok(Json(json!({ "agents": agents.iter().map(agent_json).collect::<Vec<_>>() })))
+    Ok(Json(answers::AgentList { agents: agents.iter().map(answers::Agent::from).collect() }))
 }
 
 #[utoipa::path(get, path = "/v1/agent-types", tag = "agents",
-    responses((status = 200, description = "the catalog, with waiting tasks (lag of group agents.<type>) per lane; the runtime's configuration (URL, program, arguments) only for admin tenants, others see its kind"), (status = 401), (status = 503)))]
-pub async fn agent_types(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<Json<Value>, ApiError> {
+    responses((status = 200, description = "the catalog, with waiting tasks (lag of group agents.<type>) per lane; the runtime's configuration (URL, program, arguments) only for admin tenants, others see its kind", body = super::answers::AgentTypeList), (status = 401), (status = 503)))]
+pub async fn agent_types(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<Json<answers::AgentTypeList>, ApiError> {
     // Where agents run (internal URLs, programs and their arguments) is operators' business.
     let admin_view = state.is_admin(&tenant);
     let admin = state.log.admin();
     let mut types = Vec::new();
     for (name, agent) in &state.agents {
-        let group = format!("agents.{name}");
+        let group = crate::agent::topics::worker_group(name);
         let mut lag = BTreeMap::new();
         for lane in agent.lanes_by_priority() {
             let topic = state.client.topics().lane(name, lane);
@@ -82,14 +73,21 @@ pub async fn agent_types(State(state): State<Arc<ApiState>>, Tenant(tenant): Ten
         // Even admins see credentials in URLs and exec environment values masked.
         let runtime = agent.runtime.shown();
         let runtime = if admin_view { runtime } else { json!({"kind": runtime["kind"]}) };
-        types.push(json!({
-            "name": name, "description": agent.description, "runtime": runtime, "concurrency": agent.concurrency,
-            "timeout_ms": agent.timeout_ms, "retry": agent.retry, "lanes": agent.lanes_by_priority().map(Lane::as_str).collect::<Vec<_>>(), "partitions": agent.partitions,
-            "input_schema": agent.input_schema.as_deref().and_then(|s| serde_json::from_str::<Value>(s).ok()),
-            "exactly_once": agent.exactly_once, "lag": lag,
-        }));
+        types.push(answers::AgentType {
+            name: name.clone(),
+            description: agent.description.clone(),
+            runtime,
+            concurrency: agent.concurrency,
+            timeout_ms: agent.timeout_ms,
+            retry: serde_json::to_value(&agent.retry).map_err(|e| ApiError::internal(e.to_string()))?,
+            lanes: agent.lanes_by_priority().map(|lane| lane.as_str().to_string()).collect(),
+            partitions: agent.partitions,
+            input_schema: agent.input_schema.as_deref().and_then(|s| serde_json::from_str::<Value>(s).ok()),
+            exactly_once: agent.exactly_once,
+            lag,
+        });
     }
-    Ok(Json(json!({ "agent_types": types })))
+    Ok(Json(answers::AgentTypeList { agent_types: types }))
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -106,8 +104,12 @@ pub struct JobQuery {
 }
 
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobQuery),
-    responses((status = 200, description = "this tenant's jobs newest first (by submit time; jobs whose submit is not projected yet last), with `next_cursor` when there are more"), (status = 400, description = "a bad `limit` or `cursor` (the error names the field)"), (status = 401)))]
-pub async fn jobs(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, query: Result<Query<JobQuery>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+    responses((status = 200, description = "this tenant's jobs newest first (by submit time; jobs whose submit is not projected yet last), with `next_cursor` when there are more", body = super::answers::JobPage), (status = 400, description = "a bad `limit` or `cursor` (the error names the field)"), (status = 401)))]
+pub async fn jobs(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    query: Result<Query<JobQuery>, QueryRejection>,
+) -> Result<Json<answers::JobPage>, ApiError> {
     let Query(query) = query.map_err(query_error)?;
     let limit = page_limit(query.limit)?;
     let cursor = match &query.cursor {
@@ -117,17 +119,12 @@ pub async fn jobs(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, qu
         None => None,
     };
     let page = state.projection.store().jobs(&tenant, cursor.as_deref(), limit)?;
-    let jobs: Vec<Value> = page
-        .jobs
-        .into_iter()
-        .map(|j| json!({"job_id": j.job_id, "total": j.total, "submitted_at_ms": j.submitted_at_us.map(ms), "completed": j.completed, "failed": j.failed, "completed_at_ms": j.completed_at_us.map(ms)}))
-        .collect();
-    Ok(Json(json!({ "jobs": jobs, "next_cursor": page.next_cursor })))
+    Ok(Json(answers::JobPage { jobs: page.jobs.iter().map(answers::JobSummary::from).collect(), next_cursor: page.next_cursor }))
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "job id")),
-    responses((status = 200, description = "the job with its tasks' statuses counted"), (status = 404), (status = 401)))]
-pub async fn job(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    responses((status = 200, description = "the job with its tasks' statuses counted", body = super::answers::Job), (status = 404), (status = 401)))]
+pub async fn job(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<answers::Job>, ApiError> {
     let store = state.projection.store();
     let job = store.job(&tenant, &id)?.ok_or_else(|| ApiError::not_found("no_job", format!("no job `{id}`")))?;
     let ids: Vec<&str> = job.task_ids.iter().map(String::as_str).collect();
@@ -135,45 +132,35 @@ pub async fn job(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Pat
     for view in store.tasks(&tenant, &ids)? {
         *by_status.entry(view.map_or(TaskStatus::Pending, |v| v.status).as_str().to_string()).or_default() += 1;
     }
-    Ok(Json(json!({
-        "job_id": job.job_id, "total": job.total, "task_ids": job.task_ids, "tasks_by_status": by_status,
-        "submitted_at_ms": job.submitted_at_us.map(ms), "completed": job.completed, "failed": job.failed,
-        "completed_at_ms": job.completed_at_us.map(ms), "done": job.completed_at_us.is_some(),
-    })))
-}
-
-fn percentiles(h: Option<hdrhistogram::Histogram<u64>>) -> Value {
-    match h {
-        Some(h) if !h.is_empty() => json!({
-            "count": h.len(), "p50": h.value_at_quantile(0.5), "p90": h.value_at_quantile(0.9),
-            "p99": h.value_at_quantile(0.99), "p999": h.value_at_quantile(0.999), "max": h.max(),
-        }),
-        _ => json!({"count": 0}),
-    }
+    Ok(Json(answers::Job { summary: answers::JobSummary::from(&job), done: job.completed_at_us.is_some(), task_ids: job.task_ids, tasks_by_status: by_status }))
 }
 
 #[utoipa::path(get, path = "/v1/stats", tag = "stats",
-    responses((status = 200, description = "this tenant's tasks per agent type: outcomes counted, retries scheduled and latency percentiles (ms); its open tasks"), (status = 401)))]
-pub async fn stats(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<Json<Value>, ApiError> {
+    responses((status = 200, description = "this tenant's tasks per agent type: outcomes counted, retries scheduled and latency percentiles (ms); its open tasks", body = super::answers::Stats), (status = 401)))]
+pub async fn stats(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<Json<answers::Stats>, ApiError> {
     let store = state.projection.store();
     let mut types = BTreeMap::new();
     // Only this tenant's tasks: other tenants' volumes and latencies are theirs.
     for (agent_type, counters) in store.tenant_type_counters(&tenant)? {
         types.insert(
             agent_type.clone(),
-            json!({
-                "submitted": counters.submitted, "completed": counters.completed, "failed": counters.failed,
-                "dead_lettered": counters.dead_lettered, "cancelled": counters.cancelled, "expired": counters.expired,
-                "retries": counters.retries,
-                "submit_to_outcome_ms": percentiles(store.tenant_histogram(b'L', &tenant, &agent_type)?),
-                "run_duration_ms": percentiles(store.tenant_histogram(b'D', &tenant, &agent_type)?),
-            }),
+            answers::TypeStats {
+                submitted: counters.submitted,
+                completed: counters.completed,
+                failed: counters.failed,
+                dead_lettered: counters.dead_lettered,
+                cancelled: counters.cancelled,
+                expired: counters.expired,
+                retries: counters.retries,
+                submit_to_outcome_ms: store.tenant_histogram(Measure::Latency, &tenant, &agent_type)?.into(),
+                run_duration_ms: store.tenant_histogram(Measure::Duration, &tenant, &agent_type)?.into(),
+            },
         );
     }
     let tenant_counters = store.tenant_counters(&tenant)?;
-    Ok(Json(json!({
-        "agent_types": types,
-        "tenant": {"name": tenant, "submitted": tenant_counters.submitted, "finished": tenant_counters.terminal, "open": tenant_counters.open()},
-        "projection": {"caught_up": state.projection.is_caught_up()},
-    })))
+    Ok(Json(answers::Stats {
+        agent_types: types,
+        tenant: answers::TenantStats { submitted: tenant_counters.submitted, finished: tenant_counters.terminal, open: tenant_counters.open(), name: tenant },
+        projection: answers::ProjectionStats { caught_up: state.projection.is_caught_up() },
+    }))
 }

@@ -20,9 +20,10 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
 
 use super::ApiState;
+use super::answers::Task;
 use super::auth::Tenant;
 use super::error::ApiError;
-use super::tasks::{query_error, task_json};
+use super::tasks::query_error;
 use crate::projection::store::ProjectionStore;
 
 /// How often an open stream gets a keep-alive comment.
@@ -76,7 +77,8 @@ impl Drop for StreamSlot {
 /// read, which is logged: the stream goes on with the next outcome.
 fn outcome_event(store: &ProjectionStore, tenant: &str, task_id: &str) -> Option<Event> {
     match store.task(tenant, task_id) {
-        Ok(Some(view)) => Some(Event::default().event("outcome").id(view.task_id.clone()).data(task_json(&view).to_string())),
+        // A task's JSON always serializes (string keys only); `json_data` cannot fail on it.
+        Ok(Some(view)) => Event::default().event("outcome").id(view.task_id.clone()).json_data(Task::from(&view)).ok(),
         Ok(None) => {
             tracing::warn!(task_id, "an outcome notice names a task the projection does not hold");
             None

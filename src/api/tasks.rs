@@ -10,9 +10,10 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use super::answers;
 use super::auth::Tenant;
 use super::error::ApiError;
 use super::idempotency;
@@ -152,55 +153,6 @@ pub fn query_error(e: QueryRejection) -> ApiError {
     ApiError::bad_field("query", e.body_text())
 }
 
-/// Micro- to milliseconds for the JSON of views.
-fn ms(us: i64) -> i64 {
-    us / 1000
-}
-
-/// Stored input/output text as JSON (text that is not JSON becomes a string).
-fn json_text(text: &Option<String>) -> Value {
-    match text {
-        Some(t) => serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.clone())),
-        None => Value::Null,
-    }
-}
-
-/// The JSON of a task.
-pub fn task_json(view: &TaskView) -> Value {
-    let timeline: Vec<Value> = view
-        .timeline
-        .iter()
-        .map(|e| json!({"at_ms": ms(e.at_us), "event": e.event, "attempt": e.attempt, "agent_id": e.agent_id, "detail": e.detail}))
-        .collect();
-    json!({
-        "task_id": view.task_id,
-        "tenant": view.tenant,
-        "agent_type": view.agent_type,
-        "lane": view.lane,
-        "status": view.status,
-        "attempts": view.attempts,
-        "max_attempts": view.max_attempts,
-        "agent_id": view.agent_id,
-        "created_at_ms": (view.created_at_us != i64::MAX).then(|| ms(view.created_at_us)),
-        "updated_at_ms": ms(view.updated_at_us),
-        "job_id": view.job_id,
-        "parent_task_id": view.parent_task_id,
-        "idempotency_key": view.idempotency_key,
-        "ordering_key": view.ordering_key,
-        "labels": view.labels,
-        "input": json_text(&view.input),
-        "not_before_ms": view.not_before_us.map(ms),
-        "deadline_ms": view.deadline_us.map(ms),
-        "cancel_requested": view.cancel_requested,
-        "progress": view.progress.as_ref().map(|p| json!({"percent": p.percent, "message": p.message, "attempt": p.attempt, "at_ms": ms(p.at_us)})),
-        "outcome": view.outcome.as_ref().map(|o| json!({
-            "status": o.status, "at_ms": ms(o.at_us), "attempt": o.attempt, "output": json_text(&o.output),
-            "duration_ms": o.duration_ms, "error_kind": o.error_kind, "message": o.message,
-        })),
-        "timeline": timeline,
-    })
-}
-
 /// Checks a submit request and turns it into the command; errors name the field, prefixed
 /// with `prefix` in batches (`tasks[3].lane`).
 fn validate(state: &ApiState, tenant: &str, request: SubmitTask, prefix: &str) -> Result<TaskSubmitted, ApiError> {
@@ -310,14 +262,6 @@ fn check_caps(config: &ApiConfig, request: &SubmitTask, field: &dyn Fn(&str) -> 
     Ok(())
 }
 
-fn submitted_json(submitted: &Submitted) -> Value {
-    json!({
-        "task_id": submitted.task_id, "topic": submitted.topic,
-        "partition": submitted.position.partition, "offset": submitted.position.offset, "delayed": submitted.delayed,
-        "position": format!("{}:{}:{}", submitted.topic, submitted.position.partition, submitted.position.offset),
-    })
-}
-
 /// The task an idempotency key already names, if any.
 fn existing(state: &ApiState, tenant: &str, task: &TaskSubmitted) -> Result<Option<TaskView>, ApiError> {
     let Some(key) = &task.idempotency_key else { return Ok(None) };
@@ -365,7 +309,7 @@ pub async fn wait_outcome(projection: &Projection, tenant: &str, task_id: &str, 
 }
 
 #[utoipa::path(post, path = "/v1/tasks", tag = "tasks", params(Wait), request_body = SubmitTask,
-    responses((status = 202, description = "accepted; `position` is where it was written"), (status = 200, description = "accepted and finished within wait_ms, or an earlier task with the same idempotency key"),
+    responses((status = 202, description = "accepted; `position` is where it was written", body = super::answers::Submitted), (status = 200, description = "accepted and finished within wait_ms, or an earlier task with the same idempotency key", body = super::answers::Submitted),
         (status = 400, description = "a field is wrong (the error names it)"), (status = 401), (status = 413), (status = 429),
         (status = 503, description = "the log is unavailable, or `idempotency_claims_full`: retry")))]
 pub async fn submit(
@@ -373,7 +317,7 @@ pub async fn submit(
     Tenant(tenant): Tenant,
     wait: Result<Query<Wait>, QueryRejection>,
     body: Result<Json<SubmitTask>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<answers::Submitted>), ApiError> {
     let Query(wait) = wait.map_err(query_error)?;
     let Json(request) = body.map_err(body_error)?;
     let task = validate(&state, &tenant, request, "")?;
@@ -384,14 +328,11 @@ pub async fn submit(
         None => None,
     };
     if let Some(id) = claim.as_ref().and_then(|c| c.written.as_ref()).map(|w| &w.task_id) {
-        let mut body = json!({"task_id": id, "duplicate": true});
-        if let Some(view) = state.projection.store().task(&tenant, id)? {
-            body["task"] = task_json(&view);
-        }
-        return Ok((StatusCode::OK, Json(body)));
+        let view = state.projection.store().task(&tenant, id)?;
+        return Ok((StatusCode::OK, Json(answers::Submitted::duplicate(id, view.as_ref()))));
     }
     if let Some(view) = existing(&state, &tenant, &task)? {
-        return Ok((StatusCode::OK, Json(json!({"task_id": view.task_id, "duplicate": true, "task": task_json(&view)}))));
+        return Ok((StatusCode::OK, Json(answers::Submitted::duplicate(&view.task_id, Some(&view)))));
     }
     check_quota(&state, &tenant, 1)?;
     let submitted = state.client.submit(&task).await.map_err(client_error)?;
@@ -399,25 +340,25 @@ pub async fn submit(
         claim.written = Some(written(&task.task_id, &submitted, Instant::now()));
     }
     drop(claim);
-    let mut body = submitted_json(&submitted);
+    let mut body = answers::Submitted::written(&submitted);
     if let Some(wait) = wait_of(&state, wait.wait_ms)
         && let Some(view) = wait_outcome(&state.projection, &tenant, &task.task_id, wait).await?
     {
-        body["task"] = task_json(&view);
-        body["outcome"] = task_json(&view)["outcome"].clone();
+        body.outcome = view.outcome.as_ref().map(answers::Outcome::from);
+        body.task = Some(answers::Task::from(&view));
         return Ok((StatusCode::OK, Json(body)));
     }
     Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
 #[utoipa::path(post, path = "/v1/tasks/batch", tag = "tasks", request_body = SubmitBatch,
-    responses((status = 202, description = "all accepted, in order"), (status = 400, description = "a task is wrong (`tasks[i].field`); none was written"), (status = 401), (status = 413), (status = 429),
+    responses((status = 202, description = "all accepted, in order", body = super::answers::SubmittedBatch), (status = 400, description = "a task is wrong (`tasks[i].field`); none was written"), (status = 401), (status = 413), (status = 429),
         (status = 503, description = "the log is unavailable, or `idempotency_claims_full`: retry")))]
 pub async fn submit_batch(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
     body: Result<Json<SubmitBatch>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<answers::SubmittedBatch>), ApiError> {
     let Json(batch) = body.map_err(body_error)?;
     if batch.tasks.is_empty() || batch.tasks.len() > state.config.max_batch {
         return Err(ApiError::bad_field(
@@ -434,7 +375,7 @@ pub async fn submit_batch(
     // is written once, and its later mentions answer with the first one's task.
     let mut claims =
         state.claims.claim_all(&tenant, tasks.iter().filter_map(|t| t.idempotency_key.as_deref()), || state.projection.applied()).await.map_err(claims_full)?;
-    let mut answers = vec![Value::Null; tasks.len()];
+    let mut replies: Vec<answers::Submitted> = std::iter::repeat_with(Default::default).take(tasks.len()).collect();
     let mut in_batch: HashMap<String, String> = HashMap::new();
     let mut fresh = Vec::new();
     for (i, task) in tasks.into_iter().enumerate() {
@@ -446,11 +387,11 @@ pub async fn submit_batch(
             None => None,
         };
         if let Some(id) = earlier {
-            answers[i] = json!({"task_id": id, "duplicate": true});
+            replies[i] = answers::Submitted::duplicate(&id, None);
             continue;
         }
         match existing(&state, &tenant, &task)? {
-            Some(view) => answers[i] = json!({"task_id": view.task_id, "duplicate": true}),
+            Some(view) => replies[i] = answers::Submitted::duplicate(&view.task_id, None),
             None => {
                 if let Some(key) = &task.idempotency_key {
                     in_batch.insert(key.clone(), task.task_id.clone());
@@ -467,7 +408,7 @@ pub async fn submit_batch(
     for ((i, task), result) in fresh.iter().zip(results) {
         match result {
             Ok(submitted) => {
-                answers[*i] = submitted_json(&submitted);
+                replies[*i] = answers::Submitted::written(&submitted);
                 // Every written key is remembered, even when a later task of the batch failed.
                 if let Some(claim) = task.idempotency_key.as_ref().and_then(|key| claims.get_mut(key)) {
                     claim.written = Some(written(&task.task_id, &submitted, now));
@@ -480,7 +421,7 @@ pub async fn submit_batch(
     if let Some(error) = failure {
         return Err(client_error(error));
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({ "tasks": answers }))))
+    Ok((StatusCode::ACCEPTED, Json(answers::SubmittedBatch { tasks: replies })))
 }
 
 /// Where a keyed submit was written, for its claim (see [`idempotency`]).
@@ -524,13 +465,13 @@ async fn check_written(state: &ApiState, topic: &str, partition: i32, offset: i6
 }
 
 #[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "task id"), GetTask),
-    responses((status = 200, description = "the task: status, attempts, agent, timeline, result or error"), (status = 404, description = "no such task for this tenant"), (status = 400), (status = 401)))]
+    responses((status = 200, description = "the task: status, attempts, agent, timeline, result or error", body = super::answers::Task), (status = 404, description = "no such task for this tenant"), (status = 400), (status = 401)))]
 pub async fn get(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
     query: Result<Query<GetTask>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<answers::Task>, ApiError> {
     let Query(query) = query.map_err(query_error)?;
     if let Some(after) = &query.after {
         let Some((topic, partition, offset)) = parse_position(after) else {
@@ -543,18 +484,18 @@ pub async fn get(
         }
     }
     match state.projection.store().task(&tenant, &id)? {
-        Some(view) => Ok(Json(task_json(&view))),
+        Some(view) => Ok(Json(answers::Task::from(&view))),
         None => Err(ApiError::not_found("no_task", format!("no task `{id}`"))),
     }
 }
 
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(ListTasks),
-    responses((status = 200, description = "tasks newest first, with `next_cursor` when there are more"), (status = 400), (status = 401)))]
+    responses((status = 200, description = "tasks newest first, with `next_cursor` when there are more", body = super::answers::TaskPage), (status = 400), (status = 401)))]
 pub async fn list(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
     query: Result<Query<ListTasks>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<answers::TaskPage>, ApiError> {
     let Query(query) = query.map_err(query_error)?;
     let status = query.status.as_deref().map(str::parse::<TaskStatus>).transpose().map_err(|e| ApiError::bad_field("status", e.to_string()))?;
     if let Some(agent_type) = &query.agent_type
@@ -570,40 +511,39 @@ pub async fn list(
     };
     let filter = TaskFilter { tenant, status, agent_type: query.agent_type, created_after_us: query.created_after_ms.map(|ms| ms.saturating_mul(1000)) };
     let page = state.projection.store().list_tasks(&filter, cursor.as_deref(), limit)?;
-    let tasks: Vec<Value> = page.tasks.iter().map(task_json).collect();
-    Ok(Json(json!({ "tasks": tasks, "next_cursor": page.next_cursor })))
+    Ok(Json(answers::TaskPage { tasks: page.tasks.iter().map(answers::Task::from).collect(), next_cursor: page.next_cursor }))
 }
 
 #[utoipa::path(get, path = "/v1/tasks/{id}/outcome", tag = "tasks", params(("id" = String, Path, description = "task id"), Wait),
-    responses((status = 200, description = "the terminal outcome"), (status = 404, description = "no outcome (yet)"), (status = 401)))]
+    responses((status = 200, description = "the terminal outcome", body = super::answers::TaskOutcome), (status = 404, description = "no outcome (yet)"), (status = 401)))]
 pub async fn outcome(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
     wait: Result<Query<Wait>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<answers::TaskOutcome>, ApiError> {
     let Query(wait) = wait.map_err(query_error)?;
     let found = match wait_of(&state, wait.wait_ms) {
         Some(wait) => wait_outcome(&state.projection, &tenant, &id, wait).await?,
         None => state.projection.store().task(&tenant, &id)?.filter(|v| v.is_terminal()),
     };
-    let view = found.ok_or_else(|| ApiError::not_found("no_outcome", format!("no outcome for task `{id}` (yet)")))?;
-    let mut body = task_json(&view)["outcome"].clone();
-    body["task_id"] = json!(view.task_id);
-    Ok(Json(body))
+    let no_outcome = || ApiError::not_found("no_outcome", format!("no outcome for task `{id}` (yet)"));
+    let view = found.ok_or_else(no_outcome)?;
+    let outcome = view.outcome.as_ref().map(answers::Outcome::from).ok_or_else(no_outcome)?;
+    Ok(Json(answers::TaskOutcome { task_id: view.task_id, outcome }))
 }
 
 /// How long a cancel waits for a task it cannot see yet (just submitted, projection behind).
 const CANCEL_LOOKUP: Duration = Duration::from_secs(2);
 
 #[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path, description = "task id")), request_body(content = Cancel, description = "optional reason"),
-    responses((status = 202, description = "cancel requested"), (status = 400, description = "the reason is too long (the error names the field and the limit)"), (status = 404, description = "no such task for this tenant"), (status = 409, description = "already finished"), (status = 401)))]
+    responses((status = 202, description = "cancel requested", body = super::answers::CancelRequested), (status = 400, description = "the reason is too long (the error names the field and the limit)"), (status = 404, description = "no such task for this tenant"), (status = 409, description = "already finished"), (status = 401)))]
 pub async fn cancel(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
     body: Option<Json<Cancel>>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<answers::CancelRequested>), ApiError> {
     let Cancel { reason } = body.map(|Json(c)| c).unwrap_or_default();
     // Every request lands in the task's timeline: 300 cancels with long reasons made one task
     // view 4.96 MB.
@@ -627,7 +567,7 @@ pub async fn cancel(
         return Err(ApiError::new(StatusCode::CONFLICT, "task_finished", format!("task `{id}` already ended {}", outcome.status)));
     }
     state.client.cancel(&id, &tenant, reason).await.map_err(client_error)?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "task_id": id, "cancel_requested": true }))))
+    Ok((StatusCode::ACCEPTED, Json(answers::CancelRequested { task_id: id, cancel_requested: true })))
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -657,12 +597,12 @@ pub(crate) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
 }
 
 #[utoipa::path(get, path = "/v1/dlq", tag = "dead letters", params(ListDeadLetters),
-    responses((status = 200, description = "this tenant's dead letters newest first (by log time), with `next_cursor` when there are more; `task_status` is the task's status now (not `dead_lettered` once it was re-submitted and ran again). Letters whose command does not decode name no tenant and are not listed (`agentlog dlq list` shows them)"), (status = 400, description = "a bad `limit` or `cursor` (the error names the field)"), (status = 401)))]
+    responses((status = 200, description = "this tenant's dead letters newest first (by log time), with `next_cursor` when there are more; `task_status` is the task's status now (not `dead_lettered` once it was re-submitted and ran again). Letters whose command does not decode name no tenant and are not listed (`agentlog dlq list` shows them)", body = super::answers::DeadLetterPage), (status = 400, description = "a bad `limit` or `cursor` (the error names the field)"), (status = 401)))]
 pub async fn dlq_list(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
     query: Result<Query<ListDeadLetters>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<answers::DeadLetterPage>, ApiError> {
     let Query(query) = query.map_err(query_error)?;
     let limit = page_limit(query.limit)?;
     let cursor = match &query.cursor {
@@ -675,26 +615,16 @@ pub async fn dlq_list(
     let page = store.dead_letters(&tenant, cursor.as_ref(), limit)?;
     let ids: Vec<&str> = page.letters.iter().map(|l| l.task_id.as_str()).collect();
     let tasks = store.tasks(&tenant, &ids)?;
-    let items: Vec<Value> = page
-        .letters
-        .iter()
-        .zip(tasks)
-        .map(|(l, task)| {
-            json!({
-                "partition": l.partition, "offset": l.offset, "dead_lettered_at_ms": l.timestamp_ms,
-                "task_id": l.task_id, "agent_type": l.agent_type,
-                "attempts": l.attempts, "error_kind": l.error_kind, "reason": l.reason, "source": l.source,
-                "truncated": l.truncated,
-                "task_status": task.map(|t| t.status),
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "dead_letters": items, "next_cursor": page.next_cursor })))
+    Ok(Json(answers::DeadLetterPage::new(&page, &tasks)))
 }
 
 #[utoipa::path(post, path = "/v1/dlq/{id}/resubmit", tag = "dead letters", params(("id" = String, Path, description = "task id")),
-    responses((status = 202, description = "the task's latest dead letter submitted again with a fresh attempt budget (the letter stays listed)"), (status = 404, description = "no dead letter for this task of this tenant (or retention removed it from the log)"), (status = 409, description = "the dead letter was truncated to fit the log and cannot be re-submitted"), (status = 401)))]
-pub async fn dlq_resubmit(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    responses((status = 202, description = "the task's latest dead letter submitted again with a fresh attempt budget (the letter stays listed)", body = super::answers::Submitted), (status = 404, description = "no dead letter for this task of this tenant (or retention removed it from the log)"), (status = 409, description = "the dead letter was truncated to fit the log and cannot be re-submitted"), (status = 401)))]
+pub async fn dlq_resubmit(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<answers::Submitted>), ApiError> {
     let no_letter = |message: String| ApiError::not_found("no_dead_letter", message);
     let deadline = tokio::time::Instant::now() + DEAD_LETTER_LOOKUP;
     let view = loop {
@@ -722,5 +652,5 @@ pub async fn dlq_resubmit(State(state): State<Arc<ApiState>>, Tenant(tenant): Te
         dlq::DlqError::Truncated { .. } => ApiError::new(StatusCode::CONFLICT, "dead_letter_truncated", e.to_string()),
         other => ApiError::unavailable(other.to_string()),
     })?;
-    Ok((StatusCode::ACCEPTED, Json(submitted_json(&submitted))))
+    Ok((StatusCode::ACCEPTED, Json(answers::Submitted::written(&submitted))))
 }

@@ -13,6 +13,7 @@ use hdrhistogram::Histogram;
 use rocksdb::WriteBatch;
 use rustc_hash::FxBuildHasher;
 
+use super::measure::Measure;
 use super::store::{self, CF_AGENTS, CF_DLQ, CF_INDEX, CF_JOBS, CF_OFFSETS, CF_STATS, CF_TASKS, LetterPosition, ProjectionStore, StoreError};
 use super::views::{
     AgentStatus, AgentView, DEAD_LETTER_TEXT_CAP, DeadLetterView, JobView, OutcomeView, ProgressView, TaskStatus, TaskView, TenantCounters, TimelineEntry,
@@ -101,27 +102,6 @@ impl WrittenTasks {
         if self.hashes.len() < Self::MAX {
             self.hashes.insert(Self::hash(key));
         }
-    }
-}
-
-/// A histogram kept per agent type (over all tenants, and per tenant), and the tags of its
-/// keys in the `stats` column family.
-#[derive(Debug, Clone, Copy)]
-enum Measure {
-    /// Submit → outcome.
-    Latency,
-    /// The run's own duration, as the agent reported it.
-    Duration,
-}
-
-impl Measure {
-    /// The keys this measure of `agent_type` is kept under: all tenants, then `tenant`'s.
-    fn keys(self, tenant: &str, agent_type: &str) -> [Vec<u8>; 2] {
-        let (all, one) = match self {
-            Measure::Latency => (b'l', b'L'),
-            Measure::Duration => (b'd', b'D'),
-        };
-        [store::stat_key(all, agent_type), store::tenant_stat_key(one, tenant, agent_type)]
     }
 }
 

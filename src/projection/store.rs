@@ -32,6 +32,7 @@ use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode,
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::measure::Measure;
 use super::views::{AgentView, DeadLetterView, JobView, TaskStatus, TaskView, TenantCounters, TypeCounters};
 
 pub const CF_TASKS: &str = "tasks";
@@ -627,14 +628,14 @@ impl ProjectionStore {
         Ok(out)
     }
 
-    /// A histogram over all tenants (`tag` `l` or `d`).
-    pub fn histogram(&self, tag: u8, agent_type: &str) -> Result<Option<Histogram<u64>>, StoreError> {
-        self.histogram_at(&stat_key(tag, agent_type))
+    /// A histogram over all tenants.
+    pub fn histogram(&self, measure: Measure, agent_type: &str) -> Result<Option<Histogram<u64>>, StoreError> {
+        self.histogram_at(&measure.key(agent_type))
     }
 
-    /// One tenant's histogram (`tag` `L` or `D`).
-    pub fn tenant_histogram(&self, tag: u8, tenant: &str, agent_type: &str) -> Result<Option<Histogram<u64>>, StoreError> {
-        self.histogram_at(&tenant_stat_key(tag, tenant, agent_type))
+    /// One tenant's histogram.
+    pub fn tenant_histogram(&self, measure: Measure, tenant: &str, agent_type: &str) -> Result<Option<Histogram<u64>>, StoreError> {
+        self.histogram_at(&measure.tenant_key(tenant, agent_type))
     }
 
     pub fn histogram_at(&self, key: &[u8]) -> Result<Option<Histogram<u64>>, StoreError> {
