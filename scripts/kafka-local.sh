@@ -29,6 +29,9 @@
 #   KAFKA_HEAP           broker heap, -Xms and -Xmx (default 512m)
 #   KAFKA_GC_OPTS        broker garbage collector flags (default G1, 20 ms pause goal);
 #                        GC pauses go to node-N/gc.log
+#   KAFKA_EXTRA_PROPS    broker settings appended to every node's server.properties
+#                        (space-separated key=value; they override the file's), e.g.
+#                        KAFKA_EXTRA_PROPS="num.io.threads=4 num.network.threads=2"
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -251,6 +254,11 @@ write_node_props() { # $1 = node, $2 = broker count
       echo "transaction.state.log.min.isr=2"
       echo "share.coordinator.state.topic.replication.factor=3"
       echo "share.coordinator.state.topic.min.isr=2"
+    fi
+    # Settings to try without editing the files (later lines win in a properties file).
+    if [[ -n "${KAFKA_EXTRA_PROPS:-}" ]]; then
+      echo "# KAFKA_EXTRA_PROPS"
+      tr ' ' '\n' <<<"$KAFKA_EXTRA_PROPS"
     fi
   } >"$dir/server.properties"
 }
