@@ -21,7 +21,7 @@ use super::views::{
 };
 use crate::agent::dlq::DLQ_ATTEMPTS;
 use crate::events::reader::{DLQ_ERROR, DLQ_REASON, DLQ_SOURCE, DLQ_TRUNCATED};
-use crate::events::{AnyEvent, Meta};
+use crate::events::{AnyEvent, Meta, TaskSubmitted};
 use crate::log::ConsumedRecord;
 
 /// Maps keyed by ids and names the applier hashes several times per event: SipHash's
@@ -708,36 +708,7 @@ fn apply_to_task(view: &mut TaskView, source: Source, mut event: AnyEvent) -> (b
     let mut first_submit = false;
     let mut replaced = None;
     match event {
-        AnyEvent::TaskSubmitted(e) => {
-            view.agent_type = Some(e.agent_type);
-            view.lane = Some(e.lane.as_str().to_string());
-            if e.max_attempts > 0 {
-                view.max_attempts = Some(e.max_attempts);
-            }
-            view.job_id = e.job_id.or(view.job_id.take());
-            view.parent_task_id = e.parent_task_id.or(view.parent_task_id.take());
-            view.idempotency_key = e.idempotency_key.or(view.idempotency_key.take());
-            view.ordering_key = e.ordering_key.or(view.ordering_key.take());
-            view.labels.extend(e.labels);
-            if view.input.is_none() {
-                view.input = Some(text_of(e.input));
-            }
-            view.deadline_us = e.deadline.map(|d| d.0).or(view.deadline_us);
-            entry.attempt = Some(e.attempt);
-            match source {
-                Source::Timers => {
-                    view.max_scheduled = view.max_scheduled.max(e.attempt);
-                    view.not_before_us = e.not_before.map(|d| d.0).or(view.not_before_us);
-                    entry.event = "TaskScheduled".into();
-                    entry.detail = e.not_before.map(|d| format!("not_before {}", d.0));
-                }
-                Source::Lane | Source::Dlq | Source::Other => view.max_enqueued = view.max_enqueued.max(e.attempt),
-            }
-            if e.attempt <= 1 {
-                first_submit = view.submitted_at_us.is_none();
-                view.submitted_at_us = Some(view.submitted_at_us.map_or(at, |s| s.min(at)));
-            }
-        }
+        AnyEvent::TaskSubmitted(e) => first_submit = apply_submitted(view, source, e, at, &mut entry),
         AnyEvent::TaskStarted(e) => {
             entry.attempt = Some(e.attempt);
             // Ties (a re-run of the same attempt elsewhere) resolve to the larger id, so
@@ -765,81 +736,11 @@ fn apply_to_task(view: &mut TaskView, source: Source, mut event: AnyEvent) -> (b
             entry.detail = e.reason;
             view.cancel_requested = true;
         }
-        outcome => {
-            let event_id = entry.event_id.clone();
-            let outcome = match outcome {
-                AnyEvent::TaskCompleted(e) => OutcomeView {
-                    status: TaskStatus::Completed,
-                    at_us: at,
-                    event_id,
-                    attempt: Some(e.attempt),
-                    output: Some(text_of(e.output)),
-                    duration_ms: Some(e.duration_ms),
-                    error_kind: None,
-                    message: None,
-                },
-                AnyEvent::TaskFailed(e) => OutcomeView {
-                    status: TaskStatus::Failed,
-                    at_us: at,
-                    event_id,
-                    attempt: Some(e.attempt),
-                    output: None,
-                    duration_ms: None,
-                    error_kind: Some(e.error_kind),
-                    message: Some(e.message),
-                },
-                AnyEvent::TaskDeadLettered(e) => OutcomeView {
-                    status: TaskStatus::DeadLettered,
-                    at_us: at,
-                    event_id,
-                    attempt: Some(e.attempts),
-                    output: None,
-                    duration_ms: None,
-                    error_kind: Some(e.reason),
-                    message: Some(e.last_error),
-                },
-                AnyEvent::TaskCancelled(e) => OutcomeView {
-                    status: TaskStatus::Cancelled,
-                    at_us: at,
-                    event_id,
-                    attempt: None,
-                    output: None,
-                    duration_ms: None,
-                    error_kind: None,
-                    message: e.reason,
-                },
-                AnyEvent::TaskExpired(e) => OutcomeView {
-                    status: TaskStatus::Expired,
-                    at_us: at,
-                    event_id,
-                    attempt: None,
-                    output: None,
-                    duration_ms: None,
-                    error_kind: None,
-                    message: Some(format!("deadline {} passed before the task started", e.deadline.0)),
-                },
-                _ => return (first_submit, replaced),
-            };
+        other => {
+            let Some(outcome) = outcome_of(other, at, entry.event_id.clone()) else { return (first_submit, replaced) };
             entry.attempt = outcome.attempt;
             entry.detail = outcome.message.clone();
-            // All outcomes of a task are on one partition of `task.results`, so "the
-            // first" is the same in every replay. A dead-lettered task that was
-            // resubmitted may end again: that later outcome replaces it.
-            let replace = match &view.outcome {
-                None => true,
-                Some(old) => old.status == TaskStatus::DeadLettered && outcome.status != TaskStatus::DeadLettered && old.event_id != outcome.event_id,
-            };
-            if replace {
-                if let Some(old) = view.outcome.take() {
-                    // Whether the dead letter was counted depends on what arrived before
-                    // it (its type, its submit): take it back, so only the final outcome
-                    // counts, as it does when the dead letter was never counted.
-                    replaced = Some(Replaced { old, counted: view.outcome_counted, latency_recorded: view.latency_recorded });
-                    view.outcome_counted = false;
-                    view.latency_recorded = false;
-                }
-                view.outcome = Some(outcome);
-            }
+            replaced = apply_outcome(view, outcome);
         }
     }
     view.add_timeline(entry);
@@ -847,4 +748,86 @@ fn apply_to_task(view: &mut TaskView, source: Source, mut event: AnyEvent) -> (b
         view.status = view.derive_status();
     }
     (first_submit, replaced)
+}
+
+/// A submit, from a lane (queued) or from `timers` (scheduled); returns whether it is the
+/// task's first submit seen.
+fn apply_submitted(view: &mut TaskView, source: Source, e: TaskSubmitted, at: i64, entry: &mut TimelineEntry) -> bool {
+    view.agent_type = Some(e.agent_type);
+    view.lane = Some(e.lane.as_str().to_string());
+    if e.max_attempts > 0 {
+        view.max_attempts = Some(e.max_attempts);
+    }
+    view.job_id = e.job_id.or(view.job_id.take());
+    view.parent_task_id = e.parent_task_id.or(view.parent_task_id.take());
+    view.idempotency_key = e.idempotency_key.or(view.idempotency_key.take());
+    view.ordering_key = e.ordering_key.or(view.ordering_key.take());
+    view.labels.extend(e.labels);
+    if view.input.is_none() {
+        view.input = Some(text_of(e.input));
+    }
+    view.deadline_us = e.deadline.map(|d| d.0).or(view.deadline_us);
+    entry.attempt = Some(e.attempt);
+    match source {
+        Source::Timers => {
+            view.max_scheduled = view.max_scheduled.max(e.attempt);
+            view.not_before_us = e.not_before.map(|d| d.0).or(view.not_before_us);
+            entry.event = "TaskScheduled".into();
+            entry.detail = e.not_before.map(|d| format!("not_before {}", d.0));
+        }
+        Source::Lane | Source::Dlq | Source::Other => view.max_enqueued = view.max_enqueued.max(e.attempt),
+    }
+    let mut first_submit = false;
+    if e.attempt <= 1 {
+        first_submit = view.submitted_at_us.is_none();
+        view.submitted_at_us = Some(view.submitted_at_us.map_or(at, |s| s.min(at)));
+    }
+    first_submit
+}
+
+/// The outcome an event states, if it is one.
+fn outcome_of(event: AnyEvent, at_us: i64, event_id: String) -> Option<OutcomeView> {
+    let blank = |status| OutcomeView { status, at_us, event_id, attempt: None, output: None, duration_ms: None, error_kind: None, message: None };
+    Some(match event {
+        AnyEvent::TaskCompleted(e) => {
+            OutcomeView { attempt: Some(e.attempt), output: Some(text_of(e.output)), duration_ms: Some(e.duration_ms), ..blank(TaskStatus::Completed) }
+        }
+        AnyEvent::TaskFailed(e) => {
+            OutcomeView { attempt: Some(e.attempt), error_kind: Some(e.error_kind), message: Some(e.message), ..blank(TaskStatus::Failed) }
+        }
+        AnyEvent::TaskDeadLettered(e) => {
+            OutcomeView { attempt: Some(e.attempts), error_kind: Some(e.reason), message: Some(e.last_error), ..blank(TaskStatus::DeadLettered) }
+        }
+        AnyEvent::TaskCancelled(e) => OutcomeView { message: e.reason, ..blank(TaskStatus::Cancelled) },
+        AnyEvent::TaskExpired(e) => {
+            OutcomeView { message: Some(format!("deadline {} passed before the task started", e.deadline.0)), ..blank(TaskStatus::Expired) }
+        }
+        _ => return None,
+    })
+}
+
+/// Keeps the task's first outcome, or replaces a dead letter by the outcome of the task's
+/// re-run; returns what was replaced.
+fn apply_outcome(view: &mut TaskView, outcome: OutcomeView) -> Option<Replaced> {
+    // All outcomes of a task are on one partition of `task.results`, so "the first" is the
+    // same in every replay. A dead-lettered task that was resubmitted may end again: that
+    // later outcome replaces it.
+    let replace = match &view.outcome {
+        None => true,
+        Some(old) => old.status == TaskStatus::DeadLettered && outcome.status != TaskStatus::DeadLettered && old.event_id != outcome.event_id,
+    };
+    if !replace {
+        return None;
+    }
+    let mut replaced = None;
+    if let Some(old) = view.outcome.take() {
+        // Whether the dead letter was counted depends on what arrived before it (its type,
+        // its submit): take it back, so only the final outcome counts, as it does when the
+        // dead letter was never counted.
+        replaced = Some(Replaced { old, counted: view.outcome_counted, latency_recorded: view.latency_recorded });
+        view.outcome_counted = false;
+        view.latency_recorded = false;
+    }
+    view.outcome = Some(outcome);
+    replaced
 }
