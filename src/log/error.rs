@@ -34,21 +34,23 @@ pub enum LogError {
     #[error("transaction `{transactional_id}` failed during {operation}: {reason}")]
     Transaction { transactional_id: String, operation: &'static str, reason: String, abortable: bool },
 
-    #[error("embedded log storage error during {operation}: {source}")]
-    Storage {
-        operation: &'static str,
-        #[source]
-        source: rocksdb::Error,
-    },
-
     #[error("embedded log data is corrupt: {0}")]
     Corrupt(String),
 
-    #[error("kafka error during {operation}: {source}")]
-    Kafka {
+    /// A failure of a backend's own client or storage (RocksDB, librdkafka), classified by
+    /// the backend when it wraps it: the contract names no backend type.
+    #[error("{backend} error during {operation}: {source}")]
+    Backend {
+        /// `embedded log storage` or `kafka`.
+        backend: &'static str,
         operation: &'static str,
+        /// Retrying the same call later may succeed.
+        retryable: bool,
+        /// No retry can help (a client that cannot be created from the configuration, a
+        /// storage failure).
+        fatal: bool,
         #[source]
-        source: rdkafka::error::KafkaError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     #[error(
@@ -66,21 +68,7 @@ impl LogError {
         match self {
             LogError::Unavailable { .. } | LogError::Timeout { .. } | LogError::NotAssigned { .. } | LogError::Stalled { .. } => true,
             LogError::Transaction { abortable, .. } => *abortable,
-            LogError::Kafka { source, .. } => source.rdkafka_error_code().is_some_and(|code| {
-                matches!(
-                    code,
-                    rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
-                        | rdkafka::types::RDKafkaErrorCode::AllBrokersDown
-                        | rdkafka::types::RDKafkaErrorCode::RequestTimedOut
-                        | rdkafka::types::RDKafkaErrorCode::MessageTimedOut
-                        | rdkafka::types::RDKafkaErrorCode::OperationTimedOut
-                        | rdkafka::types::RDKafkaErrorCode::QueueFull
-                        | rdkafka::types::RDKafkaErrorCode::NotEnoughReplicas
-                        | rdkafka::types::RDKafkaErrorCode::NotEnoughReplicasAfterAppend
-                        | rdkafka::types::RDKafkaErrorCode::LeaderNotAvailable
-                        | rdkafka::types::RDKafkaErrorCode::NotLeaderForPartition
-                )
-            }),
+            LogError::Backend { retryable, .. } => *retryable,
             _ => false,
         }
     }
@@ -99,8 +87,8 @@ impl LogError {
     /// retry everything else.
     pub fn is_fatal(&self) -> bool {
         match self {
-            LogError::Corrupt(_) | LogError::Storage { .. } | LogError::Shutdown => true,
-            LogError::Kafka { source, .. } => matches!(source, rdkafka::error::KafkaError::ClientCreation(_)),
+            LogError::Corrupt(_) | LogError::Shutdown => true,
+            LogError::Backend { fatal, .. } => *fatal,
             _ => false,
         }
     }
@@ -114,8 +102,6 @@ mod tests {
 
     #[test]
     fn only_errors_no_retry_can_help_are_fatal() {
-        let config = LogError::Kafka { operation: "create transactional producer", source: rdkafka::error::KafkaError::ClientCreation("bad setting".into()) };
-        assert!(config.is_fatal(), "a client that cannot be created from the configuration never will be");
         assert!(LogError::Corrupt("x".into()).is_fatal());
         let down = LogError::Unavailable { endpoint: "b:9092".into(), reason: "consume: BrokerTransportFailure".into() };
         assert!(!down.is_fatal() && down.retryable(), "a broker that is down comes back");

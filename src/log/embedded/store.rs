@@ -26,7 +26,12 @@ pub(crate) const META_NEXT_TOPIC_ID: &[u8] = b"next_topic_id";
 
 /// Maps a RocksDB failure onto the contract's error, naming what we were doing.
 pub(crate) fn storage(operation: &'static str) -> impl FnOnce(rocksdb::Error) -> LogError {
-    move |source| LogError::Storage { operation, source }
+    move |source| storage_error(operation, source)
+}
+
+/// A RocksDB failure: fatal (the log stops accepting writes rather than corrupt anything).
+pub(crate) fn storage_error(operation: &'static str, source: rocksdb::Error) -> LogError {
+    LogError::Backend { backend: "embedded log storage", operation, retryable: false, fatal: true, source: Box::new(source) }
 }
 
 /// Opens (creating if needed) the database with the four column families, tuned for

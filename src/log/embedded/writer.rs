@@ -332,7 +332,7 @@ fn group_commit(shared: &Shared, cfs: &Cfs<'_>, write_options: &WriteOptions, co
             tracing::error!(error = %source, commands = commands.len(), "embedded log group commit failed");
             state.rollback();
             for outcome in outcomes.iter_mut() {
-                let failed = || LogError::Storage { operation: "append", source: source.clone() };
+                let failed = || super::store::storage_error("append", source.clone());
                 match outcome {
                     Outcome::One(r @ Ok(_)) => *r = Err(failed()),
                     Outcome::Many(r @ Ok(_)) => *r = Err(failed()),

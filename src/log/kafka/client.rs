@@ -127,8 +127,31 @@ pub(crate) fn map_error(operation: &'static str, endpoint: &str, topic: Option<&
         ) => LogError::Unavailable { endpoint: endpoint.to_string(), reason: format!("{operation}: {error}") },
         Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => LogError::UnknownTopic { topic: topic.unwrap_or("?").to_string() },
         Some(RDKafkaErrorCode::TopicAlreadyExists) => LogError::TopicExists { topic: topic.unwrap_or("?").to_string() },
-        _ => LogError::Kafka { operation, source: error },
+        _ => kafka_error(operation, error),
     }
+}
+
+/// Wraps an rdkafka error the contract has no variant for, classified the way librdkafka
+/// does: broker and timeout failures pass (retryable), a client that cannot be created from
+/// the configuration never will be (fatal).
+pub(crate) fn kafka_error(operation: &'static str, error: KafkaError) -> LogError {
+    let retryable = error.rdkafka_error_code().is_some_and(|code| {
+        matches!(
+            code,
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::MessageTimedOut
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::QueueFull
+                | RDKafkaErrorCode::NotEnoughReplicas
+                | RDKafkaErrorCode::NotEnoughReplicasAfterAppend
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NotLeaderForPartition
+        )
+    });
+    let fatal = matches!(error, KafkaError::ClientCreation(_));
+    LogError::Backend { backend: "kafka", operation, retryable, fatal, source: Box::new(error) }
 }
 
 /// The committed next offset of each partition in `found` (librdkafka's answer to a
@@ -141,4 +164,22 @@ pub(crate) fn committed_in(found: &TopicPartitionList, partitions: &[TopicPartit
             _ => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What callers decide on (retry, or stop the process) survives wrapping the rdkafka
+    /// error into the backend-neutral contract error.
+    #[test]
+    fn wrapped_errors_keep_librdkafkas_classification() {
+        let config = kafka_error("create transactional producer", KafkaError::ClientCreation("bad setting".into()));
+        assert!(config.is_fatal() && !config.retryable(), "a client that cannot be created from the configuration never will be");
+        assert_eq!(config.to_string(), "kafka error during create transactional producer: Client creation error: bad setting");
+        let down = kafka_error("flush", KafkaError::Flush(RDKafkaErrorCode::NotEnoughReplicas));
+        assert!(down.retryable() && !down.is_fatal(), "too few in-sync replicas come back");
+        let refused = kafka_error("produce", KafkaError::MessageProduction(RDKafkaErrorCode::InvalidRecord));
+        assert!(!refused.retryable() && !refused.is_fatal(), "{refused}");
+    }
 }

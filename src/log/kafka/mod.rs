@@ -41,12 +41,11 @@ impl KafkaLog {
     pub fn connect(config: &KafkaConfig, max_record_bytes: usize) -> LogResult<Arc<KafkaLog>> {
         let timeout = Duration::from_millis(config.request_timeout_ms);
         let endpoint = config.bootstrap_servers.clone();
-        let client: BaseConsumer = client::consumer_config(config, None, Some("agentlog-metadata"))
-            .create()
-            .map_err(|e| LogError::Kafka { operation: "create metadata client", source: e })?;
+        let client: BaseConsumer =
+            client::consumer_config(config, None, Some("agentlog-metadata")).create().map_err(|e| client::kafka_error("create metadata client", e))?;
         let client = Arc::new(client);
         let topics = Arc::new(metadata::TopicCache::new(client.clone(), endpoint.clone(), timeout));
-        let admin_client = client::base_config(config).create().map_err(|e| LogError::Kafka { operation: "create admin client", source: e })?;
+        let admin_client = client::base_config(config).create().map_err(|e| client::kafka_error("create admin client", e))?;
         let admin = Arc::new(admin::KafkaAdmin {
             admin: admin_client,
             client,
@@ -63,7 +62,7 @@ impl KafkaLog {
             return Ok(p.clone());
         }
         let created: FutureProducer =
-            client::producer_config(&self.config, self.max_record_bytes).create().map_err(|e| LogError::Kafka { operation: "create producer", source: e })?;
+            client::producer_config(&self.config, self.max_record_bytes).create().map_err(|e| client::kafka_error("create producer", e))?;
         let producer = Arc::new(producer::KafkaProducer {
             producer: created,
             topics: self.topics.clone(),
@@ -97,7 +96,7 @@ impl EventLog for KafkaLog {
     fn consumer(&self, options: ConsumerOptions) -> LogResult<Box<dyn Consumer>> {
         let created: StreamConsumer<consumer::RebalanceEvents> = client::consumer_config(&self.config, options.group.as_deref(), options.client_id.as_deref())
             .create_with_context(consumer::RebalanceEvents::default())
-            .map_err(|e| LogError::Kafka { operation: "create consumer", source: e })?;
+            .map_err(|e| client::kafka_error("create consumer", e))?;
         Ok(Box::new(consumer::KafkaConsumer::new(created, options.group, self.topics.clone(), self.config.bootstrap_servers.clone(), self.timeout)))
     }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 
-use crate::log::{LogError, LogResult};
+use crate::log::LogResult;
 
 /// Groups are named by the configuration (`agents.<type>`, the projector's), so a handful
 /// are read; the bound only keeps a caller with invented names from growing the map.
@@ -39,7 +39,7 @@ impl OffsetReaders {
         }
         let mut config = self.config.clone();
         config.set("group.id", group);
-        let reader: BaseConsumer = config.create().map_err(|e| LogError::Kafka { operation: "create offsets reader", source: e })?;
+        let reader: BaseConsumer = config.create().map_err(|e| super::client::kafka_error("create offsets reader", e))?;
         if readers.len() >= MAX_READERS {
             // Any one goes: a reader still in use by a caller lives on in its Arc until done.
             if let Some(evicted) = readers.keys().next().cloned() {

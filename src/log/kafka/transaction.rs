@@ -78,7 +78,7 @@ impl TransactionalProducer for KafkaTransactionalProducer {
             state.open = false;
         }
         if state.producer.is_none() {
-            let producer: FutureProducer = self.config.create().map_err(|e| LogError::Kafka { operation: "create transactional producer", source: e })?;
+            let producer: FutureProducer = self.config.create().map_err(|e| super::client::kafka_error("create transactional producer", e))?;
             blocking(&producer, move |p| p.init_transactions(timeout)).await?.map_err(|e| self.txn_error("init", &e))?;
             state.producer = Some(producer);
         }
