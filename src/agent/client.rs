@@ -203,8 +203,15 @@ impl TaskClient {
 pub async fn timer_record(codec: &WireCodec, topics: &TaskTopics, task: &TaskSubmitted) -> Result<Record, WireError> {
     let topic = topics.timers();
     let payload = codec.encode(&topic, task).await?;
-    let due_ms = task.not_before.map(|t| t.0 / 1000).unwrap_or(0);
-    Ok(Record::new(topic, payload).with_key(Bytes::from(task.task_id.clone())).with_header(TIMER_DUE, Bytes::from(due_ms.to_string())))
+    let due = due_ms(task.not_before);
+    Ok(Record::new(topic, payload).with_key(Bytes::from(task.task_id.clone())).with_header(TIMER_DUE, Bytes::from(due.to_string())))
+}
+
+/// A timer's due time in ms, rounded up: timers fire on ms, and one rounded down fired up to
+/// 999 µs before the task's `not_before`, which the worker (deferring only what is more
+/// than 1 ms early) then started: a delayed task began before its time.
+fn due_ms(not_before: Option<TimestampMicros>) -> i64 {
+    not_before.map(|t| t.0.saturating_add(999).div_euclid(1000)).unwrap_or(0)
 }
 
 /// A unique id with a readable prefix (`task-…`): time-ordered, then random. The same text
@@ -239,5 +246,18 @@ mod id_tests {
             push_hex(&mut out, value, width);
             assert_eq!(out, format!("{value:0width$x}"), "{value} width {width}");
         }
+    }
+}
+
+#[cfg(test)]
+mod due_tests {
+    use super::*;
+
+    #[test]
+    fn a_timer_is_never_due_before_its_not_before() {
+        assert_eq!(due_ms(Some(TimestampMicros(1_500_000_000))), 1_500_000);
+        assert_eq!(due_ms(Some(TimestampMicros(1_500_000_001))), 1_500_001, "a µs past a whole ms waits for the next ms");
+        assert_eq!(due_ms(Some(TimestampMicros(1_500_000_999))), 1_500_001);
+        assert_eq!(due_ms(None), 0, "no not_before: due at once");
     }
 }
