@@ -17,11 +17,16 @@ use super::topics::TaskTopics;
 use crate::events::AnyEvent;
 use crate::events::decode_any_waiting;
 use crate::events::wire::WireCodec;
-use crate::log::{ConsumerEvent, ConsumerOptions, EventLog, LogError, SeekTo, TopicPartition};
+use crate::log::follow::Follower;
+use crate::log::{EventLog, LogError, SeekTo};
 
 /// Cancel requests remembered at most; the oldest are forgotten first. A day of `control`
 /// retention rarely holds more, and a forgotten request only costs an attempt that runs.
 const MAX_REMEMBERED: usize = 200_000;
+
+/// How long the control reader's catch-up may see no progress before the start fails (and
+/// is retried).
+const CATCH_UP_STALL: Duration = Duration::from_secs(30);
 
 /// A task's identity: (tenant, task id).
 pub type TaskRef = (String, String);
@@ -114,48 +119,48 @@ pub async fn watch_control(
     cancels: Arc<Cancels>,
     stop: CancellationToken,
 ) -> Result<JoinHandle<()>, LogError> {
-    let tp = TopicPartition::new(topics.control(), 0);
-    let marks = log.admin().watermarks(&tp).await?;
-    let mut consumer = log.consumer(ConsumerOptions::default())?;
-    consumer.assign(&[(tp.clone(), SeekTo::Earliest)]).await?;
+    let mut follower = Follower::open(log, &[topics.control()], SeekTo::Earliest).await?;
     let apply = |event: AnyEvent, cancels: &Cancels| {
         if let AnyEvent::TaskCancelRequested(request) = event {
             cancels.request(&request.meta.tenant, &request.task_id, request.reason);
         }
     };
-    // Catch up on the history, bounded in time so a broken log fails the start instead of hanging.
-    let mut next = marks.low;
-    let catch_up = Duration::from_secs(30);
-    while next < marks.high {
-        match tokio::time::timeout(catch_up, consumer.next_event()).await {
-            Err(_) => return Err(LogError::Timeout { operation: "reading the control topic history", after: catch_up }),
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(ConsumerEvent::Record(record))) => {
-                next = record.offset + 1;
-                // A cancel read while the registry is away is applied once it is back, never
-                // skipped (the task would run although cancelled).
-                match decode_any_waiting(&codec, &record.payload, &stop).await {
-                    Some(Ok(event)) => apply(event, &cancels),
-                    Some(Err(error)) => tracing::warn!(offset = record.offset, %error, "skipping an undecodable control record"),
-                    None => return Err(LogError::Shutdown),
-                }
+    // Catch up on the history before the worker takes a task, to its end even when its last
+    // offsets are transaction markers; a log that stops answering fails the start (retried)
+    // instead of hanging it.
+    loop {
+        let record = match follower.next_of_history(CATCH_UP_STALL).await {
+            Ok(Some(record)) => record,
+            Ok(None) => break,
+            Err(error) => {
+                follower.close().await;
+                return Err(error);
             }
-            Ok(Ok(_)) => {}
+        };
+        // A cancel read while the registry is away is applied once it is back, never
+        // skipped (the task would run although cancelled).
+        match decode_any_waiting(&codec, &record.payload, &stop).await {
+            Some(Ok(event)) => apply(event, &cancels),
+            Some(Err(error)) => tracing::warn!(offset = record.offset, %error, "skipping an undecodable control record"),
+            None => {
+                follower.close().await;
+                return Err(LogError::Shutdown);
+            }
         }
     }
     Ok(tokio::spawn(async move {
         loop {
             let event = tokio::select! {
                 _ = stop.cancelled() => break,
-                event = consumer.next_event() => event,
+                event = follower.next() => event,
             };
             match event {
-                Ok(ConsumerEvent::Record(record)) => match decode_any_waiting(&codec, &record.payload, &stop).await {
+                Ok(Some(record)) => match decode_any_waiting(&codec, &record.payload, &stop).await {
                     Some(Ok(event)) => apply(event, &cancels),
                     Some(Err(error)) => tracing::warn!(offset = record.offset, %error, "skipping an undecodable control record"),
                     None => break,
                 },
-                Ok(_) => {}
+                Ok(None) => {}
                 Err(error) => {
                     // A broker hiccup: keep following once it is back; requests wait on the log.
                     tracing::warn!(%error, "reading the control topic failed; retrying");
@@ -166,8 +171,6 @@ pub async fn watch_control(
                 }
             }
         }
-        if let Err(error) = consumer.close().await {
-            tracing::debug!(%error, "closing the control reader");
-        }
+        follower.close().await;
     }))
 }

@@ -111,35 +111,32 @@ impl Follower {
         }
     }
 
-    /// Every record from the start given to [`Follower::open`] up to the high watermarks of
-    /// then, oldest first per partition (records written since may come along). Fails when
-    /// nothing moved, no record and no partition reaching its end, for `stall`: unlike
-    /// [`Follower::next`], which calls quiet history read after [`IDLE`], a listing must not
-    /// end early.
-    pub async fn read_history(mut self, stall: std::time::Duration) -> Result<Vec<ConsumedRecord>, LogError> {
-        let mut records = Vec::new();
+    /// The next record of the history (what existed when [`Follower::open`] ran), `None` once
+    /// all of it has been read; records written since may come along. Fails when nothing
+    /// moved, no record and no partition reaching its end, for `stall`: unlike
+    /// [`Follower::next`], which calls quiet history read after [`IDLE`], a listing, or a
+    /// start that must see every record before it acts, must not end early.
+    pub async fn next_of_history(&mut self, stall: std::time::Duration) -> Result<Option<ConsumedRecord>, LogError> {
         let mut quiet = std::time::Duration::ZERO;
         while !self.behind.is_empty() {
             match tokio::time::timeout(POSITIONS_EVERY, self.consumer.next_event()).await {
                 Ok(event) => {
-                    let event = match event {
-                        Ok(event) => event,
-                        Err(error) => {
-                            self.close().await;
-                            return Err(error);
-                        }
+                    let record = match event? {
+                        ConsumerEvent::Record(record) => Some(record),
+                        _ => None,
                     };
-                    if let ConsumerEvent::Record(record) = event {
-                        quiet = std::time::Duration::ZERO;
+                    if let Some(record) = &record {
                         let tp = record.topic_partition();
                         if self.behind.get(&tp).is_some_and(|high| record.offset + 1 >= *high) {
                             self.behind.remove(&tp);
                         }
-                        records.push(record);
                     }
                     if !self.behind.is_empty() && self.last_settled.elapsed() >= POSITIONS_EVERY {
                         self.last_settled = std::time::Instant::now();
                         self.settle_by_positions();
+                    }
+                    if record.is_some() {
+                        return Ok(record);
                     }
                 }
                 Err(_) => {
@@ -151,14 +148,27 @@ impl Follower {
                     }
                     quiet += POSITIONS_EVERY;
                     if quiet >= stall {
-                        self.close().await;
                         return Err(LogError::Timeout { operation: "reading a topic to its end", after: stall });
                     }
                 }
             }
         }
+        Ok(None)
+    }
+
+    /// Every record of the history ([`Follower::next_of_history`]), oldest first per
+    /// partition; the follower is closed after.
+    pub async fn read_history(mut self, stall: std::time::Duration) -> Result<Vec<ConsumedRecord>, LogError> {
+        let mut records = Vec::new();
+        let read = loop {
+            match self.next_of_history(stall).await {
+                Ok(Some(record)) => records.push(record),
+                Ok(None) => break Ok(records),
+                Err(error) => break Err(error),
+            }
+        };
         self.close().await;
-        Ok(records)
+        read
     }
 
     pub async fn close(self) {
