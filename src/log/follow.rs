@@ -61,6 +61,23 @@ impl Follower {
 
     /// Drops the partitions whose consumer position passed the high mark of the start: they
     /// are read even if their last offsets are transaction markers that are never delivered.
+    /// A record was read: its partition is read once it reaches the start's high mark.
+    fn passed(&mut self, record: &ConsumedRecord) {
+        let tp = record.topic_partition();
+        if self.behind.get(&tp).is_some_and(|high| record.offset + 1 >= *high) {
+            self.behind.remove(&tp);
+        }
+        self.settle_if_due();
+    }
+
+    /// Events keep coming from other partitions: the marker-ended ones are checked too.
+    fn settle_if_due(&mut self) {
+        if !self.behind.is_empty() && self.last_settled.elapsed() >= POSITIONS_EVERY {
+            self.last_settled = std::time::Instant::now();
+            self.settle_by_positions();
+        }
+    }
+
     fn settle_by_positions(&mut self) {
         if self.behind.is_empty() {
             return;
@@ -97,15 +114,7 @@ impl Follower {
                 }
             };
             if let ConsumerEvent::Record(record) = event {
-                let tp = record.topic_partition();
-                if self.behind.get(&tp).is_some_and(|high| record.offset + 1 >= *high) {
-                    self.behind.remove(&tp);
-                }
-                // Records keep coming from other partitions: check the marker-ended ones too.
-                if !self.behind.is_empty() && self.last_settled.elapsed() >= POSITIONS_EVERY {
-                    self.last_settled = std::time::Instant::now();
-                    self.settle_by_positions();
-                }
+                self.passed(&record);
                 return Ok(Some(record));
             }
         }
@@ -125,18 +134,12 @@ impl Follower {
                         ConsumerEvent::Record(record) => Some(record),
                         _ => None,
                     };
-                    if let Some(record) = &record {
-                        let tp = record.topic_partition();
-                        if self.behind.get(&tp).is_some_and(|high| record.offset + 1 >= *high) {
-                            self.behind.remove(&tp);
+                    match record {
+                        Some(record) => {
+                            self.passed(&record);
+                            return Ok(Some(record));
                         }
-                    }
-                    if !self.behind.is_empty() && self.last_settled.elapsed() >= POSITIONS_EVERY {
-                        self.last_settled = std::time::Instant::now();
-                        self.settle_by_positions();
-                    }
-                    if record.is_some() {
-                        return Ok(record);
+                        None => self.settle_if_due(),
                     }
                 }
                 Err(_) => {
