@@ -16,6 +16,7 @@ mod faults {
     pub mod client;
     pub mod cluster;
     pub mod group;
+    pub mod lanes;
     pub mod processes;
     pub mod results;
     pub mod scenario;

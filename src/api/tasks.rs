@@ -336,6 +336,8 @@ pub async fn submit(
     }
     check_quota(&state, &tenant, 1)?;
     let submitted = state.client.submit(&task).await.map_err(client_error)?;
+    // Where an acknowledged submit was written, to compare with the log when a task is missed.
+    tracing::debug!(task_id = %task.task_id, topic = %submitted.topic, partition = submitted.position.partition, offset = submitted.position.offset, "submit written");
     if let Some(claim) = claim.as_mut() {
         claim.written = Some(written(&task.task_id, &submitted, Instant::now()));
     }

@@ -265,8 +265,9 @@ fn launch(dir: &Path, config: &Path, proc: &mut Proc) -> Result<(), ProcessError
         .arg("--config")
         .arg(config)
         .args(&proc.args)
-        // info: the lines that say what a process decided (leading, fenced, retrying).
-        .env("RUST_LOG", std::env::var("AGENTLOG_FAULTS_RUST_LOG").unwrap_or_else(|_| "info,librdkafka=warn".into()))
+        // info: the lines that say what a process decided (leading, fenced, retrying); the
+        // api's submit positions at debug, to look a lost task up in the log (lanes.txt).
+        .env("RUST_LOG", std::env::var("AGENTLOG_FAULTS_RUST_LOG").unwrap_or_else(|_| "info,librdkafka=warn,agentlog::api::tasks=debug".into()))
         // The end of a log is the evidence of an exit: the error chain, not a backtrace of
         // where anyhow caught it, and no colour codes.
         .env("RUST_LIB_BACKTRACE", "0")

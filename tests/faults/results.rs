@@ -101,6 +101,12 @@ impl ResultsReader {
         ids.into_iter().filter(|id| s.by_task.contains_key(*id)).count()
     }
 
+    /// Those of `ids` without an outcome yet.
+    pub fn without_outcome(&self, ids: &[String]) -> Vec<String> {
+        let s = lock(&self.shared);
+        ids.iter().filter(|id| !s.by_task.contains_key(*id)).cloned().collect()
+    }
+
     /// When the last record arrived.
     pub fn last_record(&self) -> Option<Instant> {
         lock(&self.shared).last_record

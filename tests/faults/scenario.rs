@@ -21,6 +21,7 @@ use agentlog::open::open_log;
 use super::api_view::{self, status_of};
 use super::client::{self, Answer, History, Load};
 use super::cluster::{BROKERS, Cluster};
+use super::lanes;
 use super::processes::Fleet;
 use super::results::ResultsReader;
 use super::verdict::{Timeline, judge, write_history};
@@ -71,7 +72,7 @@ pub struct Scenario {
     reader: Option<ResultsReader>,
     /// The warm-up's task ids (see [`warm_up`]).
     warmed: HashSet<String>,
-    _log: Arc<dyn EventLog>,
+    log: Arc<dyn EventLog>,
     _turn: MutexGuard<'static, ()>,
 }
 
@@ -130,7 +131,7 @@ impl Scenario {
             timeline: Timeline { started: Instant::now(), fault: None, healed: None },
             reader: Some(reader),
             warmed,
-            _log: log,
+            log,
             _turn: turn,
         }
     }
@@ -235,6 +236,13 @@ impl Scenario {
                 Err(e) => notes.push(format!("writing {}: {e}", path.display())),
             }
             notes.extend(self.fleet.dump_stacks().await);
+            // Then the lanes: is a lost task's submit in the log, and where?
+            let missing = reader.without_outcome(&acked);
+            let path = self.dir.join("lanes.txt");
+            match std::fs::write(&path, lanes::dump(&self.log, &self.lane_topics(), &missing).await) {
+                Ok(()) => notes.push(format!("the lane topics' records in {}", path.display())),
+                Err(e) => notes.push(format!("writing {}: {e}", path.display())),
+            }
         }
         let settle_until = Instant::now() + SETTLE_LIMIT;
         while Instant::now() < settle_until && reader.last_record().is_some_and(|at| at.elapsed() < SETTLE) {
