@@ -6,6 +6,7 @@
 
 mod admin;
 mod client;
+mod confirm;
 mod consumer;
 mod fetch_states;
 mod metadata;
@@ -69,6 +70,11 @@ impl KafkaLog {
             endpoint: self.config.bootstrap_servers.clone(),
             max_record_bytes: self.max_record_bytes,
             request_timeout: self.timeout,
+            confirmer: Arc::new(confirm::Confirmer::new(
+                client::consumer_config(&self.config, None, None),
+                self.config.bootstrap_servers.clone(),
+                self.timeout,
+            )),
         });
         // Two racing callers may both create one; the loser's is dropped unused.
         Ok(self.producer.get_or_init(|| producer).clone())

@@ -164,7 +164,19 @@ impl Transaction for KafkaTransaction<'_> {
         let mut positions = Vec::with_capacity(self.deliveries.len());
         for future in std::mem::take(&mut self.deliveries) {
             match future.await {
-                Ok(Ok(d)) => positions.push(Position { partition: d.partition, offset: d.offset }),
+                Ok(Ok(d)) if d.offset >= 0 => positions.push(Position { partition: d.partition, offset: d.offset }),
+                // Acknowledged without an offset: perhaps never written (see `confirm`), and a
+                // commit would make the transaction's offsets count without it. Abort; the
+                // caller does the work again.
+                Ok(Ok(d)) => {
+                    let error = LogError::Transaction {
+                        transactional_id: self.owner.transactional_id.clone(),
+                        operation: "send",
+                        reason: format!("a record for partition {} was acknowledged without an offset, so it may not have been written", d.partition),
+                        abortable: true,
+                    };
+                    return Err(self.abort_after(error).await);
+                }
                 Ok(Err((e, _))) => {
                     let error = self.owner.txn_error("send", &e);
                     return Err(self.abort_after(error).await);
