@@ -167,7 +167,7 @@ mod tests {
     use crate::config::Config;
     use crate::log::{EventLog, TopicPartition, TopicSpec};
 
-    fn kafka_config() -> crate::config::KafkaConfig {
+    fn kafka_config() -> crate::log::config::KafkaConfig {
         let bootstrap = match std::env::var("AGENTLOG_TEST_KAFKA") {
             Ok(servers) if !servers.trim().is_empty() => servers,
             _ => panic!("this Kafka test needs AGENTLOG_TEST_KAFKA to name a broker (scripts/kafka-local.sh start; make test does both)"),
@@ -236,6 +236,13 @@ mod tests {
         let again = again.expect("written again");
 
         open.abort().await.expect("abort the open transaction");
+        // The abort's marker is written after `abort` returns: until then read_committed
+        // readers (as `copies`) see nothing stable.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while log.admin().watermarks(&tp).await.expect("watermarks").high <= again.offset {
+            assert!(Instant::now() < deadline, "the aborted transaction's marker was written within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert_eq!(copies(&log, &topic, b"written").await, vec![written.offset], "a record found is not written a second time");
         assert_eq!(copies(&log, &topic, b"never written").await, vec![again.offset], "a record not found is written once, where confirm says");
         log.admin().delete_topic(&topic).await.expect("delete topic");
