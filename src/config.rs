@@ -29,7 +29,7 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Agent types by name (`[agents.<name>]`); none by default.
     #[serde(default)]
-    pub agents: std::collections::BTreeMap<String, crate::agent::AgentTypeConfig>,
+    pub agents: BTreeMap<String, crate::agent::AgentTypeConfig>,
     /// Heartbeat interval and how many missed ones make an agent lost.
     #[serde(default)]
     pub supervisor: crate::supervisor::SupervisorConfig,
@@ -50,61 +50,8 @@ pub struct TopicsConfig {
     pub replication_factor: i16,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    Embedded,
-    Kafka,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogConfig {
-    pub backend: Backend,
-    pub topic_prefix: String,
-    pub max_record_bytes: usize,
-    pub embedded: EmbeddedConfig,
-    pub kafka: KafkaConfig,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FsyncPolicy {
-    /// Write to RocksDB's WAL without fsync: survives a process crash, not a power loss.
-    Never,
-    /// fsync the WAL once per group commit before acknowledging.
-    Always,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmbeddedConfig {
-    pub data_dir: PathBuf,
-    pub fsync: FsyncPolicy,
-    pub max_batch_records: usize,
-    pub retention_check_interval_ms: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GroupProtocol {
-    Consumer,
-    Classic,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaConfig {
-    pub bootstrap_servers: String,
-    pub group_protocol: GroupProtocol,
-    pub request_timeout_ms: u64,
-    #[serde(default)]
-    pub properties: BTreeMap<String, String>,
-    #[serde(default)]
-    pub producer_properties: BTreeMap<String, String>,
-    #[serde(default)]
-    pub consumer_properties: BTreeMap<String, String>,
-}
+/// `[log]`, owned by the log module (which depends on nothing above it).
+pub use crate::log::config::{Backend, EmbeddedConfig, FsyncPolicy, GroupProtocol, KafkaConfig, LogConfig};
 
 impl Config {
     /// Defaults, then `file` (if given), then the process environment.

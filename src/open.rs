@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::config::{Backend, LogConfig};
+use crate::log::config::{Backend, LogConfig};
 use crate::log::embedded::EmbeddedLog;
 use crate::log::kafka::KafkaLog;
 use crate::log::{EventLog, LogResult};

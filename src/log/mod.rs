@@ -26,6 +26,7 @@
 //! - **Transactions** append records and commit consumed offsets as one atomic step: readers
 //!   and the group see all of it or none of it.
 
+pub mod config;
 pub mod embedded;
 pub mod error;
 pub mod follow;

@@ -47,7 +47,7 @@ use self::coordinator::Coordinator;
 use self::producer::Ingress;
 use self::retention::RetentionState;
 use self::writer::{Command, WriterState};
-use crate::config::EmbeddedConfig;
+use crate::log::config::EmbeddedConfig;
 use crate::log::{Admin, Consumer, ConsumerOptions, EventLog, LogError, LogResult, Producer, Record, TransactionalProducer};
 
 /// State shared by the writer, consumers, admin and retention.
@@ -67,7 +67,7 @@ impl Shared {
 
     pub fn write_options(&self) -> rocksdb::WriteOptions {
         let mut options = rocksdb::WriteOptions::default();
-        options.set_sync(self.config.fsync == crate::config::FsyncPolicy::Always);
+        options.set_sync(self.config.fsync == crate::log::config::FsyncPolicy::Always);
         options
     }
 }

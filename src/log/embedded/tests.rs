@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::time::timeout;
 
 use super::EmbeddedLog;
-use crate::config::{EmbeddedConfig, FsyncPolicy};
+use crate::log::config::{EmbeddedConfig, FsyncPolicy};
 use crate::log::{
     CleanupPolicy, ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, EventLog, LogError, Position, Record, SeekTo, TopicPartition, TopicSpec,
     Watermarks,

@@ -266,7 +266,7 @@ pub(crate) fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>) {
         }
     };
     let mut write_options = WriteOptions::default();
-    write_options.set_sync(shared.config.fsync == crate::config::FsyncPolicy::Always);
+    write_options.set_sync(shared.config.fsync == crate::log::config::FsyncPolicy::Always);
     let max_batch = shared.config.max_batch_records.max(1);
     let closed = shared.ingress.closed.clone();
     let mut commands: Vec<Command> = Vec::new();

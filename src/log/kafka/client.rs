@@ -4,7 +4,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::config::{GroupProtocol, KafkaConfig};
+use crate::log::config::{GroupProtocol, KafkaConfig};
 use crate::log::{LogError, TopicPartition};
 
 /// Settings every client gets: bootstrap, timeouts, then the user's pass-through properties

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use rdkafka::consumer::{BaseConsumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, Producer as _};
 
-use crate::config::KafkaConfig;
+use crate::log::config::KafkaConfig;
 use crate::log::{Admin, Consumer, ConsumerOptions, EventLog, LogError, LogResult, Producer, TransactionalProducer};
 
 /// Default `transaction.timeout.ms` of transactional producers (see `transactional_producer`).
