@@ -58,7 +58,7 @@ fn bench_wire(c: &mut Criterion) {
         let registry = Registry::open(log.clone(), "bench.schemas", shutdown.clone()).await.expect("registry");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let server = tokio::spawn(serve(registry.clone(), listener, agentlog::api::ApiConfig::default(), shutdown.clone()));
+        let server = tokio::spawn(serve(registry.clone(), listener, agentlog::http::access::Access::default(), shutdown.clone()));
         (Arc::new(WireCodec::new(&url).expect("codec")), server, registry, log)
     });
     let task = typical_task();

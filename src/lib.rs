@@ -26,6 +26,7 @@ pub mod bench;
 pub mod components;
 pub mod config;
 pub mod events;
+pub mod http;
 pub mod log;
 pub mod open;
 pub mod projection;

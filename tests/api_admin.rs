@@ -30,8 +30,10 @@ async fn submit_and_wait(http: &reqwest::Client, base: &str, agent_type: &str, n
     for i in 0..n {
         let answer =
             http.post(format!("{base}/v1/tasks?wait_ms=10000")).json(&json!({"agent_type": agent_type, "input": {"i": i}})).send().await.expect("submit");
-        assert_eq!(answer.status(), 200, "task {i} finished within the wait");
-        let body: Value = answer.json().await.expect("json");
+        let status = answer.status();
+        let text = answer.text().await.expect("answer");
+        assert_eq!(status, 200, "task {i} finished within the wait: {text}");
+        let body: Value = serde_json::from_str(&text).expect("json");
         ids.push(body["task_id"].as_str().expect("id").to_string());
     }
     ids
@@ -103,7 +105,7 @@ async fn replay_swaps_in_a_rebuilt_generation_while_serving() {
     assert_eq!(restored, 2);
     let store = generations.open_current().expect("open restored");
     for id in before.iter().chain(&after) {
-        assert_eq!(store.task(agentlog::api::auth::DEFAULT_TENANT, id).expect("read").map(|t| t.status.as_str()), Some("completed"), "{id} in the snapshot");
+        assert_eq!(store.task(agentlog::http::access::DEFAULT_TENANT, id).expect("read").map(|t| t.status.as_str()), Some("completed"), "{id} in the snapshot");
     }
     assert!(!dir.path().join("gen-0").exists() && !dir.path().join("gen-1").exists(), "older generations are removed at open");
     drop(store);

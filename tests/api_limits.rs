@@ -22,8 +22,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use agentlog::agent::AgentTypeConfig;
-use agentlog::api::auth::sha256_hex;
 use agentlog::api::{ApiConfig, ApiKeyConfig, ApiStartError, ApiState, bind, serve};
+use agentlog::http::access::sha256_hex;
 use agentlog::projection::{Projection, ProjectionStore, ProjectorError, sources};
 
 use fixture::Fixture;

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use agentlog::agent::AgentTypeConfig;
 use agentlog::agent::runtime::build;
-use agentlog::api::auth::sha256_hex;
 use agentlog::api::{ApiConfig, ApiKeyConfig, ApiStartError, ApiState, bind, serve};
 use agentlog::events::Lane;
+use agentlog::http::access::sha256_hex;
 use agentlog::log::TopicPartition;
 use agentlog::projection::{Projection, ProjectionStore, ProjectorError, sources};
 

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentlog::api::auth::sha256_hex;
 use agentlog::api::{ApiConfig, ApiKeyConfig};
 use agentlog::config::{Backend, Config, LogConfig};
 use agentlog::events::reader::{EventReader, ReadOutcome, error_kind};
 use agentlog::events::wire::{WireCodec, WireError};
 use agentlog::events::{Lane, Meta, TaskSubmitted};
+use agentlog::http::access::sha256_hex;
 use agentlog::log::{ConsumerOptions, EventLog, Record, SeekTo, TopicPartition, TopicSpec};
 use agentlog::open::open_log;
 use agentlog::registry::{Registry, RegistryConfig, RegistryError, bind, serve};
@@ -76,7 +76,7 @@ impl Server {
         let registry = Registry::open_with(log.clone(), topic, registry, shutdown.clone()).await.expect("open registry");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("local addr"));
-        let task = tokio::spawn(serve(registry.clone(), listener, access, shutdown.clone()));
+        let task = tokio::spawn(serve(registry.clone(), listener, access.access(), shutdown.clone()));
         let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("http client");
         Server { log, registry, url, shutdown, task, http }
     }
@@ -502,14 +502,14 @@ async fn keys_let_any_tenant_read_and_only_admins_write() {
 async fn without_keys_only_this_machine_is_served() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = Server::start(&embedded_config(&dir), "agentlog.schemas").await;
-    let refused = bind("0.0.0.0:0", &ApiConfig::default()).await.expect_err("bind refuses");
+    let refused = bind("0.0.0.0:0", &ApiConfig::default().access()).await.expect_err("bind refuses");
     assert!(matches!(refused, RegistryError::NotLoopback { .. }), "{refused}");
     assert!(refused.to_string().contains("api.keys"), "{refused}");
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.expect("bind");
-    let served = serve(server.registry.clone(), listener, ApiConfig::default(), CancellationToken::new()).await;
+    let served = serve(server.registry.clone(), listener, ApiConfig::default().access(), CancellationToken::new()).await;
     assert!(matches!(served, Err(RegistryError::NotLoopback { .. })), "{served:?}");
     // With keys the same address is fine.
-    drop(bind("0.0.0.0:0", &keyed_access(0)).await.expect("keys allow any address"));
+    drop(bind("0.0.0.0:0", &keyed_access(0).access()).await.expect("keys allow any address"));
 
     let foreign = server.send_with(reqwest::Method::GET, "/subjects", None, &[("Host", "evil.example".to_owned())]).await;
     assert_error(&foreign, StatusCode::FORBIDDEN, 40301);

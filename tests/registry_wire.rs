@@ -46,7 +46,7 @@ impl Fixture {
         let registry = Registry::open(log.clone(), "agentlog.schemas", shutdown.clone()).await.expect("registry");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let server = Some(tokio::spawn(serve(registry.clone(), listener, agentlog::api::ApiConfig::default(), shutdown.clone())));
+        let server = Some(tokio::spawn(serve(registry.clone(), listener, agentlog::http::access::Access::default(), shutdown.clone())));
         Fixture { log, registry, url, shutdown, server, _dir: dir }
     }
 

@@ -22,9 +22,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use agentlog::agent::dlq;
-use agentlog::api::auth::sha256_hex;
 use agentlog::api::{ApiConfig, ApiKeyConfig, ApiStartError, ApiState, bind, serve};
 use agentlog::events::{JobSubmitted, Lane, TaskSubmitted};
+use agentlog::http::access::sha256_hex;
 use agentlog::log::{ConsumedRecord, Record};
 use agentlog::projection::{Projection, ProjectionStore, ProjectorError, sources};
 

@@ -13,8 +13,8 @@ use tokio_util::task::TaskTracker;
 use super::ApiState;
 use super::answers::SnapshotTaken;
 use super::auth::Tenant;
-use super::error::ApiError;
 use crate::events::wire::WireCodec;
+use crate::http::error::ApiError;
 use crate::projection::{Generations, replay_and_swap};
 
 /// What admin operations need besides the API state.

@@ -9,14 +9,11 @@
 pub mod admin;
 pub mod answers;
 pub mod auth;
-pub mod error;
 pub mod idempotency;
-pub mod loopback;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod reads;
-pub mod server;
 pub mod stream;
 pub mod tasks;
 
@@ -34,6 +31,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{AgentTypeConfig, TaskClient};
+use crate::http::access::{Access, Auth};
+use crate::http::{loopback, server};
 use crate::log::EventLog;
 use crate::projection::Projection;
 
@@ -89,30 +88,45 @@ pub struct ApiConfig {
     pub max_idempotency_claims: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKeyConfig {
-    pub tenant: String,
-    /// `sha256sum` of the key, hex (`printf %s "$KEY" | sha256sum`).
-    pub sha256: String,
+/// `[[api.keys]]`, owned by the shared HTTP layer (the registry serves the same keys).
+pub use crate::http::access::ApiKeyConfig;
+
+impl ApiConfig {
+    /// The access rules these settings give a server: the API's, and the schema registry's
+    /// served beside it.
+    pub fn access(&self) -> Access {
+        Access {
+            keys: self.keys.clone(),
+            admin_tenants: self.admin_tenants.clone(),
+            rate_per_s: self.rate_per_s,
+            burst: self.burst,
+            auth_failure_delay: std::time::Duration::from_millis(self.auth_failure_delay_ms),
+            limits: server::Limits {
+                max_connections: self.max_connections,
+                idle: std::time::Duration::from_millis(self.idle_timeout_ms),
+                header_read: std::time::Duration::from_millis(self.header_read_timeout_ms),
+                drain: std::time::Duration::from_millis(self.max_wait_ms) + server::DRAIN_GRACE,
+            },
+        }
+    }
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
-            max_wait_ms: 30_000,
+            max_wait_ms: server::DEFAULT_MAX_WAIT.as_millis() as u64,
             max_batch: 500,
             keys: Vec::new(),
             rate_per_s: 0,
             burst: 0,
             max_in_flight: 0,
             admin_tenants: Vec::new(),
-            max_connections: 1024,
-            idle_timeout_ms: 60_000,
-            header_read_timeout_ms: 10_000,
+            max_connections: server::DEFAULT_MAX_CONNECTIONS,
+            idle_timeout_ms: server::DEFAULT_IDLE.as_millis() as u64,
+            header_read_timeout_ms: server::DEFAULT_HEADER_READ.as_millis() as u64,
             max_streams_per_tenant: 16,
-            auth_failure_delay_ms: 250,
+            auth_failure_delay_ms: crate::http::access::DEFAULT_AUTH_FAILURE_DELAY.as_millis() as u64,
             max_labels: 64,
             max_label_key_bytes: 128,
             max_label_value_bytes: 1024,
@@ -206,7 +220,7 @@ pub struct ApiState {
     pub agents: BTreeMap<String, AgentTypeConfig>,
     pub projection: Arc<Projection>,
     pub config: ApiConfig,
-    pub auth: auth::Auth,
+    pub auth: Auth,
     pub schemas: BTreeMap<String, jsonschema::Validator>,
     pub metrics: metrics::Metrics,
     /// Replay and snapshots, when the server manages a projection directory.
@@ -242,7 +256,7 @@ impl ApiState {
                 schemas.insert(name.clone(), validator);
             }
         }
-        let auth = auth::Auth::new(&config);
+        let auth = Auth::new(&config.access());
         let claims = idempotency::Claims::new(config.max_idempotency_claims);
         Ok(ApiState {
             log,
@@ -355,7 +369,7 @@ pub async fn bind(config: &ApiConfig) -> Result<TcpListener, ApiStartError> {
 /// Serves until `shutdown`, with the connection limits of `state.config` (see `server`).
 pub async fn serve(listener: TcpListener, state: Arc<ApiState>, max_body_bytes: usize, shutdown: CancellationToken) -> Result<(), ApiStartError> {
     let bound = listener.local_addr().map_err(ApiStartError::Serve)?;
-    let limits = server::Limits::of(&state.config);
+    let limits = state.config.access().limits;
     let closing = state.closing.clone();
     let app = router(state.clone(), max_body_bytes, bound);
     // Open event streams end as shutdown starts, or draining would wait for them.
@@ -368,4 +382,16 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>, max_body_bytes: 
         admin.finish().await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registry served without an `[api]` section (tests, benchmarks) gets the same access
+    /// rules and connection limits as one served beside a default API.
+    #[test]
+    fn the_default_access_is_the_default_apis() {
+        assert_eq!(ApiConfig::default().access(), Access::default());
+    }
 }

@@ -33,7 +33,7 @@ impl Modify for Security {
 }
 
 /// What any operation may answer, whatever its handler: 403 for a request from outside this
-/// machine in loopback mode (`api::loopback`).
+/// machine in loopback mode (`http::loopback`).
 struct Refusals;
 
 impl Modify for Refusals {

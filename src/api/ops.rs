@@ -13,8 +13,8 @@ use serde_json::Value;
 use super::ApiState;
 use super::answers::Readiness;
 use super::auth::Tenant;
-use super::error::ApiError;
 use crate::components::Phase;
+use crate::http::error::ApiError;
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "the process is up", body = String)))]
 pub async fn healthz() -> &'static str {

@@ -22,8 +22,8 @@ use utoipa::IntoParams;
 use super::ApiState;
 use super::answers::Task;
 use super::auth::Tenant;
-use super::error::ApiError;
 use super::tasks::query_error;
+use crate::http::error::ApiError;
 use crate::projection::store::ProjectionStore;
 
 /// How often an open stream gets a keep-alive comment.

@@ -15,12 +15,12 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::answers;
 use super::auth::Tenant;
-use super::error::ApiError;
 use super::idempotency;
 use super::{ApiConfig, ApiState};
 use crate::agent::client::{ClientError, MAX_DEADLINE_MS, MAX_DELAY, Submitted, after_ms, new_id};
 use crate::agent::dlq;
 use crate::events::{Lane, TaskSubmitted, TimestampMicros};
+use crate::http::error::ApiError;
 use crate::log::{LogError, TopicPartition};
 use crate::projection::store::{LetterPosition, unhex};
 use crate::projection::views::{TaskStatus, TaskView};

@@ -86,13 +86,14 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
     let mut registry = None;
     let registry_url = if log.backend() == "embedded" {
         let topic = format!("{}schemas", config.log.topic_prefix);
-        if let Some(problem) = config.registry.own_key_problem(&config.api) {
+        if let Some(problem) = config.registry.own_key_problem(&config.api.access()) {
             anyhow::bail!(problem);
         }
         let reg =
             agentlog::registry::Registry::open_with(log.clone(), &topic, &config.registry, shutdown.clone()).await.context("opening the schema registry")?;
-        let listener = agentlog::registry::bind(&config.registry.listen, &config.api).await.with_context(|| format!("binding {}", config.registry.listen))?;
-        let served = agentlog::registry::RegistryServer::spawn(reg, listener, config.api.clone(), shutdown.clone())?;
+        let listener =
+            agentlog::registry::bind(&config.registry.listen, &config.api.access()).await.with_context(|| format!("binding {}", config.registry.listen))?;
+        let served = agentlog::registry::RegistryServer::spawn(reg, listener, config.api.access(), shutdown.clone())?;
         let url = served.url().to_string();
         registry = Some(served);
         println!("schema registry on {url}");

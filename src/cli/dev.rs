@@ -29,16 +29,16 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let topic = format!("{}schemas", config.log.topic_prefix);
-    if let Some(problem) = config.registry.own_key_problem(&config.api) {
+    if let Some(problem) = config.registry.own_key_problem(&config.api.access()) {
         anyhow::bail!(problem);
     }
     let board = ComponentBoard::default();
     let policy = RestartPolicy::default();
     let registry = Registry::open_with(log.clone(), &topic, &config.registry, shutdown.clone()).await.context("opening the schema registry")?;
-    let listener = bind(&config.registry.listen, &config.api).await.with_context(|| format!("binding {}", config.registry.listen))?;
+    let listener = bind(&config.registry.listen, &config.api.access()).await.with_context(|| format!("binding {}", config.registry.listen))?;
     let registry_url = format!("http://{}", listener.local_addr()?);
     let mut servers = Components::new(board.clone(), policy.clone());
-    let (reg, access) = (registry.clone(), config.api.clone());
+    let (reg, access) = (registry.clone(), config.api.access());
     servers.spawn("registry", rebinding(listener, move |listener, stop| serve(reg.clone(), listener, access.clone(), stop))?);
     println!("schema registry on {registry_url}");
 
@@ -132,7 +132,7 @@ where
         Box::pin(async move {
             let listener = match bound {
                 Some(listener) => listener,
-                None => agentlog::api::server::listen(address).await?,
+                None => agentlog::http::server::listen(address).await?,
             };
             serve(listener, stop).await.map_err(Into::into)
         }) as ServerRun

@@ -26,10 +26,10 @@ pub async fn run_registry(log: &Arc<dyn EventLog>, config: &Config, listen: &str
     let shutdown = CancellationToken::new();
     let topic = format!("{}schemas", config.log.topic_prefix);
     let registry = Registry::open_with(log.clone(), &topic, &config.registry, shutdown.clone()).await.context("opening the schema registry")?;
-    let listener = bind(listen, &config.api).await.with_context(|| format!("binding {listen}"))?;
+    let listener = bind(listen, &config.api.access()).await.with_context(|| format!("binding {listen}"))?;
     println!("schema registry on http://{} (schemas on topic {topic})", listener.local_addr()?);
     println!("ready; Ctrl-C to stop");
-    let server = tokio::spawn(serve(registry.clone(), listener, config.api.clone(), shutdown.clone()));
+    let server = tokio::spawn(serve(registry.clone(), listener, config.api.access(), shutdown.clone()));
     super::shutdown_signal().await;
     shutdown.cancel();
     let served = server.await.context("registry server task")?;

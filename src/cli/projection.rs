@@ -36,7 +36,7 @@ impl LocalCodec {
             .context("opening the schema registry")?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
-        let server = tokio::spawn(serve(registry.clone(), listener, config.api.clone(), stop.clone()));
+        let server = tokio::spawn(serve(registry.clone(), listener, config.api.access(), stop.clone()));
         let codec = WireCodec::from_config(&agentlog::registry::RegistryConfig { url, ..config.registry.clone() })?;
         Ok(LocalCodec { codec: Arc::new(codec), registry: Some((registry, server, stop)) })
     }

@@ -1,4 +1,5 @@
-//! The API's HTTP/1 server: what a server on a public port needs beyond the router.
+//! The HTTP/1 server of the API and the schema registry: what a server on a public port
+//! needs beyond the router.
 //!
 //! - At most `api.max_connections` connections are served at once. Past the cap, the next
 //!   connection is accepted and waits for a slot, the rest wait in the kernel's accept queue
@@ -42,10 +43,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::ApiConfig;
-
-/// Connection limits, from `[api]`.
-#[derive(Debug, Clone, Copy)]
+/// Connection limits (the `[api]` section's, which the registry shares).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_connections: usize,
     pub idle: Duration,
@@ -55,21 +54,23 @@ pub struct Limits {
 }
 
 /// Beyond the longest wait a request may ask for, before a draining connection is dropped.
-const DRAIN_GRACE: Duration = Duration::from_secs(5);
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// The defaults of `[api]`'s `max_connections`, `idle_timeout_ms`, `header_read_timeout_ms`
+/// and `max_wait_ms`, also a registry's without an `[api]` section.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(60);
+pub const DEFAULT_HEADER_READ: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_connections: DEFAULT_MAX_CONNECTIONS, idle: DEFAULT_IDLE, header_read: DEFAULT_HEADER_READ, drain: DEFAULT_MAX_WAIT + DRAIN_GRACE }
+    }
+}
 
 /// After a failed `accept` (out of file descriptors, say): retrying at once would spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-impl Limits {
-    pub fn of(config: &ApiConfig) -> Limits {
-        Limits {
-            max_connections: config.max_connections,
-            idle: Duration::from_millis(config.idle_timeout_ms),
-            header_read: Duration::from_millis(config.header_read_timeout_ms),
-            drain: Duration::from_millis(config.max_wait_ms) + DRAIN_GRACE,
-        }
-    }
-}
 
 /// The accept queue asked for: Linux cuts it to `net.core.somaxconn` (4096 by default since
 /// 5.4), so this means "as deep as the host allows".

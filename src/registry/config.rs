@@ -82,7 +82,7 @@ impl RegistryConfig {
     /// and this process's codecs register each event schema on first use: without
     /// `registry.api_key`, or with a key that is not an admin tenant's, every write it makes
     /// (a submit, an outcome) would fail at the registry instead of at startup.
-    pub fn own_key_problem(&self, api: &crate::api::ApiConfig) -> Option<String> {
+    pub fn own_key_problem(&self, api: &crate::http::access::Access) -> Option<String> {
         if api.keys.is_empty() {
             return None;
         }
@@ -93,7 +93,7 @@ impl RegistryConfig {
                     .to_string(),
             );
         }
-        let digest = crate::api::auth::sha256_hex(&self.api_key);
+        let digest = crate::http::access::sha256_hex(&self.api_key);
         let Some(owner) = api.keys.iter().find(|k| k.sha256.eq_ignore_ascii_case(&digest)) else {
             return Some("registry.api_key is not one of api.keys: the schema registry this process serves would refuse it".to_string());
         };
@@ -138,11 +138,11 @@ mod tests {
 
     #[test]
     fn a_process_serving_a_keyed_registry_needs_an_admin_key_of_its_own() {
-        use crate::api::{ApiConfig, ApiKeyConfig};
-        let key = |tenant: &str, secret: &str| ApiKeyConfig { tenant: tenant.into(), sha256: crate::api::auth::sha256_hex(secret) };
-        let api = ApiConfig { keys: vec![key("ops", "ops-key"), key("acme", "acme-key")], admin_tenants: vec!["ops".into()], ..ApiConfig::default() };
+        use crate::http::access::{Access, ApiKeyConfig};
+        let key = |tenant: &str, secret: &str| ApiKeyConfig { tenant: tenant.into(), sha256: crate::http::access::sha256_hex(secret) };
+        let api = Access { keys: vec![key("ops", "ops-key"), key("acme", "acme-key")], admin_tenants: vec!["ops".into()], ..Access::default() };
         let with = |api_key: &str| RegistryConfig { api_key: api_key.into(), ..RegistryConfig::default() };
-        assert_eq!(with("").own_key_problem(&ApiConfig::default()), None, "no keys: nothing to send");
+        assert_eq!(with("").own_key_problem(&Access::default()), None, "no keys: nothing to send");
         assert!(with("").own_key_problem(&api).is_some_and(|p| p.contains("registry.api_key is empty")));
         assert!(with("guess").own_key_problem(&api).is_some_and(|p| p.contains("not one of api.keys")));
         assert!(with("acme-key").own_key_problem(&api).is_some_and(|p| p.contains("tenant `acme`")));

@@ -16,9 +16,9 @@
 //!   both held `api.auth_failure_delay_ms` as the API holds its refusals.
 //!
 //! Without keys (loopback mode) everyone on this machine may read and write, with the API's
-//! Host and Origin checks against web pages ([`crate::api::loopback`]); serving a
+//! Host and Origin checks against web pages ([`crate::http::loopback`]); serving a
 //! non-loopback address without keys is refused at start-up. Connections are served by the
-//! API's accept loop ([`crate::api::server`]): a connection cap, idle and header timeouts.
+//! API's accept loop ([`crate::http::server`]): a connection cap, idle and header timeouts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,9 +36,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::ApiConfig;
-use crate::api::auth::Auth;
-use crate::api::loopback::{self, Guard};
+use crate::http::access::{Access, Auth};
+use crate::http::error::ApiError;
+use crate::http::loopback::{self, Guard};
 
 use super::Registry;
 use super::compatibility::CompatibilityLevel;
@@ -91,7 +91,7 @@ fn action(method: &Method, path: &str) -> Action {
 
 impl Gate {
     fn caller(&self, request: &Request) -> Result<Caller, RegistryError> {
-        let forbidden = |e: crate::api::error::ApiError| RegistryError::Forbidden { reason: e.message };
+        let forbidden = |e: ApiError| RegistryError::Forbidden { reason: e.message };
         if let Some(guard) = &self.guard {
             guard.check(request.method(), request.headers()).map_err(forbidden)?;
             return Ok(Caller { may_write: true });
@@ -129,10 +129,10 @@ async fn authorize(State(gate): State<Arc<Gate>>, mut request: Request, next: Ne
 
 /// The registry's routes, with the registry as state and the access rules of `access` (the
 /// `[api]` section: keys, admin tenants, refusal delay) for a server bound to `bound`.
-pub fn router(registry: Arc<Registry>, access: &ApiConfig, bound: SocketAddr) -> Router {
+pub fn router(registry: Arc<Registry>, access: &Access, bound: SocketAddr) -> Router {
     let auth = Auth::new(access);
     let guard = Guard::for_server(bound, auth.keys_configured());
-    let gate = Gate { auth, admin_tenants: access.admin_tenants.clone(), failure_delay: Duration::from_millis(access.auth_failure_delay_ms), guard };
+    let gate = Gate { auth, admin_tenants: access.admin_tenants.clone(), failure_delay: access.auth_failure_delay, guard };
     Router::new()
         .route("/", get(root))
         .route("/schemas/types", get(schema_types))
@@ -156,10 +156,10 @@ pub fn router(registry: Arc<Registry>, access: &ApiConfig, bound: SocketAddr) ->
 
 /// Binds `listen` for [`serve`], refusing a non-loopback address when `access` has no keys
 /// (before anything is served, so a misconfiguration stops the process at start-up).
-pub async fn bind(listen: &str, access: &ApiConfig) -> Result<TcpListener, RegistryError> {
-    let listener = crate::api::server::listen(listen).await?;
+pub async fn bind(listen: &str, access: &Access) -> Result<TcpListener, RegistryError> {
+    let listener = crate::http::server::listen(listen).await?;
     let address = listener.local_addr()?;
-    if !loopback::may_listen(&address, !access.keys.is_empty()) {
+    if !loopback::may_listen(&address, access.keys_configured()) {
         return Err(RegistryError::NotLoopback { address: address.to_string() });
     }
     Ok(listener)
@@ -169,14 +169,13 @@ pub async fn bind(listen: &str, access: &ApiConfig) -> Result<TcpListener, Regis
 /// limits (`api.max_connections`, `api.idle_timeout_ms`, `api.header_read_timeout_ms`), then
 /// drains in-flight requests. The registry itself (its tail task) is closed by its owner.
 /// Without keys in `access` a non-loopback listener is refused.
-pub async fn serve(registry: Arc<Registry>, listener: TcpListener, access: ApiConfig, shutdown: CancellationToken) -> Result<(), RegistryError> {
+pub async fn serve(registry: Arc<Registry>, listener: TcpListener, access: Access, shutdown: CancellationToken) -> Result<(), RegistryError> {
     let address = listener.local_addr()?;
-    if !loopback::may_listen(&address, !access.keys.is_empty()) {
+    if !loopback::may_listen(&address, access.keys_configured()) {
         return Err(RegistryError::NotLoopback { address: address.to_string() });
     }
-    tracing::info!(%address, topic = registry.topic(), keys = !access.keys.is_empty(), "schema registry listening");
-    let limits = crate::api::server::Limits::of(&access);
-    crate::api::server::run(listener, router(registry, &access, address), limits, shutdown).await;
+    tracing::info!(%address, topic = registry.topic(), keys = access.keys_configured(), "schema registry listening");
+    crate::http::server::run(listener, router(registry, &access, address), access.limits, shutdown).await;
     tracing::info!(%address, "schema registry stopped");
     Ok(())
 }

@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Registry, RegistryError, serve};
-use crate::api::ApiConfig;
+use crate::http::access::Access;
 use crate::log::EventLog;
 
 pub struct RegistryServer {
@@ -21,7 +21,7 @@ pub struct RegistryServer {
 impl RegistryServer {
     /// Serves `registry` on `listener` with `access`'s keys and connection limits, until
     /// `stop` is cancelled or [`RegistryServer::stop`] is called.
-    pub fn spawn(registry: Arc<Registry>, listener: TcpListener, access: ApiConfig, stop: CancellationToken) -> Result<RegistryServer, RegistryError> {
+    pub fn spawn(registry: Arc<Registry>, listener: TcpListener, access: Access, stop: CancellationToken) -> Result<RegistryServer, RegistryError> {
         let url = format!("http://{}", listener.local_addr()?);
         let server = tokio::spawn(serve(registry.clone(), listener, access, stop.clone()));
         Ok(RegistryServer { url, registry, server, stop })
@@ -39,7 +39,7 @@ impl RegistryServer {
                 return Err(error.into());
             }
         };
-        RegistryServer::spawn(registry, listener, ApiConfig::default(), stop)
+        RegistryServer::spawn(registry, listener, Access::default(), stop)
     }
 
     /// Where clients reach it (`http://127.0.0.1:port`).
