@@ -50,7 +50,14 @@ pub const DEFAULT_AUTH_FAILURE_DELAY: Duration = Duration::from_millis(250);
 impl Default for Access {
     /// No keys (loopback only), no rate limit, the default refusal delay and limits.
     fn default() -> Self {
-        Access { keys: Vec::new(), admin_tenants: Vec::new(), rate_per_s: 0, burst: 0, auth_failure_delay: DEFAULT_AUTH_FAILURE_DELAY, limits: Limits::default() }
+        Access {
+            keys: Vec::new(),
+            admin_tenants: Vec::new(),
+            rate_per_s: 0,
+            burst: 0,
+            auth_failure_delay: DEFAULT_AUTH_FAILURE_DELAY,
+            limits: Limits::default(),
+        }
     }
 }
 
