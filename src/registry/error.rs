@@ -154,6 +154,6 @@ impl IntoResponse for RegistryError {
         } else {
             tracing::debug!(error_code = code, error = %self, "schema registry request rejected");
         }
-        super::http::sr_json(status, &json!({ "error_code": code, "message": self.to_string() }))
+        super::answer::sr_json(status, &json!({ "error_code": code, "message": self.to_string() }))
     }
 }

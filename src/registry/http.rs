@@ -24,7 +24,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
@@ -41,14 +40,12 @@ use crate::http::error::ApiError;
 use crate::http::loopback::{self, Guard};
 
 use super::Registry;
+use super::answer::{CONTENT_TYPE, sr_json};
 use super::compatibility::CompatibilityLevel;
 use super::error::RegistryError;
 use super::extract::{SrJson, SrPath, SrQuery};
 use super::params::{QueryParams, Visibility};
 use super::state::{SubjectVersion, VersionSelector};
-
-/// The media type of every answer.
-pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 type Shared = State<Arc<Registry>>;
 type ApiResult = Result<Response, RegistryError>;
@@ -178,12 +175,6 @@ pub async fn serve(registry: Arc<Registry>, listener: TcpListener, access: Acces
     crate::http::server::run(listener, router(registry, &access, address), access.limits, shutdown).await;
     tracing::info!(%address, "schema registry stopped");
     Ok(())
-}
-
-/// A JSON answer with Confluent's media type.
-pub(crate) fn sr_json(status: StatusCode, body: &Value) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    (status, [(header::CONTENT_TYPE, CONTENT_TYPE)], Body::from(bytes)).into_response()
 }
 
 fn ok(body: Value) -> ApiResult {

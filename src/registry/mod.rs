@@ -17,6 +17,7 @@
 //! the same id for different schemas; run one writing instance (the `api` process) and let the
 //! others read, as Confluent does with its leader election.
 
+pub mod answer;
 pub mod compatibility;
 pub mod config;
 pub mod error;
@@ -27,6 +28,7 @@ pub mod params;
 pub mod server;
 pub mod state;
 pub mod storage;
+pub mod stored_event;
 
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
@@ -44,7 +46,8 @@ pub use server::RegistryServer;
 pub use state::{SubjectVersion, VersionSelector};
 
 use state::{State, parse_schema};
-use storage::{StoredEvent, Tail};
+use storage::Tail;
+use stored_event::StoredEvent;
 
 use crate::log::{EventLog, Producer, TopicPartition};
 

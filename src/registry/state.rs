@@ -12,7 +12,7 @@ use apache_avro::Schema;
 use super::compatibility::CompatibilityLevel;
 use super::error::RegistryError;
 use super::limits::SchemaLimits;
-use super::storage::StoredEvent;
+use super::stored_event::StoredEvent;
 
 /// One schema, by global id. Ids are never removed, so data written with a since-deleted
 /// version stays decodable (`GET /schemas/ids/{id}` keeps answering).

@@ -9,39 +9,16 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::compatibility::CompatibilityLevel;
 use super::error::RegistryError;
 use super::state::State;
+use super::stored_event::StoredEvent;
 use crate::log::{CleanupPolicy, Consumer, ConsumerEvent, ConsumerOptions, EventLog, LogError, Producer, Record, SeekTo, TopicPartition, TopicSpec};
 
 /// The partition everything lives on: one partition gives one total order of changes.
 pub const PARTITION: i32 = 0;
-
-/// One change, as JSON in a record's payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum StoredEvent {
-    /// A subject version (new, or re-written with `deleted: true` by a soft delete). Carries the
-    /// schema text itself so the record alone, after compaction, restores the id's schema.
-    Schema { subject: String, version: u32, id: u32, schema: String, deleted: bool },
-    /// A compatibility level; `subject: None` is the global level.
-    Config { subject: Option<String>, compatibility: CompatibilityLevel },
-}
-
-impl StoredEvent {
-    /// The compaction key.
-    pub fn key(&self) -> String {
-        match self {
-            StoredEvent::Schema { subject, version, .. } => format!("schema/{subject}/{version}"),
-            StoredEvent::Config { subject: Some(subject), .. } => format!("config/{subject}"),
-            StoredEvent::Config { subject: None, .. } => "config".to_owned(),
-        }
-    }
-}
 
 /// Creates the schemas topic (1 partition, compacted) unless it exists. An existing topic is
 /// used as is; a wrong shape is reported, not "fixed", since altering topics is `topics apply`'s job.
@@ -151,22 +128,5 @@ impl Tail {
             tracing::debug!(error = %e, "closing the schema registry tail consumer");
         }
         tracing::debug!(topic = %self.topic, "schema registry tail stopped");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_and_json_shape() {
-        let e = StoredEvent::Schema { subject: "a/b".into(), version: 2, id: 7, schema: "\"string\"".into(), deleted: false };
-        assert_eq!(e.key(), "schema/a/b/2");
-        let json = serde_json::to_string(&e).expect("encodes");
-        assert!(json.contains(r#""kind":"schema""#), "{json}");
-        assert_eq!(serde_json::from_str::<StoredEvent>(&json).ok(), Some(e));
-        let c = StoredEvent::Config { subject: None, compatibility: CompatibilityLevel::FullTransitive };
-        assert_eq!(c.key(), "config");
-        assert!(serde_json::to_string(&c).expect("encodes").contains("FULL_TRANSITIVE"));
     }
 }
