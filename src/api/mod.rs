@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{AgentTypeConfig, TaskClient};
 use crate::http::access::{Access, Auth};
+use crate::http::error::ApiError;
 use crate::http::{loopback, server};
 use crate::log::EventLog;
 use crate::projection::Projection;
@@ -90,6 +91,15 @@ pub struct ApiConfig {
 
 /// `[[api.keys]]`, owned by the shared HTTP layer (the registry serves the same keys).
 pub use crate::http::access::ApiKeyConfig;
+
+/// A projection read that failed is the server's fault: 500, logged here (the HTTP layer
+/// below knows nothing of projections).
+impl From<crate::projection::StoreError> for ApiError {
+    fn from(error: crate::projection::StoreError) -> Self {
+        tracing::error!(%error, "projection read failed");
+        ApiError::internal(error.to_string())
+    }
+}
 
 impl ApiConfig {
     /// The access rules these settings give a server: the API's, and the schema registry's
@@ -320,7 +330,7 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, "/healthz", ops::healthz),
         route(Method::GET, "/readyz", ops::readyz),
         route(Method::GET, "/metrics", ops::metrics),
-        route(Method::GET, "/openapi.json", ops::openapi),
+        route(Method::GET, "/openapi.json", openapi::openapi),
         route(Method::POST, "/v1/tasks", tasks::submit),
         route(Method::GET, "/v1/tasks", tasks::list),
         route(Method::POST, "/v1/tasks/batch", tasks::submit_batch),

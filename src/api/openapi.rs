@@ -4,13 +4,19 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, ops, reads, stream, tasks};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::Value;
+
+use super::{ApiState, admin, ops, reads, stream, tasks};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "agentlog", description = "Run AI agents as consumer-group workers on an event log. Errors are JSON: {\"error\": {\"code\", \"message\", \"field\"}}."),
     paths(
-        ops::healthz, ops::readyz, ops::metrics, ops::openapi,
+        ops::healthz, ops::readyz, ops::metrics, openapi,
         tasks::submit, tasks::submit_batch, tasks::get, tasks::list, tasks::outcome, tasks::cancel,
         tasks::dlq_list, tasks::dlq_resubmit,
         reads::agents, reads::agent_types, reads::jobs, reads::job, reads::stats,
@@ -21,6 +27,12 @@ use super::{admin, ops, reads, stream, tasks};
     modifiers(&Security, &Refusals),
 )]
 pub struct ApiDoc;
+
+/// Serves this document, with the configured agent types' input schemas.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "this document")))]
+pub async fn openapi(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    Json(document(state.agents.keys().map(String::as_str), state.config.max_batch))
+}
 
 struct Security;
 

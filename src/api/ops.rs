@@ -1,6 +1,6 @@
 //! `/healthz` (the process answers), `/readyz` (the projection has read the history and no
 //! supervised component is restarting),
-//! `/metrics` (Prometheus) and `/openapi.json`.
+//! `/metrics` (Prometheus); `/openapi.json` is served by [`super::openapi`].
 
 use std::sync::Arc;
 
@@ -8,7 +8,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 
 use super::ApiState;
 use super::answers::Readiness;
@@ -76,11 +75,6 @@ pub async fn metrics(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant)
     }
     let text = super::metrics::render(&state).await.map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
-}
-
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "this document")))]
-pub async fn openapi(State(state): State<Arc<ApiState>>) -> Json<Value> {
-    Json(super::openapi::document(state.agents.keys().map(String::as_str), state.config.max_batch))
 }
 
 pub async fn not_found(uri: Uri) -> ApiError {

@@ -45,13 +45,6 @@ impl ApiError {
     }
 }
 
-impl From<crate::projection::StoreError> for ApiError {
-    fn from(error: crate::projection::StoreError) -> Self {
-        tracing::error!(%error, "projection read failed");
-        ApiError::internal(error.to_string())
-    }
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // A server error's message comes from inside (a RocksDB or I/O error names the files it

@@ -1,7 +1,7 @@
 //! The latency histograms the projection keeps per agent type (over all tenants, and per
 //! tenant), and the tags of their keys in the `stats` column family.
 
-use super::store::{stat_key, tenant_stat_key};
+use super::keys::{stat_key, tenant_stat_key};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Measure {

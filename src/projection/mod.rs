@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod generations;
+pub mod keys;
 pub mod measure;
 pub mod projector;
 pub mod status;

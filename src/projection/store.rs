@@ -32,6 +32,7 @@ use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode,
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use super::keys::{stat_key, task_key, tenant_stat_key};
 use super::measure::Measure;
 use super::views::{AgentView, DeadLetterView, JobView, TaskStatus, TaskView, TenantCounters, TypeCounters};
 
@@ -209,23 +210,6 @@ pub fn index_keys(view: &TaskView) -> Vec<Vec<u8>> {
     keys
 }
 
-/// The key of a task (or a job) in its column family: tenant 0 id. Tenant names hold no
-/// zero byte (config refuses one), so the pair is unambiguous.
-pub fn task_key(tenant: &str, id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(tenant.len() + 1 + id.len());
-    key.extend_from_slice(tenant.as_bytes());
-    key.push(0);
-    key.extend_from_slice(id.as_bytes());
-    key
-}
-
-/// The `stats` key of one tenant's measure of one agent type (`tag` is `C`, `L` or `D`).
-pub fn tenant_stat_key(tag: u8, tenant: &str, agent_type: &str) -> Vec<u8> {
-    let mut key = vec![tag];
-    key.extend_from_slice(&task_key(tenant, agent_type));
-    key
-}
-
 pub fn idempotency_key(tenant: &str, key: &str) -> Vec<u8> {
     let mut k = vec![b'I'];
     k.extend_from_slice(tenant.as_bytes());
@@ -246,12 +230,6 @@ fn parse_offset_key(key: &[u8]) -> Option<(String, i32)> {
     let topic = std::str::from_utf8(&key[..zero]).ok()?.to_string();
     let partition = u32::from_be_bytes(key.get(zero + 1..zero + 5)?.try_into().ok()?) as i32;
     Some((topic, partition))
-}
-
-pub fn stat_key(tag: u8, name: &str) -> Vec<u8> {
-    let mut key = vec![tag];
-    key.extend_from_slice(name.as_bytes());
-    key
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
