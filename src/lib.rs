@@ -34,3 +34,6 @@ pub mod redact;
 pub mod registry;
 pub mod supervisor;
 pub mod topics;
+
+#[cfg(test)]
+mod layering;
