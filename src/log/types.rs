@@ -198,3 +198,8 @@ pub struct TopicDescription {
     pub retention_ms: Option<i64>,
     pub retention_bytes: Option<i64>,
 }
+
+/// Wall-clock time in ms since the epoch: what record timestamps and retention count in.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

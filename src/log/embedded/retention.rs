@@ -20,7 +20,8 @@ use rocksdb::{ReadOptions, WriteBatch};
 use super::Shared;
 use super::store::{self, encode_partition_meta, meta_partition_key, offset_of_key, partition_prefix, record_key, record_key_bytes, record_timestamp};
 use super::topic::TopicShared;
-use super::writer::{Cfs, now_ms};
+use super::writer::Cfs;
+use crate::log::now_ms;
 use crate::log::{CleanupPolicy, LogResult};
 
 /// What retention remembers between runs.

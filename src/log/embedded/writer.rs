@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
@@ -17,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::Shared;
 use super::store::{self, encode_partition_meta, encode_record, meta_partition_key, record_key, timestamp_key};
 use super::topic::TopicShared;
-use crate::log::{LogError, LogResult, Position, Record, TopicPartition};
+use crate::log::{LogError, LogResult, Position, Record, TopicPartition, now_ms};
 
 /// A record whose topic and partition the producer already resolved.
 pub(crate) struct Append {
@@ -245,10 +244,6 @@ impl<'a> Cfs<'a> {
             offsets: store::cf(db, store::CF_OFFSETS)?,
         })
     }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 enum Outcome {

@@ -65,16 +65,14 @@ impl KafkaLog {
         let created: FutureProducer =
             client::producer_config(&self.config, self.max_record_bytes).create().map_err(|e| client::kafka_error("create producer", e))?;
         let producer = Arc::new(producer::KafkaProducer {
-            producer: created,
             topics: self.topics.clone(),
-            endpoint: self.config.bootstrap_servers.clone(),
             max_record_bytes: self.max_record_bytes,
-            request_timeout: self.timeout,
-            confirmer: Arc::new(confirm::Confirmer::new(
-                client::consumer_config(&self.config, None, None),
-                self.config.bootstrap_servers.clone(),
-                self.timeout,
-            )),
+            sender: Arc::new(producer::Sender {
+                producer: created,
+                endpoint: self.config.bootstrap_servers.clone(),
+                confirmer: confirm::Confirmer::new(client::consumer_config(&self.config, None, None), self.config.bootstrap_servers.clone(), self.timeout),
+                request_timeout: self.timeout,
+            }),
         });
         // Two racing callers may both create one; the loser's is dropped unused.
         Ok(self.producer.get_or_init(|| producer).clone())
@@ -141,7 +139,7 @@ impl EventLog for KafkaLog {
             return Ok(());
         };
         let endpoint = self.config.bootstrap_servers.clone();
-        tokio::task::spawn_blocking(move || producer.producer.flush(timeout))
+        tokio::task::spawn_blocking(move || producer.sender.producer.flush(timeout))
             .await
             .map_err(|_| LogError::Shutdown)?
             .map_err(|e| client::map_error("flush", &endpoint, None, e))

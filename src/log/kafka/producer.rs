@@ -16,16 +16,14 @@ use rdkafka::types::RDKafkaErrorCode;
 use super::client::map_error;
 use super::confirm::Confirmer;
 use super::metadata::TopicCache;
+use crate::log::now_ms;
 use crate::log::{Delivery, LogError, LogResult, Position, Producer, Record};
 
 pub(crate) struct KafkaProducer {
-    pub(crate) producer: FutureProducer,
     pub(crate) topics: Arc<TopicCache>,
-    pub(crate) endpoint: String,
     pub(crate) max_record_bytes: usize,
-    pub(crate) request_timeout: Duration,
-    /// Looks up a record whose delivery came without an offset.
-    pub(crate) confirmer: Arc<Confirmer>,
+    /// What a delivery future needs after `send` returns: one handle, cloned per send.
+    pub(crate) sender: Arc<Sender>,
 }
 
 /// Builds the librdkafka message for `record`; borrowed, so it is rebuilt on a retry.
@@ -83,20 +81,16 @@ async fn enqueue(producer: &FutureProducer, endpoint: &str, record: &Record, dea
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+/// librdkafka's producer with what a delivery needs to be confirmed or sent again.
+pub(crate) struct Sender {
+    pub(crate) producer: FutureProducer,
+    pub(crate) endpoint: String,
+    /// Looks up a record whose delivery came without an offset.
+    pub(crate) confirmer: Confirmer,
+    pub(crate) request_timeout: Duration,
 }
 
-/// What a delivery without an offset needs to be confirmed or sent again.
-#[derive(Clone)]
-struct Resend {
-    producer: FutureProducer,
-    endpoint: String,
-    confirmer: Arc<Confirmer>,
-    request_timeout: Duration,
-}
-
-impl Resend {
+impl Sender {
     /// The position of `record`, whose delivery to `partition` came without an offset: found
     /// in the partition, or (surely not there) sent again to it, up to [`MAX_RESENDS`] times.
     async fn confirm(&self, mut record: Record, mut partition: i32, mut sent_ms: i64) -> LogResult<Position> {
@@ -144,18 +138,13 @@ impl Producer for KafkaProducer {
     async fn send(&self, record: Record) -> LogResult<Delivery> {
         validate(&self.topics, &record, self.max_record_bytes).await?;
         let sent_ms = now_ms();
-        let future = enqueue(&self.producer, &self.endpoint, &record, Instant::now() + self.request_timeout).await?;
-        let resend = Resend {
-            producer: self.producer.clone(),
-            endpoint: self.endpoint.clone(),
-            confirmer: self.confirmer.clone(),
-            request_timeout: self.request_timeout,
-        };
+        let sender = self.sender.clone();
+        let future = enqueue(&sender.producer, &sender.endpoint, &record, Instant::now() + sender.request_timeout).await?;
         Ok(Box::pin(async move {
-            match delivered(future.await, &resend.endpoint, &record.topic)? {
+            match delivered(future.await, &sender.endpoint, &record.topic)? {
                 (partition, Some(offset)) => Ok(Position { partition, offset }),
                 // Acknowledged without an offset: maybe written, maybe not (see `confirm`).
-                (partition, None) => resend.confirm(record, partition, sent_ms).await,
+                (partition, None) => sender.confirm(record, partition, sent_ms).await,
             }
         }))
     }
@@ -201,12 +190,7 @@ mod tests {
         let topic = format!("confirm-{}-{:08x}", std::process::id(), rand::random::<u32>());
         log.admin().create_topic(&TopicSpec::new(&topic, 1)).await.expect("create topic");
         let producer = log.shared_producer().expect("producer");
-        let resend = Resend {
-            producer: producer.producer.clone(),
-            endpoint: producer.endpoint.clone(),
-            confirmer: producer.confirmer.clone(),
-            request_timeout: producer.request_timeout,
-        };
+        let resend = producer.sender.clone();
         let record = |payload: &str| Record::new(&topic, payload.as_bytes().to_vec()).with_key(b"task-1".to_vec());
 
         // Another writer's transaction stays open on the partition throughout.
@@ -217,7 +201,7 @@ mod tests {
         open.send(pending.clone()).await.expect("send in the transaction");
         // Until the transaction ends, read_committed readers stop before this record.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while producer.confirmer.find(&pending, 0, pending_ms).await.expect("look the pending record up") != Some(0) {
+        while producer.sender.confirmer.find(&pending, 0, pending_ms).await.expect("look the pending record up") != Some(0) {
             assert!(Instant::now() < deadline, "the open transaction's record reached the broker within 60 s");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
