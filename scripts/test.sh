@@ -62,8 +62,8 @@ AGENTLOG_BIN="$bin" "$venv/bin/python" -m pytest -q -p no:warnings tests/interop
 # The HTTP API fuzzed from its own OpenAPI document: any 5xx fails.
 AGENTLOG_BIN="$bin" scripts/schemathesis.sh || status=1
 
-embedded=$(grep -cE '^test embedded::[a-z0-9_]+ \.\.\. ok$' "$log_dir/test.log" || true)
-kafka=$(grep -cE '^test kafka::[a-z0-9_]+ \.\.\. ok$' "$log_dir/test.log" || true)
+embedded=$(grep -cE '^test (conformance|tasks)::embedded::[a-z0-9_]+ \.\.\. ok$' "$log_dir/test.log" || true)
+kafka=$(grep -cE '^test (conformance|tasks)::kafka::[a-z0-9_]+ \.\.\. ok$' "$log_dir/test.log" || true)
 echo
 echo "both-backend suites (conformance, task lifecycle): embedded ${embedded} passed, kafka ${kafka} passed"
 if [ "$status" -ne 0 ]; then

@@ -2,7 +2,7 @@
 //!
 //! Everything in agentlog is a record on a partitioned topic. This module declares what a
 //! backend must provide; `embedded` (RocksDB, in-process) and `kafka` (rdkafka) implement it,
-//! and `tests/conformance` proves they behave the same.
+//! and `tests/integration/conformance` proves they behave the same.
 //!
 //! # Semantics (Kafka's, on both backends)
 //! - **Offsets** are per partition, start at 0, grow by one per record and are never reused.

@@ -2,12 +2,8 @@
 //! returned answers once the projection has applied it; a position that was never written is
 //! a 400 naming `after`, never a wait ending in a 5xx.
 
-#[path = "tasks/fixture.rs"]
-#[allow(dead_code)]
-mod fixture;
-#[path = "conformance/harness.rs"]
-#[allow(dead_code)]
-mod harness;
+use crate::fixture;
+use crate::harness;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -3,12 +3,8 @@
 //! bounded metric labels, and loopback mode refusing foreign Hosts and Origins. Raw TCP where
 //! the point is what a client that is not well-behaved sees. Every wait is bounded.
 
-#[path = "tasks/fixture.rs"]
-#[allow(dead_code)]
-mod fixture;
-#[path = "conformance/harness.rs"]
-#[allow(dead_code)]
-mod harness;
+use crate::fixture;
+use crate::harness;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -4,12 +4,8 @@
 //! in-flight quota, cancel conflicts, the outcome stream, readiness, metrics, agents, agent
 //! types and stats. Every wait is bounded.
 
-#[path = "tasks/fixture.rs"]
-#[allow(dead_code)]
-mod fixture;
-#[path = "conformance/harness.rs"]
-#[allow(dead_code)]
-mod harness;
+use crate::fixture;
+use crate::harness;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -237,7 +233,7 @@ async fn get_after_a_submit_answers_at_once_and_listings_page_through_every_task
         assert_eq!(task["attempts"], 0);
     }
     // A position that was never written answers 400 at once (waiting for it could never
-    // succeed; tests/api_positions.rs covers the cases); a malformed one 400 too.
+    // succeed; tests/integration/api_positions.rs covers the cases); a malformed one 400 too.
     let topic = api.f.topics.lane("idle", Lane::Normal);
     let (status, body) = get(&http, format!("{base}/v1/tasks/{id}?after={topic}:0:999999&wait_ms=200"), me).await;
     assert_eq!((status, error_field(&body)), (400, "after"), "{body}");
@@ -636,7 +632,7 @@ async fn readiness_metrics_agents_agent_types_and_stats() {
     assert_eq!(echo["submit_to_outcome_ms"]["count"], 4, "{stats}");
     assert_eq!(echo["run_duration_ms"]["count"], 4, "{stats}");
     assert_eq!(stats["agent_types"]["idle"]["completed"], 0);
-    assert_eq!(stats["agent_types"]["echo"]["retries"], 0, "retries are reported (counting: tests/projection_apply.rs): {stats}");
+    assert_eq!(stats["agent_types"]["echo"]["retries"], 0, "retries are reported (counting: tests/integration/projection_apply.rs): {stats}");
     assert_eq!((stats["tenant"]["submitted"].as_u64(), stats["tenant"]["open"].as_u64()), (Some(7), Some(3)), "{stats}");
     assert_eq!(stats["projection"]["caught_up"], true);
 

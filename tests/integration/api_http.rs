@@ -2,12 +2,8 @@
 //! submit and wait, the 400s that name the field (and write nothing), 413, cancel, DLQ, and
 //! the refusal to bind beyond loopback, and `/readyz` showing supervised components.
 
-#[path = "tasks/fixture.rs"]
-#[allow(dead_code)]
-mod fixture;
-#[path = "conformance/harness.rs"]
-#[allow(dead_code)]
-mod harness;
+use crate::fixture;
+use crate::harness;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

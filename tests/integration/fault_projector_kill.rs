@@ -12,9 +12,7 @@
 //!
 //! Kill -9 tests a crashed process, not power loss.
 
-#[path = "conformance/harness.rs"]
-#[allow(dead_code)]
-mod harness;
+use crate::harness;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -3,12 +3,8 @@
 //! continues on the new generation, and a restart opens the generation that was swapped in.
 //! `POST /v1/admin/snapshots` makes a checkpoint that restores.
 
-#[path = "tasks/fixture.rs"]
-#[allow(dead_code)]
-mod fixture;
-#[path = "conformance/harness.rs"]
-#[allow(dead_code)]
-mod harness;
+use crate::fixture;
+use crate::harness;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

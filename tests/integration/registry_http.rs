@@ -28,7 +28,7 @@ const V2: &str =
 const V3_BREAKING: &str = r#"{"type":"record","name":"Order","namespace":"io.agentlog.test","fields":[{"name":"id","type":"string"},{"name":"qty","type":"int","default":1},{"name":"price","type":"double"}]}"#;
 
 /// The broker the Kafka variants use (they are `#[ignore]`d unless asked for; see
-/// tests/conformance/harness.rs).
+/// tests/integration/harness.rs).
 fn kafka_bootstrap() -> String {
     match std::env::var("AGENTLOG_TEST_KAFKA") {
         Ok(servers) if !servers.trim().is_empty() => servers,

@@ -3,13 +3,9 @@
 //! The Kafka variants are `#[ignore]`d, so a plain `cargo test` shows them as ignored;
 //! `make test` starts a broker and runs them with `--include-ignored`.
 
-mod conformance {
-    pub mod harness;
-    pub mod scenarios;
-}
+mod scenarios;
 
-use conformance::harness::{Harness, kafka_bootstrap};
-use conformance::scenarios;
+use crate::harness::{self, Harness, kafka_bootstrap};
 
 macro_rules! conformance_suite {
     ($($scenario:ident),* $(,)?) => {

@@ -1,5 +1,5 @@
 //! The conformance scenarios: each takes a [`Harness`] and asserts one thing users rely on.
-//! `tests/conformance.rs` runs every scenario once per backend.
+//! `tests/integration/conformance.rs` runs every scenario once per backend.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};

@@ -5,12 +5,8 @@
 //! only. Each scenario runs a real worker, supervisor, projector (RocksDB) and the API on a
 //! real loopback port with API keys.
 
-#[path = "tasks/fixture.rs"]
-#[allow(dead_code)]
-mod fixture;
-#[path = "conformance/harness.rs"]
-#[allow(dead_code)]
-mod harness;
+use crate::fixture;
+use crate::harness;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -8,9 +8,7 @@
 //!
 //! It also measures how long a worker that joins a live group takes to get work.
 
-#[path = "conformance/harness.rs"]
-#[allow(dead_code)]
-mod harness;
+use crate::harness;
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};

@@ -295,6 +295,12 @@ async fn exec_sees_only_metadata_in_its_environment_and_fixed_args() {
     .await;
 }
 
+/// A test's name as the harness lists it: its module path without the test binary's name.
+fn listed_name(test: &str) -> String {
+    let module = module_path!().split_once("::").map_or("", |(_, module)| module);
+    format!("{module}::{test}")
+}
+
 /// Marks the child run of [`exec_gets_only_the_environment_its_type_declares`].
 const PLANTED_CHILD: &str = "AGENTLOG_TEST_PLANTED_CHILD";
 /// A worker's credential, as `AGENTLOG__…` settings carry them.
@@ -312,7 +318,7 @@ async fn exec_gets_only_the_environment_its_type_declares() {
         if std::env::var_os(PLANTED_CHILD).is_none() {
             let me = std::env::current_exe().expect("test binary");
             let child = tokio::process::Command::new(me)
-                .args(["exec_gets_only_the_environment_its_type_declares", "--exact", "--test-threads=1", "--nocapture"])
+                .args([&listed_name("exec_gets_only_the_environment_its_type_declares"), "--exact", "--test-threads=1", "--nocapture"])
                 .env(PLANTED_CHILD, "1")
                 .env(PLANTED_NAME, PLANTED_VALUE)
                 .kill_on_drop(true)

@@ -6,17 +6,11 @@
 //! The Kafka variants are `#[ignore]`d: `make test` starts a broker, names it in
 //! `AGENTLOG_TEST_KAFKA` and runs them with `--include-ignored`.
 
-#[path = "conformance/harness.rs"]
-#[allow(dead_code)]
-mod harness;
-mod tasks {
-    pub mod fixture;
-    pub mod hostile;
-    pub mod scenarios;
-}
+mod hostile;
+mod scenarios;
 
-use harness::{Harness, kafka_bootstrap};
-use tasks::scenarios;
+use crate::fixture;
+use crate::harness::{Harness, kafka_bootstrap};
 
 macro_rules! task_suite {
     ($($scenario:ident),* $(,)?) => {
