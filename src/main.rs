@@ -65,6 +65,9 @@ async fn offline(command: Offline, config: Config) -> anyhow::Result<()> {
 }
 
 async fn online(command: Online, config: &Config, log: &Arc<dyn EventLog>) -> anyhow::Result<()> {
+    if log.backend() == "memory" && !matches!(command, Online::Dev) {
+        anyhow::bail!("the memory log lives and dies with one process: only `agentlog dev` (and `agentlog bench`) can use it; use the embedded log or Kafka");
+    }
     match command {
         Online::Dev => {
             let applied = cli::topics::apply(log, config).await?;
@@ -95,9 +98,9 @@ async fn online(command: Online, config: &Config, log: &Arc<dyn EventLog>) -> an
         Online::Supervisor => cli::worker::run_supervisor_command(log, config).await,
         Online::Replay { into, as_of_ms } => cli::projection::replay(log, config, into, as_of_ms).await,
         Online::Api => {
-            // The embedded log belongs to this process, so it sets up its topics; on Kafka
-            // that is `agentlog topics apply`'s job.
-            if log.backend() == "embedded" {
+            // A log inside this process is set up by it; on Kafka that is `agentlog topics
+            // apply`'s job.
+            if log.in_process() {
                 cli::topics::apply(log, config).await?;
             }
             cli::api::run(log, config).await

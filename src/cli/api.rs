@@ -84,7 +84,7 @@ impl ApiHandle {
 pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut registry = None;
-    let registry_url = if log.backend() == "embedded" {
+    let registry_url = if log.in_process() {
         let topic = format!("{}schemas", config.log.topic_prefix);
         if let Some(problem) = config.registry.own_key_problem(&config.api.access()) {
             anyhow::bail!(problem);

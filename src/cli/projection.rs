@@ -27,7 +27,7 @@ type ServedRegistry = (Arc<Registry>, tokio::task::JoinHandle<Result<(), agentlo
 
 impl LocalCodec {
     pub async fn open(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<LocalCodec> {
-        if log.backend() != "embedded" {
+        if !log.in_process() {
             return Ok(LocalCodec { codec: Arc::new(WireCodec::from_config(&config.registry)?), registry: None });
         }
         let stop = CancellationToken::new();

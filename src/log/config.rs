@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 pub enum Backend {
     Embedded,
     Kafka,
+    /// This process's memory: nothing is kept, and no other process sees it (tests, demos).
+    Memory,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

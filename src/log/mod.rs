@@ -27,11 +27,13 @@
 //!   and the group see all of it or none of it.
 
 pub mod config;
+pub(crate) mod coordinator;
 pub mod embedded;
 pub mod error;
 pub mod follow;
 pub mod kafka;
 pub mod lag;
+pub mod memory;
 pub mod murmur2;
 pub mod types;
 
@@ -76,7 +78,11 @@ pub enum ConsumerEvent {
 pub struct GroupMetadata(pub(crate) GroupMetadataInner);
 
 pub(crate) enum GroupMetadataInner {
-    Embedded { group: String, member: u64 },
+    /// A member of the in-process coordinator (the embedded and in-memory logs).
+    InProcess {
+        group: String,
+        member: u64,
+    },
     // Shared so a blocking librdkafka call can hold it off the async runtime.
     Kafka(Arc<rdkafka::consumer::ConsumerGroupMetadata>),
 }
@@ -180,10 +186,15 @@ pub struct ConsumerOptions {
 /// A backend: the factory for producers, consumers, transactions and admin.
 #[async_trait]
 pub trait EventLog: Send + Sync {
-    /// `embedded` or `kafka`.
+    /// `embedded`, `kafka` or `memory`.
     fn backend(&self) -> &'static str;
     /// Where the log lives, for humans: a directory or bootstrap servers.
     fn location(&self) -> String;
+    /// Whether the log lives inside this process (embedded, memory): no other process can
+    /// serve its schema registry or set up its topics, so this one does.
+    fn in_process(&self) -> bool {
+        false
+    }
     /// Whether consumers honour [`ConsumerOptions::time_ordered`].
     fn orders_by_time(&self) -> bool {
         false

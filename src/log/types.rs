@@ -174,7 +174,29 @@ fn default_replication() -> i16 {
     1
 }
 
+/// Kafka's limit on topic names.
+const MAX_TOPIC_NAME: usize = 249;
+
 impl TopicSpec {
+    /// What every in-process backend accepts (Kafka's broker checks its own rules).
+    pub fn validate(&self) -> crate::log::LogResult<()> {
+        let invalid = |reason: String| Err(crate::log::LogError::Invalid { what: "topic spec", reason });
+        if self.name.is_empty() || self.name.len() > MAX_TOPIC_NAME {
+            return invalid(format!("topic name must have 1 to {MAX_TOPIC_NAME} bytes"));
+        }
+        // The embedded log's offsets key separates group, topic and partition with NUL bytes.
+        if self.name.contains('\0') {
+            return invalid("topic name must not contain NUL".into());
+        }
+        if self.partitions < 1 {
+            return invalid(format!("topic `{}`: partitions must be at least 1, got {}", self.name, self.partitions));
+        }
+        if self.replication_factor < 1 {
+            return invalid(format!("topic `{}`: replication_factor must be at least 1, got {}", self.name, self.replication_factor));
+        }
+        Ok(())
+    }
+
     pub fn new(name: impl Into<String>, partitions: i32) -> Self {
         Self {
             name: name.into(),

@@ -1,5 +1,6 @@
-//! One conformance suite for both backends: every scenario in `conformance/scenarios.rs`
-//! runs against the embedded log, and against the Kafka broker `AGENTLOG_TEST_KAFKA` names.
+//! One conformance suite for every backend: each scenario in `conformance/scenarios.rs` runs
+//! against the in-memory log, the embedded log, and the Kafka broker `AGENTLOG_TEST_KAFKA`
+//! names (the in-memory log skips only what needs a log that outlives a process).
 //! The Kafka variants are `#[ignore]`d, so a plain `cargo test` shows them as ignored;
 //! `make test` starts a broker and runs them with `--include-ignored`.
 
@@ -7,8 +8,21 @@ mod scenarios;
 
 use crate::harness::{self, Harness, kafka_bootstrap};
 
+/// One module per backend, one test per scenario in each. `memory` is left out for the
+/// scenarios listed after `durable:`, which need the log to outlive a process.
 macro_rules! conformance_suite {
-    ($($scenario:ident),* $(,)?) => {
+    ($($scenario:ident),* $(,)? ; durable: $($durable:ident),* $(,)?) => {
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let mut harness = Harness::memory();
+                    scenarios::$scenario(&mut harness).await;
+                    harness.release().await;
+                }
+            )*
+        }
         mod embedded {
             use super::*;
             $(
@@ -16,6 +30,14 @@ macro_rules! conformance_suite {
                 async fn $scenario() {
                     let mut harness = Harness::embedded();
                     scenarios::$scenario(&mut harness).await;
+                    harness.release().await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $durable() {
+                    let mut harness = Harness::embedded();
+                    scenarios::$durable(&mut harness).await;
                     harness.release().await;
                 }
             )*
@@ -32,6 +54,16 @@ macro_rules! conformance_suite {
                     harness.release().await;
                 }
             )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs Kafka: AGENTLOG_TEST_KAFKA names a broker (make test starts one and runs these)"]
+                async fn $durable() {
+                    let bootstrap = kafka_bootstrap();
+                    let mut harness = Harness::kafka(&bootstrap);
+                    scenarios::$durable(&mut harness).await;
+                    harness.release().await;
+                }
+            )*
         }
     };
 }
@@ -42,7 +74,6 @@ conformance_suite!(
     headers_round_trip,
     group_members_split_partitions_and_failover,
     uncommitted_records_are_delivered_again,
-    committed_offsets_survive_a_process_restart,
     transactions_are_all_or_nothing,
     seek_by_timestamp_and_offset,
     pause_holds_a_partition_back_until_resume,
@@ -56,5 +87,6 @@ conformance_suite!(
     worker_runs_tasks_and_commits_after_outcomes,
     a_task_longer_than_max_poll_interval_does_not_evict_the_worker,
     each_topic_spreads_evenly_over_the_members,
-    a_position_passes_a_closing_transaction_marker,
+    a_position_passes_a_closing_transaction_marker;
+    durable: committed_offsets_survive_a_process_restart,
 );

@@ -37,6 +37,16 @@ impl Harness {
         Harness { backend: Backend::Embedded, config, log: Some(log), _dir: Some(dir) }
     }
 
+    /// The in-memory log: nothing survives `release` (`reopen` gives an empty log), and no
+    /// child process can open it.
+    pub fn memory() -> Harness {
+        let mut config = Config::load_with_env(None, Vec::new()).expect("default config");
+        config.log.backend = Backend::Memory;
+        config.log.max_record_bytes = 100_000;
+        let log = open_log(&config.log).expect("open memory log");
+        Harness { backend: Backend::Memory, config, log: Some(log), _dir: None }
+    }
+
     pub fn kafka(bootstrap: &str) -> Harness {
         let mut config = Config::load_with_env(None, Vec::new()).expect("default config");
         config.log.backend = Backend::Kafka;
@@ -77,6 +87,7 @@ impl Harness {
                 match self.backend {
                     Backend::Embedded => "embedded",
                     Backend::Kafka => "kafka",
+                    Backend::Memory => "memory",
                 }
                 .into(),
             ),

@@ -1,4 +1,4 @@
-//! The task lifecycle on both backends: retries through durable timers, dead letters,
+//! The task lifecycle on every backend (in-memory, embedded, Kafka): retries through durable timers, dead letters,
 //! timeouts and expiry, cancellation, priority lanes, ordering keys, the http and exec
 //! runtimes, drains, heartbeats and lost agents, delays, jobs and exactly-once outcomes, and
 //! hostile inputs (outputs, dead letters and submits past the record limit, garbage on a lane,
@@ -12,8 +12,21 @@ mod scenarios;
 use crate::fixture;
 use crate::harness::{Harness, kafka_bootstrap};
 
+/// One module per backend, one test per scenario in each. `memory` is left out for the
+/// scenarios listed after `durable:`, which need the log to outlive a process.
 macro_rules! task_suite {
-    ($($scenario:ident),* $(,)?) => {
+    ($($scenario:ident),* $(,)? ; durable: $($durable:ident),* $(,)?) => {
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let mut harness = Harness::memory();
+                    scenarios::$scenario(&mut harness).await;
+                    harness.release().await;
+                }
+            )*
+        }
         mod embedded {
             use super::*;
             $(
@@ -21,6 +34,14 @@ macro_rules! task_suite {
                 async fn $scenario() {
                     let mut harness = Harness::embedded();
                     scenarios::$scenario(&mut harness).await;
+                    harness.release().await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $durable() {
+                    let mut harness = Harness::embedded();
+                    scenarios::$durable(&mut harness).await;
                     harness.release().await;
                 }
             )*
@@ -34,6 +55,16 @@ macro_rules! task_suite {
                     let bootstrap = kafka_bootstrap();
                     let mut harness = Harness::kafka(&bootstrap);
                     scenarios::$scenario(&mut harness).await;
+                    harness.release().await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs Kafka: AGENTLOG_TEST_KAFKA names a broker (make test starts one and runs these)"]
+                async fn $durable() {
+                    let bootstrap = kafka_bootstrap();
+                    let mut harness = Harness::kafka(&bootstrap);
+                    scenarios::$durable(&mut harness).await;
                     harness.release().await;
                 }
             )*
@@ -68,5 +99,6 @@ task_suite!(
     a_timer_too_large_for_its_lane_is_dead_lettered,
     undecodable_lane_records_are_dead_lettered,
     submit_past_the_headroom_answers_413,
-    url_credentials_never_reach_an_answer,
+    url_credentials_never_reach_an_answer;
+    durable:
 );

@@ -16,30 +16,9 @@ use super::writer::{Cfs, PartitionWriter, WriterTopic};
 use super::{Shared, live, reader};
 use crate::log::{Admin, LogError, LogResult, TopicDescription, TopicPartition, TopicSpec, Watermarks};
 
-/// Kafka's limit on topic names.
-const MAX_TOPIC_NAME: usize = 249;
-
-fn validate(spec: &TopicSpec) -> LogResult<()> {
-    let invalid = |reason: String| Err(LogError::Invalid { what: "topic spec", reason });
-    if spec.name.is_empty() || spec.name.len() > MAX_TOPIC_NAME {
-        return invalid(format!("topic name must have 1 to {MAX_TOPIC_NAME} bytes"));
-    }
-    // The offsets key separates group, topic and partition with NUL bytes.
-    if spec.name.contains('\0') {
-        return invalid("topic name must not contain NUL".into());
-    }
-    if spec.partitions < 1 {
-        return invalid(format!("topic `{}`: partitions must be at least 1, got {}", spec.name, spec.partitions));
-    }
-    if spec.replication_factor < 1 {
-        return invalid(format!("topic `{}`: replication_factor must be at least 1, got {}", spec.name, spec.replication_factor));
-    }
-    Ok(())
-}
-
 impl Shared {
     pub(crate) fn create_topic(&self, spec: &TopicSpec) -> LogResult<()> {
-        validate(spec)?;
+        spec.validate()?;
         let cfs = Cfs::of(&self.db)?;
         let mut state = self.lock_state();
         if state.by_name.contains_key(&spec.name) {

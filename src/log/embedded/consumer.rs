@@ -15,10 +15,10 @@ use futures::future::{BoxFuture, FutureExt, select_all};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::coordinator::Assignment;
 use super::topic::TopicShared;
 use super::writer::OffsetsCommit;
 use super::{Shared, live, reader};
+use crate::log::coordinator::Assignment;
 use crate::log::{ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, GroupMetadata, GroupMetadataInner, LogError, LogResult, SeekTo, TopicPartition};
 
 /// One partition this consumer reads.
@@ -401,7 +401,7 @@ impl Consumer for EmbeddedConsumer {
 
     fn group_metadata(&self) -> Option<GroupMetadata> {
         match (&self.mode, &self.group) {
-            (Mode::Member { id, .. }, Some(group)) => Some(GroupMetadata(GroupMetadataInner::Embedded { group: group.clone(), member: *id })),
+            (Mode::Member { id, .. }, Some(group)) => Some(GroupMetadata(GroupMetadataInner::InProcess { group: group.clone(), member: *id })),
             _ => None,
         }
     }

@@ -18,7 +18,6 @@
 
 mod admin;
 mod consumer;
-mod coordinator;
 mod producer;
 mod reader;
 mod recovery;
@@ -43,11 +42,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use producer::{BatchDelivery, EmbeddedProducer};
 
-use self::coordinator::Coordinator;
 use self::producer::Ingress;
 use self::retention::RetentionState;
 use self::writer::{Command, WriterState};
 use crate::log::config::EmbeddedConfig;
+use crate::log::coordinator::Coordinator;
 use crate::log::{Admin, Consumer, ConsumerOptions, EventLog, LogError, LogResult, Producer, Record, TransactionalProducer};
 
 /// State shared by the writer, consumers, admin and retention.
@@ -184,6 +183,10 @@ impl EmbeddedLog {
 #[async_trait]
 impl EventLog for EmbeddedLog {
     fn orders_by_time(&self) -> bool {
+        true
+    }
+
+    fn in_process(&self) -> bool {
         true
     }
 

@@ -49,7 +49,7 @@ impl Transaction for EmbeddedTransaction<'_> {
     async fn commit_with_offsets(self: Box<Self>, offsets: &[(TopicPartition, i64)], group: Option<&GroupMetadata>) -> LogResult<Vec<Position>> {
         let commit = match (offsets.is_empty(), group) {
             (true, _) => None,
-            (false, Some(GroupMetadata(GroupMetadataInner::Embedded { group, member }))) => {
+            (false, Some(GroupMetadata(GroupMetadataInner::InProcess { group, member }))) => {
                 Some(OffsetsCommit { group: group.clone(), member: Some(*member), offsets: offsets.to_vec() })
             }
             (false, Some(_)) => {

@@ -1,4 +1,4 @@
-//! The in-process group coordinator: members of a group split the partitions of the topics
+//! The in-process group coordinator of the embedded and in-memory logs: members of a group split the partitions of the topics
 //! they subscribe to. Every join, leave, re-subscribe or topic change recomputes a
 //! deterministic assignment and pushes it to each member's watch channel; the member turns
 //! the difference into Revoked/Assigned events when it next reads.
@@ -130,7 +130,7 @@ fn rebalance(group: &str, g: &mut Group, partitions_of: &dyn Fn(&str) -> Option<
     }
     for (id, partitions) in assigned {
         if let Some(m) = g.members.get(&id) {
-            tracing::debug!(group, member = id, client_id = ?m.client_id, generation = g.generation, partitions = partitions.len(), "embedded group rebalanced");
+            tracing::debug!(group, member = id, client_id = ?m.client_id, generation = g.generation, partitions = partitions.len(), "in-process group rebalanced");
             // A member that already dropped its receiver is leaving; nothing to tell it.
             let _ = m.assignment.send(Arc::new(Assignment { generation: g.generation, partitions }));
         }
