@@ -110,6 +110,38 @@ pub async fn run_api_bench(options: &ApiBenchOptions) -> Result<ApiBenchReport, 
     .map_err(|e| setup(format!("the load thread failed: {e}")))?
 }
 
+/// Sends `(sequence, due time)` for each of `total` requests at its due time, from a thread
+/// of its own (see `offer_load`).
+fn start_pacer(
+    total: u64,
+    interval: Duration,
+    started: Instant,
+    due_tx: tokio::sync::mpsc::UnboundedSender<(u64, Instant)>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("bench-pacer".into()).spawn(move || {
+        for i in 0..total {
+            let due = started + interval.mul_f64(i as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if due_tx.send((i, due)).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// Request number `seq`: a read of a random seeded task, or a submit.
+fn request_for(http: &reqwest::Client, options: &ApiBenchOptions, ids: &[String], seq: u64) -> reqwest::RequestBuilder {
+    if options.op == "get" {
+        let id = &ids[rand::random_range(0..ids.len().max(1)).min(ids.len().saturating_sub(1))];
+        http.get(format!("{}/v1/tasks/{id}", options.url))
+    } else {
+        http.post(format!("{}/v1/tasks", options.url)).json(&json!({"agent_type": options.agent_type, "input": {"n": seq}}))
+    }
+}
+
 async fn offer_load(options: &ApiBenchOptions) -> Result<ApiBenchReport, BenchError> {
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().map_err(setup)?;
     let ids = Arc::new(if options.op == "get" { seed(&http, options).await? } else { Vec::new() });
@@ -126,21 +158,7 @@ async fn offer_load(options: &ApiBenchOptions) -> Result<ApiBenchReport, BenchEr
     // the schedule; a thread sleeping to each due time is accurate to tens of microseconds.
     let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
     let started = Instant::now();
-    let pacer = std::thread::Builder::new()
-        .name("bench-pacer".into())
-        .spawn(move || {
-            for i in 0..total {
-                let due = started + interval.mul_f64(i as f64);
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
-                }
-                if due_tx.send((i, due)).is_err() {
-                    break;
-                }
-            }
-        })
-        .map_err(setup)?;
+    let pacer = start_pacer(total, interval, started, due_tx).map_err(setup)?;
     let mut answered = 0u64;
     let mut pacing = true;
     while answered < total {
@@ -159,12 +177,7 @@ async fn offer_load(options: &ApiBenchOptions) -> Result<ApiBenchReport, BenchEr
                     pacing = false;
                     continue;
                 };
-                let request = if options.op == "get" {
-                    let id = &ids[rand::random_range(0..ids.len().max(1)).min(ids.len().saturating_sub(1))];
-                    http.get(format!("{}/v1/tasks/{id}", options.url))
-                } else {
-                    http.post(format!("{}/v1/tasks", options.url)).json(&json!({"agent_type": options.agent_type, "input": {"n": seq}}))
-                };
+                let request = request_for(&http, options, &ids, seq);
                 let done = done_tx.clone();
                 tokio::spawn(async move {
                     let sent_at = Instant::now();

@@ -114,19 +114,7 @@ async fn measure(log: &Arc<dyn EventLog>, config: &LogConfig, topics: &TaskTopic
     let codec = Arc::new(WireCodec::new(registry_url).map_err(|e| setup(&e))?);
     let dir = std::env::temp_dir().join(format!("agentlog-failover-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| setup(&e))?;
-    let config_path = dir.join("worker.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "[log]\nbackend = \"kafka\"\ntopic_prefix = \"{}\"\n[log.kafka]\nbootstrap_servers = \"{}\"\n\
-             [registry]\nurl = \"{registry_url}\"\nlisten = \"127.0.0.1:0\"\n[supervisor]\nheartbeat_interval_ms = 250\n\
-             [agents.{AGENT_TYPE}]\nruntime = {{ kind = \"builtin\", name = \"sleep\" }}\nconcurrency = 16\nlanes = [\"normal\"]\n\
-             partitions = {PARTITIONS}\nexactly_once = true\n",
-            topics.prefix(),
-            config.kafka.bootstrap_servers
-        ),
-    )
-    .map_err(|e| setup(&e))?;
+    let config_path = write_worker_config(&dir, config, topics, registry_url).map_err(|e| setup(&e))?;
     let exe = std::env::current_exe().map_err(|e| setup(&e))?;
     let spawn = |name: &str| -> Result<Worker, BenchError> {
         let stderr = std::fs::File::create(dir.join(format!("{name}.log"))).map_err(|e| setup(&e))?;
@@ -148,20 +136,7 @@ async fn measure(log: &Arc<dyn EventLog>, config: &LogConfig, topics: &TaskTopic
     follow(&mut follower, &codec, &mut seen, wait, |s| s.registered.len() >= 2).await?;
 
     let client = TaskClient::new(log, codec.clone(), topics.clone(), "bench").map_err(|e| setup(&e))?;
-    let submitter = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            let mut accepted = Vec::new();
-            let mut tick = tokio::time::interval(Duration::from_micros(12_500));
-            for i in 0..480 {
-                tick.tick().await;
-                let task = TaskSubmitted::new(client.meta("bench"), format!("failover-{i}"), AGENT_TYPE, Lane::Normal, br#"{"ms": 100}"#.to_vec());
-                client.submit(&task).await?;
-                accepted.push(task.task_id);
-            }
-            Ok::<_, crate::agent::ClientError>(accepted)
-        })
-    };
+    let submitter = tokio::spawn(submit_load(client.clone()));
     let a_suffix = a.id_suffix();
     let b_suffix = b.id_suffix();
     // Kill once the group is steady, mid-task: both workers have run a second's worth of
@@ -210,21 +185,54 @@ async fn measure(log: &Arc<dyn EventLog>, config: &LogConfig, topics: &TaskTopic
         in_flight_on_killed: in_flight.len(),
         lost: accepted.iter().filter(|id| !seen.outcomes.contains_key(*id)).count(),
         duplicated: seen.outcomes.values().filter(|o| o.len() > 1).count(),
-        duplicated_sample: {
-            let mut ids: Vec<String> = seen
-                .outcomes
-                .iter()
-                .filter(|(_, o)| o.len() > 1)
-                .map(|(id, o)| format!("{id} (by {})", o.iter().map(|(_, by)| by.as_str()).collect::<Vec<_>>().join(" and ")))
-                .collect();
-            ids.sort();
-            ids.truncate(10);
-            ids
-        },
+        duplicated_sample: duplicated_sample(&seen),
         failover_ms,
         reassigned_ms,
         join_ms: (first - registered) / 1000,
     })
+}
+
+/// The workers' configuration: exactly-once sleep workers on the benchmark's topics.
+fn write_worker_config(dir: &std::path::Path, config: &LogConfig, topics: &TaskTopics, registry_url: &str) -> std::io::Result<std::path::PathBuf> {
+    let path = dir.join("worker.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[log]\nbackend = \"kafka\"\ntopic_prefix = \"{}\"\n[log.kafka]\nbootstrap_servers = \"{}\"\n\
+             [registry]\nurl = \"{registry_url}\"\nlisten = \"127.0.0.1:0\"\n[supervisor]\nheartbeat_interval_ms = 250\n\
+             [agents.{AGENT_TYPE}]\nruntime = {{ kind = \"builtin\", name = \"sleep\" }}\nconcurrency = 16\nlanes = [\"normal\"]\n\
+             partitions = {PARTITIONS}\nexactly_once = true\n",
+            topics.prefix(),
+            config.kafka.bootstrap_servers
+        ),
+    )?;
+    Ok(path)
+}
+
+/// 480 tasks of 100 ms at 80/s (6 s, through the kill); the ids of those accepted.
+async fn submit_load(client: TaskClient) -> Result<Vec<String>, crate::agent::ClientError> {
+    let mut accepted = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_micros(12_500));
+    for i in 0..480 {
+        tick.tick().await;
+        let task = TaskSubmitted::new(client.meta("bench"), format!("failover-{i}"), AGENT_TYPE, Lane::Normal, br#"{"ms": 100}"#.to_vec());
+        client.submit(&task).await?;
+        accepted.push(task.task_id);
+    }
+    Ok(accepted)
+}
+
+/// Up to ten tasks with more than one outcome, with the workers that wrote them.
+fn duplicated_sample(seen: &Seen) -> Vec<String> {
+    let mut ids: Vec<String> = seen
+        .outcomes
+        .iter()
+        .filter(|(_, o)| o.len() > 1)
+        .map(|(id, o)| format!("{id} (by {})", o.iter().map(|(_, by)| by.as_str()).collect::<Vec<_>>().join(" and ")))
+        .collect();
+    ids.sort();
+    ids.truncate(10);
+    ids
 }
 
 /// Reads events until `done` holds, failing after `within`.

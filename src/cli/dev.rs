@@ -1,4 +1,4 @@
-//! `agentlog dev`: the whole platform in one process on the embedded log — topics, the schema
+//! `agentlog dev`: the whole platform in one process on the embedded (or in-memory) log — topics, the schema
 //! registry, the supervisor, one worker per declared agent type (the demo agents of
 //! `config/dev.toml`) and the HTTP API to submit work.
 //!
@@ -52,8 +52,36 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
     for name in config.agents.keys() {
         drop(super::worker::worker_run(log, config, codec.clone(), name, None, DRAIN_TIMEOUT, CancellationToken::new())?);
     }
+    let agents = spawn_agents(log, config, &codec, Components::new(board.clone(), policy.clone()));
+    println!("supervisor running (timers, heartbeats, jobs)");
+
+    let mut api = Components::new(board.clone(), policy);
+    let (l, k, projection) = (log.clone(), codec.clone(), parts.projection.clone());
+    api.spawn("projector", move |stop| agentlog::projection::run(l.clone(), k.clone(), projection.clone(), stop));
+    let (state, max_body) = (parts.state.clone(), config.log.max_record_bytes);
+    api.spawn("api", rebinding(parts.listener, move |listener, stop| agentlog::api::serve(listener, state.clone(), max_body, stop))?);
+    println!("projection at {}", config.projection.dir.display());
+    println!("HTTP API on {api_url}");
+    print_examples(&api_url);
+    println!("ready; Ctrl-C drains the workers and stops; GET {api_url}/readyz shows every component");
+    super::shutdown_signal().await;
+    println!("draining");
+    let mut failed = agents.stop().await;
+    failed.extend(api.stop().await);
+    failed.extend(servers.stop().await);
+    shutdown.cancel();
+    registry.close().await;
+    match failed.as_slice() {
+        [] => Ok(()),
+        failures => {
+            Err(anyhow::anyhow!("{}", failures.iter().map(|StopFailure { component, error }| format!("{component}: {error}")).collect::<Vec<_>>().join("; ")))
+        }
+    }
+}
+
+/// The supervisor and one worker per declared agent type, as components of `agents`.
+fn spawn_agents(log: &Arc<dyn EventLog>, config: &Config, codec: &Arc<WireCodec>, mut agents: Components) -> Components {
     let shared = Arc::new(config.clone());
-    let mut agents = Components::new(board.clone(), policy.clone());
     let (l, c, k) = (log.clone(), shared.clone(), codec.clone());
     agents.spawn("supervisor", move |stop| super::worker::supervisor_run(&l, &c, k.clone(), stop));
     for (name, agent) in &config.agents {
@@ -74,15 +102,11 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
             agent.lanes_by_priority().map(|l| l.as_str()).collect::<Vec<_>>().join("/")
         );
     }
-    println!("supervisor running (timers, heartbeats, jobs)");
+    agents
+}
 
-    let mut api = Components::new(board.clone(), policy);
-    let (l, k, projection) = (log.clone(), codec.clone(), parts.projection.clone());
-    api.spawn("projector", move |stop| agentlog::projection::run(l.clone(), k.clone(), projection.clone(), stop));
-    let (state, max_body) = (parts.state.clone(), config.log.max_record_bytes);
-    api.spawn("api", rebinding(parts.listener, move |listener, stop| agentlog::api::serve(listener, state.clone(), max_body, stop))?);
-    println!("projection at {}", config.projection.dir.display());
-    println!("HTTP API on {api_url}");
+/// What to try first, printed once everything runs.
+fn print_examples(api_url: &str) {
     println!();
     println!("submit and wait for the outcome:");
     println!("  curl -s -X POST '{api_url}/v1/tasks?wait_ms=5000' -H 'content-type: application/json' \\");
@@ -96,20 +120,6 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
     println!("  curl -N {api_url}/v1/stream/outcomes");
     println!("also: POST {api_url}/v1/tasks/<id>/cancel, GET {api_url}/v1/agents, /v1/agent-types, /v1/stats, /v1/dlq, /metrics, /openapi.json");
     println!();
-    println!("ready; Ctrl-C drains the workers and stops; GET {api_url}/readyz shows every component");
-    super::shutdown_signal().await;
-    println!("draining");
-    let mut failed = agents.stop().await;
-    failed.extend(api.stop().await);
-    failed.extend(servers.stop().await);
-    shutdown.cancel();
-    registry.close().await;
-    match failed.as_slice() {
-        [] => Ok(()),
-        failures => {
-            Err(anyhow::anyhow!("{}", failures.iter().map(|StopFailure { component, error }| format!("{component}: {error}")).collect::<Vec<_>>().join("; ")))
-        }
-    }
 }
 
 /// One run of a server component.

@@ -341,6 +341,37 @@ fn remove_behind(behind: &mut Behind, topic: &str, partition: i32) {
     }
 }
 
+/// Ends the partitions whose read position passed the high mark taken at the start.
+fn settle_passed_partitions(positions: Vec<(TopicPartition, i64)>, behind: &mut Behind) {
+    for (tp, position) in positions {
+        if high_of(behind, &tp.topic, tp.partition).is_some_and(|high| position >= high) {
+            remove_behind(behind, &tp.topic, tp.partition);
+        }
+    }
+}
+
+/// Keeps of `records` only what existed at the start (later records belong to the live
+/// projector) and, with --as-of, only what was written by then; ends the partitions they
+/// show finished: a record at or past the last offset of the history (also when it is itself
+/// too new to keep), or one past `as_of_ms`.
+fn keep_history(records: &mut Vec<ConsumedRecord>, behind: &mut Behind, as_of_ms: Option<i64>) {
+    let mut ended = Vec::new();
+    records.retain(|r| {
+        if as_of_ms.is_some_and(|as_of| r.timestamp_ms > as_of) {
+            ended.push((r.topic.clone(), r.partition));
+            return false;
+        }
+        let Some(high) = high_of(behind, &r.topic, r.partition) else { return false };
+        if r.offset + 1 >= high {
+            ended.push((r.topic.clone(), r.partition));
+        }
+        r.offset < high
+    });
+    for (topic, partition) in ended {
+        remove_behind(behind, &topic, partition);
+    }
+}
+
 /// The reading half of a catch-up: reads what existed at the start (up to `as_of_ms`),
 /// decodes it on this task (so decoding and applying use two cores) and hands batches over.
 /// Ends when everything is read, nothing arrived for [`IDLE`], or the receiver is gone.
@@ -362,11 +393,7 @@ async fn read_history(
         // heartbeats: the API then stayed not ready for good behind an exactly-once topic.
         if last_positions.elapsed() >= POSITIONS_EVERY {
             last_positions = Instant::now();
-            for (tp, position) in consumer.positions() {
-                if high_of(&behind, &tp.topic, tp.partition).is_some_and(|high| position >= high) {
-                    remove_behind(&mut behind, &tp.topic, tp.partition);
-                }
-            }
+            settle_passed_partitions(consumer.positions(), &mut behind);
             if behind.is_empty() {
                 break;
             }
@@ -388,35 +415,7 @@ async fn read_history(
             let _ = batches.send(Err(error.into())).await;
             break;
         }
-        // Only what existed at the start (later records belong to the live projector), and
-        // with --as-of only what was written by then: a partition past it is done.
-        let mut past = Vec::new();
-        let mut done_at = Vec::new();
-        records.retain(|r| {
-            if as_of_ms.is_some_and(|as_of| r.timestamp_ms > as_of) {
-                past.push((r.topic.clone(), r.partition));
-                return false;
-            }
-            match high_of(&behind, &r.topic, r.partition) {
-                Some(high) => {
-                    // A record at or past the last offset of the history ends its partition,
-                    // also when it is itself too new to keep.
-                    if r.offset + 1 >= high {
-                        done_at.push((r.topic.clone(), r.partition, r.offset));
-                    }
-                    r.offset < high
-                }
-                None => false,
-            }
-        });
-        for (topic, partition, offset) in done_at.drain(..) {
-            if high_of(&behind, &topic, partition).is_some_and(|high| offset + 1 >= high) {
-                remove_behind(&mut behind, &topic, partition);
-            }
-        }
-        for (topic, partition) in past {
-            remove_behind(&mut behind, &topic, partition);
-        }
+        keep_history(&mut records, &mut behind, as_of_ms);
         if records.is_empty() {
             continue;
         }

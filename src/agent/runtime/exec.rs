@@ -172,13 +172,11 @@ enum Finished {
     TooLarge,
 }
 
-#[async_trait::async_trait]
-impl Agent for ExecAgent {
-    async fn run(&self, ctx: TaskContext) -> Result<TaskOutput, AgentFailure> {
-        if ctx.cancel.is_cancelled() {
-            return Err(AgentFailure::cancelled());
-        }
-        let mut child = Command::new(&self.program)
+impl ExecAgent {
+    /// Starts the program in a process group of its own, with only the environment its type
+    /// declares and the task's metadata, and every stdio piped.
+    fn spawn(&self, ctx: &TaskContext) -> Result<Child, AgentFailure> {
+        Command::new(&self.program)
             .args(&self.args)
             .env_clear()
             .envs(&self.env)
@@ -192,7 +190,43 @@ impl Agent for ExecAgent {
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| AgentFailure::new(kind::SPAWN, format!("starting `{}`: {e}", self.program), false))?;
+            .map_err(|e| AgentFailure::new(kind::SPAWN, format!("starting `{}`: {e}", self.program), false))
+    }
+
+    /// A non-zero exit: retryable, with the end of what the program wrote to stderr.
+    fn exit_failure(&self, status: std::process::ExitStatus, stderr: &[u8]) -> AgentFailure {
+        let tail = tail_text(stderr, STDERR_TAIL_BYTES);
+        let tail = tail.trim_end();
+        let message = if tail.is_empty() {
+            format!("`{}` {status}; stderr was empty", self.program)
+        } else {
+            format!("`{}` {status}; stderr tail:\n{tail}", self.program)
+        };
+        AgentFailure::new(kind::EXIT, message, true)
+    }
+}
+
+/// What the stderr reader kept, once the program exited. Its group is gone, so stderr ends,
+/// but a descendant that left the group may still hold it: the wait is bounded.
+async fn stderr_tail(task: Option<tokio::task::JoinHandle<Vec<u8>>>) -> Vec<u8> {
+    let Some(task) = task else { return Vec::new() };
+    let abort = task.abort_handle();
+    match tokio::time::timeout(REAP_GRACE, task).await {
+        Ok(Ok(tail)) => tail,
+        _ => {
+            abort.abort();
+            Vec::new()
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Agent for ExecAgent {
+    async fn run(&self, ctx: TaskContext) -> Result<TaskOutput, AgentFailure> {
+        if ctx.cancel.is_cancelled() {
+            return Err(AgentFailure::cancelled());
+        }
+        let mut child = self.spawn(&ctx)?;
         let mut group = ProcessGroup::of(&child);
 
         // Stdin and stderr are served by their own tasks so that a program writing much
@@ -233,31 +267,7 @@ impl Agent for ExecAgent {
             Some(Finished::Exited(Ok(status), out)) if status.success() => {
                 Ok(TaskOutput { output: Bytes::from(out), content_type: "application/octet-stream".into() })
             }
-            Some(Finished::Exited(Ok(status), _)) => {
-                // The program and its group are gone, so stderr ends (a descendant that left
-                // the group may still hold it: the wait is bounded).
-                let tail = match stderr_task.take() {
-                    Some(task) => {
-                        let abort = task.abort_handle();
-                        match tokio::time::timeout(REAP_GRACE, task).await {
-                            Ok(Ok(tail)) => tail,
-                            _ => {
-                                abort.abort();
-                                Vec::new()
-                            }
-                        }
-                    }
-                    None => Vec::new(),
-                };
-                let tail = tail_text(&tail, STDERR_TAIL_BYTES);
-                let tail = tail.trim_end();
-                let message = if tail.is_empty() {
-                    format!("`{}` {status}; stderr was empty", self.program)
-                } else {
-                    format!("`{}` {status}; stderr tail:\n{tail}", self.program)
-                };
-                Err(AgentFailure::new(kind::EXIT, message, true))
-            }
+            Some(Finished::Exited(Ok(status), _)) => Err(self.exit_failure(status, &stderr_tail(stderr_task.take()).await)),
         };
         if let Some(task) = stdin_task {
             task.abort();
