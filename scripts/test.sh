@@ -9,16 +9,16 @@ fmt_status=0
 if ! cargo fmt --version >/dev/null 2>&1; then
   echo "rustfmt is not installed (rustup component add rustfmt): the style gate cannot run" >&2
   fmt_status=1
-elif ! unformatted=$(cargo fmt --check -- --files-with-diff); then
+elif ! unformatted=$(cargo fmt --all --check -- --files-with-diff); then
   echo "$unformatted" >&2
-  echo "the files above are not formatted: run cargo fmt" >&2
+  echo "the files above are not formatted: run cargo fmt --all" >&2
   fmt_status=1
 fi
 
 # Lints: clippy over every target, warnings as errors. It shares the release build's
 # dependencies (same profile), so only agentlog itself is checked (about a minute).
 clippy_status=0
-if ! cargo clippy --release --all-targets --quiet -- -D warnings; then
+if ! cargo clippy --release --workspace --all-targets --quiet -- -D warnings; then
   echo "clippy found the problems above: fix them (or allow one with a comment saying why)" >&2
   clippy_status=1
 fi
@@ -38,7 +38,7 @@ venv=$(scripts/python-env.sh)
 # own three-broker cluster on 127.0.0.1:29092-29097 and stops it; `make faults` runs the rest.
 # (The criterion benchmarks run once each as tests, apart: their harness takes no --skip.)
 set +e
-cargo test --release --lib --bins --tests --examples -- --include-ignored --skip make_faults:: 2>&1 | tee "$log_dir/test.log"
+cargo test --release --workspace --lib --bins --tests --examples -- --include-ignored --skip make_faults:: 2>&1 | tee "$log_dir/test.log"
 status=${PIPESTATUS[0]}
 cargo test --release --bench '*' 2>&1 | tee -a "$log_dir/test.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1

@@ -1,6 +1,7 @@
-//! The layering gate: no import cycle between the library's modules, nor between the files
-//! of one module, read from the source as it is. Until the workspace makes a cycle between
-//! crates a compile error, this test does.
+//! The layering gate: no import cycle between the modules of a crate of the workspace, nor
+//! between the files of one module, read from the source as it is. Between crates, cargo
+//! makes a cycle a compile error (the log is `crates/agentlog-log`); inside the root crate,
+//! until the rest of the workspace split, this test does.
 //!
 //! A file's imports are the `crate::<module>` paths in its code (comments and its test module
 //! left out); inside a directory, a file imports a sibling through `super::<file>` or its
@@ -81,22 +82,29 @@ fn cycle(graph: &Graph) -> Option<Vec<String>> {
     graph.keys().find_map(|node| visit(node, graph, &mut Vec::new(), &mut done))
 }
 
-fn src() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+/// The source roots: this crate's `src/`, and each workspace crate's (`crates/*/src`).
+fn source_roots() -> Vec<PathBuf> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut roots = vec![manifest.join("src")];
+    let crates = std::fs::read_dir(manifest.join("crates")).expect("crates/");
+    let mut members: Vec<PathBuf> = crates.flatten().map(|e| e.path().join("src")).filter(|p| p.is_dir()).collect();
+    members.sort();
+    assert!(!members.is_empty(), "the scan found the workspace crates");
+    roots.extend(members);
+    roots
 }
 
-#[test]
-fn no_import_cycle_between_modules() {
-    let root = src();
-    let modules: BTreeSet<String> = std::fs::read_dir(&root)
+/// A cycle between the top-level modules of the crate at `root`, if there is one.
+fn module_cycle(root: &Path) -> Option<Vec<String>> {
+    let modules: BTreeSet<String> = std::fs::read_dir(root)
         .expect("src")
         .flatten()
         .filter_map(|e| e.path().file_stem().map(|s| s.to_string_lossy().into_owned()))
         .filter(|m| !TOP.contains(&m.as_str()))
         .collect();
     let mut graph = Graph::new();
-    for file in rust_files(&root) {
-        let relative = file.strip_prefix(&root).expect("under src");
+    for file in rust_files(root) {
+        let relative = file.strip_prefix(root).expect("under src");
         let module = relative.components().next().map(|c| c.as_os_str().to_string_lossy().trim_end_matches(".rs").to_string()).unwrap_or_default();
         if TOP.contains(&module.as_str()) {
             continue;
@@ -104,21 +112,27 @@ fn no_import_cycle_between_modules() {
         let imports = names_after(&code_of(&file), "crate::");
         graph.entry(module.clone()).or_default().extend(imports.into_iter().filter(|m| modules.contains(m) && *m != module));
     }
-    assert!(graph.len() > 5, "the scan found the modules: {graph:?}");
-    if let Some(found) = cycle(&graph) {
-        panic!("import cycle between modules: {}", found.join(" → "));
-    }
+    assert!(graph.len() > 5, "the scan found the modules of {}: {graph:?}", root.display());
+    cycle(&graph)
 }
 
 #[test]
-fn no_import_cycle_between_the_files_of_a_module() {
-    let root = src();
-    let mut dirs: Vec<PathBuf> = rust_files(&root).iter().filter_map(|f| f.parent().map(Path::to_path_buf)).filter(|d| *d != root).collect();
+fn no_import_cycle_between_modules() {
+    for root in source_roots() {
+        if let Some(found) = module_cycle(&root) {
+            panic!("import cycle between the modules of {}: {}", root.display(), found.join(" → "));
+        }
+    }
+}
+
+/// Checks every module directory under `root`; returns how many it checked.
+fn check_module_files(root: &Path) -> usize {
+    let mut dirs: Vec<PathBuf> = rust_files(root).iter().filter_map(|f| f.parent().map(Path::to_path_buf)).filter(|d| d != root).collect();
     dirs.sort();
     dirs.dedup();
     let mut checked = 0;
     for dir in dirs {
-        let module_path = format!("crate::{}::", dir.strip_prefix(&root).expect("under src").to_string_lossy().replace('/', "::"));
+        let module_path = format!("crate::{}::", dir.strip_prefix(root).expect("under src").to_string_lossy().replace('/', "::"));
         let files: BTreeSet<String> = std::fs::read_dir(&dir)
             .expect("module directory")
             .flatten()
@@ -139,7 +153,15 @@ fn no_import_cycle_between_the_files_of_a_module() {
         }
         checked += 1;
     }
-    assert!(checked > 5, "the scan found the module directories");
+    checked
+}
+
+#[test]
+fn no_import_cycle_between_the_files_of_a_module() {
+    for root in source_roots() {
+        let checked = check_module_files(&root);
+        assert!(checked >= 3, "the scan found the module directories of {}", root.display());
+    }
 }
 
 #[test]

@@ -2,8 +2,9 @@
 //!
 //! Components and how data flows between them:
 //! - [`log`]: the event-log contract (produce, consumer groups, seek, watermarks, transactions,
-//!   admin) with two backends: `embedded` (RocksDB in this process, the default) and `kafka`
-//!   (rdkafka). Everything else talks to `Arc<dyn EventLog>` only.
+//!   admin) with three backends: `embedded` (RocksDB in this process, the default), `kafka`
+//!   (rdkafka) and `memory`. Everything else talks to `Arc<dyn EventLog>` only. It is a crate
+//!   of its own (`crates/agentlog-log`), so nothing in it can import what sits above it.
 //! - [`topics`]: the topic catalog (`topics/*.toml`), applied to either backend, with drift
 //!   between the catalog and the cluster reported per topic.
 //! - [`config`]: layered configuration (defaults, file, `AGENTLOG__` environment).
@@ -21,13 +22,14 @@
 
 pub mod agent;
 pub mod api;
-pub mod backoff;
+/// Retry back-off, shared by every layer (it lives in the bottom one).
+pub use agentlog_log::backoff;
 pub mod bench;
 pub mod components;
 pub mod config;
 pub mod events;
 pub mod http;
-pub mod log;
+pub use agentlog_log as log;
 pub mod open;
 pub mod projection;
 pub mod redact;
