@@ -8,67 +8,7 @@ mod scenarios;
 
 use crate::harness::{self, Harness, kafka_bootstrap};
 
-/// One module per backend, one test per scenario in each. `memory` is left out for the
-/// scenarios listed after `durable:`, which need the log to outlive a process.
-macro_rules! conformance_suite {
-    ($($scenario:ident),* $(,)? ; durable: $($durable:ident),* $(,)?) => {
-        mod memory {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let mut harness = Harness::memory();
-                    scenarios::$scenario(&mut harness).await;
-                    harness.release().await;
-                }
-            )*
-        }
-        mod embedded {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let mut harness = Harness::embedded();
-                    scenarios::$scenario(&mut harness).await;
-                    harness.release().await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $durable() {
-                    let mut harness = Harness::embedded();
-                    scenarios::$durable(&mut harness).await;
-                    harness.release().await;
-                }
-            )*
-        }
-        mod kafka {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[ignore = "needs Kafka: AGENTLOG_TEST_KAFKA names a broker (make test starts one and runs these)"]
-                async fn $scenario() {
-                    let bootstrap = kafka_bootstrap();
-                    let mut harness = Harness::kafka(&bootstrap);
-                    scenarios::$scenario(&mut harness).await;
-                    harness.release().await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[ignore = "needs Kafka: AGENTLOG_TEST_KAFKA names a broker (make test starts one and runs these)"]
-                async fn $durable() {
-                    let bootstrap = kafka_bootstrap();
-                    let mut harness = Harness::kafka(&bootstrap);
-                    scenarios::$durable(&mut harness).await;
-                    harness.release().await;
-                }
-            )*
-        }
-    };
-}
-
-conformance_suite!(
+every_backend_suite!(
     per_key_order_is_kept,
     keys_land_on_kafka_murmur2_partitions,
     headers_round_trip,

@@ -5,6 +5,68 @@
 //! `--include-ignored`. The fault suite (tests/faults.rs) is its own binary: it starts a
 //! three-broker cluster and `make faults` runs it alone.
 
+/// The every-backend suites (conformance, task lifecycle, tenancy): one module per backend (memory,
+/// embedded, Kafka), one test per scenario in each, each scenario on a fresh harness.
+/// `memory` leaves out the scenarios listed after `durable:`, which need a log that outlives
+/// a process. Defined before the modules that use it (macros are scoped by text).
+macro_rules! every_backend_suite {
+    ($($scenario:ident),* $(,)? ; durable: $($durable:ident),* $(,)?) => {
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let mut harness = Harness::memory();
+                    scenarios::$scenario(&mut harness).await;
+                    harness.release().await;
+                }
+            )*
+        }
+        mod embedded {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let mut harness = Harness::embedded();
+                    scenarios::$scenario(&mut harness).await;
+                    harness.release().await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $durable() {
+                    let mut harness = Harness::embedded();
+                    scenarios::$durable(&mut harness).await;
+                    harness.release().await;
+                }
+            )*
+        }
+        mod kafka {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs Kafka: AGENTLOG_TEST_KAFKA names a broker (make test starts one and runs these)"]
+                async fn $scenario() {
+                    let bootstrap = kafka_bootstrap();
+                    let mut harness = Harness::kafka(&bootstrap);
+                    scenarios::$scenario(&mut harness).await;
+                    harness.release().await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs Kafka: AGENTLOG_TEST_KAFKA names a broker (make test starts one and runs these)"]
+                async fn $durable() {
+                    let bootstrap = kafka_bootstrap();
+                    let mut harness = Harness::kafka(&bootstrap);
+                    scenarios::$durable(&mut harness).await;
+                    harness.release().await;
+                }
+            )*
+        }
+    };
+}
+
 // Shared by the modules below.
 mod fixture;
 mod harness;

@@ -12,67 +12,7 @@ mod scenarios;
 use crate::fixture;
 use crate::harness::{Harness, kafka_bootstrap};
 
-/// One module per backend, one test per scenario in each. `memory` is left out for the
-/// scenarios listed after `durable:`, which need the log to outlive a process.
-macro_rules! task_suite {
-    ($($scenario:ident),* $(,)? ; durable: $($durable:ident),* $(,)?) => {
-        mod memory {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let mut harness = Harness::memory();
-                    scenarios::$scenario(&mut harness).await;
-                    harness.release().await;
-                }
-            )*
-        }
-        mod embedded {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let mut harness = Harness::embedded();
-                    scenarios::$scenario(&mut harness).await;
-                    harness.release().await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $durable() {
-                    let mut harness = Harness::embedded();
-                    scenarios::$durable(&mut harness).await;
-                    harness.release().await;
-                }
-            )*
-        }
-        mod kafka {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[ignore = "needs Kafka: AGENTLOG_TEST_KAFKA names a broker (make test starts one and runs these)"]
-                async fn $scenario() {
-                    let bootstrap = kafka_bootstrap();
-                    let mut harness = Harness::kafka(&bootstrap);
-                    scenarios::$scenario(&mut harness).await;
-                    harness.release().await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[ignore = "needs Kafka: AGENTLOG_TEST_KAFKA names a broker (make test starts one and runs these)"]
-                async fn $durable() {
-                    let bootstrap = kafka_bootstrap();
-                    let mut harness = Harness::kafka(&bootstrap);
-                    scenarios::$durable(&mut harness).await;
-                    harness.release().await;
-                }
-            )*
-        }
-    };
-}
-
-task_suite!(
+every_backend_suite!(
     retry_then_success_and_non_retryable_failure,
     poison_task_is_dead_lettered_and_can_be_resubmitted,
     timeouts_retry_and_expired_tasks_never_run,

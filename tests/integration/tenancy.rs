@@ -482,41 +482,16 @@ pub async fn runtime_config_and_metrics_are_for_admins(h: &mut Harness) {
     api.stop().await;
 }
 
-macro_rules! tenancy_suite {
-    ($($scenario:ident),* $(,)?) => {
-        mod embedded {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let mut harness = Harness::embedded();
-                    super::$scenario(&mut harness).await;
-                    harness.release().await;
-                }
-            )*
-        }
-        mod kafka {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[ignore = "needs Kafka: AGENTLOG_TEST_KAFKA names a broker (make test starts one and runs these)"]
-                async fn $scenario() {
-                    let bootstrap = kafka_bootstrap();
-                    let mut harness = Harness::kafka(&bootstrap);
-                    super::$scenario(&mut harness).await;
-                    harness.release().await;
-                }
-            )*
-        }
-    };
-}
+// The scenarios are this module's functions; the shared suite macro calls them by this name.
+use crate::tenancy as scenarios;
 
-tenancy_suite!(
+every_backend_suite!(
     a_foreign_submit_of_a_task_id_creates_a_separate_task,
     a_foreign_cancel_leaves_the_running_task_alone,
     two_tenants_with_one_id_complete_independently,
     dead_letters_belong_to_their_tenant,
     dead_letters_page_per_tenant,
     jobs_page_per_tenant,
-    runtime_config_and_metrics_are_for_admins,
+    runtime_config_and_metrics_are_for_admins;
+    durable:
 );

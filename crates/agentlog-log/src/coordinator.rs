@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::watch;
 
-use crate::{LogError, LogResult, TopicPartition};
+use crate::{GroupMetadata, GroupMetadataInner, LogError, LogResult, TopicPartition};
 
 /// What a member owns in one generation of its group.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -105,6 +105,17 @@ impl Coordinator {
             }
         }
         Ok(())
+    }
+}
+
+/// The in-process member a transaction commits `offsets` for: `None` when there are none to
+/// commit; an error when there are but the metadata is missing or another backend's.
+pub(crate) fn committing_member(offsets: &[(TopicPartition, i64)], group: Option<&GroupMetadata>) -> LogResult<Option<(String, u64)>> {
+    match (offsets.is_empty(), group) {
+        (true, _) => Ok(None),
+        (false, Some(GroupMetadata(GroupMetadataInner::InProcess { group, member }))) => Ok(Some((group.clone(), *member))),
+        (false, Some(_)) => Err(LogError::Invalid { what: "group metadata", reason: "it comes from another backend".into() }),
+        (false, None) => Err(LogError::Invalid { what: "transaction offsets", reason: "committing offsets needs the group's metadata".into() }),
     }
 }
 

@@ -36,6 +36,7 @@ pub mod kafka;
 pub mod lag;
 pub mod memory;
 pub mod murmur2;
+pub(crate) mod topic_signal;
 pub mod types;
 
 use std::future::Future;

@@ -174,6 +174,20 @@ fn default_replication() -> i16 {
     1
 }
 
+impl TopicDescription {
+    /// What a topic created from `spec` is.
+    pub fn of(spec: &TopicSpec) -> Self {
+        TopicDescription {
+            name: spec.name.clone(),
+            partitions: spec.partitions,
+            replication_factor: spec.replication_factor,
+            cleanup_policy: spec.cleanup_policy,
+            retention_ms: spec.retention_ms,
+            retention_bytes: spec.retention_bytes,
+        }
+    }
+}
+
 /// Kafka's limit on topic names.
 const MAX_TOPIC_NAME: usize = 249;
 

@@ -11,7 +11,6 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
-use futures::future::{BoxFuture, FutureExt, select_all};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +18,7 @@ use super::topic::TopicShared;
 use super::writer::OffsetsCommit;
 use super::{Shared, live, reader};
 use crate::coordinator::Assignment;
+use crate::topic_signal;
 use crate::{ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, GroupMetadata, GroupMetadataInner, LogError, LogResult, SeekTo, TopicPartition};
 
 /// One partition this consumer reads.
@@ -235,38 +235,12 @@ impl EmbeddedConsumer {
 
     /// Resolves when the assignment, a read topic or the log's state changes.
     async fn wait_for_change(&mut self) {
-        let mut changes: Vec<BoxFuture<'_, ()>> = Vec::with_capacity(self.watchers.len() + 1);
-        for (_, rx) in &mut self.watchers {
-            changes.push(
-                async move {
-                    // The sender lives as long as the topic's shared state we hold; if it is
-                    // ever gone there is nothing more to wait for on it.
-                    if rx.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-                .boxed(),
-            );
-        }
-        if let Mode::Member { assignment, .. } = &mut self.mode {
-            changes.push(
-                async move {
-                    if assignment.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-                .boxed(),
-            );
-        }
+        let assignment = match &mut self.mode {
+            Mode::Member { assignment, .. } => Some(assignment),
+            _ => None,
+        };
         let closed = self.closed.clone();
-        if changes.is_empty() {
-            closed.cancelled().await;
-            return;
-        }
-        tokio::select! {
-            _ = closed.cancelled() => {}
-            _ = select_all(changes) => {}
-        }
+        topic_signal::wait_for_change(self.watchers.iter_mut().map(|(_, rx)| rx), assignment, &closed).await;
     }
 }
 

@@ -1,10 +1,11 @@
 //! What every component shares about a topic: its spec, and per partition the watermarks the
 //! writer and retention publish for readers (atomics, so readers never take a lock).
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use tokio::sync::watch;
 
+use crate::topic_signal::TopicSignal;
 use crate::{TopicDescription, TopicSpec};
 
 pub(crate) struct PartitionShared {
@@ -23,10 +24,8 @@ pub(crate) struct TopicShared {
     pub partitions: Box<[PartitionShared]>,
     /// Spreads keyless records without an explicit partition.
     round_robin: AtomicU32,
-    /// Bumped after every commit that appended to (or deleted) this topic; consumers wait on
-    /// it instead of polling.
-    changed: watch::Sender<u64>,
-    deleted: AtomicBool,
+    /// Bumped after every commit that appended to (or deleted) this topic.
+    signal: TopicSignal,
 }
 
 impl TopicShared {
@@ -35,7 +34,7 @@ impl TopicShared {
             .into_iter()
             .map(|(low, high, bytes)| PartitionShared { low: AtomicI64::new(low), high: AtomicI64::new(high), bytes: AtomicU64::new(bytes) })
             .collect();
-        Self { id, spec, partitions, round_robin: AtomicU32::new(0), changed: watch::channel(0).0, deleted: AtomicBool::new(false) }
+        Self { id, spec, partitions, round_robin: AtomicU32::new(0), signal: TopicSignal::default() }
     }
 
     pub fn partition_count(&self) -> i32 {
@@ -59,30 +58,22 @@ impl TopicShared {
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
+        self.signal.subscribe()
     }
 
     pub fn notify(&self) {
-        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+        self.signal.notify();
     }
 
     pub fn mark_deleted(&self) {
-        self.deleted.store(true, Ordering::Release);
-        self.notify();
+        self.signal.mark_deleted();
     }
 
     pub fn is_deleted(&self) -> bool {
-        self.deleted.load(Ordering::Acquire)
+        self.signal.is_deleted()
     }
 
     pub fn describe(&self) -> TopicDescription {
-        TopicDescription {
-            name: self.spec.name.clone(),
-            partitions: self.spec.partitions,
-            replication_factor: self.spec.replication_factor,
-            cleanup_policy: self.spec.cleanup_policy,
-            retention_ms: self.spec.retention_ms,
-            retention_bytes: self.spec.retention_bytes,
-        }
+        TopicDescription::of(&self.spec)
     }
 }

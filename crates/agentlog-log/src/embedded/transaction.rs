@@ -9,7 +9,8 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::producer::Ingress;
 use super::writer::{Append, OffsetsCommit};
-use crate::{GroupMetadata, GroupMetadataInner, LogError, LogResult, Position, Record, TopicPartition, Transaction, TransactionalProducer};
+use crate::coordinator::committing_member;
+use crate::{GroupMetadata, LogResult, Position, Record, TopicPartition, Transaction, TransactionalProducer};
 
 pub(crate) struct EmbeddedTransactionalProducer {
     id: String,
@@ -47,18 +48,7 @@ impl Transaction for EmbeddedTransaction<'_> {
     }
 
     async fn commit_with_offsets(self: Box<Self>, offsets: &[(TopicPartition, i64)], group: Option<&GroupMetadata>) -> LogResult<Vec<Position>> {
-        let commit = match (offsets.is_empty(), group) {
-            (true, _) => None,
-            (false, Some(GroupMetadata(GroupMetadataInner::InProcess { group, member }))) => {
-                Some(OffsetsCommit { group: group.clone(), member: Some(*member), offsets: offsets.to_vec() })
-            }
-            (false, Some(_)) => {
-                return Err(LogError::Invalid { what: "group metadata", reason: "it comes from another backend".into() });
-            }
-            (false, None) => {
-                return Err(LogError::Invalid { what: "transaction offsets", reason: "committing offsets needs the group's metadata".into() });
-            }
-        };
+        let commit = committing_member(offsets, group)?.map(|(group, member)| OffsetsCommit { group, member: Some(member), offsets: offsets.to_vec() });
         let this = *self;
         if this.appends.is_empty() && commit.is_none() {
             return Ok(Vec::new());

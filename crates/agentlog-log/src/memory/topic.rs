@@ -1,11 +1,12 @@
 //! A topic of the in-memory log: its spec, its partitions' records, and the channel that
 //! wakes its readers.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
+use crate::topic_signal::TopicSignal;
 use crate::{ConsumedRecord, LogError, LogResult, TopicDescription, TopicSpec, Watermarks};
 
 /// The records of one partition; a record's offset is its index (nothing is ever removed).
@@ -16,17 +17,15 @@ pub(crate) struct MemTopic {
     partitions: Box<[Mutex<Records>]>,
     /// Spreads keyless records without an explicit partition.
     round_robin: AtomicU32,
-    /// Bumped after every append to this topic (and on deletion); consumers wait on it.
-    changed: watch::Sender<u64>,
-    /// A deleted topic's readers stop; a topic created again under its name is a new
-    /// `MemTopic`, so its records never mix with the old one's.
-    deleted: AtomicBool,
+    /// Bumped after every append to this topic (and on deletion). A topic created again
+    /// under its name is a new `MemTopic`, so its records never mix with the old one's.
+    signal: TopicSignal,
 }
 
 impl MemTopic {
     pub fn new(spec: TopicSpec) -> Self {
         let partitions = (0..spec.partitions).map(|_| Mutex::new(Vec::new())).collect();
-        Self { spec, partitions, round_robin: AtomicU32::new(0), changed: watch::channel(0).0, deleted: AtomicBool::new(false) }
+        Self { spec, partitions, round_robin: AtomicU32::new(0), signal: TopicSignal::default() }
     }
 
     pub fn partition_count(&self) -> i32 {
@@ -56,30 +55,22 @@ impl MemTopic {
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
+        self.signal.subscribe()
     }
 
     pub fn notify(&self) {
-        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+        self.signal.notify();
     }
 
     pub fn mark_deleted(&self) {
-        self.deleted.store(true, Ordering::Release);
-        self.notify();
+        self.signal.mark_deleted();
     }
 
     pub fn is_deleted(&self) -> bool {
-        self.deleted.load(Ordering::Acquire)
+        self.signal.is_deleted()
     }
 
     pub fn describe(&self) -> TopicDescription {
-        TopicDescription {
-            name: self.spec.name.clone(),
-            partitions: self.spec.partitions,
-            replication_factor: self.spec.replication_factor,
-            cleanup_policy: self.spec.cleanup_policy,
-            retention_ms: self.spec.retention_ms,
-            retention_bytes: self.spec.retention_bytes,
-        }
+        TopicDescription::of(&self.spec)
     }
 }

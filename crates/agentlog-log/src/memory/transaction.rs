@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::{Append, OffsetsCommit, Shared};
-use crate::{GroupMetadata, GroupMetadataInner, LogError, LogResult, Position, Record, TopicPartition, Transaction, TransactionalProducer};
+use crate::coordinator::committing_member;
+use crate::{GroupMetadata, LogResult, Position, Record, TopicPartition, Transaction, TransactionalProducer};
 
 pub(crate) struct MemoryTransactionalProducer {
     id: String,
@@ -46,18 +47,7 @@ impl Transaction for MemoryTransaction<'_> {
     }
 
     async fn commit_with_offsets(self: Box<Self>, offsets: &[(TopicPartition, i64)], group: Option<&GroupMetadata>) -> LogResult<Vec<Position>> {
-        let commit = match (offsets.is_empty(), group) {
-            (true, _) => None,
-            (false, Some(GroupMetadata(GroupMetadataInner::InProcess { group, member }))) => {
-                Some(OffsetsCommit { group: group.clone(), member: Some(*member), offsets: offsets.to_vec() })
-            }
-            (false, Some(_)) => {
-                return Err(LogError::Invalid { what: "group metadata", reason: "it comes from another backend".into() });
-            }
-            (false, None) => {
-                return Err(LogError::Invalid { what: "transaction offsets", reason: "committing offsets needs the group's metadata".into() });
-            }
-        };
+        let commit = committing_member(offsets, group)?.map(|(group, member)| OffsetsCommit { group, member: Some(member), offsets: offsets.to_vec() });
         let this = *self;
         let result = this.producer.shared.write(this.appends, commit);
         if let Err(error) = &result {
