@@ -27,13 +27,10 @@ pub use agentlog_log::backoff;
 pub mod bench;
 pub mod components;
 pub mod config;
-pub mod events;
-pub mod http;
+pub use agentlog_events::{events, http, redact, registry};
 pub use agentlog_log as log;
 pub mod open;
 pub mod projection;
-pub mod redact;
-pub mod registry;
 pub mod supervisor;
 pub mod topics;
 

@@ -21,7 +21,7 @@ pub struct EventType {
 }
 
 /// `schemas/Meta.avsc`: the single definition of the envelope every event inlines.
-pub const META_AVSC: &str = include_str!("../../schemas/Meta.avsc");
+pub const META_AVSC: &str = include_str!("../../../../schemas/Meta.avsc");
 
 /// Something run once per event type (tests).
 #[cfg(test)]
@@ -35,7 +35,7 @@ macro_rules! event_types {
         const EVENT_TYPES: &[EventType] = &[$(EventType {
             name: <$module::$ty as Event>::NAME,
             file: concat!(stringify!($ty), ".avsc"),
-            avsc: include_str!(concat!("../../schemas/", stringify!($ty), ".avsc")),
+            avsc: include_str!(concat!("../../../../schemas/", stringify!($ty), ".avsc")),
             topic: <$module::$ty as Event>::TOPIC,
         }),*];
 

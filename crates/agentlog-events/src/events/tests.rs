@@ -191,7 +191,7 @@ fn every_record_and_field_has_a_doc() {
 
 #[test]
 fn catalog_covers_every_schema_file_and_topic() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
     let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
         .expect("schemas/")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -233,7 +233,7 @@ fn catalog_covers_every_schema_file_and_topic() {
 
 #[test]
 fn released_set_is_compatible_with_working_set() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
     check_evolution(&dir, &dir.join("released")).expect("schemas/ is FULL compatible with schemas/released/");
 }
 
