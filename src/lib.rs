@@ -20,7 +20,6 @@
 //! Producers append records; the backend assigns partition and offset (murmur2 of the key);
 //! consumers in a group split the partitions and commit the next offset to read.
 
-pub mod agent;
 pub mod api;
 /// Retry back-off, shared by every layer (it lives in the bottom one).
 pub use agentlog_log::backoff;
@@ -29,9 +28,9 @@ pub mod components;
 pub mod config;
 pub use agentlog_events::{events, http, redact, registry};
 pub use agentlog_log as log;
+pub use agentlog_tasks::{agent, supervisor};
 pub mod open;
 pub mod projection;
-pub mod supervisor;
 pub mod topics;
 
 #[cfg(test)]

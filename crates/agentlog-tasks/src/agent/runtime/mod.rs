@@ -151,7 +151,7 @@ pub(crate) fn tail_text(bytes: &[u8], max: usize) -> String {
 }
 
 /// The first `max` bytes of `bytes` as text (lossy), "…" appended when cut.
-pub(crate) fn head_text(bytes: &[u8], max: usize) -> String {
+pub fn head_text(bytes: &[u8], max: usize) -> String {
     if bytes.len() <= max {
         return String::from_utf8_lossy(bytes).into_owned();
     }
