@@ -28,9 +28,9 @@ pub mod components;
 pub mod config;
 pub use agentlog_events::{events, http, redact, registry};
 pub use agentlog_log as log;
+pub use agentlog_projection as projection;
 pub use agentlog_tasks::{agent, supervisor};
 pub mod open;
-pub mod projection;
 pub mod topics;
 
 #[cfg(test)]

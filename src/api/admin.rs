@@ -10,9 +10,9 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use tokio_util::task::TaskTracker;
 
-use super::ApiState;
 use super::answers::SnapshotTaken;
 use super::auth::Tenant;
+use super::{ApiState, store_failed};
 use crate::events::wire::WireCodec;
 use crate::http::error::ApiError;
 use crate::projection::{Generations, replay_and_swap};
@@ -129,7 +129,7 @@ pub async fn snapshot(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant
         tracing::error!(dir = %dir.display(), %error, "creating the snapshots directory failed");
         ApiError::internal(format!("creating the snapshots directory: {error}"))
     })?;
-    state.projection.store().checkpoint(&dir.join(&name))?;
+    state.projection.store().checkpoint(&dir.join(&name)).map_err(store_failed)?;
     // The name only: the server's absolute path is not the caller's business (operators know
     // `projection.dir`).
     Ok((StatusCode::CREATED, Json(SnapshotTaken { snapshot: name })))

@@ -7,9 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::Value;
-use utoipa::openapi::RefOr;
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
-use utoipa::{PartialSchema, ToSchema};
+use utoipa::ToSchema;
 
 use crate::agent::client::Submitted as Written;
 use crate::components::ComponentStatus;
@@ -28,25 +26,6 @@ fn json_text(text: &Option<String>) -> Value {
         None => Value::Null,
     }
 }
-
-/// A string schema that takes one of `names`.
-fn names(names: impl IntoIterator<Item = &'static str>) -> RefOr<Schema> {
-    ObjectBuilder::new().schema_type(Type::String).enum_values(Some(names)).into()
-}
-
-impl PartialSchema for TaskStatus {
-    fn schema() -> RefOr<Schema> {
-        names(TaskStatus::ALL.map(TaskStatus::as_str))
-    }
-}
-impl ToSchema for TaskStatus {}
-
-impl PartialSchema for AgentStatus {
-    fn schema() -> RefOr<Schema> {
-        names(AgentStatus::ALL.map(AgentStatus::as_str))
-    }
-}
-impl ToSchema for AgentStatus {}
 
 /// A task: where it stands, its input, its progress and outcome, and its timeline.
 #[derive(Debug, Serialize, ToSchema)]

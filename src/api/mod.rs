@@ -92,13 +92,11 @@ pub struct ApiConfig {
 /// `[[api.keys]]`, owned by the shared HTTP layer (the registry serves the same keys).
 pub use crate::http::access::ApiKeyConfig;
 
-/// A projection read that failed is the server's fault: 500, logged here (the HTTP layer
-/// below knows nothing of projections).
-impl From<crate::projection::StoreError> for ApiError {
-    fn from(error: crate::projection::StoreError) -> Self {
-        tracing::error!(%error, "projection read failed");
-        ApiError::internal(error.to_string())
-    }
+/// A projection read that failed is the server's fault: 500, logged here (the projection and
+/// the HTTP layer below know nothing of each other).
+pub(crate) fn store_failed(error: crate::projection::StoreError) -> ApiError {
+    tracing::error!(%error, "projection read failed");
+    ApiError::internal(error.to_string())
 }
 
 impl ApiConfig {

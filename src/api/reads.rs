@@ -10,10 +10,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::IntoParams;
 
-use super::ApiState;
 use super::answers;
 use super::auth::Tenant;
 use super::tasks::{page_limit, query_error};
+use super::{ApiState, store_failed};
 use crate::http::error::ApiError;
 use crate::log::lag::group_lag;
 use crate::projection::measure::Measure;
@@ -45,7 +45,8 @@ pub async fn agents(
     let mut agents: Vec<AgentView> = state
         .projection
         .store()
-        .agents()?
+        .agents()
+        .map_err(store_failed)?
         .into_iter()
         .filter(|a| query.agent_type.as_ref().is_none_or(|t| a.agent_type.as_ref() == Some(t)))
         .filter(|a| query.capability.as_ref().is_none_or(|c| a.capabilities.contains(c)))
@@ -118,7 +119,7 @@ pub async fn jobs(
         }
         None => None,
     };
-    let page = state.projection.store().jobs(&tenant, cursor.as_deref(), limit)?;
+    let page = state.projection.store().jobs(&tenant, cursor.as_deref(), limit).map_err(store_failed)?;
     Ok(Json(answers::JobPage { jobs: page.jobs.iter().map(answers::JobSummary::from).collect(), next_cursor: page.next_cursor }))
 }
 
@@ -126,10 +127,10 @@ pub async fn jobs(
     responses((status = 200, description = "the job with its tasks' statuses counted", body = super::answers::Job), (status = 404), (status = 401)))]
 pub async fn job(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<answers::Job>, ApiError> {
     let store = state.projection.store();
-    let job = store.job(&tenant, &id)?.ok_or_else(|| ApiError::not_found("no_job", format!("no job `{id}`")))?;
+    let job = store.job(&tenant, &id).map_err(store_failed)?.ok_or_else(|| ApiError::not_found("no_job", format!("no job `{id}`")))?;
     let ids: Vec<&str> = job.task_ids.iter().map(String::as_str).collect();
     let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
-    for view in store.tasks(&tenant, &ids)? {
+    for view in store.tasks(&tenant, &ids).map_err(store_failed)? {
         *by_status.entry(view.map_or(TaskStatus::Pending, |v| v.status).as_str().to_string()).or_default() += 1;
     }
     Ok(Json(answers::Job { summary: answers::JobSummary::from(&job), done: job.completed_at_us.is_some(), task_ids: job.task_ids, tasks_by_status: by_status }))
@@ -141,7 +142,7 @@ pub async fn stats(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -
     let store = state.projection.store();
     let mut types = BTreeMap::new();
     // Only this tenant's tasks: other tenants' volumes and latencies are theirs.
-    for (agent_type, counters) in store.tenant_type_counters(&tenant)? {
+    for (agent_type, counters) in store.tenant_type_counters(&tenant).map_err(store_failed)? {
         types.insert(
             agent_type.clone(),
             answers::TypeStats {
@@ -152,12 +153,12 @@ pub async fn stats(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -
                 cancelled: counters.cancelled,
                 expired: counters.expired,
                 retries: counters.retries,
-                submit_to_outcome_ms: store.tenant_histogram(Measure::Latency, &tenant, &agent_type)?.into(),
-                run_duration_ms: store.tenant_histogram(Measure::Duration, &tenant, &agent_type)?.into(),
+                submit_to_outcome_ms: store.tenant_histogram(Measure::Latency, &tenant, &agent_type).map_err(store_failed)?.into(),
+                run_duration_ms: store.tenant_histogram(Measure::Duration, &tenant, &agent_type).map_err(store_failed)?.into(),
             },
         );
     }
-    let tenant_counters = store.tenant_counters(&tenant)?;
+    let tenant_counters = store.tenant_counters(&tenant).map_err(store_failed)?;
     Ok(Json(answers::Stats {
         agent_types: types,
         tenant: answers::TenantStats { submitted: tenant_counters.submitted, finished: tenant_counters.terminal, open: tenant_counters.open(), name: tenant },

@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::answers;
 use super::auth::Tenant;
 use super::idempotency;
-use super::{ApiConfig, ApiState};
+use super::{ApiConfig, ApiState, store_failed};
 use crate::agent::client::{ClientError, MAX_DEADLINE_MS, MAX_DELAY, Submitted, after_ms, new_id};
 use crate::agent::dlq;
 use crate::events::{Lane, TaskSubmitted, TimestampMicros};
@@ -266,15 +266,15 @@ fn check_caps(config: &ApiConfig, request: &SubmitTask, field: &dyn Fn(&str) -> 
 fn existing(state: &ApiState, tenant: &str, task: &TaskSubmitted) -> Result<Option<TaskView>, ApiError> {
     let Some(key) = &task.idempotency_key else { return Ok(None) };
     let store = state.projection.store();
-    let Some(id) = store.task_by_idempotency_key(tenant, key)? else { return Ok(None) };
-    Ok(store.task(tenant, &id)?)
+    let Some(id) = store.task_by_idempotency_key(tenant, key).map_err(store_failed)? else { return Ok(None) };
+    store.task(tenant, &id).map_err(store_failed)
 }
 
 fn check_quota(state: &ApiState, tenant: &str, adding: u64) -> Result<(), ApiError> {
     if state.config.max_in_flight == 0 {
         return Ok(());
     }
-    let open = state.projection.store().tenant_counters(tenant)?.open();
+    let open = state.projection.store().tenant_counters(tenant).map_err(store_failed)?.open();
     if open + adding > state.config.max_in_flight {
         return Err(ApiError::too_many(
             "quota_exceeded",
@@ -290,7 +290,7 @@ pub async fn wait_outcome(projection: &Projection, tenant: &str, task_id: &str, 
     let mut outcomes = projection.subscribe();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some(view) = projection.store().task(tenant, task_id)?
+        if let Some(view) = projection.store().task(tenant, task_id).map_err(store_failed)?
             && view.is_terminal()
         {
             return Ok(Some(view));
@@ -328,7 +328,7 @@ pub async fn submit(
         None => None,
     };
     if let Some(id) = claim.as_ref().and_then(|c| c.written.as_ref()).map(|w| &w.task_id) {
-        let view = state.projection.store().task(&tenant, id)?;
+        let view = state.projection.store().task(&tenant, id).map_err(store_failed)?;
         return Ok((StatusCode::OK, Json(answers::Submitted::duplicate(id, view.as_ref()))));
     }
     if let Some(view) = existing(&state, &tenant, &task)? {
@@ -485,7 +485,7 @@ pub async fn get(
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_caught_up", format!("the projection has not reached {after} yet; retry")));
         }
     }
-    match state.projection.store().task(&tenant, &id)? {
+    match state.projection.store().task(&tenant, &id).map_err(store_failed)? {
         Some(view) => Ok(Json(answers::Task::from(&view))),
         None => Err(ApiError::not_found("no_task", format!("no task `{id}`"))),
     }
@@ -512,7 +512,7 @@ pub async fn list(
         None => None,
     };
     let filter = TaskFilter { tenant, status, agent_type: query.agent_type, created_after_us: query.created_after_ms.map(|ms| ms.saturating_mul(1000)) };
-    let page = state.projection.store().list_tasks(&filter, cursor.as_deref(), limit)?;
+    let page = state.projection.store().list_tasks(&filter, cursor.as_deref(), limit).map_err(store_failed)?;
     Ok(Json(answers::TaskPage { tasks: page.tasks.iter().map(answers::Task::from).collect(), next_cursor: page.next_cursor }))
 }
 
@@ -527,7 +527,7 @@ pub async fn outcome(
     let Query(wait) = wait.map_err(query_error)?;
     let found = match wait_of(&state, wait.wait_ms) {
         Some(wait) => wait_outcome(&state.projection, &tenant, &id, wait).await?,
-        None => state.projection.store().task(&tenant, &id)?.filter(|v| v.is_terminal()),
+        None => state.projection.store().task(&tenant, &id).map_err(store_failed)?.filter(|v| v.is_terminal()),
     };
     let no_outcome = || ApiError::not_found("no_outcome", format!("no outcome for task `{id}` (yet)"));
     let view = found.ok_or_else(no_outcome)?;
@@ -559,7 +559,7 @@ pub async fn cancel(
     }
     let deadline = tokio::time::Instant::now() + CANCEL_LOOKUP;
     let view = loop {
-        match state.projection.store().task(&tenant, &id)? {
+        match state.projection.store().task(&tenant, &id).map_err(store_failed)? {
             Some(view) => break view,
             None if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
             None => return Err(ApiError::not_found("no_task", format!("no task `{id}`"))),
@@ -614,9 +614,9 @@ pub async fn dlq_list(
         None => None,
     };
     let store = state.projection.store();
-    let page = store.dead_letters(&tenant, cursor.as_ref(), limit)?;
+    let page = store.dead_letters(&tenant, cursor.as_ref(), limit).map_err(store_failed)?;
     let ids: Vec<&str> = page.letters.iter().map(|l| l.task_id.as_str()).collect();
-    let tasks = store.tasks(&tenant, &ids)?;
+    let tasks = store.tasks(&tenant, &ids).map_err(store_failed)?;
     Ok(Json(answers::DeadLetterPage::new(&page, &tasks)))
 }
 
@@ -631,11 +631,11 @@ pub async fn dlq_resubmit(
     let deadline = tokio::time::Instant::now() + DEAD_LETTER_LOOKUP;
     let view = loop {
         let store = state.projection.store();
-        if let Some(view) = store.dead_letter(&tenant, &id)? {
+        if let Some(view) = store.dead_letter(&tenant, &id).map_err(store_failed)? {
             break view;
         }
         // Waits only for a task the projection shows dead-lettered: any other id answers at once.
-        let dead_lettered = store.task(&tenant, &id)?.is_some_and(|t| t.status == TaskStatus::DeadLettered);
+        let dead_lettered = store.task(&tenant, &id).map_err(store_failed)?.is_some_and(|t| t.status == TaskStatus::DeadLettered);
         if !dead_lettered || tokio::time::Instant::now() >= deadline {
             return Err(no_letter(dlq::DlqError::NotFound(id).to_string()));
         }

@@ -6,6 +6,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::{PartialSchema, ToSchema};
 
 use crate::events::AgentState;
 
@@ -159,6 +162,26 @@ impl FromStr for AgentStatus {
         AgentStatus::ALL.into_iter().find(|status| status.as_str() == name).ok_or_else(|| UnknownAgentStatus(name.to_string()))
     }
 }
+
+/// A string schema that takes one of `names`: how the API's OpenAPI document shows a status
+/// (the names are the statuses' own, so the document cannot drift from them).
+fn names(names: impl IntoIterator<Item = &'static str>) -> RefOr<Schema> {
+    ObjectBuilder::new().schema_type(Type::String).enum_values(Some(names)).into()
+}
+
+impl PartialSchema for TaskStatus {
+    fn schema() -> RefOr<Schema> {
+        names(TaskStatus::ALL.map(TaskStatus::as_str))
+    }
+}
+impl ToSchema for TaskStatus {}
+
+impl PartialSchema for AgentStatus {
+    fn schema() -> RefOr<Schema> {
+        names(AgentStatus::ALL.map(AgentStatus::as_str))
+    }
+}
+impl ToSchema for AgentStatus {}
 
 #[cfg(test)]
 mod tests {

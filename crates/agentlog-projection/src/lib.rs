@@ -1,6 +1,10 @@
 //! Projections: state rebuilt from the log into RocksDB and queried over HTTP. The log is
 //! the truth; a projection is derived, disposable and exact — the offsets it has consumed are
 //! written in the same WriteBatch as the state they produced.
+//!
+//! A crate of its own (above the events and the task lifecycle, below the API), so nothing
+//! here can import the API or the binary; the root package re-exports it as
+//! `agentlog::projection`.
 
 pub mod apply;
 pub mod generations;
@@ -10,6 +14,12 @@ pub mod projector;
 pub mod status;
 pub mod store;
 pub mod views;
+
+/// The layers below, under the names the modules of this crate use (`crate::log`, …).
+pub(crate) use agentlog_events::events;
+pub(crate) use agentlog_log as log;
+pub(crate) use agentlog_log::backoff;
+pub(crate) use agentlog_tasks::agent;
 
 use std::path::PathBuf;
 
