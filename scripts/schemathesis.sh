@@ -101,7 +101,7 @@ then
   exit 1
 fi
 
-# Every answer is checked against the schema /openapi.json documents for it (src/api/answers.rs)
+# Every answer is checked against the schema /openapi.json documents for it (crates/agentlog-api/src/answers.rs)
 # and no request may cause a 5xx. GET /v1/stream/outcomes is an endless event stream: excluded. Each operation gets at most
 # 40 examples per phase; a request that hangs fails after 10 s rather than stalling the run.
 # The seed is fixed so that a failure reproduces (SCHEMATHESIS_SEED=... explores others).

@@ -20,12 +20,12 @@
 //! Producers append records; the backend assigns partition and offset (murmur2 of the key);
 //! consumers in a group split the partitions and commit the next offset to read.
 
-pub mod api;
 /// Retry back-off, shared by every layer (it lives in the bottom one).
 pub use agentlog_log::backoff;
 pub mod bench;
-pub mod components;
 pub mod config;
+pub use agentlog_api as api;
+pub use agentlog_api::components;
 pub use agentlog_events::{events, http, redact, registry};
 pub use agentlog_log as log;
 pub use agentlog_projection as projection;

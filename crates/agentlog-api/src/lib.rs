@@ -5,10 +5,15 @@
 //! API keys (stored as SHA-256 digests in config) map requests to tenants. Without keys the
 //! API serves one tenant and binds only to loopback addresses: anything else is refused at
 //! start-up, since it would let anyone on the network submit work.
+//!
+//! A crate of its own, on top of every other layer (log, events, tasks, projection) and below
+//! the binary; the root package re-exports it as `agentlog::api`. [`components`], the
+//! supervision of what one process runs, lives here because `/readyz` shows its board.
 
 pub mod admin;
 pub mod answers;
 pub mod auth;
+pub mod components;
 pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
@@ -29,6 +34,13 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// The layers below, under the names the modules of this crate use (`crate::log`, …).
+pub(crate) use agentlog_events::{events, http, redact};
+pub(crate) use agentlog_log as log;
+pub(crate) use agentlog_log::backoff;
+pub(crate) use agentlog_projection as projection;
+pub(crate) use agentlog_tasks::agent;
 
 use crate::agent::{AgentTypeConfig, TaskClient};
 use crate::http::access::{Access, Auth};
