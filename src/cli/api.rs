@@ -9,14 +9,14 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use agentlog::agent::{TaskClient, TaskTopics};
-use agentlog::api::admin::AdminContext;
-use agentlog::api::{ApiStartError, ApiState};
-use agentlog::components::ComponentBoard;
-use agentlog::config::Config;
-use agentlog::events::wire::WireCodec;
-use agentlog::log::EventLog;
-use agentlog::projection::{Generations, Projection, ProjectorError};
+use crate::agent::{TaskClient, TaskTopics};
+use crate::api::admin::AdminContext;
+use crate::api::{ApiStartError, ApiState};
+use crate::components::ComponentBoard;
+use crate::config::Config;
+use crate::events::wire::WireCodec;
+use crate::log::EventLog;
+use crate::projection::{Generations, Projection, ProjectorError};
 
 /// The projector and the API server, running.
 pub struct ApiHandle {
@@ -40,14 +40,14 @@ pub async fn prepare(log: &Arc<dyn EventLog>, config: &Config, codec: Arc<WireCo
     let topics = TaskTopics::new(config.log.topic_prefix.clone());
     let generations = Arc::new(Generations::new(&config.projection.dir)?);
     let store = generations.open_current()?;
-    let projection = Projection::new(store, agentlog::projection::sources(&topics, &config.agents))?;
+    let projection = Projection::new(store, crate::projection::sources(&topics, &config.agents))?;
     let client = TaskClient::new(log, codec.clone(), topics, "api")?;
     let admin = AdminContext::new(generations, codec);
     let mut state = ApiState::new(log.clone(), client, config.agents.clone(), projection.clone(), config.api.clone())?.with_admin(admin);
     if let Some(board) = components {
         state = state.with_components(board);
     }
-    let listener = agentlog::api::bind(&config.api).await?;
+    let listener = crate::api::bind(&config.api).await?;
     let url = format!("http://{}", listener.local_addr()?);
     Ok(ApiParts { url, projection, state: Arc::new(state), listener })
 }
@@ -55,8 +55,8 @@ pub async fn prepare(log: &Arc<dyn EventLog>, config: &Config, codec: Arc<WireCo
 pub async fn start(log: &Arc<dyn EventLog>, config: &Config, codec: Arc<WireCodec>) -> anyhow::Result<ApiHandle> {
     let ApiParts { url, projection, state, listener } = prepare(log, config, codec.clone(), None).await?;
     let stop = CancellationToken::new();
-    let projector = tokio::spawn(agentlog::projection::run(log.clone(), codec, projection.clone(), stop.clone()));
-    let server = tokio::spawn(agentlog::api::serve(listener, state, config.log.max_record_bytes, stop.clone()));
+    let projector = tokio::spawn(crate::projection::run(log.clone(), codec, projection.clone(), stop.clone()));
+    let server = tokio::spawn(crate::api::serve(listener, state, config.log.max_record_bytes, stop.clone()));
     Ok(ApiHandle { url, projection, projector, server, stop })
 }
 
@@ -89,11 +89,10 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
         if let Some(problem) = config.registry.own_key_problem(&config.api.access()) {
             anyhow::bail!(problem);
         }
-        let reg =
-            agentlog::registry::Registry::open_with(log.clone(), &topic, &config.registry, shutdown.clone()).await.context("opening the schema registry")?;
+        let reg = crate::registry::Registry::open_with(log.clone(), &topic, &config.registry, shutdown.clone()).await.context("opening the schema registry")?;
         let listener =
-            agentlog::registry::bind(&config.registry.listen, &config.api.access()).await.with_context(|| format!("binding {}", config.registry.listen))?;
-        let served = agentlog::registry::RegistryServer::spawn(reg, listener, config.api.access(), shutdown.clone())?;
+            crate::registry::bind(&config.registry.listen, &config.api.access()).await.with_context(|| format!("binding {}", config.registry.listen))?;
+        let served = crate::registry::RegistryServer::spawn(reg, listener, config.api.access(), shutdown.clone())?;
         let url = served.url().to_string();
         registry = Some(served);
         println!("schema registry on {url}");
@@ -101,7 +100,7 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
     } else {
         config.registry.url.clone()
     };
-    let codec = Arc::new(WireCodec::from_config(&agentlog::registry::RegistryConfig { url: registry_url, ..config.registry.clone() })?);
+    let codec = Arc::new(WireCodec::from_config(&crate::registry::RegistryConfig { url: registry_url, ..config.registry.clone() })?);
     let mut api = start(log, config, codec).await?;
     println!("projection at {} (reading {} topics)", config.projection.dir.display(), api.projection.sources().len());
     println!("HTTP API on {}", api.url);

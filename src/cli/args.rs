@@ -101,7 +101,7 @@ pub enum Online {
         #[arg(long, default_value = "{}")]
         input: String,
         #[arg(long, default_value = "normal")]
-        lane: agentlog::events::Lane,
+        lane: crate::events::Lane,
         #[arg(long, default_value = "default")]
         tenant: String,
         /// Ordering key: tasks sharing it run one at a time, in order.

@@ -9,17 +9,17 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use agentlog::bench::{LogBenchOptions, run_log_bench};
-use agentlog::config::{Backend, Config};
-use agentlog::open::open_log;
+use crate::bench::{LogBenchOptions, run_log_bench};
+use crate::config::{Backend, Config};
+use crate::open::open_log;
 
 use super::args::{BenchWhat, LogBench};
 
 pub async fn run(what: BenchWhat, config: Config) -> anyhow::Result<()> {
     match what {
         BenchWhat::Api { url, op, agent_type, rate, seconds, tasks, json } => {
-            let options = agentlog::bench::api::ApiBenchOptions { url, op, agent_type, rate, seconds, tasks };
-            print(&agentlog::bench::api::run_api_bench(&options).await?, json)
+            let options = crate::bench::api::ApiBenchOptions { url, op, agent_type, rate, seconds, tasks };
+            print(&crate::bench::api::run_api_bench(&options).await?, json)
         }
         BenchWhat::OnLog(bench) => on_log(bench, config).await,
     }
@@ -33,20 +33,20 @@ async fn on_log(bench: LogBench, mut config: Config) -> anyhow::Result<()> {
             if failover && log.backend() != "kafka" {
                 bail!("--failover needs the Kafka backend (AGENTLOG__LOG__BACKEND=kafka): the embedded log lives in one process");
             }
-            let options = agentlog::bench::tasks::TaskBenchOptions { tasks, rate, seconds, partitions, concurrency, exactly_once };
-            print(&agentlog::bench::tasks::run_task_bench(log.clone(), &options).await?, json)?;
+            let options = crate::bench::tasks::TaskBenchOptions { tasks, rate, seconds, partitions, concurrency, exactly_once };
+            print(&crate::bench::tasks::run_task_bench(log.clone(), &options).await?, json)?;
             if failover {
-                print(&agentlog::bench::failover::run_failover_bench(log.clone(), &config.log).await?, json)?;
+                print(&crate::bench::failover::run_failover_bench(log.clone(), &config.log).await?, json)?;
             }
             Ok(())
         }
         LogBench::Projection { events, tail, partitions, json } => {
-            let options = agentlog::bench::projection::ProjectionBenchOptions { events, tail, partitions };
-            print(&agentlog::bench::projection::run_projection_bench(log.clone(), &options).await?, json)
+            let options = crate::bench::projection::ProjectionBenchOptions { events, tail, partitions };
+            print(&crate::bench::projection::run_projection_bench(log.clone(), &options).await?, json)
         }
         LogBench::Timers { timers, partitions, json } => {
-            let options = agentlog::bench::timers::TimerBenchOptions { timers, partitions };
-            print(&agentlog::bench::timers::run_timer_bench(log.clone(), &options).await?, json)
+            let options = crate::bench::timers::TimerBenchOptions { timers, partitions };
+            print(&crate::bench::timers::run_timer_bench(log.clone(), &options).await?, json)
         }
         LogBench::Log { records, size, partitions, rate, seconds, json } => {
             print(&run_log_bench(log.clone(), &LogBenchOptions { records, size, partitions, rate, seconds }).await?, json)

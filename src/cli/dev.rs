@@ -2,7 +2,7 @@
 //! registry, the supervisor, one worker per declared agent type (the demo agents of
 //! `config/dev.toml`) and the HTTP API to submit work.
 //!
-//! Each of these runs as a supervised component ([`agentlog::components`]): one that stops
+//! Each of these runs as a supervised component ([`crate::components`]): one that stops
 //! (an error, a panic) is logged naming it and started again after a back-off, and `/readyz`
 //! shows every component's state. Ctrl-C or SIGTERM stops them in order: the workers drain and
 //! the supervisor stops first (they write through the registry), then the projector and the
@@ -17,11 +17,11 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use agentlog::components::{ComponentBoard, ComponentError, Components, RestartPolicy, StopFailure};
-use agentlog::config::Config;
-use agentlog::events::wire::WireCodec;
-use agentlog::log::EventLog;
-use agentlog::registry::{Registry, RegistryConfig, bind, serve};
+use crate::components::{ComponentBoard, ComponentError, Components, RestartPolicy, StopFailure};
+use crate::config::Config;
+use crate::events::wire::WireCodec;
+use crate::log::EventLog;
+use crate::registry::{Registry, RegistryConfig, bind, serve};
 
 /// How long a draining worker waits for its running tasks.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -57,9 +57,9 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
 
     let mut api = Components::new(board.clone(), policy);
     let (l, k, projection) = (log.clone(), codec.clone(), parts.projection.clone());
-    api.spawn("projector", move |stop| agentlog::projection::run(l.clone(), k.clone(), projection.clone(), stop));
+    api.spawn("projector", move |stop| crate::projection::run(l.clone(), k.clone(), projection.clone(), stop));
     let (state, max_body) = (parts.state.clone(), config.log.max_record_bytes);
-    api.spawn("api", rebinding(parts.listener, move |listener, stop| agentlog::api::serve(listener, state.clone(), max_body, stop))?);
+    api.spawn("api", rebinding(parts.listener, move |listener, stop| crate::api::serve(listener, state.clone(), max_body, stop))?);
     println!("projection at {}", config.projection.dir.display());
     println!("HTTP API on {api_url}");
     print_examples(&api_url);
@@ -142,7 +142,7 @@ where
         Box::pin(async move {
             let listener = match bound {
                 Some(listener) => listener,
-                None => agentlog::http::server::listen(address).await?,
+                None => crate::http::server::listen(address).await?,
             };
             serve(listener, stop).await.map_err(Into::into)
         }) as ServerRun

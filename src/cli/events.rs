@@ -13,13 +13,13 @@ use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSche
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use agentlog::agent::AgentTypeConfig;
-use agentlog::config::Config;
-use agentlog::events::reader::{EventReader, ReadOutcome};
-use agentlog::events::wire::{WireCodec, registry_settings};
-use agentlog::events::{Event, Lane, Meta, TaskSubmitted, all_schemas, check_evolution, topic_of};
-use agentlog::log::{ConsumerOptions, EventLog, Record, SeekTo, TopicPartition, TopicSpec};
-use agentlog::registry::{Registry, RegistryConfig, bind, serve};
+use crate::agent::AgentTypeConfig;
+use crate::config::Config;
+use crate::events::reader::{EventReader, ReadOutcome};
+use crate::events::wire::{WireCodec, registry_settings};
+use crate::events::{Event, Lane, Meta, TaskSubmitted, all_schemas, check_evolution, topic_of};
+use crate::log::{ConsumerOptions, EventLog, Record, SeekTo, TopicPartition, TopicSpec};
+use crate::registry::{Registry, RegistryConfig, bind, serve};
 
 /// Serves the built-in schema registry until Ctrl-C or SIGTERM.
 pub async fn run_registry(log: &Arc<dyn EventLog>, config: &Config, listen: &str) -> anyhow::Result<()> {

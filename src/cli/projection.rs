@@ -8,12 +8,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use agentlog::agent::TaskTopics;
-use agentlog::config::Config;
-use agentlog::events::wire::WireCodec;
-use agentlog::log::EventLog;
-use agentlog::projection::{Generations, ProjectionStore, catch_up, sources};
-use agentlog::registry::{Registry, serve};
+use crate::agent::TaskTopics;
+use crate::config::Config;
+use crate::events::wire::WireCodec;
+use crate::log::EventLog;
+use crate::projection::{Generations, ProjectionStore, catch_up, sources};
+use crate::registry::{Registry, serve};
 
 /// A codec, and on the embedded log the registry this process serves for it (the log
 /// belongs to this process, so nobody else can).
@@ -23,7 +23,7 @@ pub struct LocalCodec {
 }
 
 /// The registry this process serves, its server task and what stops it.
-type ServedRegistry = (Arc<Registry>, tokio::task::JoinHandle<Result<(), agentlog::registry::RegistryError>>, CancellationToken);
+type ServedRegistry = (Arc<Registry>, tokio::task::JoinHandle<Result<(), crate::registry::RegistryError>>, CancellationToken);
 
 impl LocalCodec {
     pub async fn open(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<LocalCodec> {
@@ -37,7 +37,7 @@ impl LocalCodec {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let server = tokio::spawn(serve(registry.clone(), listener, config.api.access(), stop.clone()));
-        let codec = WireCodec::from_config(&agentlog::registry::RegistryConfig { url, ..config.registry.clone() })?;
+        let codec = WireCodec::from_config(&crate::registry::RegistryConfig { url, ..config.registry.clone() })?;
         Ok(LocalCodec { codec: Arc::new(codec), registry: Some((registry, server, stop)) })
     }
 
@@ -97,7 +97,7 @@ pub async fn replay(log: &Arc<dyn EventLog>, config: &Config, into: Option<PathB
 pub fn snapshot_create(config: &Config, out: Option<PathBuf>) -> anyhow::Result<()> {
     let generations = Generations::new(&config.projection.dir)?;
     let store = generations.open_current()?;
-    let out = out.unwrap_or_else(|| generations.snapshots_dir().join(format!("snap-{}", agentlog::events::TimestampMicros::now().0)));
+    let out = out.unwrap_or_else(|| generations.snapshots_dir().join(format!("snap-{}", crate::events::TimestampMicros::now().0)));
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use serde_json::json;
 
-use agentlog::log::{ConsumerEvent, ConsumerOptions, EventLog, Record, SeekTo, TopicPartition};
+use crate::log::{ConsumerEvent, ConsumerOptions, EventLog, Record, SeekTo, TopicPartition};
 
 use super::shutdown_signal;
 

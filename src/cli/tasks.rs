@@ -6,12 +6,12 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::json;
 
-use agentlog::agent::client::{MAX_DEADLINE_MS, MAX_DELAY, after_ms, new_id};
-use agentlog::agent::{TaskClient, TaskTopics, dlq};
-use agentlog::config::Config;
-use agentlog::events::wire::WireCodec;
-use agentlog::events::{Lane, TaskSubmitted, TimestampMicros, decode_any};
-use agentlog::log::{ConsumerEvent, ConsumerOptions, EventLog, SeekTo, TopicPartition};
+use crate::agent::client::{MAX_DEADLINE_MS, MAX_DELAY, after_ms, new_id};
+use crate::agent::{TaskClient, TaskTopics, dlq};
+use crate::config::Config;
+use crate::events::wire::WireCodec;
+use crate::events::{Lane, TaskSubmitted, TimestampMicros, decode_any};
+use crate::log::{ConsumerEvent, ConsumerOptions, EventLog, SeekTo, TopicPartition};
 
 pub struct SubmitArgs {
     pub agent_type: String,
@@ -90,7 +90,7 @@ async fn wait_for_outcome(
         if !event.is_terminal() || event.task_ref() != Some((tenant, task_id)) {
             continue;
         }
-        let summary = agentlog::agent::outcomes::outcome_json(&event);
+        let summary = crate::agent::outcomes::outcome_json(&event);
         consumer.close().await?;
         return Ok(summary.to_string());
     }

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use anyhow::bail;
 
-use agentlog::agent::lane_topic_specs;
-use agentlog::config::Config;
-use agentlog::log::{EventLog, LogError, TopicSpec};
-use agentlog::topics::{self, Applied, Catalog};
+use crate::agent::lane_topic_specs;
+use crate::config::Config;
+use crate::log::{EventLog, LogError, TopicSpec};
+use crate::topics::{self, Applied, Catalog};
 
 fn catalog(config: &Config) -> anyhow::Result<Catalog> {
     Ok(Catalog::builtin(&config.log.topic_prefix, config.topics.replication_factor)?)

@@ -7,15 +7,15 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use agentlog::agent::runtime::build;
-use agentlog::agent::{WorkerReport, WorkerSettings, run_worker};
-use agentlog::config::Config;
-use agentlog::events::wire::WireCodec;
-use agentlog::log::EventLog;
-use agentlog::supervisor::{SupervisorSettings, run_supervisor};
+use crate::agent::runtime::build;
+use crate::agent::{WorkerReport, WorkerSettings, run_worker};
+use crate::config::Config;
+use crate::events::wire::WireCodec;
+use crate::log::EventLog;
+use crate::supervisor::{SupervisorSettings, run_supervisor};
 
 /// The declared agent type, or an error listing the declared ones.
-pub fn declared(config: &Config, agent_type: &str) -> anyhow::Result<agentlog::agent::AgentTypeConfig> {
+pub fn declared(config: &Config, agent_type: &str) -> anyhow::Result<crate::agent::AgentTypeConfig> {
     config.agents.get(agent_type).cloned().ok_or_else(|| {
         let known: Vec<&str> = config.agents.keys().map(String::as_str).collect();
         anyhow::anyhow!(
@@ -34,7 +34,7 @@ pub fn spawn_worker(
     concurrency: Option<u32>,
     drain_timeout: Duration,
     shutdown: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<Result<WorkerReport, agentlog::agent::WorkerError>>> {
+) -> anyhow::Result<tokio::task::JoinHandle<Result<WorkerReport, crate::agent::WorkerError>>> {
     Ok(tokio::spawn(worker_run(log, config, codec, agent_type, concurrency, drain_timeout, shutdown)?))
 }
 
@@ -48,7 +48,7 @@ pub fn worker_run(
     concurrency: Option<u32>,
     drain_timeout: Duration,
     shutdown: CancellationToken,
-) -> anyhow::Result<impl Future<Output = Result<WorkerReport, agentlog::agent::WorkerError>> + Send + use<>> {
+) -> anyhow::Result<impl Future<Output = Result<WorkerReport, crate::agent::WorkerError>> + Send + use<>> {
     let mut agent = declared(config, agent_type)?;
     if let Some(n) = concurrency {
         anyhow::ensure!(n > 0, "--concurrency must be at least 1");
@@ -58,13 +58,13 @@ pub fn worker_run(
         build(&agent.runtime, Duration::from_millis(agent.timeout_ms)).with_context(|| format!("building the runtime of agent type `{agent_type}`"))?;
     let settings = WorkerSettings {
         agent_type: agent_type.to_string(),
-        prefetch_per_lane: agentlog::agent::worker::prefetch_per_lane(&agent),
+        prefetch_per_lane: crate::agent::worker::prefetch_per_lane(&agent),
         agent,
         topic_prefix: config.log.topic_prefix.clone(),
         worker_id: format!("{agent_type}-{}-{}", hostname(), std::process::id()),
         drain_timeout,
         heartbeat_interval: Duration::from_millis(config.supervisor.heartbeat_interval_ms),
-        transaction_deadline: agentlog::agent::worker::TRANSACTION_DEADLINE,
+        transaction_deadline: crate::agent::worker::TRANSACTION_DEADLINE,
     };
     Ok(run_worker(log.clone(), codec, runtime, settings, shutdown))
 }
@@ -74,7 +74,7 @@ pub fn spawn_supervisor(
     config: &Config,
     codec: Arc<WireCodec>,
     shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<Result<(), agentlog::supervisor::SupervisorError>> {
+) -> tokio::task::JoinHandle<Result<(), crate::supervisor::SupervisorError>> {
     tokio::spawn(supervisor_run(log, config, codec, shutdown))
 }
 
@@ -84,7 +84,7 @@ pub fn supervisor_run(
     config: &Config,
     codec: Arc<WireCodec>,
     shutdown: CancellationToken,
-) -> impl Future<Output = Result<(), agentlog::supervisor::SupervisorError>> + Send + use<> {
+) -> impl Future<Output = Result<(), crate::supervisor::SupervisorError>> + Send + use<> {
     let settings = SupervisorSettings {
         topic_prefix: config.log.topic_prefix.clone(),
         supervisor_id: format!("supervisor-{}-{}", hostname(), std::process::id()),

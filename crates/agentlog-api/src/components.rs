@@ -23,6 +23,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use serde::Serialize;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
@@ -139,13 +141,19 @@ impl Components {
     }
 
     /// Starts component `name`: `start` is called for each run with the run's token.
-    pub fn spawn<F, Fut, E>(&mut self, name: impl Into<String>, start: F)
+    pub fn spawn<F, Fut, E>(&mut self, name: impl Into<String>, mut start: F)
     where
         F: FnMut(CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Into<ComponentError> + 'static,
     {
-        let name = name.into();
+        self.spawn_boxed(name.into(), Box::new(move |token| Box::pin(start(token).map(|ended| ended.map_err(Into::into)))));
+    }
+
+    /// The supervision loop, compiled once here: the generic [`Components::spawn`] only boxes
+    /// its component, so a crate that starts components does not compile this loop again.
+    #[inline(never)]
+    fn spawn_boxed(&mut self, name: String, start: Start) {
         self.board.update(&name, |s| s.state = Phase::Running);
         let supervision = Supervision { name, board: self.board.clone(), policy: self.policy.clone(), stop: self.stop.clone() };
         self.supervisors.spawn(supervision.run(start));
@@ -175,13 +183,11 @@ struct Supervision {
     stop: CancellationToken,
 }
 
+/// A component's factory of runs, boxed.
+type Start = Box<dyn FnMut(CancellationToken) -> BoxFuture<'static, Result<(), ComponentError>> + Send>;
+
 impl Supervision {
-    async fn run<F, Fut, E>(self, mut start: F) -> Option<StopFailure>
-    where
-        F: FnMut(CancellationToken) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(), E>> + Send + 'static,
-        E: Into<ComponentError> + 'static,
-    {
+    async fn run(self, mut start: Start) -> Option<StopFailure> {
         let mut backoff = Backoff::new(self.policy.first, self.policy.max);
         loop {
             let began = Instant::now();
@@ -190,7 +196,7 @@ impl Supervision {
             // cancelled with it rather than left running unowned.
             let _cancel_run = token.clone().drop_guard();
             let run = start(token);
-            let joined = tokio::spawn(async move { run.await.map_err(Into::into) }).await;
+            let joined = tokio::spawn(run).await;
             let error = match joined {
                 Ok(Ok(())) if self.stop.is_cancelled() => {
                     self.board.update(&self.name, |s| {

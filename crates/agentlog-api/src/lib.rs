@@ -31,6 +31,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
 use axum::http::Method;
 use axum::routing::{MethodFilter, MethodRouter, on};
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -387,7 +388,13 @@ pub async fn bind(config: &ApiConfig) -> Result<TcpListener, ApiStartError> {
 }
 
 /// Serves until `shutdown`, with the connection limits of `state.config` (see `server`).
-pub async fn serve(listener: TcpListener, state: Arc<ApiState>, max_body_bytes: usize, shutdown: CancellationToken) -> Result<(), ApiStartError> {
+/// Boxed here so a crate that runs it compiles a pointer, not this async body again (Rust
+/// compiles an async function's body in every crate that awaits it; BENCHMARKS.md, build times).
+pub fn serve(listener: TcpListener, state: Arc<ApiState>, max_body_bytes: usize, shutdown: CancellationToken) -> BoxFuture<'static, Result<(), ApiStartError>> {
+    Box::pin(serving(listener, state, max_body_bytes, shutdown))
+}
+
+async fn serving(listener: TcpListener, state: Arc<ApiState>, max_body_bytes: usize, shutdown: CancellationToken) -> Result<(), ApiStartError> {
     let bound = listener.local_addr().map_err(ApiStartError::Serve)?;
     let limits = state.config.access().limits;
     let closing = state.closing.clone();

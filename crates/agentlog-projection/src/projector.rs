@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -443,7 +444,19 @@ const HEALTHY_RUN: Duration = Duration::from_secs(30);
 /// ends it: it is reported through [`Projection::trouble`] (so `/readyz` says what it waits
 /// for), and after a back-off the projector starts again from the offsets in the store,
 /// which are exactly where its durable state ends.
-pub async fn run(log: Arc<dyn EventLog>, codec: Arc<WireCodec>, projection: Arc<Projection>, cancel: CancellationToken) -> Result<(), ProjectorError> {
+///
+/// Boxed here so a crate that runs it compiles a pointer, not this async body again (Rust
+/// compiles an async function's body in every crate that awaits it; BENCHMARKS.md, build times).
+pub fn run(
+    log: Arc<dyn EventLog>,
+    codec: Arc<WireCodec>,
+    projection: Arc<Projection>,
+    cancel: CancellationToken,
+) -> BoxFuture<'static, Result<(), ProjectorError>> {
+    Box::pin(running(log, codec, projection, cancel))
+}
+
+async fn running(log: Arc<dyn EventLog>, codec: Arc<WireCodec>, projection: Arc<Projection>, cancel: CancellationToken) -> Result<(), ProjectorError> {
     let mut backoff = crate::backoff::Backoff::default();
     loop {
         let began = Instant::now();

@@ -30,6 +30,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
+use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -166,7 +167,14 @@ pub async fn bind(listen: &str, access: &Access) -> Result<TcpListener, Registry
 /// limits (`api.max_connections`, `api.idle_timeout_ms`, `api.header_read_timeout_ms`), then
 /// drains in-flight requests. The registry itself (its tail task) is closed by its owner.
 /// Without keys in `access` a non-loopback listener is refused.
-pub async fn serve(registry: Arc<Registry>, listener: TcpListener, access: Access, shutdown: CancellationToken) -> Result<(), RegistryError> {
+///
+/// Boxed here so a crate that runs it compiles a pointer, not this async body again (Rust
+/// compiles an async function's body in every crate that awaits it; BENCHMARKS.md, build times).
+pub fn serve(registry: Arc<Registry>, listener: TcpListener, access: Access, shutdown: CancellationToken) -> BoxFuture<'static, Result<(), RegistryError>> {
+    Box::pin(serving(registry, listener, access, shutdown))
+}
+
+async fn serving(registry: Arc<Registry>, listener: TcpListener, access: Access, shutdown: CancellationToken) -> Result<(), RegistryError> {
     let address = listener.local_addr()?;
     if !loopback::may_listen(&address, access.keys_configured()) {
         return Err(RegistryError::NotLoopback { address: address.to_string() });

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -116,12 +117,19 @@ const HEALTHY_TERM: Duration = Duration::from_secs(30);
 /// Runs until `shutdown`, leading whenever the group gives this instance the control
 /// partition. A passing failure (a broker restarting, the registry down) ends only the
 /// current term; the supervisor rejoins the election after a back-off.
-pub async fn run_supervisor(
+///
+/// Boxed here so a crate that runs it compiles a pointer, not this async body again (Rust
+/// compiles an async function's body in every crate that awaits it; BENCHMARKS.md, build times).
+pub fn run_supervisor(
     log: Arc<dyn EventLog>,
     codec: Arc<WireCodec>,
     settings: SupervisorSettings,
     shutdown: CancellationToken,
-) -> Result<(), SupervisorError> {
+) -> BoxFuture<'static, Result<(), SupervisorError>> {
+    Box::pin(supervise(log, codec, settings, shutdown))
+}
+
+async fn supervise(log: Arc<dyn EventLog>, codec: Arc<WireCodec>, settings: SupervisorSettings, shutdown: CancellationToken) -> Result<(), SupervisorError> {
     let mut backoff = crate::backoff::Backoff::default();
     loop {
         let began = tokio::time::Instant::now();

@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use self::membership::Member;
@@ -165,7 +166,20 @@ const HEALTHY_TERM: Duration = Duration::from_secs(30);
 /// A passing failure (see [`WorkerError::is_fatal`]) never ends the worker: the current group
 /// membership ends (in-flight attempts are dropped, uncommitted work goes back to the group)
 /// and after a back-off the worker joins again. Only a fatal error is returned.
-pub async fn run_worker(
+///
+/// Boxed here so a crate that runs it compiles a pointer, not this async body again (Rust
+/// compiles an async function's body in every crate that awaits it; BENCHMARKS.md, build times).
+pub fn run_worker(
+    log: Arc<dyn EventLog>,
+    codec: Arc<WireCodec>,
+    agent: Arc<dyn Agent>,
+    settings: WorkerSettings,
+    shutdown: CancellationToken,
+) -> BoxFuture<'static, Result<WorkerReport, WorkerError>> {
+    Box::pin(work(log, codec, agent, settings, shutdown))
+}
+
+async fn work(
     log: Arc<dyn EventLog>,
     codec: Arc<WireCodec>,
     agent: Arc<dyn Agent>,

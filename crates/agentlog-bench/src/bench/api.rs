@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -97,7 +98,13 @@ async fn seed(http: &reqwest::Client, options: &ApiBenchOptions) -> Result<Vec<S
 /// Runs the load on a single-threaded runtime of its own: the client shares the machine's
 /// cores with the server it measures, and one client thread (plus the pacer) contends less
 /// with the server's threads than a worker pool per core would.
-pub async fn run_api_bench(options: &ApiBenchOptions) -> Result<ApiBenchReport, BenchError> {
+/// Boxed here so a crate that runs it compiles a pointer, not this async body again (Rust
+/// compiles an async function's body in every crate that awaits it; BENCHMARKS.md, build times).
+pub fn run_api_bench<'a>(options: &'a ApiBenchOptions) -> BoxFuture<'a, Result<ApiBenchReport, BenchError>> {
+    Box::pin(measure_api_bench(options))
+}
+
+async fn measure_api_bench(options: &ApiBenchOptions) -> Result<ApiBenchReport, BenchError> {
     if !matches!(options.op.as_str(), "get" | "submit") {
         return Err(setup(format!("--op `{}`: get or submit", options.op)));
     }

@@ -13,13 +13,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use serde::Serialize;
 
 use super::log::BenchError;
 use crate::agent::{TaskClient, TaskTopics};
-use crate::config::LogConfig;
 use crate::events::wire::WireCodec;
 use crate::events::{AnyEvent, Lane, TaskSubmitted, TimestampMicros, decode_any};
+use crate::log::config::LogConfig;
 use crate::log::follow::Follower;
 use crate::log::{EventLog, SeekTo, TopicSpec};
 use crate::registry::RegistryServer;
@@ -89,7 +90,13 @@ struct Seen {
     first_start: HashMap<String, TimestampMicros>,
 }
 
-pub async fn run_failover_bench(log: Arc<dyn EventLog>, config: &LogConfig) -> Result<FailoverReport, BenchError> {
+/// Boxed here so a crate that runs it compiles a pointer, not this async body again (Rust
+/// compiles an async function's body in every crate that awaits it; BENCHMARKS.md, build times).
+pub fn run_failover_bench<'a>(log: Arc<dyn EventLog>, config: &'a LogConfig) -> BoxFuture<'a, Result<FailoverReport, BenchError>> {
+    Box::pin(measure_failover_bench(log, config))
+}
+
+async fn measure_failover_bench(log: Arc<dyn EventLog>, config: &LogConfig) -> Result<FailoverReport, BenchError> {
     let setup = |e: &dyn std::fmt::Display| BenchError::Setup(e.to_string());
     if log.backend() != "kafka" {
         return Err(BenchError::Setup("--failover needs the Kafka backend: the embedded log lives in one process".into()));

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -77,7 +78,13 @@ struct Clock {
     submitted: Vec<AtomicU64>,
 }
 
-pub async fn run_task_bench(log: Arc<dyn EventLog>, options: &TaskBenchOptions) -> Result<TaskBenchReport, BenchError> {
+/// Boxed here so a crate that runs it compiles a pointer, not this async body again (Rust
+/// compiles an async function's body in every crate that awaits it; BENCHMARKS.md, build times).
+pub fn run_task_bench<'a>(log: Arc<dyn EventLog>, options: &'a TaskBenchOptions) -> BoxFuture<'a, Result<TaskBenchReport, BenchError>> {
+    Box::pin(measure_task_bench(log, options))
+}
+
+async fn measure_task_bench(log: Arc<dyn EventLog>, options: &TaskBenchOptions) -> Result<TaskBenchReport, BenchError> {
     let suffix = format!("{}-{}", std::process::id(), rand::random::<u32>());
     let topics = TaskTopics::new(format!("bench.{suffix}."));
     let admin = log.admin();

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::LocalBoxFuture;
 use futures::stream::FuturesUnordered;
 use serde::Serialize;
 
@@ -108,7 +109,13 @@ async fn write_tasks(log: &Arc<dyn EventLog>, codec: &WireCodec, topics: &TaskTo
     Ok(())
 }
 
-pub async fn run_projection_bench(log: Arc<dyn EventLog>, options: &ProjectionBenchOptions) -> Result<ProjectionBenchReport, BenchError> {
+/// Boxed here so a crate that runs it compiles a pointer, not this async body again (Rust
+/// compiles an async function's body in every crate that awaits it; BENCHMARKS.md, build times).
+pub fn run_projection_bench<'a>(log: Arc<dyn EventLog>, options: &'a ProjectionBenchOptions) -> LocalBoxFuture<'a, Result<ProjectionBenchReport, BenchError>> {
+    Box::pin(measure_projection_bench(log, options))
+}
+
+async fn measure_projection_bench(log: Arc<dyn EventLog>, options: &ProjectionBenchOptions) -> Result<ProjectionBenchReport, BenchError> {
     let suffix = format!("{}-{}", std::process::id(), rand::random::<u32>());
     let topics = TaskTopics::new(format!("bench.{suffix}."));
     let admin = log.admin();
