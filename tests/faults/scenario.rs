@@ -229,7 +229,7 @@ impl Scenario {
             // The group first: gdb stops each process for seconds, past the members' session
             // timeout, and the fencing that follows reshuffles the group (it ended a stalled
             // reconciliation this way once).
-            let group = agentlog::agent::topics::worker_group(&self.agent_type);
+            let group = self.topics.worker_group(&self.agent_type);
             let path = self.dir.join("group.txt");
             match std::fs::write(&path, super::group::describe(self.cluster, &group).await) {
                 Ok(()) => notes.push(format!("the group as its coordinator sees it in {}", path.display())),

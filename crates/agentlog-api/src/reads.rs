@@ -57,14 +57,14 @@ pub async fn agents(
 }
 
 #[utoipa::path(get, path = "/v1/agent-types", tag = "agents",
-    responses((status = 200, description = "the catalog, with waiting tasks (lag of group agents.<type>) per lane; the runtime's configuration (URL, program, arguments) only for admin tenants, others see its kind", body = super::answers::AgentTypeList), (status = 401), (status = 503)))]
+    responses((status = 200, description = "the catalog, with waiting tasks (lag of group <prefix>agents.<type>) per lane; the runtime's configuration (URL, program, arguments) only for admin tenants, others see its kind", body = super::answers::AgentTypeList), (status = 401), (status = 503)))]
 pub async fn agent_types(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<Json<answers::AgentTypeList>, ApiError> {
     // Where agents run (internal URLs, programs and their arguments) is operators' business.
     let admin_view = state.is_admin(&tenant);
     let admin = state.log.admin();
     let mut types = Vec::new();
     for (name, agent) in &state.agents {
-        let group = crate::agent::topics::worker_group(name);
+        let group = state.client.topics().worker_group(name);
         let mut lag = BTreeMap::new();
         for lane in agent.lanes_by_priority() {
             let topic = state.client.topics().lane(name, lane);

@@ -561,7 +561,7 @@ pub async fn worker_runs_tasks_and_commits_after_outcomes(h: &mut Harness) {
     stop.cancel();
     let report = worker.await.expect("worker task").expect("worker");
     assert_eq!((report.completed, report.failed, report.dead_lettered, report.undecodable, report.abandoned), (40, 0, 0, 0, 0));
-    let group = agentlog::agent::topics::worker_group(&agent_type);
+    let group = agentlog::agent::topics::TaskTopics::new(prefix.clone()).worker_group(&agent_type);
     let mut committed = 0;
     for topic in &lane_topics {
         let parts: Vec<TopicPartition> = (0..2).map(|p| TopicPartition::new(topic, p)).collect();
@@ -569,6 +569,80 @@ pub async fn worker_runs_tasks_and_commits_after_outcomes(h: &mut Harness) {
     }
     assert_eq!(committed, 40, "the group committed every finished task and nothing more");
 
+    registry.stop().await;
+}
+
+/// Worker groups took the topic prefix (`agents.<type>` became `<prefix>agents.<type>`). An
+/// upgraded worker must start where the group's former name committed, not at the start of
+/// its lanes: tasks done before the upgrade never run again, and those after it all run.
+pub async fn an_upgraded_worker_continues_from_the_former_group_name(h: &mut Harness) {
+    use agentlog::agent::runtime::build;
+    use agentlog::agent::topics::TaskTopics;
+    use agentlog::agent::{AgentTypeConfig, WorkerSettings, run_worker};
+    use agentlog::events::{Lane, Meta, TaskCompleted, TaskSubmitted};
+
+    let registry = TestRegistry::start(h.log()).await;
+    let codec = registry.codec();
+    let prefix = format!("{}.", unique("p"));
+    let agent_type = unique("echo");
+    let agent: AgentTypeConfig =
+        toml::from_str("runtime = { kind = \"builtin\", name = \"echo\" }\nconcurrency = 4\npartitions = 1\nlanes = [\"normal\"]\n").expect("agent type");
+    let topics = TaskTopics::new(prefix.clone());
+    let lane = topics.lane(&agent_type, Lane::Normal);
+    h.log().admin().create_topic(&TopicSpec::new(&lane, 1)).await.expect("lane topic");
+    create_task_topics(h.log(), &prefix, 1).await;
+    let producer = h.log().producer().expect("producer");
+    let submit = |task_id: String| {
+        let (codec, producer, lane, agent_type) = (codec.clone(), producer.clone(), lane.clone(), agent_type.clone());
+        async move {
+            let task = TaskSubmitted::new(Meta::new(format!("e-{task_id}"), "t", "test"), &task_id, &agent_type, Lane::Normal, b"{}".to_vec());
+            let payload = codec.encode(&lane, &task).await.expect("encode");
+            producer.send(Record::new(&lane, payload).with_key(Bytes::from(task_id))).await.expect("accepted").await.expect("durable");
+        }
+    };
+
+    // Before the upgrade: ten tasks, done and committed by the group's former name.
+    for i in 0..10 {
+        submit(format!("before-{i}")).await;
+    }
+    let former = topics.legacy_worker_group(&agent_type).expect("a prefix gives the group another name");
+    assert_eq!(former, format!("agents.{agent_type}"));
+    let mut old_worker = h.log().consumer(ConsumerOptions { group: Some(former), client_id: None, ..Default::default() }).expect("consumer");
+    old_worker.subscribe(std::slice::from_ref(&lane)).expect("subscribe");
+    assert_eq!(read_records(old_worker.as_mut(), 10, WITHIN).await.len(), 10);
+    old_worker.commit(&[(TopicPartition::new(&lane, 0), 10)]).await.expect("commit");
+    old_worker.close().await.expect("close");
+    // After it: five more.
+    for i in 0..5 {
+        submit(format!("after-{i}")).await;
+    }
+
+    let settings = WorkerSettings {
+        agent_type: agent_type.clone(),
+        agent,
+        topic_prefix: prefix.clone(),
+        worker_id: "upgraded".into(),
+        prefetch_per_lane: 8,
+        drain_timeout: Duration::from_secs(10),
+        heartbeat_interval: Duration::from_secs(1),
+        transaction_deadline: agentlog::agent::worker::TRANSACTION_DEADLINE,
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let runtime = build(&settings.agent.runtime, Duration::from_secs(5)).expect("echo agent");
+    let worker = tokio::spawn(run_worker(h.log().clone(), codec.clone(), runtime, settings, stop.clone()));
+    let mut reader = h.log().consumer(ConsumerOptions::default()).expect("consumer");
+    reader.assign(&assign_all(&topics.results(), 1, SeekTo::Earliest)).await.expect("assign");
+    let mut done = Vec::new();
+    for record in read_records(reader.as_mut(), 5, WITHIN).await {
+        done.push(codec.decode::<TaskCompleted>(&record.payload).await.expect("a TaskCompleted").1.task_id);
+    }
+    done.sort();
+    assert_eq!(done, (0..5).map(|i| format!("after-{i}")).collect::<Vec<_>>(), "only the tasks after the upgrade ran");
+    stop.cancel();
+    let report = worker.await.expect("worker task").expect("worker");
+    assert_eq!(report.completed, 5, "no task the former group committed ran again");
+    let committed = h.log().admin().committed_offsets(&topics.worker_group(&agent_type), &[TopicPartition::new(&lane, 0)]).await.expect("committed");
+    assert_eq!(committed, vec![Some(15)], "the group's own commits continue from the former name's");
     registry.stop().await;
 }
 
@@ -634,7 +708,7 @@ pub async fn a_task_longer_than_max_poll_interval_does_not_evict_the_worker(h: &
     // The commit follows the outcome; once it is there, the member was never evicted (an
     // evicted member's commit is refused and the task would be delivered again).
     let tp = TopicPartition::new(&lane_topic, 0);
-    let group = agentlog::agent::topics::worker_group(&agent_type);
+    let group = agentlog::agent::topics::TaskTopics::new(prefix.clone()).worker_group(&agent_type);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let committed = admin.committed_offsets(&group, std::slice::from_ref(&tp)).await.expect("committed");

@@ -13,6 +13,11 @@
 //! in the group's reconciliation. Meanwhile the worker keeps the partitions paused. A lookup
 //! that fails or times out is retried until it answers: a partition whose floor is unknown
 //! waits, it is never read from wherever the client happened to resume.
+//!
+//! A partition the group never committed takes the floor of the group's former name, when it
+//! had one: worker groups took the topic prefix (`agents.<type>` became
+//! `<prefix>agents.<type>`), and without this an upgraded worker would read every retained
+//! task of its lanes again. The worker seeks such a partition to that floor.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +40,8 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 pub struct FloorLookups {
     admin: Arc<dyn Admin>,
     group: String,
+    /// The group's former name, asked for partitions the group itself never committed.
+    legacy: Option<String>,
     /// Assigned partitions whose floor is not known yet, with the lookup that will tell.
     awaiting: HashMap<TopicPartition, u64>,
     running: JoinSet<Found>,
@@ -45,12 +52,32 @@ pub struct FloorLookups {
 struct Found {
     lookup: u64,
     partitions: Vec<TopicPartition>,
-    floors: Vec<Option<i64>>,
+    floors: Vec<Floor>,
+}
+
+/// A partition's committed offset, and whose it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Floor {
+    /// The group never committed this partition (nor did its former name): read it all.
+    None,
+    /// The group's own committed offset: the member resumes there by itself.
+    Group(i64),
+    /// The group's former name's committed offset: the member must seek there.
+    Legacy(i64),
+}
+
+impl Floor {
+    pub fn offset(self) -> Option<i64> {
+        match self {
+            Floor::None => None,
+            Floor::Group(o) | Floor::Legacy(o) => Some(o),
+        }
+    }
 }
 
 impl FloorLookups {
-    pub fn new(admin: Arc<dyn Admin>, group: String) -> Self {
-        Self { admin, group, awaiting: HashMap::new(), running: JoinSet::new(), next_lookup: 0 }
+    pub fn new(admin: Arc<dyn Admin>, group: String, legacy: Option<String>) -> Self {
+        Self { admin, group, legacy, awaiting: HashMap::new(), running: JoinSet::new(), next_lookup: 0 }
     }
 
     /// Starts looking up the floors of just-assigned partitions; until [`FloorLookups::next`]
@@ -64,9 +91,9 @@ impl FloorLookups {
         for p in partitions {
             self.awaiting.insert(p.clone(), lookup);
         }
-        let (admin, group, partitions) = (self.admin.clone(), self.group.clone(), partitions.to_vec());
+        let (admin, group, legacy, partitions) = (self.admin.clone(), self.group.clone(), self.legacy.clone(), partitions.to_vec());
         self.running.spawn(async move {
-            let floors = look_up(admin.as_ref(), &group, &partitions).await;
+            let floors = floors_of(admin.as_ref(), &group, legacy.as_deref(), &partitions).await;
             Found { lookup, partitions, floors }
         });
     }
@@ -91,7 +118,7 @@ impl FloorLookups {
 
     /// The next floors found, for partitions still assigned and awaiting exactly that lookup
     /// (possibly none). Cancel-safe. Waits forever when no lookup runs.
-    pub async fn next(&mut self) -> Vec<(TopicPartition, Option<i64>)> {
+    pub async fn next(&mut self) -> Vec<(TopicPartition, Floor)> {
         let Some(joined) = self.running.join_next().await else {
             return std::future::pending().await;
         };
@@ -108,6 +135,23 @@ impl FloorLookups {
         }
         known
     }
+}
+
+/// The group's floors of `partitions`, and for those it never committed, its former name's.
+async fn floors_of(admin: &dyn Admin, group: &str, legacy: Option<&str>, partitions: &[TopicPartition]) -> Vec<Floor> {
+    let own = look_up(admin, group, partitions).await;
+    let mut floors: Vec<Floor> = own.iter().map(|o| o.map_or(Floor::None, Floor::Group)).collect();
+    let never: Vec<usize> = own.iter().enumerate().filter(|(_, o)| o.is_none()).map(|(i, _)| i).collect();
+    if let (Some(legacy), false) = (legacy, never.is_empty()) {
+        let asked: Vec<TopicPartition> = never.iter().map(|&i| partitions[i].clone()).collect();
+        for (&i, former) in never.iter().zip(look_up(admin, legacy, &asked).await) {
+            if let Some(offset) = former {
+                tracing::info!(partition = %partitions[i], %group, former = legacy, offset, "taking the committed offset of the group's former name");
+                floors[i] = Floor::Legacy(offset);
+            }
+        }
+    }
+    floors
 }
 
 /// Asks until the backend answers; failures are passing (a broker restarting, an open

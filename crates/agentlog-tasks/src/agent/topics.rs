@@ -50,18 +50,28 @@ impl TaskTopics {
     pub fn heartbeats(&self) -> String {
         self.named("agent.heartbeats")
     }
-}
 
-/// `agents.<type>`: the consumer group of an agent type's workers, whose lag per lane is
-/// what `GET /v1/agent-types` shows.
-///
-/// Group names do not take the topic prefix, as DESIGN.md names them: the default prefix
-/// (`agentlog.`) would rename every deployed group, and a renamed group starts without
-/// committed offsets, so with `auto.offset.reset = earliest` its workers would run every
-/// retained task again. Prefixing needs a migration that copies the committed offsets first.
-pub fn worker_group(agent_type: &str) -> String {
-    format!("agents.{agent_type}")
-}
+    /// `<prefix>agents.<type>`: the consumer group of an agent type's workers, whose lag per
+    /// lane is what `GET /v1/agent-types` shows. Prefixed like the topics, so two deployments
+    /// on one Kafka cluster (two prefixes) never share a group: a shared group would rebalance
+    /// both deployments' workers together.
+    pub fn worker_group(&self, agent_type: &str) -> String {
+        self.named(&format!("agents.{agent_type}"))
+    }
 
-/// The supervisor's group: one member leads (timers, liveness, jobs), the others stand by.
-pub const SUPERVISOR_GROUP: &str = "agentlog.supervisor";
+    /// The group this agent type's workers used before group names took the prefix
+    /// (`agents.<type>`), when that is another name: a worker reads its committed offsets for a
+    /// partition its own group never committed ([`crate::agent::floors`]), so an upgrade does
+    /// not run retained tasks again.
+    pub fn legacy_worker_group(&self, agent_type: &str) -> Option<String> {
+        let legacy = format!("agents.{agent_type}");
+        (self.worker_group(agent_type) != legacy).then_some(legacy)
+    }
+
+    /// `<prefix>supervisor`: the supervisors' election group; one member leads (timers,
+    /// liveness, jobs), the others stand by. With the default prefix this is the name it always
+    /// had (`agentlog.supervisor`); it commits no offsets, so a new name needs no migration.
+    pub fn supervisor_group(&self) -> String {
+        self.named("supervisor")
+    }
+}

@@ -2,7 +2,7 @@
 //! (AgentLost) and job aggregation (JobCompleted).
 //!
 //! One instance is active at a time, elected through the log: every supervisor joins consumer
-//! group `agentlog.supervisor` on the single-partition `control` topic, and whoever owns that
+//! group `<prefix>supervisor` on the single-partition `control` topic, and whoever owns that
 //! partition leads. When the leader dies the group hands the partition to a standby, which
 //! rebuilds its state from the log and takes over. Components read their topics without a
 //! group, so a new leader always sees the whole picture.
@@ -153,11 +153,8 @@ async fn supervise(log: Arc<dyn EventLog>, codec: Arc<WireCodec>, settings: Supe
 async fn run_term(log: &Arc<dyn EventLog>, codec: &Arc<WireCodec>, settings: &SupervisorSettings, shutdown: &CancellationToken) -> Result<(), SupervisorError> {
     let topics = TaskTopics::new(settings.topic_prefix.clone());
     let control = TopicPartition::new(topics.control(), 0);
-    let mut election = log.consumer(ConsumerOptions {
-        group: Some(crate::agent::topics::SUPERVISOR_GROUP.into()),
-        client_id: Some(settings.supervisor_id.clone()),
-        ..Default::default()
-    })?;
+    let mut election =
+        log.consumer(ConsumerOptions { group: Some(topics.supervisor_group()), client_id: Some(settings.supervisor_id.clone()), ..Default::default() })?;
     election.subscribe(std::slice::from_ref(&control.topic))?;
     let mut leading: Option<Leadership> = None;
     let result = loop {

@@ -13,7 +13,7 @@ use super::delivery::Delivery;
 use super::turn::{Done, Taken, turn};
 use super::{COMMIT_INTERVAL, WorkerError, WorkerReport, WorkerSettings};
 use crate::agent::attempt::{AttemptEnv, Ending};
-use crate::agent::floors::FloorLookups;
+use crate::agent::floors::{Floor, FloorLookups};
 use crate::agent::offsets::OffsetTracker;
 use crate::agent::presence::{Load, Presence};
 use crate::agent::scheduler::Scheduler;
@@ -49,7 +49,7 @@ impl Member<'_> {
 
     fn join(&self) -> Result<Membership<'_>, WorkerError> {
         let settings = self.settings;
-        let group = crate::agent::topics::worker_group(&settings.agent_type);
+        let group = self.env.topics.worker_group(&settings.agent_type);
         let mut consumer =
             self.log.consumer(ConsumerOptions { group: Some(group.clone()), client_id: Some(settings.worker_id.clone()), ..Default::default() })?;
         consumer.subscribe(self.lane_topics)?;
@@ -62,7 +62,7 @@ impl Member<'_> {
             delivery,
             scheduler: Scheduler::new(settings.agent.concurrency as usize, settings.prefetch_per_lane),
             tracker: OffsetTracker::default(),
-            floors: FloorLookups::new(self.log.admin(), group),
+            floors: FloorLookups::new(self.log.admin(), group, self.env.topics.legacy_worker_group(&settings.agent_type)),
             running: JoinSet::new(),
             paused: [None; Lane::COUNT],
             pending: BTreeMap::new(),
@@ -102,7 +102,7 @@ impl Membership<'_> {
                 _ = shutdown.cancelled() => return Ok(()),
                 Some(joined) = self.running.join_next(), if !self.running.is_empty() => self.on_finished(joined, report)?,
                 committed = self.delivery.committed(), if self.delivery.is_committing() => self.on_committed(committed)?,
-                known = self.floors.next(), if self.floors.is_looking() => self.on_floors_known(known),
+                known = self.floors.next(), if self.floors.is_looking() => self.on_floors_known(known).await?,
                 _ = self.commit_tick.tick(), if !self.pending.is_empty() && !self.delivery.is_committing() => self.flush().await?,
                 // Not read while a transaction commits: librdkafka hands a revocation to the
                 // application (and acknowledges it to the group) only while it is polled, and
@@ -218,16 +218,24 @@ impl Membership<'_> {
         Ok(())
     }
 
-    /// The group's committed offsets of newly assigned partitions are known: read them.
-    fn on_floors_known(&mut self, known: Vec<(TopicPartition, Option<i64>)>) {
+    /// The group's committed offsets of newly assigned partitions are known: read them. A
+    /// partition that only its group's former name committed is read from there (the client
+    /// resumed it at the start, as for a group that never committed).
+    async fn on_floors_known(&mut self, known: Vec<(TopicPartition, Floor)>) -> Result<(), WorkerError> {
         if known.is_empty() {
-            return;
+            return Ok(());
         }
-        let (parts, found): (Vec<TopicPartition>, Vec<Option<i64>>) = known.into_iter().unzip();
+        for (tp, floor) in &known {
+            if let Floor::Legacy(offset) = floor {
+                self.reader.consumer().seek(tp, SeekTo::Offset(*offset)).await?;
+            }
+        }
+        let (parts, found): (Vec<TopicPartition>, Vec<Option<i64>>) = known.into_iter().map(|(tp, floor)| (tp, floor.offset())).unzip();
         tracing::debug!(?parts, committed = ?found, "committed offsets known; reading the partitions");
         self.tracker.assigned(&parts, &found);
         // Re-applied per lane, which resumes them unless their lane is full.
         self.paused = [None; Lane::COUNT];
+        Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), WorkerError> {
