@@ -21,7 +21,7 @@ use super::views::{
 };
 use crate::agent::dlq::DLQ_ATTEMPTS;
 use crate::events::reader::{DLQ_ERROR, DLQ_REASON, DLQ_SOURCE, DLQ_TRUNCATED};
-use crate::events::{AnyEvent, Meta, TaskSubmitted};
+use crate::events::{AnyEvent, Meta, OutcomeKind, TaskSubmitted};
 use crate::log::ConsumedRecord;
 
 /// Maps keyed by ids and names the applier hashes several times per event: SipHash's
@@ -785,24 +785,17 @@ fn apply_submitted(view: &mut TaskView, source: Source, e: TaskSubmitted, at: i6
     first_submit
 }
 
-/// The outcome an event states, if it is one.
+/// The outcome an event states, if it is one ([`OutcomeKind::of`] decides which are).
 fn outcome_of(event: AnyEvent, at_us: i64, event_id: String) -> Option<OutcomeView> {
-    let blank = |status| OutcomeView { status, at_us, event_id, attempt: None, output: None, duration_ms: None, error_kind: None, message: None };
+    let status = TaskStatus::from(OutcomeKind::of(&event)?);
+    let blank = OutcomeView { status, at_us, event_id, attempt: None, output: None, duration_ms: None, error_kind: None, message: None };
     Some(match event {
-        AnyEvent::TaskCompleted(e) => {
-            OutcomeView { attempt: Some(e.attempt), output: Some(text_of(e.output)), duration_ms: Some(e.duration_ms), ..blank(TaskStatus::Completed) }
-        }
-        AnyEvent::TaskFailed(e) => {
-            OutcomeView { attempt: Some(e.attempt), error_kind: Some(e.error_kind), message: Some(e.message), ..blank(TaskStatus::Failed) }
-        }
-        AnyEvent::TaskDeadLettered(e) => {
-            OutcomeView { attempt: Some(e.attempts), error_kind: Some(e.reason), message: Some(e.last_error), ..blank(TaskStatus::DeadLettered) }
-        }
-        AnyEvent::TaskCancelled(e) => OutcomeView { message: e.reason, ..blank(TaskStatus::Cancelled) },
-        AnyEvent::TaskExpired(e) => {
-            OutcomeView { message: Some(format!("deadline {} passed before the task started", e.deadline.0)), ..blank(TaskStatus::Expired) }
-        }
-        _ => return None,
+        AnyEvent::TaskCompleted(e) => OutcomeView { attempt: Some(e.attempt), output: Some(text_of(e.output)), duration_ms: Some(e.duration_ms), ..blank },
+        AnyEvent::TaskFailed(e) => OutcomeView { attempt: Some(e.attempt), error_kind: Some(e.error_kind), message: Some(e.message), ..blank },
+        AnyEvent::TaskDeadLettered(e) => OutcomeView { attempt: Some(e.attempts), error_kind: Some(e.reason), message: Some(e.last_error), ..blank },
+        AnyEvent::TaskCancelled(e) => OutcomeView { message: e.reason, ..blank },
+        AnyEvent::TaskExpired(e) => OutcomeView { message: Some(format!("deadline {} passed before the task started", e.deadline.0)), ..blank },
+        _ => blank,
     })
 }
 

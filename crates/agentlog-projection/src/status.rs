@@ -10,7 +10,7 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::{PartialSchema, ToSchema};
 
-use crate::events::AgentState;
+use crate::events::{AgentState, OutcomeKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -63,7 +63,24 @@ impl TaskStatus {
 
     /// An outcome: nothing more happens to the task unless it is re-submitted.
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskStatus::Completed | TaskStatus::Failed | TaskStatus::DeadLettered | TaskStatus::Cancelled | TaskStatus::Expired)
+        self.outcome().is_some()
+    }
+
+    /// The outcome this status is, if it is one.
+    pub fn outcome(self) -> Option<OutcomeKind> {
+        OutcomeKind::ALL.into_iter().find(|kind| TaskStatus::from(*kind) == self)
+    }
+}
+
+impl From<OutcomeKind> for TaskStatus {
+    fn from(kind: OutcomeKind) -> TaskStatus {
+        match kind {
+            OutcomeKind::Completed => TaskStatus::Completed,
+            OutcomeKind::Failed => TaskStatus::Failed,
+            OutcomeKind::DeadLettered => TaskStatus::DeadLettered,
+            OutcomeKind::Cancelled => TaskStatus::Cancelled,
+            OutcomeKind::Expired => TaskStatus::Expired,
+        }
     }
 }
 
@@ -195,6 +212,17 @@ mod tests {
         }
         assert_eq!("done".parse::<TaskStatus>(), Err(UnknownStatus("done".into())));
         assert_eq!(TaskStatus::ALL.iter().filter(|s| s.is_terminal()).count(), 5);
+    }
+
+    #[test]
+    fn every_outcome_is_a_terminal_status_of_the_same_name() {
+        for kind in OutcomeKind::ALL {
+            let status = TaskStatus::from(kind);
+            assert!(status.is_terminal());
+            assert_eq!(status.outcome(), Some(kind));
+            assert_eq!(status.as_str(), kind.as_str(), "the API and the CLI show one name for an outcome");
+        }
+        assert_eq!(TaskStatus::Running.outcome(), None);
     }
 
     #[test]

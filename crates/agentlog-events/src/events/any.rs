@@ -75,10 +75,7 @@ impl AnyEvent {
 
     /// Whether this is a terminal task outcome (what `task.results` holds).
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            AnyEvent::TaskCompleted(_) | AnyEvent::TaskFailed(_) | AnyEvent::TaskDeadLettered(_) | AnyEvent::TaskCancelled(_) | AnyEvent::TaskExpired(_)
-        )
+        super::OutcomeKind::of(self).is_some()
     }
 
     /// Short name of the variant (`TaskCompleted`), for logs and tests.

@@ -20,6 +20,7 @@ pub mod check;
 pub mod job;
 pub mod lane;
 pub mod meta;
+pub mod outcome;
 pub mod reader;
 pub mod task;
 pub mod wire;
@@ -39,6 +40,7 @@ pub use catalog::{EventType, META_AVSC, all_schemas, event_types, topic_of};
 pub use check::{CheckError, check_evolution};
 pub use job::*;
 pub use meta::{Meta, TimestampMicros};
+pub use outcome::OutcomeKind;
 pub use task::*;
 
 /// One agentlog event type: a record in `io.agentlog.v1` with a `Meta` envelope.

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::topics::TaskTopics;
 use crate::events::wire::WireCodec;
-use crate::events::{AnyEvent, decode_any_waiting};
+use crate::events::{AnyEvent, OutcomeKind, decode_any_waiting};
 use crate::log::follow::Follower;
 use crate::log::{EventLog, LogError, SeekTo};
 
@@ -132,14 +132,17 @@ pub fn outcome_json(event: &AnyEvent) -> serde_json::Value {
     let text = |bytes: &[u8]| {
         serde_json::from_slice::<serde_json::Value>(bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned()))
     };
+    let Some(status) = OutcomeKind::of(event) else {
+        return json!({"task_id": event.task_id(), "event": event.name()});
+    };
     match event {
         AnyEvent::TaskCompleted(e) => {
-            json!({"task_id": e.task_id, "status": "completed", "attempt": e.attempt, "output": text(&e.output), "duration_ms": e.duration_ms})
+            json!({"task_id": e.task_id, "status": status, "attempt": e.attempt, "output": text(&e.output), "duration_ms": e.duration_ms})
         }
-        AnyEvent::TaskFailed(e) => json!({"task_id": e.task_id, "status": "failed", "attempt": e.attempt, "error_kind": e.error_kind, "message": e.message}),
-        AnyEvent::TaskDeadLettered(e) => json!({"task_id": e.task_id, "status": "dead_lettered", "attempts": e.attempts, "last_error": e.last_error}),
-        AnyEvent::TaskCancelled(e) => json!({"task_id": e.task_id, "status": "cancelled", "reason": e.reason}),
-        AnyEvent::TaskExpired(e) => json!({"task_id": e.task_id, "status": "expired", "deadline_micros": e.deadline.0}),
-        other => json!({"task_id": other.task_id(), "event": other.name()}),
+        AnyEvent::TaskFailed(e) => json!({"task_id": e.task_id, "status": status, "attempt": e.attempt, "error_kind": e.error_kind, "message": e.message}),
+        AnyEvent::TaskDeadLettered(e) => json!({"task_id": e.task_id, "status": status, "attempts": e.attempts, "last_error": e.last_error}),
+        AnyEvent::TaskCancelled(e) => json!({"task_id": e.task_id, "status": status, "reason": e.reason}),
+        AnyEvent::TaskExpired(e) => json!({"task_id": e.task_id, "status": status, "deadline_micros": e.deadline.0}),
+        other => json!({"task_id": other.task_id(), "status": status, "event": other.name()}),
     }
 }
