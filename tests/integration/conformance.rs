@@ -26,6 +26,7 @@ every_backend_suite!(
     undecodable_events_are_dead_lettered,
     worker_runs_tasks_and_commits_after_outcomes,
     an_upgraded_worker_continues_from_the_former_group_name,
+    the_registry_replays_past_offsets_that_are_never_delivered,
     a_task_longer_than_max_poll_interval_does_not_evict_the_worker,
     each_topic_spreads_evenly_over_the_members,
     a_position_passes_a_closing_transaction_marker;

@@ -646,6 +646,33 @@ pub async fn an_upgraded_worker_continues_from_the_former_group_name(h: &mut Har
     registry.stop().await;
 }
 
+/// The schema registry replays its topic to the end even when the last offset is never
+/// delivered: another client's transaction on the topic (on Kafka its commit marker takes an
+/// offset, after the record, which the registry skips as not its own). The replay used to wait for a record at the high watermark
+/// − 1 and fail after 30 s; it now counts the consumer's position, as `log::follow` does.
+pub async fn the_registry_replays_past_offsets_that_are_never_delivered(h: &mut Harness) {
+    use agentlog::registry::Registry;
+    const SCHEMA: &str = r#"{"type":"record","name":"Replayed","namespace":"io.agentlog.test","fields":[{"name":"n","type":"long"}]}"#;
+    let topic = format!("{}schemas", unique("p"));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let first = Registry::open(h.log().clone(), &topic, shutdown.clone()).await.expect("registry");
+    let id = first.register("replayed-value", SCHEMA).await.expect("register");
+    first.close().await;
+
+    // Committed, so it surely reaches the topic; keyed, as the compacted topic requires.
+    let txp = h.log().transactional_producer(&unique("tx")).expect("transactional producer");
+    let mut other = txp.begin().await.expect("begin");
+    other.send(Record::new(&topic, "not a registry event").with_key(Bytes::from("other"))).await.expect("send");
+    other.commit_with_offsets(&[], None).await.expect("commit");
+
+    let again = tokio::time::timeout(Duration::from_secs(15), Registry::open(h.log().clone(), &topic, shutdown.clone()))
+        .await
+        .expect("the replay ends within 15 s")
+        .expect("registry");
+    assert_eq!(again.registered_id("replayed-value", SCHEMA).expect("lookup"), Some(id), "the replay applied the history");
+    again.close().await;
+}
+
 /// An agent call longer than the consumer's max poll interval must not get the worker evicted
 /// from its group: the worker keeps polling while the task runs, so after the call the
 /// member still owns its partition and its commit lands. (librdkafka leaves the group when

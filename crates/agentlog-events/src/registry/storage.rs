@@ -65,7 +65,10 @@ pub async fn append(producer: &dyn Producer, topic: &str, event: &StoredEvent) -
 /// Reads the schemas topic from the beginning and applies every record to `state`, forever
 /// (until `cancel`). After applying the record at offset `o` it publishes `o + 1` on `applied`,
 /// which is how startup knows the replay is complete and how a writer knows its own write
-/// (or another instance's) is visible.
+/// (or another instance's) is visible. While no record comes it publishes the consumer's
+/// position instead: offsets that are never delivered (a transaction's marker or an aborted
+/// record, written to the topic by another client) would otherwise hold the replay short of
+/// the high watermark until it timed out, the rule `log::follow` applies to every history.
 pub struct Tail {
     pub consumer: Box<dyn Consumer>,
     pub topic: String,
@@ -76,6 +79,8 @@ pub struct Tail {
 
 /// How long the tail waits before reading again after a log error.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// How long the tail waits for a record before publishing its position instead.
+const POSITION_AFTER: Duration = Duration::from_millis(250);
 
 impl Tail {
     /// Assigns partition 0 from the earliest offset. Done before spawning so a failure is
@@ -95,7 +100,13 @@ impl Tail {
         loop {
             let event = tokio::select! {
                 _ = self.cancel.cancelled() => break,
-                event = self.consumer.next_event() => event,
+                event = tokio::time::timeout(POSITION_AFTER, self.consumer.next_event()) => match event {
+                    Ok(event) => event,
+                    Err(_) => {
+                        self.publish_position();
+                        continue;
+                    }
+                },
             };
             match event {
                 Ok(ConsumerEvent::Record(record)) => {
@@ -128,5 +139,18 @@ impl Tail {
             tracing::debug!(error = %e, "closing the schema registry tail consumer");
         }
         tracing::debug!(topic = %self.topic, "schema registry tail stopped");
+    }
+
+    /// Everything below the consumer's position has been read (delivered and applied, or never
+    /// delivered at all), so it counts as applied.
+    fn publish_position(&self) {
+        let partition = TopicPartition::new(&self.topic, PARTITION);
+        if let Some((_, position)) = self.consumer.positions().into_iter().find(|(tp, _)| *tp == partition) {
+            self.applied.send_if_modified(|applied| {
+                let moved = position > *applied;
+                *applied = (*applied).max(position);
+                moved
+            });
+        }
     }
 }
