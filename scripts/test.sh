@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make test`: starts a local Kafka, runs every test against both backends, stops Kafka, and
-# prints how many scenarios of the every-backend suites (conformance, task lifecycle, tenancy) passed per backend.
+# prints how many scenarios of the every-backend suites (conformance, task lifecycle, tenancy, agent protocol) passed per backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,14 +59,18 @@ cargo build --release --quiet
 # Interop with Confluent's own Python client against the same Kafka.
 AGENTLOG_BIN="$bin" "$venv/bin/python" -m pytest -q -p no:warnings tests/interop || status=1
 
+# The Python SDK (sdk/python): its unit tests, and end to end against this binary (an agent
+# it serves streaming through agentlog, a client reading the stream and resuming it).
+AGENTLOG_BIN="$bin" scripts/sdk-python-test.sh || status=1
+
 # The HTTP API fuzzed from its own OpenAPI document: any 5xx fails.
 AGENTLOG_BIN="$bin" scripts/schemathesis.sh || status=1
 
-memory=$(grep -cE '^test (conformance|tasks|tenancy)::memory::[a-z0-9_]+ \.\.\. ok$' "$log_dir/test.log" || true)
-embedded=$(grep -cE '^test (conformance|tasks|tenancy)::embedded::[a-z0-9_]+ \.\.\. ok$' "$log_dir/test.log" || true)
-kafka=$(grep -cE '^test (conformance|tasks|tenancy)::kafka::[a-z0-9_]+ \.\.\. ok$' "$log_dir/test.log" || true)
+memory=$(grep -cE '^test (conformance|tasks|tenancy|protocol)::memory::[a-z0-9_]+ \.\.\. ok$' "$log_dir/test.log" || true)
+embedded=$(grep -cE '^test (conformance|tasks|tenancy|protocol)::embedded::[a-z0-9_]+ \.\.\. ok$' "$log_dir/test.log" || true)
+kafka=$(grep -cE '^test (conformance|tasks|tenancy|protocol)::kafka::[a-z0-9_]+ \.\.\. ok$' "$log_dir/test.log" || true)
 echo
-echo "every-backend suites (conformance, task lifecycle, tenancy): memory ${memory} passed, embedded ${embedded} passed, kafka ${kafka} passed"
+echo "every-backend suites (conformance, task lifecycle, tenancy, agent protocol): memory ${memory} passed, embedded ${embedded} passed, kafka ${kafka} passed"
 if [ "$status" -ne 0 ]; then
   echo "tests failed" >&2
   exit "$status"

@@ -32,7 +32,7 @@ fn ctx(input: impl Into<Bytes>, content_type: &str) -> TaskContext {
         idempotency_key: "task-0001/idem".into(),
         cancel: CancellationToken::new(),
         delegate: None,
-        progress: None,
+        stream: None,
     }
 }
 
@@ -41,7 +41,10 @@ fn agent(config: RuntimeConfig, timeout: Duration) -> Arc<dyn Agent> {
 }
 
 fn exec(program: &str, args: &[&str]) -> Arc<dyn Agent> {
-    agent(RuntimeConfig::Exec { program: program.into(), args: args.iter().map(|a| a.to_string()).collect(), env: Default::default() }, Duration::from_secs(10))
+    agent(
+        RuntimeConfig::Exec { program: program.into(), args: args.iter().map(|a| a.to_string()).collect(), env: Default::default(), frames: false },
+        Duration::from_secs(10),
+    )
 }
 
 /// Runs `agent` on `ctx`, cancels `ctx` after `after`, and returns the outcome and how long
@@ -95,7 +98,7 @@ async fn http_agent_server() -> (String, Arc<Mutex<Seen>>) {
         )
         .route("/reject", post(|| async { (StatusCode::UNPROCESSABLE_ENTITY, "field `text` is required".repeat(200)) }))
         .route("/unavailable", post(|| async { (StatusCode::SERVICE_UNAVAILABLE, "overloaded, try later") }))
-        .route("/busy", post(|| async { (StatusCode::TOO_MANY_REQUESTS, "slow down") }))
+        .route("/busy", post(|| async { (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "7")], "slow down") }))
         .route(
             "/slow",
             post(|| async {
@@ -168,6 +171,8 @@ async fn http_5xx_and_429_are_transient_and_retryable() {
         let err = http(format!("{base}/busy"), Duration::from_secs(5)).run(ctx("{}", "application/json")).await.expect_err("429");
         assert_eq!((err.kind.as_str(), err.retryable), ("transient", true));
         assert!(err.message.contains("429"), "{}", err.message);
+        // The agent's Retry-After travels with the failure; the retry waits at least that.
+        assert_eq!(err.retry_after, Some(Duration::from_secs(7)));
     })
     .await;
 }
@@ -244,6 +249,44 @@ fn script(dir: &tempfile::TempDir, name: &str, body: &str) -> String {
     let path = dir.path().join(name);
     std::fs::write(&path, body).unwrap();
     path.to_str().unwrap().to_string()
+}
+
+fn exec_frames(program: &str) -> Arc<dyn Agent> {
+    agent(RuntimeConfig::Exec { program: program.into(), args: vec![], env: Default::default(), frames: true }, Duration::from_secs(10))
+}
+
+#[tokio::test]
+async fn exec_frames_decide_the_attempt_whatever_the_exit_status() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        // The protocol's frames on stdout, the result last; AGENTLOG_PROTOCOL says which protocol.
+        let ok = script(&dir, "ok.sh", "#!/bin/sh\necho '{\"type\":\"progress\",\"percent\":50}'\necho '{\"type\":\"chunk\",\"text\":\"a\"}'\nprintf '{\"type\":\"result\",\"output\":{\"protocol\":\"%s\"}}' \"$AGENTLOG_PROTOCOL\"\n");
+        let typed = script(&dir, "typed.sh", "#!/bin/sh\necho '{\"type\":\"error\",\"kind\":\"quota\",\"message\":\"out of tokens\",\"retryable\":true,\"retry_after_ms\":250}'\nexit 3\n");
+        let silent_ok = script(&dir, "silent.sh", "#!/bin/sh\necho '{\"type\":\"chunk\",\"text\":\"a\"}'\n");
+        let silent_fail = script(&dir, "fail.sh", "#!/bin/sh\necho 'boom' >&2\nexit 4\n");
+        let broken = script(&dir, "broken.sh", "#!/bin/sh\necho 'not a frame'\nexec sleep 30\n");
+        for path in [&ok, &typed, &silent_ok, &silent_fail, &broken] {
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        }
+        let out = exec_frames(&ok).run(ctx("{}", "application/json")).await.expect("completed");
+        assert_eq!((&out.output[..], out.content_type.as_str()), (&br#"{"protocol":"1"}"#[..], "application/json"));
+
+        let err = exec_frames(&typed).run(ctx("{}", "application/json")).await.expect_err("the agent's error");
+        assert_eq!((err.kind.as_str(), err.retryable, err.retry_after), ("quota", true, Some(Duration::from_millis(250))));
+
+        let err = exec_frames(&silent_ok).run(ctx("{}", "application/json")).await.expect_err("no result");
+        assert_eq!(err.kind, "protocol", "{err}");
+        let err = exec_frames(&silent_fail).run(ctx("{}", "application/json")).await.expect_err("exit");
+        assert_eq!(err.kind, "exit", "{err}");
+        assert!(err.message.contains("boom"), "{err}");
+
+        // A broken frame ends the attempt at once: the program (sleeping 30 s) is killed.
+        let started = Instant::now();
+        let err = exec_frames(&broken).run(ctx("{}", "application/json")).await.expect_err("protocol");
+        assert!(err.kind == "protocol" && err.message.contains("frame 1 (not a frame)"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "the attempt waited for the program: {:?}", started.elapsed());
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -331,7 +374,7 @@ async fn exec_gets_only_the_environment_its_type_declares() {
         }
         assert_eq!(std::env::var(PLANTED_NAME).as_deref(), Ok(PLANTED_VALUE), "the worker has the secret");
         let env = std::collections::BTreeMap::from([("AGENT_API_KEY".to_string(), "declared-key".to_string())]);
-        let program = agent(RuntimeConfig::Exec { program: "/usr/bin/env".into(), args: vec![], env }, Duration::from_secs(10));
+        let program = agent(RuntimeConfig::Exec { program: "/usr/bin/env".into(), args: vec![], env, frames: false }, Duration::from_secs(10));
         let out = program.run(ctx("", "text/plain")).await.expect("completed");
         let seen = String::from_utf8_lossy(&out.output);
         assert!(!seen.contains(PLANTED_VALUE) && !seen.contains(PLANTED_NAME), "the worker's secret reached the program:\n{seen}");

@@ -173,11 +173,11 @@ impl TestRegistry {
 }
 
 /// Creates the task-lifecycle topics of the catalog under `prefix` (`task.events`,
-/// `task.results`, `dlq`, `timers`, `agent.events`, `agent.heartbeats` with `partitions`
+/// `task.results`, `task.stream`, `dlq`, `timers`, `agent.events`, `agent.heartbeats` with `partitions`
 /// each, `control` with one), as `topics apply` would.
 pub async fn create_task_topics(log: &Arc<dyn EventLog>, prefix: &str, partitions: i32) {
     let admin = log.admin();
-    for name in ["task.events", "task.results", "dlq", "timers", "agent.events", "agent.heartbeats", "control"] {
+    for name in ["task.events", "task.results", "task.stream", "dlq", "timers", "agent.events", "agent.heartbeats", "control"] {
         let n = if name == "control" { 1 } else { partitions };
         admin.create_topic(&TopicSpec::new(format!("{prefix}{name}"), n)).await.expect("task topic");
     }

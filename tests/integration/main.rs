@@ -85,6 +85,7 @@ mod fault_projector_kill;
 mod fault_worker_kill;
 mod kafka_unreachable;
 mod projection_apply;
+mod protocol;
 mod registry_http;
 mod registry_wire;
 mod tasks;

@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod ops;
 pub mod reads;
 pub mod stream;
+pub mod task_stream;
 pub mod tasks;
 
 use std::collections::BTreeMap;
@@ -347,6 +348,7 @@ pub fn routes() -> Vec<Route> {
         route(Method::POST, "/v1/tasks/batch", tasks::submit_batch),
         route(Method::GET, "/v1/tasks/{id}", tasks::get),
         route(Method::GET, "/v1/tasks/{id}/outcome", tasks::outcome),
+        route(Method::GET, "/v1/tasks/{id}/stream", task_stream::task_stream),
         route(Method::POST, "/v1/tasks/{id}/cancel", tasks::cancel),
         route(Method::GET, "/v1/agents", reads::agents),
         route(Method::GET, "/v1/agent-types", reads::agent_types),

@@ -10,7 +10,7 @@ use axum::Json;
 use axum::extract::State;
 use serde_json::Value;
 
-use super::{ApiState, admin, ops, reads, stream, tasks};
+use super::{ApiState, admin, ops, reads, stream, task_stream, tasks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,6 +21,7 @@ use super::{ApiState, admin, ops, reads, stream, tasks};
         tasks::dlq_list, tasks::dlq_resubmit,
         reads::agents, reads::agent_types, reads::jobs, reads::job, reads::stats,
         stream::outcomes,
+        task_stream::task_stream,
         admin::replay, admin::replay_status, admin::snapshot,
     ),
     components(schemas(tasks::SubmitTask, tasks::SubmitBatch, tasks::Cancel)),
@@ -178,7 +179,7 @@ mod tests {
     /// liveness text, the Prometheus text, the document itself and the SSE stream.
     #[test]
     fn every_json_success_documents_its_answer() {
-        let not_json = ["/healthz", "/metrics", "/openapi.json", "/v1/stream/outcomes"];
+        let not_json = ["/healthz", "/metrics", "/openapi.json", "/v1/stream/outcomes", "/v1/tasks/{id}/stream"];
         let doc = ApiDoc::openapi();
         let mut missing = Vec::new();
         for (path, item) in &doc.paths.paths {

@@ -14,10 +14,10 @@ use rocksdb::WriteBatch;
 use rustc_hash::FxBuildHasher;
 
 use super::measure::Measure;
-use super::store::{self, CF_AGENTS, CF_DLQ, CF_INDEX, CF_JOBS, CF_OFFSETS, CF_STATS, CF_TASKS, LetterPosition, ProjectionStore, StoreError};
+use super::store::{self, CF_AGENTS, CF_DLQ, CF_INDEX, CF_JOBS, CF_OFFSETS, CF_STATS, CF_STREAM, CF_TASKS, LetterPosition, ProjectionStore, StoreError};
 use super::views::{
-    AgentStatus, AgentView, DEAD_LETTER_TEXT_CAP, DeadLetterView, JobView, OutcomeView, ProgressView, TaskStatus, TaskView, TenantCounters, TimelineEntry,
-    TypeCounters, capped,
+    AgentStatus, AgentView, DEAD_LETTER_TEXT_CAP, DeadLetterView, JobView, OutcomeView, ProgressView, StreamBody, StreamEntry, TaskStatus, TaskView,
+    TenantCounters, TimelineEntry, TypeCounters, capped,
 };
 use crate::agent::dlq::DLQ_ATTEMPTS;
 use crate::events::reader::{DLQ_ERROR, DLQ_REASON, DLQ_SOURCE, DLQ_TRUNCATED};
@@ -37,6 +37,8 @@ pub enum Source {
     Lane,
     Timers,
     Dlq,
+    /// `task.stream`: progress and chunks, kept per task in log order ([`Changes::streamed`]).
+    Stream,
     Other,
 }
 
@@ -146,6 +148,8 @@ pub struct Changes<'s> {
     dead_letters: Map<Vec<u8>, DeadLetterView>,
     /// The latest letter per (tenant, task) known to this batch, by its `K` key in `dlq`.
     latest_letters: Map<Vec<u8>, LetterPosition>,
+    /// Stream records to keep, by their key in `stream`.
+    stream: Vec<(Vec<u8>, StreamEntry)>,
     totals: Totals<'s>,
     idempotency: HashMap<Vec<u8>, String>,
     offsets: Map<String, Map<i32, i64>>,
@@ -318,6 +322,7 @@ impl<'s> Changes<'s> {
             jobs: Map::default(),
             dead_letters: Map::default(),
             latest_letters: Map::default(),
+            stream: Vec::new(),
             totals: Totals::new(store, notify),
             idempotency: HashMap::new(),
             offsets: Map::default(),
@@ -422,6 +427,27 @@ impl<'s> Changes<'s> {
         }
         self.dead_letters.insert(store::dead_letter_key(tenant, &position), view);
         Ok(())
+    }
+
+    /// Keeps a record of `task.stream` under its task, by its position: a redelivered record
+    /// lands on its own key again. A progress report also updates the task's view.
+    pub fn streamed(&mut self, record: &ConsumedRecord, event: Option<AnyEvent>) -> Result<(), StoreError> {
+        let Some(event) = event else { return Ok(()) };
+        let (meta, task_id, attempt, body) = match &event {
+            AnyEvent::TaskProgress(e) => (&e.meta, &e.task_id, e.attempt, StreamBody::Progress { percent: e.percent, message: e.message.clone() }),
+            AnyEvent::TaskChunk(e) => (&e.meta, &e.task_id, e.attempt, StreamBody::Chunk { seq: e.seq, text: e.text.clone(), json: e.json.clone() }),
+            // Anything else on the topic is applied as it would be anywhere.
+            _ => return self.apply(Source::Other, event),
+        };
+        let entry = StreamEntry { partition: record.partition, offset: record.offset, at_us: meta.occurred_at.0, attempt, body };
+        self.stream.push((store::stream_key(&meta.tenant, task_id, Some((record.partition, record.offset))), entry));
+        match event {
+            progress @ AnyEvent::TaskProgress(_) => self.apply(Source::Other, progress),
+            _ => {
+                self.applied += 1;
+                Ok(())
+            }
+        }
     }
 
     /// Applies one decoded event. Redelivered events change nothing.
@@ -618,6 +644,10 @@ impl<'s> Changes<'s> {
         for (key, position) in &self.latest_letters {
             batch.put_cf(dlq_cf, key, position.tail());
         }
+        let stream_cf = store.cf(CF_STREAM)?;
+        for (key, entry) in &self.stream {
+            batch.put_cf(stream_cf, key, store::encode_into(entry, &mut buffer));
+        }
         let totals = self.totals;
         let stats_cf = store.cf(CF_STATS)?;
         for (key, counters) in &totals.counters {
@@ -775,7 +805,7 @@ fn apply_submitted(view: &mut TaskView, source: Source, e: TaskSubmitted, at: i6
             entry.event = "TaskScheduled".into();
             entry.detail = e.not_before.map(|d| format!("not_before {}", d.0));
         }
-        Source::Lane | Source::Dlq | Source::Other => view.max_enqueued = view.max_enqueued.max(e.attempt),
+        Source::Lane | Source::Dlq | Source::Stream | Source::Other => view.max_enqueued = view.max_enqueued.max(e.attempt),
     }
     let mut first_submit = false;
     if e.attempt <= 1 {

@@ -41,13 +41,15 @@ pub enum ProjectorError {
 }
 
 /// The topics a projection reads: every lane of every declared agent type, `timers`, `dlq`
-/// (indexed so dead letters page like tasks), and the task, result, agent and heartbeat topics.
+/// (indexed so dead letters page like tasks), `task.stream` (kept per task for its SSE
+/// stream), and the task, result, agent and heartbeat topics.
 pub fn sources(topics: &TaskTopics, agents: &std::collections::BTreeMap<String, AgentTypeConfig>) -> Vec<(String, Source)> {
     let mut out = vec![
         (topics.timers(), Source::Timers),
         (topics.dlq(), Source::Dlq),
         (topics.events(), Source::Other),
         (topics.results(), Source::Other),
+        (topics.stream(), Source::Stream),
         (topics.agent_events(), Source::Other),
         (topics.heartbeats(), Source::Other),
     ];
@@ -106,6 +108,12 @@ impl Projection {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<OutcomeNotice>> {
         self.outcomes.subscribe()
+    }
+
+    /// Changes each time applied records become readable (or the store is replaced): what a
+    /// reader following a task's stream waits on.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     pub fn is_caught_up(&self) -> bool {
@@ -286,6 +294,7 @@ fn apply_decoded(store: &ProjectionStore, kinds: &HashMap<String, Source>, batch
 fn apply_record(changes: &mut Changes<'_>, kinds: &HashMap<String, Source>, record: &ConsumedRecord, event: Option<AnyEvent>) -> Result<(), StoreError> {
     match kinds.get(&record.topic).copied().unwrap_or(Source::Other) {
         Source::Dlq => changes.dead_letter(record, event),
+        Source::Stream => changes.streamed(record, event),
         kind => match event {
             Some(event) => changes.apply(kind, event),
             None => Ok(()),

@@ -20,6 +20,8 @@
 //!   `d` type → run duration histogram (hdrhistogram V2, µs resolution in ms), all tenants
 //!   together (for `/metrics`); `C`, `L`, `D` tenant 0 type → the same for one tenant (what
 //!   `/v1/stats` shows it); `n` tenant → [`TenantCounters`]
+//! - `stream`:  tenant 0 task id 0 partition u32‖offset u64 (big-endian) → [`StreamEntry`]:
+//!   a task's progress reports and output chunks (`task.stream`) in log order
 //! - `offsets`: topic 0 partition u32 → next offset i64, written in the same WriteBatch as
 //!   the state those records produced.
 
@@ -34,7 +36,7 @@ use serde::de::DeserializeOwned;
 
 pub use super::keys::{stat_key, task_key, tenant_stat_key};
 use super::measure::Measure;
-use super::views::{AgentView, DeadLetterView, JobView, TaskStatus, TaskView, TenantCounters, TypeCounters};
+use super::views::{AgentView, DeadLetterView, JobView, StreamEntry, TaskStatus, TaskView, TenantCounters, TypeCounters};
 
 pub const CF_TASKS: &str = "tasks";
 pub const CF_INDEX: &str = "index";
@@ -43,6 +45,7 @@ pub const CF_JOBS: &str = "jobs";
 pub const CF_STATS: &str = "stats";
 pub const CF_OFFSETS: &str = "offsets";
 pub const CF_DLQ: &str = "dlq";
+pub const CF_STREAM: &str = "stream";
 
 /// The version of the key layout above, kept under [`FORMAT_KEY`] in the default column
 /// family. A store of another version (or of none: before tenants scoped task keys, tasks
@@ -53,7 +56,9 @@ pub const CF_DLQ: &str = "dlq";
 /// a [`TaskStatus`] (postcard writes an enum as its index, not its name).
 pub const FORMAT: &str = "4";
 const FORMAT_KEY: &[u8] = b"format";
-const ALL_CFS: [&str; 7] = [CF_TASKS, CF_INDEX, CF_AGENTS, CF_JOBS, CF_STATS, CF_DLQ, CF_OFFSETS];
+// `stream` came after version 4 without a new version: a store without it gets the family
+// empty, and no offsets of `task.stream`, so the projector reads that topic from its start.
+const ALL_CFS: [&str; 8] = [CF_TASKS, CF_INDEX, CF_AGENTS, CF_JOBS, CF_STATS, CF_DLQ, CF_STREAM, CF_OFFSETS];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -216,6 +221,18 @@ pub fn idempotency_key(tenant: &str, key: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(key.as_bytes());
     k
+}
+
+/// The `stream` key of a task's record at `partition`/`offset`; with `None`, the prefix of all
+/// of the task's records.
+pub fn stream_key(tenant: &str, task_id: &str, position: Option<(i32, i64)>) -> Vec<u8> {
+    let mut key = task_key(tenant, task_id);
+    key.push(0);
+    if let Some((partition, offset)) = position {
+        key.extend_from_slice(&(partition as u32).to_be_bytes());
+        key.extend_from_slice(&(offset as u64).to_be_bytes());
+    }
+    key
 }
 
 pub fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
@@ -498,6 +515,27 @@ impl ProjectionStore {
         }
         let next_cursor = if more { last_tail.map(|t| hex(&t)) } else { None };
         Ok(TaskPage { tasks, next_cursor })
+    }
+
+    /// Up to `limit` of a task's stream records in log order, after `after` (a position
+    /// `(partition, offset)` already seen) or from the first.
+    pub fn stream(&self, tenant: &str, task_id: &str, after: Option<(i32, i64)>, limit: usize) -> Result<Vec<StreamEntry>, StoreError> {
+        let prefix = stream_key(tenant, task_id, None);
+        let from = match after {
+            // The next key after `after`'s: its offset + 1 (offsets are never u64::MAX).
+            Some((partition, offset)) => stream_key(tenant, task_id, Some((partition, offset.saturating_add(1)))),
+            None => prefix.clone(),
+        };
+        let cf = self.cf(CF_STREAM)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::From(&from, Direction::Forward)) {
+            let (key, value) = item.map_err(rocks("scan stream"))?;
+            if !key.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            out.push(decode(&key, &value)?);
+        }
+        Ok(out)
     }
 
     pub fn agents(&self) -> Result<Vec<AgentView>, StoreError> {

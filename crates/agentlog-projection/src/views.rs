@@ -64,6 +64,31 @@ pub struct ProgressView {
     pub message: Option<String>,
 }
 
+/// One record of a task's stream (`task.stream`): what `GET /v1/tasks/{id}/stream` sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamEntry {
+    /// The record's log position: the SSE event's id.
+    pub partition: i32,
+    pub offset: i64,
+    pub at_us: i64,
+    pub attempt: i32,
+    pub body: StreamBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StreamBody {
+    Progress {
+        percent: Option<f32>,
+        message: Option<String>,
+    },
+    /// `json` is JSON text.
+    Chunk {
+        seq: i64,
+        text: Option<String>,
+        json: Option<String>,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutcomeView {
     /// Always a terminal status.

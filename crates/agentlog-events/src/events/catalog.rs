@@ -52,6 +52,7 @@ event_types!(
     task::TaskSubmitted,
     task::TaskStarted,
     task::TaskProgress,
+    task::TaskChunk,
     task::TaskRetryScheduled,
     task::TaskCompleted,
     task::TaskFailed,

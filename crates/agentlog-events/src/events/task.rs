@@ -90,6 +90,22 @@ pub struct TaskProgress {
     pub detail: Option<Vec<u8>>,
 }
 
+/// A piece of a running attempt's output as the agent produced it (an LLM token, a JSON
+/// delta), on `task.stream`; informational, changes no state (the outcome holds the output).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.agentlog.v1")]
+pub struct TaskChunk {
+    pub meta: Meta,
+    pub task_id: String,
+    pub attempt: i32,
+    /// From 0 within the attempt; a re-run of the attempt starts again at 0.
+    pub seq: i64,
+    /// The chunk as text; `None` when it is JSON.
+    pub text: Option<String>,
+    /// The chunk as JSON text; `None` when it is text.
+    pub json: Option<String>,
+}
+
 /// A retryable failure will be retried after a backoff.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.agentlog.v1")]
@@ -174,7 +190,8 @@ pub struct TaskExpired {
 }
 
 super::impl_event!(TaskStarted, "task.events", task_id);
-super::impl_event!(TaskProgress, "task.events", task_id);
+super::impl_event!(TaskProgress, "task.stream", task_id);
+super::impl_event!(TaskChunk, "task.stream", task_id);
 super::impl_event!(TaskRetryScheduled, "task.events", task_id);
 super::impl_event!(TaskCancelRequested, "task.events", task_id);
 super::impl_event!(TaskCompleted, "task.results", task_id);

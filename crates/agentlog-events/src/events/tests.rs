@@ -112,6 +112,7 @@ fn every_event_round_trips() {
         ..TaskSubmitted::sample()
     });
     roundtrip(TaskProgress { percent: None, message: None, detail: None, ..TaskProgress::sample() });
+    roundtrip(TaskChunk { text: None, json: Some(r#"{"a":1}"#.into()), ..TaskChunk::sample() });
 }
 
 fn parsed_meta() -> Schema {
@@ -201,7 +202,7 @@ fn catalog_covers_every_schema_file_and_topic() {
     let mut listed: Vec<String> = event_types().iter().map(|t| t.file.to_owned()).collect();
     listed.sort();
     assert_eq!(on_disk, listed, "every schemas/*.avsc is an event type in the catalog");
-    assert_eq!(all_schemas().len(), 17);
+    assert_eq!(all_schemas().len(), 18);
     for t in event_types() {
         assert_eq!(format!("io.agentlog.v1.{}", t.file.trim_end_matches(".avsc")), t.name);
     }
@@ -209,7 +210,8 @@ fn catalog_covers_every_schema_file_and_topic() {
     let expect = [
         ("TaskSubmitted", "tasks.<type>.<lane>"),
         ("TaskStarted", "task.events"),
-        ("TaskProgress", "task.events"),
+        ("TaskProgress", "task.stream"),
+        ("TaskChunk", "task.stream"),
         ("TaskRetryScheduled", "task.events"),
         ("TaskCancelRequested", "task.events"),
         ("TaskCompleted", "task.results"),
@@ -281,6 +283,12 @@ impl Sample for TaskStarted {
 impl Sample for TaskProgress {
     fn sample() -> Self {
         Self { meta: meta(), task_id: "t-1".into(), attempt: 1, percent: Some(42.5), message: Some("reading".into()), detail: Some(vec![0, 1, 255]) }
+    }
+}
+
+impl Sample for TaskChunk {
+    fn sample() -> Self {
+        Self { meta: meta(), task_id: "t-1".into(), attempt: 1, seq: 3, text: Some("tok".into()), json: None }
     }
 }
 

@@ -204,6 +204,7 @@ async fn run_agent(env: &AttemptEnv, task: &TaskSubmitted, cancel: CancellationT
     if let Err(error) = &delivery {
         tracing::warn!(task_id = %task.task_id, %error, "could not record TaskStarted");
     }
+    let stream = super::stream::AttemptStream::new(env.codec.clone(), env.producer.clone(), env.topics.stream(), task.task_id.clone(), task.attempt, envelope);
     let timeout = match task.timeout_ms {
         ms if ms > 0 => env.timeout.min(Duration::from_millis(ms as u64)),
         _ => env.timeout,
@@ -222,14 +223,7 @@ async fn run_agent(env: &AttemptEnv, task: &TaskSubmitted, cancel: CancellationT
             outcomes: outcomes.clone(),
             parent: Arc::new(task.clone()),
         }),
-        progress: Some(super::progress::Progress {
-            codec: env.codec.clone(),
-            producer: env.producer.clone(),
-            topic: env.topics.events(),
-            task_id: task.task_id.clone(),
-            attempt: task.attempt,
-            meta: envelope,
-        }),
+        stream: Some(stream.clone()),
     };
     let begun = Instant::now();
     let run = env.agent.run(context);
@@ -244,6 +238,8 @@ async fn run_agent(env: &AttemptEnv, task: &TaskSubmitted, cancel: CancellationT
         }),
         _ = cancelled => Err(AgentFailure::cancelled()),
     };
+    // What the attempt streamed is on the log before its outcome is (see `stream`).
+    stream.flush().await;
     (result, begun.elapsed(), delivery.ok())
 }
 
@@ -255,7 +251,9 @@ async fn failed(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted,
     let retries_kind = policy.retry_on.contains(&failure.kind);
     let last_error = failure.to_string();
     if retries_kind && policy.retries(&failure.kind, attempt) {
-        let backoff = policy.backoff(attempt, rand::random::<f64>());
+        // The agent may ask for a longer wait (Retry-After), never a shorter one.
+        let asked = failure.retry_after.unwrap_or_default().min(super::runtime::MAX_RETRY_AFTER);
+        let backoff = policy.backoff(attempt, rand::random::<f64>()).max(asked);
         let due = TimestampMicros(TimestampMicros::now().0 + backoff.as_micros() as i64);
         let mut next = task.clone();
         next.meta = meta(env, task);

@@ -65,6 +65,10 @@ pub enum RuntimeConfig {
         /// (which holds the log's and the registry's credentials) reaches the program.
         #[serde(default)]
         env: BTreeMap<String, String>,
+        /// Stdout is the agent protocol's NDJSON frames (`docs/agent-protocol.md`): progress
+        /// and chunks streamed as written, then a `result` or `error` frame.
+        #[serde(default)]
+        frames: bool,
     },
 }
 
@@ -76,9 +80,9 @@ impl RuntimeConfig {
         match self {
             RuntimeConfig::Builtin { name } => serde_json::json!({"kind": "builtin", "name": name}),
             RuntimeConfig::Http { url } => serde_json::json!({"kind": "http", "url": crate::redact::url_text(url)}),
-            RuntimeConfig::Exec { program, args, env } => {
+            RuntimeConfig::Exec { program, args, env, frames } => {
                 let env: BTreeMap<&str, &str> = env.keys().map(|k| (k.as_str(), crate::redact::MASK)).collect();
-                serde_json::json!({"kind": "exec", "program": program, "args": args, "env": env})
+                serde_json::json!({"kind": "exec", "program": program, "args": args, "env": env, "frames": frames})
             }
         }
     }
@@ -247,7 +251,12 @@ mod tests {
         assert!(shown.contains("API_KEY") && !shown.contains("sk-secret"), "{shown}");
         assert!(!format!("{with_env:?}").contains("sk-secret"));
         let bad = AgentTypeConfig {
-            runtime: RuntimeConfig::Exec { program: "/bin/cat".into(), args: vec![], env: BTreeMap::from([("A=B".to_string(), "v".to_string())]) },
+            runtime: RuntimeConfig::Exec {
+                program: "/bin/cat".into(),
+                args: vec![],
+                env: BTreeMap::from([("A=B".to_string(), "v".to_string())]),
+                frames: false,
+            },
             ..echo()
         };
         assert!(bad.problems("x").join("\n").contains("agents.x.runtime.env"), "{:?}", bad.problems("x"));

@@ -16,10 +16,10 @@ pub mod limits;
 pub mod offsets;
 pub mod outcomes;
 pub mod presence;
-pub mod progress;
 pub mod retry;
 pub mod runtime;
 pub mod scheduler;
+pub mod stream;
 pub mod topics;
 pub mod worker;
 

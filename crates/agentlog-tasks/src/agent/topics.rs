@@ -35,6 +35,10 @@ impl TaskTopics {
     pub fn results(&self) -> String {
         self.results.clone()
     }
+    /// `task.stream`: progress and output chunks of running attempts (the agent protocol).
+    pub fn stream(&self) -> String {
+        self.named("task.stream")
+    }
     pub fn dlq(&self) -> String {
         self.named("dlq")
     }

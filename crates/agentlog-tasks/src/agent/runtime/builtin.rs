@@ -83,8 +83,8 @@ impl Agent for Builtin {
                 let half = Duration::from_millis(ms / 2);
                 let sleep = async {
                     tokio::time::sleep(half).await;
-                    if let Some(progress) = &ctx.progress {
-                        progress.report(Some(50.0), Some(format!("slept {} of {ms} ms", half.as_millis()))).await;
+                    if let Some(stream) = &ctx.stream {
+                        stream.progress(Some(50.0), Some(format!("slept {} of {ms} ms", half.as_millis()))).await;
                     }
                     tokio::time::sleep(Duration::from_millis(ms) - half).await;
                 };
@@ -167,7 +167,7 @@ mod tests {
             idempotency_key: "t1".into(),
             cancel: CancellationToken::new(),
             delegate: None,
-            progress: None,
+            stream: None,
         }
     }
 

@@ -9,6 +9,13 @@
 //! (which may override them), then the task's metadata: `AGENTLOG_TASK_ID`,
 //! `AGENTLOG_ATTEMPT`, `AGENTLOG_AGENT_TYPE` and `AGENTLOG_IDEMPOTENCY_KEY`. Nothing else.
 //!
+//! With `frames = true` the program speaks the agent protocol (`docs/agent-protocol.md`):
+//! stdout is NDJSON frames, read as they are written (progress and chunks to `task.stream`),
+//! and `AGENTLOG_PROTOCOL=1` is set. The `result` or `error` frame decides the attempt,
+//! whatever the exit status; without one, a non-zero exit is kind `exit` (below) and exit 0
+//! is kind `protocol`. A frame that breaks the protocol kills the program (kind `protocol`).
+//! Otherwise:
+//!
 //! - exit 0 → completed; output = stdout (at most [`MAX_OUTPUT_BYTES`], else the program is
 //!   killed and the attempt fails with kind `output_too_large`, not retryable), content type
 //!   `application/octet-stream`;
@@ -31,7 +38,9 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdout, Command};
 
+use super::frames::{self, FrameReader};
 use super::{Agent, AgentFailure, MAX_OUTPUT_BYTES, RuntimeError, TaskContext, TaskOutput, kind, tail_text};
+use crate::agent::stream::AttemptStream;
 
 /// How much of stderr's end a failure message keeps.
 pub const STDERR_TAIL_BYTES: usize = 2048;
@@ -47,6 +56,8 @@ pub const PASSED_THROUGH: [&str; 3] = ["PATH", "HOME", "LANG"];
 pub struct ExecAgent {
     program: String,
     args: Vec<String>,
+    /// Stdout is the agent protocol's frames.
+    frames: bool,
     /// The whole environment but the task's metadata: [`PASSED_THROUGH`] and the declared.
     env: BTreeMap<String, String>,
 }
@@ -54,7 +65,12 @@ pub struct ExecAgent {
 impl std::fmt::Debug for ExecAgent {
     // The environment's values may be secrets (API keys): only their names are shown.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExecAgent").field("program", &self.program).field("args", &self.args).field("env", &self.env.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("ExecAgent")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("frames", &self.frames)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -73,7 +89,13 @@ impl ExecAgent {
         }
         let mut full: BTreeMap<String, String> = PASSED_THROUGH.iter().filter_map(|name| std::env::var(name).ok().map(|v| (name.to_string(), v))).collect();
         full.extend(env);
-        Ok(Self { program: program.to_string(), args, env: full })
+        Ok(Self { program: program.to_string(), args, frames: false, env: full })
+    }
+
+    /// The program's stdout is the agent protocol's frames.
+    pub fn with_frames(mut self, frames: bool) -> Self {
+        self.frames = frames;
+        self
     }
 }
 
@@ -144,11 +166,12 @@ async fn kill(child: &mut Child, group: &mut ProcessGroup) {
     let _ = tokio::time::timeout(REAP_GRACE, child.wait()).await;
 }
 
-/// Reads stdout while waiting for the program to exit. Once it has exited, its group is
-/// killed: a background job it left holding stdout (or stderr) would otherwise keep the
-/// attempt waiting for an end of file until that job ends.
-async fn run_to_exit(child: &mut Child, group: &mut ProcessGroup, stdout: ChildStdout) -> Finished {
-    let mut read = std::pin::pin!(read_bounded(stdout, MAX_OUTPUT_BYTES));
+/// Reads stdout (with `read`) while waiting for the program to exit. Once it has exited, its
+/// group is killed: a background job it left holding stdout (or stderr) would otherwise keep
+/// the attempt waiting for an end of file until that job ends. A read that fails (too much
+/// output, a broken frame) ends the wait at once.
+async fn run_to_exit<R>(child: &mut Child, group: &mut ProcessGroup, read: impl Future<Output = Result<R, AgentFailure>>) -> Finished<R> {
+    let mut read = std::pin::pin!(read);
     let exited = tokio::select! {
         out = &mut read => match out {
             Ok(out) => {
@@ -156,20 +179,34 @@ async fn run_to_exit(child: &mut Child, group: &mut ProcessGroup, stdout: ChildS
                 group.kill();
                 return Finished::Exited(status, out);
             }
-            Err(()) => return Finished::TooLarge,
+            Err(failure) => return Finished::Broken(failure),
         },
         status = child.wait() => status,
     };
     group.kill();
     match read.await {
         Ok(out) => Finished::Exited(exited, out),
-        Err(()) => Finished::TooLarge,
+        Err(failure) => Finished::Broken(failure),
     }
 }
 
-enum Finished {
-    Exited(std::io::Result<std::process::ExitStatus>, Vec<u8>),
-    TooLarge,
+enum Finished<R> {
+    Exited(std::io::Result<std::process::ExitStatus>, R),
+    Broken(AgentFailure),
+}
+
+/// Reads stdout as the agent protocol's frames; the attempt's end frame if there was one.
+async fn read_frames(mut stdout: ChildStdout, stream: Option<&AttemptStream>) -> Result<(Option<Result<TaskOutput, AgentFailure>>, usize), AgentFailure> {
+    let mut reader = FrameReader::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stdout.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => reader.feed(&buf[..n], stream).await?,
+        }
+    }
+    let lines = reader.lines();
+    Ok((reader.end(stream).await?, lines))
 }
 
 impl ExecAgent {
@@ -184,6 +221,7 @@ impl ExecAgent {
             .env("AGENTLOG_ATTEMPT", ctx.attempt.to_string())
             .env("AGENTLOG_AGENT_TYPE", &ctx.agent_type)
             .env("AGENTLOG_IDEMPOTENCY_KEY", &ctx.idempotency_key)
+            .envs(self.frames.then_some(("AGENTLOG_PROTOCOL", "1")))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -203,6 +241,43 @@ impl ExecAgent {
             format!("`{}` {status}; stderr tail:\n{tail}", self.program)
         };
         AgentFailure::new(kind::EXIT, message, true)
+    }
+}
+
+impl ExecAgent {
+    /// Runs the program to its exit while `read` reads its stdout, unless the task is
+    /// cancelled or the read fails: then the program's group is killed and the attempt fails.
+    async fn finish<R>(
+        &self,
+        ctx: &TaskContext,
+        child: &mut Child,
+        group: &mut ProcessGroup,
+        read: impl Future<Output = Result<R, AgentFailure>>,
+    ) -> Result<(std::io::Result<std::process::ExitStatus>, R), AgentFailure> {
+        let finished = tokio::select! {
+            _ = ctx.cancel.cancelled() => None,
+            f = run_to_exit(child, group, read) => Some(f),
+        };
+        match finished {
+            None => {
+                kill(child, group).await;
+                Err(AgentFailure::cancelled())
+            }
+            Some(Finished::Broken(failure)) => {
+                kill(child, group).await;
+                Err(failure)
+            }
+            Some(Finished::Exited(status, out)) => {
+                if status.is_err() {
+                    kill(child, group).await;
+                }
+                Ok((status, out))
+            }
+        }
+    }
+
+    fn wait_failure(&self, e: &std::io::Error) -> AgentFailure {
+        AgentFailure::transient(format!("waiting for `{}`: {e}", self.program))
     }
 }
 
@@ -243,31 +318,31 @@ impl Agent for ExecAgent {
         let mut stderr_task = child.stderr.take().map(|stderr| tokio::spawn(read_tail(stderr, STDERR_TAIL_BYTES)));
         let stdout = child.stdout.take().expect("stdout is piped");
 
-        let finished = tokio::select! {
-            _ = ctx.cancel.cancelled() => None,
-            f = run_to_exit(&mut child, &mut group, stdout) => Some(f),
-        };
-        let result = match finished {
-            None => {
-                kill(&mut child, &mut group).await;
-                Err(AgentFailure::cancelled())
+        let result = if self.frames {
+            let read = read_frames(stdout, ctx.stream.as_ref());
+            match self.finish(&ctx, &mut child, &mut group, read).await {
+                Ok((Ok(status), (None, lines))) if status.success() => Err(frames::no_end(lines)),
+                Ok((Ok(status), (None, _))) => Err(self.exit_failure(status, &stderr_tail(stderr_task.take()).await)),
+                Ok((_, (Some(end), _))) => end,
+                Ok((Err(e), _)) => Err(self.wait_failure(&e)),
+                Err(failure) => Err(failure),
             }
-            Some(Finished::TooLarge) => {
-                kill(&mut child, &mut group).await;
-                Err(AgentFailure::new(
-                    kind::OUTPUT_TOO_LARGE,
-                    format!("`{}` wrote more than {MAX_OUTPUT_BYTES} bytes to stdout; it was killed", self.program),
-                    false,
-                ))
+        } else {
+            let read = async {
+                read_bounded(stdout, MAX_OUTPUT_BYTES).await.map_err(|()| {
+                    AgentFailure::new(
+                        kind::OUTPUT_TOO_LARGE,
+                        format!("`{}` wrote more than {MAX_OUTPUT_BYTES} bytes to stdout; it was killed", self.program),
+                        false,
+                    )
+                })
+            };
+            match self.finish(&ctx, &mut child, &mut group, read).await {
+                Ok((Ok(status), out)) if status.success() => Ok(TaskOutput { output: Bytes::from(out), content_type: "application/octet-stream".into() }),
+                Ok((Ok(status), _)) => Err(self.exit_failure(status, &stderr_tail(stderr_task.take()).await)),
+                Ok((Err(e), _)) => Err(self.wait_failure(&e)),
+                Err(failure) => Err(failure),
             }
-            Some(Finished::Exited(Err(e), _)) => {
-                kill(&mut child, &mut group).await;
-                Err(AgentFailure::transient(format!("waiting for `{}`: {e}", self.program)))
-            }
-            Some(Finished::Exited(Ok(status), out)) if status.success() => {
-                Ok(TaskOutput { output: Bytes::from(out), content_type: "application/octet-stream".into() })
-            }
-            Some(Finished::Exited(Ok(status), _)) => Err(self.exit_failure(status, &stderr_tail(stderr_task.take()).await)),
         };
         if let Some(task) = stdin_task {
             task.abort();

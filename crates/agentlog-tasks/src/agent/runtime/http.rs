@@ -14,12 +14,19 @@
 //! the input as text when it is valid UTF-8 (`"utf8"`), else its standard base64 with padding
 //! (`"base64"`). An agent reads `input_encoding` to know which.
 //!
+//! `protocol` is 1 (`docs/agent-protocol.md`); the request says
+//! `Accept: application/x-ndjson, */*;q=0.5`.
+//!
 //! Answers:
-//! - 2xx → completed; output = the response body (at most [`MAX_OUTPUT_BYTES`], else kind
+//! - 2xx with `Content-Type: application/x-ndjson` → a framed answer ([`super::frames`]):
+//!   progress and chunks go to `task.stream` as they arrive, the `result` or `error` frame
+//!   ends the attempt;
+//! - other 2xx → completed; output = the response body (at most [`MAX_OUTPUT_BYTES`], else kind
 //!   `output_too_large`, not retryable) with the response's Content-Type
 //!   (`application/octet-stream` when absent);
 //! - 408 → kind `timeout`, retryable; 429 → kind `transient`, retryable (the agent asked to
-//!   slow down, not refused the task);
+//!   slow down, not refused the task); on 429 and 503 a `Retry-After` (seconds or an HTTP
+//!   date) sets the failure's `retry_after`, which the retry waits at least;
 //! - other 4xx → kind `rejected`, not retryable; the message has the status and the first
 //!   [`ERROR_BODY_EXCERPT_BYTES`] of the body;
 //! - 5xx → kind `transient`, retryable, same message shape;
@@ -36,10 +43,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use serde::Serialize;
 
+use super::frames::FrameReader;
 use super::{Agent, AgentFailure, MAX_OUTPUT_BYTES, RuntimeError, TaskContext, TaskOutput, head_text, kind};
+
+/// What an agent may answer: a framed answer preferred, any body accepted.
+const ACCEPTS: &str = "application/x-ndjson, */*;q=0.5";
 
 /// How much of an error answer's body a failure message quotes.
 pub const ERROR_BODY_EXCERPT_BYTES: usize = 1024;
@@ -82,11 +93,21 @@ impl HttpAgent {
     async fn call(&self, ctx: &TaskContext) -> Result<TaskOutput, AgentFailure> {
         let key = HeaderValue::from_str(&ctx.idempotency_key).map_err(|_| AgentFailure::rejected("the idempotency key is not a valid HTTP header value"))?;
         let body = RequestBody::of(ctx);
-        let mut response =
-            self.client.post(self.url.clone()).header(IDEMPOTENCY_KEY_HEADER, key).json(&body).send().await.map_err(|e| transport_failure(&self.shown, &e))?;
+        let mut response = self
+            .client
+            .post(self.url.clone())
+            .header(IDEMPOTENCY_KEY_HEADER, key)
+            .header(ACCEPT, ACCEPTS)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| transport_failure(&self.shown, &e))?;
         let status = response.status();
         if status.is_success() {
             let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/octet-stream").to_string();
+            if essence(&content_type) == super::frames::CONTENT_TYPE {
+                return self.framed(&mut response, ctx).await;
+            }
             let output = match read_body(&mut response, MAX_OUTPUT_BYTES).await.map_err(|e| transport_failure(&self.shown, &e))? {
                 (body, false) => body,
                 (_, true) => {
@@ -107,12 +128,36 @@ impl HttpAgent {
         let message = message.trim_end_matches([':', ' ']).to_string();
         Err(match status.as_u16() {
             408 => AgentFailure::new(kind::TIMEOUT, message, true),
-            429 => AgentFailure::transient(message),
+            429 | 503 => AgentFailure::transient(message).retry_after(retry_after(response.headers(), std::time::SystemTime::now())),
             400..=499 => AgentFailure::rejected(message),
             500..=599 => AgentFailure::transient(message),
             _ => AgentFailure::rejected(message),
         })
     }
+
+    /// Reads a framed answer as it arrives (see [`super::frames`]).
+    async fn framed(&self, response: &mut reqwest::Response, ctx: &TaskContext) -> Result<TaskOutput, AgentFailure> {
+        let mut reader = FrameReader::new();
+        while let Some(bytes) = response.chunk().await.map_err(|e| transport_failure(&self.shown, &e))? {
+            reader.feed(&bytes, ctx.stream.as_ref()).await?;
+        }
+        reader.finish(ctx.stream.as_ref()).await
+    }
+}
+
+/// A content type without its parameters, lower case.
+fn essence(content_type: &str) -> String {
+    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+/// The wait a `Retry-After` header asks for: delay-seconds or an HTTP date (RFC 9110 §10.2.3);
+/// `None` when absent, unreadable or already past.
+fn retry_after(headers: &HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    httpdate::parse_http_date(value).ok()?.duration_since(now).ok()
 }
 
 #[async_trait::async_trait]
@@ -131,6 +176,8 @@ impl Agent for HttpAgent {
 /// The JSON an http agent receives.
 #[derive(Debug, Serialize)]
 pub struct RequestBody<'a> {
+    /// The agent protocol's version (`docs/agent-protocol.md`).
+    pub protocol: u32,
     pub task_id: &'a str,
     pub agent_type: &'a str,
     pub attempt: u32,
@@ -146,6 +193,7 @@ impl<'a> RequestBody<'a> {
     pub fn of(ctx: &'a TaskContext) -> Self {
         let (input, input_encoding) = encode_input(&ctx.input, &ctx.content_type);
         RequestBody {
+            protocol: 1,
             task_id: &ctx.task_id,
             agent_type: &ctx.agent_type,
             attempt: ctx.attempt,
@@ -160,7 +208,7 @@ impl<'a> RequestBody<'a> {
 
 /// Whether a content type is JSON: `application/json` or `application/…+json`, any parameters.
 pub fn is_json(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = essence(content_type);
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
@@ -179,19 +227,8 @@ pub fn encode_input(input: &[u8], content_type: &str) -> (serde_json::Value, &'s
 
 /// Standard base64 (RFC 4648, with padding).
 pub fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = (chunk[0] as u32) << 16 | (*chunk.get(1).unwrap_or(&0) as u32) << 8 | *chunk.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Reads the body, at most `limit` bytes; the flag says whether more was there (and dropped).
@@ -260,6 +297,17 @@ mod tests {
         assert_eq!(encode_input(b"{nope", "application/json"), (serde_json::json!("{nope"), "utf8"));
         assert_eq!(encode_input(b"hello", "text/plain"), (serde_json::json!("hello"), "utf8"));
         assert_eq!(encode_input(&[0xff, 0x00], "application/octet-stream"), (serde_json::json!("/wA="), "base64"));
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date_to_come() {
+        let now = httpdate::parse_http_date("Sat, 05 Dec 2026 10:00:00 GMT").expect("date");
+        let header = |v: &str| HeaderMap::from_iter([(RETRY_AFTER, HeaderValue::from_str(v).expect("value"))]);
+        assert_eq!(retry_after(&header("120"), now), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after(&header("Sat, 05 Dec 2026 10:00:30 GMT"), now), Some(Duration::from_secs(30)));
+        assert_eq!(retry_after(&header("Sat, 05 Dec 2026 09:00:00 GMT"), now), None);
+        assert_eq!(retry_after(&header("soon"), now), None);
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod builtin;
 pub mod exec;
+pub mod frames;
 pub mod http;
 
 /// The failure kinds the runtimes produce; retry policies match on these strings.
@@ -39,10 +40,19 @@ pub mod kind {
     /// TaskCompleted would not fit the log's record limit (`log.max_record_bytes`). Never
     /// retried: the agent would answer the same.
     pub const OUTPUT_TOO_LARGE: &str = "output_too_large";
+    /// The agent broke the agent protocol (`docs/agent-protocol.md`): a frame that does not
+    /// parse, a frame after the last, an answer without a result. Not retried.
+    pub const PROTOCOL: &str = "protocol";
+    /// A `progress` or `chunk` frame over [`super::frames::MAX_CHUNK_FRAME_BYTES`]; not retried.
+    pub const CHUNK_TOO_LARGE: &str = "chunk_too_large";
     /// A record about the task (its outcome, retry timer or dead letter) could not be made to
     /// fit the log's record limit, or the log refused it for what it is; not retried.
     pub const RECORD_TOO_LARGE: &str = "record_too_large";
 }
+
+/// The longest wait an agent's retry-after is honoured for: an agent answering "retry in a
+/// year" must not park a task for a year without anyone deciding so.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// The most output (exec stdout, HTTP response body) an attempt may produce.
 pub const MAX_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
@@ -64,8 +74,9 @@ pub struct TaskContext {
     pub cancel: CancellationToken,
     /// Sub-task submission and awaiting, for agent types declared with `delegates = true`.
     pub delegate: Option<crate::agent::delegate::Delegate>,
-    /// Reports TaskProgress on `task.events` (absent when an agent runs outside a worker).
-    pub progress: Option<crate::agent::progress::Progress>,
+    /// Writes progress and output chunks to `task.stream` (absent when an agent runs outside
+    /// a worker).
+    pub stream: Option<crate::agent::stream::AttemptStream>,
 }
 
 /// A completed attempt's result.
@@ -84,11 +95,21 @@ pub struct AgentFailure {
     pub message: String,
     /// The runtime's own judgement; the agent type's retry policy (`retry_on`) decides.
     pub retryable: bool,
+    /// The agent asked not to be called again before this long (an HTTP `Retry-After`, an
+    /// `error` frame's `retry_after_ms`): a retry waits at least this, at most
+    /// [`MAX_RETRY_AFTER`].
+    pub retry_after: Option<Duration>,
 }
 
 impl AgentFailure {
     pub fn new(kind: impl Into<String>, message: impl Into<String>, retryable: bool) -> Self {
-        Self { kind: kind.into(), message: message.into(), retryable }
+        Self { kind: kind.into(), message: message.into(), retryable, retry_after: None }
+    }
+
+    /// The same failure, asking the retry to wait at least `after`.
+    pub fn retry_after(mut self, after: Option<Duration>) -> Self {
+        self.retry_after = after;
+        self
     }
 
     /// The attempt ended because its cancel token fired.
@@ -134,7 +155,7 @@ pub fn build(runtime: &crate::agent::RuntimeConfig, timeout: Duration) -> Result
     Ok(match runtime {
         RuntimeConfig::Builtin { name } => Arc::new(builtin::Builtin::by_name(name)?),
         RuntimeConfig::Http { url } => Arc::new(http::HttpAgent::new(url, timeout)?),
-        RuntimeConfig::Exec { program, args, env } => Arc::new(exec::ExecAgent::new(program, args.clone(), env.clone())?),
+        RuntimeConfig::Exec { program, args, env, frames } => Arc::new(exec::ExecAgent::new(program, args.clone(), env.clone())?.with_frames(*frames)),
     })
 }
 
@@ -182,12 +203,14 @@ mod tests {
         let t = Duration::from_secs(5);
         assert!(build(&RuntimeConfig::Builtin { name: "echo".into() }, t).is_ok());
         assert!(build(&RuntimeConfig::Http { url: "http://127.0.0.1:9/agent".into() }, t).is_ok());
-        assert!(build(&RuntimeConfig::Exec { program: "/bin/cat".into(), args: vec![], env: Default::default() }, t).is_ok());
+        assert!(build(&RuntimeConfig::Exec { program: "/bin/cat".into(), args: vec![], env: Default::default(), frames: false }, t).is_ok());
         let err = build(&RuntimeConfig::Http { url: "ftp://example.com/".into() }, t).err().expect("ftp refused");
         assert!(matches!(err, RuntimeError::InvalidUrl { .. }), "{err}");
         let err = build(&RuntimeConfig::Http { url: "not a url".into() }, t).err().expect("garbage refused");
         assert!(matches!(err, RuntimeError::InvalidUrl { .. }), "{err}");
-        let err = build(&RuntimeConfig::Exec { program: String::new(), args: vec![], env: Default::default() }, t).err().expect("empty program refused");
+        let err = build(&RuntimeConfig::Exec { program: String::new(), args: vec![], env: Default::default(), frames: false }, t)
+            .err()
+            .expect("empty program refused");
         assert!(matches!(err, RuntimeError::InvalidProgram(_)), "{err}");
         let err = build(&RuntimeConfig::Builtin { name: "nope".into() }, t).err().expect("unknown builtin refused");
         assert_eq!(err.to_string(), "unknown builtin agent `nope` (known: echo, sleep, textstats, coordinator)");

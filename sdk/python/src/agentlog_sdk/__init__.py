@@ -1,0 +1,79 @@
+"""agentlog's Python SDK: a client of the HTTP API and an agent server (agent protocol v1).
+
+Client side::
+
+    from agentlog_sdk import Client, Chunk, Outcome
+
+    with Client("http://127.0.0.1:8080") as client:
+        task = client.submit("summarize", {"text": "..."})
+        for event in client.stream(task.task_id):
+            if isinstance(event, Chunk):
+                print(event.text, end="")
+            elif isinstance(event, Outcome):
+                print(event.status, event.output)
+
+Agent side::
+
+    from agentlog_sdk import AgentApp
+
+    app = AgentApp()
+
+    @app.agent("summarize")
+    async def summarize(ctx):
+        await ctx.emit("partial text")
+        return {"summary": "..."}
+"""
+
+from .agent import AgentApp, Context
+from .client import AsyncClient, Client, Submitted, TaskPage, task_spec
+from .errors import (
+    AgentError,
+    AgentlogError,
+    BadRequest,
+    ChunkTooLarge,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    ServerError,
+    StreamError,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+    WaitTimeout,
+)
+from .frames import MAX_LINE_BYTES, PROTOCOL_VERSION, Result
+from .stream import Chunk, Event, Outcome, Progress
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AgentApp",
+    "AgentError",
+    "AgentlogError",
+    "AsyncClient",
+    "BadRequest",
+    "Chunk",
+    "ChunkTooLarge",
+    "Client",
+    "Conflict",
+    "Context",
+    "Event",
+    "Forbidden",
+    "MAX_LINE_BYTES",
+    "NotFound",
+    "Outcome",
+    "PROTOCOL_VERSION",
+    "PayloadTooLarge",
+    "Progress",
+    "Result",
+    "ServerError",
+    "StreamError",
+    "Submitted",
+    "TaskPage",
+    "TooManyRequests",
+    "Unauthorized",
+    "Unavailable",
+    "WaitTimeout",
+    "task_spec",
+]

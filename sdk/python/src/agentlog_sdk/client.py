@@ -1,0 +1,314 @@
+"""Clients of the agentlog HTTP API (``/v1``): `Client` (blocking) and `AsyncClient`.
+
+Both build the same requests and read the same answers through the helpers at the top of
+this module; they differ only in the httpx client doing the I/O. Answers are the API's JSON
+(dicts) except where a small type helps: `Submitted`, `TaskPage`, and the typed stream
+events. Error answers raise the `AgentlogError` subclass of their status.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from .errors import NotFound, WaitTimeout, error_from_response
+from .stream import Event, aiter_events, iter_events
+
+__all__ = ["Client", "AsyncClient", "Submitted", "TaskPage", "task_spec"]
+
+#: How long a stream may stay silent before it is taken for dropped and resumed. The server
+#: sends a keep-alive comment every 15 s, so a minute of silence means a dead connection.
+STREAM_READ_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A submit's answer. ``duplicate``: the idempotency key named an earlier task and
+    nothing was written. ``position`` (``topic:partition:offset``) is where the task was
+    written, for ``get(task_id, after=position)`` (read your writes). With ``wait_ms``,
+    ``task`` and ``outcome`` when it finished in time."""
+
+    task_id: str
+    duplicate: bool = False
+    position: str | None = None
+    delayed: bool | None = None
+    task: dict[str, Any] | None = None
+    outcome: dict[str, Any] | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> Submitted:
+        return cls(
+            task_id=body["task_id"],
+            duplicate=bool(body.get("duplicate", False)),
+            position=body.get("position"),
+            delayed=body.get("delayed"),
+            task=body.get("task"),
+            outcome=body.get("outcome"),
+            raw=dict(body),
+        )
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of `Client.list`, newest first; pass ``next_cursor`` for the next page."""
+
+    tasks: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def task_spec(
+    agent_type: str,
+    input: Any,
+    *,
+    task_id: str | None = None,
+    lane: str | None = None,
+    ordering_key: str | None = None,
+    idempotency_key: str | None = None,
+    delay_ms: int | None = None,
+    deadline_ms: int | None = None,
+    max_attempts: int | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The JSON of one task to submit (``POST /v1/tasks``, or an item of a batch). Fields
+    left None are left out, so the API's defaults apply."""
+    body: dict[str, Any] = {"agent_type": agent_type, "input": input}
+    optional = {
+        "task_id": task_id,
+        "lane": lane,
+        "ordering_key": ordering_key,
+        "idempotency_key": idempotency_key,
+        "delay_ms": delay_ms,
+        "deadline_ms": deadline_ms,
+        "max_attempts": max_attempts,
+        "labels": dict(labels) if labels is not None else None,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    return body
+
+
+def _path(task_id: str, tail: str = "") -> str:
+    # Task ids are the caller's (1 to 200 characters): '/', '?' or '#' must not bend the path.
+    return f"/v1/tasks/{quote(task_id, safe='')}{tail}"
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _answer(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        raise error_from_response(response)
+    return response.json()
+
+
+class _Common:
+    """What both clients share: the base URL, headers and timeouts."""
+
+    def __init__(self, base_url: str, api_key: str | None, timeout: float) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._headers = {"Accept": "application/json", "User-Agent": "agentlog-sdk-python/0.1.0"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+
+    def _stream_timeout(self, read_timeout: float | None) -> httpx.Timeout:
+        return httpx.Timeout(self.timeout, read=read_timeout or STREAM_READ_TIMEOUT)
+
+    def _submit_timeout(self, wait_ms: int | None) -> httpx.Timeout:
+        return self._wait_timeout(wait_ms / 1000) if wait_ms else httpx.Timeout(self.timeout)
+
+    def _wait_timeout(self, seconds: float) -> httpx.Timeout:
+        # The server holds the request up to `seconds`: the read must outlast it.
+        return httpx.Timeout(self.timeout, read=seconds + self.timeout)
+
+
+class Client(_Common):
+    """A blocking client of the agentlog API.
+
+    ``api_key`` is sent as ``Authorization: Bearer <key>`` (not needed against a dev server
+    without keys). ``timeout`` (seconds) bounds each request, except the waits that ask the
+    server to hold them (`wait`, `submit(wait_ms=...)`) and streams, which get their own.
+    ``transport`` is passed to httpx (tests, proxies, custom TLS).
+    """
+
+    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 10.0, transport: httpx.BaseTransport | None = None) -> None:
+        super().__init__(base_url, api_key, timeout)
+        self._http = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def submit(self, agent_type: str, input: Any, *, wait_ms: int | None = None, **options: Any) -> Submitted:
+        """Submits one task (``POST /v1/tasks``). ``options`` are `task_spec`'s: task_id,
+        lane, ordering_key, idempotency_key, delay_ms, deadline_ms, max_attempts, labels.
+        ``wait_ms`` waits (at most the server's ``api.max_wait_ms``) for the outcome."""
+        body = task_spec(agent_type, input, **options)
+        response = self._http.post("/v1/tasks", json=body, params=_params(wait_ms=wait_ms), timeout=self._submit_timeout(wait_ms))
+        return Submitted.of(_answer(response))
+
+    def submit_batch(self, tasks: Sequence[Mapping[str, Any]]) -> list[Submitted]:
+        """Submits tasks together (``POST /v1/tasks/batch``): all are checked before any is
+        written. Each item is a `task_spec` (or the same keys as a dict)."""
+        response = self._http.post("/v1/tasks/batch", json={"tasks": [dict(t) for t in tasks]})
+        return [Submitted.of(item) for item in _answer(response)["tasks"]]
+
+    def get(self, task_id: str, *, after: str | None = None, wait_ms: int | None = None) -> dict[str, Any]:
+        """The task (``GET /v1/tasks/{id}``). With ``after`` (a submit's ``position``), once
+        the API has read that far, so a task just submitted is found."""
+        response = self._http.get(_path(task_id), params=_params(after=after, wait_ms=wait_ms))
+        return _answer(response)  # type: ignore[no-any-return]
+
+    def outcome(self, task_id: str) -> dict[str, Any] | None:
+        """The task's outcome now, or None when it has none (yet)."""
+        response = self._http.get(_path(task_id, "/outcome"))
+        if response.status_code == 404:
+            return None
+        return _answer(response)  # type: ignore[no-any-return]
+
+    def wait(self, task_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Waits up to ``timeout`` seconds for the task's outcome (``GET
+        /v1/tasks/{id}/outcome?wait_ms=``, asked again when the server's longest wait is
+        shorter) and returns it: ``{"task_id", "status", "output", "error_kind", ...}``.
+        `WaitTimeout` when it did not come in time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(0, "wait_timeout", f"task `{task_id}` has no outcome after {timeout} s")
+            response = self._http.get(_path(task_id, "/outcome"), params={"wait_ms": max(1, int(remaining * 1000))}, timeout=self._wait_timeout(remaining))
+            try:
+                return _answer(response)  # type: ignore[no-any-return]
+            except NotFound as e:
+                if e.code != "no_outcome":
+                    raise
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        agent_type: str | None = None,
+        created_after_ms: int | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """One page of tasks, newest first (``GET /v1/tasks``)."""
+        params = _params(status=status, agent_type=agent_type, created_after_ms=created_after_ms, limit=limit, cursor=cursor)
+        body = _answer(self._http.get("/v1/tasks", params=params))
+        return TaskPage(tasks=body["tasks"], next_cursor=body.get("next_cursor"))
+
+    def cancel(self, task_id: str, reason: str | None = None) -> dict[str, Any]:
+        """Asks for the task to be cancelled (``POST /v1/tasks/{id}/cancel``); `Conflict`
+        when it already ended."""
+        response = self._http.post(_path(task_id, "/cancel"), json=_params(reason=reason))
+        return _answer(response)  # type: ignore[no-any-return]
+
+    def stream(self, task_id: str, last_event_id: str | None = None, *, max_reconnects: int = 10, read_timeout: float | None = None) -> Iterator[Event]:
+        """The task's `Progress` and `Chunk` events as they happen, then its `Outcome`,
+        after which the iterator ends. A dropped connection is resumed after the last event
+        received (``Last-Event-ID``): nothing missed, nothing repeated. Pass a former
+        event's ``id`` as ``last_event_id`` to continue a stream read earlier."""
+        return iter_events(
+            self._http,
+            _path(task_id, "/stream"),
+            headers={},
+            last_event_id=last_event_id,
+            max_reconnects=max_reconnects,
+            timeout=self._stream_timeout(read_timeout),
+        )
+
+
+class AsyncClient(_Common):
+    """`Client` for asyncio (and trio): the same methods, awaited; `stream` is an async
+    iterator."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 10.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        super().__init__(base_url, api_key, timeout)
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=timeout, transport=transport)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def submit(self, agent_type: str, input: Any, *, wait_ms: int | None = None, **options: Any) -> Submitted:
+        """See `Client.submit`."""
+        body = task_spec(agent_type, input, **options)
+        response = await self._http.post("/v1/tasks", json=body, params=_params(wait_ms=wait_ms), timeout=self._submit_timeout(wait_ms))
+        return Submitted.of(_answer(response))
+
+    async def submit_batch(self, tasks: Sequence[Mapping[str, Any]]) -> list[Submitted]:
+        """See `Client.submit_batch`."""
+        response = await self._http.post("/v1/tasks/batch", json={"tasks": [dict(t) for t in tasks]})
+        return [Submitted.of(item) for item in _answer(response)["tasks"]]
+
+    async def get(self, task_id: str, *, after: str | None = None, wait_ms: int | None = None) -> dict[str, Any]:
+        """See `Client.get`."""
+        response = await self._http.get(_path(task_id), params=_params(after=after, wait_ms=wait_ms))
+        return _answer(response)  # type: ignore[no-any-return]
+
+    async def outcome(self, task_id: str) -> dict[str, Any] | None:
+        """See `Client.outcome`."""
+        response = await self._http.get(_path(task_id, "/outcome"))
+        if response.status_code == 404:
+            return None
+        return _answer(response)  # type: ignore[no-any-return]
+
+    async def wait(self, task_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        """See `Client.wait`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(0, "wait_timeout", f"task `{task_id}` has no outcome after {timeout} s")
+            response = await self._http.get(_path(task_id, "/outcome"), params={"wait_ms": max(1, int(remaining * 1000))}, timeout=self._wait_timeout(remaining))
+            try:
+                return _answer(response)  # type: ignore[no-any-return]
+            except NotFound as e:
+                if e.code != "no_outcome":
+                    raise
+
+    async def list(
+        self,
+        *,
+        status: str | None = None,
+        agent_type: str | None = None,
+        created_after_ms: int | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """See `Client.list`."""
+        params = _params(status=status, agent_type=agent_type, created_after_ms=created_after_ms, limit=limit, cursor=cursor)
+        body = _answer(await self._http.get("/v1/tasks", params=params))
+        return TaskPage(tasks=body["tasks"], next_cursor=body.get("next_cursor"))
+
+    async def cancel(self, task_id: str, reason: str | None = None) -> dict[str, Any]:
+        """See `Client.cancel`."""
+        response = await self._http.post(_path(task_id, "/cancel"), json=_params(reason=reason))
+        return _answer(response)  # type: ignore[no-any-return]
+
+    def stream(self, task_id: str, last_event_id: str | None = None, *, max_reconnects: int = 10, read_timeout: float | None = None) -> AsyncIterator[Event]:
+        """See `Client.stream`: ``async for event in client.stream(task_id): ...``."""
+        return aiter_events(
+            self._http,
+            _path(task_id, "/stream"),
+            headers={},
+            last_event_id=last_event_id,
+            max_reconnects=max_reconnects,
+            timeout=self._stream_timeout(read_timeout),
+        )

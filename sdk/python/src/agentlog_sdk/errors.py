@@ -1,0 +1,186 @@
+"""Errors of the SDK.
+
+Two families, kept apart because they travel in opposite directions:
+
+* `AgentlogError` and its subclasses are what the *client* raises when the agentlog API
+  answers an error. The API's errors are JSON, ``{"error": {"code", "message", "field"}}``;
+  the subclass is chosen by HTTP status so callers can ``except NotFound`` without looking
+  at numbers, and ``code`` stays available for finer decisions (``no_task`` vs
+  ``no_outcome``).
+* `AgentError` and `ChunkTooLarge` are raised *by or to agent code* inside an `AgentApp`
+  handler: `AgentError` becomes an ``error`` frame of the agent protocol, `ChunkTooLarge`
+  tells the handler that a chunk it tried to emit would break the 64 KiB line limit.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+
+__all__ = [
+    "AgentlogError",
+    "BadRequest",
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "Conflict",
+    "PayloadTooLarge",
+    "TooManyRequests",
+    "ServerError",
+    "Unavailable",
+    "StreamError",
+    "WaitTimeout",
+    "AgentError",
+    "ChunkTooLarge",
+    "error_from_response",
+]
+
+
+class AgentlogError(Exception):
+    """An error answer of the agentlog API (or a broken exchange with it).
+
+    ``status`` is the HTTP status (0 when no answer arrived), ``code`` the API's machine
+    code (``invalid_field``, ``no_task``, ...), ``message`` its words and ``field`` the
+    request field at fault, when the API names one.
+    """
+
+    def __init__(self, status: int, code: str, message: str, *, field: str | None = None, body: Any = None) -> None:
+        super().__init__(f"{status} {code}: {message}" if status else f"{code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.body = body
+
+
+class BadRequest(AgentlogError):
+    """400: a field of the request is wrong (``field`` names it)."""
+
+
+class Unauthorized(AgentlogError):
+    """401: no API key, or an unknown one."""
+
+
+class Forbidden(AgentlogError):
+    """403: the key's tenant may not do this."""
+
+
+class NotFound(AgentlogError):
+    """404: no such task for this tenant, or no outcome yet (``code`` says which)."""
+
+
+class Conflict(AgentlogError):
+    """409: e.g. cancelling a task that already ended (``task_finished``)."""
+
+
+class PayloadTooLarge(AgentlogError):
+    """413: the input is too large for the log."""
+
+
+class TooManyRequests(AgentlogError):
+    """429: rate, quota or open-stream limit; wait ``retry_after`` seconds (when given)."""
+
+    def __init__(self, status: int, code: str, message: str, *, field: str | None = None, body: Any = None, retry_after: float | None = None) -> None:
+        super().__init__(status, code, message, field=field, body=body)
+        self.retry_after = retry_after
+
+
+class ServerError(AgentlogError):
+    """5xx other than 503."""
+
+
+class Unavailable(ServerError):
+    """503: the log is unavailable, the projection is behind, or too many keys are claimed:
+    passing conditions, to retry."""
+
+
+class WaitTimeout(AgentlogError, TimeoutError):
+    """`Client.wait` ran out of time before the task reached its outcome."""
+
+
+class StreamError(AgentlogError):
+    """A task stream could not be resumed (the server kept dropping it, or spoke no SSE)."""
+
+
+_BY_STATUS: dict[int, type[AgentlogError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: PayloadTooLarge,
+    429: TooManyRequests,
+    503: Unavailable,
+}
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds; agentlog sends whole seconds (HTTP dates are not parsed)."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value.strip()))
+    except ValueError:
+        return None
+
+
+def error_from_response(response: httpx.Response) -> AgentlogError:
+    """The typed error of an API answer with status >= 400 (its body must have been read)."""
+    code, message, field, body = f"http_{response.status_code}", response.reason_phrase or "", None, None
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip()
+        if text:
+            message = text[:1000]
+    else:
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            code = str(error.get("code") or code)
+            message = str(error.get("message") or message)
+            field = error.get("field") if isinstance(error.get("field"), str) else None
+    status = response.status_code
+    cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else AgentlogError)
+    if cls is TooManyRequests:
+        return TooManyRequests(status, code, message, field=field, body=body, retry_after=_retry_after(response.headers.get("retry-after")))
+    return cls(status, code, message, field=field, body=body)
+
+
+_KIND = re.compile(r"^[a-z0-9_.-]{1,64}$")
+
+
+class AgentError(Exception):
+    """Raise in an agent handler to fail the attempt with a typed error.
+
+    ``kind`` is what the agent type's retry policy matches (``retry.retry_on``; by default
+    ``timeout`` and ``transient`` are retried), ``retryable`` the agent's own judgement
+    reported with the failure, and ``retry_after_ms`` the least time agentlog waits before
+    the next attempt (e.g. a rate limit of the model's API).
+    """
+
+    def __init__(self, kind: str, message: str, retryable: bool = False, retry_after_ms: int | None = None) -> None:
+        if not _KIND.match(kind):
+            raise ValueError(f"error kind {kind!r} must match [a-z0-9_.-]{{1,64}}")
+        if retry_after_ms is not None and retry_after_ms < 0:
+            raise ValueError("retry_after_ms must not be negative")
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+        self.retryable = retryable
+        self.retry_after_ms = retry_after_ms
+
+
+class ChunkTooLarge(Exception):
+    """A progress or chunk frame would be longer than the protocol's 64 KiB line limit.
+
+    Raised by `Context.emit` / `Context.progress` *before* anything is sent, so the handler
+    may split the chunk and go on; agentlog would otherwise fail the attempt with kind
+    ``chunk_too_large``.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the frame is {size} bytes; the limit of one line is {limit}")
+        self.size = size
+        self.limit = limit

@@ -1,0 +1,155 @@
+"""The wire format of agent protocol v1 (docs/agent-protocol.md): the attempt's input
+encodings and the NDJSON frames an agent answers with.
+
+Kept apart from the ASGI app so the encoding rules (which encoding a return value gets,
+when a line is too long) live in one place and are tested on their own.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import AgentError, ChunkTooLarge
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "MAX_LINE_BYTES",
+    "NDJSON",
+    "TEXT_PLAIN",
+    "Result",
+    "decode_input",
+    "encode_line",
+    "progress_frame",
+    "chunk_frame",
+    "result_frame",
+    "error_frame",
+]
+
+#: The protocol version this SDK speaks (the attempt's ``protocol`` field).
+PROTOCOL_VERSION = 1
+
+#: Longest ``progress`` or ``chunk`` line agentlog accepts, in bytes, newline excluded.
+MAX_LINE_BYTES = 64 * 1024
+
+NDJSON = "application/x-ndjson"
+TEXT_PLAIN = "text/plain; charset=utf-8"
+
+#: The longest message an error frame carries (a traceback-sized message is cut, not refused).
+MAX_ERROR_MESSAGE_CHARS = 8 * 1024
+
+
+@dataclass(frozen=True)
+class Result:
+    """A handler's return value with an explicit content type.
+
+    ``Result(b"...", content_type="image/png")`` answers bytes as ``image/png`` instead of
+    ``application/octet-stream``; ``Result("<p>hi</p>", content_type="text/html")`` text as
+    HTML instead of ``text/plain; charset=utf-8``.
+    """
+
+    output: Any
+    content_type: str | None = None
+
+
+def _dumps(value: Any) -> str:
+    # Compact, UTF-8 as is, and no NaN/Infinity: they are not JSON and agentlog would refuse them.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def decode_input(value: Any, encoding: str) -> Any:
+    """The task's input as the handler sees it: ``json`` → the value itself, ``utf8`` → the
+    string, ``base64`` → the decoded bytes. Raises ``ValueError`` on anything else."""
+    if encoding == "json":
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"input must be a string when input_encoding is {encoding!r}")
+    if encoding == "utf8":
+        return value
+    if encoding == "base64":
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise ValueError(f"input is not standard base64: {e}") from None
+    raise ValueError(f"input_encoding {encoding!r} is not json, utf8 or base64")
+
+
+def encode_line(frame: dict[str, Any], *, limit: int | None = None) -> bytes:
+    """One NDJSON line; with ``limit``, `ChunkTooLarge` when the line (newline excluded, as
+    agentlog counts it) is longer."""
+    line = _dumps(frame).encode("utf-8")
+    if limit is not None and len(line) > limit:
+        raise ChunkTooLarge(len(line), limit)
+    return line + b"\n"
+
+
+def progress_frame(percent: float | None = None, message: str | None = None) -> dict[str, Any]:
+    if percent is not None:
+        if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 <= percent <= 100:
+            raise ValueError(f"percent must be a number from 0 to 100, not {percent!r}")
+    if message is not None and not isinstance(message, str):
+        raise TypeError("message must be a string")
+    frame: dict[str, Any] = {"type": "progress"}
+    if percent is not None:
+        frame["percent"] = percent
+    if message is not None:
+        frame["message"] = message
+    return frame
+
+
+def chunk_frame(value: Any) -> dict[str, Any]:
+    """A string is a text chunk; anything else a JSON chunk."""
+    if isinstance(value, str):
+        return {"type": "chunk", "text": value}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError("a chunk is text or JSON; decode bytes first")
+    if value is None:
+        raise TypeError("a JSON chunk cannot be null: the protocol reads it as no chunk at all")
+    return {"type": "chunk", "json": value}
+
+
+def result_frame(value: Any) -> dict[str, Any]:
+    """The ``result`` frame of a handler's return value: bytes → base64 (octet-stream unless
+    a `Result` says otherwise), str → utf8 (text/plain; charset=utf-8 unless a `Result` says
+    otherwise), anything else → JSON."""
+    content_type = None
+    if isinstance(value, Result):
+        value, content_type = value.output, value.content_type
+    if content_type is not None and not content_type:
+        raise ValueError("content_type must not be empty")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        frame = {"type": "result", "output": base64.b64encode(bytes(value)).decode("ascii"), "output_encoding": "base64"}
+        if content_type:
+            frame["content_type"] = content_type
+        return frame
+    if isinstance(value, str):
+        return {"type": "result", "output": value, "output_encoding": "utf8", "content_type": content_type or TEXT_PLAIN}
+    frame = {"type": "result", "output": value}
+    if content_type:
+        frame["content_type"] = content_type
+    return frame
+
+
+def error_frame(kind: str, message: str, retryable: bool = False, retry_after_ms: int | None = None) -> dict[str, Any]:
+    if len(message) > MAX_ERROR_MESSAGE_CHARS:
+        message = message[: MAX_ERROR_MESSAGE_CHARS - 1] + "…"
+    frame: dict[str, Any] = {"type": "error", "kind": kind, "message": message, "retryable": retryable}
+    if retry_after_ms is not None:
+        frame["retry_after_ms"] = int(retry_after_ms)
+    return frame
+
+
+def error_frame_of(error: BaseException) -> dict[str, Any]:
+    """An `AgentError` as its own frame; an uncaught `ChunkTooLarge` as kind
+    ``chunk_too_large``; any other exception as kind ``exception``,
+    retryable, with the message ``ExcType: text`` (a bug or a passing failure: the agent
+    type's retry policy decides whether kind ``exception`` is retried)."""
+    if isinstance(error, AgentError):
+        return error_frame(error.kind, error.message, error.retryable, error.retry_after_ms)
+    if isinstance(error, ChunkTooLarge):  # not caught by the handler: what agentlog would say
+        return error_frame("chunk_too_large", str(error), False)
+    text = str(error)
+    return error_frame("exception", f"{type(error).__name__}: {text}" if text else type(error).__name__, True)

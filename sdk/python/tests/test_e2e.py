@@ -1,0 +1,348 @@
+"""End to end against a real agentlog: `agentlog dev` on the embedded log in a temporary
+directory, with an `AgentApp` served by uvicorn as its `http` agent types.
+
+Needs AGENTLOG_BIN (the agentlog binary). Without it these tests skip, except under CI=true,
+where a skip would hide that nothing was tested: there they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from agentlog_sdk import AgentApp, AgentError, AsyncClient, BadRequest, Chunk, Client, Conflict, Context, NotFound, Outcome, Progress
+from servers import Served, free_port
+
+BIN = os.environ.get("AGENTLOG_BIN", "")
+if not BIN:
+    if os.environ.get("CI") == "true":
+        raise RuntimeError("CI=true but AGENTLOG_BIN does not name the agentlog binary: the SDK's end-to-end tests cannot run")
+    pytest.skip("AGENTLOG_BIN is not set (the agentlog binary the end-to-end tests run)", allow_module_level=True)
+
+#: How long agentlog may take to be ready, and the most any one test waits for a task.
+READY_S = 60.0
+TASK_S = 30.0
+TOKENS = 20
+
+app = AgentApp()
+attempts: dict[str, list[tuple[int, float]]] = {}
+lock = threading.Lock()
+
+
+@app.agent("llm")
+async def llm(ctx: Context) -> Any:
+    """A fake LLM: streams `count` tokens with small sleeps, then the whole text."""
+    count = int(ctx.input.get("count", TOKENS))
+    pause = float(ctx.input.get("pause_s", 0.02))
+    await ctx.progress(0, "calling the model")
+    tokens = [f"tok{i} " for i in range(count)]
+    for token in tokens:
+        await asyncio.sleep(pause)
+        await ctx.emit(token)
+    await ctx.progress(100, "done")
+    return {"text": "".join(tokens), "tokens": count}
+
+
+@app.agent("flaky")
+async def flaky(ctx: Context) -> Any:
+    """Fails its first attempt asking for a pause (a rate limit), succeeds on the next."""
+    with lock:
+        attempts.setdefault(ctx.task_id, []).append((ctx.attempt, time.monotonic()))
+    if ctx.attempt == 1:
+        await ctx.emit("rate limited")
+        raise AgentError("transient", "the model is rate limited", retryable=True, retry_after_ms=ctx.input["retry_after_ms"])
+    return {"attempt": ctx.attempt}
+
+
+@app.agent("rejecting")
+async def rejecting(ctx: Context) -> Any:
+    raise AgentError("bad_input", "no text given", retryable=False)
+
+
+def config(root: pathlib.Path, api_port: int, registry_port: int, agent_url: str) -> str:
+    return f"""
+[log]
+backend = "embedded"
+
+[log.embedded]
+data_dir = "{root / 'log'}"
+
+[supervisor]
+state_dir = "{root / 'supervisor'}"
+heartbeat_interval_ms = 200
+
+[projection]
+dir = "{root / 'projection'}"
+
+[api]
+listen = "127.0.0.1:{api_port}"
+max_wait_ms = 10000
+
+[registry]
+listen = "127.0.0.1:{registry_port}"
+url = "http://127.0.0.1:{registry_port}"
+
+[agents.echo]
+runtime = {{ kind = "builtin", name = "echo" }}
+
+[agents.sleep]
+runtime = {{ kind = "builtin", name = "sleep" }}
+
+[agents.llm]
+runtime = {{ kind = "http", url = "{agent_url}/llm" }}
+timeout_ms = 20000
+
+[agents.flaky]
+runtime = {{ kind = "http", url = "{agent_url}/flaky" }}
+[agents.flaky.retry]
+max_attempts = 3
+initial_backoff_ms = 10
+max_backoff_ms = 50
+jitter = 0.0
+
+[agents.rejecting]
+runtime = {{ kind = "http", url = "{agent_url}/rejecting" }}
+[agents.rejecting.retry]
+max_attempts = 3
+initial_backoff_ms = 10
+"""
+
+
+class Agentlog:
+    def __init__(self, url: str, process: subprocess.Popen[bytes], log: pathlib.Path) -> None:
+        self.url, self.process, self.log = url, process, log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[Served]:
+    served = Served(app).start()
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+@pytest.fixture(scope="module")
+def agentlog(agent: Served) -> Iterator[Agentlog]:
+    with tempfile.TemporaryDirectory(prefix="agentlog-sdk-e2e-") as tmp:
+        root = pathlib.Path(tmp)
+        api_port, registry_port = free_port(), free_port()
+        (root / "agentlog.toml").write_text(config(root, api_port, registry_port, agent.url))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTLOG__") and k != "AGENTLOG_CONFIG"}
+        log_path = root / "agentlog.out"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen([BIN, "--config", str(root / "agentlog.toml"), "dev"], cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        running = Agentlog(f"http://127.0.0.1:{api_port}", process, log_path)
+        try:
+            wait_ready(running)
+            yield running
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def wait_ready(running: Agentlog) -> None:
+    deadline = time.monotonic() + READY_S
+    while True:
+        if running.process.poll() is not None:
+            raise RuntimeError(f"agentlog dev exited with {running.process.returncode}:\n{running.output()}")
+        try:
+            if httpx.get(f"{running.url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"agentlog dev was not ready within {READY_S} s:\n{running.output()}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def client(agentlog: Agentlog) -> Iterator[Client]:
+    with Client(agentlog.url, timeout=10) as c:
+        yield c
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def read_stream(client: Client, task_id: str, last_event_id: str | None = None, stop_after: int | None = None) -> list[Any]:
+    """The stream's events, bounded in time; with `stop_after`, the connection is closed after
+    that many events (the rest is read by a later call)."""
+    events: list[Any] = []
+    deadline = time.monotonic() + TASK_S
+    stream = client.stream(task_id, last_event_id=last_event_id, read_timeout=TASK_S)
+    try:
+        for event in no_route_is_missing_server_side(stream):
+            events.append(event)
+            assert time.monotonic() < deadline, f"the stream of {task_id} did not end within {TASK_S} s"
+            if stop_after is not None and len(events) >= stop_after:
+                break
+    finally:
+        stream.close()  # type: ignore[attr-defined]
+    return events
+
+
+def no_route_is_missing_server_side(stream: Iterator[Any]) -> Iterator[Any]:
+    """A 404 `no_route` means this agentlog predates the task stream: say so plainly."""
+    try:
+        yield from stream
+    except NotFound as e:
+        if e.code == "no_route":
+            pytest.fail(f"this agentlog has no GET /v1/tasks/{{id}}/stream (agent protocol v1 server side missing): {e}")
+        raise
+
+
+def check_llm_stream(events: list[Any], count: int) -> None:
+    chunks = [e for e in events if isinstance(e, Chunk)]
+    assert [c.text for c in chunks] == [f"tok{i} " for i in range(count)], "every chunk once, in order"
+    assert [c.seq for c in chunks] == list(range(count))
+    assert all(c.attempt == 1 for c in chunks)
+    ids = [e.id for e in events if not isinstance(e, Outcome)]
+    assert all(ids), "progress and chunk events carry their log position"
+    positions = [tuple(int(p) for p in id.split(":")) for id in ids]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert [p.message for p in progress] == ["calling the model", "done"]
+    assert isinstance(events[-1], Outcome)
+    outcome = events[-1]
+    assert outcome.status == "completed"
+    assert outcome.output == {"text": "".join(f"tok{i} " for i in range(count)), "tokens": count}
+
+
+# The client against the API (plain answers: any agentlog with the API serves these).
+
+
+def test_submit_get_wait_list_with_a_builtin_agent(client: Client) -> None:
+    task_id = new_id("echo")
+    submitted = client.submit("echo", {"text": "hello"}, task_id=task_id, labels={"suite": "sdk"})
+    assert submitted.task_id == task_id and submitted.position
+    task = client.get(task_id, after=submitted.position)
+    assert task["task_id"] == task_id and task["labels"] == {"suite": "sdk"}
+    outcome = client.wait(task_id, timeout=TASK_S)
+    assert outcome["status"] == "completed" and outcome["output"] == {"text": "hello"}
+    page = client.list(agent_type="echo", limit=50)
+    assert task_id in [t["task_id"] for t in page.tasks]
+
+
+def test_idempotency_batches_and_errors(client: Client) -> None:
+    key = new_id("key")
+    first = client.submit("echo", {"n": 1}, idempotency_key=key)
+    client.wait(first.task_id, timeout=TASK_S)
+    again = client.submit("echo", {"n": 2}, idempotency_key=key)
+    assert again.duplicate and again.task_id == first.task_id
+    batch = client.submit_batch([{"agent_type": "echo", "input": {"i": i}} for i in range(3)])
+    assert len(batch) == 3 and len({b.task_id for b in batch}) == 3
+    for b in batch:
+        assert client.wait(b.task_id, timeout=TASK_S)["status"] == "completed"
+    with pytest.raises(BadRequest) as bad:
+        client.submit("no-such-type", {})
+    assert bad.value.field == "agent_type"
+    with pytest.raises(NotFound) as missing:
+        client.get(new_id("missing"))
+    assert missing.value.code == "no_task"
+    with pytest.raises(Conflict):
+        client.cancel(first.task_id, reason="too late")
+
+
+def test_cancel_a_running_task(client: Client) -> None:
+    submitted = client.submit("sleep", {"ms": 20_000})
+    client.get(submitted.task_id, after=submitted.position)
+    answer = client.cancel(submitted.task_id, reason="changed my mind")
+    assert answer["cancel_requested"] is True
+    assert client.wait(submitted.task_id, timeout=TASK_S)["status"] == "cancelled"
+
+
+# The agent protocol end to end: framed answers and the task stream.
+
+
+def test_chunks_stream_live_in_order_and_the_outcome_is_the_handlers_result(client: Client) -> None:
+    task_id = client.submit("llm", {"count": TOKENS}).task_id
+    started = time.monotonic()
+    events = read_stream(client, task_id)
+    check_llm_stream(events, TOKENS)
+    first_chunk = next(i for i, e in enumerate(events) if isinstance(e, Chunk))
+    assert first_chunk < len(events) - 1
+    assert time.monotonic() - started < TASK_S
+
+
+def test_chunks_arrive_while_the_agent_is_still_generating(client: Client) -> None:
+    # 20 tokens 0.25 s apart: a live stream hands over the first long before the last exists.
+    task_id = client.submit("llm", {"count": TOKENS, "pause_s": 0.25}).task_id
+    stream = client.stream(task_id, read_timeout=TASK_S)
+    try:
+        first = next(e for e in no_route_is_missing_server_side(stream) if isinstance(e, Chunk))
+        seen_at = time.monotonic()
+        task = client.get(task_id)
+    finally:
+        stream.close()  # type: ignore[attr-defined]
+    assert first.text == "tok0 "
+    assert task["outcome"] is None, "the first chunk came only after the task had ended"
+    assert client.wait(task_id, timeout=TASK_S)["status"] == "completed"
+    assert time.monotonic() - seen_at > 1
+
+
+def test_a_dropped_stream_resumes_from_the_last_event_without_gaps_or_repeats(client: Client) -> None:
+    task_id = client.submit("llm", {"count": TOKENS, "pause_s": 0.05}).task_id
+    first = read_stream(client, task_id, stop_after=7)
+    assert len(first) == 7 and not isinstance(first[-1], Outcome)
+    rest = read_stream(client, task_id, last_event_id=first[-1].id)
+    check_llm_stream(first + rest, TOKENS)
+    # And once more from the middle, after the task ended: a replay of what follows.
+    middle = read_stream(client, task_id, last_event_id=first[3].id)
+    assert [e.id for e in middle[:-1]] == [e.id for e in (first + rest)[4:-1]]
+
+
+@pytest.mark.anyio
+async def test_the_async_client_streams_too(agentlog: Agentlog) -> None:
+    async with AsyncClient(agentlog.url, timeout=10) as client:
+        task_id = (await client.submit("llm", {"count": 5})).task_id
+        events: list[Any] = []
+        with anyio.fail_after(TASK_S):
+            async for event in client.stream(task_id, read_timeout=TASK_S):
+                events.append(event)
+        check_llm_stream(events, 5)
+
+
+def test_an_agent_error_with_retry_after_is_retried_no_sooner(client: Client) -> None:
+    task_id = new_id("flaky")
+    client.submit("flaky", {"retry_after_ms": 1500}, task_id=task_id)
+    outcome = client.wait(task_id, timeout=TASK_S)
+    assert outcome["status"] == "completed", outcome
+    assert outcome["output"] == {"attempt": 2}
+    runs = attempts[task_id]
+    assert [n for n, _ in runs] == [1, 2]
+    # The retry policy's own backoff is 10 ms: the wait is the agent's retry_after_ms.
+    assert runs[1][1] - runs[0][1] >= 1.4
+    events = read_stream(client, task_id)
+    chunks = [(e.attempt, e.text) for e in events if isinstance(e, Chunk)]
+    assert chunks == [(1, "rate limited")]
+    assert isinstance(events[-1], Outcome) and events[-1].attempt == 2
+
+
+def test_a_non_retryable_agent_error_fails_the_task_with_its_kind(client: Client) -> None:
+    task_id = new_id("rejecting")
+    client.submit("rejecting", {}, task_id=task_id)
+    outcome = client.wait(task_id, timeout=TASK_S)
+    assert outcome["status"] in ("failed", "dead_lettered"), outcome
+    assert outcome["error_kind"] == "bad_input"
+    assert "no text given" in (outcome["message"] or "")

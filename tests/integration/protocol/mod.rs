@@ -1,0 +1,14 @@
+//! The agent protocol end to end (`docs/agent-protocol.md`), on every backend: an `http` agent
+//! answering NDJSON frames through a real worker, the projection and the HTTP API on a real
+//! port; the task's SSE stream read live, dropped and resumed on another API replica (its own
+//! projection) with nothing missed or repeated; typed errors, retry-after and broken frames.
+
+use crate::harness::{Harness, kafka_bootstrap};
+
+mod scenarios;
+
+every_backend_suite!(
+    a_framed_answer_streams_live_and_resumes_on_another_replica,
+    typed_errors_retry_after_and_broken_frames_end_attempts_not_workers,
+    ; durable:
+);

@@ -1,0 +1,297 @@
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::post;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use agentlog::agent::AgentTypeConfig;
+use agentlog::agent::runtime::build;
+use agentlog::api::{ApiConfig, ApiStartError, ApiState, bind, serve};
+use agentlog::projection::{Projection, ProjectionStore, ProjectorError, sources};
+
+use crate::fixture::Fixture;
+use crate::harness::Harness;
+
+const WITHIN: Duration = Duration::from_secs(30);
+const CHUNKS: usize = 20;
+
+/// When the agent was called, per task id (one entry per attempt).
+type Calls = Arc<Mutex<BTreeMap<String, Vec<Instant>>>>;
+
+/// A local agent speaking the protocol. Its input says what to answer: `stream` (progress,
+/// `CHUNKS` text chunks 30 ms apart, a JSON chunk, a result), `limited` (first attempt: an
+/// `error` frame asking for 1.5 s, then a result), `typed` (a non-retryable error frame),
+/// `broken` (a chunk, then a line that is not JSON), `plain` (a plain JSON answer).
+async fn protocol_agent() -> (String, Calls, JoinHandle<()>) {
+    let calls: Calls = Arc::default();
+    let seen = calls.clone();
+    let app = Router::new().route(
+        "/",
+        post(move |body: axum::Json<Value>| {
+            let seen = seen.clone();
+            async move {
+                let task_id = body["task_id"].as_str().unwrap_or_default().to_string();
+                let attempt = body["attempt"].as_u64().unwrap_or_default();
+                seen.lock().unwrap().entry(task_id).or_default().push(Instant::now());
+                let mode = body["input"]["mode"].as_str().unwrap_or_default().to_string();
+                let lines: Vec<(u64, String)> = match mode.as_str() {
+                    "stream" => {
+                        let mut lines = vec![(0, json!({"type": "progress", "percent": 0, "message": "calling the model"}).to_string())];
+                        lines.extend((0..CHUNKS).map(|i| (30, json!({"type": "chunk", "text": format!("t{i} ")}).to_string())));
+                        lines.push((0, json!({"type": "chunk", "json": {"done": true}}).to_string()));
+                        lines.push((0, json!({"type": "result", "output": {"tokens": CHUNKS}}).to_string()));
+                        lines
+                    }
+                    "limited" if attempt == 1 => vec![(
+                        0,
+                        json!({"type": "error", "kind": "transient", "message": "rate limited", "retryable": true, "retry_after_ms": 1500}).to_string(),
+                    )],
+                    "limited" => vec![(0, json!({"type": "result", "output": "fine", "output_encoding": "utf8"}).to_string())],
+                    "typed" => vec![(0, json!({"type": "error", "kind": "bad_input", "message": "no text to summarize"}).to_string())],
+                    "broken" => vec![(0, json!({"type": "chunk", "text": "a"}).to_string()), (0, "this is not a frame".to_string())],
+                    _ => return axum::response::Response::builder().header("content-type", "application/json").body(Body::from("{\"plain\":true}")).unwrap(),
+                };
+                let stream = futures::stream::iter(lines).then(|(delay, line)| async move {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    Ok::<_, std::convert::Infallible>(format!("{line}\n"))
+                });
+                axum::response::Response::builder().header("content-type", "application/x-ndjson").body(Body::from_stream(stream)).unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind agent");
+    let url = format!("http://{}/", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, calls, server)
+}
+
+use futures::StreamExt;
+
+/// One API replica: its own projection (store, projector) and server over the shared log.
+struct Replica {
+    base: String,
+    projector: JoinHandle<Result<(), ProjectorError>>,
+    server: JoinHandle<Result<(), ApiStartError>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn replica(f: &Fixture, agents: &BTreeMap<String, AgentTypeConfig>, stop: &CancellationToken) -> Replica {
+    let dir = tempfile::tempdir().expect("projection dir");
+    let projection = Projection::new(ProjectionStore::open(dir.path()).expect("store"), sources(&f.topics, agents)).expect("projection");
+    let projector = tokio::spawn(agentlog::projection::run(f.log.clone(), f.codec.clone(), projection.clone(), stop.clone()));
+    let config = ApiConfig { listen: "127.0.0.1:0".into(), ..ApiConfig::default() };
+    let state = ApiState::new(f.log.clone(), f.client.clone(), agents.clone(), projection, config.clone()).expect("api state");
+    let listener = bind(&config).await.expect("bind loopback");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(serve(listener, Arc::new(state), 1 << 20, stop.clone()));
+    Replica { base, projector, server, _dir: dir }
+}
+
+struct Setup {
+    f: Fixture,
+    agent_type: String,
+    calls: Calls,
+    replicas: Vec<Replica>,
+    stop: CancellationToken,
+    agent_server: JoinHandle<()>,
+    http: reqwest::Client,
+}
+
+impl Setup {
+    async fn start(h: &Harness, replicas: usize) -> Setup {
+        let (url, calls, agent_server) = protocol_agent().await;
+        let mut f = Fixture::new(h).await;
+        let toml_text = format!("runtime = {{ kind = \"http\", url = \"{url}\" }}\n[retry]\nmax_attempts = 3\ninitial_backoff_ms = 50\nmax_backoff_ms = 100\n");
+        let (agent_type, agent) = f.agent_type("llm", &toml_text).await;
+        let runtime = build(&agent.runtime, Duration::from_secs(20)).expect("http runtime");
+        f.start_worker(&agent_type, &agent, runtime, "llm-1");
+        // Retries wait on `timers`, which the supervisor fires.
+        f.start_supervisor(3);
+        let agents = BTreeMap::from([(agent_type.clone(), agent)]);
+        let stop = CancellationToken::new();
+        let mut started = Vec::new();
+        for _ in 0..replicas {
+            started.push(replica(&f, &agents, &stop).await);
+        }
+        Setup { f, agent_type, calls, replicas: started, stop, agent_server, http: reqwest::Client::new() }
+    }
+
+    async fn submit(&self, task_id: &str, mode: &str) {
+        let body = json!({"agent_type": self.agent_type, "task_id": task_id, "input": {"mode": mode}});
+        let answer = self.http.post(format!("{}/v1/tasks", self.replicas[0].base)).json(&body).timeout(WITHIN).send().await.expect("submit");
+        assert_eq!(answer.status().as_u16(), 202, "submit {task_id}: {}", answer.text().await.unwrap_or_default());
+    }
+
+    /// The task's outcome (the API's long poll), from replica 0.
+    async fn outcome(&self, task_id: &str) -> Value {
+        let url = format!("{}/v1/tasks/{task_id}/outcome?wait_ms=5000", self.replicas[0].base);
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            // A task the projection does not know yet answers 404 at once: ask again.
+            let answer = self.http.get(&url).timeout(WITHIN).send().await.expect("outcome");
+            let status = answer.status().as_u16();
+            let body: Value = answer.json().await.expect("outcome JSON");
+            if status == 200 {
+                return body;
+            }
+            assert!(status == 404 && Instant::now() < deadline, "no outcome of {task_id} within {WITHIN:?}: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        for replica in self.replicas {
+            tokio::time::timeout(WITHIN, replica.server).await.expect("server stopped").expect("server task").expect("server");
+            tokio::time::timeout(WITHIN, replica.projector).await.expect("projector stopped").expect("projector task").expect("projector");
+        }
+        self.f.stop().await;
+        self.agent_server.abort();
+    }
+}
+
+/// One SSE event: (id, event name, data).
+type SseEvent = (Option<String>, String, Value);
+
+/// Opens a task's stream, optionally after a position (as `Last-Event-ID`).
+async fn open(http: &reqwest::Client, base: &str, task_id: &str, last_event_id: Option<&str>) -> reqwest::Response {
+    let mut request = http.get(format!("{base}/v1/tasks/{task_id}/stream"));
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let answer = request.send().await.expect("stream");
+    assert_eq!(answer.status().as_u16(), 200, "stream of {task_id}");
+    answer
+}
+
+/// The next event of an open stream; `None` when it ended.
+async fn next(answer: &mut reqwest::Response, buffer: &mut String) -> Option<SseEvent> {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        if let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            let (mut id, mut event, mut data) = (None, None, String::new());
+            for line in frame.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            match event {
+                Some(name) => return Some((id, name, serde_json::from_str(&data).expect("event data is JSON"))),
+                None => continue, // a keep-alive comment
+            }
+        }
+        match tokio::time::timeout_at(deadline, answer.chunk()).await.expect("an event within the bound") {
+            Ok(Some(bytes)) => buffer.push_str(&String::from_utf8_lossy(&bytes)),
+            Ok(None) => return None,
+            Err(e) => panic!("reading the stream: {e}"),
+        }
+    }
+}
+
+pub async fn a_framed_answer_streams_live_and_resumes_on_another_replica(h: &mut Harness) {
+    let s = Setup::start(h, 2).await;
+    s.submit("story-1", "stream").await;
+    let mut events: Vec<SseEvent> = Vec::new();
+
+    // Read the first chunks live from replica 0, then drop the connection mid-stream.
+    let mut first = open(&s.http, &s.replicas[0].base, "story-1", None).await;
+    let mut buffer = String::new();
+    while events.iter().filter(|(_, name, _)| name == "chunk").count() < 5 {
+        events.push(next(&mut first, &mut buffer).await.expect("the stream goes on"));
+    }
+    // Live: the task is still running while its first chunks arrive.
+    let view: Value = s.http.get(format!("{}/v1/tasks/story-1", s.replicas[0].base)).send().await.expect("get").json().await.expect("json");
+    assert_ne!(view["status"], "completed", "chunks arrive while the agent is still generating");
+    drop(first);
+
+    // Resume on the other replica (its own projection) after the last id seen.
+    let last = events.last().and_then(|(id, _, _)| id.clone()).expect("chunk events carry an id");
+    let mut second = open(&s.http, &s.replicas[1].base, "story-1", Some(&last)).await;
+    let mut buffer = String::new();
+    while let Some(event) = next(&mut second, &mut buffer).await {
+        events.push(event);
+    }
+
+    let names: Vec<&str> = events.iter().map(|(_, name, _)| name.as_str()).collect();
+    assert_eq!(names.first(), Some(&"progress"), "{names:?}");
+    assert_eq!(names.last(), Some(&"outcome"), "the stream ends with the outcome: {names:?}");
+    let texts: Vec<&str> = events.iter().filter(|(_, n, d)| n == "chunk" && d["text"].is_string()).map(|(_, _, d)| d["text"].as_str().unwrap()).collect();
+    let expected: Vec<String> = (0..CHUNKS).map(|i| format!("t{i} ")).collect();
+    assert_eq!(texts, expected, "every chunk once, in order, across the reconnect");
+    let seqs: Vec<i64> = events.iter().filter(|(_, n, _)| n == "chunk").map(|(_, _, d)| d["seq"].as_i64().expect("seq")).collect();
+    assert_eq!(seqs, (0..=CHUNKS as i64).collect::<Vec<_>>());
+    let json_chunk = events.iter().find(|(_, n, d)| n == "chunk" && d["json"].is_object()).expect("the JSON chunk");
+    assert_eq!(json_chunk.2["json"], json!({"done": true}), "a JSON chunk arrives as JSON");
+    let ids: Vec<&String> = events.iter().filter_map(|(id, _, _)| id.as_ref()).collect();
+    assert_eq!(ids.len(), CHUNKS + 2, "progress and chunks carry ids: {ids:?}");
+    let outcome = &events.last().expect("outcome").2;
+    assert_eq!(outcome["status"], "completed");
+    assert_eq!(outcome["outcome"]["output"], json!({"tokens": CHUNKS}), "{outcome}");
+
+    // A finished task replays its whole stream at once, from either replica.
+    let mut replay = open(&s.http, &s.replicas[1].base, "story-1", None).await;
+    let mut buffer = String::new();
+    let mut again = Vec::new();
+    while let Some(event) = next(&mut replay, &mut buffer).await {
+        again.push(event);
+    }
+    assert_eq!(again.len(), CHUNKS + 3, "progress, chunks, outcome");
+    // Positions are the log's: both replicas name each record alike.
+    let tail: Vec<&Option<String>> = again.iter().map(|(id, _, _)| id).collect();
+    assert_eq!(tail[..5], events.iter().map(|(id, _, _)| id).collect::<Vec<_>>()[..5]);
+
+    // Bad positions and unknown tasks answer clearly.
+    let bad = s.http.get(format!("{}/v1/tasks/story-1/stream?after=nope", s.replicas[0].base)).send().await.expect("bad after");
+    assert_eq!(bad.status().as_u16(), 400);
+    assert!(bad.text().await.unwrap_or_default().contains("nope"));
+    let missing = s.http.get(format!("{}/v1/tasks/no-such-task/stream", s.replicas[0].base)).send().await.expect("missing");
+    assert_eq!(missing.status().as_u16(), 404);
+    s.stop().await;
+}
+
+pub async fn typed_errors_retry_after_and_broken_frames_end_attempts_not_workers(h: &mut Harness) {
+    let s = Setup::start(h, 1).await;
+    s.submit("limited-1", "limited").await;
+    s.submit("typed-1", "typed").await;
+    s.submit("broken-1", "broken").await;
+
+    // The agent's retry-after (1.5 s) beats the type's backoff (50–100 ms).
+    let limited = s.outcome("limited-1").await;
+    assert_eq!(limited["status"], "completed", "{limited}");
+    assert_eq!(limited["output"], "fine", "{limited}");
+    let calls = s.calls.lock().unwrap().get("limited-1").cloned().expect("calls");
+    assert_eq!(calls.len(), 2);
+    let waited = calls[1] - calls[0];
+    assert!(waited >= Duration::from_millis(1400), "the retry waited {waited:?}, the agent asked for 1.5 s");
+
+    // The agent's own kind, not retried (not in retry_on).
+    let typed = s.outcome("typed-1").await;
+    assert_eq!(typed["status"], "failed", "{typed}");
+    assert_eq!(typed["error_kind"], "bad_input", "{typed}");
+    assert_eq!(s.calls.lock().unwrap()["typed-1"].len(), 1);
+
+    // A broken frame fails the attempt with kind protocol, naming the frame.
+    let broken = s.outcome("broken-1").await;
+    assert_eq!(broken["status"], "failed", "{broken}");
+    assert_eq!(broken["error_kind"], "protocol", "{broken}");
+    assert!(broken["message"].as_str().unwrap_or_default().contains("frame 2 (this is not a frame)"), "{broken}");
+
+    // The worker goes on: a plain answer still completes.
+    s.submit("plain-1", "plain").await;
+    let plain = s.outcome("plain-1").await;
+    assert_eq!(plain["status"], "completed", "{plain}");
+    assert_eq!(plain["output"], json!({"plain": true}));
+    s.stop().await;
+}
