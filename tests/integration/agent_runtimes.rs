@@ -32,6 +32,7 @@ fn ctx(input: impl Into<Bytes>, content_type: &str) -> TaskContext {
         idempotency_key: "task-0001/idem".into(),
         cancel: CancellationToken::new(),
         delegate: None,
+        checkpoint: None,
         stream: None,
     }
 }

@@ -177,7 +177,7 @@ impl TestRegistry {
 /// each, `control` with one), as `topics apply` would.
 pub async fn create_task_topics(log: &Arc<dyn EventLog>, prefix: &str, partitions: i32) {
     let admin = log.admin();
-    for name in ["task.events", "task.results", "task.stream", "dlq", "timers", "agent.events", "agent.heartbeats", "control"] {
+    for name in ["task.events", "task.results", "task.stream", "task.checkpoints", "dlq", "timers", "agent.events", "agent.heartbeats", "control"] {
         let n = if name == "control" { 1 } else { partitions };
         admin.create_topic(&TopicSpec::new(format!("{prefix}{name}"), n)).await.expect("task topic");
     }

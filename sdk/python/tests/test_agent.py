@@ -1,4 +1,5 @@
-"""The agent app: frames, encodings, errors, the chunk limit, dispatch and bad requests
+"""The agent app: frames, encodings, errors, the chunk and checkpoint limits, checkpoints
+received, dispatch and bad requests
 (through httpx's ASGI transport), and flushing and disconnects (served by uvicorn)."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from agentlog_sdk import MAX_LINE_BYTES, AgentApp, AgentError, ChunkTooLarge, Context, Result
+from agentlog_sdk import MAX_CHECKPOINT_LINE_BYTES, MAX_LINE_BYTES, AgentApp, AgentError, CheckpointTooLarge, ChunkTooLarge, Context, Result
 from servers import Served
 
 app = AgentApp()
@@ -103,6 +104,65 @@ def sync(ctx: Context) -> Any:
 @app.agent("bad_percent")
 async def bad_percent(ctx: Context) -> Any:
     await ctx.progress(150)
+
+
+@app.agent("steps")
+async def steps(ctx: Context) -> Any:
+    """Checkpoints between its other frames, starting after the step it received."""
+    start = ctx.last_checkpoint["step"] if ctx.last_checkpoint else 0
+    for step in range(start + 1, 4):
+        await ctx.progress(step * 25, f"step {step}")
+        await ctx.emit(f"did {step}")
+        await ctx.checkpoint({"step": step, "notes": ["é", None]})
+    return {"from": start}
+
+
+#: The size of a checkpoint line whose state is a string of n ASCII characters.
+CHECKPOINT_OVERHEAD = len(b'{"type":"checkpoint","state":""}')
+
+
+@app.agent("big_checkpoint")
+async def big_checkpoint(ctx: Context) -> Any:
+    """Saves a checkpoint of exactly `size` bytes, or on CheckpointTooLarge a smaller one."""
+    state = "s" * (ctx.input["size"] - CHECKPOINT_OVERHEAD)
+    try:
+        await ctx.checkpoint(state)
+    except CheckpointTooLarge as e:
+        seen["checkpoint_too_large"] = e
+        await ctx.checkpoint({"ref": "elsewhere"})
+    return "saved"
+
+
+@app.agent("careless_checkpoint")
+async def careless_checkpoint(ctx: Context) -> Any:
+    await ctx.emit("before")
+    await ctx.checkpoint({"blob": "z" * MAX_CHECKPOINT_LINE_BYTES})
+
+
+@app.agent("bad_checkpoint")
+async def bad_checkpoint(ctx: Context) -> Any:
+    try:
+        await ctx.checkpoint({"loss": float(ctx.input["loss"])})
+    except (TypeError, ValueError) as e:
+        seen["bad_checkpoint"] = e
+        await ctx.checkpoint({"loss": None})
+    try:
+        await ctx.checkpoint({"when": object()})
+    except TypeError as e:
+        seen["bad_checkpoint_type"] = e
+    return "ok"
+
+
+@app.agent("sync_steps")
+def sync_steps(ctx: Context) -> Any:
+    ctx.emit_sync("one")
+    ctx.checkpoint_sync({"step": 1})
+    ctx.progress_sync(50)
+    try:
+        ctx.checkpoint_sync("c" * MAX_CHECKPOINT_LINE_BYTES)
+    except CheckpointTooLarge:
+        seen["sync_checkpoint_too_large"] = True
+    return {"received": ctx.last_checkpoint, "by": ctx.last_checkpoint_attempt}
 
 
 def attempt(agent_type: str, input: Any = None, **fields: Any) -> dict[str, Any]:
@@ -345,3 +405,110 @@ def test_the_line_limit_is_exact_and_counts_bytes_not_characters() -> None:
         encode_line(chunk_frame("é" * (MAX_LINE_BYTES // 2)), limit=MAX_LINE_BYTES)
     with pytest.raises(TypeError):
         chunk_frame(None)
+
+
+# Checkpoints.
+
+
+@pytest.mark.anyio
+async def test_checkpoints_are_sent_in_order_with_the_other_frames() -> None:
+    got = frames(await post(attempt("steps", None)))
+    state = lambda step: {"type": "checkpoint", "state": {"step": step, "notes": ["é", None]}}  # noqa: E731
+    assert got == [
+        {"type": "progress", "percent": 25, "message": "step 1"},
+        {"type": "chunk", "text": "did 1"},
+        state(1),
+        {"type": "progress", "percent": 50, "message": "step 2"},
+        {"type": "chunk", "text": "did 2"},
+        state(2),
+        {"type": "progress", "percent": 75, "message": "step 3"},
+        {"type": "chunk", "text": "did 3"},
+        state(3),
+        {"type": "result", "output": {"from": 0}},
+    ]
+
+
+@pytest.mark.anyio
+async def test_the_received_checkpoint_is_decoded_json_or_none() -> None:
+    got = frames(await post(attempt("steps", None, checkpoint={"step": 2, "notes": []}, checkpoint_attempt=1)))
+    assert [f["state"]["step"] for f in got if f["type"] == "checkpoint"] == [3]
+    assert got[-1] == {"type": "result", "output": {"from": 2}}
+    for state in ({"step": 2, "nested": [1, {"a": None}]}, [1, 2], "text", 7, True):
+        frames(await post(attempt("echo", 1, checkpoint=state, checkpoint_attempt=3)))
+        assert (seen["echo"].last_checkpoint, seen["echo"].last_checkpoint_attempt) == (state, 3)
+    frames(await post(attempt("echo", 1, checkpoint=None, checkpoint_attempt=None)))
+    assert (seen["echo"].last_checkpoint, seen["echo"].last_checkpoint_attempt) == (None, None)
+    frames(await post(attempt("echo", 1)))  # an agentlog without checkpoints sends neither field
+    assert (seen["echo"].last_checkpoint, seen["echo"].last_checkpoint_attempt) == (None, None)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("checkpoint_attempt", [0, -1, "1", True, 1.5])
+async def test_a_bad_checkpoint_attempt_is_a_400(checkpoint_attempt: Any) -> None:
+    response = await post(attempt("echo", 1, checkpoint={"step": 1}, checkpoint_attempt=checkpoint_attempt))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "bad_request"
+    assert "checkpoint_attempt" in response.json()["error"]["message"]
+
+
+@pytest.mark.anyio
+async def test_a_checkpoint_at_the_limit_is_sent_one_byte_over_is_refused_before_sending() -> None:
+    seen.pop("checkpoint_too_large", None)
+    response = await post(attempt("big_checkpoint", {"size": MAX_CHECKPOINT_LINE_BYTES}))
+    got = frames(response)
+    assert "checkpoint_too_large" not in seen
+    first = response.text.splitlines()[0]
+    assert len(first.encode()) == MAX_CHECKPOINT_LINE_BYTES
+    assert got == [{"type": "checkpoint", "state": "s" * (MAX_CHECKPOINT_LINE_BYTES - CHECKPOINT_OVERHEAD)}, got[-1]]
+    assert got[-1]["output"] == "saved"
+
+    got = frames(await post(attempt("big_checkpoint", {"size": MAX_CHECKPOINT_LINE_BYTES + 1})))
+    error = seen["checkpoint_too_large"]
+    assert (error.size, error.limit) == (MAX_CHECKPOINT_LINE_BYTES + 1, MAX_CHECKPOINT_LINE_BYTES)
+    assert got[:-1] == [{"type": "checkpoint", "state": {"ref": "elsewhere"}}], "nothing of the refused one was sent"
+
+
+def test_the_checkpoint_limit_counts_bytes_and_is_not_the_chunk_limit() -> None:
+    from agentlog_sdk.frames import checkpoint_frame, encode_line
+
+    assert MAX_CHECKPOINT_LINE_BYTES == 256 * 1024
+    limit = {"limit": MAX_CHECKPOINT_LINE_BYTES, "too_large": CheckpointTooLarge}
+    at_limit = encode_line(checkpoint_frame("a" * (MAX_CHECKPOINT_LINE_BYTES - CHECKPOINT_OVERHEAD)), **limit)
+    assert len(at_limit) == MAX_CHECKPOINT_LINE_BYTES + 1 and at_limit.endswith(b"\n")
+    with pytest.raises(CheckpointTooLarge) as caught:  # 2 bytes each in UTF-8
+        encode_line(checkpoint_frame("é" * (MAX_CHECKPOINT_LINE_BYTES // 2)), **limit)
+    assert caught.value.size > MAX_CHECKPOINT_LINE_BYTES
+    assert not isinstance(caught.value, ChunkTooLarge), "a handler splitting chunks must not catch it"
+    with pytest.raises(TypeError):
+        checkpoint_frame(b"raw")
+
+
+@pytest.mark.anyio
+async def test_an_uncaught_checkpoint_too_large_fails_the_attempt_not_retryable() -> None:
+    got = frames(await post(attempt("careless_checkpoint")))
+    assert got[0] == {"type": "chunk", "text": "before"}
+    assert len(got) == 2
+    assert (got[1]["type"], got[1]["kind"], got[1]["retryable"]) == ("error", "checkpoint_too_large", False)
+    assert str(MAX_CHECKPOINT_LINE_BYTES) in got[1]["message"]
+
+
+@pytest.mark.anyio
+async def test_a_state_json_cannot_hold_raises_like_emit() -> None:
+    got = frames(await post(attempt("bad_checkpoint", {"loss": "nan"})))
+    assert isinstance(seen["bad_checkpoint"], ValueError)
+    assert isinstance(seen["bad_checkpoint_type"], TypeError)
+    assert got == [{"type": "checkpoint", "state": {"loss": None}}, got[-1]]
+    assert got[-1]["type"] == "result"
+
+
+@pytest.mark.anyio
+async def test_sync_handlers_checkpoint_too() -> None:
+    seen.pop("sync_checkpoint_too_large", None)
+    got = frames(await post(attempt("sync_steps", None, checkpoint={"step": 0}, checkpoint_attempt=1)))
+    assert got == [
+        {"type": "chunk", "text": "one"},
+        {"type": "checkpoint", "state": {"step": 1}},
+        {"type": "progress", "percent": 50},
+        {"type": "result", "output": {"received": {"step": 0}, "by": 1}},
+    ]
+    assert seen["sync_checkpoint_too_large"] is True

@@ -71,6 +71,22 @@ async def rejecting(ctx: Context) -> Any:
     raise AgentError("bad_input", "no text given", retryable=False)
 
 
+#: What each attempt of a `resumable` task received: (attempt, last_checkpoint, last_checkpoint_attempt).
+resumed: dict[str, list[tuple[int, Any, Any]]] = {}
+
+
+@app.agent("resumable")
+async def resumable(ctx: Context) -> Any:
+    """Saves step 1, then fails its first attempt (transient); the next resumes from it."""
+    with lock:
+        resumed.setdefault(ctx.task_id, []).append((ctx.attempt, ctx.last_checkpoint, ctx.last_checkpoint_attempt))
+    if ctx.attempt == 1:
+        await ctx.checkpoint({"step": 1})
+        raise AgentError("transient", "lost the model's connection after step 1", retryable=True)
+    step = ctx.last_checkpoint["step"] if isinstance(ctx.last_checkpoint, dict) else None
+    return {"resumed_from": step}
+
+
 def config(root: pathlib.Path, api_port: int, registry_port: int, agent_url: str) -> str:
     return f"""
 [log]
@@ -117,6 +133,13 @@ runtime = {{ kind = "http", url = "{agent_url}/rejecting" }}
 [agents.rejecting.retry]
 max_attempts = 3
 initial_backoff_ms = 10
+
+[agents.resumable]
+runtime = {{ kind = "http", url = "{agent_url}/resumable" }}
+[agents.resumable.retry]
+max_attempts = 3
+initial_backoff_ms = 50
+max_backoff_ms = 100
 """
 
 
@@ -346,3 +369,13 @@ def test_a_non_retryable_agent_error_fails_the_task_with_its_kind(client: Client
     assert outcome["status"] in ("failed", "dead_lettered"), outcome
     assert outcome["error_kind"] == "bad_input"
     assert "no text given" in (outcome["message"] or "")
+
+
+def test_a_retry_resumes_from_the_checkpoint_the_failed_attempt_saved(client: Client) -> None:
+    task_id = new_id("resumable")
+    client.submit("resumable", {"steps": 2}, task_id=task_id)
+    outcome = client.wait(task_id, timeout=TASK_S)
+    assert outcome["status"] == "completed", outcome
+    assert outcome["output"] == {"resumed_from": 1}
+    assert outcome["attempt"] == 2
+    assert resumed[task_id] == [(1, None, None), (2, {"step": 1}, 1)]

@@ -10,5 +10,6 @@ mod scenarios;
 every_backend_suite!(
     a_framed_answer_streams_live_and_resumes_on_another_replica,
     typed_errors_retry_after_and_broken_frames_end_attempts_not_workers,
+    a_checkpoint_reaches_the_retry_and_the_rerun_after_a_worker_crash,
     ; durable:
 );

@@ -20,13 +20,15 @@ use crate::harness::Harness;
 const WITHIN: Duration = Duration::from_secs(30);
 const CHUNKS: usize = 20;
 
-/// When the agent was called, per task id (one entry per attempt).
-type Calls = Arc<Mutex<BTreeMap<String, Vec<Instant>>>>;
+/// When the agent was called and the checkpoint it was handed, per task id (one entry per call).
+type Calls = Arc<Mutex<BTreeMap<String, Vec<(Instant, Value)>>>>;
 
 /// A local agent speaking the protocol. Its input says what to answer: `stream` (progress,
 /// `CHUNKS` text chunks 30 ms apart, a JSON chunk, a result), `limited` (first attempt: an
 /// `error` frame asking for 1.5 s, then a result), `typed` (a non-retryable error frame),
-/// `broken` (a chunk, then a line that is not JSON), `plain` (a plain JSON answer).
+/// `broken` (a chunk, then a line that is not JSON), `plain` (a plain JSON answer), `steps`
+/// (a multi-step agent: with no checkpoint it saves step 1 and fails, retryably; from step 1
+/// it saves step 2 and hangs, for the test to crash its worker; from step 2 it finishes).
 async fn protocol_agent() -> (String, Calls, JoinHandle<()>) {
     let calls: Calls = Arc::default();
     let seen = calls.clone();
@@ -37,7 +39,8 @@ async fn protocol_agent() -> (String, Calls, JoinHandle<()>) {
             async move {
                 let task_id = body["task_id"].as_str().unwrap_or_default().to_string();
                 let attempt = body["attempt"].as_u64().unwrap_or_default();
-                seen.lock().unwrap().entry(task_id).or_default().push(Instant::now());
+                seen.lock().unwrap().entry(task_id).or_default().push((Instant::now(), body["checkpoint"].clone()));
+                let step = body["checkpoint"]["step"].as_u64();
                 let mode = body["input"]["mode"].as_str().unwrap_or_default().to_string();
                 let lines: Vec<(u64, String)> = match mode.as_str() {
                     "stream" => {
@@ -54,6 +57,14 @@ async fn protocol_agent() -> (String, Calls, JoinHandle<()>) {
                     "limited" => vec![(0, json!({"type": "result", "output": "fine", "output_encoding": "utf8"}).to_string())],
                     "typed" => vec![(0, json!({"type": "error", "kind": "bad_input", "message": "no text to summarize"}).to_string())],
                     "broken" => vec![(0, json!({"type": "chunk", "text": "a"}).to_string()), (0, "this is not a frame".to_string())],
+                    "steps" => match step {
+                        None => vec![
+                            (0, json!({"type": "checkpoint", "state": {"step": 1}}).to_string()),
+                            (0, json!({"type": "error", "kind": "transient", "message": "the model timed out", "retryable": true}).to_string()),
+                        ],
+                        Some(1) => vec![(0, json!({"type": "checkpoint", "state": {"step": 2}}).to_string()), (60_000, String::new())],
+                        Some(step) => vec![(0, json!({"type": "result", "output": {"resumed_from": step, "attempt": attempt}}).to_string())],
+                    },
                     _ => return axum::response::Response::builder().header("content-type", "application/json").body(Body::from("{\"plain\":true}")).unwrap(),
                 };
                 let stream = futures::stream::iter(lines).then(|(delay, line)| async move {
@@ -97,6 +108,7 @@ async fn replica(f: &Fixture, agents: &BTreeMap<String, AgentTypeConfig>, stop: 
 struct Setup {
     f: Fixture,
     agent_type: String,
+    agent: AgentTypeConfig,
     calls: Calls,
     replicas: Vec<Replica>,
     stop: CancellationToken,
@@ -114,13 +126,13 @@ impl Setup {
         f.start_worker(&agent_type, &agent, runtime, "llm-1");
         // Retries wait on `timers`, which the supervisor fires.
         f.start_supervisor(3);
-        let agents = BTreeMap::from([(agent_type.clone(), agent)]);
+        let agents = BTreeMap::from([(agent_type.clone(), agent.clone())]);
         let stop = CancellationToken::new();
         let mut started = Vec::new();
         for _ in 0..replicas {
             started.push(replica(&f, &agents, &stop).await);
         }
-        Setup { f, agent_type, calls, replicas: started, stop, agent_server, http: reqwest::Client::new() }
+        Setup { f, agent_type, agent, calls, replicas: started, stop, agent_server, http: reqwest::Client::new() }
     }
 
     async fn submit(&self, task_id: &str, mode: &str) {
@@ -273,7 +285,7 @@ pub async fn typed_errors_retry_after_and_broken_frames_end_attempts_not_workers
     assert_eq!(limited["output"], "fine", "{limited}");
     let calls = s.calls.lock().unwrap().get("limited-1").cloned().expect("calls");
     assert_eq!(calls.len(), 2);
-    let waited = calls[1] - calls[0];
+    let waited = calls[1].0 - calls[0].0;
     assert!(waited >= Duration::from_millis(1400), "the retry waited {waited:?}, the agent asked for 1.5 s");
 
     // The agent's own kind, not retried (not in retry_on).
@@ -293,5 +305,43 @@ pub async fn typed_errors_retry_after_and_broken_frames_end_attempts_not_workers
     let plain = s.outcome("plain-1").await;
     assert_eq!(plain["status"], "completed", "{plain}");
     assert_eq!(plain["output"], json!({"plain": true}));
+    s.stop().await;
+}
+
+pub async fn a_checkpoint_reaches_the_retry_and_the_rerun_after_a_worker_crash(h: &mut Harness) {
+    let mut s = Setup::start(h, 1).await;
+    let mut checkpoints = s.f.reader(&s.f.topics.checkpoints()).await;
+    s.submit("steps-1", "steps").await;
+    // Attempt 1 saves step 1 and fails; attempt 2 gets step 1, saves step 2 and hangs.
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let event = checkpoints.next(WITHIN).await.expect("a checkpoint on task.checkpoints");
+        if let agentlog::events::AnyEvent::TaskCheckpointed(e) = event
+            && e.state.as_deref().is_some_and(|state| state.contains("\"step\":2"))
+        {
+            assert_eq!((e.task_id.as_str(), e.attempt), ("steps-1", 2));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no step-2 checkpoint");
+    }
+    // Its worker dies mid-attempt; another takes the task over and runs attempt 2 again.
+    s.f.abort_worker(0);
+    let runtime = build(&s.agent.runtime, Duration::from_secs(20)).expect("http runtime");
+    s.f.start_worker(&s.agent_type, &s.agent, runtime, "llm-2");
+
+    let done = s.outcome("steps-1").await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["output"], json!({"resumed_from": 2, "attempt": 2}), "the re-run continued from the dead worker's checkpoint: {done}");
+    let seen: Vec<Value> = s.calls.lock().unwrap()["steps-1"].iter().map(|(_, checkpoint)| checkpoint.clone()).collect();
+    assert_eq!(seen, vec![Value::Null, json!({"step": 1}), json!({"step": 2})], "each call got the latest checkpoint");
+
+    // The outcome cleared the checkpoint: the task is forgotten by every index.
+    let mut cleared = false;
+    while let Some(event) = checkpoints.next(Duration::from_secs(5)).await {
+        if let agentlog::events::AnyEvent::TaskCheckpointed(e) = event {
+            cleared = e.task_id == "steps-1" && e.state.is_none();
+        }
+    }
+    assert!(cleared, "the last checkpoint record of the finished task clears it");
     s.stop().await;
 }

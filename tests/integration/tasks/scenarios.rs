@@ -820,7 +820,8 @@ pub async fn a_coordinator_delegates_and_aggregates(h: &mut Harness) {
         stream.iter().any(|e| matches!(e, AnyEvent::TaskSubmitted(t) if t.parent_task_id.as_deref() == Some(parent.task_id.as_str()))),
         "the child command names its parent"
     );
-    let events = f.all_events(&f.topics.events(), Duration::from_secs(3)).await;
+    // Progress is what an attempt streams: on `task.stream`, beside its chunks.
+    let events = f.all_events(&f.topics.stream(), Duration::from_secs(3)).await;
     let sleep_child = format!("{}.2", parent.task_id);
     let progress: Vec<_> =
         events.iter().filter_map(|e| if let AnyEvent::TaskProgress(p) = e { (p.task_id == sleep_child).then_some(p) } else { None }).collect();

@@ -120,7 +120,7 @@ async fn measure_projection_bench(log: Arc<dyn EventLog>, options: &ProjectionBe
     let topics = TaskTopics::new(format!("bench.{suffix}."));
     let admin = log.admin();
     let lane = topics.lane(AGENT_TYPE, Lane::Normal);
-    let all = [topics.events(), topics.results(), topics.timers(), topics.dlq(), topics.agent_events(), topics.heartbeats(), lane.clone()];
+    let all = [topics.events(), topics.results(), topics.stream(), topics.timers(), topics.dlq(), topics.agent_events(), topics.heartbeats(), lane.clone()];
     for topic in &all {
         admin.create_topic(&TopicSpec::new(topic.clone(), options.partitions)).await?;
     }

@@ -88,7 +88,7 @@ async fn measure_task_bench(log: Arc<dyn EventLog>, options: &TaskBenchOptions) 
     let suffix = format!("{}-{}", std::process::id(), rand::random::<u32>());
     let topics = TaskTopics::new(format!("bench.{suffix}."));
     let admin = log.admin();
-    for name in ["task.events", "task.results", "task.stream", "dlq", "timers", "agent.events", "agent.heartbeats"] {
+    for name in ["task.events", "task.results", "task.stream", "task.checkpoints", "dlq", "timers", "agent.events", "agent.heartbeats"] {
         admin.create_topic(&TopicSpec::new(format!("{}{name}", topics.prefix()), options.partitions)).await?;
     }
     admin.create_topic(&TopicSpec::new(topics.control(), 1)).await?;

@@ -53,6 +53,7 @@ event_types!(
     task::TaskStarted,
     task::TaskProgress,
     task::TaskChunk,
+    task::TaskCheckpointed,
     task::TaskRetryScheduled,
     task::TaskCompleted,
     task::TaskFailed,

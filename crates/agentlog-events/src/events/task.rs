@@ -106,6 +106,19 @@ pub struct TaskChunk {
     pub json: Option<String>,
 }
 
+/// A running attempt saved its progress (an agent protocol `checkpoint`), on
+/// `task.checkpoints`: the task's next attempt receives the latest. `state: None` clears it
+/// once the task has its outcome, so readers can forget the task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.agentlog.v1")]
+pub struct TaskCheckpointed {
+    pub meta: Meta,
+    pub task_id: String,
+    pub attempt: i32,
+    /// JSON text; `None` clears the checkpoint.
+    pub state: Option<String>,
+}
+
 /// A retryable failure will be retried after a backoff.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.agentlog.v1")]
@@ -192,6 +205,7 @@ pub struct TaskExpired {
 super::impl_event!(TaskStarted, "task.events", task_id);
 super::impl_event!(TaskProgress, "task.stream", task_id);
 super::impl_event!(TaskChunk, "task.stream", task_id);
+super::impl_event!(TaskCheckpointed, "task.checkpoints", task_id);
 super::impl_event!(TaskRetryScheduled, "task.events", task_id);
 super::impl_event!(TaskCancelRequested, "task.events", task_id);
 super::impl_event!(TaskCompleted, "task.results", task_id);

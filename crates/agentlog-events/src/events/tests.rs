@@ -112,6 +112,7 @@ fn every_event_round_trips() {
         ..TaskSubmitted::sample()
     });
     roundtrip(TaskProgress { percent: None, message: None, detail: None, ..TaskProgress::sample() });
+    roundtrip(TaskCheckpointed { state: None, ..TaskCheckpointed::sample() });
     roundtrip(TaskChunk { text: None, json: Some(r#"{"a":1}"#.into()), ..TaskChunk::sample() });
 }
 
@@ -202,7 +203,7 @@ fn catalog_covers_every_schema_file_and_topic() {
     let mut listed: Vec<String> = event_types().iter().map(|t| t.file.to_owned()).collect();
     listed.sort();
     assert_eq!(on_disk, listed, "every schemas/*.avsc is an event type in the catalog");
-    assert_eq!(all_schemas().len(), 18);
+    assert_eq!(all_schemas().len(), 19);
     for t in event_types() {
         assert_eq!(format!("io.agentlog.v1.{}", t.file.trim_end_matches(".avsc")), t.name);
     }
@@ -212,6 +213,7 @@ fn catalog_covers_every_schema_file_and_topic() {
         ("TaskStarted", "task.events"),
         ("TaskProgress", "task.stream"),
         ("TaskChunk", "task.stream"),
+        ("TaskCheckpointed", "task.checkpoints"),
         ("TaskRetryScheduled", "task.events"),
         ("TaskCancelRequested", "task.events"),
         ("TaskCompleted", "task.results"),
@@ -289,6 +291,12 @@ impl Sample for TaskProgress {
 impl Sample for TaskChunk {
     fn sample() -> Self {
         Self { meta: meta(), task_id: "t-1".into(), attempt: 1, seq: 3, text: Some("tok".into()), json: None }
+    }
+}
+
+impl Sample for TaskCheckpointed {
+    fn sample() -> Self {
+        Self { meta: meta(), task_id: "t-1".into(), attempt: 2, state: Some(r#"{"step":3}"#.into()) }
     }
 }
 

@@ -37,7 +37,9 @@ use super::runtime::{Agent, AgentFailure, TaskContext, TaskOutput, kind};
 use super::topics::TaskTopics;
 use crate::backoff::Backoff;
 use crate::events::wire::{WireCodec, WireError};
-use crate::events::{Meta, TaskCancelled, TaskCompleted, TaskExpired, TaskFailed, TaskRetryScheduled, TaskStarted, TaskSubmitted, TimestampMicros};
+use crate::events::{
+    Meta, TaskCancelled, TaskCheckpointed, TaskCompleted, TaskExpired, TaskFailed, TaskRetryScheduled, TaskStarted, TaskSubmitted, TimestampMicros,
+};
 use crate::log::{ConsumedRecord, Delivery, Producer, Record};
 
 /// How long an agent gets to honour a cancel signal before its attempt is dropped.
@@ -71,6 +73,8 @@ pub struct AttemptEnv {
     pub max_record_bytes: usize,
     /// For agent types that delegate: how sub-tasks are submitted and awaited.
     pub delegation: Option<(super::client::TaskClient, Arc<super::outcomes::OutcomeWatch>)>,
+    /// The latest checkpoints of running tasks, handed to their next attempts.
+    pub checkpoints: Option<Arc<super::checkpoints::CheckpointIndex>>,
 }
 
 /// The outcome records of a task's turn, ready to write.
@@ -89,24 +93,40 @@ impl Outcome {
     }
 }
 
-/// Takes the task, runs it if it should run, and returns its outcome records.
+/// Takes the task, runs it if it should run, and returns its outcome records. A task that
+/// ends with a checkpoint saved has it cleared by a record written with the outcome.
 pub async fn run_attempt(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted) -> Result<Outcome, WireError> {
+    let had = env.checkpoints.as_ref().and_then(|index| index.get(&task.meta.tenant, &task.task_id)).is_some();
+    let (mut outcome, saved) = turn(env, source, task).await?;
+    let ended = !matches!(outcome.ending, Ending::RetryScheduled | Ending::Deferred);
+    if ended && (had || saved) {
+        let cleared = TaskCheckpointed { meta: meta(env, task), task_id: task.task_id.clone(), attempt: task.attempt, state: None };
+        let clear = record(env, env.topics.checkpoints(), task, &cleared).await?;
+        if fits(&clear, env.max_record_bytes) {
+            outcome.records.push(clear);
+        }
+    }
+    Ok(outcome)
+}
+
+/// [`run_attempt`] but the clearing; says whether the attempt saved a checkpoint.
+async fn turn(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted) -> Result<(Outcome, bool), WireError> {
     let now = TimestampMicros::now();
     if let Some(reason) = env.cancels.requested(&task.meta.tenant, &task.task_id) {
-        return cancelled(env, task, reason).await;
+        return Ok((cancelled(env, task, reason).await?, false));
     }
     if let Some(deadline) = task.deadline
         && deadline <= now
     {
         let event = TaskExpired { meta: meta(env, task), task_id: task.task_id.clone(), deadline };
-        return Ok(Outcome::new(Ending::Expired, vec![record(env, env.topics.results(), task, &event).await?]));
+        return Ok((Outcome::new(Ending::Expired, vec![record(env, env.topics.results(), task, &event).await?]), false));
     }
     if task.not_before.is_some_and(|at| at.0 > now.0 + 1_000) {
-        return Ok(Outcome::new(Ending::Deferred, vec![timer_record(&env.codec, &env.topics, task).await?]));
+        return Ok((Outcome::new(Ending::Deferred, vec![timer_record(&env.codec, &env.topics, task).await?]), false));
     }
 
     let cancel = env.cancels.register(&task.meta.tenant, &task.task_id);
-    let (result, elapsed, started) = run_agent(env, task, cancel.clone()).await;
+    let (result, elapsed, started, saved) = run_agent(env, task, cancel.clone()).await;
     env.cancels.unregister(&task.meta.tenant, &task.task_id);
     let ended = match result {
         Ok(output) => completed(env, task, output, elapsed).await,
@@ -117,7 +137,7 @@ pub async fn run_attempt(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskS
         Err(failure) => failed(env, source, task, failure).await,
     };
     let ended = within_limit(env, task, ended?).await?;
-    Ok(Outcome { started, ..ended })
+    Ok((Outcome { started, ..ended }, saved))
 }
 
 /// The last line of defence: an outcome with a record the log would refuse (a hostile
@@ -189,8 +209,9 @@ async fn failed_record(env: &AttemptEnv, task: &TaskSubmitted, error_kind: &str,
 }
 
 /// Announces the attempt and runs the agent under its timeout and cancel signal. Returns the
-/// TaskStarted write still in flight, for the caller to await after writing the outcome.
-async fn run_agent(env: &AttemptEnv, task: &TaskSubmitted, cancel: CancellationToken) -> (Result<TaskOutput, AgentFailure>, Duration, Option<Delivery>) {
+/// TaskStarted write still in flight, for the caller to await after writing the outcome, and
+/// whether the attempt saved a checkpoint.
+async fn run_agent(env: &AttemptEnv, task: &TaskSubmitted, cancel: CancellationToken) -> (Result<TaskOutput, AgentFailure>, Duration, Option<Delivery>, bool) {
     // One envelope for the start event and the progress reports (each report takes a fresh
     // event id and time), so a task that never reports pays for no second id.
     let envelope = meta(env, task);
@@ -204,7 +225,7 @@ async fn run_agent(env: &AttemptEnv, task: &TaskSubmitted, cancel: CancellationT
     if let Err(error) = &delivery {
         tracing::warn!(task_id = %task.task_id, %error, "could not record TaskStarted");
     }
-    let stream = super::stream::AttemptStream::new(env.codec.clone(), env.producer.clone(), env.topics.stream(), task.task_id.clone(), task.attempt, envelope);
+    let stream = super::stream::AttemptStream::new(env.codec.clone(), env.producer.clone(), &env.topics, task.task_id.clone(), task.attempt, envelope);
     let timeout = match task.timeout_ms {
         ms if ms > 0 => env.timeout.min(Duration::from_millis(ms as u64)),
         _ => env.timeout,
@@ -223,6 +244,7 @@ async fn run_agent(env: &AttemptEnv, task: &TaskSubmitted, cancel: CancellationT
             outcomes: outcomes.clone(),
             parent: Arc::new(task.clone()),
         }),
+        checkpoint: env.checkpoints.as_ref().and_then(|index| index.get(&task.meta.tenant, &task.task_id)),
         stream: Some(stream.clone()),
     };
     let begun = Instant::now();
@@ -240,7 +262,7 @@ async fn run_agent(env: &AttemptEnv, task: &TaskSubmitted, cancel: CancellationT
     };
     // What the attempt streamed is on the log before its outcome is (see `stream`).
     stream.flush().await;
-    (result, begun.elapsed(), delivery.ok())
+    (result, begun.elapsed(), delivery.ok(), stream.saved_checkpoint().await)
 }
 
 /// Classifies a failure by the retry policy (see the module table).

@@ -8,6 +8,7 @@
 pub mod attempt;
 pub mod cancels;
 pub mod catalog;
+pub mod checkpoints;
 pub mod client;
 pub mod delegate;
 pub mod dlq;

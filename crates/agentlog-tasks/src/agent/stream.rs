@@ -1,5 +1,6 @@
 //! What a running attempt streams: progress reports (`TaskProgress`) and output chunks
-//! (`TaskChunk`) on `task.stream`, keyed by task id, which the projection serves as SSE.
+//! (`TaskChunk`) on `task.stream`, keyed by task id, which the projection serves as SSE; and
+//! its checkpoints (`TaskCheckpointed`) on `task.checkpoints`, for the task's next attempt.
 //!
 //! Writes are pipelined: a report is handed to the producer and the attempt goes on while it
 //! becomes durable (an LLM emits tokens faster than a round trip to three brokers). The worker
@@ -15,8 +16,9 @@ use bytes::Bytes;
 use tokio::sync::Mutex;
 
 use super::client::new_id;
+use super::topics::TaskTopics;
 use crate::events::wire::WireCodec;
-use crate::events::{Meta, TaskChunk, TaskProgress};
+use crate::events::{Meta, TaskCheckpointed, TaskChunk, TaskProgress};
 use crate::log::{Delivery, Producer, Record};
 
 /// Writes in flight per attempt before the next one waits for the oldest: bounds the memory a
@@ -36,6 +38,7 @@ pub struct AttemptStream {
     pub(crate) codec: Arc<WireCodec>,
     pub(crate) producer: Arc<dyn Producer>,
     pub(crate) topic: String,
+    pub(crate) checkpoints_topic: String,
     pub(crate) task_id: String,
     pub(crate) attempt: i32,
     /// The envelope every event copies (tenant, correlation, causation, trace).
@@ -46,6 +49,8 @@ pub struct AttemptStream {
 #[derive(Default)]
 struct State {
     next_seq: i64,
+    /// A checkpoint was handed to the log (the task's outcome then clears it).
+    saved_checkpoint: bool,
     in_flight: VecDeque<Delivery>,
     failed: u64,
 }
@@ -57,8 +62,8 @@ impl std::fmt::Debug for AttemptStream {
 }
 
 impl AttemptStream {
-    pub(crate) fn new(codec: Arc<WireCodec>, producer: Arc<dyn Producer>, topic: String, task_id: String, attempt: i32, meta: Meta) -> Self {
-        Self { codec, producer, topic, task_id, attempt, meta, state: Arc::default() }
+    pub(crate) fn new(codec: Arc<WireCodec>, producer: Arc<dyn Producer>, topics: &TaskTopics, task_id: String, attempt: i32, meta: Meta) -> Self {
+        Self { codec, producer, topic: topics.stream(), checkpoints_topic: topics.checkpoints(), task_id, attempt, meta, state: Arc::default() }
     }
 
     fn meta(&self) -> Meta {
@@ -80,7 +85,7 @@ impl AttemptStream {
         };
         let mut state = self.state.lock().await;
         let payload = self.codec.encode(&self.topic, &event).await.map_err(|e| e.to_string());
-        self.send(&mut state, payload).await;
+        self.send(&mut state, &self.topic, payload).await;
     }
 
     /// Appends a chunk of output; chunks are numbered from 0 in the order of the calls.
@@ -95,10 +100,24 @@ impl AttemptStream {
         let event = TaskChunk { meta: self.meta(), task_id: self.task_id.clone(), attempt: self.attempt, seq: state.next_seq, text, json };
         state.next_seq += 1;
         let payload = self.codec.encode(&self.topic, &event).await.map_err(|e| e.to_string());
-        self.send(&mut state, payload).await;
+        self.send(&mut state, &self.topic, payload).await;
     }
 
-    async fn send(&self, state: &mut State, payload: Result<Vec<u8>, String>) {
+    /// Saves `state` (JSON text) as the task's checkpoint: its next attempt receives it.
+    pub async fn checkpoint(&self, state: String) {
+        let mut state_lock = self.state.lock().await;
+        let event = TaskCheckpointed { meta: self.meta(), task_id: self.task_id.clone(), attempt: self.attempt, state: Some(state) };
+        let payload = self.codec.encode(&self.checkpoints_topic, &event).await.map_err(|e| e.to_string());
+        state_lock.saved_checkpoint = true;
+        self.send(&mut state_lock, &self.checkpoints_topic, payload).await;
+    }
+
+    /// Whether the attempt saved a checkpoint.
+    pub async fn saved_checkpoint(&self) -> bool {
+        self.state.lock().await.saved_checkpoint
+    }
+
+    async fn send(&self, state: &mut State, topic: &str, payload: Result<Vec<u8>, String>) {
         while state.in_flight.len() >= MAX_IN_FLIGHT {
             if let Some(oldest) = state.in_flight.pop_front() {
                 self.settle(state, oldest.await.map(|_| ()).map_err(|e| e.to_string()));
@@ -106,7 +125,7 @@ impl AttemptStream {
         }
         let sent = match payload {
             Ok(payload) => {
-                let record = Record::new(&self.topic, payload).with_key(Bytes::from(self.task_id.clone()));
+                let record = Record::new(topic, payload).with_key(Bytes::from(self.task_id.clone()));
                 self.producer.send(record).await.map_err(|e| e.to_string())
             }
             Err(e) => Err(e),

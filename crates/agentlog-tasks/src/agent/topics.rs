@@ -39,6 +39,10 @@ impl TaskTopics {
     pub fn stream(&self) -> String {
         self.named("task.stream")
     }
+    /// `task.checkpoints`: what running attempts saved for the task's next attempt.
+    pub fn checkpoints(&self) -> String {
+        self.named("task.checkpoints")
+    }
     pub fn dlq(&self) -> String {
         self.named("dlq")
     }

@@ -21,6 +21,7 @@ Agent side::
     @app.agent("summarize")
     async def summarize(ctx):
         await ctx.emit("partial text")
+        await ctx.checkpoint({"step": 1})   # the next attempt gets it in ctx.last_checkpoint
         return {"summary": "..."}
 """
 
@@ -30,6 +31,7 @@ from .errors import (
     AgentError,
     AgentlogError,
     BadRequest,
+    CheckpointTooLarge,
     ChunkTooLarge,
     Conflict,
     Forbidden,
@@ -42,7 +44,7 @@ from .errors import (
     Unavailable,
     WaitTimeout,
 )
-from .frames import MAX_LINE_BYTES, PROTOCOL_VERSION, Result
+from .frames import MAX_CHECKPOINT_LINE_BYTES, MAX_LINE_BYTES, PROTOCOL_VERSION, Result
 from .stream import Chunk, Event, Outcome, Progress
 
 __version__ = "0.1.0"
@@ -53,6 +55,7 @@ __all__ = [
     "AgentlogError",
     "AsyncClient",
     "BadRequest",
+    "CheckpointTooLarge",
     "Chunk",
     "ChunkTooLarge",
     "Client",
@@ -60,6 +63,7 @@ __all__ = [
     "Context",
     "Event",
     "Forbidden",
+    "MAX_CHECKPOINT_LINE_BYTES",
     "MAX_LINE_BYTES",
     "NotFound",
     "Outcome",

@@ -2,8 +2,8 @@
 
 agentlog's ``http`` runtime POSTs each attempt as JSON to the agent type's URL; this app
 decodes it, calls the handler registered for the agent type, and answers a framed
-(``application/x-ndjson``) stream: whatever ``progress`` and ``chunk`` frames the handler
-emits, each sent as it is produced, then one ``result`` or ``error`` frame. It is a bare
+(``application/x-ndjson``) stream: whatever ``progress``, ``chunk`` and ``checkpoint`` frames
+the handler sends, each as it is produced, then one ``result`` or ``error`` frame. It is a bare
 ASGI callable, so it runs under any ASGI server (uvicorn, hypercorn, ...) without a web
 framework.
 
@@ -24,10 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union
 from urllib.parse import unquote
 
+from .errors import CheckpointTooLarge
 from .frames import (
+    MAX_CHECKPOINT_LINE_BYTES,
     MAX_LINE_BYTES,
     NDJSON,
     PROTOCOL_VERSION,
+    checkpoint_frame,
     chunk_frame,
     decode_input,
     encode_line,
@@ -66,6 +69,11 @@ class Context:
     ``content_type`` is the input's. ``cancelled`` turns true once agentlog hung up (the
     task was cancelled or the attempt timed out): an async handler is also cancelled then,
     a sync one should look at the flag between steps.
+
+    ``last_checkpoint`` is the task's latest checkpoint as this attempt received it (the
+    decoded JSON ``state`` an earlier attempt saved with `checkpoint`), ``None`` when there is
+    none; ``last_checkpoint_attempt`` the attempt that saved it (``None`` likewise). Both stay
+    as received: saving a checkpoint during this attempt does not change them.
     """
 
     task_id: str
@@ -79,6 +87,8 @@ class Context:
     _send_line: Callable[[bytes], Awaitable[None]] = field(repr=False)
     _loop: asyncio.AbstractEventLoop = field(repr=False)
     _disconnected: threading.Event = field(default_factory=threading.Event, repr=False)
+    last_checkpoint: Any = None
+    last_checkpoint_attempt: int | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -95,6 +105,18 @@ class Context:
         64 KiB: split it and emit the parts."""
         await self._send_line(encode_line(chunk_frame(value), limit=MAX_LINE_BYTES))
 
+    async def checkpoint(self, state: Any) -> None:
+        """Saves ``state`` (any JSON value) as the task's checkpoint: the task's next attempt
+        (a retry, or a re-run after the worker running this one died) receives the latest
+        one in `last_checkpoint`. ``state`` is encoded now, so changing it afterwards changes
+        nothing saved. Raises `CheckpointTooLarge` (nothing sent) when the frame's line would
+        exceed 256 KiB, and ``TypeError``/``ValueError`` when ``state`` is not JSON (NaN,
+        Infinity, bytes, other objects).
+
+        A checkpoint means "at least this far": a later attempt may repeat the steps after
+        it, so keep them idempotent (pass on `idempotency_key`)."""
+        await self._send_line(encode_line(checkpoint_frame(state), limit=MAX_CHECKPOINT_LINE_BYTES, too_large=CheckpointTooLarge))
+
     def progress_sync(self, percent: float | None = None, message: str | None = None) -> None:
         """`progress` for a sync handler (it runs in a worker thread)."""
         self._call_sync(self.progress(percent, message))
@@ -103,10 +125,14 @@ class Context:
         """`emit` for a sync handler (it runs in a worker thread)."""
         self._call_sync(self.emit(value))
 
+    def checkpoint_sync(self, state: Any) -> None:
+        """`checkpoint` for a sync handler (it runs in a worker thread)."""
+        self._call_sync(self.checkpoint(state))
+
     def _call_sync(self, coroutine: Awaitable[None]) -> None:
         if _running_loop() is self._loop:
             coroutine.close()  # type: ignore[attr-defined]
-            raise RuntimeError("use `await ctx.emit(...)` / `await ctx.progress(...)` in an async handler")
+            raise RuntimeError("use `await ctx.emit(...)` / `await ctx.progress(...)` / `await ctx.checkpoint(...)` in an async handler")
         asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()  # type: ignore[arg-type]
 
 
@@ -218,6 +244,8 @@ class AgentApp:
             _send_line=send_line,
             _loop=loop,
             _disconnected=disconnected,
+            last_checkpoint=attempt.get("checkpoint"),
+            last_checkpoint_attempt=attempt.get("checkpoint_attempt"),
         )
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", NDJSON.encode()), (b"cache-control", b"no-store")]})
         work = asyncio.ensure_future(_call(handler, ctx))
@@ -275,6 +303,9 @@ def _check_attempt(attempt: dict[str, Any]) -> None:
     for name in ("idempotency_key", "content_type"):
         if name in attempt and not isinstance(attempt[name], str):
             raise wrong(name, "a string")
+    checkpoint_attempt = attempt.get("checkpoint_attempt")
+    if checkpoint_attempt is not None and (not isinstance(checkpoint_attempt, int) or isinstance(checkpoint_attempt, bool) or checkpoint_attempt < 1):
+        raise wrong("checkpoint_attempt", "an integer of at least 1, or null")
     if attempt.get("input_encoding", "json") not in ("json", "utf8", "base64"):
         raise wrong("input_encoding", "json, utf8 or base64")
     labels = attempt.get("labels", {})

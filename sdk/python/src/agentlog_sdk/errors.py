@@ -7,9 +7,10 @@ Two families, kept apart because they travel in opposite directions:
   the subclass is chosen by HTTP status so callers can ``except NotFound`` without looking
   at numbers, and ``code`` stays available for finer decisions (``no_task`` vs
   ``no_outcome``).
-* `AgentError` and `ChunkTooLarge` are raised *by or to agent code* inside an `AgentApp`
-  handler: `AgentError` becomes an ``error`` frame of the agent protocol, `ChunkTooLarge`
-  tells the handler that a chunk it tried to emit would break the 64 KiB line limit.
+* `AgentError`, `ChunkTooLarge` and `CheckpointTooLarge` are raised *by or to agent code*
+  inside an `AgentApp` handler: `AgentError` becomes an ``error`` frame of the agent
+  protocol, `ChunkTooLarge` tells the handler that a chunk it tried to emit would break the
+  64 KiB line limit, `CheckpointTooLarge` that a checkpoint would break the 256 KiB one.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "WaitTimeout",
     "AgentError",
     "ChunkTooLarge",
+    "CheckpointTooLarge",
     "error_from_response",
 ]
 
@@ -182,5 +184,20 @@ class ChunkTooLarge(Exception):
 
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(f"the frame is {size} bytes; the limit of one line is {limit}")
+        self.size = size
+        self.limit = limit
+
+
+class CheckpointTooLarge(Exception):
+    """A checkpoint frame would be longer than the protocol's 256 KiB line limit.
+
+    Raised by `Context.checkpoint` *before* anything is sent, so the handler may save less
+    state (or keep the bulk elsewhere and checkpoint a reference to it) and go on; agentlog
+    would otherwise fail the attempt with kind ``checkpoint_too_large``. Not caught, it
+    fails the attempt with that kind, not retryable.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the checkpoint frame is {size} bytes; the limit of one checkpoint line is {limit}")
         self.size = size
         self.limit = limit

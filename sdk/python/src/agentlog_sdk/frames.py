@@ -13,11 +13,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import AgentError, ChunkTooLarge
+from .errors import AgentError, CheckpointTooLarge, ChunkTooLarge
 
 __all__ = [
     "PROTOCOL_VERSION",
     "MAX_LINE_BYTES",
+    "MAX_CHECKPOINT_LINE_BYTES",
     "NDJSON",
     "TEXT_PLAIN",
     "Result",
@@ -25,6 +26,7 @@ __all__ = [
     "encode_line",
     "progress_frame",
     "chunk_frame",
+    "checkpoint_frame",
     "result_frame",
     "error_frame",
 ]
@@ -34,6 +36,9 @@ PROTOCOL_VERSION = 1
 
 #: Longest ``progress`` or ``chunk`` line agentlog accepts, in bytes, newline excluded.
 MAX_LINE_BYTES = 64 * 1024
+
+#: Longest ``checkpoint`` line agentlog accepts, in bytes, newline excluded.
+MAX_CHECKPOINT_LINE_BYTES = 256 * 1024
 
 NDJSON = "application/x-ndjson"
 TEXT_PLAIN = "text/plain; charset=utf-8"
@@ -77,12 +82,13 @@ def decode_input(value: Any, encoding: str) -> Any:
     raise ValueError(f"input_encoding {encoding!r} is not json, utf8 or base64")
 
 
-def encode_line(frame: dict[str, Any], *, limit: int | None = None) -> bytes:
-    """One NDJSON line; with ``limit``, `ChunkTooLarge` when the line (newline excluded, as
-    agentlog counts it) is longer."""
+def encode_line(frame: dict[str, Any], *, limit: int | None = None, too_large: type[ChunkTooLarge] | type[CheckpointTooLarge] = ChunkTooLarge) -> bytes:
+    """One NDJSON line; with ``limit``, ``too_large(size, limit)`` (`ChunkTooLarge` unless
+    told otherwise) when the line (newline excluded, as agentlog counts it) is longer.
+    ``TypeError``/``ValueError`` when the frame is not JSON (an object, NaN, Infinity)."""
     line = _dumps(frame).encode("utf-8")
     if limit is not None and len(line) > limit:
-        raise ChunkTooLarge(len(line), limit)
+        raise too_large(len(line), limit)
     return line + b"\n"
 
 
@@ -109,6 +115,15 @@ def chunk_frame(value: Any) -> dict[str, Any]:
     if value is None:
         raise TypeError("a JSON chunk cannot be null: the protocol reads it as no chunk at all")
     return {"type": "chunk", "json": value}
+
+
+def checkpoint_frame(state: Any) -> dict[str, Any]:
+    """A ``checkpoint`` frame: ``state`` is any JSON value, the task's next attempt receives
+    it. ``None`` is sent as JSON ``null``, which the next attempt cannot tell from no
+    checkpoint at all (but for ``checkpoint_attempt``)."""
+    if isinstance(state, (bytes, bytearray, memoryview)):
+        raise TypeError("a checkpoint's state is JSON; decode or base64-encode bytes first")
+    return {"type": "checkpoint", "state": state}
 
 
 def result_frame(value: Any) -> dict[str, Any]:
@@ -144,12 +159,15 @@ def error_frame(kind: str, message: str, retryable: bool = False, retry_after_ms
 
 def error_frame_of(error: BaseException) -> dict[str, Any]:
     """An `AgentError` as its own frame; an uncaught `ChunkTooLarge` as kind
-    ``chunk_too_large``; any other exception as kind ``exception``,
+    ``chunk_too_large``, an uncaught `CheckpointTooLarge` as kind ``checkpoint_too_large``
+    (both not retryable); any other exception as kind ``exception``,
     retryable, with the message ``ExcType: text`` (a bug or a passing failure: the agent
     type's retry policy decides whether kind ``exception`` is retried)."""
     if isinstance(error, AgentError):
         return error_frame(error.kind, error.message, error.retryable, error.retry_after_ms)
     if isinstance(error, ChunkTooLarge):  # not caught by the handler: what agentlog would say
         return error_frame("chunk_too_large", str(error), False)
+    if isinstance(error, CheckpointTooLarge):
+        return error_frame("checkpoint_too_large", str(error), False)
     text = str(error)
     return error_frame("exception", f"{type(error).__name__}: {text}" if text else type(error).__name__, True)

@@ -167,6 +167,7 @@ mod tests {
             idempotency_key: "t1".into(),
             cancel: CancellationToken::new(),
             delegate: None,
+            checkpoint: None,
             stream: None,
         }
     }

@@ -14,6 +14,8 @@
 //! and `AGENTLOG_PROTOCOL=1` is set. The `result` or `error` frame decides the attempt,
 //! whatever the exit status; without one, a non-zero exit is kind `exit` (below) and exit 0
 //! is kind `protocol`. A frame that breaks the protocol kills the program (kind `protocol`).
+//! The task's latest checkpoint, when it has one, is in the file `AGENTLOG_CHECKPOINT_FILE`
+//! names (JSON; removed when the attempt ends), its attempt in `AGENTLOG_CHECKPOINT_ATTEMPT`.
 //! Otherwise:
 //!
 //! - exit 0 → completed; output = stdout (at most [`MAX_OUTPUT_BYTES`], else the program is
@@ -212,7 +214,10 @@ async fn read_frames(mut stdout: ChildStdout, stream: Option<&AttemptStream>) ->
 impl ExecAgent {
     /// Starts the program in a process group of its own, with only the environment its type
     /// declares and the task's metadata, and every stdio piped.
-    fn spawn(&self, ctx: &TaskContext) -> Result<Child, AgentFailure> {
+    fn spawn(&self, ctx: &TaskContext, checkpoint: Option<&CheckpointFile>) -> Result<Child, AgentFailure> {
+        let checkpoint_env = checkpoint.map(|file| {
+            [("AGENTLOG_CHECKPOINT_FILE".to_string(), file.path.display().to_string()), ("AGENTLOG_CHECKPOINT_ATTEMPT".to_string(), file.attempt.to_string())]
+        });
         Command::new(&self.program)
             .args(&self.args)
             .env_clear()
@@ -222,6 +227,7 @@ impl ExecAgent {
             .env("AGENTLOG_AGENT_TYPE", &ctx.agent_type)
             .env("AGENTLOG_IDEMPOTENCY_KEY", &ctx.idempotency_key)
             .envs(self.frames.then_some(("AGENTLOG_PROTOCOL", "1")))
+            .envs(checkpoint_env.into_iter().flatten())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -281,6 +287,30 @@ impl ExecAgent {
     }
 }
 
+/// The task's checkpoint, handed to a program in a file of its own (an environment variable
+/// would limit it to 128 KiB); removed when the attempt ends.
+struct CheckpointFile {
+    path: std::path::PathBuf,
+    attempt: i32,
+}
+
+impl CheckpointFile {
+    async fn write(task_id: &str, saved: &crate::agent::checkpoints::Checkpoint) -> Result<CheckpointFile, AgentFailure> {
+        // The name is not the task id (any bytes): a random one in the temporary directory.
+        let path = std::env::temp_dir().join(format!("agentlog-checkpoint-{:016x}.json", rand::random::<u64>()));
+        tokio::fs::write(&path, saved.state.as_bytes()).await.map_err(|e| {
+            AgentFailure::transient(format!("writing task {}'s checkpoint to {}: {e}", super::head_text(task_id.as_bytes(), 200), path.display()))
+        })?;
+        Ok(CheckpointFile { path, attempt: saved.attempt })
+    }
+}
+
+impl Drop for CheckpointFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// What the stderr reader kept, once the program exited. Its group is gone, so stderr ends,
 /// but a descendant that left the group may still hold it: the wait is bounded.
 async fn stderr_tail(task: Option<tokio::task::JoinHandle<Vec<u8>>>) -> Vec<u8> {
@@ -301,7 +331,11 @@ impl Agent for ExecAgent {
         if ctx.cancel.is_cancelled() {
             return Err(AgentFailure::cancelled());
         }
-        let mut child = self.spawn(&ctx)?;
+        let checkpoint = match (&ctx.checkpoint, self.frames) {
+            (Some(saved), true) => Some(CheckpointFile::write(&ctx.task_id, saved).await?),
+            _ => None,
+        };
+        let mut child = self.spawn(&ctx, checkpoint.as_ref())?;
         let mut group = ProcessGroup::of(&child);
 
         // Stdin and stderr are served by their own tasks so that a program writing much

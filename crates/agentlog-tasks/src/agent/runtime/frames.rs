@@ -1,6 +1,6 @@
 //! The framed answer of the agent protocol v1 (`docs/agent-protocol.md`): one JSON object per
-//! line (NDJSON) — `progress` and `chunk` frames while the agent works, then exactly one
-//! `result` or `error`. The `http` runtime reads them from a response whose content type is
+//! line (NDJSON) — `progress`, `chunk` and `checkpoint` frames while the agent works, then
+//! exactly one `result` or `error`. The `http` runtime reads them from a response whose content type is
 //! [`CONTENT_TYPE`], the `exec` runtime from the stdout of a program declared with
 //! `frames = true`. Each frame is handled as its line completes, so a chunk reaches
 //! `task.stream` while the agent generates the next one.
@@ -22,6 +22,9 @@ pub const CONTENT_TYPE: &str = "application/x-ndjson";
 
 /// The longest `progress` or `chunk` line, newline excluded.
 pub const MAX_CHUNK_FRAME_BYTES: usize = 64 * 1024;
+
+/// The longest `checkpoint` line, newline excluded.
+pub const MAX_CHECKPOINT_FRAME_BYTES: usize = 256 * 1024;
 
 /// The most bytes a framed answer may hold in all: the output limit, with room for the JSON
 /// or base64 that carries the output and for the frames before it.
@@ -46,6 +49,9 @@ enum Wire {
         text: Option<String>,
         #[serde(default)]
         json: Option<serde_json::Value>,
+    },
+    Checkpoint {
+        state: serde_json::Value,
     },
     Result {
         output: serde_json::Value,
@@ -72,6 +78,8 @@ pub enum Frame {
         message: Option<String>,
     },
     Chunk(Chunk),
+    /// JSON text.
+    Checkpoint(String),
     /// The attempt's outcome: a result or the agent's own typed error.
     End(Result<TaskOutput, AgentFailure>),
 }
@@ -91,7 +99,15 @@ pub fn parse(line: &[u8], number: usize) -> Result<Frame, AgentFailure> {
             false,
         ));
     }
+    if matches!(wire, Wire::Checkpoint { .. }) && line.len() > MAX_CHECKPOINT_FRAME_BYTES {
+        return Err(AgentFailure::new(
+            kind::CHECKPOINT_TOO_LARGE,
+            format!("frame {number} is {} bytes, more than the {MAX_CHECKPOINT_FRAME_BYTES} a checkpoint frame may be; keep less state", line.len()),
+            false,
+        ));
+    }
     Ok(match wire {
+        Wire::Checkpoint { state } => Frame::Checkpoint(state.to_string()),
         Wire::Progress { percent, message } => {
             if percent.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
                 return Err(bad("percent must be between 0 and 100"));
@@ -205,6 +221,11 @@ impl FrameReader {
                     stream.chunk(chunk).await;
                 }
             }
+            Frame::Checkpoint(state) => {
+                if let Some(stream) = stream {
+                    stream.checkpoint(state).await;
+                }
+            }
             Frame::End(end) => self.end = Some(end),
         }
         Ok(())
@@ -258,7 +279,8 @@ mod tests {
     fn bad_frames_fail_with_protocol_naming_the_frame() {
         for (line, says) in [
             (r#"not json"#, "frame 7 (not json)"),
-            (r#"{"type":"checkpoint","state":{}}"#, "unknown variant `checkpoint`"),
+            (r#"{"type":"suspend","signal":"approval"}"#, "unknown variant `suspend`"),
+            (r#"{"type":"checkpoint"}"#, "missing field `state`"),
             (r#"{"type":"chunk"}"#, "exactly one of `text` and `json`"),
             (r#"{"type":"chunk","text":"a","json":1}"#, "exactly one"),
             (r#"{"type":"progress","percent":140}"#, "between 0 and 100"),
@@ -273,6 +295,18 @@ mod tests {
             assert!(!failure.retryable);
             assert!(failure.message.contains(says), "{line}: {}", failure.message);
         }
+    }
+
+    #[test]
+    fn a_checkpoint_is_any_json_up_to_its_own_limit() {
+        let Ok(Frame::Checkpoint(state)) = parse(br#"{"type":"checkpoint","state":{"step":2,"notes":["a"]}}"#, 1) else { panic!("a checkpoint") };
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&state).ok(), Some(serde_json::json!({"step": 2, "notes": ["a"]})));
+        let line = format!(r#"{{"type":"checkpoint","state":"{}"}}"#, "x".repeat(MAX_CHECKPOINT_FRAME_BYTES));
+        let failure = parse(line.as_bytes(), 4).expect_err("too large");
+        assert_eq!(failure.kind, kind::CHECKPOINT_TOO_LARGE);
+        // Larger than a chunk may be.
+        let line = format!(r#"{{"type":"checkpoint","state":"{}"}}"#, "x".repeat(MAX_CHUNK_FRAME_BYTES * 2));
+        assert!(parse(line.as_bytes(), 1).is_ok());
     }
 
     #[test]

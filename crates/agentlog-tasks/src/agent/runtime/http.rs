@@ -187,6 +187,10 @@ pub struct RequestBody<'a> {
     /// `json`, `utf8` or `base64`: how `input` carries the task's input.
     pub input_encoding: &'static str,
     pub labels: &'a HashMap<String, String>,
+    /// The task's latest checkpoint (JSON), saved by an earlier attempt; `null` when none.
+    pub checkpoint: Option<serde_json::Value>,
+    /// The attempt that saved `checkpoint`.
+    pub checkpoint_attempt: Option<i32>,
 }
 
 impl<'a> RequestBody<'a> {
@@ -202,6 +206,10 @@ impl<'a> RequestBody<'a> {
             input,
             input_encoding,
             labels: &ctx.labels,
+            // Saved from a parsed frame, so it parses; a record another producer wrote may not
+            // (then it travels as a JSON string).
+            checkpoint: ctx.checkpoint.as_ref().map(|c| serde_json::from_str(&c.state).unwrap_or_else(|_| serde_json::Value::String(c.state.clone()))),
+            checkpoint_attempt: ctx.checkpoint.as_ref().map(|c| c.attempt),
         }
     }
 }

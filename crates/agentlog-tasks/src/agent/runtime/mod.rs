@@ -45,6 +45,8 @@ pub mod kind {
     pub const PROTOCOL: &str = "protocol";
     /// A `progress` or `chunk` frame over [`super::frames::MAX_CHUNK_FRAME_BYTES`]; not retried.
     pub const CHUNK_TOO_LARGE: &str = "chunk_too_large";
+    /// A `checkpoint` frame over [`super::frames::MAX_CHECKPOINT_FRAME_BYTES`]; not retried.
+    pub const CHECKPOINT_TOO_LARGE: &str = "checkpoint_too_large";
     /// A record about the task (its outcome, retry timer or dead letter) could not be made to
     /// fit the log's record limit, or the log refused it for what it is; not retried.
     pub const RECORD_TOO_LARGE: &str = "record_too_large";
@@ -74,8 +76,11 @@ pub struct TaskContext {
     pub cancel: CancellationToken,
     /// Sub-task submission and awaiting, for agent types declared with `delegates = true`.
     pub delegate: Option<crate::agent::delegate::Delegate>,
-    /// Writes progress and output chunks to `task.stream` (absent when an agent runs outside
-    /// a worker).
+    /// The task's latest checkpoint, saved by an earlier attempt (or an earlier run of this
+    /// one): where a multi-step agent continues from.
+    pub checkpoint: Option<crate::agent::checkpoints::Checkpoint>,
+    /// Writes progress and output chunks to `task.stream`, checkpoints to `task.checkpoints`
+    /// (absent when an agent runs outside a worker).
     pub stream: Option<crate::agent::stream::AttemptStream>,
 }
 

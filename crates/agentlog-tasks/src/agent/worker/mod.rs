@@ -33,6 +33,7 @@ use self::membership::Member;
 use super::attempt::{AttemptEnv, Ending};
 use super::cancels::{Cancels, watch_control};
 use super::catalog::AgentTypeConfig;
+use super::checkpoints::CheckpointIndex;
 use super::client::TaskClient;
 use super::outcomes::OutcomeWatch;
 use super::presence::{Identity, Load, Presence, PresenceError};
@@ -225,12 +226,13 @@ struct Background {
     _guard: tokio_util::sync::DropGuard,
     control: Option<tokio::task::JoinHandle<()>>,
     outcomes: Option<Arc<OutcomeWatch>>,
+    checkpoints: Option<Arc<CheckpointIndex>>,
 }
 
 impl Default for Background {
     fn default() -> Self {
         let token = CancellationToken::new();
-        Background { _guard: token.clone().drop_guard(), token, control: None, outcomes: None }
+        Background { _guard: token.clone().drop_guard(), token, control: None, outcomes: None, checkpoints: None }
     }
 }
 
@@ -239,6 +241,9 @@ impl Background {
         self.token.cancel();
         if let Some(watch) = self.outcomes {
             watch.stop().await;
+        }
+        if let Some(index) = self.checkpoints {
+            index.stop().await;
         }
         if let Some(control) = self.control
             && let Err(error) = control.await
@@ -289,6 +294,13 @@ async fn start(
     .await?;
     let Some(presence) = registered else { return Ok(None) };
 
+    // The checkpoints of running tasks, read before the first task is taken: a task this
+    // worker re-runs after another died gets the dead worker's last checkpoint.
+    let indexed = until_started("reading task.checkpoints", shutdown, || CheckpointIndex::start(log, codec.clone(), &topics)).await?;
+    let Some(index) = indexed else { return Ok(None) };
+    let checkpoints = Arc::new(index);
+    background.checkpoints = Some(checkpoints.clone());
+
     // Delegating agents await sub-task outcomes; an hour back covers children of attempts
     // re-run after a crash.
     let delegation = if settings.agent.delegates {
@@ -317,6 +329,7 @@ async fn start(
         cancels,
         max_record_bytes: log.max_record_bytes(),
         delegation,
+        checkpoints: Some(checkpoints),
     });
     Ok(Some(Started { presence, env, load, transactions }))
 }
