@@ -62,6 +62,8 @@ AGENTLOG_BIN="$bin" "$venv/bin/python" -m pytest -q -p no:warnings tests/interop
 # The Python SDK (sdk/python): its unit tests, and end to end against this binary (an agent
 # it serves streaming through agentlog, a client reading the stream and resuming it).
 AGENTLOG_BIN="$bin" scripts/sdk-python-test.sh || status=1
+# The TypeScript SDK (sdk/typescript), the same on Node.
+AGENTLOG_BIN="$bin" scripts/sdk-typescript-test.sh || status=1
 
 # The HTTP API fuzzed from its own OpenAPI document: any 5xx fails.
 AGENTLOG_BIN="$bin" scripts/schemathesis.sh || status=1
