@@ -302,6 +302,24 @@ pub enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// Chunk latency of the agent protocol (agent emits → SSE client receives) against a
+    /// running API whose agent type `--agent-type` is an http agent at `--agent-listen`
+    /// (config/bench-stream.toml); this process serves that agent and reads the stream.
+    Stream {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, default_value = "streamer")]
+        agent_type: String,
+        #[arg(long, default_value = "127.0.0.1:8091")]
+        agent_listen: String,
+        /// Chunks per second the agent emits.
+        #[arg(long, default_value_t = 1_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long)]
+        json: bool,
+    },
     #[command(flatten)]
     OnLog(LogBench),
 }

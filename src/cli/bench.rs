@@ -21,6 +21,10 @@ pub async fn run(what: BenchWhat, config: Config) -> anyhow::Result<()> {
             let options = crate::bench::api::ApiBenchOptions { url, op, agent_type, rate, seconds, tasks };
             print(&crate::bench::api::run_api_bench(&options).await?, json)
         }
+        BenchWhat::Stream { url, agent_type, agent_listen, rate, seconds, json } => {
+            let options = crate::bench::stream::StreamBenchOptions { url, agent_type, agent_listen, rate, seconds };
+            print(&crate::bench::stream::run_stream_bench(&options).await?, json)
+        }
         BenchWhat::OnLog(bench) => on_log(bench, config).await,
     }
 }

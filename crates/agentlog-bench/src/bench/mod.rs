@@ -9,6 +9,7 @@ pub mod api;
 pub mod failover;
 pub mod log;
 pub mod projection;
+pub mod stream;
 pub mod tasks;
 pub mod timers;
 

