@@ -320,6 +320,27 @@ pub enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// Many slow `http` attempts at once (agents that answer after --hold-seconds) against a
+    /// running API whose agent type `--agent-type` is an http agent at `--agent-listen`
+    /// (config/bench-held.toml); reports how many were held at once and the memory of the
+    /// server process `--pid`.
+    Held {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, default_value = "holder")]
+        agent_type: String,
+        #[arg(long, default_value = "127.0.0.1:8092")]
+        agent_listen: String,
+        #[arg(long, default_value_t = 10_000)]
+        attempts: u64,
+        #[arg(long, default_value_t = 10)]
+        hold_seconds: u64,
+        /// The server process (agentlog dev) whose memory is read from /proc.
+        #[arg(long)]
+        pid: u32,
+        #[arg(long)]
+        json: bool,
+    },
     #[command(flatten)]
     OnLog(LogBench),
 }

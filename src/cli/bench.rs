@@ -25,6 +25,10 @@ pub async fn run(what: BenchWhat, config: Config) -> anyhow::Result<()> {
             let options = crate::bench::stream::StreamBenchOptions { url, agent_type, agent_listen, rate, seconds };
             print(&crate::bench::stream::run_stream_bench(&options).await?, json)
         }
+        BenchWhat::Held { url, agent_type, agent_listen, attempts, hold_seconds, pid, json } => {
+            let options = crate::bench::held::HeldBenchOptions { url, agent_type, agent_listen, attempts, hold_seconds, pid };
+            print(&crate::bench::held::run_held_bench(&options).await?, json)
+        }
         BenchWhat::OnLog(bench) => on_log(bench, config).await,
     }
 }

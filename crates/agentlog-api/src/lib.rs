@@ -80,7 +80,7 @@ pub struct ApiConfig {
     pub idle_timeout_ms: u64,
     /// How long a request's head (request line and headers) may take from its first byte.
     pub header_read_timeout_ms: u64,
-    /// Most open event streams (`/v1/stream/outcomes`) per tenant; 429 past it.
+    /// Most open event streams (`/v1/stream/outcomes`, `/v1/tasks/{id}/stream`) per tenant; 429 past it.
     pub max_streams_per_tenant: usize,
     /// How long a 401 or 403 is held before it is sent (0: not at all), so guessing keys is
     /// slow. Other requests are not held up.

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod failover;
+pub mod held;
 pub mod log;
 pub mod projection;
 pub mod stream;
