@@ -21,7 +21,9 @@
 //!   together (for `/metrics`); `C`, `L`, `D` tenant 0 type → the same for one tenant (what
 //!   `/v1/stats` shows it); `n` tenant → [`TenantCounters`]
 //! - `stream`:  tenant 0 task id 0 partition u32‖offset u64 (big-endian) → [`StreamEntry`]:
-//!   a task's progress reports and output chunks (`task.stream`) in log order
+//!   a task's progress reports and output chunks (`task.stream`) in log order, dropped by
+//!   compaction [`STREAM_RETENTION`] after they were written (an agent may stream up to 32 MiB
+//!   per attempt: kept forever, the projection would only grow)
 //! - `offsets`: topic 0 partition u32 → next offset i64, written in the same WriteBatch as
 //!   the state those records produced.
 
@@ -46,6 +48,16 @@ pub const CF_STATS: &str = "stats";
 pub const CF_OFFSETS: &str = "offsets";
 pub const CF_DLQ: &str = "dlq";
 pub const CF_STREAM: &str = "stream";
+
+/// How long the projection keeps a task's stream records: the default retention of the
+/// `task.stream` topic (`topics/catalog.toml`), after which the log no longer has them either.
+pub const STREAM_RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Whether a `stream` record is past [`STREAM_RETENTION`] at `now_us`. A value that does not
+/// decode is kept (a reader reports it; compaction must not hide it).
+fn stream_expired(value: &[u8], now_us: i64) -> bool {
+    decode::<StreamEntry>(b"stream", value).is_ok_and(|entry| entry.at_us < now_us - STREAM_RETENTION.as_micros() as i64)
+}
 
 /// The version of the key layout above, kept under [`FORMAT_KEY`] in the default column
 /// family. A store of another version (or of none: before tenants scoped task keys, tasks
@@ -367,6 +379,12 @@ impl ProjectionStore {
             let mut table = rocksdb::BlockBasedOptions::default();
             table.set_bloom_filter(10.0, false);
             cf.set_block_based_table_factory(&table);
+            if *name == CF_STREAM {
+                cf.set_compaction_filter("agentlog-stream-retention", |_level: u32, _key: &[u8], value: &[u8]| {
+                    let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+                    if stream_expired(value, now_us) { rocksdb::compaction_filter::Decision::Remove } else { rocksdb::compaction_filter::Decision::Keep }
+                });
+            }
             ColumnFamilyDescriptor::new(*name, cf)
         });
         let db = DB::open_cf_descriptors(&options, path, cfs).map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
@@ -720,4 +738,33 @@ pub fn unhex(text: &str) -> Option<Vec<u8>> {
         return None;
     }
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::views::StreamBody;
+
+    fn entry(offset: i64, at_us: i64) -> StreamEntry {
+        StreamEntry { partition: 0, offset, at_us, attempt: 1, body: StreamBody::Chunk { seq: offset, text: Some("tok".into()), json: None } }
+    }
+
+    #[test]
+    fn compaction_drops_stream_records_past_the_retention() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = ProjectionStore::open(dir.path()).expect("store");
+        let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_micros() as i64;
+        let old = now_us - STREAM_RETENTION.as_micros() as i64 - 1_000_000;
+        let mut batch = WriteBatch::default();
+        let cf = store.cf(CF_STREAM).expect("cf");
+        for (offset, at_us) in [(0, old), (1, old), (2, now_us)] {
+            batch.put_cf(cf, stream_key("a", "t", Some((0, offset))), encode(&entry(offset, at_us)));
+        }
+        store.write(batch).expect("write");
+        assert_eq!(store.stream("a", "t", None, 10).expect("read").len(), 3);
+        store.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        let kept: Vec<i64> = store.stream("a", "t", None, 10).expect("read").iter().map(|e| e.offset).collect();
+        assert_eq!(kept, vec![2], "records past the retention are gone, the recent one stays");
+        assert!(!stream_expired(b"not postcard", now_us), "an undecodable value is kept");
+    }
 }
