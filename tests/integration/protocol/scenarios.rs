@@ -270,6 +270,9 @@ pub async fn a_framed_answer_streams_live_and_resumes_on_another_replica(h: &mut
     assert!(bad.text().await.unwrap_or_default().contains("nope"));
     let missing = s.http.get(format!("{}/v1/tasks/no-such-task/stream", s.replicas[0].base)).send().await.expect("missing");
     assert_eq!(missing.status().as_u16(), 404);
+    // Another tenant using the same task id sees no task and no stream.
+    let foreign = s.http.get(format!("{}/v1/tasks/story-1/stream", s.replicas[0].base)).header("x-tenant", "intruder").send().await.expect("foreign");
+    assert_eq!(foreign.status().as_u16(), 404, "another tenant's task stream");
     s.stop().await;
 }
 

@@ -45,7 +45,7 @@ from .errors import (
     WaitTimeout,
 )
 from .frames import MAX_CHECKPOINT_LINE_BYTES, MAX_LINE_BYTES, PROTOCOL_VERSION, Result
-from .stream import Chunk, Event, Outcome, Progress
+from .stream import AsyncOutcomeStream, Chunk, Event, Lagged, Outcome, OutcomeEvent, OutcomeStream, Progress
 
 __version__ = "0.1.0"
 
@@ -54,6 +54,7 @@ __all__ = [
     "AgentError",
     "AgentlogError",
     "AsyncClient",
+    "AsyncOutcomeStream",
     "BadRequest",
     "CheckpointTooLarge",
     "Chunk",
@@ -63,10 +64,13 @@ __all__ = [
     "Context",
     "Event",
     "Forbidden",
+    "Lagged",
     "MAX_CHECKPOINT_LINE_BYTES",
     "MAX_LINE_BYTES",
     "NotFound",
     "Outcome",
+    "OutcomeEvent",
+    "OutcomeStream",
     "PROTOCOL_VERSION",
     "PayloadTooLarge",
     "Progress",

@@ -17,7 +17,7 @@ from urllib.parse import quote
 import httpx
 
 from .errors import NotFound, WaitTimeout, error_from_response
-from .stream import Event, aiter_events, iter_events
+from .stream import AsyncOutcomeStream, Event, OutcomeStream, aiter_events, iter_events
 
 __all__ = ["Client", "AsyncClient", "Submitted", "TaskPage", "task_spec"]
 
@@ -228,6 +228,16 @@ class Client(_Common):
             timeout=self._stream_timeout(read_timeout),
         )
 
+    def outcomes(self, agent_type: str | None = None, *, read_timeout: float | None = None) -> OutcomeStream:
+        """The outcomes of this tenant's tasks (of ``agent_type`` only, when given) as they
+        happen (``GET /v1/stream/outcomes``): an iterator of `Outcome` (the task's JSON) and
+        `Lagged` (this connection fell behind and ``missed`` outcomes were dropped). Use
+        ``with client.outcomes(...) as events:`` to connect before submitting: outcomes from
+        before the connection are not sent. Not resumed after a drop: the stream has no
+        positions to resume from, so a drop raises ``httpx.TransportError``; reconcile with
+        `list` or `wait` after reconnecting."""
+        return OutcomeStream(self._http, "/v1/stream/outcomes", params=_params(agent_type=agent_type), timeout=self._stream_timeout(read_timeout))
+
 
 class AsyncClient(_Common):
     """`Client` for asyncio (and trio): the same methods, awaited; `stream` is an async
@@ -312,3 +322,8 @@ class AsyncClient(_Common):
             max_reconnects=max_reconnects,
             timeout=self._stream_timeout(read_timeout),
         )
+
+    def outcomes(self, agent_type: str | None = None, *, read_timeout: float | None = None) -> AsyncOutcomeStream:
+        """See `Client.outcomes`: ``async with client.outcomes("echo") as events: async for
+        event in events: ...``."""
+        return AsyncOutcomeStream(self._http, "/v1/stream/outcomes", params=_params(agent_type=agent_type), timeout=self._stream_timeout(read_timeout))

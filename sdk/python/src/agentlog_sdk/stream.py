@@ -14,6 +14,7 @@ iterator, which only differ in how they do I/O.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -26,7 +27,19 @@ from httpx_sse import ServerSentEvent, aconnect_sse, connect_sse
 
 from .errors import StreamError, error_from_response
 
-__all__ = ["Progress", "Chunk", "Outcome", "Event", "iter_events", "aiter_events", "parse_position"]
+__all__ = [
+    "Progress",
+    "Chunk",
+    "Outcome",
+    "Lagged",
+    "Event",
+    "OutcomeEvent",
+    "OutcomeStream",
+    "AsyncOutcomeStream",
+    "iter_events",
+    "aiter_events",
+    "parse_position",
+]
 
 
 @dataclass(frozen=True)
@@ -93,7 +106,19 @@ class Outcome:
         return (self.task.get("outcome") or {}).get("attempt")
 
 
+@dataclass(frozen=True)
+class Lagged:
+    """An outcome stream (``GET /v1/stream/outcomes``) fell behind: the server dropped
+    ``missed`` outcomes for this connection rather than buffer them without bound. They are
+    not sent again; ``list()`` (``GET /v1/tasks``) shows what finished meanwhile."""
+
+    missed: int
+
+
 Event = Union[Progress, Chunk, Outcome]
+
+#: What an outcome stream yields.
+OutcomeEvent = Union[Outcome, Lagged]
 
 
 def parse_position(text: str) -> tuple[int, int] | None:
@@ -133,6 +158,15 @@ class _Retry(Exception):
 _RETRY_STATUSES = frozenset({502, 503, 504})
 
 
+def _check_event_stream(response: httpx.Response) -> None:
+    """Raises the API's error for an error answer, `StreamError` for an answer not SSE."""
+    if response.status_code >= 400:
+        raise error_from_response(response)
+    content_type = response.headers.get("content-type", "")
+    if not content_type.startswith("text/event-stream"):
+        raise StreamError(response.status_code, "not_an_event_stream", f"the answer is {content_type or 'untyped'}, not text/event-stream")
+
+
 class _Resume:
     """Where a stream is, and whether and when to connect again.
 
@@ -159,11 +193,7 @@ class _Resume:
         """Raises the API's error for an error answer (`_Retry` for a passing one)."""
         if response.status_code in _RETRY_STATUSES:
             raise _Retry(f"HTTP {response.status_code}")
-        if response.status_code >= 400:
-            raise error_from_response(response)
-        content_type = response.headers.get("content-type", "")
-        if not content_type.startswith("text/event-stream"):
-            raise StreamError(response.status_code, "not_an_event_stream", f"the answer is {content_type or 'untyped'}, not text/event-stream")
+        _check_event_stream(response)
 
     def connected(self) -> None:
         """A new connection: its SSE decoder starts without a last id."""
@@ -274,3 +304,148 @@ async def aiter_events(
         await anyio.sleep(state.delay(why))
 
 
+
+
+# The outcome stream (`GET /v1/stream/outcomes`): one `outcome` event per task of the tenant
+# (optionally of one agent type) that reaches its outcome, and `lagged` when this connection
+# fell behind. Its events carry no log position (the SSE `id` is the task's id), so the server
+# cannot continue it after a drop: these iterators do not reconnect. A dropped connection
+# raises httpx's `TransportError`; a stream the server ends (it shuts down) just ends.
+
+
+def _outcome_event_of(event: str, data: str) -> OutcomeEvent | None:
+    """The typed event of one SSE message of the outcome stream; None for other types."""
+    if event == "outcome":
+        try:
+            task = json.loads(data)
+        except ValueError as e:
+            raise StreamError(0, "bad_event", f"the data of an `outcome` event is not JSON: {e}") from None
+        if not isinstance(task, dict):
+            raise StreamError(0, "bad_event", "the data of an `outcome` event is not an object")
+        return Outcome(id=None, task=task)
+    if event == "lagged":
+        try:
+            return Lagged(missed=int(json.loads(data)["missed"]))
+        except (ValueError, TypeError, KeyError) as e:
+            raise StreamError(0, "bad_event", f"the data of a `lagged` event is not {{\"missed\": n}}: {e!r}") from None
+    return None
+
+
+class OutcomeStream:
+    """The outcomes of a tenant's tasks as they happen (``GET /v1/stream/outcomes``): an
+    iterator of `Outcome` and `Lagged`, from `Client.outcomes`.
+
+    It connects on first use, or on ``with`` — use ``with`` to be sure the stream is open
+    before submitting the tasks whose outcomes you want: outcomes that happened before it
+    connected are not sent. It is not resumed after a drop (see the module's note).
+    """
+
+    def __init__(self, http: httpx.Client, url: str, *, params: Mapping[str, str], timeout: httpx.Timeout | None = None) -> None:
+        self._http, self._url, self._params, self._timeout = http, url, dict(params), timeout
+        self._stack: contextlib.ExitStack | None = None
+        self._events: Iterator[OutcomeEvent] | None = None
+        self._closed = False
+
+    def open(self) -> OutcomeStream:
+        """Connects (once): returns when the server answered, i.e. is sending outcomes."""
+        if self._closed:
+            raise RuntimeError("this outcome stream was closed: open a new one")
+        if self._stack is None:
+            stack = contextlib.ExitStack()
+            try:
+                source = stack.enter_context(connect_sse(self._http, "GET", self._url, params=self._params, headers={}, **_timeout(self._timeout)))
+                _read_error_body(source.response)
+                _check_event_stream(source.response)
+            except BaseException:
+                stack.close()
+                raise
+            self._stack = stack
+            self._events = (e for sse in source.iter_sse() if (e := _outcome_event_of(sse.event, sse.data)) is not None)
+        return self
+
+    def close(self) -> None:
+        """Hangs up; iterating then ends."""
+        self._closed = True
+        self._events = iter(())
+        if self._stack is not None:
+            self._stack.close()
+
+    def __enter__(self) -> OutcomeStream:
+        return self.open()
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def __iter__(self) -> OutcomeStream:
+        return self
+
+    def __next__(self) -> OutcomeEvent:
+        if self._events is None:
+            self.open()
+        assert self._events is not None
+        try:
+            return next(self._events)
+        except StopIteration:
+            self.close()
+            raise
+
+
+class AsyncOutcomeStream:
+    """`OutcomeStream` for ``httpx.AsyncClient``: ``async with`` / ``async for``."""
+
+    def __init__(self, http: httpx.AsyncClient, url: str, *, params: Mapping[str, str], timeout: httpx.Timeout | None = None) -> None:
+        self._http, self._url, self._params, self._timeout = http, url, dict(params), timeout
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._events: AsyncIterator[OutcomeEvent] | None = None
+        self._closed = False
+
+    async def open(self) -> AsyncOutcomeStream:
+        """Connects (once): returns when the server answered, i.e. is sending outcomes."""
+        if self._closed:
+            raise RuntimeError("this outcome stream was closed: open a new one")
+        if self._stack is None:
+            stack = contextlib.AsyncExitStack()
+            try:
+                source = await stack.enter_async_context(aconnect_sse(self._http, "GET", self._url, params=self._params, headers={}, **_timeout(self._timeout)))
+                await _aread_error_body(source.response)
+                _check_event_stream(source.response)
+            except BaseException:
+                await stack.aclose()
+                raise
+            self._stack = stack
+            self._events = self._decode(source.aiter_sse())
+        return self
+
+    @staticmethod
+    async def _decode(messages: AsyncIterator[ServerSentEvent]) -> AsyncIterator[OutcomeEvent]:
+        async for sse in messages:
+            event = _outcome_event_of(sse.event, sse.data)
+            if event is not None:
+                yield event
+
+    async def aclose(self) -> None:
+        """Hangs up; iterating then ends."""
+        self._closed = True
+        if self._stack is not None:
+            await self._stack.aclose()
+
+    async def __aenter__(self) -> AsyncOutcomeStream:
+        return await self.open()
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> AsyncOutcomeStream:
+        return self
+
+    async def __anext__(self) -> OutcomeEvent:
+        if self._closed:
+            raise StopAsyncIteration
+        if self._events is None:
+            await self.open()
+        assert self._events is not None
+        try:
+            return await self._events.__anext__()
+        except StopAsyncIteration:
+            await self.aclose()
+            raise
