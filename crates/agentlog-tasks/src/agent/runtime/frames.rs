@@ -153,6 +153,9 @@ pub fn no_end(lines: usize) -> AgentFailure {
 #[derive(Debug, Default)]
 pub struct FrameReader {
     pending: BytesMut,
+    /// How much of `pending` is known to hold no newline: a 16 MiB result line arriving in
+    /// 64 KiB reads is scanned once, not once per read.
+    scanned: usize,
     lines: usize,
     total: usize,
     end: Option<Result<TaskOutput, AgentFailure>>,
@@ -171,10 +174,13 @@ impl FrameReader {
             return Err(AgentFailure::new(kind::OUTPUT_TOO_LARGE, format!("the answer holds more than {MAX_ANSWER_BYTES} bytes of frames"), false));
         }
         self.pending.extend_from_slice(bytes);
-        while let Some(newline) = self.pending.iter().position(|b| *b == b'\n') {
+        while let Some(found) = self.pending[self.scanned..].iter().position(|b| *b == b'\n') {
+            let newline = self.scanned + found;
+            self.scanned = 0;
             let line = self.pending.split_to(newline + 1);
             self.line(&line[..newline], stream).await?;
         }
+        self.scanned = self.pending.len();
         Ok(())
     }
 
@@ -327,6 +333,14 @@ mod tests {
         reader.feed(b"xt\":\"a\"}\r\n\n{\"type\":\"result\",", None).await.expect("lines");
         reader.feed(b"\"output\":true}", None).await.expect("tail");
         assert_eq!(reader.finish(None).await.expect("result").output, Bytes::from_static(b"true"));
+
+        // One byte at a time: every line is still found once, whole.
+        let mut bytewise = FrameReader::new();
+        for byte in b"{\"type\":\"progress\"}\n{\"type\":\"result\",\"output\":[1]}\n" {
+            bytewise.feed(std::slice::from_ref(byte), None).await.expect("byte");
+        }
+        assert_eq!(bytewise.lines(), 2);
+        assert_eq!(bytewise.finish(None).await.expect("result").output, Bytes::from_static(b"[1]"));
 
         let mut after = FrameReader::new();
         let failure = after.feed(b"{\"type\":\"result\",\"output\":1}\n{\"type\":\"chunk\",\"text\":\"late\"}\n", None).await.expect_err("late");
