@@ -560,6 +560,24 @@ fn builtin(name: &str) -> Arc<dyn Agent> {
 }
 
 #[tokio::test]
+async fn builtin_tokens_answers_the_words_it_streamed() {
+    bounded(async {
+        let out = builtin("tokens").run(ctx(r#"{"text": " a  b\nc ", "delay_ms": 1}"#, "application/json")).await.expect("tokens");
+        let answer: serde_json::Value = serde_json::from_slice(&out.output).expect("JSON");
+        assert_eq!(answer, serde_json::json!({"text": "a b c", "words": 3}));
+        let err = builtin("tokens").run(ctx(r#"{"words": 3}"#, "application/json")).await.expect_err("no text");
+        assert_eq!(err.kind, "rejected");
+        // Cancellable between words.
+        let (result, past_cancel) =
+            run_and_cancel(builtin("tokens").as_ref(), ctx(r#"{"text": "a b c d e f", "delay_ms": 10000}"#, "application/json"), Duration::from_millis(100))
+                .await;
+        assert_eq!(result.expect_err("cancelled").kind, "cancelled");
+        assert!(past_cancel < Duration::from_secs(1), "{past_cancel:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn builtin_echo_returns_its_input() {
     bounded(async {
         let out = builtin("echo").run(ctx(r#"{"a": [1, 2]}"#, "application/json")).await.expect("echo");

@@ -9,6 +9,9 @@
 //! - `coordinator`: input `{"text": "…", "sleep_ms": N}`; delegates to the agent types named
 //!   `echo`, `textstats` and (when `sleep_ms` is given) `sleep`, awaits their outcomes and
 //!   answers `{"echo": …, "textstats": …, "sleep": …}`. Its type needs `delegates = true`.
+//! - `tokens`: input `{"text": "…", "delay_ms": N}`; streams the text word by word as output
+//!   chunks (`GET /v1/tasks/{id}/stream`), N ms apart (default 50, at most 10,000), as an LLM
+//!   streams tokens, then answers `{"text": …, "words": W}`. Cancellable between words.
 //!
 //! Input a builtin cannot read fails with kind `rejected`, not retryable.
 
@@ -20,7 +23,7 @@ use serde::Deserialize;
 use super::{Agent, AgentFailure, RuntimeError, TaskContext, TaskOutput};
 
 /// Names of the builtin agents, for error messages and `GET /v1/agent-types`.
-pub const KNOWN: [&str; 4] = ["echo", "sleep", "textstats", "coordinator"];
+pub const KNOWN: [&str; 5] = ["echo", "sleep", "textstats", "coordinator", "tokens"];
 
 /// One of the builtin agents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +32,7 @@ pub enum Builtin {
     Sleep,
     TextStats,
     Coordinator,
+    Tokens,
 }
 
 impl Builtin {
@@ -38,6 +42,7 @@ impl Builtin {
             "sleep" => Ok(Self::Sleep),
             "textstats" => Ok(Self::TextStats),
             "coordinator" => Ok(Self::Coordinator),
+            "tokens" => Ok(Self::Tokens),
             _ => Err(RuntimeError::UnknownBuiltin { name: name.to_string(), known: KNOWN.iter().map(|k| k.to_string()).collect() }),
         }
     }
@@ -48,6 +53,7 @@ impl Builtin {
             Self::Sleep => "sleep",
             Self::TextStats => "textstats",
             Self::Coordinator => "coordinator",
+            Self::Tokens => "tokens",
         }
     }
 }
@@ -102,8 +108,33 @@ impl Agent for Builtin {
                 })))
             }
             Self::Coordinator => coordinate(ctx).await,
+            Self::Tokens => tokens(ctx).await,
         }
     }
+}
+
+#[derive(Deserialize)]
+struct TokensInput {
+    text: String,
+    delay_ms: Option<u64>,
+}
+
+/// Streams the input's words as chunks, each with the space after it but the last.
+async fn tokens(ctx: TaskContext) -> Result<TaskOutput, AgentFailure> {
+    let TokensInput { text, delay_ms } = parse("tokens", &ctx.input, r#"{"text": "...", "delay_ms": N}"#)?;
+    let delay = Duration::from_millis(delay_ms.unwrap_or(50).min(10_000));
+    let words: Vec<&str> = text.split_whitespace().collect();
+    for (i, word) in words.iter().enumerate() {
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return Err(AgentFailure::cancelled()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        if let Some(stream) = &ctx.stream {
+            let token = if i + 1 < words.len() { format!("{word} ") } else { (*word).to_string() };
+            stream.chunk(crate::agent::stream::Chunk::Text(token)).await;
+        }
+    }
+    Ok(json(serde_json::json!({ "text": words.join(" "), "words": words.len() })))
 }
 
 #[derive(Deserialize)]
