@@ -1,4 +1,5 @@
-"""A fake ``GET /v1/tasks/{id}/stream`` that drops connections on purpose.
+"""A fake ``GET /v1/tasks/{id}/stream`` that drops connections on purpose (and a fake
+``GET /v1/stream/outcomes``, serving `FakeStream.outcomes`).
 
 It serves a fixed list of events over raw HTTP/1.1 (chunked), continuing after the
 ``Last-Event-ID`` a client sends, and follows a script saying, per connection, how many
@@ -36,6 +37,8 @@ class FakeStream:
     chunks: int = 20
     script: list[Step] = field(default_factory=list)
     requests: list[dict[str, str]] = field(default_factory=list)
+    #: What ``GET /v1/stream/outcomes`` sends: (id, event, data) as the server writes them.
+    outcomes: list[tuple[str | None, str, dict[str, Any]]] = field(default_factory=list)
 
     def events(self) -> list[tuple[str | None, str, dict[str, Any]]]:
         out: list[tuple[str | None, str, dict[str, Any]]] = [("0:10", "progress", {"attempt": 1, "percent": 0.0, "message": "start", "at_ms": 1})]
@@ -77,6 +80,9 @@ class _Handler(socketserver.StreamRequestHandler):
             body = json.dumps({"error": {"code": "unavailable" if step.status == 503 else "no_task", "message": "scripted"}}).encode()
             self.wfile.write(f"HTTP/1.1 {step.status} X\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
             return
+        if head.split(" ")[1].startswith("/v1/stream/outcomes"):
+            self.serve_outcomes(step)
+            return
         events = fake.events()
         start = 0
         last = headers.get("last-event-id")
@@ -94,6 +100,27 @@ class _Handler(socketserver.StreamRequestHandler):
         if step.events is not None and step.then == "drop":
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)  # the body is cut mid-way
+            return
+        self.wfile.write(b"0\r\n\r\n")
+
+    def serve_outcomes(self, step: Step) -> None:
+        """The outcome stream: every event, each split over two chunks (a reader must join
+        them), CRLF line ends on odd ones; then cut (``events`` given, ``then="drop"``) or end."""
+        outcomes = self.server.fake.outcomes
+        todo = outcomes if step.events is None else outcomes[: step.events]
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        self.wfile.write(_chunk(b": keep-alive\n\n"))
+        for n, (id, event, data) in enumerate(todo):
+            raw = _sse(id, event, data)
+            if n % 2:
+                raw = raw.replace(b"\n", b"\r\n")
+            half = len(raw) // 2
+            self.wfile.write(_chunk(raw[:half]))
+            self.wfile.flush()
+            self.wfile.write(_chunk(raw[half:]))
+            self.wfile.flush()
+        if step.events is not None and step.then == "drop":
+            self.connection.shutdown(socket.SHUT_RDWR)
             return
         self.wfile.write(b"0\r\n\r\n")
 

@@ -22,7 +22,7 @@ import anyio
 import httpx
 import pytest
 
-from agentlog_sdk import AgentApp, AgentError, AsyncClient, BadRequest, Chunk, Client, Conflict, Context, NotFound, Outcome, Progress
+from agentlog_sdk import AgentApp, AgentError, AsyncClient, BadRequest, Chunk, Client, Conflict, Context, Lagged, NotFound, Outcome, Progress, task_spec
 from servers import Served, free_port
 
 BIN = os.environ.get("AGENTLOG_BIN", "")
@@ -344,6 +344,25 @@ async def test_the_async_client_streams_too(agentlog: Agentlog) -> None:
             async for event in client.stream(task_id, read_timeout=TASK_S):
                 events.append(event)
         check_llm_stream(events, 5)
+
+
+@pytest.mark.anyio
+async def test_the_outcome_stream_delivers_the_outcomes_of_tasks_submitted_after_it_opened(agentlog: Agentlog) -> None:
+    prefix = new_id("outcomes") + "-"
+    ids = {f"{prefix}{i}" for i in range(20)}
+    seen: dict[str, Outcome] = {}
+    async with AsyncClient(agentlog.url, timeout=10) as client, client.outcomes("echo", read_timeout=TASK_S) as events:
+        await client.submit_batch([task_spec("echo", {"i": i}, task_id=f"{prefix}{i}") for i in range(20)])
+        with anyio.fail_after(TASK_S):
+            async for event in events:
+                assert not isinstance(event, Lagged), f"the stream lagged: {event}"
+                if isinstance(event, Outcome) and event.task_id in ids:
+                    assert event.task_id not in seen, "each outcome once"
+                    seen[event.task_id] = event
+                    if len(seen) == len(ids):
+                        break
+    assert {t: e.status for t, e in seen.items()} == {t: "completed" for t in ids}
+    assert seen[f"{prefix}3"].output == {"i": 3}
 
 
 def test_an_agent_error_with_retry_after_is_retried_no_sooner(client: Client) -> None:

@@ -1,5 +1,5 @@
-"""The task stream's SSE parsing and its resume after drops, against a fake server that
-drops connections on purpose (tests/fake_sse.py)."""
+"""The task stream's SSE parsing and its resume after drops, and the outcome stream, against
+a fake server that drops connections on purpose (tests/fake_sse.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from agentlog_sdk import AsyncClient, Chunk, Client, Event, NotFound, Outcome, Progress, StreamError
+import httpx
+
+from agentlog_sdk import AsyncClient, BadRequest, Chunk, Client, Event, Lagged, NotFound, Outcome, Progress, StreamError, Unavailable
 from fake_sse import FakeStream, Running, Step
 
 
@@ -106,3 +108,105 @@ async def test_the_async_stream_resumes_too(fake: Running) -> None:
     check_complete(events, fake.fake)
     ids = expected_ids(fake.fake)
     assert [r.get("last-event-id") for r in fake.fake.requests] == [None, ids[1], ids[11], ids[12]]
+
+
+def task(task_id: str, status: str = "completed") -> dict[str, object]:
+    return {"task_id": task_id, "agent_type": "echo", "status": status, "outcome": {"status": status, "output": {"n": task_id}, "attempt": 1, "error_kind": None}}
+
+
+OUTCOMES = [
+    ("a-1", "outcome", task("a-1")),
+    (None, "lagged", {"missed": 7}),
+    ("a-2", "outcome", task("a-2", "failed")),
+    (None, "newer_event_type", {"x": 1}),  # unknown: skipped
+    ("a-3", "outcome", task("a-3")),
+]
+
+
+def check_outcomes(events: list[object]) -> None:
+    assert [type(e) for e in events] == [Outcome, Lagged, Outcome, Outcome]
+    first, lagged, second, third = events
+    assert isinstance(first, Outcome) and first.task_id == "a-1" and first.status == "completed" and first.output == {"n": "a-1"}
+    assert first.task["agent_type"] == "echo" and first.id is None  # the SSE id is no position
+    assert lagged == Lagged(missed=7)
+    assert isinstance(second, Outcome) and second.task_id == "a-2" and second.status == "failed"
+    assert isinstance(third, Outcome) and third.task_id == "a-3"
+
+
+def test_the_outcome_stream_yields_outcomes_and_lagged_events(fake: Running) -> None:
+    fake.fake.outcomes = OUTCOMES
+    with Client(fake.url, timeout=5) as client, client.outcomes("echo") as events:
+        # `with` connected already: the request is made before the first event is asked for.
+        assert len(fake.fake.requests) == 1
+        received = list(events)  # the fake ends the stream after its events: so does the iterator
+    check_outcomes(received)
+    request = fake.fake.requests[0]
+    assert request["path"] == "/v1/stream/outcomes?agent_type=echo"
+    assert request["accept"] == "text/event-stream"
+
+
+def test_the_outcome_stream_of_every_type_sends_no_filter(fake: Running) -> None:
+    fake.fake.outcomes = OUTCOMES[:1]
+    with Client(fake.url, timeout=5) as client:
+        events = list(client.outcomes())  # connects on first use
+    assert [e.task_id for e in events if isinstance(e, Outcome)] == ["a-1"]
+    assert fake.fake.requests[0]["path"] == "/v1/stream/outcomes"
+
+
+@pytest.mark.anyio
+async def test_the_async_outcome_stream(fake: Running) -> None:
+    fake.fake.outcomes = OUTCOMES
+    async with AsyncClient(fake.url, timeout=5) as client:
+        async with client.outcomes("echo") as events:
+            assert len(fake.fake.requests) == 1
+            received = [e async for e in events]
+        check_outcomes(received)
+        # Closed: iterating ends at once, and it is not reopened.
+        assert [e async for e in events] == []
+        with pytest.raises(RuntimeError):
+            await events.open()
+    assert len(fake.fake.requests) == 1
+
+
+def test_a_dropped_outcome_stream_is_not_resumed(fake: Running) -> None:
+    fake.fake.outcomes = OUTCOMES
+    fake.fake.script = [Step(events=2, then="drop")]
+    received: list[object] = []
+    with Client(fake.url, timeout=5) as client, pytest.raises(httpx.TransportError), client.outcomes("echo") as events:
+        for event in events:
+            received.append(event)
+    assert [type(e) for e in received] == [Outcome, Lagged]
+    assert len(fake.fake.requests) == 1  # no reconnect: the stream has no position to resume from
+
+
+@pytest.mark.anyio
+async def test_a_dropped_async_outcome_stream_is_not_resumed(fake: Running) -> None:
+    fake.fake.outcomes = OUTCOMES
+    fake.fake.script = [Step(events=1, then="drop")]
+    received: list[object] = []
+    async with AsyncClient(fake.url, timeout=5) as client:
+        with pytest.raises(httpx.TransportError):
+            async with client.outcomes() as events:
+                async for event in events:
+                    received.append(event)
+    assert [type(e) for e in received] == [Outcome]
+    assert len(fake.fake.requests) == 1
+
+
+def test_outcome_stream_errors_are_raised_on_connect_and_not_retried(fake: Running) -> None:
+    fake.fake.script = [Step(status=503), Step(status=404)]
+    with Client(fake.url, timeout=5) as client:
+        with pytest.raises(Unavailable):
+            client.outcomes("echo").open()
+        with pytest.raises(NotFound):
+            list(client.outcomes("echo"))
+    assert len(fake.fake.requests) == 2
+
+
+def test_a_bad_agent_type_is_the_apis_400() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": {"code": "invalid_field", "message": "unknown agent type `nope`", "field": "agent_type"}})
+
+    with Client("http://api.test", transport=httpx.MockTransport(answer)) as client, pytest.raises(BadRequest) as caught:
+        client.outcomes("nope").open()
+    assert caught.value.field == "agent_type"

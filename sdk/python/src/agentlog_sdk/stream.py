@@ -313,19 +313,20 @@ async def aiter_events(
 # raises httpx's `TransportError`; a stream the server ends (it shuts down) just ends.
 
 
-def _outcome_event_of(event: str, data: str) -> OutcomeEvent | None:
-    """The typed event of one SSE message of the outcome stream; None for other types."""
-    if event == "outcome":
+def _outcome_event_of(sse: ServerSentEvent) -> OutcomeEvent | None:
+    """The typed event of one SSE message of the outcome stream; None for other types (a
+    newer server may add some)."""
+    if sse.event == "outcome":
         try:
-            task = json.loads(data)
+            task = json.loads(sse.data)
         except ValueError as e:
             raise StreamError(0, "bad_event", f"the data of an `outcome` event is not JSON: {e}") from None
         if not isinstance(task, dict):
             raise StreamError(0, "bad_event", "the data of an `outcome` event is not an object")
         return Outcome(id=None, task=task)
-    if event == "lagged":
+    if sse.event == "lagged":
         try:
-            return Lagged(missed=int(json.loads(data)["missed"]))
+            return Lagged(missed=int(json.loads(sse.data)["missed"]))
         except (ValueError, TypeError, KeyError) as e:
             raise StreamError(0, "bad_event", f"the data of a `lagged` event is not {{\"missed\": n}}: {e!r}") from None
     return None
@@ -343,7 +344,7 @@ class OutcomeStream:
     def __init__(self, http: httpx.Client, url: str, *, params: Mapping[str, str], timeout: httpx.Timeout | None = None) -> None:
         self._http, self._url, self._params, self._timeout = http, url, dict(params), timeout
         self._stack: contextlib.ExitStack | None = None
-        self._events: Iterator[OutcomeEvent] | None = None
+        self._messages: Iterator[ServerSentEvent] | None = None
         self._closed = False
 
     def open(self) -> OutcomeStream:
@@ -360,13 +361,12 @@ class OutcomeStream:
                 stack.close()
                 raise
             self._stack = stack
-            self._events = (e for sse in source.iter_sse() if (e := _outcome_event_of(sse.event, sse.data)) is not None)
+            self._messages = source.iter_sse()
         return self
 
     def close(self) -> None:
         """Hangs up; iterating then ends."""
         self._closed = True
-        self._events = iter(())
         if self._stack is not None:
             self._stack.close()
 
@@ -380,14 +380,20 @@ class OutcomeStream:
         return self
 
     def __next__(self) -> OutcomeEvent:
-        if self._events is None:
+        if self._closed:
+            raise StopIteration
+        if self._messages is None:
             self.open()
-        assert self._events is not None
-        try:
-            return next(self._events)
-        except StopIteration:
-            self.close()
-            raise
+        assert self._messages is not None
+        while True:
+            try:
+                sse = next(self._messages)
+            except StopIteration:
+                self.close()
+                raise
+            event = _outcome_event_of(sse)
+            if event is not None:
+                return event
 
 
 class AsyncOutcomeStream:
@@ -396,7 +402,7 @@ class AsyncOutcomeStream:
     def __init__(self, http: httpx.AsyncClient, url: str, *, params: Mapping[str, str], timeout: httpx.Timeout | None = None) -> None:
         self._http, self._url, self._params, self._timeout = http, url, dict(params), timeout
         self._stack: contextlib.AsyncExitStack | None = None
-        self._events: AsyncIterator[OutcomeEvent] | None = None
+        self._messages: AsyncIterator[ServerSentEvent] | None = None
         self._closed = False
 
     async def open(self) -> AsyncOutcomeStream:
@@ -413,15 +419,8 @@ class AsyncOutcomeStream:
                 await stack.aclose()
                 raise
             self._stack = stack
-            self._events = self._decode(source.aiter_sse())
+            self._messages = source.aiter_sse()
         return self
-
-    @staticmethod
-    async def _decode(messages: AsyncIterator[ServerSentEvent]) -> AsyncIterator[OutcomeEvent]:
-        async for sse in messages:
-            event = _outcome_event_of(sse.event, sse.data)
-            if event is not None:
-                yield event
 
     async def aclose(self) -> None:
         """Hangs up; iterating then ends."""
@@ -441,11 +440,15 @@ class AsyncOutcomeStream:
     async def __anext__(self) -> OutcomeEvent:
         if self._closed:
             raise StopAsyncIteration
-        if self._events is None:
+        if self._messages is None:
             await self.open()
-        assert self._events is not None
-        try:
-            return await self._events.__anext__()
-        except StopAsyncIteration:
-            await self.aclose()
-            raise
+        assert self._messages is not None
+        while True:
+            try:
+                sse = await self._messages.__anext__()
+            except StopAsyncIteration:
+                await self.aclose()
+                raise
+            event = _outcome_event_of(sse)
+            if event is not None:
+                return event
