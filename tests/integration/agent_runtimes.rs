@@ -619,7 +619,7 @@ fn unknown_builtin_lists_the_known_ones() {
     match &err {
         RuntimeError::UnknownBuiltin { name, known } => {
             assert_eq!(name, "summarize");
-            assert_eq!(known, &["echo", "sleep", "textstats", "coordinator"]);
+            assert_eq!(known, &["echo", "sleep", "textstats", "coordinator", "tokens"]);
         }
         other => panic!("unexpected error {other}"),
     }

@@ -17,9 +17,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::follower_task::FollowerTask;
 use super::topics::TaskTopics;
 use crate::events::wire::WireCodec;
 use crate::events::{AnyEvent, decode_any_waiting};
@@ -88,8 +88,7 @@ impl Kept {
 
 pub struct CheckpointIndex {
     kept: Arc<Mutex<Kept>>,
-    stop: CancellationToken,
-    follower: Mutex<Option<JoinHandle<()>>>,
+    follower: FollowerTask,
 }
 
 impl std::fmt::Debug for CheckpointIndex {
@@ -123,7 +122,7 @@ impl CheckpointIndex {
         }
         let kept = Arc::new(Mutex::new(kept));
         let (k, s) = (kept.clone(), stop.clone());
-        let handle = tokio::spawn(async move {
+        let follow = async move {
             loop {
                 let record = tokio::select! {
                     _ = s.cancelled() => break,
@@ -145,8 +144,8 @@ impl CheckpointIndex {
                 }
             }
             follower.close().await;
-        });
-        Ok(CheckpointIndex { kept, stop, follower: Mutex::new(Some(handle)) })
+        };
+        Ok(CheckpointIndex { kept, follower: FollowerTask::spawn("task.checkpoints", stop, follow) })
     }
 
     /// The latest checkpoint of `tenant`'s task `task_id`, if one is known.
@@ -157,19 +156,7 @@ impl CheckpointIndex {
 
     /// Stops following and waits for the follower task.
     pub async fn stop(&self) {
-        self.stop.cancel();
-        let handle = self.follower.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(handle) = handle
-            && let Err(error) = handle.await
-        {
-            tracing::warn!(%error, "checkpoint follower ended abnormally");
-        }
-    }
-}
-
-impl Drop for CheckpointIndex {
-    fn drop(&mut self) {
-        self.stop.cancel();
+        self.follower.stop().await;
     }
 }
 

@@ -13,6 +13,7 @@ pub mod client;
 pub mod delegate;
 pub mod dlq;
 pub mod floors;
+pub mod follower_task;
 pub mod limits;
 pub mod offsets;
 pub mod outcomes;

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::follower_task::FollowerTask;
 use super::topics::TaskTopics;
 use crate::events::wire::WireCodec;
 use crate::events::{AnyEvent, OutcomeKind, decode_any_waiting};
@@ -32,8 +32,7 @@ struct Kept {
 pub struct OutcomeWatch {
     kept: Arc<Mutex<Kept>>,
     arrived: Arc<Notify>,
-    stop: CancellationToken,
-    follower: Mutex<Option<JoinHandle<()>>>,
+    follower: FollowerTask,
 }
 
 impl OutcomeWatch {
@@ -44,7 +43,7 @@ impl OutcomeWatch {
         let arrived = Arc::new(Notify::new());
         let stop = CancellationToken::new();
         let (k, a, s) = (kept.clone(), arrived.clone(), stop.clone());
-        let handle = tokio::spawn(async move {
+        let follow = async move {
             loop {
                 let record = tokio::select! {
                     _ = s.cancelled() => break,
@@ -83,8 +82,8 @@ impl OutcomeWatch {
                 a.notify_waiters();
             }
             follower.close().await;
-        });
-        Ok(OutcomeWatch { kept, arrived, stop, follower: Mutex::new(Some(handle)) })
+        };
+        Ok(OutcomeWatch { kept, arrived, follower: FollowerTask::spawn("task.results", stop, follow) })
     }
 
     /// The outcome of `tenant`'s task `task_id`, if known.
@@ -110,19 +109,7 @@ impl OutcomeWatch {
 
     /// Stops following and waits for the follower task.
     pub async fn stop(&self) {
-        self.stop.cancel();
-        let handle = self.follower.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(handle) = handle
-            && let Err(error) = handle.await
-        {
-            tracing::warn!(%error, "outcome follower ended abnormally");
-        }
-    }
-}
-
-impl Drop for OutcomeWatch {
-    fn drop(&mut self) {
-        self.stop.cancel();
+        self.follower.stop().await;
     }
 }
 
