@@ -44,6 +44,8 @@ fn typical_task() -> TaskSubmitted {
         parent_task_id: None,
         job_id: None,
         labels: HashMap::from([("team".to_string(), "research".to_string())]),
+        awaiting_signal: None,
+        signal: None,
     }
 }
 

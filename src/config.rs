@@ -39,6 +39,18 @@ pub struct Config {
     /// Where the projection lives.
     #[serde(default)]
     pub projection: crate::projection::ProjectionConfig,
+    /// What workers serve besides running tasks.
+    #[serde(default)]
+    pub worker: WorkerConfig,
+}
+
+/// `[worker]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// `[worker.callback]`: the callback server of delegating `http`/`exec` agent types.
+    #[serde(default)]
+    pub callback: crate::agent::callback::CallbackConfig,
 }
 
 /// `[registry]`, owned by the registry module.

@@ -65,6 +65,7 @@ pub fn worker_run(
         drain_timeout,
         heartbeat_interval: Duration::from_millis(config.supervisor.heartbeat_interval_ms),
         transaction_deadline: crate::agent::worker::TRANSACTION_DEADLINE,
+        callback: config.worker.callback.clone(),
     };
     Ok(run_worker(log.clone(), codec, runtime, settings, shutdown))
 }

@@ -34,6 +34,8 @@ fn ctx(input: impl Into<Bytes>, content_type: &str) -> TaskContext {
         delegate: None,
         checkpoint: None,
         stream: None,
+        signal: None,
+        callback_url: None,
     }
 }
 

@@ -108,6 +108,7 @@ impl Fixture {
             drain_timeout: Duration::from_secs(20),
             heartbeat_interval: self.heartbeat,
             transaction_deadline,
+            callback: Default::default(),
         }
     }
 

@@ -54,9 +54,22 @@ pub struct Task {
     pub deadline_ms: Option<i64>,
     pub cancel_requested: bool,
     pub progress: Option<Progress>,
+    /// What a `waiting` task waits for; `null` in every other status.
+    pub waiting_for: Option<WaitingFor>,
     pub outcome: Option<Outcome>,
     /// The task's events, earliest first (at most 100).
     pub timeline: Vec<TimelineItem>,
+}
+
+/// The signal a suspended task waits for (`POST /v1/tasks/{id}/signals/{signal}` sends it).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WaitingFor {
+    pub signal: String,
+    /// When the wait ends without the signal; the agent type's `on_signal_timeout` says what
+    /// happens then.
+    pub timeout_at_ms: i64,
+    /// The attempt the signal will start.
+    pub attempt: i32,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -130,6 +143,11 @@ impl From<&TaskView> for Task {
             deadline_ms: view.deadline_us.map(ms),
             cancel_requested: view.cancel_requested,
             progress: view.progress.as_ref().map(|p| Progress { percent: p.percent, message: p.message.clone(), attempt: p.attempt, at_ms: ms(p.at_us) }),
+            waiting_for: view.waiting_for.as_ref().filter(|_| view.status == TaskStatus::Waiting).map(|w| WaitingFor {
+                signal: w.signal.clone(),
+                timeout_at_ms: ms(w.timeout_at_us),
+                attempt: w.attempt,
+            }),
             outcome: view.outcome.as_ref().map(Outcome::from),
             timeline: view
                 .timeline

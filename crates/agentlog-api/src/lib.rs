@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod reads;
+pub mod signals;
 pub mod stream;
 pub mod task_stream;
 pub mod tasks;
@@ -350,6 +351,7 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, "/v1/tasks/{id}/outcome", tasks::outcome),
         route(Method::GET, "/v1/tasks/{id}/stream", task_stream::task_stream),
         route(Method::POST, "/v1/tasks/{id}/cancel", tasks::cancel),
+        route(Method::POST, "/v1/tasks/{id}/signals/{signal}", signals::signal),
         route(Method::GET, "/v1/agents", reads::agents),
         route(Method::GET, "/v1/agent-types", reads::agent_types),
         route(Method::GET, "/v1/jobs", reads::jobs),

@@ -10,11 +10,11 @@ use axum::Json;
 use axum::extract::State;
 use serde_json::Value;
 
-use super::{ApiState, admin, ops, reads, stream, task_stream, tasks};
+use super::{ApiState, admin, ops, reads, signals, stream, task_stream, tasks};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "agentlog", description = "Run AI agents as consumer-group workers on an event log. Errors are JSON: {\"error\": {\"code\", \"message\", \"field\"}}."),
+    info(title = "agentlog", description = "Run AI agents as consumer-group workers on an event log. Errors are JSON: {\"error\": {\"code\", \"message\", \"field\", \"detail\" (when there is one)}}."),
     paths(
         ops::healthz, ops::readyz, ops::metrics, openapi,
         tasks::submit, tasks::submit_batch, tasks::get, tasks::list, tasks::outcome, tasks::cancel,
@@ -22,9 +22,10 @@ use super::{ApiState, admin, ops, reads, stream, task_stream, tasks};
         reads::agents, reads::agent_types, reads::jobs, reads::job, reads::stats,
         stream::outcomes,
         task_stream::task_stream,
+        signals::signal,
         admin::replay, admin::replay_status, admin::snapshot,
     ),
-    components(schemas(tasks::SubmitTask, tasks::SubmitBatch, tasks::Cancel)),
+    components(schemas(tasks::SubmitTask, tasks::SubmitBatch, tasks::Cancel, signals::SendSignal)),
     modifiers(&Security, &Refusals),
 )]
 pub struct ApiDoc;

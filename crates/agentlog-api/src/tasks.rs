@@ -128,7 +128,7 @@ fn wait_of(state: &ApiState, wait_ms: Option<u64>) -> Option<Duration> {
     wait_ms.filter(|ms| *ms > 0).map(|ms| Duration::from_millis(ms.min(state.config.max_wait_ms)))
 }
 
-fn client_error(e: ClientError) -> ApiError {
+pub(crate) fn client_error(e: ClientError) -> ApiError {
     match e {
         ClientError::Invalid { field, reason } => ApiError::bad_field(field, format!("{field} {reason}")),
         // Too large for the log is the request's fault, not a passing one: 413, not 503.

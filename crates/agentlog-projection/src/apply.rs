@@ -16,8 +16,8 @@ use rustc_hash::FxBuildHasher;
 use super::measure::Measure;
 use super::store::{self, CF_AGENTS, CF_DLQ, CF_INDEX, CF_JOBS, CF_OFFSETS, CF_STATS, CF_STREAM, CF_TASKS, LetterPosition, ProjectionStore, StoreError};
 use super::views::{
-    AgentStatus, AgentView, DEAD_LETTER_TEXT_CAP, DeadLetterView, JobView, OutcomeView, ProgressView, StreamBody, StreamEntry, TaskStatus, TaskView,
-    TenantCounters, TimelineEntry, TypeCounters, capped,
+    AgentStatus, AgentView, DEAD_LETTER_TEXT_CAP, DeadLetterView, JobView, OutcomeView, ProgressView, SIGNALS_CAP, SignalView, StreamBody, StreamEntry,
+    TaskStatus, TaskView, TenantCounters, TimelineEntry, TypeCounters, WaitingView, capped,
 };
 use crate::agent::dlq::DLQ_ATTEMPTS;
 use crate::events::reader::{DLQ_ERROR, DLQ_REASON, DLQ_SOURCE, DLQ_TRUNCATED};
@@ -712,6 +712,8 @@ fn task_meta(event: &mut AnyEvent) -> Option<&mut Meta> {
         AnyEvent::TaskStarted(e) => &mut e.meta,
         AnyEvent::TaskProgress(e) => &mut e.meta,
         AnyEvent::TaskRetryScheduled(e) => &mut e.meta,
+        AnyEvent::TaskSuspended(e) => &mut e.meta,
+        AnyEvent::TaskSignalled(e) => &mut e.meta,
         AnyEvent::TaskCompleted(e) => &mut e.meta,
         AnyEvent::TaskFailed(e) => &mut e.meta,
         AnyEvent::TaskDeadLettered(e) => &mut e.meta,
@@ -766,6 +768,19 @@ fn apply_to_task(view: &mut TaskView, source: Source, mut event: AnyEvent) -> (b
             entry.detail = e.reason;
             view.cancel_requested = true;
         }
+        AnyEvent::TaskSuspended(e) => {
+            entry.attempt = Some(e.attempt);
+            entry.detail = Some(format!("waits for signal `{}` until {}", e.signal, e.timeout_at.0));
+        }
+        AnyEvent::TaskSignalled(e) => {
+            entry.detail = Some(format!("signal `{}` ({})", e.signal, e.signal_id));
+            if !view.signals.iter().any(|s| s.signal_id == e.signal_id) {
+                if view.signals.len() >= SIGNALS_CAP {
+                    view.signals.remove(0);
+                }
+                view.signals.push(SignalView { name: e.signal, signal_id: e.signal_id, at_us: at });
+            }
+        }
         other => {
             let Some(outcome) = outcome_of(other, at, entry.event_id.clone()) else { return (first_submit, replaced) };
             entry.attempt = outcome.attempt;
@@ -798,7 +813,23 @@ fn apply_submitted(view: &mut TaskView, source: Source, e: TaskSubmitted, at: i6
     }
     view.deadline_us = e.deadline.map(|d| d.0).or(view.deadline_us);
     entry.attempt = Some(e.attempt);
+    if let Some(signal) = &e.signal {
+        entry.detail = Some(match (&signal.signal_id, signal.timed_out) {
+            (_, true) => format!("resumed: no signal `{}` came in time", signal.name),
+            (Some(id), false) => format!("resumed by signal `{}` ({id})", signal.name),
+            (None, false) => format!("resumed by signal `{}`", signal.name),
+        });
+    }
     match source {
+        Source::Timers if e.awaiting_signal.is_some() => {
+            let signal = e.awaiting_signal.unwrap_or_default();
+            entry.event = "TaskWaiting".into();
+            entry.detail = Some(format!("waits for signal `{signal}`"));
+            if e.attempt >= view.max_waiting {
+                view.max_waiting = e.attempt;
+                view.waiting_for = Some(WaitingView { signal, timeout_at_us: e.not_before.map_or(0, |t| t.0), attempt: e.attempt });
+            }
+        }
         Source::Timers => {
             view.max_scheduled = view.max_scheduled.max(e.attempt);
             view.not_before_us = e.not_before.map(|d| d.0).or(view.not_before_us);

@@ -30,15 +30,19 @@ pub enum TaskStatus {
     DeadLettered,
     Cancelled,
     Expired,
+    /// Its last attempt suspended: it waits on `timers` for a signal or the wait's timeout.
+    /// Last, so the stored index of every earlier status stays what it was.
+    Waiting,
 }
 
 impl TaskStatus {
-    pub const ALL: [TaskStatus; 10] = [
+    pub const ALL: [TaskStatus; 11] = [
         TaskStatus::Pending,
         TaskStatus::Queued,
         TaskStatus::Scheduled,
         TaskStatus::Running,
         TaskStatus::Retrying,
+        TaskStatus::Waiting,
         TaskStatus::Completed,
         TaskStatus::Failed,
         TaskStatus::DeadLettered,
@@ -58,6 +62,7 @@ impl TaskStatus {
             TaskStatus::DeadLettered => "dead_lettered",
             TaskStatus::Cancelled => "cancelled",
             TaskStatus::Expired => "expired",
+            TaskStatus::Waiting => "waiting",
         }
     }
 
@@ -92,7 +97,7 @@ impl fmt::Display for TaskStatus {
 
 /// A status name that is not one of [`TaskStatus::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` is not a status; statuses: pending, queued, scheduled, running, retrying, completed, failed, dead_lettered, cancelled, expired")]
+#[error("`{0}` is not a status; statuses: pending, queued, scheduled, running, retrying, waiting, completed, failed, dead_lettered, cancelled, expired")]
 pub struct UnknownStatus(pub String);
 
 impl FromStr for TaskStatus {

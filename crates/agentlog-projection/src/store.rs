@@ -65,8 +65,9 @@ fn stream_expired(value: &[u8], now_us: i64) -> bool {
 /// rebuilds it from the log from the start: a projection is derived and disposable.
 /// Version 3 added the `dlq` family and the `J` job index: a store of version 2 has neither
 /// (and no offsets of the `dlq` topic), so it is rebuilt. Version 4 stores a task's status as
-/// a [`TaskStatus`] (postcard writes an enum as its index, not its name).
-pub const FORMAT: &str = "4";
+/// a [`TaskStatus`] (postcard writes an enum as its index, not its name). Version 5 adds a
+/// task's wait for a signal and the signals sent to it to [`TaskView`].
+pub const FORMAT: &str = "5";
 const FORMAT_KEY: &[u8] = b"format";
 // `stream` came after version 4 without a new version: a store without it gets the family
 // empty, and no offsets of `task.stream`, so the projector reads that topic from its start.

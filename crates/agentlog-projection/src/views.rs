@@ -47,6 +47,12 @@ pub struct TaskView {
     pub max_enqueued: i32,
     pub max_scheduled: i32,
     pub max_retry: i32,
+    /// Highest attempt waiting on `timers` for a signal, and what its wait is.
+    pub max_waiting: i32,
+    pub waiting_for: Option<WaitingView>,
+    /// Signals sent to the task (`TaskSignalled`), earliest first, at most [`SIGNALS_CAP`]:
+    /// a signal id seen here is a duplicate.
+    pub signals: Vec<SignalView>,
     /// Whether this task's submit→outcome latency went into the stats.
     pub latency_recorded: bool,
     /// Whether the outcome went into its agent type's counters (needs the type, which only
@@ -89,6 +95,28 @@ pub enum StreamBody {
     },
 }
 
+/// What a waiting task waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingView {
+    pub signal: String,
+    pub timeout_at_us: i64,
+    /// The attempt the signal or the timeout will start.
+    pub attempt: i32,
+}
+
+/// A signal sent to a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalView {
+    pub name: String,
+    pub signal_id: String,
+    pub at_us: i64,
+}
+
+/// The most signals a task's view remembers: a client sending signals without end (each
+/// with a new id) must not grow the view without end. Ids past the cap are not recognised
+/// as duplicates; the supervisor still resumes the task once.
+pub const SIGNALS_CAP: usize = 64;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutcomeView {
     /// Always a terminal status.
@@ -129,7 +157,9 @@ impl TaskView {
             return outcome.status;
         }
         let started = self.attempts;
-        if self.max_scheduled > self.max_enqueued.max(started) {
+        if self.max_waiting > self.max_enqueued.max(started).max(self.max_scheduled) {
+            TaskStatus::Waiting
+        } else if self.max_scheduled > self.max_enqueued.max(started) {
             TaskStatus::Scheduled
         } else if started > 0 && started >= self.max_enqueued && self.max_retry < started {
             TaskStatus::Running
@@ -277,7 +307,7 @@ impl TypeCounters {
             TaskStatus::DeadLettered => Some(&mut self.dead_lettered),
             TaskStatus::Cancelled => Some(&mut self.cancelled),
             TaskStatus::Expired => Some(&mut self.expired),
-            TaskStatus::Pending | TaskStatus::Queued | TaskStatus::Scheduled | TaskStatus::Running | TaskStatus::Retrying => None,
+            TaskStatus::Pending | TaskStatus::Queued | TaskStatus::Scheduled | TaskStatus::Running | TaskStatus::Retrying | TaskStatus::Waiting => None,
         }
     }
 

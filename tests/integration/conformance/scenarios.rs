@@ -541,6 +541,7 @@ pub async fn worker_runs_tasks_and_commits_after_outcomes(h: &mut Harness) {
         drain_timeout: Duration::from_secs(10),
         heartbeat_interval: Duration::from_secs(1),
         transaction_deadline: agentlog::agent::worker::TRANSACTION_DEADLINE,
+        callback: Default::default(),
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let runtime = build(&agent.runtime, Duration::from_secs(5)).expect("echo agent");
@@ -626,6 +627,7 @@ pub async fn an_upgraded_worker_continues_from_the_former_group_name(h: &mut Har
         drain_timeout: Duration::from_secs(10),
         heartbeat_interval: Duration::from_secs(1),
         transaction_deadline: agentlog::agent::worker::TRANSACTION_DEADLINE,
+        callback: Default::default(),
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let runtime = build(&settings.agent.runtime, Duration::from_secs(5)).expect("echo agent");
@@ -719,6 +721,7 @@ pub async fn a_task_longer_than_max_poll_interval_does_not_evict_the_worker(h: &
         drain_timeout: Duration::from_secs(10),
         heartbeat_interval: Duration::from_secs(1),
         transaction_deadline: agentlog::agent::worker::TRANSACTION_DEADLINE,
+        callback: Default::default(),
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let runtime = build(&agent.runtime, Duration::from_secs(60)).expect("sleep agent");

@@ -28,7 +28,9 @@ type Calls = Arc<Mutex<BTreeMap<String, Vec<(Instant, Value)>>>>;
 /// `error` frame asking for 1.5 s, then a result), `typed` (a non-retryable error frame),
 /// `broken` (a chunk, then a line that is not JSON), `plain` (a plain JSON answer), `steps`
 /// (a multi-step agent: with no checkpoint it saves step 1 and fails, retryably; from step 1
-/// it saves step 2 and hangs, for the test to crash its worker; from step 2 it finishes).
+/// it saves step 2 and hangs, for the test to crash its worker; from step 2 it finishes),
+/// `approval` (without a signal: saves a draft and suspends for `approval`, `timeout_ms` from
+/// the input; resumed: answers what it received).
 async fn protocol_agent() -> (String, Calls, JoinHandle<()>) {
     let calls: Calls = Arc::default();
     let seen = calls.clone();
@@ -57,6 +59,14 @@ async fn protocol_agent() -> (String, Calls, JoinHandle<()>) {
                     "limited" => vec![(0, json!({"type": "result", "output": "fine", "output_encoding": "utf8"}).to_string())],
                     "typed" => vec![(0, json!({"type": "error", "kind": "bad_input", "message": "no text to summarize"}).to_string())],
                     "broken" => vec![(0, json!({"type": "chunk", "text": "a"}).to_string()), (0, "this is not a frame".to_string())],
+                    "approval" if body["signal"].is_null() => vec![
+                        (0, json!({"type": "checkpoint", "state": {"draft": "d1"}}).to_string()),
+                        (0, json!({"type": "suspend", "signal": "approval", "timeout_ms": body["input"]["timeout_ms"].as_u64().unwrap_or(60_000)}).to_string()),
+                    ],
+                    "approval" => vec![(
+                        0,
+                        json!({"type": "result", "output": {"signal": body["signal"], "checkpoint": body["checkpoint"], "attempt": attempt}}).to_string(),
+                    )],
                     "steps" => match step {
                         None => vec![
                             (0, json!({"type": "checkpoint", "state": {"step": 1}}).to_string()),
@@ -117,10 +127,12 @@ struct Setup {
 }
 
 impl Setup {
-    async fn start(h: &Harness, replicas: usize) -> Setup {
+    /// `extra`: more of the agent type's TOML (before its `[retry]` table).
+    async fn start(h: &Harness, replicas: usize, extra: &str) -> Setup {
         let (url, calls, agent_server) = protocol_agent().await;
         let mut f = Fixture::new(h).await;
-        let toml_text = format!("runtime = {{ kind = \"http\", url = \"{url}\" }}\n[retry]\nmax_attempts = 3\ninitial_backoff_ms = 50\nmax_backoff_ms = 100\n");
+        let toml_text =
+            format!("runtime = {{ kind = \"http\", url = \"{url}\" }}\n{extra}\n[retry]\nmax_attempts = 3\ninitial_backoff_ms = 50\nmax_backoff_ms = 100\n");
         let (agent_type, agent) = f.agent_type("llm", &toml_text).await;
         let runtime = build(&agent.runtime, Duration::from_secs(20)).expect("http runtime");
         f.start_worker(&agent_type, &agent, runtime, "llm-1");
@@ -156,6 +168,31 @@ impl Setup {
             assert!(status == 404 && Instant::now() < deadline, "no outcome of {task_id} within {WITHIN:?}: {status} {body}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The task as `GET /v1/tasks/{id}` shows it, once `until` holds (within [`WITHIN`]).
+    async fn task_when(&self, task_id: &str, until: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            let answer = self.http.get(format!("{}/v1/tasks/{task_id}", self.replicas[0].base)).send().await.expect("get");
+            let view: Value = answer.json().await.expect("task JSON");
+            if until(&view) {
+                return view;
+            }
+            assert!(Instant::now() < deadline, "task {task_id} not as expected within {WITHIN:?}: {view}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends a signal; returns the answer's status and body.
+    async fn signal(&self, task_id: &str, name: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http.post(format!("{}/v1/tasks/{task_id}/signals/{name}", self.replicas[0].base)).timeout(WITHIN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let answer = request.send().await.expect("signal");
+        let status = answer.status().as_u16();
+        (status, answer.json().await.expect("signal answer JSON"))
     }
 
     async fn stop(self) {
@@ -213,7 +250,7 @@ async fn next(answer: &mut reqwest::Response, buffer: &mut String) -> Option<Sse
 }
 
 pub async fn a_framed_answer_streams_live_and_resumes_on_another_replica(h: &mut Harness) {
-    let s = Setup::start(h, 2).await;
+    let s = Setup::start(h, 2, "").await;
     s.submit("story-1", "stream").await;
     let mut events: Vec<SseEvent> = Vec::new();
 
@@ -277,7 +314,7 @@ pub async fn a_framed_answer_streams_live_and_resumes_on_another_replica(h: &mut
 }
 
 pub async fn typed_errors_retry_after_and_broken_frames_end_attempts_not_workers(h: &mut Harness) {
-    let s = Setup::start(h, 1).await;
+    let s = Setup::start(h, 1, "").await;
     s.submit("limited-1", "limited").await;
     s.submit("typed-1", "typed").await;
     s.submit("broken-1", "broken").await;
@@ -312,7 +349,7 @@ pub async fn typed_errors_retry_after_and_broken_frames_end_attempts_not_workers
 }
 
 pub async fn a_checkpoint_reaches_the_retry_and_the_rerun_after_a_worker_crash(h: &mut Harness) {
-    let mut s = Setup::start(h, 1).await;
+    let mut s = Setup::start(h, 1, "").await;
     let mut checkpoints = s.f.reader(&s.f.topics.checkpoints()).await;
     s.submit("steps-1", "steps").await;
     // Attempt 1 saves step 1 and fails; attempt 2 gets step 1, saves step 2 and hangs.
@@ -346,5 +383,89 @@ pub async fn a_checkpoint_reaches_the_retry_and_the_rerun_after_a_worker_crash(h
         }
     }
     assert!(cleared, "the last checkpoint record of the finished task clears it");
+    s.stop().await;
+}
+
+pub async fn a_suspended_task_waits_for_its_signal_across_a_worker_restart(h: &mut Harness) {
+    let mut s = Setup::start(h, 1, "").await;
+    s.submit("approve-1", "approval").await;
+    let waiting = s.task_when("approve-1", |t| t["status"] == "waiting").await;
+    assert_eq!(waiting["waiting_for"]["signal"], "approval", "{waiting}");
+    assert_eq!(waiting["waiting_for"]["attempt"], 2, "{waiting}");
+    assert!(waiting["waiting_for"]["timeout_at_ms"].as_i64().unwrap_or_default() > 0, "{waiting}");
+
+    // Bad signals answer clearly and change nothing.
+    let (status, body) = s.signal("approve-1", "reject", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("unexpected_signal")), "{body}");
+    assert_eq!(body["error"]["detail"]["waiting_for"], "approval", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("waits for signal `approval`, not `reject`"), "{body}");
+    let (status, body) = s.signal("approve-1", "Not-A-Name", None).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "signal", "{body}");
+    let (status, body) = s.signal("approve-1", "approval", Some(json!({"payload": "x".repeat(300 * 1024)}))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("payload_too_large")), "{body}");
+    let (status, body) = s.signal("no-such-task", "approval", None).await;
+    assert_eq!(status, 404, "{body}");
+    // Another tenant using the same task id has no such task.
+    let foreign =
+        s.http.post(format!("{}/v1/tasks/approve-1/signals/approval", s.replicas[0].base)).header("x-tenant", "intruder").send().await.expect("foreign");
+    assert_eq!(foreign.status().as_u16(), 404, "another tenant's task");
+
+    // The worker is gone (killed) when the approval comes; the task waits on the log.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.f.abort_worker(0);
+    let (status, body) = s.signal("approve-1", "approval", Some(json!({"signal_id": "sig-1", "payload": {"approved": true, "by": "ana"}}))).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!((body["status"].as_str(), body["signal_id"].as_str()), (Some("accepted"), Some("sig-1")), "{body}");
+    let runtime = build(&s.agent.runtime, Duration::from_secs(20)).expect("http runtime");
+    s.f.start_worker(&s.agent_type, &s.agent, runtime, "llm-2");
+
+    let done = s.outcome("approve-1").await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let output = &done["output"];
+    assert_eq!(output["signal"], json!({"name": "approval", "id": "sig-1", "payload": {"approved": true, "by": "ana"}, "timed_out": false}), "{done}");
+    assert_eq!(output["checkpoint"], json!({"draft": "d1"}), "the resumed attempt gets the checkpoint saved before the wait: {done}");
+    assert_eq!(output["attempt"], 2, "{done}");
+
+    // The same signal again is a duplicate, whatever the task's state; a new one is refused.
+    let (status, body) = s.signal("approve-1", "approval", Some(json!({"signal_id": "sig-1"}))).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("duplicate")), "{body}");
+    let (status, body) = s.signal("approve-1", "approval", Some(json!({"payload": 1}))).await;
+    assert_eq!((status, body["error"]["code"].as_str(), body["error"]["detail"]["status"].as_str()), (409, Some("not_waiting"), Some("completed")), "{body}");
+    let view = s.task_when("approve-1", |t| t["status"] == "completed").await;
+    let events: Vec<&str> = view["timeline"].as_array().expect("timeline").iter().filter_map(|e| e["event"].as_str()).collect();
+    assert!(events.contains(&"TaskSuspended") && events.contains(&"TaskSignalled"), "the timeline shows the wait: {events:?}");
+    assert!(view["waiting_for"].is_null(), "{view}");
+    s.stop().await;
+}
+
+pub async fn a_wait_that_times_out_fails_or_resumes_as_the_type_declares(h: &mut Harness) {
+    // The default: the task fails with kind signal_timeout, without another call of the agent.
+    let s = Setup::start(h, 1, "").await;
+    let body = json!({"agent_type": s.agent_type, "task_id": "late-1", "input": {"mode": "approval", "timeout_ms": 300}});
+    let answer = s.http.post(format!("{}/v1/tasks", s.replicas[0].base)).json(&body).send().await.expect("submit");
+    assert_eq!(answer.status().as_u16(), 202);
+    let failed = s.outcome("late-1").await;
+    assert_eq!((failed["status"].as_str(), failed["error_kind"].as_str()), (Some("failed"), Some("signal_timeout")), "{failed}");
+    assert_eq!(s.calls.lock().unwrap()["late-1"].len(), 1, "the timeout does not call the agent");
+
+    // A waiting task is cancelled at once.
+    s.submit("cancel-1", "approval").await;
+    s.task_when("cancel-1", |t| t["status"] == "waiting").await;
+    let answer = s.http.post(format!("{}/v1/tasks/cancel-1/cancel", s.replicas[0].base)).json(&json!({"reason": "not needed"})).send().await.expect("cancel");
+    assert_eq!(answer.status().as_u16(), 202);
+    let cancelled = s.outcome("cancel-1").await;
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    s.stop().await;
+
+    // `on_signal_timeout = "resume"`: the next attempt runs and learns the wait timed out.
+    let s = Setup::start(h, 1, "on_signal_timeout = \"resume\"").await;
+    let body = json!({"agent_type": s.agent_type, "task_id": "late-2", "input": {"mode": "approval", "timeout_ms": 300}});
+    let answer = s.http.post(format!("{}/v1/tasks", s.replicas[0].base)).json(&body).send().await.expect("submit");
+    assert_eq!(answer.status().as_u16(), 202);
+    let resumed = s.outcome("late-2").await;
+    assert_eq!(resumed["status"], "completed", "{resumed}");
+    assert_eq!(resumed["output"]["signal"], json!({"name": "approval", "id": null, "payload": null, "timed_out": true}), "{resumed}");
+    assert_eq!(resumed["output"]["checkpoint"], json!({"draft": "d1"}), "{resumed}");
     s.stop().await;
 }

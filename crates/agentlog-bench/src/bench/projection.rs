@@ -148,6 +148,7 @@ async fn measure_projection_bench(log: Arc<dyn EventLog>, options: &ProjectionBe
                 input_schema: None,
                 exactly_once: false,
                 delegates: false,
+                on_signal_timeout: Default::default(),
             },
         );
         let sources = sources(&topics, &agents);

@@ -110,6 +110,7 @@ async fn measure_task_bench(log: Arc<dyn EventLog>, options: &TaskBenchOptions) 
         input_schema: None,
         exactly_once: options.exactly_once,
         delegates: false,
+        on_signal_timeout: Default::default(),
     };
     let settings = WorkerSettings {
         agent_type: AGENT_TYPE.into(),
@@ -120,6 +121,7 @@ async fn measure_task_bench(log: Arc<dyn EventLog>, options: &TaskBenchOptions) 
         drain_timeout: Duration::from_secs(30),
         heartbeat_interval: Duration::from_secs(1),
         transaction_deadline: crate::agent::worker::TRANSACTION_DEADLINE,
+        callback: Default::default(),
     };
     let runtime = Arc::new(Builtin::by_name("echo").map_err(|e| BenchError::Setup(e.to_string()))?);
     let worker_stop = CancellationToken::new();

@@ -54,6 +54,8 @@ event_types!(
     task::TaskProgress,
     task::TaskChunk,
     task::TaskCheckpointed,
+    task::TaskSuspended,
+    task::TaskSignalled,
     task::TaskRetryScheduled,
     task::TaskCompleted,
     task::TaskFailed,

@@ -38,6 +38,24 @@ pub struct TaskSubmitted {
     pub job_id: Option<String>,
     #[avro(default = "{}")]
     pub labels: HashMap<String, String>,
+    /// Set on the next command of a suspended task while it waits on `timers`: the signal
+    /// that fires it early (its `not_before` is the timeout). Never set on a lane topic.
+    pub awaiting_signal: Option<String>,
+    /// The signal, or the timeout, that resumed a suspended task: on its resumed command.
+    pub signal: Option<SignalDelivery>,
+}
+
+/// What resumed a suspended task (agent protocol `suspend`): a signal sent to it, or its
+/// timeout passing first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.agentlog.v1")]
+pub struct SignalDelivery {
+    pub name: String,
+    /// The sender's id of the signal; `None` for a timeout.
+    pub signal_id: Option<String>,
+    /// JSON text; `None` for a timeout or a signal sent without a payload.
+    pub payload: Option<String>,
+    pub timed_out: bool,
 }
 
 impl TaskSubmitted {
@@ -61,6 +79,8 @@ impl TaskSubmitted {
             parent_task_id: None,
             job_id: None,
             labels: HashMap::new(),
+            awaiting_signal: None,
+            signal: None,
         }
     }
 }
@@ -117,6 +137,34 @@ pub struct TaskCheckpointed {
     pub attempt: i32,
     /// JSON text; `None` clears the checkpoint.
     pub state: Option<String>,
+}
+
+/// An attempt ended waiting for a named signal (agent protocol `suspend`), on `task.events`.
+/// The task's next command waits on `timers` for the signal or the timeout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.agentlog.v1")]
+pub struct TaskSuspended {
+    pub meta: Meta,
+    pub task_id: String,
+    /// The attempt that suspended.
+    pub attempt: i32,
+    pub signal: String,
+    /// When the wait ends without the signal.
+    pub timeout_at: TimestampMicros,
+}
+
+/// A signal sent to a task (`POST /v1/tasks/{id}/signals/{name}`), on `timers` beside the
+/// waiting command it fires (both keyed by task id, so it follows that command in the log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.agentlog.v1")]
+pub struct TaskSignalled {
+    pub meta: Meta,
+    pub task_id: String,
+    pub signal: String,
+    /// The sender's id: a second signal with the same id is the same signal.
+    pub signal_id: String,
+    /// JSON text; `None` when sent without a payload.
+    pub payload: Option<String>,
 }
 
 /// A retryable failure will be retried after a backoff.
@@ -206,6 +254,8 @@ super::impl_event!(TaskStarted, "task.events", task_id);
 super::impl_event!(TaskProgress, "task.stream", task_id);
 super::impl_event!(TaskChunk, "task.stream", task_id);
 super::impl_event!(TaskCheckpointed, "task.checkpoints", task_id);
+super::impl_event!(TaskSuspended, "task.events", task_id);
+super::impl_event!(TaskSignalled, "timers", task_id);
 super::impl_event!(TaskRetryScheduled, "task.events", task_id);
 super::impl_event!(TaskCancelRequested, "task.events", task_id);
 super::impl_event!(TaskCompleted, "task.results", task_id);

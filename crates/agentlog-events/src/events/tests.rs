@@ -109,8 +109,17 @@ fn every_event_round_trips() {
         parent_task_id: None,
         job_id: None,
         labels: HashMap::new(),
+        awaiting_signal: None,
+        signal: None,
         ..TaskSubmitted::sample()
     });
+    // A resumed command with a timeout marker (no id, no payload).
+    roundtrip(TaskSubmitted {
+        awaiting_signal: None,
+        signal: Some(SignalDelivery { name: "approval".into(), signal_id: None, payload: None, timed_out: true }),
+        ..TaskSubmitted::sample()
+    });
+    roundtrip(TaskSignalled { payload: None, ..TaskSignalled::sample() });
     roundtrip(TaskProgress { percent: None, message: None, detail: None, ..TaskProgress::sample() });
     roundtrip(TaskCheckpointed { state: None, ..TaskCheckpointed::sample() });
     roundtrip(TaskChunk { text: None, json: Some(r#"{"a":1}"#.into()), ..TaskChunk::sample() });
@@ -203,7 +212,7 @@ fn catalog_covers_every_schema_file_and_topic() {
     let mut listed: Vec<String> = event_types().iter().map(|t| t.file.to_owned()).collect();
     listed.sort();
     assert_eq!(on_disk, listed, "every schemas/*.avsc is an event type in the catalog");
-    assert_eq!(all_schemas().len(), 19);
+    assert_eq!(all_schemas().len(), 21);
     for t in event_types() {
         assert_eq!(format!("io.agentlog.v1.{}", t.file.trim_end_matches(".avsc")), t.name);
     }
@@ -214,6 +223,8 @@ fn catalog_covers_every_schema_file_and_topic() {
         ("TaskProgress", "task.stream"),
         ("TaskChunk", "task.stream"),
         ("TaskCheckpointed", "task.checkpoints"),
+        ("TaskSuspended", "task.events"),
+        ("TaskSignalled", "timers"),
         ("TaskRetryScheduled", "task.events"),
         ("TaskCancelRequested", "task.events"),
         ("TaskCompleted", "task.results"),
@@ -272,6 +283,13 @@ impl Sample for TaskSubmitted {
             parent_task_id: Some("t-0".into()),
             job_id: Some("j-1".into()),
             labels: HashMap::from([("team".into(), "search".into())]),
+            awaiting_signal: Some("approval".into()),
+            signal: Some(SignalDelivery {
+                name: "approval".into(),
+                signal_id: Some("sig-1".into()),
+                payload: Some(r#"{"approved":true}"#.into()),
+                timed_out: false,
+            }),
         }
     }
 }
@@ -297,6 +315,18 @@ impl Sample for TaskChunk {
 impl Sample for TaskCheckpointed {
     fn sample() -> Self {
         Self { meta: meta(), task_id: "t-1".into(), attempt: 2, state: Some(r#"{"step":3}"#.into()) }
+    }
+}
+
+impl Sample for TaskSuspended {
+    fn sample() -> Self {
+        Self { meta: meta(), task_id: "t-1".into(), attempt: 1, signal: "approval".into(), timeout_at: TimestampMicros(1_722_086_400_000_000) }
+    }
+}
+
+impl Sample for TaskSignalled {
+    fn sample() -> Self {
+        Self { meta: meta(), task_id: "t-1".into(), signal: "approval".into(), signal_id: "sig-1".into(), payload: Some(r#"{"approved":true}"#.into()) }
     }
 }
 

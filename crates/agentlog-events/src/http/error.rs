@@ -13,11 +13,20 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Seconds to wait before retrying (429).
     pub retry_after_s: Option<u64>,
+    /// What a client may act on besides the message (a 409's current state, say), as
+    /// `error.detail`; absent when `None`.
+    pub detail: Option<serde_json::Value>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), field: None, retry_after_s: None }
+        Self { status, code, message: message.into(), field: None, retry_after_s: None, detail: None }
+    }
+
+    /// The same error with `error.detail`.
+    pub fn with_detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = Some(detail);
+        self
     }
 
     pub fn bad_field(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -50,7 +59,10 @@ impl IntoResponse for ApiError {
         // A server error's message comes from inside (a RocksDB or I/O error names the files it
         // failed on); where the server keeps its data is not the caller's business.
         let message = if self.status.is_server_error() { crate::redact::paths_in(&self.message) } else { self.message };
-        let body = json!({ "error": { "code": self.code, "message": message, "field": self.field } });
+        let mut body = json!({ "error": { "code": self.code, "message": message, "field": self.field } });
+        if let Some(detail) = self.detail {
+            body["error"]["detail"] = detail;
+        }
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after_s
             && let Ok(value) = HeaderValue::from_str(&seconds.to_string())

@@ -12,6 +12,10 @@
 //! | failure whose kind retries, attempts left | `TaskRetryScheduled` on `task.events`, next attempt on `timers` |
 //! | failure whose kind retries, no attempts left | `TaskDeadLettered` on `task.results`, the command on `dlq` |
 //! | failure whose kind does not retry | `TaskFailed` on `task.results` |
+//! | suspended for a signal | `TaskSuspended` on `task.events`, the next attempt on `timers`, waiting for the signal |
+//!
+//! A resumed attempt whose wait timed out, of an agent type with `on_signal_timeout =
+//! "fail"`, is not run: the task fails with kind `signal_timeout`.
 //!
 //! The records are returned, not written: the worker writes them (at-least-once) or puts them
 //! in one transaction with the offset commit (exactly-once). Every record returned fits the
@@ -29,16 +33,18 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::cancels::Cancels;
+use super::catalog::SignalTimeout;
 use super::client::{new_id, timer_record};
 use super::dlq::{Parking, dead_letter_records};
 use super::limits::{bound_message, fits};
 use super::retry::RetryPolicy;
-use super::runtime::{Agent, AgentFailure, TaskContext, TaskOutput, kind};
+use super::runtime::{Agent, AgentFailure, Suspension, TaskContext, TaskOutput, kind};
 use super::topics::TaskTopics;
 use crate::backoff::Backoff;
 use crate::events::wire::{WireCodec, WireError};
 use crate::events::{
-    Meta, TaskCancelled, TaskCheckpointed, TaskCompleted, TaskExpired, TaskFailed, TaskRetryScheduled, TaskStarted, TaskSubmitted, TimestampMicros,
+    Meta, TaskCancelled, TaskCheckpointed, TaskCompleted, TaskExpired, TaskFailed, TaskRetryScheduled, TaskStarted, TaskSubmitted, TaskSuspended,
+    TimestampMicros,
 };
 use crate::log::{ConsumedRecord, Delivery, Producer, Record};
 
@@ -56,6 +62,8 @@ pub enum Ending {
     Expired,
     /// Its `not_before` was still ahead: handed back to `timers`.
     Deferred,
+    /// It waits for a signal; its next attempt waits on `timers`.
+    Suspended,
 }
 
 /// What every attempt of a worker shares.
@@ -75,6 +83,10 @@ pub struct AttemptEnv {
     pub delegation: Option<(super::client::TaskClient, Arc<super::outcomes::OutcomeWatch>)>,
     /// The latest checkpoints of running tasks, handed to their next attempts.
     pub checkpoints: Option<Arc<super::checkpoints::CheckpointIndex>>,
+    /// What the timeout of a wait for a signal does.
+    pub on_signal_timeout: SignalTimeout,
+    /// For a delegating `http`/`exec` type: where its attempts' callbacks are served.
+    pub callbacks: Option<Arc<super::callback::Callbacks>>,
 }
 
 /// The outcome records of a task's turn, ready to write.
@@ -98,7 +110,8 @@ impl Outcome {
 pub async fn run_attempt(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted) -> Result<Outcome, WireError> {
     let had = env.checkpoints.as_ref().and_then(|index| index.get(&task.meta.tenant, &task.task_id)).is_some();
     let (mut outcome, saved) = turn(env, source, task).await?;
-    let ended = !matches!(outcome.ending, Ending::RetryScheduled | Ending::Deferred);
+    // A waiting task keeps its checkpoint for the attempt its signal resumes.
+    let ended = !matches!(outcome.ending, Ending::RetryScheduled | Ending::Deferred | Ending::Suspended);
     if ended && (had || saved) {
         let cleared = TaskCheckpointed { meta: meta(env, task), task_id: task.task_id.clone(), attempt: task.attempt, state: None };
         let clear = record(env, env.topics.checkpoints(), task, &cleared).await?;
@@ -124,6 +137,13 @@ async fn turn(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted) -
     if task.not_before.is_some_and(|at| at.0 > now.0 + 1_000) {
         return Ok((Outcome::new(Ending::Deferred, vec![timer_record(&env.codec, &env.topics, task).await?]), false));
     }
+    if let Some(signal) = &task.signal
+        && signal.timed_out
+        && env.on_signal_timeout == SignalTimeout::Fail
+    {
+        let message = format!("no signal `{}` came before the wait's timeout (on_signal_timeout = \"fail\")", signal.name);
+        return Ok((Outcome::new(Ending::Failed, vec![failed_record(env, task, kind::SIGNAL_TIMEOUT, message).await?]), false));
+    }
 
     let cancel = env.cancels.register(&task.meta.tenant, &task.task_id);
     let (result, elapsed, started, saved) = run_agent(env, task, cancel.clone()).await;
@@ -134,6 +154,7 @@ async fn turn(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted) -
             let reason = env.cancels.requested(&task.meta.tenant, &task.task_id).flatten();
             cancelled(env, task, reason).await
         }
+        Err(AgentFailure { suspend: Some(suspension), .. }) => suspended(env, task, suspension).await,
         Err(failure) => failed(env, source, task, failure).await,
     };
     let ended = within_limit(env, task, ended?).await?;
@@ -230,6 +251,16 @@ async fn run_agent(env: &AttemptEnv, task: &TaskSubmitted, cancel: CancellationT
         ms if ms > 0 => env.timeout.min(Duration::from_millis(ms as u64)),
         _ => env.timeout,
     };
+    let delegate = env.delegation.as_ref().map(|(client, outcomes)| super::delegate::Delegate {
+        client: client.clone(),
+        outcomes: outcomes.clone(),
+        parent: Arc::new(task.clone()),
+    });
+    // Valid while the attempt runs: dropped with it, whichever way it ends.
+    let callback = match (&env.callbacks, &delegate) {
+        (Some(callbacks), Some(delegate)) => Some(callbacks.register(delegate.clone())),
+        _ => None,
+    };
     let context = TaskContext {
         task_id: task.task_id.clone(),
         agent_type: env.agent_type.clone(),
@@ -239,13 +270,11 @@ async fn run_agent(env: &AttemptEnv, task: &TaskSubmitted, cancel: CancellationT
         labels: task.labels.clone(),
         idempotency_key: task.idempotency_key.clone().unwrap_or_else(|| task.task_id.clone()),
         cancel: cancel.clone(),
-        delegate: env.delegation.as_ref().map(|(client, outcomes)| super::delegate::Delegate {
-            client: client.clone(),
-            outcomes: outcomes.clone(),
-            parent: Arc::new(task.clone()),
-        }),
+        delegate,
         checkpoint: env.checkpoints.as_ref().and_then(|index| index.get(&task.meta.tenant, &task.task_id)),
         stream: Some(stream.clone()),
+        signal: task.signal.clone(),
+        callback_url: callback.as_ref().map(|c| c.url.clone()),
     };
     let begun = Instant::now();
     let run = env.agent.run(context);
@@ -260,6 +289,7 @@ async fn run_agent(env: &AttemptEnv, task: &TaskSubmitted, cancel: CancellationT
         }),
         _ = cancelled => Err(AgentFailure::cancelled()),
     };
+    drop(callback);
     // What the attempt streamed is on the log before its outcome is (see `stream`).
     stream.flush().await;
     (result, begun.elapsed(), delivery.ok(), stream.saved_checkpoint().await)
@@ -312,6 +342,33 @@ async fn failed(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted,
         retryable: false,
     };
     Ok(Outcome::new(Ending::Failed, vec![record(env, env.topics.results(), task, &event).await?]))
+}
+
+/// The attempt asked to wait for a signal: `TaskSuspended`, and the next attempt on `timers`
+/// waiting for the signal, due at the timeout (the supervisor fires it early when the signal
+/// comes). Resuming does not use up a retry: the next command allows one attempt more.
+async fn suspended(env: &AttemptEnv, task: &TaskSubmitted, suspension: Suspension) -> Result<Outcome, WireError> {
+    let timeout_at = TimestampMicros(TimestampMicros::now().0.saturating_add(suspension.timeout.as_micros() as i64));
+    let max_attempts = if task.max_attempts > 0 { task.max_attempts } else { env.policy.max_attempts as i32 };
+    let mut next = task.clone();
+    next.meta = meta(env, task);
+    next.attempt = task.attempt + 1;
+    next.max_attempts = max_attempts.saturating_add(1);
+    next.not_before = Some(timeout_at);
+    next.awaiting_signal = Some(suspension.signal.clone());
+    next.signal = None;
+    let timer = timer_record(&env.codec, &env.topics, &next).await?;
+    if !fits(&timer, env.max_record_bytes) {
+        let message = format!(
+            "the task cannot wait for signal `{}`: its command of {} bytes does not fit a timer under log.max_record_bytes ({} bytes)",
+            suspension.signal,
+            timer.size(),
+            env.max_record_bytes
+        );
+        return Ok(Outcome::new(Ending::Failed, vec![failed_record(env, task, kind::RECORD_TOO_LARGE, message).await?]));
+    }
+    let event = TaskSuspended { meta: meta(env, task), task_id: task.task_id.clone(), attempt: task.attempt, signal: suspension.signal, timeout_at };
+    Ok(Outcome::new(Ending::Suspended, vec![record(env, env.topics.events(), task, &event).await?, timer]))
 }
 
 /// TaskDeadLettered and the command on `dlq`, fitted to the record limit

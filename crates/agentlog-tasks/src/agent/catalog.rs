@@ -44,6 +44,21 @@ pub struct AgentTypeConfig {
     /// their outcomes and hands each attempt a delegate.
     #[serde(default)]
     pub delegates: bool,
+    /// What a suspended task's timeout does when its signal did not come (agent protocol
+    /// `suspend`): fail the task (kind `signal_timeout`) or resume it with a timeout marker.
+    #[serde(default)]
+    pub on_signal_timeout: SignalTimeout,
+}
+
+/// What the timeout of a wait for a signal does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignalTimeout {
+    /// The task fails with kind `signal_timeout`.
+    #[default]
+    Fail,
+    /// The next attempt runs with a signal marked `timed_out`.
+    Resume,
 }
 
 /// How an agent type runs a task. Its `Debug` masks what may be secret (see [`Self::shown`]).

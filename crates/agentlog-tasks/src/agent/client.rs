@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::topics::TaskTopics;
 use crate::events::wire::{WireCodec, WireError};
-use crate::events::{Event, JobSubmitted, Meta, TaskCancelRequested, TaskSubmitted, TimestampMicros};
+use crate::events::{Event, JobSubmitted, Meta, TaskCancelRequested, TaskSignalled, TaskSubmitted, TimestampMicros};
 use crate::log::{EventLog, LogError, Position, Producer, Record};
 
 /// Header on a timer record: when it is due, in ms since the epoch (readable without decoding).
@@ -195,6 +195,19 @@ impl TaskClient {
             self.producer.send(Record::new(topic, payload).with_key(Bytes::from(task_id.to_string()))).await?.await?;
         }
         Ok(())
+    }
+}
+
+impl TaskClient {
+    /// Sends signal `name` to `tenant`'s task `task_id`: `TaskSignalled` on `timers`, keyed by
+    /// the task id like the waiting command it fires, so it follows that command in the log.
+    /// Returns where it was written.
+    pub async fn signal(&self, tenant: &str, task_id: &str, name: &str, signal_id: &str, payload: Option<String>) -> Result<crate::log::Position, ClientError> {
+        let signal =
+            TaskSignalled { meta: self.meta(tenant), task_id: task_id.to_string(), signal: name.to_string(), signal_id: signal_id.to_string(), payload };
+        let topic = self.topics.timers();
+        let payload = self.codec.encode(&topic, &signal).await?;
+        Ok(self.producer.send(Record::new(topic, payload).with_key(Bytes::from(task_id.to_string()))).await?.await?)
     }
 }
 

@@ -33,11 +33,33 @@ impl std::fmt::Debug for Delegate {
     }
 }
 
+/// A sub-task as an agent asks for it.
+#[derive(Debug, Clone)]
+pub struct Child {
+    pub n: usize,
+    pub agent_type: String,
+    pub input: Vec<u8>,
+    pub content_type: String,
+    pub labels: std::collections::HashMap<String, String>,
+}
+
 impl Delegate {
+    /// The id of sub-task number `n`.
+    pub fn child_id(&self, n: usize) -> String {
+        format!("{}.{n}", self.parent.task_id)
+    }
+
     /// Submits sub-task number `n` for `agent_type` (on the parent's lane) and returns its id.
     pub async fn submit(&self, n: usize, agent_type: &str, input: Vec<u8>) -> Result<String, DelegateError> {
+        let child = Child { n, agent_type: agent_type.to_string(), input, content_type: "application/json".to_string(), labels: Default::default() };
+        self.submit_child(child).await
+    }
+
+    /// Submits `child` (on the parent's lane, tenant and deadline) and returns its id. A child
+    /// whose outcome is known is not submitted again.
+    pub async fn submit_child(&self, child: Child) -> Result<String, DelegateError> {
         let parent = &self.parent;
-        let child_id = format!("{}.{n}", parent.task_id);
+        let child_id = self.child_id(child.n);
         // Children are the parent's tenant's tasks.
         if self.outcomes.get(&parent.meta.tenant, &child_id).is_some() {
             return Ok(child_id);
@@ -46,10 +68,12 @@ impl Delegate {
         meta.correlation_id = parent.meta.correlation_id.clone();
         meta.causation_id = Some(parent.meta.event_id.clone());
         meta.trace_parent = parent.meta.trace_parent.clone();
-        let mut child = TaskSubmitted::new(meta, &child_id, agent_type, parent.lane, input);
-        child.parent_task_id = Some(parent.task_id.clone());
-        child.deadline = parent.deadline;
-        self.client.submit(&child).await?;
+        let mut command = TaskSubmitted::new(meta, &child_id, child.agent_type, parent.lane, child.input);
+        command.content_type = child.content_type;
+        command.labels = child.labels;
+        command.parent_task_id = Some(parent.task_id.clone());
+        command.deadline = parent.deadline;
+        self.client.submit(&command).await?;
         Ok(child_id)
     }
 

@@ -6,6 +6,7 @@
 //! client that submits and cancels tasks. The supervisor lives in [`crate::supervisor`].
 
 pub mod attempt;
+pub mod callback;
 pub mod cancels;
 pub mod catalog;
 pub mod checkpoints;

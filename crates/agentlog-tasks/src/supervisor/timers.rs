@@ -10,6 +10,11 @@
 //! task identity, (tenant, task id): the record's key is the task id alone, so the tenant is
 //! read from the command the timer carries.
 //!
+//! A suspended task's next command waits here too (`awaiting_signal` set, due at the wait's
+//! timeout). A `TaskSignalled` record on the same topic, keyed by the same task id and so
+//! after the command in the log, makes that command due at once, carrying the signal; one
+//! that nothing waits for is ignored. A wait that times out is fired with a timeout marker.
+//!
 //! Each command is decoded once, when its timer is read, not when it fires:
 //! - a registry that cannot be asked (down, timing out) is nobody's fault: reading stops on
 //!   that record and retries it with a back-off, skipping nothing, until the registry answers;
@@ -48,7 +53,7 @@ use crate::agent::runtime::kind;
 use crate::backoff::Backoff;
 use crate::events::reader::{DLQ_ERROR, DLQ_REASON, DLQ_SOURCE, error_kind};
 use crate::events::wire::WireError;
-use crate::events::{Meta, TaskCancelled, TaskSubmitted, TimestampMicros};
+use crate::events::{AnyEvent, Meta, SignalDelivery, TaskCancelled, TaskSignalled, TaskSubmitted, TimestampMicros, decode_any};
 use crate::log::follow::Follower;
 use crate::log::{ConsumedRecord, EventLog, Producer, Record, SeekTo};
 
@@ -76,6 +81,8 @@ pub struct TimerStats {
     pub fired: u64,
     pub cancelled: u64,
     pub dead_lettered: u64,
+    /// Waiting commands a signal made due.
+    pub signalled: u64,
 }
 
 pub async fn run_timers(
@@ -187,15 +194,20 @@ impl Timers {
         }
         let mut backoff = Backoff::default();
         let decoded = loop {
-            match self.client.codec().decode::<TaskSubmitted>(&record.payload).await {
-                Ok((_, task)) => break Ok(task),
+            match decode_any(self.client.codec(), &record.payload).await {
+                Ok(AnyEvent::TaskSubmitted(task)) => break Ok(task),
+                Ok(AnyEvent::TaskSignalled(signal)) => {
+                    self.on_signal(id, signal)?;
+                    return Ok(true);
+                }
+                Ok(other) => break Err((format!("a {} record is not a timer", other.name()), "not_a_timer".to_string())),
                 Err(error @ WireError::Registry { .. }) => {
                     tracing::warn!(partition = id.partition, offset = id.offset, %error, failures = backoff.failures() + 1, "cannot decode a timer while the registry is away; retrying it");
                     if !backoff.wait(stop).await {
                         return Ok(false);
                     }
                 }
-                Err(error) => break Err(error),
+                Err(error) => break Err((error.to_string(), error_kind(&error).to_string())),
             }
         };
         let key = record.key.as_ref().map(|k| k.to_vec());
@@ -205,18 +217,61 @@ impl Timers {
                     tracing::warn!(partition = id.partition, offset = id.offset, task_id = %task.task_id, "timer without a due time; firing it now");
                     0
                 });
+                if task.awaiting_signal.is_some() {
+                    self.supersede_wait(&task)?;
+                }
                 (due, Timer { key, task: Some((task.meta.tenant.clone(), task.task_id.clone())), action: Action::Submit(task) })
             }
             // Neither tenant nor command can be read: no cancel can match it and it can never
             // fire, so it is dead-lettered as soon as the history is read.
-            Err(error) => {
-                tracing::warn!(partition = id.partition, offset = id.offset, %error, "undecodable timer; it will be moved to the dead-letter topic");
-                let action = Action::DeadLetter { payload: record.payload.to_vec(), reason: error.to_string(), kind: error_kind(&error).to_string() };
+            Err((reason, kind)) => {
+                tracing::warn!(partition = id.partition, offset = id.offset, %reason, "undecodable timer; it will be moved to the dead-letter topic");
+                let action = Action::DeadLetter { payload: record.payload.to_vec(), reason, kind };
                 (i64::MIN, Timer { key, task: None, action })
             }
         };
         self.store.insert(id, due, &timer)?;
         Ok(true)
+    }
+
+    /// A signal read from the topic: the waiting command of its task, if it waits for this
+    /// signal, is due now and carries the signal. Decided in log order from the topic alone,
+    /// so every rebuild decides the same; a signal nothing waits for is only logged.
+    fn on_signal(&mut self, id: TimerId, signal: TaskSignalled) -> Result<(), SupervisorError> {
+        let tenant = &signal.meta.tenant;
+        let waiting = match self.store.find_task(tenant, &signal.task_id)? {
+            Some(timer_id) => self.store.get(timer_id)?.map(|(_, timer)| (timer_id, timer)),
+            None => None,
+        };
+        let Some((timer_id, Timer { key, task, action: Action::Submit(mut command) })) = waiting else {
+            tracing::info!(partition = id.partition, offset = id.offset, task_id = %signal.task_id, signal = %signal.signal, "a signal for a task that does not wait; ignored");
+            return Ok(());
+        };
+        if command.awaiting_signal.as_deref() != Some(signal.signal.as_str()) {
+            tracing::info!(partition = id.partition, offset = id.offset, task_id = %signal.task_id, signal = %signal.signal, awaiting = ?command.awaiting_signal, "a signal the task does not wait for; ignored");
+            return Ok(());
+        }
+        command.awaiting_signal = None;
+        command.not_before = None;
+        command.signal = Some(SignalDelivery { name: signal.signal, signal_id: Some(signal.signal_id), payload: signal.payload, timed_out: false });
+        self.store.remove(timer_id)?;
+        // Same timer, due now: its fired marker still names its record.
+        self.store.insert(timer_id, 0, &Timer { key, task, action: Action::Submit(command) })?;
+        self.stats.signalled += 1;
+        Ok(())
+    }
+
+    /// A task's new waiting command replaces one it already had pending: the attempt that
+    /// wrote the old one was run again (its worker died before committing), and only one
+    /// resumption may come of the wait.
+    fn supersede_wait(&mut self, task: &TaskSubmitted) -> Result<(), SupervisorError> {
+        if let Some(old) = self.store.find_task(&task.meta.tenant, &task.task_id)?
+            && let Some((_, Timer { action: Action::Submit(pending), .. })) = self.store.get(old)?
+            && pending.awaiting_signal.is_some()
+        {
+            self.store.remove(old)?;
+        }
+        Ok(())
     }
 
     /// Fires every timer that is due, in due order, until one fails for a passing reason.
@@ -310,6 +365,21 @@ impl Timers {
             self.producer.send(Record::new(results, payload).with_key(Bytes::from(task.task_id.clone()))).await?.await?;
             self.stats.cancelled += 1;
         } else {
+            // A wait that ends by its timeout: the next attempt learns it (its agent type
+            // decides whether that fails the task).
+            let timed_out;
+            let task = match &task.awaiting_signal {
+                Some(name) => {
+                    timed_out = TaskSubmitted {
+                        awaiting_signal: None,
+                        not_before: None,
+                        signal: Some(SignalDelivery { name: name.clone(), signal_id: None, payload: None, timed_out: true }),
+                        ..task.clone()
+                    };
+                    &timed_out
+                }
+                None => task,
+            };
             match client.enqueue(task).await {
                 Ok(_) => self.stats.fired += 1,
                 Err(error) if error.rejects_record() => self.park(id, key, task, &error).await?,

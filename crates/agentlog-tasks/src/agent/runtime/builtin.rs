@@ -200,6 +200,8 @@ mod tests {
             delegate: None,
             checkpoint: None,
             stream: None,
+            signal: None,
+            callback_url: None,
         }
     }
 

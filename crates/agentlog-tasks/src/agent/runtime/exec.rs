@@ -15,7 +15,9 @@
 //! whatever the exit status; without one, a non-zero exit is kind `exit` (below) and exit 0
 //! is kind `protocol`. A frame that breaks the protocol kills the program (kind `protocol`).
 //! The task's latest checkpoint, when it has one, is in the file `AGENTLOG_CHECKPOINT_FILE`
-//! names (JSON; removed when the attempt ends), its attempt in `AGENTLOG_CHECKPOINT_ATTEMPT`.
+//! names (JSON; removed when the attempt ends), its attempt in `AGENTLOG_CHECKPOINT_ATTEMPT`;
+//! the signal that resumed a suspended task in the file `AGENTLOG_SIGNAL_FILE` names. A
+//! delegating agent type's program finds its attempt's callback in `AGENTLOG_CALLBACK_URL`.
 //! Otherwise:
 //!
 //! - exit 0 → completed; output = stdout (at most [`MAX_OUTPUT_BYTES`], else the program is
@@ -214,10 +216,12 @@ async fn read_frames(mut stdout: ChildStdout, stream: Option<&AttemptStream>) ->
 impl ExecAgent {
     /// Starts the program in a process group of its own, with only the environment its type
     /// declares and the task's metadata, and every stdio piped.
-    fn spawn(&self, ctx: &TaskContext, checkpoint: Option<&CheckpointFile>) -> Result<Child, AgentFailure> {
-        let checkpoint_env = checkpoint.map(|file| {
-            [("AGENTLOG_CHECKPOINT_FILE".to_string(), file.path.display().to_string()), ("AGENTLOG_CHECKPOINT_ATTEMPT".to_string(), file.attempt.to_string())]
+    fn spawn(&self, ctx: &TaskContext, files: &AttemptFiles) -> Result<Child, AgentFailure> {
+        let checkpoint_env = files.checkpoint.as_ref().map(|(file, attempt)| {
+            [("AGENTLOG_CHECKPOINT_FILE".to_string(), file.path.display().to_string()), ("AGENTLOG_CHECKPOINT_ATTEMPT".to_string(), attempt.to_string())]
         });
+        let signal_env = files.signal.as_ref().map(|file| ("AGENTLOG_SIGNAL_FILE".to_string(), file.path.display().to_string()));
+        let callback_env = ctx.callback_url.as_ref().map(|url| ("AGENTLOG_CALLBACK_URL".to_string(), url.clone()));
         Command::new(&self.program)
             .args(&self.args)
             .env_clear()
@@ -228,6 +232,8 @@ impl ExecAgent {
             .env("AGENTLOG_IDEMPOTENCY_KEY", &ctx.idempotency_key)
             .envs(self.frames.then_some(("AGENTLOG_PROTOCOL", "1")))
             .envs(checkpoint_env.into_iter().flatten())
+            .envs(signal_env)
+            .envs(callback_env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -287,25 +293,45 @@ impl ExecAgent {
     }
 }
 
-/// The task's checkpoint, handed to a program in a file of its own (an environment variable
-/// would limit it to 128 KiB); removed when the attempt ends.
-struct CheckpointFile {
-    path: std::path::PathBuf,
-    attempt: i32,
+/// What a framed program reads from files: the task's checkpoint, the signal that resumed it.
+#[derive(Default)]
+struct AttemptFiles {
+    checkpoint: Option<(AttemptFile, i32)>,
+    signal: Option<AttemptFile>,
 }
 
-impl CheckpointFile {
-    async fn write(task_id: &str, saved: &crate::agent::checkpoints::Checkpoint) -> Result<CheckpointFile, AgentFailure> {
-        // The name is not the task id (any bytes): a random one in the temporary directory.
-        let path = std::env::temp_dir().join(format!("agentlog-checkpoint-{:016x}.json", rand::random::<u64>()));
-        tokio::fs::write(&path, saved.state.as_bytes()).await.map_err(|e| {
-            AgentFailure::transient(format!("writing task {}'s checkpoint to {}: {e}", super::head_text(task_id.as_bytes(), 200), path.display()))
-        })?;
-        Ok(CheckpointFile { path, attempt: saved.attempt })
+impl AttemptFiles {
+    async fn write(ctx: &TaskContext) -> Result<AttemptFiles, AgentFailure> {
+        let mut files = AttemptFiles::default();
+        if let Some(saved) = &ctx.checkpoint {
+            files.checkpoint = Some((AttemptFile::write(&ctx.task_id, "checkpoint", saved.state.as_bytes()).await?, saved.attempt));
+        }
+        if let Some(signal) = &ctx.signal {
+            let json = serde_json::to_vec(&super::http::SignalBody::of(signal)).map_err(|e| AgentFailure::transient(format!("encoding the signal: {e}")))?;
+            files.signal = Some(AttemptFile::write(&ctx.task_id, "signal", &json).await?);
+        }
+        Ok(files)
     }
 }
 
-impl Drop for CheckpointFile {
+/// JSON handed to a program in a file of its own (an environment variable would limit it to
+/// 128 KiB); removed when the attempt ends.
+struct AttemptFile {
+    path: std::path::PathBuf,
+}
+
+impl AttemptFile {
+    async fn write(task_id: &str, what: &str, contents: &[u8]) -> Result<AttemptFile, AgentFailure> {
+        // The name is not the task id (any bytes): a random one in the temporary directory.
+        let path = std::env::temp_dir().join(format!("agentlog-{what}-{:016x}.json", rand::random::<u64>()));
+        tokio::fs::write(&path, contents)
+            .await
+            .map_err(|e| AgentFailure::transient(format!("writing task {}'s {what} to {}: {e}", super::head_text(task_id.as_bytes(), 200), path.display())))?;
+        Ok(AttemptFile { path })
+    }
+}
+
+impl Drop for AttemptFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
@@ -331,11 +357,8 @@ impl Agent for ExecAgent {
         if ctx.cancel.is_cancelled() {
             return Err(AgentFailure::cancelled());
         }
-        let checkpoint = match (&ctx.checkpoint, self.frames) {
-            (Some(saved), true) => Some(CheckpointFile::write(&ctx.task_id, saved).await?),
-            _ => None,
-        };
-        let mut child = self.spawn(&ctx, checkpoint.as_ref())?;
+        let files = if self.frames { AttemptFiles::write(&ctx).await? } else { AttemptFiles::default() };
+        let mut child = self.spawn(&ctx, &files)?;
         let mut group = ProcessGroup::of(&child);
 
         // Stdin and stderr are served by their own tasks so that a program writing much

@@ -1,6 +1,6 @@
 //! The framed answer of the agent protocol v1 (`docs/agent-protocol.md`): one JSON object per
 //! line (NDJSON) — `progress`, `chunk` and `checkpoint` frames while the agent works, then
-//! exactly one `result` or `error`. The `http` runtime reads them from a response whose content type is
+//! exactly one `result`, `error` or `suspend`. The `http` runtime reads them from a response whose content type is
 //! [`CONTENT_TYPE`], the `exec` runtime from the stdout of a program declared with
 //! `frames = true`. Each frame is handled as its line completes, so a chunk reaches
 //! `task.stream` while the agent generates the next one.
@@ -14,7 +14,7 @@ use base64::Engine;
 use bytes::{Buf, Bytes, BytesMut};
 use serde::Deserialize;
 
-use super::{AgentFailure, MAX_OUTPUT_BYTES, TaskOutput, head_text, kind};
+use super::{AgentFailure, MAX_OUTPUT_BYTES, MAX_SIGNAL_WAIT, TaskOutput, head_text, kind, valid_name};
 use crate::agent::stream::{AttemptStream, Chunk};
 
 /// The content type of a framed `http` answer.
@@ -68,6 +68,10 @@ enum Wire {
         #[serde(default)]
         retry_after_ms: Option<u64>,
     },
+    Suspend {
+        signal: String,
+        timeout_ms: u64,
+    },
 }
 
 /// A frame, checked.
@@ -80,7 +84,8 @@ pub enum Frame {
     Chunk(Chunk),
     /// JSON text.
     Checkpoint(String),
-    /// The attempt's outcome: a result or the agent's own typed error.
+    /// The attempt's outcome: a result, the agent's own typed error, or a suspension
+    /// ([`AgentFailure::suspend`]).
     End(Result<TaskOutput, AgentFailure>),
 }
 
@@ -135,18 +140,27 @@ pub fn parse(line: &[u8], number: usize) -> Result<Frame, AgentFailure> {
             Frame::End(Ok(TaskOutput { output: Bytes::from(bytes), content_type }))
         }
         Wire::Error { kind, message, retryable, retry_after_ms } => {
-            let valid = (1..=64).contains(&kind.len()) && kind.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
-            if !valid {
+            if !valid_name(&kind) {
                 return Err(bad("an error's kind is 1 to 64 of a-z, 0-9, `_`, `.`, `-`"));
             }
             Frame::End(Err(AgentFailure::new(kind, message, retryable).retry_after(retry_after_ms.map(Duration::from_millis))))
+        }
+        Wire::Suspend { signal, timeout_ms } => {
+            if !valid_name(&signal) {
+                return Err(bad("a signal's name is 1 to 64 of a-z, 0-9, `_`, `.`, `-`"));
+            }
+            let timeout = Duration::from_millis(timeout_ms);
+            if timeout.is_zero() || timeout > MAX_SIGNAL_WAIT {
+                return Err(bad(&format!("timeout_ms must be from 1 to {} (6 days)", MAX_SIGNAL_WAIT.as_millis())));
+            }
+            Frame::End(Err(AgentFailure::suspend(signal, timeout)))
         }
     })
 }
 
 /// The failure of an answer that ended after `lines` lines without its last frame.
 pub fn no_end(lines: usize) -> AgentFailure {
-    AgentFailure::new(kind::PROTOCOL, format!("the answer ended after {lines} lines without a `result` or `error` frame"), false)
+    AgentFailure::new(kind::PROTOCOL, format!("the answer ended after {lines} lines without a `result`, `error` or `suspend` frame"), false)
 }
 
 /// Reads a framed answer as its bytes arrive.
@@ -241,6 +255,7 @@ impl FrameReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::runtime::Suspension;
 
     fn end(line: &str) -> Result<TaskOutput, AgentFailure> {
         match parse(line.as_bytes(), 1) {
@@ -285,7 +300,11 @@ mod tests {
     fn bad_frames_fail_with_protocol_naming_the_frame() {
         for (line, says) in [
             (r#"not json"#, "frame 7 (not json)"),
-            (r#"{"type":"suspend","signal":"approval"}"#, "unknown variant `suspend`"),
+            (r#"{"type":"suspend","signal":"approval"}"#, "missing field `timeout_ms`"),
+            (r#"{"type":"suspend","signal":"Approval!","timeout_ms":1000}"#, "a signal's name"),
+            (r#"{"type":"suspend","signal":"approval","timeout_ms":0}"#, "timeout_ms must be from 1"),
+            (r#"{"type":"suspend","signal":"approval","timeout_ms":518400001}"#, "timeout_ms must be from 1"),
+            (r#"{"type":"delegate","agent_type":"x"}"#, "unknown variant `delegate`"),
             (r#"{"type":"checkpoint"}"#, "missing field `state`"),
             (r#"{"type":"chunk"}"#, "exactly one of `text` and `json`"),
             (r#"{"type":"chunk","text":"a","json":1}"#, "exactly one"),
@@ -301,6 +320,13 @@ mod tests {
             assert!(!failure.retryable);
             assert!(failure.message.contains(says), "{line}: {}", failure.message);
         }
+    }
+
+    #[test]
+    fn a_suspend_frame_ends_the_attempt_waiting_for_its_signal() {
+        let failure = end(r#"{"type":"suspend","signal":"approval.v2","timeout_ms":518400000}"#).expect_err("a suspension");
+        assert_eq!(failure.suspend, Some(Suspension { signal: "approval.v2".into(), timeout: MAX_SIGNAL_WAIT }));
+        assert_eq!(failure.kind, kind::SUSPENDED);
     }
 
     #[test]

@@ -191,6 +191,37 @@ pub struct RequestBody<'a> {
     pub checkpoint: Option<serde_json::Value>,
     /// The attempt that saved `checkpoint`.
     pub checkpoint_attempt: Option<i32>,
+    /// What resumed the task after its previous attempt suspended; `null` otherwise.
+    pub signal: Option<SignalBody>,
+    /// Where a delegating attempt submits and awaits sub-tasks; `null` unless its agent type
+    /// declares `delegates = true`.
+    pub callback_url: Option<&'a str>,
+}
+
+/// The signal (or timeout marker) a resumed attempt receives.
+#[derive(Debug, Serialize)]
+pub struct SignalBody {
+    pub name: String,
+    pub id: Option<String>,
+    /// The signal's JSON payload; `null` without one (or for a timeout).
+    pub payload: serde_json::Value,
+    pub timed_out: bool,
+}
+
+impl SignalBody {
+    pub fn of(signal: &crate::events::SignalDelivery) -> Self {
+        SignalBody {
+            name: signal.name.clone(),
+            id: signal.signal_id.clone(),
+            // The API checked it is JSON; another producer's may not be (then it is a string).
+            payload: signal
+                .payload
+                .as_deref()
+                .map(|p| serde_json::from_str(p).unwrap_or_else(|_| serde_json::Value::String(p.to_string())))
+                .unwrap_or(serde_json::Value::Null),
+            timed_out: signal.timed_out,
+        }
+    }
 }
 
 impl<'a> RequestBody<'a> {
@@ -210,6 +241,8 @@ impl<'a> RequestBody<'a> {
             // (then it travels as a JSON string).
             checkpoint: ctx.checkpoint.as_ref().map(|c| serde_json::from_str(&c.state).unwrap_or_else(|_| serde_json::Value::String(c.state.clone()))),
             checkpoint_attempt: ctx.checkpoint.as_ref().map(|c| c.attempt),
+            signal: ctx.signal.as_ref().map(SignalBody::of),
+            callback_url: ctx.callback_url.as_deref(),
         }
     }
 }

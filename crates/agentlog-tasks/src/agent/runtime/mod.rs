@@ -50,6 +50,30 @@ pub mod kind {
     /// A record about the task (its outcome, retry timer or dead letter) could not be made to
     /// fit the log's record limit, or the log refused it for what it is; not retried.
     pub const RECORD_TOO_LARGE: &str = "record_too_large";
+    /// The attempt ended waiting for a signal ([`super::Suspension`]): not a failure, the
+    /// task waits; the kind only names it where a failure is logged.
+    pub const SUSPENDED: &str = "suspended";
+    /// A suspended task's signal did not come in time and its agent type says
+    /// `on_signal_timeout = "fail"`; not retried.
+    pub const SIGNAL_TIMEOUT: &str = "signal_timeout";
+}
+
+/// The longest a suspended task may wait for its signal: less than the `timers` topic keeps
+/// its records (7 days), so the waiting command is still there when the wait ends.
+pub const MAX_SIGNAL_WAIT: Duration = Duration::from_secs(6 * 24 * 3600);
+
+/// An attempt's request to end and wait for a named signal (agent protocol `suspend`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suspension {
+    /// `[a-z0-9_.-]{1,64}`.
+    pub signal: String,
+    /// At most [`MAX_SIGNAL_WAIT`].
+    pub timeout: Duration,
+}
+
+/// Whether `name` may name a signal (or an error kind): 1 to 64 of a-z, 0-9, `_`, `.`, `-`.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
 }
 
 /// The longest wait an agent's retry-after is honoured for: an agent answering "retry in a
@@ -82,6 +106,11 @@ pub struct TaskContext {
     /// Writes progress and output chunks to `task.stream`, checkpoints to `task.checkpoints`
     /// (absent when an agent runs outside a worker).
     pub stream: Option<crate::agent::stream::AttemptStream>,
+    /// What resumed the task when the previous attempt suspended: a signal, or its timeout.
+    pub signal: Option<crate::events::SignalDelivery>,
+    /// For a delegating agent type run by `http` or `exec`: the URL of this attempt's
+    /// callback, where it submits and awaits sub-tasks (`docs/agent-protocol.md` §6).
+    pub callback_url: Option<String>,
 }
 
 /// A completed attempt's result.
@@ -104,11 +133,20 @@ pub struct AgentFailure {
     /// `error` frame's `retry_after_ms`): a retry waits at least this, at most
     /// [`MAX_RETRY_AFTER`].
     pub retry_after: Option<Duration>,
+    /// Not a failure but the end of the attempt to wait for a signal ([`AgentFailure::suspend`]).
+    pub suspend: Option<Suspension>,
 }
 
 impl AgentFailure {
     pub fn new(kind: impl Into<String>, message: impl Into<String>, retryable: bool) -> Self {
-        Self { kind: kind.into(), message: message.into(), retryable, retry_after: None }
+        Self { kind: kind.into(), message: message.into(), retryable, retry_after: None, suspend: None }
+    }
+
+    /// The attempt ends and the task waits for `signal`, at most `timeout`.
+    pub fn suspend(signal: impl Into<String>, timeout: Duration) -> Self {
+        let signal = signal.into();
+        let message = format!("waiting for signal `{signal}` for at most {timeout:?}");
+        Self { suspend: Some(Suspension { signal, timeout }), ..Self::new(kind::SUSPENDED, message, false) }
     }
 
     /// The same failure, asking the retry to wait at least `after`.

@@ -57,6 +57,8 @@ pub enum WorkerError {
     Presence(#[from] PresenceError),
     #[error("an attempt task panicked or was aborted: {0}")]
     Attempt(String),
+    #[error("serving attempt callbacks on {listen}: {source}")]
+    Callback { listen: String, source: std::io::Error },
 }
 
 /// What a worker needs to know about itself.
@@ -77,6 +79,8 @@ pub struct WorkerSettings {
     /// With exactly-once: how long a transaction may take before the worker abandons it and
     /// leaves the group ([`TRANSACTION_DEADLINE`] unless a test needs it shorter).
     pub transaction_deadline: Duration,
+    /// Where a delegating `http`/`exec` type serves its attempts' callbacks.
+    pub callback: super::callback::CallbackConfig,
 }
 
 /// Tasks a worker buffers per lane beyond those running, for an agent type.
@@ -121,6 +125,8 @@ pub struct WorkerReport {
     pub expired: u64,
     /// Taken before their `not_before` and handed back to `timers`.
     pub deferred: u64,
+    /// Attempts that ended waiting for a signal.
+    pub suspended: u64,
     /// Records that could not be decoded, moved to `dlq` by the reader.
     pub undecodable: u64,
     /// Attempts still running when the drain timed out; their offsets were not committed.
@@ -137,6 +143,7 @@ impl WorkerReport {
             Ending::Cancelled => self.cancelled += 1,
             Ending::Expired => self.expired += 1,
             Ending::Deferred => self.deferred += 1,
+            Ending::Suspended => self.suspended += 1,
         }
     }
 }
@@ -227,12 +234,13 @@ struct Background {
     control: Option<tokio::task::JoinHandle<()>>,
     outcomes: Option<Arc<OutcomeWatch>>,
     checkpoints: Option<Arc<CheckpointIndex>>,
+    callbacks: Option<Arc<super::callback::Callbacks>>,
 }
 
 impl Default for Background {
     fn default() -> Self {
         let token = CancellationToken::new();
-        Background { _guard: token.clone().drop_guard(), token, control: None, outcomes: None, checkpoints: None }
+        Background { _guard: token.clone().drop_guard(), token, control: None, outcomes: None, checkpoints: None, callbacks: None }
     }
 }
 
@@ -244,6 +252,9 @@ impl Background {
         }
         if let Some(index) = self.checkpoints {
             index.stop().await;
+        }
+        if let Some(callbacks) = self.callbacks {
+            callbacks.stop().await;
         }
         if let Some(control) = self.control
             && let Err(error) = control.await
@@ -314,6 +325,16 @@ async fn start(
     } else {
         None
     };
+    // An agent outside the process delegates through a callback URL (a builtin gets the
+    // delegate itself).
+    let callbacks = if delegation.is_some() && !matches!(settings.agent.runtime, super::RuntimeConfig::Builtin { .. }) {
+        let listen = settings.callback.listen.clone();
+        let callbacks = super::callback::Callbacks::start(&settings.callback).await.map_err(|source| WorkerError::Callback { listen, source })?;
+        background.callbacks = Some(callbacks.clone());
+        Some(callbacks)
+    } else {
+        None
+    };
     // One transactional id for the worker's whole life: a new membership's first transaction
     // fences and aborts whatever the previous one left open.
     let transactions = if settings.agent.exactly_once { Some(log.transactional_producer(&format!("agentlog-worker-{}", settings.worker_id))?) } else { None };
@@ -330,6 +351,8 @@ async fn start(
         max_record_bytes: log.max_record_bytes(),
         delegation,
         checkpoints: Some(checkpoints),
+        on_signal_timeout: settings.agent.on_signal_timeout,
+        callbacks,
     });
     Ok(Some(Started { presence, env, load, transactions }))
 }
