@@ -580,6 +580,36 @@ async fn builtin_tokens_answers_the_words_it_streamed() {
 }
 
 #[tokio::test]
+async fn builtin_approval_drafts_waits_for_its_signal_and_answers_what_it_got() {
+    bounded(async {
+        let failure = builtin("approval").run(ctx(r#"{"text": "ship it", "timeout_ms": 5000}"#, "application/json")).await.expect_err("it waits");
+        assert_eq!(failure.suspend, Some(agentlog::agent::runtime::Suspension { signal: "approval".into(), timeout: Duration::from_secs(5) }));
+
+        let checkpoint = agentlog::agent::checkpoints::Checkpoint { attempt: 1, state: r#"{"draft": "Draft: ship it"}"#.into() };
+        let signal = |payload: Option<&str>, timed_out: bool| agentlog::events::SignalDelivery {
+            name: "approval".into(),
+            signal_id: (!timed_out).then(|| "s-1".into()),
+            payload: payload.map(str::to_string),
+            timed_out,
+        };
+        let resumed = TaskContext {
+            checkpoint: Some(checkpoint.clone()),
+            signal: Some(signal(Some(r#"{"approved": true, "by": "ana"}"#), false)),
+            ..ctx(r#"{"text": "ship it"}"#, "application/json")
+        };
+        let out = builtin("approval").run(resumed).await.expect("approved");
+        let answer: serde_json::Value = serde_json::from_slice(&out.output).expect("JSON");
+        assert_eq!(answer, serde_json::json!({"draft": "Draft: ship it", "approved": true, "by": "ana"}));
+
+        let late = TaskContext { checkpoint: Some(checkpoint), signal: Some(signal(None, true)), ..ctx(r#"{"text": "ship it"}"#, "application/json") };
+        let out = builtin("approval").run(late).await.expect("timed out");
+        let answer: serde_json::Value = serde_json::from_slice(&out.output).expect("JSON");
+        assert_eq!(answer, serde_json::json!({"draft": "Draft: ship it", "approved": false, "timed_out": true}));
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn builtin_echo_returns_its_input() {
     bounded(async {
         let out = builtin("echo").run(ctx(r#"{"a": [1, 2]}"#, "application/json")).await.expect("echo");
@@ -621,7 +651,7 @@ fn unknown_builtin_lists_the_known_ones() {
     match &err {
         RuntimeError::UnknownBuiltin { name, known } => {
             assert_eq!(name, "summarize");
-            assert_eq!(known, &["echo", "sleep", "textstats", "coordinator", "tokens"]);
+            assert_eq!(known, &["echo", "sleep", "textstats", "coordinator", "tokens", "approval"]);
         }
         other => panic!("unexpected error {other}"),
     }

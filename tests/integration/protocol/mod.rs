@@ -2,7 +2,8 @@
 //! answering NDJSON frames through a real worker, the projection and the HTTP API on a real
 //! port; the task's SSE stream read live, dropped and resumed on another API replica (its own
 //! projection) with nothing missed or repeated; typed errors, retry-after and broken frames;
-//! checkpoints; suspending for a signal, resumed by it after a worker restart or by a timeout.
+//! checkpoints; suspending for a signal, resumed by it after a worker restart or by a timeout;
+//! delegation through an attempt's callback.
 
 use crate::harness::{Harness, kafka_bootstrap};
 
@@ -14,5 +15,6 @@ every_backend_suite!(
     a_checkpoint_reaches_the_retry_and_the_rerun_after_a_worker_crash,
     a_suspended_task_waits_for_its_signal_across_a_worker_restart,
     a_wait_that_times_out_fails_or_resumes_as_the_type_declares,
+    an_http_agent_delegates_through_its_attempts_callback,
     ; durable:
 );

@@ -67,6 +67,10 @@ async fn protocol_agent() -> (String, Calls, JoinHandle<()>) {
                         0,
                         json!({"type": "result", "output": {"signal": body["signal"], "checkpoint": body["checkpoint"], "attempt": attempt}}).to_string(),
                     )],
+                    "delegate" => {
+                        let answer = delegate_through(&body).await;
+                        vec![(0, json!({"type": "result", "output": answer}).to_string())]
+                    }
                     "steps" => match step {
                         None => vec![
                             (0, json!({"type": "checkpoint", "state": {"step": 1}}).to_string()),
@@ -94,6 +98,31 @@ async fn protocol_agent() -> (String, Calls, JoinHandle<()>) {
 }
 
 use futures::StreamExt;
+
+/// What a delegating agent in another language does (agent protocol §6): submits child 0 of
+/// type `child_type` through the attempt's callback, asks for its outcome until it has one,
+/// and answers it with the callback URL (for the test to try once the attempt ended), plus
+/// what a bad child request answered.
+async fn delegate_through(body: &Value) -> Value {
+    let http = reqwest::Client::new();
+    let Some(callback) = body["callback_url"].as_str() else { return json!({"error": "no callback_url"}) };
+    let child = json!({"n": 0, "agent_type": body["input"]["child_type"], "input": {"mode": "plain"}, "labels": {"from": "boss"}});
+    let submitted = http.post(format!("{callback}/children")).json(&child).send().await.expect("submit child");
+    let status = submitted.status().as_u16();
+    let submitted: Value = submitted.json().await.expect("child JSON");
+    let bad = http.post(format!("{callback}/children")).json(&json!({"n": 1, "agent_type": "Not A Type!", "input": 1})).send().await.expect("bad child");
+    let bad = (bad.status().as_u16(), bad.json::<Value>().await.expect("bad child JSON"));
+    let deadline = Instant::now() + WITHIN;
+    let outcome = loop {
+        let answer = http.get(format!("{callback}/children/0/outcome?wait_ms=2000")).send().await.expect("child outcome");
+        let code = answer.status().as_u16();
+        let outcome: Value = answer.json().await.expect("outcome JSON");
+        if code == 200 || Instant::now() > deadline {
+            break outcome;
+        }
+    };
+    json!({"submitted": [status, submitted], "bad": [bad.0, bad.1], "outcome": outcome, "callback_url": callback})
+}
 
 /// One API replica: its own projection (store, projector) and server over the shared log.
 struct Replica {
@@ -467,5 +496,30 @@ pub async fn a_wait_that_times_out_fails_or_resumes_as_the_type_declares(h: &mut
     assert_eq!(resumed["status"], "completed", "{resumed}");
     assert_eq!(resumed["output"]["signal"], json!({"name": "approval", "id": null, "payload": null, "timed_out": true}), "{resumed}");
     assert_eq!(resumed["output"]["checkpoint"], json!({"draft": "d1"}), "{resumed}");
+    s.stop().await;
+}
+
+pub async fn an_http_agent_delegates_through_its_attempts_callback(h: &mut Harness) {
+    let s = Setup::start(h, 1, "delegates = true").await;
+    let body = json!({"agent_type": s.agent_type, "task_id": "boss-1", "input": {"mode": "delegate", "child_type": s.agent_type}});
+    let answer = s.http.post(format!("{}/v1/tasks", s.replicas[0].base)).json(&body).send().await.expect("submit");
+    assert_eq!(answer.status().as_u16(), 202);
+    let done = s.outcome("boss-1").await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let output = &done["output"];
+    assert_eq!(output["submitted"], json!([202, {"task_id": "boss-1.0"}]), "{done}");
+    assert_eq!(output["outcome"]["status"], "completed", "{done}");
+    assert_eq!(output["outcome"]["output"], json!({"plain": true}), "{done}");
+    assert_eq!(output["bad"][0], 400, "a bad child is refused naming the field: {done}");
+    assert_eq!(output["bad"][1]["error"]["field"], "agent_type", "{done}");
+
+    // The child is the parent's, on the log and in the API.
+    let child = s.task_when("boss-1.0", |t| t["status"] == "completed").await;
+    assert_eq!(child["parent_task_id"], "boss-1", "{child}");
+    assert_eq!(child["labels"]["from"], "boss", "{child}");
+    // The callback died with its attempt.
+    let callback = output["callback_url"].as_str().expect("callback url");
+    let gone = s.http.get(format!("{callback}/children/0/outcome")).send().await.expect("late callback");
+    assert_eq!(gone.status().as_u16(), 404, "a callback of an attempt that ended");
     s.stop().await;
 }

@@ -12,6 +12,12 @@
 //! - `tokens`: input `{"text": "…", "delay_ms": N}`; streams the text word by word as output
 //!   chunks (`GET /v1/tasks/{id}/stream`), N ms apart (default 50, at most 10,000), as an LLM
 //!   streams tokens, then answers `{"text": …, "words": W}`. Cancellable between words.
+//! - `approval`: input `{"text": "…", "timeout_ms": N}`; drafts `"Draft: <text>"`, saves it as
+//!   its checkpoint and waits for the signal `approval` (at most N ms, default one hour):
+//!   `POST /v1/tasks/{id}/signals/approval` with `{"payload": {"approved": true, "by": "…"}}`.
+//!   Resumed, it answers `{"draft": …, "approved": …, "by": …}`; when the wait timed out (its
+//!   type declaring `on_signal_timeout = "resume"`), `{"draft": …, "approved": false,
+//!   "timed_out": true}`. The human-in-the-loop demo of `make dev`.
 //!
 //! Input a builtin cannot read fails with kind `rejected`, not retryable.
 
@@ -23,7 +29,7 @@ use serde::Deserialize;
 use super::{Agent, AgentFailure, RuntimeError, TaskContext, TaskOutput};
 
 /// Names of the builtin agents, for error messages and `GET /v1/agent-types`.
-pub const KNOWN: [&str; 5] = ["echo", "sleep", "textstats", "coordinator", "tokens"];
+pub const KNOWN: [&str; 6] = ["echo", "sleep", "textstats", "coordinator", "tokens", "approval"];
 
 /// One of the builtin agents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +39,7 @@ pub enum Builtin {
     TextStats,
     Coordinator,
     Tokens,
+    Approval,
 }
 
 impl Builtin {
@@ -43,6 +50,7 @@ impl Builtin {
             "textstats" => Ok(Self::TextStats),
             "coordinator" => Ok(Self::Coordinator),
             "tokens" => Ok(Self::Tokens),
+            "approval" => Ok(Self::Approval),
             _ => Err(RuntimeError::UnknownBuiltin { name: name.to_string(), known: KNOWN.iter().map(|k| k.to_string()).collect() }),
         }
     }
@@ -54,6 +62,7 @@ impl Builtin {
             Self::TextStats => "textstats",
             Self::Coordinator => "coordinator",
             Self::Tokens => "tokens",
+            Self::Approval => "approval",
         }
     }
 }
@@ -109,6 +118,38 @@ impl Agent for Builtin {
             }
             Self::Coordinator => coordinate(ctx).await,
             Self::Tokens => tokens(ctx).await,
+            Self::Approval => approval(ctx).await,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ApprovalInput {
+    text: String,
+    timeout_ms: Option<u64>,
+}
+
+/// Drafts, then waits for a person's approval; see the module doc.
+async fn approval(ctx: TaskContext) -> Result<TaskOutput, AgentFailure> {
+    let ApprovalInput { text, timeout_ms } = parse("approval", &ctx.input, r#"{"text": "...", "timeout_ms": N}"#)?;
+    // The draft of an earlier attempt, if there was one: the step before the wait is done.
+    let saved = ctx.checkpoint.as_ref().and_then(|c| serde_json::from_str::<serde_json::Value>(&c.state).ok());
+    let draft = match saved.as_ref().and_then(|s| s["draft"].as_str()) {
+        Some(draft) => draft.to_string(),
+        None => format!("Draft: {text}"),
+    };
+    match &ctx.signal {
+        Some(signal) if signal.name == "approval" && signal.timed_out => Ok(json(serde_json::json!({ "draft": draft, "approved": false, "timed_out": true }))),
+        Some(signal) if signal.name == "approval" => {
+            let payload: serde_json::Value = signal.payload.as_deref().and_then(|p| serde_json::from_str(p).ok()).unwrap_or_default();
+            Ok(json(serde_json::json!({ "draft": draft, "approved": payload["approved"].as_bool().unwrap_or(false), "by": payload["by"] })))
+        }
+        _ => {
+            if let Some(stream) = &ctx.stream {
+                stream.checkpoint(serde_json::json!({ "draft": draft }).to_string()).await;
+            }
+            let timeout = Duration::from_millis(timeout_ms.unwrap_or(3_600_000).clamp(1, super::MAX_SIGNAL_WAIT.as_millis() as u64));
+            Err(AgentFailure::suspend("approval", timeout))
         }
     }
 }

@@ -256,7 +256,7 @@ mod tests {
             .expect("empty program refused");
         assert!(matches!(err, RuntimeError::InvalidProgram(_)), "{err}");
         let err = build(&RuntimeConfig::Builtin { name: "nope".into() }, t).err().expect("unknown builtin refused");
-        assert_eq!(err.to_string(), "unknown builtin agent `nope` (known: echo, sleep, textstats, coordinator, tokens)");
+        assert_eq!(err.to_string(), "unknown builtin agent `nope` (known: echo, sleep, textstats, coordinator, tokens, approval)");
     }
 
     #[test]
