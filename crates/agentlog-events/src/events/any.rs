@@ -10,6 +10,10 @@ use super::*;
 use crate::backoff::Backoff;
 
 /// Any agentlog event.
+// A command is the largest event and the most common one decoded: boxing it would cost an
+// allocation per decoded task, while `AnyEvent`s are held one at a time or in a projector's
+// decoded batch (a few thousand at most: a few hundred KB more, not per task).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum AnyEvent {
     TaskSubmitted(TaskSubmitted),
