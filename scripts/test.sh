@@ -64,6 +64,9 @@ AGENTLOG_BIN="$bin" "$venv/bin/python" -m pytest -q -p no:warnings tests/interop
 AGENTLOG_BIN="$bin" scripts/sdk-python-test.sh || status=1
 # The TypeScript SDK (sdk/typescript), the same on Node.
 AGENTLOG_BIN="$bin" scripts/sdk-typescript-test.sh || status=1
+# Both SDKs together (sdk/interop): a Python agent delegates to a TypeScript agent that
+# delegates to a Python agent, and the result comes back up through agentlog.
+AGENTLOG_BIN="$bin" scripts/sdk-interop-test.sh || status=1
 
 # The HTTP API fuzzed from its own OpenAPI document: any 5xx fails.
 AGENTLOG_BIN="$bin" scripts/schemathesis.sh || status=1

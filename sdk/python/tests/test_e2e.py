@@ -1,17 +1,17 @@
-"""End to end against a real agentlog: `agentlog dev` on the embedded log in a temporary
-directory, with an `AgentApp` served by uvicorn as its `http` agent types.
+"""End to end against a real agentlog: `agentlog dev` with an `AgentApp` served by uvicorn as
+its `http` agent types, on each backend: the embedded log in a temporary directory, and
+Kafka (topics of a prefix unique to the run) when AGENTLOG_TEST_KAFKA names a broker. Every
+test runs once per backend (`test_x[embedded]`, `test_x[kafka]`), one agentlog per backend.
 
 Needs AGENTLOG_BIN (the agentlog binary). Without it these tests skip, except under CI=true,
-where a skip would hide that nothing was tested: there they fail.
+where a skip would hide that nothing was tested: there they fail. Likewise the Kafka variant
+without AGENTLOG_TEST_KAFKA: skipped, and under CI=true failed (tests/agentlog_dev.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import pathlib
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -19,11 +19,29 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 
-from agentlog_sdk import AgentApp, AgentError, AsyncClient, BadRequest, Chunk, Client, Conflict, Context, Lagged, NotFound, Outcome, Progress, task_spec
-from servers import Served, free_port
+from agentlog_sdk import (
+    AgentApp,
+    AgentError,
+    AsyncClient,
+    BadRequest,
+    Chunk,
+    Client,
+    Conflict,
+    Context,
+    DelegationFailed,
+    Lagged,
+    NotFound,
+    NotWaiting,
+    Outcome,
+    Progress,
+    Signal,
+    UnexpectedSignal,
+    task_spec,
+)
+from agentlog_dev import BACKENDS, Agentlog, agentlog_dev
+from servers import Served
 
 BIN = os.environ.get("AGENTLOG_BIN", "")
 if not BIN:
@@ -31,8 +49,7 @@ if not BIN:
         raise RuntimeError("CI=true but AGENTLOG_BIN does not name the agentlog binary: the SDK's end-to-end tests cannot run")
     pytest.skip("AGENTLOG_BIN is not set (the agentlog binary the end-to-end tests run)", allow_module_level=True)
 
-#: How long agentlog may take to be ready, and the most any one test waits for a task.
-READY_S = 60.0
+#: The most any one test waits for a task.
 TASK_S = 30.0
 TOKENS = 20
 
@@ -87,41 +104,64 @@ async def resumable(ctx: Context) -> Any:
     return {"resumed_from": step}
 
 
-def config(root: pathlib.Path, api_port: int, registry_port: int, agent_url: str) -> str:
-    return f"""
-[log]
-backend = "embedded"
+#: What each attempt of an `approval` task received: (attempt, signal, last_checkpoint).
+approvals: dict[str, list[tuple[int, Any, Any]]] = {}
 
-[log.embedded]
-data_dir = "{root / 'log'}"
 
-[supervisor]
-state_dir = "{root / 'supervisor'}"
-heartbeat_interval_ms = 200
+@app.agent("approval")
+async def approval(ctx: Context) -> Any:
+    """Drafts and checkpoints the draft, then waits for the signal "approval" (60 s unless the
+    input says otherwise); resumed by it, returns the decision with the checkpointed draft
+    (resumed by the wait's timeout, `approval_resume`, not approved)."""
+    with lock:
+        approvals.setdefault(ctx.task_id, []).append((ctx.attempt, ctx.signal, ctx.last_checkpoint))
+    if ctx.last_checkpoint is None:
+        await ctx.progress(50, "drafted")
+        await ctx.checkpoint({"step": "drafted", "draft": f"draft of {ctx.input['doc']}"})
+    decision = await ctx.wait_for_signal("approval", float(ctx.input.get("timeout_s", 60)))
+    if decision.timed_out:  # only with on_signal_timeout = "resume"
+        return {"approved": False, "timed_out": True, "draft": ctx.last_checkpoint["draft"]}
+    return {"approved": decision.payload["approved"], "draft": ctx.last_checkpoint["draft"]}
 
-[projection]
-dir = "{root / 'projection'}"
 
-[api]
-listen = "127.0.0.1:{api_port}"
-max_wait_ms = 10000
+#: The children `doubler` ran: task id -> (labels, input).
+doubled: dict[str, tuple[dict[str, str], Any]] = {}
 
-[registry]
-listen = "127.0.0.1:{registry_port}"
-url = "http://127.0.0.1:{registry_port}"
 
+@app.agent("doubler")
+async def doubler(ctx: Context) -> Any:
+    with lock:
+        doubled[ctx.task_id] = (ctx.labels, ctx.input)
+    return {"n": ctx.input["n"] * 2}
+
+
+@app.agent("delegator")
+async def delegator(ctx: Context) -> Any:
+    """Delegates to `doubler` and returns its output; with `{"fail": true}` delegates to
+    `rejecting` instead and returns the failure it raised."""
+    if ctx.input.get("fail"):
+        try:
+            await ctx.delegate("rejecting", {})
+        except DelegationFailed as e:
+            return {"task_id": e.task_id, "status": e.status, "error_kind": e.error_kind, "message": e.message}
+        return {"unexpected": "the child completed"}
+    child = await ctx.delegate("doubler", {"n": ctx.input["n"]}, labels={"via": "delegator"})
+    return {"child": child, "callback": ctx.callback_url is not None}
+
+
+AGENTS = """
 [agents.echo]
-runtime = {{ kind = "builtin", name = "echo" }}
+runtime = { kind = "builtin", name = "echo" }
 
 [agents.sleep]
-runtime = {{ kind = "builtin", name = "sleep" }}
+runtime = { kind = "builtin", name = "sleep" }
 
 [agents.llm]
-runtime = {{ kind = "http", url = "{agent_url}/llm" }}
+runtime = { kind = "http", url = "{agent}/llm" }
 timeout_ms = 20000
 
 [agents.flaky]
-runtime = {{ kind = "http", url = "{agent_url}/flaky" }}
+runtime = { kind = "http", url = "{agent}/flaky" }
 [agents.flaky.retry]
 max_attempts = 3
 initial_backoff_ms = 10
@@ -129,26 +169,35 @@ max_backoff_ms = 50
 jitter = 0.0
 
 [agents.rejecting]
-runtime = {{ kind = "http", url = "{agent_url}/rejecting" }}
+runtime = { kind = "http", url = "{agent}/rejecting" }
 [agents.rejecting.retry]
 max_attempts = 3
 initial_backoff_ms = 10
 
 [agents.resumable]
-runtime = {{ kind = "http", url = "{agent_url}/resumable" }}
+runtime = { kind = "http", url = "{agent}/resumable" }
 [agents.resumable.retry]
 max_attempts = 3
 initial_backoff_ms = 50
 max_backoff_ms = 100
+
+[agents.approval]
+runtime = { kind = "http", url = "{agent}/approval" }
+timeout_ms = 20000
+
+[agents.approval_resume]
+runtime = { kind = "http", url = "{agent}/approval" }
+timeout_ms = 20000
+on_signal_timeout = "resume"
+
+[agents.delegator]
+runtime = { kind = "http", url = "{agent}/delegator" }
+delegates = true
+timeout_ms = 20000
+
+[agents.doubler]
+runtime = { kind = "http", url = "{agent}/doubler" }
 """
-
-
-class Agentlog:
-    def __init__(self, url: str, process: subprocess.Popen[bytes], log: pathlib.Path) -> None:
-        self.url, self.process, self.log = url, process, log
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
 
 
 @pytest.fixture(scope="module")
@@ -160,42 +209,11 @@ def agent() -> Iterator[Served]:
         served.stop()
 
 
-@pytest.fixture(scope="module")
-def agentlog(agent: Served) -> Iterator[Agentlog]:
-    with tempfile.TemporaryDirectory(prefix="agentlog-sdk-e2e-") as tmp:
-        root = pathlib.Path(tmp)
-        api_port, registry_port = free_port(), free_port()
-        (root / "agentlog.toml").write_text(config(root, api_port, registry_port, agent.url))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTLOG__") and k != "AGENTLOG_CONFIG"}
-        log_path = root / "agentlog.out"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen([BIN, "--config", str(root / "agentlog.toml"), "dev"], cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        running = Agentlog(f"http://127.0.0.1:{api_port}", process, log_path)
-        try:
-            wait_ready(running)
-            yield running
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-
-
-def wait_ready(running: Agentlog) -> None:
-    deadline = time.monotonic() + READY_S
-    while True:
-        if running.process.poll() is not None:
-            raise RuntimeError(f"agentlog dev exited with {running.process.returncode}:\n{running.output()}")
-        try:
-            if httpx.get(f"{running.url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"agentlog dev was not ready within {READY_S} s:\n{running.output()}")
-        time.sleep(0.1)
+@pytest.fixture(scope="module", params=BACKENDS)
+def agentlog(request: pytest.FixtureRequest, agent: Served) -> Iterator[Agentlog]:
+    """One `agentlog dev` per backend, serving every test of this module on it."""
+    with agentlog_dev(BIN, request.param, AGENTS.replace("{agent}", agent.url), name="sdk-e2e") as running:
+        yield running
 
 
 @pytest.fixture
@@ -398,3 +416,112 @@ def test_a_retry_resumes_from_the_checkpoint_the_failed_attempt_saved(client: Cl
     assert outcome["output"] == {"resumed_from": 1}
     assert outcome["attempt"] == 2
     assert resumed[task_id] == [(1, None, None), (2, {"step": 1}, 1)]
+
+
+# Waiting for a signal (§5) and delegation (§6).
+
+
+def wait_until_waiting(client: Client, task_id: str, position: str | None) -> dict[str, Any]:
+    """The task once GET shows it waiting; a failure naming what it did instead (an
+    agentlog without suspend fails the attempt with kind `protocol`)."""
+    deadline = time.monotonic() + TASK_S
+    while True:
+        task = client.get(task_id, after=position)
+        if task["status"] == "waiting":
+            return task
+        if task.get("outcome") is not None or time.monotonic() > deadline:
+            pytest.fail(f"task {task_id} never showed status `waiting` (agent protocol §5 server side missing?): {task}")
+        time.sleep(0.1)
+
+
+def test_an_approval_waits_for_its_signal_and_resumes_from_its_checkpoint(client: Client) -> None:
+    task_id = new_id("approval")
+    submitted = client.submit("approval", {"doc": "d-1"}, task_id=task_id)
+    task = wait_until_waiting(client, task_id, submitted.position)
+    assert task["waiting_for"]["signal"] == "approval", task
+    waiting_for = task["waiting_for"]
+    assert waiting_for["attempt"] == 2, "the attempt the signal will start"
+    # When the wait times out (agent protocol §5: `timeout_at_ms`), 60 s from the suspend.
+    assert waiting_for["timeout_at_ms"] > time.time() * 1000, waiting_for
+    assert task["outcome"] is None
+
+    with pytest.raises(UnexpectedSignal) as wrong:
+        client.signal(task_id, "reject", {"approved": False})
+    assert wrong.value.waiting_for == "approval", wrong.value.message
+
+    signal_id = new_id("decision")
+    accepted = client.signal(task_id, "approval", {"approved": True}, signal_id=signal_id)
+    assert (accepted.task_id, accepted.signal, accepted.signal_id, accepted.duplicate) == (task_id, "approval", signal_id, False)
+    # A retry of the same signal: the API answers duplicate once its projection has the first
+    # (it may lag the log by a few milliseconds; until then the retry is accepted again, and
+    # the supervisor ignores it: the first signal resumed the task).
+    deadline = time.monotonic() + 5
+    while True:
+        again = client.signal(task_id, "approval", {"approved": True}, signal_id=signal_id)
+        assert again.signal_id == signal_id
+        if again.duplicate or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert again.duplicate, "a retried signal_id never answered duplicate"
+
+    outcome = client.wait(task_id, timeout=TASK_S)
+    assert outcome["status"] == "completed", outcome
+    assert outcome["output"] == {"approved": True, "draft": "draft of d-1"}
+    assert outcome["attempt"] == 2
+    drafted = {"step": "drafted", "draft": "draft of d-1"}
+    assert approvals[task_id] == [(1, None, None), (2, Signal("approval", signal_id, {"approved": True}, False), drafted)]
+
+    # Ended: a retried signal is still a duplicate; a new one finds the task not waiting.
+    assert client.signal(task_id, "approval", {"approved": True}, signal_id=signal_id).duplicate
+    with pytest.raises(NotWaiting) as late:
+        client.signal(task_id, "approval", {"approved": True})
+    assert late.value.task_status == "completed", late.value.message
+
+
+def test_a_signal_that_never_comes_fails_the_task_with_signal_timeout(client: Client) -> None:
+    task_id = new_id("approval")
+    client.submit("approval", {"doc": "d-2", "timeout_s": 0.5}, task_id=task_id)
+    outcome = client.wait(task_id, timeout=TASK_S)
+    assert outcome["status"] in ("failed", "dead_lettered"), outcome
+    assert outcome["error_kind"] == "signal_timeout"
+    assert [n for n, _, _ in approvals[task_id]] == [1], "on_signal_timeout = fail: no attempt after the wait"
+
+
+def test_with_on_signal_timeout_resume_the_handler_gets_a_timed_out_signal(client: Client) -> None:
+    task_id = new_id("approval-resume")
+    client.submit("approval_resume", {"doc": "d-3", "timeout_s": 0.5}, task_id=task_id)
+    outcome = client.wait(task_id, timeout=TASK_S)
+    assert outcome["status"] == "completed", outcome
+    assert outcome["output"] == {"approved": False, "timed_out": True, "draft": "draft of d-3"}
+    runs = approvals[task_id]
+    assert [n for n, _, _ in runs] == [1, 2]
+    assert runs[1][1] == Signal("approval", None, None, True)
+
+
+def test_a_signal_for_a_task_that_does_not_exist_is_not_found(client: Client) -> None:
+    with pytest.raises(NotFound):
+        client.signal(new_id("missing"), "approval")
+
+
+def test_a_delegating_agent_returns_its_childs_output(client: Client) -> None:
+    task_id = new_id("delegator")
+    client.submit("delegator", {"n": 21}, task_id=task_id)
+    outcome = client.wait(task_id, timeout=TASK_S)
+    assert outcome["status"] == "completed", outcome
+    assert outcome["output"] == {"child": {"n": 42}, "callback": True}
+    child_id = f"{task_id}.0"
+    labels, input = doubled[child_id]
+    assert input == {"n": 21} and labels.get("via") == "delegator"
+    assert client.wait(child_id, timeout=TASK_S)["status"] == "completed"
+    assert client.get(child_id)["parent_task_id"] == task_id
+
+
+def test_a_failed_child_raises_delegation_failed_in_the_parent(client: Client) -> None:
+    task_id = new_id("delegator")
+    client.submit("delegator", {"fail": True}, task_id=task_id)
+    outcome = client.wait(task_id, timeout=TASK_S)
+    assert outcome["status"] == "completed", outcome
+    failure = outcome["output"]
+    assert failure["task_id"] == f"{task_id}.0"
+    assert failure["status"] in ("failed", "dead_lettered") and failure["error_kind"] == "bad_input"
+    assert "no text given" in (failure["message"] or "")

@@ -2,13 +2,14 @@
  * A client of the agentlog HTTP API (`/v1`), on Node's built-in `fetch`.
  *
  * Answers are the API's JSON (snake_case, as on the wire) except where a small type helps:
- * {@link Submitted}, {@link TaskPage}, and the typed stream events. Error answers throw the
- * {@link AgentlogError} subclass of their status; network failures are fetch's own errors
- * (a `TypeError`, or a `TimeoutError` DOMException), except inside `stream`, which resumes
- * after them.
+ * {@link Submitted}, {@link TaskPage}, {@link Signalled}, and the typed stream events. Error
+ * answers throw the {@link AgentlogError} subclass of their status (409s of signals more
+ * precisely: {@link NotWaiting}, {@link UnexpectedSignal}); network failures are fetch's own
+ * errors (a `TypeError`, or a `TimeoutError` DOMException), except inside `stream`, which
+ * resumes after them.
  */
 
-import { NotFound, WaitTimeout, errorFromResponse } from "./errors.js";
+import { NotFound, WaitTimeout, errorFromResponse, type ErrorContext, type NotWaiting, type UnexpectedSignal } from "./errors.js";
 import { streamEvents, type OutcomeJson, type StreamEvent, type StreamOptions, type TaskJson } from "./stream.js";
 
 export const VERSION = "0.1.0";
@@ -56,6 +57,28 @@ export interface Submitted {
   task: TaskJson | null;
   outcome: OutcomeJson | null;
   raw: Record<string, unknown>;
+}
+
+/** The answer to {@link AgentlogClient.signal}. `duplicate`: the task had already received a
+ * signal with this `signalId` (whatever its state now), so nothing was written: retrying a
+ * signal is safe. Otherwise the signal is on the log and resumes the task unless something
+ * else (its timeout, another signal) resumed it first. */
+export interface Signalled {
+  taskId: string;
+  /** The signal's name. */
+  signal: string;
+  /** The signal's id: the one given, or the one the API answered (`null` when it gave none). */
+  signalId: string | null;
+  duplicate: boolean;
+  /** The API's answer as it came. */
+  raw: Record<string, unknown>;
+}
+
+/** Options of {@link AgentlogClient.signal}. */
+export interface SignalOptions {
+  /** Names this signal: a second signal with the same id is a duplicate, not written again.
+   * Without it each call is a new signal. */
+  signalId?: string;
 }
 
 /** One page of {@link AgentlogClient.list}, newest first; pass `nextCursor` for the next. */
@@ -203,6 +226,36 @@ export class AgentlogClient {
   }
 
   /**
+   * Sends the signal `name` to a task waiting for it (`POST /v1/tasks/{id}/signals/{name}`,
+   * body `{"signal_id", "payload"}`; `signal_id` only when `signalId` is given, `payload` only
+   * when not `undefined`). The task resumes as a new attempt whose handler finds the signal
+   * in `ctx.resumeSignal` (and `ctx.waitForSignal(name, …)` returns it).
+   *
+   * Returns {@link Signalled}: accepted (202), or `duplicate` (200) when the task already
+   * received a signal with this `signalId`. Throws {@link NotWaiting} (409, with the task's
+   * `taskStatus`) when the task is not waiting, {@link UnexpectedSignal} (409, with the
+   * `waitingFor`) when it waits for another signal, `NotFound` (404) for a task the
+   * tenant does not have, `BadRequest` (400) for a name outside `[a-z0-9_.-]{1,64}`, and
+   * `PayloadTooLarge` (413) for a payload over 256 KiB.
+   */
+  async signal(taskId: string, name: string, payload?: unknown, options: SignalOptions = {}): Promise<Signalled> {
+    const body: Record<string, unknown> = {};
+    if (options.signalId !== undefined && options.signalId !== null) body.signal_id = options.signalId;
+    if (payload !== undefined) body.payload = payload;
+    const path = taskPath(taskId, `/signals/${encodeURIComponent(name)}`);
+    const [, answer] = await this.#request("POST", path, {}, body, this.timeoutMs, { taskId, signal: name });
+    const raw = (answer ?? {}) as Record<string, unknown>;
+    const signalId = raw.signal_id ?? options.signalId ?? null;
+    return {
+      taskId: String(raw.task_id ?? taskId),
+      signal: String(raw.signal ?? name),
+      signalId: signalId === null ? null : String(signalId),
+      duplicate: raw.status === "duplicate",
+      raw,
+    };
+  }
+
+  /**
    * The task's progress and chunk events as they happen, then its outcome, after which the
    * iteration ends. A dropped connection is resumed after the last event received
    * (`Last-Event-ID`): nothing missed, nothing repeated. Pass a former event's `id` as
@@ -214,6 +267,11 @@ export class AgentlogClient {
   }
 
   async #json(method: string, path: string, query: Query = {}, body?: unknown, timeoutMs = this.timeoutMs): Promise<unknown> {
+    return (await this.#request(method, path, query, body, timeoutMs))[1];
+  }
+
+  /** The answer's status and JSON; an error answer throws its typed error, read with `context`. */
+  async #request(method: string, path: string, query: Query = {}, body?: unknown, timeoutMs = this.timeoutMs, context: ErrorContext = {}): Promise<[number, unknown]> {
     const url = new URL(this.baseUrl + path);
     for (const [key, value] of Object.entries(query)) if (value !== undefined && value !== null) url.searchParams.set(key, String(value));
     const headers: Record<string, string> = { ...this.#headers };
@@ -221,7 +279,7 @@ export class AgentlogClient {
     const init: RequestInit = { method, headers, signal: AbortSignal.timeout(timeoutMs) };
     if (body !== undefined) init.body = JSON.stringify(body);
     const response = await this.#fetch(url, init);
-    if (response.status >= 400) throw await errorFromResponse(response);
-    return response.json();
+    if (response.status >= 400) throw await errorFromResponse(response, context);
+    return [response.status, await response.json()];
   }
 }

@@ -8,11 +8,14 @@
  *   the subclass is chosen by HTTP status so callers can test `instanceof NotFound` without
  *   looking at numbers, and `code` stays available for finer decisions (`no_task` vs
  *   `no_outcome`).
- * - {@link AgentError}, {@link ChunkTooLarge} and {@link CheckpointTooLarge} are thrown *by
- *   or to agent code* inside an agent handler: `AgentError` becomes an `error` frame of the
- *   agent protocol, `ChunkTooLarge` tells the handler that a chunk it tried to emit would
+ * - {@link AgentError}, {@link ChunkTooLarge}, {@link CheckpointTooLarge},
+ *   {@link DelegationFailed}, {@link DelegationUnavailable} and {@link Suspension} are thrown
+ *   *by or to agent code* inside an agent handler: `AgentError` becomes an `error` frame of
+ *   the agent protocol, `ChunkTooLarge` tells the handler that a chunk it tried to emit would
  *   break the 64 KiB line limit, `CheckpointTooLarge` that a checkpoint would break the
- *   256 KiB one.
+ *   256 KiB one, `DelegationFailed` that a sub-task it delegated to did not complete,
+ *   `DelegationUnavailable` that its agent type may not delegate at all, and `Suspension`
+ *   (from `ctx.waitForSignal`) ends the attempt with a `suspend` frame.
  */
 
 /** Options of {@link AgentlogError} beyond status, code and message. */
@@ -58,8 +61,38 @@ export class Unauthorized extends AgentlogError {}
 export class Forbidden extends AgentlogError {}
 /** 404: no such task for this tenant, or no outcome yet (`code` says which). */
 export class NotFound extends AgentlogError {}
-/** 409: e.g. cancelling a task that already ended (`task_finished`). */
+/** 409: e.g. cancelling a task that already ended (`task_finished`), or a signal the task
+ * does not wait for ({@link NotWaiting}, {@link UnexpectedSignal}). */
 export class Conflict extends AgentlogError {}
+
+/**
+ * 409 `not_waiting`: a signal was sent to a task that is not waiting for one (it is still
+ * queued or running, or it ended). `taskStatus` is the task's status (`running`,
+ * `completed`, …) from the answer's `error.detail.status` (else as its message names it;
+ * `null` when neither does); `message` keeps the API's own words.
+ */
+export class NotWaiting extends Conflict {
+  readonly taskStatus: string | null;
+
+  constructor(status: number, code: string, message: string, options: AgentlogErrorOptions & { taskStatus?: string | null } = {}) {
+    super(status, code, message, options);
+    this.taskStatus = options.taskStatus ?? null;
+  }
+}
+
+/**
+ * 409 `unexpected_signal`: the task waits, but for another signal. `waitingFor` is the name
+ * of the one it waits for, from the answer's `error.detail.waiting_for` (else as its message
+ * names it; `null` when neither does); `message` keeps the API's own words.
+ */
+export class UnexpectedSignal extends Conflict {
+  readonly waitingFor: string | null;
+
+  constructor(status: number, code: string, message: string, options: AgentlogErrorOptions & { waitingFor?: string | null } = {}) {
+    super(status, code, message, options);
+    this.waitingFor = options.waitingFor ?? null;
+  }
+}
 /** 413: the input is too large for the log. */
 export class PayloadTooLarge extends AgentlogError {}
 
@@ -100,18 +133,77 @@ function retryAfterOf(value: string | null): number | null {
   return Number.isFinite(seconds) ? Math.max(0, seconds) : null;
 }
 
-/** The typed error of an API answer with status >= 400 (reads its body). */
-export async function errorFromResponse(response: Response): Promise<AgentlogError> {
+/** What the request was about, to read an error's message: the names the caller sent are
+ * not the ones the error is about. */
+export interface ErrorContext {
+  /** The task the request named. */
+  taskId?: string;
+  /** The signal the request sent. */
+  signal?: string;
+}
+
+/** Task statuses a `not_waiting` error may name (`waiting` excluded: "not waiting" is no status). */
+const TASK_STATUSES = ["pending", "queued", "scheduled", "running", "retrying", "completed", "failed", "dead_lettered", "cancelled", "expired"];
+const SIGNAL_NAME = /^[a-z0-9_.-]{1,64}$/;
+
+/** The names an error message quotes (`x` as agentlog quotes them, or "x"), in order. */
+function quoted(message: string): string[] {
+  return [...message.matchAll(/`([^`]+)`|"([^"]+)"/g)].map((m) => m[1] ?? m[2] ?? "");
+}
+
+/** A field of what the API says besides the message, the first of `names` present: in
+ * `error.detail` (where agentlog puts it), else in `error`. */
+function detailOf(error: Record<string, unknown>, names: string[]): unknown {
+  const detail = error.detail !== null && typeof error.detail === "object" ? (error.detail as Record<string, unknown>) : {};
+  for (const name of names) {
+    if (detail[name] !== undefined && detail[name] !== null) return detail[name];
+    if (error[name] !== undefined && error[name] !== null) return error[name];
+  }
+  return undefined;
+}
+
+/** The task status a `not_waiting` error names: `error.detail.status` as agentlog gives it
+ * (or a `task_status`), otherwise the first status word of the message (quoted ones first),
+ * the task's own id aside. */
+function taskStatusOf(error: Record<string, unknown>, message: string, context: ErrorContext): string | null {
+  const field = detailOf(error, ["status", "task_status"]);
+  if (typeof field === "string" && field) return field;
+  const named = quoted(message).filter((q) => q !== context.taskId);
+  const inQuotes = named.find((q) => TASK_STATUSES.includes(q));
+  if (inQuotes) return inQuotes;
+  const bare = message.replace(/`[^`]*`|"[^"]*"/g, " ").match(new RegExp(`\\b(${TASK_STATUSES.join("|")})\\b`));
+  return bare?.[1] ?? null;
+}
+
+/** The signal an `unexpected_signal` error says the task waits for: `error.detail.waiting_for`
+ * as agentlog gives it (a name, or `{signal}` as in a task's JSON), otherwise the first name
+ * the message quotes that is neither the task's id nor the signal sent, or the name after
+ * "waits for" / "waiting for". */
+function awaitedSignalOf(error: Record<string, unknown>, message: string, context: ErrorContext): string | null {
+  let field = detailOf(error, ["waiting_for", "awaited_signal"]);
+  if (field !== null && typeof field === "object") field = (field as { signal?: unknown }).signal;
+  if (typeof field === "string" && field) return field;
+  const named = quoted(message).find((q) => q !== context.taskId && q !== context.signal && SIGNAL_NAME.test(q));
+  if (named) return named;
+  const after = /\bwait(?:s|ing)? for (?:the )?(?:signal )?[`"']?([a-z0-9_.-]{1,64})/.exec(message)?.[1];
+  return after && after !== context.signal && after !== "signal" ? after : null;
+}
+
+/** The typed error of an API answer with status >= 400 (reads its body). `context` names
+ * what the request was about, to read 409 `not_waiting` / `unexpected_signal` messages. */
+export async function errorFromResponse(response: Response, context: ErrorContext = {}): Promise<AgentlogError> {
   const status = response.status;
   let code = `http_${status}`;
   let message = response.statusText || "";
   let field: string | null = null;
   let body: unknown = undefined;
+  let errorObject: Record<string, unknown> = {};
   const text = await response.text().catch(() => "");
   try {
     body = JSON.parse(text);
     const error = body !== null && typeof body === "object" ? (body as { error?: unknown }).error : undefined;
     if (error !== null && typeof error === "object") {
+      errorObject = error as Record<string, unknown>;
       const e = error as { code?: unknown; message?: unknown; field?: unknown };
       if (e.code) code = String(e.code);
       if (e.message) message = String(e.message);
@@ -123,6 +215,12 @@ export async function errorFromResponse(response: Response): Promise<AgentlogErr
   }
   if (status === 429) {
     return new TooManyRequests(status, code, message, { field, body, retryAfter: retryAfterOf(response.headers.get("retry-after")) });
+  }
+  if (status === 409 && code === "not_waiting") {
+    return new NotWaiting(status, code, message, { field, body, taskStatus: taskStatusOf(errorObject, message, context) });
+  }
+  if (status === 409 && code === "unexpected_signal") {
+    return new UnexpectedSignal(status, code, message, { field, body, waitingFor: awaitedSignalOf(errorObject, message, context) });
   }
   const Class = BY_STATUS[status] ?? (status >= 500 ? ServerError : AgentlogError);
   return new Class(status, code, message, { field, body });
@@ -201,5 +299,82 @@ export class CheckpointTooLarge extends Error {
     this.name = "CheckpointTooLarge";
     this.size = size;
     this.limit = limit;
+  }
+}
+
+/** A child's outcome, as {@link DelegationFailed} carries it (the agent module's
+ * `ChildOutcome`). */
+export interface FailedChild {
+  /** The child's number in its parent's attempt (the `n` it was submitted with). */
+  n: number;
+  taskId: string;
+  status: string;
+  errorKind: string | null;
+  message: string | null;
+}
+
+/**
+ * A sub-task submitted with `ctx.delegate` ended other than `completed`: `failed`,
+ * `dead_lettered`, `cancelled` or `expired`. `taskId` is the child's id (`<parent id>.<n>`),
+ * `status` its status, `errorKind` and `childMessage` its error's kind and message as the
+ * child's outcome gives them (`null` when it gives none); `message` says all of it in one
+ * line.
+ *
+ * Left uncaught, the attempt fails with kind `delegation_failed`, not retryable: a retry
+ * submits the same `n`, which names the same child, whose outcome is already written.
+ */
+export class DelegationFailed extends Error {
+  readonly n: number;
+  readonly taskId: string;
+  readonly status: string;
+  readonly errorKind: string | null;
+  readonly childMessage: string | null;
+
+  constructor(child: FailedChild) {
+    const kind = child.errorKind ? ` (${child.errorKind})` : "";
+    const why = child.message ? `: ${child.message}` : "";
+    super(`child task \`${child.taskId}\` (n ${child.n}) ended ${child.status}${kind}${why}`);
+    this.name = "DelegationFailed";
+    this.n = child.n;
+    this.taskId = child.taskId;
+    this.status = child.status;
+    this.errorKind = child.errorKind;
+    this.childMessage = child.message;
+  }
+}
+
+/**
+ * `ctx.delegate` (or `submitChild`, `childOutcome`) in an attempt without a `callback_url`:
+ * its agent type is not declared with `delegates = true` in agentlog's config.
+ *
+ * Left uncaught, the attempt fails with kind `delegation_unavailable`, not retryable:
+ * another attempt would have no callback either.
+ */
+export class DelegationUnavailable extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "DelegationUnavailable";
+  }
+}
+
+/**
+ * What `ctx.waitForSignal` throws to end the attempt when it was not resumed by the signal
+ * awaited: the agent server answers it with the final frame `{"type": "suspend", "signal",
+ * "timeout_ms"}`, and the task waits for the signal (or its timeout) without holding a
+ * worker. Let it through: a `catch` that must not swallow it rethrows it (`if (e instanceof
+ * Suspension) throw e`). Once thrown the attempt is suspending whatever the handler does
+ * next: later frames are refused (with this same error) and the answer ends with `suspend`.
+ */
+export class Suspension extends Error {
+  /** The signal awaited. */
+  readonly signal: string;
+  readonly timeoutMs: number;
+
+  /** @internal Thrown by `ctx.waitForSignal`. */
+  constructor(signal: string, timeoutMs: number) {
+    super(`the attempt suspends until the signal \`${signal}\` (at most ${timeoutMs} ms)`);
+    this.name = "Suspension";
+    this.signal = signal;
+    this.timeoutMs = timeoutMs;
   }
 }

@@ -6,7 +6,7 @@
  * when a line is too long) live in one place and are tested on their own.
  */
 
-import { AgentError, CheckpointTooLarge, ChunkTooLarge } from "./errors.js";
+import { AgentError, CheckpointTooLarge, ChunkTooLarge, DelegationFailed, DelegationUnavailable } from "./errors.js";
 
 /** The protocol version this SDK speaks (the attempt's `protocol` field). */
 export const PROTOCOL_VERSION = 1;
@@ -18,6 +18,11 @@ export const NDJSON = "application/x-ndjson";
 export const TEXT_PLAIN = "text/plain; charset=utf-8";
 /** The longest message an error frame carries (a stack-sized message is cut, not refused). */
 export const MAX_ERROR_MESSAGE_CHARS = 8 * 1024;
+/** The longest wait of a `suspend` frame: 6 days (agentlog's `timers` topic keeps records 7
+ * days; a longer wait is a chain of waits with `on_signal_timeout = "resume"`). */
+export const MAX_SIGNAL_TIMEOUT_MS = 6 * 24 * 60 * 60 * 1000;
+/** What a signal's name must match (the path segment of `POST /v1/tasks/{id}/signals/{name}`). */
+export const SIGNAL_NAME = /^[a-z0-9_.-]{1,64}$/;
 
 export type InputEncoding = "json" | "utf8" | "base64";
 
@@ -26,7 +31,8 @@ export type ChunkFrame = { type: "chunk"; text: string } | { type: "chunk"; json
 export type CheckpointFrame = { type: "checkpoint"; state: unknown };
 export type ResultFrame = { type: "result"; output: unknown; output_encoding?: "utf8" | "base64"; content_type?: string };
 export type ErrorFrame = { type: "error"; kind: string; message: string; retryable: boolean; retry_after_ms?: number };
-export type Frame = ProgressFrame | ChunkFrame | CheckpointFrame | ResultFrame | ErrorFrame;
+export type SuspendFrame = { type: "suspend"; signal: string; timeout_ms: number };
+export type Frame = ProgressFrame | ChunkFrame | CheckpointFrame | ResultFrame | ErrorFrame | SuspendFrame;
 
 /**
  * A handler's return value with an explicit content type: `result(bytes, {contentType:
@@ -46,7 +52,7 @@ export function result(output: unknown, options: { contentType?: string } = {}):
 
 /** JSON as agentlog reads it: compact, and no NaN/Infinity (JSON.stringify would silently
  * write `null` for them, turning a bug into wrong output). */
-function stringify(value: unknown): string {
+export function stringify(value: unknown): string {
   return JSON.stringify(value, (_key, v: unknown) => {
     if (typeof v === "number" && !Number.isFinite(v)) throw new TypeError(`${v} is not a JSON number`);
     return v;
@@ -143,9 +149,30 @@ export function errorFrame(kind: string, message: string, retryable = false, ret
 }
 
 /**
+ * A `suspend` frame: the attempt ends and the task waits up to `timeoutMs` for the signal
+ * `signal`. Checked as agentlog checks it (a frame breaking the rules would fail the attempt
+ * with kind `protocol`): a TypeError when `signal` is not a string or `timeoutMs` not a
+ * number, a RangeError when the name does not match `[a-z0-9_.-]{1,64}` or the wait is not
+ * a whole number of milliseconds from 1 to {@link MAX_SIGNAL_TIMEOUT_MS} (6 days).
+ */
+export function suspendFrame(signal: string, timeoutMs: number): SuspendFrame {
+  if (typeof signal !== "string") throw new TypeError(`a signal's name must be a string, not ${typeof signal}`);
+  if (!SIGNAL_NAME.test(signal)) throw new RangeError(`signal name ${JSON.stringify(signal)} must match [a-z0-9_.-]{1,64}`);
+  if (typeof timeoutMs !== "number") throw new TypeError(`timeoutMs must be a number of milliseconds, not ${typeof timeoutMs}`);
+  if (!Number.isInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > MAX_SIGNAL_TIMEOUT_MS) {
+    throw new RangeError(`timeoutMs must be a whole number of milliseconds from 1 to ${MAX_SIGNAL_TIMEOUT_MS} (6 days), not ${String(timeoutMs)}`);
+  }
+  return { type: "suspend", signal, timeout_ms: timeoutMs };
+}
+
+/**
  * The frame of what a handler threw: an {@link AgentError} as its own frame; an uncaught
  * {@link ChunkTooLarge} as kind `chunk_too_large` and an uncaught {@link CheckpointTooLarge}
- * as kind `checkpoint_too_large`, not retryable (what agentlog itself would say); anything
+ * as kind `checkpoint_too_large`, not retryable (what agentlog itself would say); an uncaught
+ * {@link DelegationFailed} as kind `delegation_failed`, not retryable (a retry would find the
+ * same child with the same outcome: `n` names the same child in every attempt); an uncaught
+ * {@link DelegationUnavailable} as kind `delegation_unavailable`, not retryable (the agent
+ * type's config, not the moment, is at fault); anything
  * else as kind `exception`, retryable, message `Name: text` (a bug or a passing failure: the
  * agent type's retry policy decides whether kind `exception` is retried).
  */
@@ -153,6 +180,8 @@ export function errorFrameOf(error: unknown): ErrorFrame {
   if (error instanceof AgentError) return errorFrame(error.kind, error.message, error.retryable, error.retryAfterMs);
   if (error instanceof ChunkTooLarge) return errorFrame("chunk_too_large", error.message, false);
   if (error instanceof CheckpointTooLarge) return errorFrame("checkpoint_too_large", error.message, false);
+  if (error instanceof DelegationFailed) return errorFrame("delegation_failed", error.message, false);
+  if (error instanceof DelegationUnavailable) return errorFrame("delegation_unavailable", error.message, false);
   if (error instanceof Error) return errorFrame("exception", error.message ? `${error.name}: ${error.message}` : error.name, true);
   return errorFrame("exception", `thrown: ${String(error)}`, true);
 }

@@ -1,11 +1,24 @@
 /**
  * agentlog's TypeScript SDK (agent protocol v1): a client of the HTTP API, with a task's
- * live stream resumed across drops, and an agent server on `node:http`.
+ * live stream resumed across drops and signals to waiting tasks, and an agent server on
+ * `node:http` whose handlers may wait for signals and delegate sub-tasks.
  *
  * @packageDocumentation
  */
 
-export { AgentlogClient, VERSION, taskSpec, type ClientOptions, type ListQuery, type Submitted, type TaskOptions, type TaskPage, type TaskSpec } from "./client.js";
+export {
+  AgentlogClient,
+  VERSION,
+  taskSpec,
+  type ClientOptions,
+  type ListQuery,
+  type SignalOptions,
+  type Signalled,
+  type Submitted,
+  type TaskOptions,
+  type TaskPage,
+  type TaskSpec,
+} from "./client.js";
 export {
   parsePosition,
   type ChunkEvent,
@@ -16,8 +29,28 @@ export {
   type StreamOptions,
   type TaskJson,
 } from "./stream.js";
-export { AgentApp, Context, MAX_REQUEST_BYTES, createAgentServer, type Handler } from "./agent.js";
-export { MAX_CHECKPOINT_LINE_BYTES, MAX_LINE_BYTES, PROTOCOL_VERSION, Result, result, type Frame, type InputEncoding } from "./frames.js";
+export {
+  AgentApp,
+  CHILD_WAIT_MS,
+  Context,
+  MAX_REQUEST_BYTES,
+  createAgentServer,
+  type ChildOptions,
+  type ChildOutcome,
+  type Handler,
+  type ResumeSignal,
+} from "./agent.js";
+export {
+  MAX_CHECKPOINT_LINE_BYTES,
+  MAX_LINE_BYTES,
+  MAX_SIGNAL_TIMEOUT_MS,
+  PROTOCOL_VERSION,
+  Result,
+  SIGNAL_NAME,
+  result,
+  type Frame,
+  type InputEncoding,
+} from "./frames.js";
 export {
   AgentError,
   AgentlogError,
@@ -25,15 +58,22 @@ export {
   CheckpointTooLarge,
   ChunkTooLarge,
   Conflict,
+  DelegationFailed,
+  DelegationUnavailable,
   Forbidden,
   NotFound,
+  NotWaiting,
   PayloadTooLarge,
   ServerError,
   StreamError,
+  Suspension,
   TooManyRequests,
   Unauthorized,
   Unavailable,
+  UnexpectedSignal,
   WaitTimeout,
   type AgentErrorInit,
   type AgentlogErrorOptions,
+  type ErrorContext,
+  type FailedChild,
 } from "./errors.js";

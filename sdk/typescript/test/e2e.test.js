@@ -1,19 +1,21 @@
-// End to end against a real agentlog: `agentlog dev` on the embedded log in a temporary
-// directory, with an AgentApp of this SDK served on 127.0.0.1 as its `http` agent types.
+// End to end against a real agentlog: `agentlog dev`, with an AgentApp of this SDK served on
+// 127.0.0.1 as its `http` agent types: streams, retries and checkpoints, a task waiting for a
+// signal (protocol §5) and an agent delegating to another (§6). Every test runs once per
+// backend, one agentlog each: the embedded log in a temporary directory, and Kafka (topics of
+// a prefix unique to the run) when AGENTLOG_TEST_KAFKA names a broker.
 //
 // Needs AGENTLOG_BIN (the agentlog binary). Without it these tests skip, except under
-// CI=true, where a skip would hide that nothing was tested: there they fail.
+// CI=true, where a skip would hide that nothing was tested: there they fail. Likewise the
+// Kafka variant without AGENTLOG_TEST_KAFKA: skipped, and under CI=true failed
+// (test/agentlog-dev.js).
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import * as fs from "node:fs";
 import * as net from "node:net";
-import * as os from "node:os";
-import * as path from "node:path";
-import { after, before, describe, test } from "node:test";
+import { after, before, describe, test as nodeTest } from "node:test";
 
-import { AgentError, AgentlogClient, BadRequest, Conflict, NotFound, createAgentServer } from "../dist/index.js";
-import { freePort, serve, sleep } from "./helpers.js";
+import { AgentError, AgentlogClient, BadRequest, Conflict, DelegationFailed, NotFound, NotWaiting, UnexpectedSignal, createAgentServer } from "../dist/index.js";
+import { BACKENDS, backendSkip, startAgentlog } from "./agentlog-dev.js";
+import { serve, sleep } from "./helpers.js";
 
 const BIN = process.env.AGENTLOG_BIN ?? "";
 if (!BIN && process.env.CI === "true") {
@@ -21,14 +23,21 @@ if (!BIN && process.env.CI === "true") {
 }
 const skip = BIN ? false : "AGENTLOG_BIN is not set (the agentlog binary the end-to-end tests run)";
 
-/** How long agentlog may take to be ready, and the most any one test waits for a task. */
-const READY_MS = 60_000;
+/** The most any one test waits for a task. */
 const TASK_MS = 30_000;
 const TOKENS = 20;
 
 const attempts = new Map();
 /** Per task id, what each attempt of `resumable` received: [attempt, lastCheckpoint, lastCheckpointAttempt]. */
 const received = new Map();
+/** Per task id, what each attempt of `approval` received: [attempt, resumeSignal, lastCheckpoint]. */
+const approvals = new Map();
+/** Per task id, the callback URL each attempt of `delegator` received. */
+const callbacks = new Map();
+const record = (map, taskId, entry) => {
+  if (!map.has(taskId)) map.set(taskId, []);
+  map.get(taskId).push(entry);
+};
 const app = createAgentServer()
   // A fake LLM: streams `count` tokens with small sleeps, then the whole text.
   .agent("llm", async (ctx) => {
@@ -67,31 +76,49 @@ const app = createAgentServer()
   })
   .agent("rejecting", async () => {
     throw new AgentError({ kind: "bad_input", message: "no text given", retryable: false });
+  })
+  // Drafts once (checkpointed), then waits for a person's approval; resumed by the signal it
+  // runs again from the top, skips the draft, and answers with the signal's payload.
+  .agent("approval", async (ctx) => {
+    record(approvals, ctx.taskId, [ctx.attempt, ctx.resumeSignal, ctx.lastCheckpoint]);
+    let draft = ctx.lastCheckpoint?.draft;
+    if (draft === undefined) {
+      await ctx.progress({ percent: 50, message: "drafted" });
+      draft = `draft: ${ctx.input.text}`;
+      await ctx.checkpoint({ step: "drafted", draft });
+    }
+    const signal = await ctx.waitForSignal("approval", 60_000);
+    return { approved: signal.payload?.approved ?? null, draft };
+  })
+  // Waits 300 ms for a signal that never comes: `impatient` resumes with the timeout marker
+  // (on_signal_timeout = "resume"), `strict` fails (the default).
+  .agent("impatient", waitBriefly)
+  .agent("strict", waitBriefly)
+  // A child for `delegator`.
+  .agent("shout", async (ctx) => ({ text: ctx.input.text.toUpperCase() }))
+  // Delegates to `shout` (and, asked to, to `rejecting`, whose failure it reports).
+  .agent("delegator", async (ctx) => {
+    record(callbacks, ctx.taskId, ctx.callbackUrl);
+    const child = await ctx.delegate("shout", { text: ctx.input.text }, { labels: { from: "delegator" } });
+    let failure = null;
+    if (ctx.input.fail) {
+      try {
+        await ctx.delegate("rejecting", {});
+      } catch (e) {
+        if (!(e instanceof DelegationFailed)) throw e;
+        failure = { taskId: e.taskId, status: e.status, errorKind: e.errorKind, message: e.childMessage };
+      }
+    }
+    return { child, failure };
   });
 
-function config(root, apiPort, registryPort, agentUrl) {
+async function waitBriefly(ctx) {
+  const signal = await ctx.waitForSignal("answer", 300);
+  return { timedOut: signal.timedOut, attempt: ctx.attempt, payload: signal.payload };
+}
+
+function agents(agentUrl) {
   return `
-[log]
-backend = "embedded"
-
-[log.embedded]
-data_dir = "${path.join(root, "log")}"
-
-[supervisor]
-state_dir = "${path.join(root, "supervisor")}"
-heartbeat_interval_ms = 200
-
-[projection]
-dir = "${path.join(root, "projection")}"
-
-[api]
-listen = "127.0.0.1:${apiPort}"
-max_wait_ms = 10000
-
-[registry]
-listen = "127.0.0.1:${registryPort}"
-url = "http://127.0.0.1:${registryPort}"
-
 [agents.echo]
 runtime = { kind = "builtin", name = "echo" }
 
@@ -122,51 +149,48 @@ runtime = { kind = "http", url = "${agentUrl}/rejecting" }
 [agents.rejecting.retry]
 max_attempts = 3
 initial_backoff_ms = 10
+
+[agents.approval]
+runtime = { kind = "http", url = "${agentUrl}/approval" }
+timeout_ms = 20000
+
+[agents.impatient]
+runtime = { kind = "http", url = "${agentUrl}/impatient" }
+on_signal_timeout = "resume"
+
+[agents.strict]
+runtime = { kind = "http", url = "${agentUrl}/strict" }
+
+[agents.shout]
+runtime = { kind = "http", url = "${agentUrl}/shout" }
+
+[agents.delegator]
+runtime = { kind = "http", url = "${agentUrl}/delegator" }
+delegates = true
+timeout_ms = 30000
 `;
 }
 
+/** The agent server and the client of the suite running now (one backend at a time). */
 let agent;
-let root;
-let child;
-let logPath;
+let running;
 let client;
 let apiUrl;
 
-function output() {
-  try {
-    return fs.readFileSync(logPath, "utf8").slice(-4000);
-  } catch {
-    return "";
-  }
-}
-
-async function waitReady() {
-  const deadline = Date.now() + READY_MS;
-  while (true) {
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`agentlog dev exited (${child.exitCode ?? child.signalCode}):\n${output()}`);
-    try {
-      const response = await fetch(`${apiUrl}/readyz`, { signal: AbortSignal.timeout(2000) });
-      await response.body?.cancel();
-      if (response.status === 200) return;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) throw new Error(`agentlog dev was not ready within ${READY_MS} ms:\n${output()}`);
-    await sleep(100);
-  }
-}
-
-/** Stops the process we started, by its pid: SIGTERM, then SIGKILL after 20 s. */
-async function stop(proc) {
-  if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
-  const exited = new Promise((resolve) => proc.once("exit", resolve));
-  proc.kill("SIGTERM");
-  const timer = setTimeout(() => proc.kill("SIGKILL"), 20_000);
-  await exited;
-  clearTimeout(timer);
-}
-
 const newId = (prefix) => `${prefix}-${randomUUID().replaceAll("-", "").slice(0, 12)}`;
+
+/** The task once it has `status`, polled; fails when it ended or took past TASK_MS. */
+async function untilStatus(taskId, status, after) {
+  const deadline = Date.now() + TASK_MS;
+  let task = await client.get(taskId, { after });
+  while (task.status !== status) {
+    if (task.outcome) assert.fail(`task ${taskId} ended ${task.outcome.status} instead of reaching ${status}: ${JSON.stringify(task)}`);
+    if (Date.now() > deadline) assert.fail(`task ${taskId} is ${task.status}, not ${status}, after ${TASK_MS} ms: ${JSON.stringify(task)}`);
+    await sleep(50);
+    task = await client.get(taskId);
+  }
+  return task;
+}
 
 /** The stream's events, bounded in time; with `stopAfter`, the connection is closed after
  * that many events (the rest is read by a later call). */
@@ -253,26 +277,25 @@ async function cuttingProxy(target, cutAfter) {
   };
 }
 
-describe("end to end against agentlog", { skip }, () => {
+// Skipped tests are skipped one by one (not their suite), so the run's count of skipped tests
+// shows them.
+for (const backend of BACKENDS) describe(`end to end against agentlog (${backend})`, () => {
+  const why = skip || backendSkip(backend);
+  const test = (name, fn) => nodeTest(name, { skip: why }, fn);
+
   before(async () => {
+    if (why) return;
     agent = await serve(app);
-    root = fs.mkdtempSync(path.join(os.tmpdir(), "agentlog-sdk-ts-e2e-"));
-    const [apiPort, registryPort] = [await freePort(), await freePort()];
-    fs.writeFileSync(path.join(root, "agentlog.toml"), config(root, apiPort, registryPort, agent.url));
-    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("AGENTLOG__") && k !== "AGENTLOG_CONFIG"));
-    logPath = path.join(root, "agentlog.out");
-    const log = fs.openSync(logPath, "w");
-    child = spawn(BIN, ["--config", path.join(root, "agentlog.toml"), "dev"], { cwd: root, env, stdio: ["ignore", log, log] });
-    fs.closeSync(log);
-    apiUrl = `http://127.0.0.1:${apiPort}`;
+    running = await startAgentlog({ bin: BIN, backend, agents: agents(agent.url), name: "sdk-ts-e2e" });
+    apiUrl = running.url;
     client = new AgentlogClient({ baseUrl: apiUrl, timeoutMs: 10_000 });
-    await waitReady();
   });
 
   after(async () => {
-    await stop(child);
+    await running?.stop();
+    running = undefined;
     await agent?.close();
-    if (root) fs.rmSync(root, { recursive: true, force: true });
+    agent = undefined;
   });
 
   // The client against the API (plain answers).
@@ -397,6 +420,71 @@ describe("end to end against agentlog", { skip }, () => {
       [1, null, null],
       [2, { step: 1 }, 1],
     ]);
+  });
+
+  // Waiting for a signal (protocol §5) and delegation (§6).
+
+  test("a task waits for its approval signal and resumes with it", async () => {
+    const taskId = newId("approval");
+    const submitted = await client.submit("approval", { text: "the memo" }, { taskId });
+    const waiting = await untilStatus(taskId, "waiting", submitted.position);
+    assert.equal(waiting.waiting_for?.signal, "approval", JSON.stringify(waiting));
+    // When the wait times out (agent protocol §5: `timeout_at_ms`), 60 s from the suspend.
+    const { timeout_at_ms: atMs, attempt } = waiting.waiting_for;
+    assert.ok(atMs > Date.now(), JSON.stringify(waiting.waiting_for));
+    assert.equal(attempt, 2, "the attempt the signal starts");
+    // The wrong name: refused, naming the signal awaited; nothing resumes.
+    await assert.rejects(client.signal(taskId, "rejection", { approved: false }), (e) => {
+      assert.ok(e instanceof UnexpectedSignal && e instanceof Conflict, String(e));
+      assert.equal(e.waitingFor, "approval", e.message);
+      return true;
+    });
+    const signalId = newId("sig");
+    const sent = await client.signal(taskId, "approval", { approved: true }, { signalId });
+    assert.deepEqual([sent.taskId, sent.signal, sent.signalId, sent.duplicate], [taskId, "approval", signalId, false]);
+    const again = await client.signal(taskId, "approval", { approved: true }, { signalId });
+    assert.deepEqual([again.signalId, again.duplicate], [signalId, true]);
+    const outcome = await client.wait(taskId, { timeoutMs: TASK_MS });
+    assert.equal(outcome.status, "completed", JSON.stringify(outcome));
+    assert.deepEqual(outcome.output, { approved: true, draft: "draft: the memo" });
+    // Two attempts: the first drafted and suspended, the second got the signal and the draft.
+    assert.deepEqual(approvals.get(taskId), [
+      [1, null, null],
+      [2, { name: "approval", id: signalId, payload: { approved: true }, timedOut: false }, { step: "drafted", draft: "draft: the memo" }],
+    ]);
+    // Once it ended: the same signal id is still a duplicate, a new signal is refused.
+    assert.equal((await client.signal(taskId, "approval", { approved: false }, { signalId })).duplicate, true);
+    await assert.rejects(client.signal(taskId, "approval", { approved: false }), (e) => e instanceof NotWaiting && e.taskStatus === "completed");
+  });
+
+  test("a wait that times out resumes or fails as the agent type says", async () => {
+    const [resumed, failed] = [newId("impatient"), newId("strict")];
+    await client.submit("impatient", {}, { taskId: resumed });
+    await client.submit("strict", {}, { taskId: failed });
+    const outcome = await client.wait(resumed, { timeoutMs: TASK_MS });
+    assert.equal(outcome.status, "completed", JSON.stringify(outcome));
+    assert.deepEqual(outcome.output, { timedOut: true, attempt: 2, payload: null });
+    const failure = await client.wait(failed, { timeoutMs: TASK_MS });
+    assert.ok(["failed", "dead_lettered"].includes(failure.status), JSON.stringify(failure));
+    assert.equal(failure.error_kind, "signal_timeout");
+  });
+
+  test("a delegating agent awaits children of other agent types", async () => {
+    const taskId = newId("delegator");
+    await client.submit("delegator", { text: "hello", fail: true }, { taskId });
+    const outcome = await client.wait(taskId, { timeoutMs: TASK_MS });
+    assert.equal(outcome.status, "completed", JSON.stringify(outcome));
+    assert.deepEqual(outcome.output.child, { text: "HELLO" });
+    const { failure } = outcome.output;
+    assert.equal(failure.taskId, `${taskId}.1`);
+    assert.ok(["failed", "dead_lettered"].includes(failure.status), JSON.stringify(failure));
+    assert.equal(failure.errorKind, "bad_input");
+    assert.match(failure.message ?? "", /no text given/);
+    assert.ok(callbacks.get(taskId).every((url) => typeof url === "string" && url.startsWith("http")), JSON.stringify(callbacks.get(taskId)));
+    // The children are tasks of their own, with their parent named.
+    const child = await untilStatus(`${taskId}.0`, "completed");
+    assert.deepEqual([child.agent_type, child.parent_task_id], ["shout", taskId]);
+    assert.deepEqual(child.labels, { from: "delegator" });
   });
 
   test("a non-retryable agent error fails the task with its kind", async () => {

@@ -23,10 +23,17 @@ Agent side::
         await ctx.emit("partial text")
         await ctx.checkpoint({"step": 1})   # the next attempt gets it in ctx.last_checkpoint
         return {"summary": "..."}
+
+    @app.agent("publish")
+    async def publish(ctx):
+        decision = await ctx.wait_for_signal("approval", 3600)   # suspends; runs again on the signal
+        parts = await ctx.delegate("summarize", ctx.input)        # a sub-task (delegates = true)
+        return {"approved": decision.payload, "summary": parts}
 """
 
 from .agent import AgentApp, Context
-from .client import AsyncClient, Client, Submitted, TaskPage, task_spec
+from .client import AsyncClient, Client, SignalResult, Submitted, TaskPage, task_spec
+from .delegation import ChildOutcome
 from .errors import (
     AgentError,
     AgentlogError,
@@ -34,17 +41,21 @@ from .errors import (
     CheckpointTooLarge,
     ChunkTooLarge,
     Conflict,
+    DelegationFailed,
+    DelegationUnavailable,
     Forbidden,
     NotFound,
+    NotWaiting,
     PayloadTooLarge,
     ServerError,
     StreamError,
     TooManyRequests,
     Unauthorized,
     Unavailable,
+    UnexpectedSignal,
     WaitTimeout,
 )
-from .frames import MAX_CHECKPOINT_LINE_BYTES, MAX_LINE_BYTES, PROTOCOL_VERSION, Result
+from .frames import MAX_CHECKPOINT_LINE_BYTES, MAX_LINE_BYTES, MAX_SIGNAL_TIMEOUT_MS, PROTOCOL_VERSION, Result, Signal
 from .stream import AsyncOutcomeStream, Chunk, Event, Lagged, Outcome, OutcomeEvent, OutcomeStream, Progress
 
 __version__ = "0.1.0"
@@ -57,17 +68,22 @@ __all__ = [
     "AsyncOutcomeStream",
     "BadRequest",
     "CheckpointTooLarge",
+    "ChildOutcome",
     "Chunk",
     "ChunkTooLarge",
     "Client",
     "Conflict",
     "Context",
+    "DelegationFailed",
+    "DelegationUnavailable",
     "Event",
     "Forbidden",
     "Lagged",
     "MAX_CHECKPOINT_LINE_BYTES",
     "MAX_LINE_BYTES",
+    "MAX_SIGNAL_TIMEOUT_MS",
     "NotFound",
+    "NotWaiting",
     "Outcome",
     "OutcomeEvent",
     "OutcomeStream",
@@ -76,12 +92,15 @@ __all__ = [
     "Progress",
     "Result",
     "ServerError",
+    "Signal",
+    "SignalResult",
     "StreamError",
     "Submitted",
     "TaskPage",
     "TooManyRequests",
     "Unauthorized",
     "Unavailable",
+    "UnexpectedSignal",
     "WaitTimeout",
     "task_spec",
 ]

@@ -3,9 +3,13 @@
 agentlog's ``http`` runtime POSTs each attempt as JSON to the agent type's URL; this app
 decodes it, calls the handler registered for the agent type, and answers a framed
 (``application/x-ndjson``) stream: whatever ``progress``, ``chunk`` and ``checkpoint`` frames
-the handler sends, each as it is produced, then one ``result`` or ``error`` frame. It is a bare
-ASGI callable, so it runs under any ASGI server (uvicorn, hypercorn, ...) without a web
-framework.
+the handler sends, each as it is produced, then one ``result``, ``error`` or ``suspend`` frame
+(the handler waits for a signal: `Context.wait_for_signal`). It is a bare ASGI callable, so it
+runs under any ASGI server (uvicorn, hypercorn, ...) without a web framework.
+
+An attempt of an agent type declared with ``delegates = true`` carries a ``callback_url``:
+`Context.delegate` submits sub-tasks through it and awaits them, with one httpx client per
+app (closed at the ASGI lifespan's shutdown, or by `AgentApp.aclose`).
 
 Dispatch: a request to ``/<agent_type>`` runs that type's handler; a request to ``/`` runs
 the handler named by the body's ``agent_type``. So one app serves several agent types, each
@@ -19,17 +23,23 @@ import functools
 import inspect
 import json
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, TypeVar, Union
 from urllib.parse import unquote
 
-from .errors import CheckpointTooLarge
+import httpx
+
+from .delegation import CALL_TIMEOUT_S, Callback, ChildOutcome
+from .errors import CheckpointTooLarge, DelegationUnavailable
 from .frames import (
     MAX_CHECKPOINT_LINE_BYTES,
     MAX_LINE_BYTES,
     NDJSON,
     PROTOCOL_VERSION,
+    Signal,
+    check_signal_name,
     checkpoint_frame,
     chunk_frame,
     decode_input,
@@ -38,6 +48,8 @@ from .frames import (
     error_frame_of,
     progress_frame,
     result_frame,
+    suspend_frame,
+    timeout_ms_of,
 )
 
 __all__ = ["AgentApp", "Context", "Handler"]
@@ -50,6 +62,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 Handler = Callable[["Context"], Union[Awaitable[Any], Any]]
 H = TypeVar("H", bound=Handler)
+T = TypeVar("T")
 
 #: Largest attempt body read. agentlog's records are at most ~1 MB; the margin is for base64.
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
@@ -59,6 +72,19 @@ class _BadRequest(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+
+
+class _Suspend(BaseException):
+    """Raised by `Context.wait_for_signal` to end the attempt with a ``suspend`` frame.
+
+    A `BaseException` (as ``asyncio.CancelledError`` is), so a handler's ``except Exception``
+    lets it through to the `AgentApp`, which answers the frame. The context keeps it too: a
+    handler that catches it anyway still ends with the ``suspend`` frame."""
+
+    def __init__(self, signal: str, timeout_ms: int) -> None:
+        super().__init__(f"suspended: waiting for signal `{signal}` up to {timeout_ms} ms")
+        self.signal = signal
+        self.timeout_ms = timeout_ms
 
 
 @dataclass
@@ -74,6 +100,10 @@ class Context:
     decoded JSON ``state`` an earlier attempt saved with `checkpoint`), ``None`` when there is
     none; ``last_checkpoint_attempt`` the attempt that saved it (``None`` likewise). Both stay
     as received: saving a checkpoint during this attempt does not change them.
+
+    ``signal`` is the `Signal` that resumed the task after an earlier attempt suspended
+    (`wait_for_signal`), ``None`` otherwise. ``callback_url`` is where this attempt submits
+    sub-tasks (`delegate`), ``None`` unless its agent type is declared ``delegates = true``.
     """
 
     task_id: str
@@ -89,6 +119,13 @@ class Context:
     _disconnected: threading.Event = field(default_factory=threading.Event, repr=False)
     last_checkpoint: Any = None
     last_checkpoint_attempt: int | None = None
+    signal: Signal | None = None
+    callback_url: str | None = None
+    _http: Callable[[], httpx.AsyncClient] | None = field(default=None, repr=False)
+    _signal_taken: bool = field(default=False, repr=False)
+    _suspension: _Suspend | None = field(default=None, repr=False)
+    _next_child: int = field(default=0, repr=False)
+    _child_numbers: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def cancelled(self) -> bool:
@@ -97,13 +134,13 @@ class Context:
     async def progress(self, percent: float | None = None, message: str | None = None) -> None:
         """Reports how far the attempt is (``percent`` 0–100, ``message``); shown as the
         task's ``progress`` and streamed to clients. `ChunkTooLarge` past 64 KiB."""
-        await self._send_line(encode_line(progress_frame(percent, message), limit=MAX_LINE_BYTES))
+        await self._send(encode_line(progress_frame(percent, message), limit=MAX_LINE_BYTES))
 
     async def emit(self, value: Any) -> None:
         """Streams one chunk of output: a ``str`` as a text chunk, anything else as a JSON
         chunk. Raises `ChunkTooLarge` (nothing sent) when the frame's line would exceed
         64 KiB: split it and emit the parts."""
-        await self._send_line(encode_line(chunk_frame(value), limit=MAX_LINE_BYTES))
+        await self._send(encode_line(chunk_frame(value), limit=MAX_LINE_BYTES))
 
     async def checkpoint(self, state: Any) -> None:
         """Saves ``state`` (any JSON value) as the task's checkpoint: the task's next attempt
@@ -115,7 +152,164 @@ class Context:
 
         A checkpoint means "at least this far": a later attempt may repeat the steps after
         it, so keep them idempotent (pass on `idempotency_key`)."""
-        await self._send_line(encode_line(checkpoint_frame(state), limit=MAX_CHECKPOINT_LINE_BYTES, too_large=CheckpointTooLarge))
+        await self._send(encode_line(checkpoint_frame(state), limit=MAX_CHECKPOINT_LINE_BYTES, too_large=CheckpointTooLarge))
+
+    async def _send(self, line: bytes) -> None:
+        # Once the attempt suspended, its last frame is the `suspend`: nothing goes after it.
+        if self._suspension is None:
+            await self._send_line(line)
+
+    async def wait_for_signal(self, name: str, timeout: float | timedelta) -> Signal:
+        """Waits for the signal ``name`` (a client's ``signal(task_id, name, payload)``) up to
+        ``timeout`` (seconds, or a `datetime.timedelta`; 1 ms to 6 days).
+
+        When this attempt was resumed by that signal (`signal` has this ``name``), returns it
+        at once; also when it is the timeout marker (``timed_out`` true: no signal came in
+        time and the agent type's ``on_signal_timeout = "resume"`` ran this attempt anyway),
+        so check ``.timed_out``. Otherwise it ends the attempt: it raises an exception (a
+        `BaseException`, not to be caught) that the `AgentApp` answers with the final frame
+        ``{"type": "suspend", "signal": name, "timeout_ms": ...}``, whatever the handler does
+        afterwards (a handler that catches it still suspends, and what it sends or returns then
+        is dropped). What the handler sent before (progress, chunks, checkpoints) stays sent;
+        nothing else is saved. The task
+        then waits for the signal without holding a worker, and on ``timeout`` fails with
+        kind ``signal_timeout`` (``on_signal_timeout = "fail"``, the default).
+
+        The signal answers the *first* wait for its name in the attempt; a later wait
+        suspends again. So a handler can remind someone and wait once more::
+
+            while (decision := await ctx.wait_for_signal("approval", 3600)).timed_out:
+                await send_reminder(ctx.input)       # on_signal_timeout = "resume"
+
+        **When the signal comes, the handler runs again from the top**, as a new attempt
+        whose `signal` is that signal and whose `last_checkpoint` is the latest checkpoint:
+        checkpoint what was done before the wait, and use `last_checkpoint` to skip it::
+
+            draft = (ctx.last_checkpoint or {}).get("draft")
+            if draft is None:
+                draft = await write_draft(ctx.input)
+                await ctx.checkpoint({"draft": draft})
+            decision = await ctx.wait_for_signal("approval", timedelta(days=1))
+            if decision.timed_out:
+                raise AgentError("no_decision", "nobody approved within a day")
+            return {"draft": draft, "approved": decision.payload["approved"]}
+
+        Only the signal that resumed this attempt is known: a handler that waits more than
+        once records each decision in a checkpoint and skips the waits already passed.
+
+        ``ValueError`` (nothing sent) for a name outside ``[a-z0-9_.-]{1,64}`` or a timeout
+        outside 1 ms to 6 days (``TypeError`` for a timeout neither a number nor a
+        ``timedelta``), checked on every attempt, also one resumed by the signal."""
+        return self.wait_for_signal_sync(name, timeout)
+
+    def wait_for_signal_sync(self, name: str, timeout: float | timedelta) -> Signal:
+        """`wait_for_signal` for a sync handler (it sends nothing itself: the app does)."""
+        check_signal_name(name)
+        timeout_ms = timeout_ms_of(timeout)
+        if self._suspension is not None:  # suspended already (and caught): still suspended
+            raise self._suspension
+        if self.signal is not None and self.signal.name == name and not self._signal_taken:
+            self._signal_taken = True
+            return self.signal
+        self._suspension = _Suspend(name, timeout_ms)
+        raise self._suspension
+
+    async def submit_child(
+        self,
+        agent_type: str,
+        input: Any,
+        *,
+        content_type: str = "application/json",
+        labels: Mapping[str, str] | None = None,
+        n: int | None = None,
+    ) -> str:
+        """Submits a sub-task of ``agent_type`` (``POST <callback_url>/children``) and returns
+        its task id, ``<task_id>.<n>``. ``input`` is the child's input: any JSON value with a
+        JSON ``content_type``, else a string.
+
+        ``n`` numbers the attempt's sub-tasks: left out, the context takes the next number,
+        counting each call from 0 (so a re-run of the attempt making the same calls in the same
+        order gets the same numbers); given, that one (and the next left out is above it).
+        Submitting an ``n`` again finds the same child: one already ended is not run again.
+        `DelegationUnavailable` without a ``callback_url``; `BadRequest`, `NotFound` (the
+        attempt no longer runs) or `PayloadTooLarge` when the worker refuses the call."""
+        _, task_id = await self._submit(agent_type, input, content_type, labels, n)
+        return task_id
+
+    async def child_outcome(self, child: int | str, *, timeout: float | None = None) -> ChildOutcome:
+        """The outcome of a sub-task, by its number ``n`` or its task id (as `submit_child`
+        returned it), waiting until it has one (``GET <callback_url>/children/<n>/outcome``,
+        asked again every 30 s). The attempt's own timeout bounds the wait; ``timeout``
+        (seconds) gives up earlier with `WaitTimeout`."""
+        callback = self._callback()
+        if isinstance(child, str):
+            if child not in self._child_numbers:
+                raise ValueError(f"no sub-task `{child}` was submitted by this attempt; pass its number n")
+            child = self._child_numbers[child]
+        elif isinstance(child, bool) or not isinstance(child, int) or child < 0:
+            raise ValueError(f"a sub-task is its number n (an integer of at least 0) or its task id, not {child!r}")
+        return await callback.outcome(child, timeout=timeout)
+
+    async def delegate(
+        self,
+        agent_type: str,
+        input: Any,
+        *,
+        content_type: str = "application/json",
+        labels: Mapping[str, str] | None = None,
+        n: int | None = None,
+    ) -> Any:
+        """Runs a sub-task of ``agent_type`` and returns its output: `submit_child`, then
+        `child_outcome`. The output is the JSON value when the child's output is JSON, else
+        its text. A child that ended otherwise (failed, dead-lettered, cancelled, expired)
+        raises `DelegationFailed` with its status, ``error_kind`` and ``message``; not caught,
+        it fails this attempt with kind ``delegation_failed``, not retryable.
+
+        The agent type must be declared ``delegates = true`` (else `DelegationUnavailable`).
+        Children run on their own types' workers while this attempt keeps its slot; run
+        several at once with ``asyncio.gather(ctx.delegate(...), ctx.delegate(...))``: their
+        numbers follow the order of the calls. A re-run of the attempt (a retry, a crash)
+        finds the children it submitted before instead of running them again."""
+        number, _ = await self._submit(agent_type, input, content_type, labels, n)
+        outcome = await self.child_outcome(number)
+        return outcome.result()
+
+    def delegate_sync(
+        self,
+        agent_type: str,
+        input: Any,
+        *,
+        content_type: str = "application/json",
+        labels: Mapping[str, str] | None = None,
+        n: int | None = None,
+    ) -> Any:
+        """`delegate` for a sync handler (it runs in a worker thread)."""
+        return self._call_sync(self.delegate(agent_type, input, content_type=content_type, labels=labels, n=n))
+
+    async def _submit(self, agent_type: str, input: Any, content_type: str, labels: Mapping[str, str] | None, n: int | None) -> tuple[int, str]:
+        # The number is taken before the first await: concurrent calls are numbered in order.
+        callback = self._callback()
+        number = self._child_number(n)
+        task_id = await callback.submit(number, agent_type, input, content_type=content_type, labels=labels)
+        self._child_numbers[task_id] = number
+        return number, task_id
+
+    def _callback(self) -> Callback:
+        if self.callback_url is None or self._http is None:
+            raise DelegationUnavailable(
+                f"attempt {self.attempt} of task `{self.task_id}` has no callback_url: declare its agent type "
+                f"`{self.agent_type}` with `delegates = true` in agentlog's config to submit sub-tasks"
+            )
+        return Callback(self.callback_url, self._http())
+
+    def _child_number(self, n: int | None) -> int:
+        """The number of the next sub-task: ``n`` when given (the count goes on above it)."""
+        if n is None:
+            n = self._next_child
+        elif isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"a sub-task's number n must be an integer of at least 0, not {n!r}")
+        self._next_child = max(self._next_child, n + 1)
+        return n
 
     def progress_sync(self, percent: float | None = None, message: str | None = None) -> None:
         """`progress` for a sync handler (it runs in a worker thread)."""
@@ -129,11 +323,11 @@ class Context:
         """`checkpoint` for a sync handler (it runs in a worker thread)."""
         self._call_sync(self.checkpoint(state))
 
-    def _call_sync(self, coroutine: Awaitable[None]) -> None:
+    def _call_sync(self, coroutine: Awaitable[T]) -> T:
         if _running_loop() is self._loop:
             coroutine.close()  # type: ignore[attr-defined]
-            raise RuntimeError("use `await ctx.emit(...)` / `await ctx.progress(...)` / `await ctx.checkpoint(...)` in an async handler")
-        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()  # type: ignore[arg-type]
+            raise RuntimeError("use `await ctx.emit(...)` / `await ctx.progress(...)` / `await ctx.checkpoint(...)` / `await ctx.delegate(...)` in an async handler")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()  # type: ignore[arg-type]
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -156,14 +350,37 @@ class AgentApp:
             return {"summary": ...}
 
         # uvicorn module:app --port 9000
+
+    Delegating handlers (`Context.delegate`) share one ``httpx.AsyncClient`` of the app, made
+    at the first delegation and closed at the ASGI lifespan's shutdown; a server without
+    lifespan events should ``await app.aclose()`` when it stops.
     """
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._http: httpx.AsyncClient | None = None
+        self._http_loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def agent_types(self) -> list[str]:
         return sorted(self._handlers)
+
+    async def aclose(self) -> None:
+        """Closes the client of the delegations' callbacks (if one was made)."""
+        http, self._http, self._http_loop = self._http, None, None
+        if http is not None:
+            await http.aclose()
+
+    def _callback_http(self) -> httpx.AsyncClient:
+        """The client of the callbacks, made on first use. Its connections belong to the event
+        loop that made it, so another loop (a test's, say) gets a client of its own."""
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._http_loop is not loop:
+            # trust_env=False: the callback is the worker's own URL with the attempt's token in
+            # it; no proxy of the environment should see it (or stand in between).
+            self._http = httpx.AsyncClient(timeout=CALL_TIMEOUT_S, trust_env=False, headers={"User-Agent": "agentlog-sdk-python/0.1.0"})
+            self._http_loop = loop
+        return self._http
 
     def agent(self, agent_type: str) -> Callable[[H], H]:
         """Registers the decorated function as the handler of ``agent_type``. An ``async``
@@ -181,7 +398,7 @@ class AgentApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await _lifespan(receive, send, self.aclose)
             return
         if scope["type"] != "http":
             raise RuntimeError(f"AgentApp serves http, not {scope['type']}")
@@ -232,6 +449,7 @@ class AgentApp:
         except ValueError as e:
             await _json_answer(send, 400, {"error": {"code": "bad_request", "message": str(e)}})
             return
+        callback_url = attempt.get("callback_url")
         ctx = Context(
             task_id=attempt["task_id"],
             agent_type=attempt["agent_type"],
@@ -246,6 +464,9 @@ class AgentApp:
             _disconnected=disconnected,
             last_checkpoint=attempt.get("checkpoint"),
             last_checkpoint_attempt=attempt.get("checkpoint_attempt"),
+            signal=Signal.of(attempt.get("signal")),
+            callback_url=callback_url,
+            _http=self._callback_http if callback_url is not None else None,
         )
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", NDJSON.encode()), (b"cache-control", b"no-store")]})
         work = asyncio.ensure_future(_call(handler, ctx))
@@ -257,7 +478,7 @@ class AgentApp:
                 work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
                 return
-            line = _final_line(work)
+            line = _final_line(work, ctx._suspension)
             await send_line(line)
             if not disconnected.is_set():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -265,11 +486,14 @@ class AgentApp:
             watch.cancel()
 
 
-def _final_line(work: "asyncio.Future[Any]") -> bytes:
-    """The ``result`` or ``error`` line of a finished handler."""
+def _final_line(work: "asyncio.Future[Any]", suspension: _Suspend | None) -> bytes:
+    """The ``result``, ``error`` or ``suspend`` line of a finished handler: ``suspend`` when it
+    waited for a signal, whatever it did after (caught the suspension, returned, raised)."""
+    error = None if work.cancelled() else work.exception()  # retrieved: asyncio does not log it
+    if suspension is not None:
+        return encode_line(suspend_frame(suspension.signal, suspension.timeout_ms))
     if work.cancelled():  # the handler raised CancelledError itself
         return encode_line(error_frame("exception", "CancelledError: the handler was cancelled", True))
-    error = work.exception()
     if error is not None:
         return encode_line(error_frame_of(error))
     try:
@@ -311,6 +535,13 @@ def _check_attempt(attempt: dict[str, Any]) -> None:
     labels = attempt.get("labels", {})
     if labels is not None and (not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values())):
         raise wrong("labels", "an object of strings")
+    try:
+        Signal.of(attempt.get("signal"))
+    except ValueError as e:
+        raise _BadRequest(400, "bad_request", str(e)) from None
+    callback_url = attempt.get("callback_url")
+    if callback_url is not None and (not isinstance(callback_url, str) or not callback_url.startswith(("http://", "https://"))):
+        raise wrong("callback_url", "an http(s) URL, or null")
 
 
 def _path_of(scope: Scope) -> str:
@@ -354,11 +585,14 @@ async def _json_answer(send: Send, status: int, body: Any, allow: bool = False) 
     await send({"type": "http.response.body", "body": data, "more_body": False})
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
+async def _lifespan(receive: Receive, send: Send, shutdown: Callable[[], Awaitable[None]]) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
+            try:
+                await shutdown()
+            finally:
+                await send({"type": "lifespan.shutdown.complete"})
             return

@@ -2,8 +2,8 @@
 
 Both build the same requests and read the same answers through the helpers at the top of
 this module; they differ only in the httpx client doing the I/O. Answers are the API's JSON
-(dicts) except where a small type helps: `Submitted`, `TaskPage`, and the typed stream
-events. Error answers raise the `AgentlogError` subclass of their status.
+(dicts) except where a small type helps: `Submitted`, `TaskPage`, `SignalResult`, and the
+typed stream events. Error answers raise the `AgentlogError` subclass of their status.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import httpx
 from .errors import NotFound, WaitTimeout, error_from_response
 from .stream import AsyncOutcomeStream, Event, OutcomeStream, aiter_events, iter_events
 
-__all__ = ["Client", "AsyncClient", "Submitted", "TaskPage", "task_spec"]
+__all__ = ["Client", "AsyncClient", "Submitted", "TaskPage", "SignalResult", "task_spec"]
 
 #: How long a stream may stay silent before it is taken for dropped and resumed. The server
 #: sends a keep-alive comment every 15 s, so a minute of silence means a dead connection.
@@ -62,6 +62,47 @@ class TaskPage:
     next_cursor: str | None
 
 
+@dataclass(frozen=True)
+class SignalResult:
+    """A signal's answer. ``duplicate`` false (202, ``accepted``): the signal is on the log and
+    resumes the task unless something else resumed it first (a timeout, another signal: the
+    first in log order wins). ``duplicate`` true (200): the task already received a signal of
+    this ``signal_id``, and nothing was written. ``signal`` is its name, ``signal_id`` the id
+    sent, or the one the API gave a signal sent without (``None`` if it gave none)."""
+
+    task_id: str
+    signal: str
+    signal_id: str | None
+    duplicate: bool
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, response: httpx.Response, task_id: str, name: str, signal_id: str | None) -> SignalResult:
+        body = _answer(response)
+        body = body if isinstance(body, dict) else {}
+        sent_id = body.get("signal_id", signal_id)
+        return cls(
+            task_id=str(body.get("task_id", task_id)),
+            signal=str(body.get("signal", name)),
+            signal_id=sent_id if isinstance(sent_id, str) else None,
+            duplicate=body.get("status") == "duplicate",
+            raw=dict(body),
+        )
+
+
+def signal_body(payload: Any, signal_id: str | None) -> dict[str, Any]:
+    """The JSON of ``POST /v1/tasks/{id}/signals/{name}``: ``payload`` (``null`` when None),
+    and ``signal_id`` when given."""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        raise TypeError("a signal's payload is JSON; decode or base64-encode bytes first")
+    if signal_id is not None and not isinstance(signal_id, str):
+        raise TypeError("signal_id must be a string")
+    body: dict[str, Any] = {"payload": payload}
+    if signal_id is not None:
+        body["signal_id"] = signal_id
+    return body
+
+
 def task_spec(
     agent_type: str,
     input: Any,
@@ -99,6 +140,10 @@ def _path(task_id: str, tail: str = "") -> str:
 
 def _params(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
+
+
+def _signal_path(task_id: str, name: str) -> str:
+    return _path(task_id, f"/signals/{quote(name, safe='')}")
 
 
 def _answer(response: httpx.Response) -> Any:
@@ -214,6 +259,21 @@ class Client(_Common):
         response = self._http.post(_path(task_id, "/cancel"), json=_params(reason=reason))
         return _answer(response)  # type: ignore[no-any-return]
 
+    def signal(self, task_id: str, name: str, payload: Any = None, *, signal_id: str | None = None) -> SignalResult:
+        """Sends the signal ``name`` to a task waiting for it (``POST
+        /v1/tasks/{id}/signals/{name}``, body ``{"signal_id", "payload"}``): the task resumes
+        as a new attempt whose ``ctx.signal`` carries ``payload`` (any JSON) and ``signal_id``.
+
+        With a ``signal_id`` a retried call is safe: the task takes one signal of each id, the
+        next calls answer ``duplicate``. Without one each call is a new signal.
+
+        Errors: `UnexpectedSignal` (409: the task waits for another signal, ``.waiting_for``),
+        `NotWaiting` (409: it waits for none, ``.task_status``), `NotFound` (404),
+        `BadRequest` (400: a name outside ``[a-z0-9_.-]{1,64}``), `PayloadTooLarge` (413: a
+        payload over 256 KiB)."""
+        response = self._http.post(_signal_path(task_id, name), json=signal_body(payload, signal_id))
+        return SignalResult.of(response, task_id, name, signal_id)
+
     def stream(self, task_id: str, last_event_id: str | None = None, *, max_reconnects: int = 10, read_timeout: float | None = None) -> Iterator[Event]:
         """The task's `Progress` and `Chunk` events as they happen, then its `Outcome`,
         after which the iterator ends. A dropped connection is resumed after the last event
@@ -311,6 +371,11 @@ class AsyncClient(_Common):
         """See `Client.cancel`."""
         response = await self._http.post(_path(task_id, "/cancel"), json=_params(reason=reason))
         return _answer(response)  # type: ignore[no-any-return]
+
+    async def signal(self, task_id: str, name: str, payload: Any = None, *, signal_id: str | None = None) -> SignalResult:
+        """See `Client.signal`."""
+        response = await self._http.post(_signal_path(task_id, name), json=signal_body(payload, signal_id))
+        return SignalResult.of(response, task_id, name, signal_id)
 
     def stream(self, task_id: str, last_event_id: str | None = None, *, max_reconnects: int = 10, read_timeout: float | None = None) -> AsyncIterator[Event]:
         """See `Client.stream`: ``async for event in client.stream(task_id): ...``."""

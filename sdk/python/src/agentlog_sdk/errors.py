@@ -7,10 +7,14 @@ Two families, kept apart because they travel in opposite directions:
   the subclass is chosen by HTTP status so callers can ``except NotFound`` without looking
   at numbers, and ``code`` stays available for finer decisions (``no_task`` vs
   ``no_outcome``).
+  A 409 of a signal is finer still: `NotWaiting` (the task waits for no signal) and
+  `UnexpectedSignal` (it waits for another one), both `Conflict`.
 * `AgentError`, `ChunkTooLarge` and `CheckpointTooLarge` are raised *by or to agent code*
   inside an `AgentApp` handler: `AgentError` becomes an ``error`` frame of the agent
   protocol, `ChunkTooLarge` tells the handler that a chunk it tried to emit would break the
   64 KiB line limit, `CheckpointTooLarge` that a checkpoint would break the 256 KiB one.
+  `DelegationFailed` tells it that a sub-task it delegated ended without output, and
+  `DelegationUnavailable` that its agent type may not delegate at all.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ __all__ = [
     "Forbidden",
     "NotFound",
     "Conflict",
+    "NotWaiting",
+    "UnexpectedSignal",
     "PayloadTooLarge",
     "TooManyRequests",
     "ServerError",
@@ -36,6 +42,8 @@ __all__ = [
     "AgentError",
     "ChunkTooLarge",
     "CheckpointTooLarge",
+    "DelegationFailed",
+    "DelegationUnavailable",
     "error_from_response",
 ]
 
@@ -74,7 +82,29 @@ class NotFound(AgentlogError):
 
 
 class Conflict(AgentlogError):
-    """409: e.g. cancelling a task that already ended (``task_finished``)."""
+    """409: e.g. cancelling a task that already ended (``task_finished``), or a signal the
+    task does not wait for (`NotWaiting`, `UnexpectedSignal`)."""
+
+
+class NotWaiting(Conflict):
+    """409 ``not_waiting``: a signal for a task that is not waiting for one (it is still
+    running, or already ended). ``task_status`` is the task's status (``running``,
+    ``completed``, ...) as the answer's ``error.detail.status`` gives it (else as its message
+    names it; ``None`` when neither does); ``message`` keeps the API's own words."""
+
+    def __init__(self, status: int, code: str, message: str, *, field: str | None = None, body: Any = None, task_status: str | None = None) -> None:
+        super().__init__(status, code, message, field=field, body=body)
+        self.task_status = task_status
+
+
+class UnexpectedSignal(Conflict):
+    """409 ``unexpected_signal``: the task waits for another signal. ``waiting_for`` is the
+    name of the one it waits for, from the answer's ``error.detail.waiting_for`` (else as its
+    message names it; ``None`` when neither does); ``message`` keeps the API's own words."""
+
+    def __init__(self, status: int, code: str, message: str, *, field: str | None = None, body: Any = None, waiting_for: str | None = None) -> None:
+        super().__init__(status, code, message, field=field, body=body)
+        self.waiting_for = waiting_for
 
 
 class PayloadTooLarge(AgentlogError):
@@ -117,6 +147,33 @@ _BY_STATUS: dict[int, type[AgentlogError]] = {
     503: Unavailable,
 }
 
+#: The statuses of a task (``GET /v1/tasks/{id}``), to find the one a ``not_waiting`` names.
+_TASK_STATUSES = ("pending", "queued", "scheduled", "running", "retrying", "waiting", "completed", "failed", "dead_lettered", "cancelled", "expired")
+_STATUS_WORD = re.compile(r"\b(" + "|".join(_TASK_STATUSES) + r")\b")
+_QUOTED = re.compile(r"`[^`]*`")
+#: The awaited signal in an ``unexpected_signal``'s words: "waits for signal `approval`, not `x`".
+_AWAITED = re.compile(r"\bfor\s+(?:signal\s+)?`([a-z0-9_.-]{1,64})`")
+
+
+def _task_status_of(detail: dict[str, Any], message: str) -> str | None:
+    """The task's status a ``not_waiting`` names: ``error.detail.status``, else the status
+    word of its message outside backquotes (``waiting`` excepted: "not waiting")."""
+    status = detail.get("status")
+    if isinstance(status, str) and status:
+        return status
+    words = [w for w in _STATUS_WORD.findall(_QUOTED.sub(" ", message)) if w != "waiting"]
+    return words[0] if words else None
+
+
+def _awaited_signal_of(detail: dict[str, Any], message: str) -> str | None:
+    """The signal an ``unexpected_signal`` names as awaited: ``error.detail.waiting_for``,
+    else the backquoted name its message puts after "for"."""
+    waiting_for = detail.get("waiting_for")
+    if isinstance(waiting_for, str) and waiting_for:
+        return waiting_for
+    match = _AWAITED.search(message)
+    return match.group(1) if match else None
+
 
 def _retry_after(value: str | None) -> float | None:
     """``Retry-After`` in seconds; agentlog sends whole seconds (HTTP dates are not parsed)."""
@@ -129,8 +186,11 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def error_from_response(response: httpx.Response) -> AgentlogError:
-    """The typed error of an API answer with status >= 400 (its body must have been read)."""
+    """The typed error of an API answer with status >= 400 (its body must have been read).
+    ``error.detail``, an object some errors carry (a 409's current state), is read into the
+    fields of `NotWaiting` and `UnexpectedSignal`."""
     code, message, field, body = f"http_{response.status_code}", response.reason_phrase or "", None, None
+    error: Any = None
     try:
         body = response.json()
     except ValueError:
@@ -144,6 +204,12 @@ def error_from_response(response: httpx.Response) -> AgentlogError:
             message = str(error.get("message") or message)
             field = error.get("field") if isinstance(error.get("field"), str) else None
     status = response.status_code
+    detail = error.get("detail") if isinstance(error, dict) else None
+    detail = detail if isinstance(detail, dict) else {}
+    if status == 409 and code == "not_waiting":
+        return NotWaiting(status, code, message, field=field, body=body, task_status=_task_status_of(detail, message))
+    if status == 409 and code == "unexpected_signal":
+        return UnexpectedSignal(status, code, message, field=field, body=body, waiting_for=_awaited_signal_of(detail, message))
     cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else AgentlogError)
     if cls is TooManyRequests:
         return TooManyRequests(status, code, message, field=field, body=body, retry_after=_retry_after(response.headers.get("retry-after")))
@@ -201,3 +267,31 @@ class CheckpointTooLarge(Exception):
         super().__init__(f"the checkpoint frame is {size} bytes; the limit of one checkpoint line is {limit}")
         self.size = size
         self.limit = limit
+
+
+class DelegationFailed(Exception):
+    """A sub-task delegated with `Context.delegate` ended without output: ``status`` is its
+    terminal status (``failed``, ``dead_lettered``, ``cancelled``, ``expired``), ``error_kind``
+    and ``message`` its failure as agentlog recorded it, ``task_id`` the child's id
+    (``<parent id>.<n>``) and ``n`` its number in the attempt.
+
+    Not caught, it fails the attempt with kind ``delegation_failed``, not retryable: the child
+    keeps its outcome, so a retry submitting the same ``n`` would find the same failure.
+    """
+
+    def __init__(self, task_id: str, status: str, error_kind: str | None, message: str | None, *, n: int | None = None) -> None:
+        what = f"{error_kind}: {message}" if error_kind else (message or "no message")
+        super().__init__(f"sub-task `{task_id}` ended {status}: {what}")
+        self.task_id = task_id
+        self.status = status
+        self.error_kind = error_kind
+        self.message = message
+        self.n = n
+
+
+class DelegationUnavailable(RuntimeError):
+    """`Context.delegate` (or `submit_child`, `child_outcome`) in an attempt without a
+    ``callback_url``: its agent type is not declared with ``delegates = true``.
+
+    Not caught, it fails the attempt with kind ``delegation_unavailable``, not retryable:
+    another attempt would have no callback either."""

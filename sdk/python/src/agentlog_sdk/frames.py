@@ -1,5 +1,6 @@
 """The wire format of agent protocol v1 (docs/agent-protocol.md): the attempt's input
-encodings and the NDJSON frames an agent answers with.
+encodings and the NDJSON frames an agent answers with, ``suspend`` (how an attempt that
+waits for a signal ends) included.
 
 Kept apart from the ASGI app so the encoding rules (which encoding a return value gets,
 when a line is too long) live in one place and are tested on their own.
@@ -10,23 +11,32 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import re
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, Union
 
-from .errors import AgentError, CheckpointTooLarge, ChunkTooLarge
+from .errors import AgentError, CheckpointTooLarge, ChunkTooLarge, DelegationFailed, DelegationUnavailable
 
 __all__ = [
     "PROTOCOL_VERSION",
     "MAX_LINE_BYTES",
     "MAX_CHECKPOINT_LINE_BYTES",
+    "MIN_SIGNAL_TIMEOUT_MS",
+    "MAX_SIGNAL_TIMEOUT_MS",
     "NDJSON",
     "TEXT_PLAIN",
     "Result",
+    "Signal",
     "decode_input",
     "encode_line",
     "progress_frame",
     "chunk_frame",
     "checkpoint_frame",
+    "suspend_frame",
+    "check_signal_name",
+    "timeout_ms_of",
     "result_frame",
     "error_frame",
 ]
@@ -39,6 +49,14 @@ MAX_LINE_BYTES = 64 * 1024
 
 #: Longest ``checkpoint`` line agentlog accepts, in bytes, newline excluded.
 MAX_CHECKPOINT_LINE_BYTES = 256 * 1024
+
+#: The shortest and the longest wait of a ``suspend`` frame, in milliseconds (1 ms, 6 days:
+#: agentlog's ``timers`` topic keeps records 7 days).
+MIN_SIGNAL_TIMEOUT_MS = 1
+MAX_SIGNAL_TIMEOUT_MS = 6 * 24 * 3600 * 1000
+
+#: A signal's name (also an error's kind).
+SIGNAL_NAME = re.compile(r"^[a-z0-9_.-]{1,64}$")
 
 NDJSON = "application/x-ndjson"
 TEXT_PLAIN = "text/plain; charset=utf-8"
@@ -58,6 +76,40 @@ class Result:
 
     output: Any
     content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Signal:
+    """The signal that resumed a task which had suspended (the attempt's ``signal``).
+
+    ``name`` is the signal's name (what the previous attempt waited for), ``id`` the
+    ``signal_id`` its sender gave (``None`` when it gave none, and on a timeout), ``payload``
+    the JSON its sender sent (``None`` when none). ``timed_out`` is true when no signal came
+    in time and the agent type's ``on_signal_timeout = "resume"`` ran this attempt anyway:
+    then ``id`` and ``payload`` are ``None``.
+    """
+
+    name: str
+    id: str | None = None
+    payload: Any = None
+    timed_out: bool = False
+
+    @classmethod
+    def of(cls, value: Any) -> Signal | None:
+        """The attempt's ``signal`` field: ``None`` for null (or absent), else a `Signal`;
+        ``ValueError`` naming what is wrong with a malformed one."""
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise ValueError("`signal` must be an object or null")
+        name, id, timed_out = value.get("name"), value.get("id"), value.get("timed_out", False)
+        if not isinstance(name, str) or not name:
+            raise ValueError("`signal.name` must be a non-empty string")
+        if id is not None and not isinstance(id, str):
+            raise ValueError("`signal.id` must be a string or null")
+        if not isinstance(timed_out, bool):
+            raise ValueError("`signal.timed_out` must be a boolean")
+        return cls(name=name, id=id, payload=value.get("payload"), timed_out=timed_out)
 
 
 def _dumps(value: Any) -> str:
@@ -126,6 +178,40 @@ def checkpoint_frame(state: Any) -> dict[str, Any]:
     return {"type": "checkpoint", "state": state}
 
 
+def check_signal_name(name: Any) -> str:
+    """``name`` when it is a signal's name (``[a-z0-9_.-]{1,64}``), else ``ValueError``."""
+    if not isinstance(name, str) or not SIGNAL_NAME.match(name):
+        raise ValueError(f"signal name {name!r} must match [a-z0-9_.-]{{1,64}}")
+    return name
+
+
+def timeout_ms_of(timeout: Union[float, timedelta]) -> int:
+    """A signal wait's timeout in whole milliseconds (rounded to the nearest): seconds as a
+    number, or a `datetime.timedelta`. ``ValueError`` outside 1 ms to 6 days (NaN, infinite,
+    negative included), ``TypeError`` for anything else."""
+    if isinstance(timeout, timedelta):
+        seconds = timeout.total_seconds()
+    elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+    else:
+        raise TypeError(f"a timeout is seconds (a number) or a datetime.timedelta, not {type(timeout).__name__}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"timeout {timeout!r} is not finite")
+    ms = round(seconds * 1000)
+    if not MIN_SIGNAL_TIMEOUT_MS <= ms <= MAX_SIGNAL_TIMEOUT_MS:
+        raise ValueError(f"timeout {timeout!r} must be from 1 ms to 6 days ({MAX_SIGNAL_TIMEOUT_MS} ms)")
+    return ms
+
+
+def suspend_frame(signal: str, timeout_ms: int) -> dict[str, Any]:
+    """A ``suspend`` frame: the attempt ends and the task waits up to ``timeout_ms`` for the
+    signal ``signal``. Both are checked as agentlog checks them (``ValueError``)."""
+    check_signal_name(signal)
+    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or not MIN_SIGNAL_TIMEOUT_MS <= timeout_ms <= MAX_SIGNAL_TIMEOUT_MS:
+        raise ValueError(f"timeout_ms must be an integer from {MIN_SIGNAL_TIMEOUT_MS} to {MAX_SIGNAL_TIMEOUT_MS}, not {timeout_ms!r}")
+    return {"type": "suspend", "signal": signal, "timeout_ms": timeout_ms}
+
+
 def result_frame(value: Any) -> dict[str, Any]:
     """The ``result`` frame of a handler's return value: bytes → base64 (octet-stream unless
     a `Result` says otherwise), str → utf8 (text/plain; charset=utf-8 unless a `Result` says
@@ -159,8 +245,9 @@ def error_frame(kind: str, message: str, retryable: bool = False, retry_after_ms
 
 def error_frame_of(error: BaseException) -> dict[str, Any]:
     """An `AgentError` as its own frame; an uncaught `ChunkTooLarge` as kind
-    ``chunk_too_large``, an uncaught `CheckpointTooLarge` as kind ``checkpoint_too_large``
-    (both not retryable); any other exception as kind ``exception``,
+    ``chunk_too_large``, an uncaught `CheckpointTooLarge` as kind ``checkpoint_too_large``, an
+    uncaught `DelegationFailed` as kind ``delegation_failed`` and `DelegationUnavailable` as
+    ``delegation_unavailable`` (all not retryable); any other exception as kind ``exception``,
     retryable, with the message ``ExcType: text`` (a bug or a passing failure: the agent
     type's retry policy decides whether kind ``exception`` is retried)."""
     if isinstance(error, AgentError):
@@ -169,5 +256,9 @@ def error_frame_of(error: BaseException) -> dict[str, Any]:
         return error_frame("chunk_too_large", str(error), False)
     if isinstance(error, CheckpointTooLarge):
         return error_frame("checkpoint_too_large", str(error), False)
+    if isinstance(error, DelegationFailed):  # the child keeps its outcome: a retry fails alike
+        return error_frame("delegation_failed", str(error), False)
+    if isinstance(error, DelegationUnavailable):
+        return error_frame("delegation_unavailable", str(error), False)
     text = str(error)
     return error_frame("exception", f"{type(error).__name__}: {text}" if text else type(error).__name__, True)
