@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use agentlog::agent::dlq;
 use agentlog::events::{
     AgentDeregistered, AgentHeartbeat, AgentLost, AgentRegistered, AgentState, AgentStateChanged, AnyEvent, JobCompleted, JobSubmitted, Lane, Meta,
-    TaskCancelRequested, TaskCancelled, TaskCompleted, TaskDeadLettered, TaskExpired, TaskFailed, TaskProgress, TaskRetryScheduled, TaskStarted, TaskSubmitted,
-    TimestampMicros,
+    SignalDelivery, TaskCancelRequested, TaskCancelled, TaskCompleted, TaskDeadLettered, TaskExpired, TaskFailed, TaskProgress, TaskRetryScheduled,
+    TaskSignalled, TaskStarted, TaskSubmitted, TaskSuspended, TimestampMicros,
 };
 use agentlog::log::ConsumedRecord;
 use agentlog::projection::apply::{Changes, WrittenTasks};
@@ -379,6 +379,71 @@ fn derived_status_follows_the_life_of_a_task_across_batches() {
     let counters: HashMap<String, _> = store.type_counters().expect("counters").into_iter().collect();
     let c = &counters[TYPE];
     assert_eq!((c.submitted, c.completed, c.failed, c.dead_lettered, c.cancelled, c.expired), (5, 1, 1, 1, 1, 1));
+}
+
+#[test]
+fn a_suspended_task_waits_until_its_signal_resumes_it() {
+    let (_dir, store) = fresh();
+    let status = |store: &ProjectionStore| store.task(TENANT, "w1").expect("read").expect("task");
+    let first = submitted("w-s1", "w1", 1, T0);
+    let suspended = AnyEvent::TaskSuspended(TaskSuspended {
+        meta: meta("w-su", T0 + 2),
+        task_id: "w1".into(),
+        attempt: 1,
+        signal: "approval".into(),
+        timeout_at: TimestampMicros(T0 + 60_000_000),
+    });
+    let mut waiting = submitted("w-s2", "w1", 2, T0 + 2);
+    waiting.awaiting_signal = Some("approval".into());
+    waiting.not_before = Some(TimestampMicros(T0 + 60_000_000));
+    let signalled = |id: &str, at| {
+        AnyEvent::TaskSignalled(TaskSignalled {
+            meta: meta(&format!("w-sig-{id}"), at),
+            task_id: "w1".into(),
+            signal: "approval".into(),
+            signal_id: id.into(),
+            payload: None,
+        })
+    };
+    apply(
+        &store,
+        &[vec![
+            (Source::Lane, AnyEvent::TaskSubmitted(first)),
+            (Source::Other, started("w-st1", "w1", 1, "w", T0 + 1)),
+            (Source::Other, suspended),
+            (Source::Timers, AnyEvent::TaskSubmitted(waiting.clone())),
+        ]],
+    );
+    let view = status(&store);
+    assert_eq!(view.status.as_str(), "waiting", "a waiting command on timers is not a scheduled one");
+    let wait = view.waiting_for.expect("what it waits for");
+    assert_eq!((wait.signal.as_str(), wait.timeout_at_us, wait.attempt), ("approval", T0 + 60_000_000, 2));
+    let listed = store.list_tasks(&TaskFilter { tenant: TENANT.into(), status: Some("waiting".parse().expect("a status")), ..TaskFilter::default() }, None, 10);
+    assert_eq!(listed.expect("list").tasks.len(), 1, "listed under waiting");
+
+    // Signals are remembered once per id (a retry of the same signal is the same signal).
+    apply(&store, &[vec![(Source::Timers, signalled("a", T0 + 3)), (Source::Timers, signalled("a", T0 + 3)), (Source::Timers, signalled("b", T0 + 4))]]);
+    let ids: Vec<String> = status(&store).signals.iter().map(|s| s.signal_id.clone()).collect();
+    assert_eq!(ids, ["a", "b"]);
+
+    // The resumed command on its lane: queued, then running, then done.
+    let mut resumed = waiting;
+    resumed.meta = meta("w-s3", T0 + 5);
+    resumed.awaiting_signal = None;
+    resumed.not_before = None;
+    resumed.signal = Some(SignalDelivery { name: "approval".into(), signal_id: Some("a".into()), payload: None, timed_out: false });
+    apply(&store, &[vec![(Source::Lane, AnyEvent::TaskSubmitted(resumed))]]);
+    assert_eq!(status(&store).status.as_str(), "queued");
+    apply(&store, &[vec![(Source::Other, started("w-st2", "w1", 2, "w", T0 + 6))]]);
+    assert_eq!(status(&store).status.as_str(), "running");
+    apply(&store, &[vec![(Source::Other, completed("w-done", "w1", 2, T0 + 7))]]);
+    let view = status(&store);
+    assert_eq!(view.status.as_str(), "completed");
+    let events: Vec<&str> = view.timeline.iter().map(|e| e.event.as_str()).collect();
+    assert!(events.contains(&"TaskSuspended") && events.contains(&"TaskWaiting") && events.contains(&"TaskSignalled"), "{events:?}");
+    let resumed_entry =
+        view.timeline.iter().find(|e| e.detail.as_deref().is_some_and(|d| d.starts_with("resumed by signal"))).expect("the resume in the timeline");
+    assert_eq!(resumed_entry.detail.as_deref(), Some("resumed by signal `approval` (a)"));
 }
 
 #[test]

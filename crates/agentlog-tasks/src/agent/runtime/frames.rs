@@ -375,6 +375,6 @@ mod tests {
         let mut none = FrameReader::new();
         none.feed(b"{\"type\":\"progress\"}\n", None).await.expect("progress");
         let failure = none.finish(None).await.expect_err("no end");
-        assert!(failure.kind == kind::PROTOCOL && failure.message.contains("without a `result` or `error`"), "{failure}");
+        assert!(failure.kind == kind::PROTOCOL && failure.message.contains("without a `result`, `error` or `suspend`"), "{failure}");
     }
 }
