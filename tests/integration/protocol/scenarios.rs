@@ -485,6 +485,17 @@ pub async fn a_wait_that_times_out_fails_or_resumes_as_the_type_declares(h: &mut
     assert_eq!(answer.status().as_u16(), 202);
     let cancelled = s.outcome("cancel-1").await;
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    // Its checkpoint (the draft) is cleared, as an outcome written by a worker clears it.
+    let mut checkpoints = s.f.reader(&s.f.topics.checkpoints()).await;
+    let mut last = None;
+    while let Some(event) = checkpoints.next(Duration::from_secs(3)).await {
+        if let agentlog::events::AnyEvent::TaskCheckpointed(e) = event
+            && e.task_id == "cancel-1"
+        {
+            last = Some(e.state);
+        }
+    }
+    assert_eq!(last, Some(None), "the last checkpoint record of the cancelled waiting task clears it");
     s.stop().await;
 
     // `on_signal_timeout = "resume"`: the next attempt runs and learns the wait timed out.

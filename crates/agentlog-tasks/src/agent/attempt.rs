@@ -112,7 +112,10 @@ pub async fn run_attempt(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskS
     let (mut outcome, saved) = turn(env, source, task).await?;
     // A waiting task keeps its checkpoint for the attempt its signal resumes.
     let ended = !matches!(outcome.ending, Ending::RetryScheduled | Ending::Deferred | Ending::Suspended);
-    if ended && (had || saved) {
+    if !ended && let (Some(index), Some(state)) = (&env.checkpoints, &saved) {
+        index.saved(&task.meta.tenant, &task.task_id, task.attempt, state.clone());
+    }
+    if ended && (had || saved.is_some()) {
         let cleared = TaskCheckpointed { meta: meta(env, task), task_id: task.task_id.clone(), attempt: task.attempt, state: None };
         let clear = record(env, env.topics.checkpoints(), task, &cleared).await?;
         if fits(&clear, env.max_record_bytes) {
@@ -122,27 +125,27 @@ pub async fn run_attempt(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskS
     Ok(outcome)
 }
 
-/// [`run_attempt`] but the clearing; says whether the attempt saved a checkpoint.
-async fn turn(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted) -> Result<(Outcome, bool), WireError> {
+/// [`run_attempt`] but the clearing; returns the last checkpoint the attempt saved.
+async fn turn(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted) -> Result<(Outcome, Option<String>), WireError> {
     let now = TimestampMicros::now();
     if let Some(reason) = env.cancels.requested(&task.meta.tenant, &task.task_id) {
-        return Ok((cancelled(env, task, reason).await?, false));
+        return Ok((cancelled(env, task, reason).await?, None));
     }
     if let Some(deadline) = task.deadline
         && deadline <= now
     {
         let event = TaskExpired { meta: meta(env, task), task_id: task.task_id.clone(), deadline };
-        return Ok((Outcome::new(Ending::Expired, vec![record(env, env.topics.results(), task, &event).await?]), false));
+        return Ok((Outcome::new(Ending::Expired, vec![record(env, env.topics.results(), task, &event).await?]), None));
     }
     if task.not_before.is_some_and(|at| at.0 > now.0 + 1_000) {
-        return Ok((Outcome::new(Ending::Deferred, vec![timer_record(&env.codec, &env.topics, task).await?]), false));
+        return Ok((Outcome::new(Ending::Deferred, vec![timer_record(&env.codec, &env.topics, task).await?]), None));
     }
     if let Some(signal) = &task.signal
         && signal.timed_out
         && env.on_signal_timeout == SignalTimeout::Fail
     {
         let message = format!("no signal `{}` came before the wait's timeout (on_signal_timeout = \"fail\")", signal.name);
-        return Ok((Outcome::new(Ending::Failed, vec![failed_record(env, task, kind::SIGNAL_TIMEOUT, message).await?]), false));
+        return Ok((Outcome::new(Ending::Failed, vec![failed_record(env, task, kind::SIGNAL_TIMEOUT, message).await?]), None));
     }
 
     let cancel = env.cancels.register(&task.meta.tenant, &task.task_id);
@@ -231,8 +234,12 @@ async fn failed_record(env: &AttemptEnv, task: &TaskSubmitted, error_kind: &str,
 
 /// Announces the attempt and runs the agent under its timeout and cancel signal. Returns the
 /// TaskStarted write still in flight, for the caller to await after writing the outcome, and
-/// whether the attempt saved a checkpoint.
-async fn run_agent(env: &AttemptEnv, task: &TaskSubmitted, cancel: CancellationToken) -> (Result<TaskOutput, AgentFailure>, Duration, Option<Delivery>, bool) {
+/// the last checkpoint the attempt saved.
+async fn run_agent(
+    env: &AttemptEnv,
+    task: &TaskSubmitted,
+    cancel: CancellationToken,
+) -> (Result<TaskOutput, AgentFailure>, Duration, Option<Delivery>, Option<String>) {
     // One envelope for the start event and the progress reports (each report takes a fresh
     // event id and time), so a task that never reports pays for no second id.
     let envelope = meta(env, task);

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::follower_task::FollowerTask;
 use super::topics::TaskTopics;
 use crate::events::wire::WireCodec;
-use crate::events::{AnyEvent, decode_any_waiting};
+use crate::events::{AnyEvent, Meta, TaskCheckpointed, decode_any_waiting};
 use crate::log::follow::Follower;
 use crate::log::{ConsumedRecord, EventLog, LogError, SeekTo};
 
@@ -152,6 +152,15 @@ impl CheckpointIndex {
     pub fn get(&self, tenant: &str, task_id: &str) -> Option<Checkpoint> {
         let key = (tenant.to_string(), task_id.to_string());
         self.kept.lock().unwrap_or_else(|e| e.into_inner()).latest.get(&key).cloned()
+    }
+
+    /// Keeps a checkpoint this worker just wrote, without waiting to read it back: the task's
+    /// next attempt, when this worker runs it (a retry, a resumed wait, milliseconds later),
+    /// gets it whatever the follow latency of the log. The record read back later changes
+    /// nothing it has not already said.
+    pub fn saved(&self, tenant: &str, task_id: &str, attempt: i32, state: String) {
+        let event = TaskCheckpointed { meta: Meta::new(String::new(), tenant, ""), task_id: task_id.to_string(), attempt, state: Some(state) };
+        self.kept.lock().unwrap_or_else(|e| e.into_inner()).apply(AnyEvent::TaskCheckpointed(event));
     }
 
     /// Stops following and waits for the follower task.

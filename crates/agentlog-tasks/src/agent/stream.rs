@@ -49,8 +49,8 @@ pub struct AttemptStream {
 #[derive(Default)]
 struct State {
     next_seq: i64,
-    /// A checkpoint was handed to the log (the task's outcome then clears it).
-    saved_checkpoint: bool,
+    /// The last checkpoint handed to the log (the task's outcome then clears it).
+    saved_checkpoint: Option<String>,
     in_flight: VecDeque<Delivery>,
     failed: u64,
 }
@@ -108,13 +108,13 @@ impl AttemptStream {
         let mut state_lock = self.state.lock().await;
         let event = TaskCheckpointed { meta: self.meta(), task_id: self.task_id.clone(), attempt: self.attempt, state: Some(state) };
         let payload = self.codec.encode(&self.checkpoints_topic, &event).await.map_err(|e| e.to_string());
-        state_lock.saved_checkpoint = true;
+        state_lock.saved_checkpoint = event.state;
         self.send(&mut state_lock, &self.checkpoints_topic, payload).await;
     }
 
-    /// Whether the attempt saved a checkpoint.
-    pub async fn saved_checkpoint(&self) -> bool {
-        self.state.lock().await.saved_checkpoint
+    /// The last checkpoint the attempt saved, if it saved one.
+    pub async fn saved_checkpoint(&self) -> Option<String> {
+        self.state.lock().await.saved_checkpoint.clone()
     }
 
     async fn send(&self, state: &mut State, topic: &str, payload: Result<Vec<u8>, String>) {

@@ -53,7 +53,7 @@ use crate::agent::runtime::kind;
 use crate::backoff::Backoff;
 use crate::events::reader::{DLQ_ERROR, DLQ_REASON, DLQ_SOURCE, error_kind};
 use crate::events::wire::WireError;
-use crate::events::{AnyEvent, Meta, SignalDelivery, TaskCancelled, TaskSignalled, TaskSubmitted, TimestampMicros, decode_any};
+use crate::events::{AnyEvent, Meta, SignalDelivery, TaskCancelled, TaskCheckpointed, TaskSignalled, TaskSubmitted, TimestampMicros, decode_any};
 use crate::log::follow::Follower;
 use crate::log::{ConsumedRecord, EventLog, Producer, Record, SeekTo};
 
@@ -359,6 +359,13 @@ impl Timers {
         if let Some(reason) = self.cancels.requested(&task.meta.tenant, &task.task_id) {
             // Cut as a worker cuts it: a long reason must not make the outcome too large.
             let reason = reason.map(bound_message);
+            // The task may have saved a checkpoint (before it suspended, or before the failure
+            // its retry waits out); every worker keeps it until a record clears it, as a
+            // worker's outcome does. First, so a retry of this firing repeats the harmless one.
+            let cleared = TaskCheckpointed { meta: caused_by(task), task_id: task.task_id.clone(), attempt: task.attempt, state: None };
+            let checkpoints = client.topics().checkpoints();
+            let payload = client.codec().encode(&checkpoints, &cleared).await?;
+            self.producer.send(Record::new(checkpoints, payload).with_key(Bytes::from(task.task_id.clone()))).await?.await?;
             let event = TaskCancelled { meta: caused_by(task), task_id: task.task_id.clone(), reason };
             let results = client.topics().results();
             let payload = client.codec().encode(&results, &event).await?;
