@@ -65,7 +65,10 @@ pub fn worker_run(
         drain_timeout,
         heartbeat_interval: Duration::from_millis(config.supervisor.heartbeat_interval_ms),
         transaction_deadline: crate::agent::worker::TRANSACTION_DEADLINE,
-        callback: config.worker.callback.clone(),
+        callback: crate::agent::callback::CallbackConfig {
+            agent_types: Some(Arc::new(config.agents.keys().cloned().collect())),
+            ..config.worker.callback.clone()
+        },
     };
     Ok(run_worker(log.clone(), codec, runtime, settings, shutdown))
 }

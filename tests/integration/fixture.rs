@@ -34,6 +34,8 @@ pub struct Fixture {
     workers: Vec<(CancellationToken, JoinHandle<Result<WorkerReport, WorkerError>>)>,
     supervisor: Option<(CancellationToken, JoinHandle<Result<(), agentlog::supervisor::SupervisorError>>)>,
     pub heartbeat: Duration,
+    /// The callback server settings of the workers it starts next.
+    pub callback: agentlog::agent::callback::CallbackConfig,
 }
 
 impl Fixture {
@@ -48,7 +50,17 @@ impl Fixture {
         create_task_topics(&log, &prefix, PARTITIONS).await;
         let topics = TaskTopics::new(prefix);
         let client = TaskClient::new(&log, codec.clone(), topics.clone(), "test").expect("client");
-        Fixture { log, registry: Some(registry), codec, topics, client, workers: Vec::new(), supervisor: None, heartbeat: Duration::from_millis(200) }
+        Fixture {
+            log,
+            registry: Some(registry),
+            codec,
+            topics,
+            client,
+            workers: Vec::new(),
+            supervisor: None,
+            heartbeat: Duration::from_millis(200),
+            callback: Default::default(),
+        }
     }
 
     /// Declares an agent type from TOML and creates its lane topics.
@@ -108,7 +120,7 @@ impl Fixture {
             drain_timeout: Duration::from_secs(20),
             heartbeat_interval: self.heartbeat,
             transaction_deadline,
-            callback: Default::default(),
+            callback: self.callback.clone(),
         }
     }
 

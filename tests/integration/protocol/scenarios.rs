@@ -112,6 +112,9 @@ async fn delegate_through(body: &Value) -> Value {
     let submitted: Value = submitted.json().await.expect("child JSON");
     let bad = http.post(format!("{callback}/children")).json(&json!({"n": 1, "agent_type": "Not A Type!", "input": 1})).send().await.expect("bad child");
     let bad = (bad.status().as_u16(), bad.json::<Value>().await.expect("bad child JSON"));
+    let unknown =
+        http.post(format!("{callback}/children")).json(&json!({"n": 2, "agent_type": "no_such_type", "input": 1})).send().await.expect("unknown child");
+    let unknown = (unknown.status().as_u16(), unknown.json::<Value>().await.expect("unknown child JSON"));
     let deadline = Instant::now() + WITHIN;
     let outcome = loop {
         let answer = http.get(format!("{callback}/children/0/outcome?wait_ms=2000")).send().await.expect("child outcome");
@@ -121,7 +124,7 @@ async fn delegate_through(body: &Value) -> Value {
             break outcome;
         }
     };
-    json!({"submitted": [status, submitted], "bad": [bad.0, bad.1], "outcome": outcome, "callback_url": callback})
+    json!({"submitted": [status, submitted], "bad": [bad.0, bad.1], "unknown": [unknown.0, unknown.1], "outcome": outcome, "callback_url": callback})
 }
 
 /// One API replica: its own projection (store, projector) and server over the shared log.
@@ -163,6 +166,8 @@ impl Setup {
         let toml_text =
             format!("runtime = {{ kind = \"http\", url = \"{url}\" }}\n{extra}\n[retry]\nmax_attempts = 3\ninitial_backoff_ms = 50\nmax_backoff_ms = 100\n");
         let (agent_type, agent) = f.agent_type("llm", &toml_text).await;
+        // The catalog a worker's callback accepts children of: this type alone.
+        f.callback.agent_types = Some(Arc::new([agent_type.clone()].into()));
         let runtime = build(&agent.runtime, Duration::from_secs(20)).expect("http runtime");
         f.start_worker(&agent_type, &agent, runtime, "llm-1");
         // Retries wait on `timers`, which the supervisor fires.
@@ -523,6 +528,8 @@ pub async fn an_http_agent_delegates_through_its_attempts_callback(h: &mut Harne
     assert_eq!(output["outcome"]["output"], json!({"plain": true}), "{done}");
     assert_eq!(output["bad"][0], 400, "a bad child is refused naming the field: {done}");
     assert_eq!(output["bad"][1]["error"]["field"], "agent_type", "{done}");
+    assert_eq!(output["unknown"][0], 404, "a child of a type not in the catalog: {done}");
+    assert_eq!(output["unknown"][1]["error"]["code"], "unknown_agent_type", "{done}");
 
     // The child is the parent's, on the log and in the API.
     let child = s.task_when("boss-1.0", |t| t["status"] == "completed").await;

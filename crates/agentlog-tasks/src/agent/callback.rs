@@ -16,7 +16,7 @@
 //!
 //! Errors are the API's JSON shape (`{"error": {"code", "message", "field"}}`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +59,11 @@ pub struct CallbackConfig {
     /// bound address (a container's service name, say); default `http://<bound address>`.
     #[serde(default)]
     pub url: Option<String>,
+    /// The agent types a child may be of (the configured catalog), when the worker knows
+    /// them: another name is refused at once (404 `unknown_agent_type`) instead of being
+    /// written to a lane topic that does not exist. Not configuration: the worker sets it.
+    #[serde(skip)]
+    pub agent_types: Option<Arc<BTreeSet<String>>>,
 }
 
 fn default_listen() -> String {
@@ -67,13 +72,14 @@ fn default_listen() -> String {
 
 impl Default for CallbackConfig {
     fn default() -> Self {
-        CallbackConfig { listen: default_listen(), url: None }
+        CallbackConfig { listen: default_listen(), url: None, agent_types: None }
     }
 }
 
 /// The running callback server and the attempts it serves.
 pub struct Callbacks {
     base: String,
+    agent_types: Option<Arc<BTreeSet<String>>>,
     attempts: Mutex<HashMap<String, Delegate>>,
     stop: CancellationToken,
     server: Mutex<Option<JoinHandle<()>>>,
@@ -104,7 +110,13 @@ impl Callbacks {
         let listener = server::listen(config.listen.as_str()).await?;
         let bound = listener.local_addr()?;
         let base = config.url.clone().unwrap_or_else(|| format!("http://{bound}")).trim_end_matches('/').to_string();
-        let callbacks = Arc::new(Callbacks { base, attempts: Mutex::default(), stop: CancellationToken::new(), server: Mutex::default() });
+        let callbacks = Arc::new(Callbacks {
+            base,
+            agent_types: config.agent_types.clone(),
+            attempts: Mutex::default(),
+            stop: CancellationToken::new(),
+            server: Mutex::default(),
+        });
         let app = Router::new()
             .route("/v1/attempts/{token}/children", post(submit))
             .route("/v1/attempts/{token}/children/{n}/outcome", get(outcome))
@@ -175,6 +187,13 @@ async fn submitted(callbacks: &Callbacks, token: &str, body: &[u8]) -> Result<St
             "agent_type",
             format!("`{}` is not an agent type name", crate::agent::runtime::head_text(request.agent_type.as_bytes(), 100)),
         ));
+    }
+    if let Some(known) = &callbacks.agent_types
+        && !known.contains(&request.agent_type)
+    {
+        let names: Vec<&str> = known.iter().take(20).map(String::as_str).collect();
+        let message = format!("no agent type `{}` (known: {}{})", request.agent_type, names.join(", "), if known.len() > 20 { ", …" } else { "" });
+        return Err(ApiError { field: Some("agent_type".into()), ..ApiError::not_found("unknown_agent_type", message) });
     }
     let content_type = request.content_type.unwrap_or_else(|| "application/json".to_string());
     let input = match (is_json(&content_type), request.input) {
