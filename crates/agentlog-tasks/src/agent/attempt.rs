@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cancels::Cancels;
 use super::catalog::SignalTimeout;
+use super::checkpoints::Checkpoint;
 use super::client::{new_id, timer_record};
 use super::dlq::{Parking, dead_letter_records};
 use super::limits::{bound_message, fits};
@@ -108,8 +109,10 @@ impl Outcome {
 /// Takes the task, runs it if it should run, and returns its outcome records. A task that
 /// ends with a checkpoint saved has it cleared by a record written with the outcome.
 pub async fn run_attempt(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted) -> Result<Outcome, WireError> {
-    let had = env.checkpoints.as_ref().and_then(|index| index.get(&task.meta.tenant, &task.task_id)).is_some();
-    let (mut outcome, saved) = turn(env, source, task).await?;
+    // Looked up once (a task without one, the common case, pays one map probe).
+    let checkpoint = env.checkpoints.as_ref().and_then(|index| index.get(&task.meta.tenant, &task.task_id));
+    let had = checkpoint.is_some();
+    let (mut outcome, saved) = turn(env, source, task, checkpoint).await?;
     // A waiting task keeps its checkpoint for the attempt its signal resumes.
     let ended = !matches!(outcome.ending, Ending::RetryScheduled | Ending::Deferred | Ending::Suspended);
     if !ended && let (Some(index), Some(state)) = (&env.checkpoints, &saved) {
@@ -126,7 +129,7 @@ pub async fn run_attempt(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskS
 }
 
 /// [`run_attempt`] but the clearing; returns the last checkpoint the attempt saved.
-async fn turn(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted) -> Result<(Outcome, Option<String>), WireError> {
+async fn turn(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted, checkpoint: Option<Checkpoint>) -> Result<(Outcome, Option<String>), WireError> {
     let now = TimestampMicros::now();
     if let Some(reason) = env.cancels.requested(&task.meta.tenant, &task.task_id) {
         return Ok((cancelled(env, task, reason).await?, None));
@@ -149,7 +152,7 @@ async fn turn(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted) -
     }
 
     let cancel = env.cancels.register(&task.meta.tenant, &task.task_id);
-    let (result, elapsed, started, saved) = run_agent(env, task, cancel.clone()).await;
+    let (result, elapsed, started, saved) = run_agent(env, task, cancel.clone(), checkpoint).await;
     env.cancels.unregister(&task.meta.tenant, &task.task_id);
     let ended = match result {
         Ok(output) => completed(env, task, output, elapsed).await,
@@ -239,6 +242,7 @@ async fn run_agent(
     env: &AttemptEnv,
     task: &TaskSubmitted,
     cancel: CancellationToken,
+    checkpoint: Option<Checkpoint>,
 ) -> (Result<TaskOutput, AgentFailure>, Duration, Option<Delivery>, Option<String>) {
     // One envelope for the start event and the progress reports (each report takes a fresh
     // event id and time), so a task that never reports pays for no second id.
@@ -278,7 +282,7 @@ async fn run_agent(
         idempotency_key: task.idempotency_key.clone().unwrap_or_else(|| task.task_id.clone()),
         cancel: cancel.clone(),
         delegate,
-        checkpoint: env.checkpoints.as_ref().and_then(|index| index.get(&task.meta.tenant, &task.task_id)),
+        checkpoint,
         stream: Some(stream.clone()),
         signal: task.signal.clone(),
         callback_url: callback.as_ref().map(|c| c.url.clone()),

@@ -150,8 +150,12 @@ impl CheckpointIndex {
 
     /// The latest checkpoint of `tenant`'s task `task_id`, if one is known.
     pub fn get(&self, tenant: &str, task_id: &str) -> Option<Checkpoint> {
-        let key = (tenant.to_string(), task_id.to_string());
-        self.kept.lock().unwrap_or_else(|e| e.into_inner()).latest.get(&key).cloned()
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        // No running task has one (the common case): no key is built.
+        if kept.latest.is_empty() {
+            return None;
+        }
+        kept.latest.get(&(tenant.to_string(), task_id.to_string())).cloned()
     }
 
     /// Keeps a checkpoint this worker just wrote, without waiting to read it back: the task's
