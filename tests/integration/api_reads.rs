@@ -675,6 +675,9 @@ async fn readiness_metrics_agents_agent_types_and_stats() {
     assert!(text.contains("agentlog_tasks{agent_type=\"echo\",outcome=\"completed\"} 4"), "{text}");
     assert!(text.contains("agentlog_task_retries{agent_type=\"echo\"} 0"), "{text}");
     assert!(text.contains("agentlog_projection_caught_up 1"), "{text}");
+    // Waiting tasks per agent type and lane, as /v1/agent-types counts them above.
+    assert!(text.contains("agentlog_lane_waiting_tasks{agent_type=\"idle\",lane=\"normal\"} 3"), "{text}");
+    assert!(text.contains("agentlog_lane_waiting_tasks{agent_type=\"echo\",lane=\"high\"} 0"), "{text}");
     let ready = get(&http, format!("{base}/readyz"), Who::Nobody).await.1;
     assert_eq!(ready["ready"], true, "{ready}");
     assert!(ready["lag_records"].is_i64(), "{ready}");

@@ -83,6 +83,7 @@ mod deploy_settings;
 mod embedded_durability;
 mod fault_projector_kill;
 mod fault_worker_kill;
+mod grafana_dashboard;
 mod kafka_unreachable;
 mod projection_apply;
 mod protocol;

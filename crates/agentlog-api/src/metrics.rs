@@ -1,6 +1,8 @@
 //! Prometheus metrics: HTTP requests by route and status with latency, plus the projection's
-//! view of the platform (tasks by outcome, latency percentiles, agents by state, lag),
-//! computed when scraped.
+//! view of the platform (tasks by outcome, latency percentiles, agents by state, lag) and the
+//! tasks waiting per agent type and lane (what an autoscaler reads), computed when scraped.
+//! `deploy/grafana/agentlog.json` charts them; a test checks that every metric it queries is
+//! here.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -116,6 +118,28 @@ struct TopicLabels {
     topic: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LaneLabels {
+    agent_type: String,
+    lane: String,
+}
+
+/// How long a scrape waits for the log's watermarks and committed offsets. While a cluster is
+/// down each lookup waits out its request timeout, and a scrape must still answer (without
+/// the lag and the waiting tasks then), like `/readyz`.
+const LOG_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Tasks waiting per agent type and lane (see [`super::reads::waiting_per_lane`]).
+async fn waiting_per_lane(state: &ApiState) -> Result<Vec<(LaneLabels, i64)>, String> {
+    let mut out = Vec::new();
+    for (name, agent) in &state.agents {
+        for (lane, n) in super::reads::waiting_per_lane(state, name, agent).await.map_err(|e| e.to_string())? {
+            out.push((LaneLabels { agent_type: name.clone(), lane }, n));
+        }
+    }
+    Ok(out)
+}
+
 /// The text exposition of everything.
 pub async fn render(state: &ApiState) -> Result<String, String> {
     let mut out = String::new();
@@ -159,14 +183,24 @@ pub async fn render(state: &ApiState) -> Result<String, String> {
     failing.set(i64::from(state.projection.trouble().is_some()));
     registry.register("agentlog_projector_failing", "1 while the projector retries after a failure (the cluster unreachable, say)", failing);
     let lag = Family::<TopicLabels, Gauge>::default();
-    // Bounded like /readyz: while a cluster is down each watermark lookup waits out its
-    // request timeout, and a scrape must still answer (without the lag then).
-    if let Ok(Ok(by_topic)) = tokio::time::timeout(std::time::Duration::from_secs(2), state.projection.lag(&state.log)).await {
+    let waiting = Family::<LaneLabels, Gauge>::default();
+    // Both lookups at once, each bounded: a scrape answers within LOG_LOOKUP_TIMEOUT.
+    let (by_topic, by_lane) = tokio::join!(
+        tokio::time::timeout(LOG_LOOKUP_TIMEOUT, state.projection.lag(&state.log)),
+        tokio::time::timeout(LOG_LOOKUP_TIMEOUT, waiting_per_lane(state)),
+    );
+    if let Ok(Ok(by_topic)) = by_topic {
         for (topic, n) in by_topic {
             lag.get_or_create(&TopicLabels { topic }).set(n);
         }
     }
+    if let Ok(Ok(by_lane)) = by_lane {
+        for (labels, n) in by_lane {
+            waiting.get_or_create(&labels).set(n);
+        }
+    }
     registry.register("agentlog_projection_lag_records", "records not yet applied to the projection, per source topic", lag);
+    registry.register("agentlog_lane_waiting_tasks", "tasks waiting per agent type and lane: the lag of the type's worker group on the lane topic", waiting);
     encode(&mut out, &registry).map_err(|e| e.to_string())?;
     Ok(out)
 }

@@ -14,7 +14,9 @@ use super::answers;
 use super::auth::Tenant;
 use super::tasks::{page_limit, query_error};
 use super::{ApiState, store_failed};
+use crate::agent::AgentTypeConfig;
 use crate::http::error::ApiError;
+use crate::log::LogResult;
 use crate::log::lag::group_lag;
 use crate::projection::measure::Measure;
 use crate::projection::store::{JOB_CURSOR_MIN, unhex};
@@ -61,16 +63,9 @@ pub async fn agents(
 pub async fn agent_types(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<Json<answers::AgentTypeList>, ApiError> {
     // Where agents run (internal URLs, programs and their arguments) is operators' business.
     let admin_view = state.is_admin(&tenant);
-    let admin = state.log.admin();
     let mut types = Vec::new();
     for (name, agent) in &state.agents {
-        let group = state.client.topics().worker_group(name);
-        let mut lag = BTreeMap::new();
-        for lane in agent.lanes_by_priority() {
-            let topic = state.client.topics().lane(name, lane);
-            let partitions = group_lag(admin.as_ref(), &group, &topic).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
-            lag.insert(lane.as_str().to_string(), partitions.iter().map(|p| p.lag).sum::<i64>());
-        }
+        let lag = waiting_per_lane(&state, name, agent).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
         // Even admins see credentials in URLs and exec environment values masked.
         let runtime = agent.runtime.shown();
         let runtime = if admin_view { runtime } else { json!({"kind": runtime["kind"]}) };
@@ -89,6 +84,20 @@ pub async fn agent_types(State(state): State<Arc<ApiState>>, Tenant(tenant): Ten
         });
     }
     Ok(Json(answers::AgentTypeList { agent_types: types }))
+}
+
+/// Tasks waiting on each lane of agent type `name`, by lane name: the lag of the type's worker
+/// group on the lane topic. `GET /v1/agent-types` shows it, `/metrics` exports it.
+pub(crate) async fn waiting_per_lane(state: &ApiState, name: &str, agent: &AgentTypeConfig) -> LogResult<BTreeMap<String, i64>> {
+    let admin = state.log.admin();
+    let group = state.client.topics().worker_group(name);
+    let mut lag = BTreeMap::new();
+    for lane in agent.lanes_by_priority() {
+        let topic = state.client.topics().lane(name, lane);
+        let partitions = group_lag(admin.as_ref(), &group, &topic).await?;
+        lag.insert(lane.as_str().to_string(), partitions.iter().map(|p| p.lag).sum::<i64>());
+    }
+    Ok(lag)
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
