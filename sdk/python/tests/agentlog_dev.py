@@ -31,6 +31,17 @@ BACKENDS = ("embedded", "kafka")
 READY_S = 90.0
 
 
+def agentlog_bin() -> str:
+    """The agentlog binary the end-to-end tests run: AGENTLOG_BIN. Without it the calling test
+    module skips, except under CI=true, where it fails (a skip would hide that nothing ran)."""
+    binary = os.environ.get("AGENTLOG_BIN", "")
+    if not binary:
+        if os.environ.get("CI") == "true":
+            raise RuntimeError("CI=true but AGENTLOG_BIN does not name the agentlog binary: the SDK's end-to-end tests cannot run")
+        pytest.skip("AGENTLOG_BIN is not set (the agentlog binary the end-to-end tests run)", allow_module_level=True)
+    return binary
+
+
 def kafka_bootstrap() -> str:
     """The broker of the Kafka variant: AGENTLOG_TEST_KAFKA. Without it the variant skips,
     except under CI=true, where it fails."""

@@ -40,14 +40,10 @@ from agentlog_sdk import (
     UnexpectedSignal,
     task_spec,
 )
-from agentlog_dev import BACKENDS, Agentlog, agentlog_dev
+from agentlog_dev import BACKENDS, Agentlog, agentlog_bin, agentlog_dev
 from servers import Served
 
-BIN = os.environ.get("AGENTLOG_BIN", "")
-if not BIN:
-    if os.environ.get("CI") == "true":
-        raise RuntimeError("CI=true but AGENTLOG_BIN does not name the agentlog binary: the SDK's end-to-end tests cannot run")
-    pytest.skip("AGENTLOG_BIN is not set (the agentlog binary the end-to-end tests run)", allow_module_level=True)
+BIN = agentlog_bin()
 
 #: The most any one test waits for a task.
 TASK_S = 30.0

@@ -31,14 +31,10 @@ from typing import Any
 import pytest
 
 from agentlog_sdk import AgentApp, Client, Context
-from agentlog_dev import BACKENDS, Agentlog, config, kafka_bootstrap, wait_ready
+from agentlog_dev import BACKENDS, Agentlog, agentlog_bin, config, kafka_bootstrap, wait_ready
 from servers import Served, free_port
 
-BIN = os.environ.get("AGENTLOG_BIN", "")
-if not BIN:
-    if os.environ.get("CI") == "true":
-        raise RuntimeError("CI=true but AGENTLOG_BIN does not name the agentlog binary: the SDK's end-to-end tests cannot run")
-    pytest.skip("AGENTLOG_BIN is not set (the agentlog binary the end-to-end tests run)", allow_module_level=True)
+BIN = agentlog_bin()
 
 #: The most any one step waits (a task's status, its outcome). On Kafka a restarted agentlog
 #: may wait for the dead consumer's session to expire before its partitions come back.

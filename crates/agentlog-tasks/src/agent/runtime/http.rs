@@ -214,11 +214,7 @@ impl SignalBody {
             name: signal.name.clone(),
             id: signal.signal_id.clone(),
             // The API checked it is JSON; another producer's may not be (then it is a string).
-            payload: signal
-                .payload
-                .as_deref()
-                .map(|p| serde_json::from_str(p).unwrap_or_else(|_| serde_json::Value::String(p.to_string())))
-                .unwrap_or(serde_json::Value::Null),
+            payload: signal.payload.as_deref().map(json_text).unwrap_or(serde_json::Value::Null),
             timed_out: signal.timed_out,
         }
     }
@@ -239,12 +235,18 @@ impl<'a> RequestBody<'a> {
             labels: &ctx.labels,
             // Saved from a parsed frame, so it parses; a record another producer wrote may not
             // (then it travels as a JSON string).
-            checkpoint: ctx.checkpoint.as_ref().map(|c| serde_json::from_str(&c.state).unwrap_or_else(|_| serde_json::Value::String(c.state.clone()))),
+            checkpoint: ctx.checkpoint.as_ref().map(|c| json_text(&c.state)),
             checkpoint_attempt: ctx.checkpoint.as_ref().map(|c| c.attempt),
             signal: ctx.signal.as_ref().map(SignalBody::of),
             callback_url: ctx.callback_url.as_deref(),
         }
     }
+}
+
+/// JSON text from the log as a value: what agentlog wrote parses; what another producer wrote
+/// may not, and then travels as a JSON string.
+fn json_text(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
 }
 
 /// Whether a content type is JSON: `application/json` or `application/…+json`, any parameters.
