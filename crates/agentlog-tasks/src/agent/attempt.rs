@@ -120,7 +120,7 @@ pub async fn run_attempt(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskS
     }
     if ended && (had || saved.is_some()) {
         let cleared = TaskCheckpointed { meta: meta(env, task), task_id: task.task_id.clone(), attempt: task.attempt, state: None };
-        let clear = record(env, env.topics.checkpoints(), task, &cleared).await?;
+        let clear = Box::pin(record(env, env.topics.checkpoints(), task, &cleared)).await?;
         if fits(&clear, env.max_record_bytes) {
             outcome.records.push(clear);
         }
@@ -129,31 +129,56 @@ pub async fn run_attempt(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskS
 }
 
 /// [`run_attempt`] but the clearing; returns the last checkpoint the attempt saved.
+///
+/// What comes before and after the agent's run is boxed: a future is as large as its largest
+/// await, and a worker may hold 10,000 attempts waiting on slow agents at once, so the
+/// outcome's writes (a dead letter's among them) take memory only once the agent has answered.
 async fn turn(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted, checkpoint: Option<Checkpoint>) -> Result<(Outcome, Option<String>), WireError> {
+    if let Some(settled) = Box::pin(settled_unrun(env, task)).await? {
+        return Ok((settled, None));
+    }
+    let cancel = env.cancels.register(&task.meta.tenant, &task.task_id);
+    let (result, elapsed, started, saved) = run_agent(env, task, cancel.clone(), checkpoint).await;
+    env.cancels.unregister(&task.meta.tenant, &task.task_id);
+    let ended = Box::pin(ending(env, source, task, result, &cancel, elapsed)).await?;
+    Ok((Outcome { started, ..ended }, saved))
+}
+
+/// The outcome of a task that must not run: cancelled, expired, not yet due, or a wait that
+/// timed out on a type that fails it; `None` for a task to run.
+async fn settled_unrun(env: &AttemptEnv, task: &TaskSubmitted) -> Result<Option<Outcome>, WireError> {
     let now = TimestampMicros::now();
     if let Some(reason) = env.cancels.requested(&task.meta.tenant, &task.task_id) {
-        return Ok((cancelled(env, task, reason).await?, None));
+        return Ok(Some(cancelled(env, task, reason).await?));
     }
     if let Some(deadline) = task.deadline
         && deadline <= now
     {
         let event = TaskExpired { meta: meta(env, task), task_id: task.task_id.clone(), deadline };
-        return Ok((Outcome::new(Ending::Expired, vec![record(env, env.topics.results(), task, &event).await?]), None));
+        return Ok(Some(Outcome::new(Ending::Expired, vec![record(env, env.topics.results(), task, &event).await?])));
     }
     if task.not_before.is_some_and(|at| at.0 > now.0 + 1_000) {
-        return Ok((Outcome::new(Ending::Deferred, vec![timer_record(&env.codec, &env.topics, task).await?]), None));
+        return Ok(Some(Outcome::new(Ending::Deferred, vec![timer_record(&env.codec, &env.topics, task).await?])));
     }
     if let Some(signal) = &task.signal
         && signal.timed_out
         && env.on_signal_timeout == SignalTimeout::Fail
     {
         let message = format!("no signal `{}` came before the wait's timeout (on_signal_timeout = \"fail\")", signal.name);
-        return Ok((Outcome::new(Ending::Failed, vec![failed_record(env, task, kind::SIGNAL_TIMEOUT, message).await?]), None));
+        return Ok(Some(Outcome::new(Ending::Failed, vec![failed_record(env, task, kind::SIGNAL_TIMEOUT, message).await?])));
     }
+    Ok(None)
+}
 
-    let cancel = env.cancels.register(&task.meta.tenant, &task.task_id);
-    let (result, elapsed, started, saved) = run_agent(env, task, cancel.clone(), checkpoint).await;
-    env.cancels.unregister(&task.meta.tenant, &task.task_id);
+/// The outcome of a run: what the agent answered, or its cancellation, suspension or failure.
+async fn ending(
+    env: &AttemptEnv,
+    source: &ConsumedRecord,
+    task: &TaskSubmitted,
+    result: Result<TaskOutput, AgentFailure>,
+    cancel: &CancellationToken,
+    elapsed: Duration,
+) -> Result<Outcome, WireError> {
     let ended = match result {
         Ok(output) => completed(env, task, output, elapsed).await,
         Err(_) if cancel.is_cancelled() => {
@@ -163,8 +188,7 @@ async fn turn(env: &AttemptEnv, source: &ConsumedRecord, task: &TaskSubmitted, c
         Err(AgentFailure { suspend: Some(suspension), .. }) => suspended(env, task, suspension).await,
         Err(failure) => failed(env, source, task, failure).await,
     };
-    let ended = within_limit(env, task, ended?).await?;
-    Ok((Outcome { started, ..ended }, saved))
+    within_limit(env, task, ended?).await
 }
 
 /// The last line of defence: an outcome with a record the log would refuse (a hostile
@@ -250,10 +274,14 @@ async fn run_agent(
     let started = TaskStarted { meta: envelope.clone(), task_id: task.task_id.clone(), agent_id: env.worker_id.clone(), attempt: task.attempt };
     // TaskStarted is informational (the timeline); the outcome is what the task relies on, so
     // a start event that cannot be written is logged and the attempt goes on.
-    let delivery = match record(env, env.topics.events(), task, &started).await {
-        Ok(start) => env.producer.send(start).await.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
+    // Boxed, as the writes in `turn`: not part of the future held while the agent runs.
+    let delivery = Box::pin(async {
+        match record(env, env.topics.events(), task, &started).await {
+            Ok(start) => env.producer.send(start).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
     if let Err(error) = &delivery {
         tracing::warn!(task_id = %task.task_id, %error, "could not record TaskStarted");
     }
@@ -302,8 +330,12 @@ async fn run_agent(
     };
     drop(callback);
     // What the attempt streamed is on the log before its outcome is (see `stream`).
-    stream.flush().await;
-    (result, begun.elapsed(), delivery.ok(), stream.saved_checkpoint().await)
+    let saved = Box::pin(async {
+        stream.flush().await;
+        stream.saved_checkpoint().await
+    })
+    .await;
+    (result, begun.elapsed(), delivery.ok(), saved)
 }
 
 /// Classifies a failure by the retry policy (see the module table).

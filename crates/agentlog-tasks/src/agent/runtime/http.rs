@@ -92,16 +92,17 @@ impl HttpAgent {
 
     async fn call(&self, ctx: &TaskContext) -> Result<TaskOutput, AgentFailure> {
         let key = HeaderValue::from_str(&ctx.idempotency_key).map_err(|_| AgentFailure::rejected("the idempotency key is not a valid HTTP header value"))?;
-        let body = RequestBody::of(ctx);
-        let mut response = self
-            .client
-            .post(self.url.clone())
-            .header(IDEMPOTENCY_KEY_HEADER, key)
-            .header(ACCEPT, ACCEPTS)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport_failure(&self.shown, &e))?;
+        // The body (the input as JSON, parsed) is serialized and dropped before the request
+        // is sent, so a held request does not keep it twice.
+        let request = self.client.post(self.url.clone()).header(IDEMPOTENCY_KEY_HEADER, key).header(ACCEPT, ACCEPTS).json(&RequestBody::of(ctx));
+        let response = request.send().await.map_err(|e| transport_failure(&self.shown, &e))?;
+        // Boxed: reading the answer is not part of the future held while the agent thinks
+        // (a worker may hold thousands of requests to slow agents at once).
+        Box::pin(self.answer(response, ctx)).await
+    }
+
+    /// The attempt's result from the agent's answer: its body, its frames, or its error.
+    async fn answer(&self, mut response: reqwest::Response, ctx: &TaskContext) -> Result<TaskOutput, AgentFailure> {
         let status = response.status();
         if status.is_success() {
             let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/octet-stream").to_string();
@@ -362,5 +363,32 @@ mod tests {
             let err = HttpAgent::new(bad, t).err().unwrap_or_else(|| panic!("`{bad}` accepted"));
             assert!(matches!(err, RuntimeError::InvalidUrl { .. }), "{bad}: {err}");
         }
+    }
+
+    /// What a worker holds per request to a slow agent is this future (plus the connection):
+    /// reading the answer is boxed and awaited only once it comes, so the held future stays
+    /// small: 1.7 KB, where it was 3.8 KB with the answer's states inline (BENCHMARKS.md, "many slow
+    /// attempts at once").
+    #[test]
+    fn a_request_waiting_on_the_agent_holds_a_small_future() {
+        let agent = HttpAgent::new("http://127.0.0.1:9/run", Duration::from_secs(1)).expect("valid url");
+        let ctx = TaskContext {
+            task_id: "t-1".into(),
+            agent_type: "holder".into(),
+            attempt: 1,
+            input: Bytes::from_static(b"{}"),
+            content_type: "application/json".into(),
+            labels: HashMap::new(),
+            idempotency_key: "t-1".into(),
+            cancel: tokio_util::sync::CancellationToken::new(),
+            delegate: None,
+            checkpoint: None,
+            stream: None,
+            signal: None,
+            callback_url: None,
+        };
+        let held = agent.run(ctx);
+        let size = std::mem::size_of_val(&*held);
+        assert!(size <= 2048, "an http attempt's future is {size} bytes");
     }
 }

@@ -31,41 +31,49 @@ pub(super) async fn turn(env: Arc<AttemptEnv>, taken: Taken, write: bool, shutdo
     let Taken { record, task } = taken;
     let tp = record.topic_partition();
     let outcome = async {
-        let mut outcome = run_attempt(&env, &record, &task).await?;
-        if write {
-            // Written records are not needed afterwards (only exactly-once keeps them, to
-            // write in its transaction), so they move instead of being cloned.
-            match write_durably(env.producer.as_ref(), std::mem::take(&mut outcome.records), &shutdown).await {
-                Ok(()) => {}
-                // Refused for what they are, the records would be refused on every run of the
-                // task (the attempt keeps them within the size limit, so this is the rest:
-                // a partition the topic lost, say). The task fails instead; only an error of
-                // the log itself ends the membership.
-                Err(error) if error.rejects_record() => {
-                    tracing::error!(task_id = %task.task_id, %error, "the log refused the task's outcome; the task fails instead");
-                    let failure = refused(&env, &task, &error).await?;
-                    outcome.ending = failure.ending;
-                    match write_durably(env.producer.as_ref(), failure.records, &shutdown).await {
-                        Err(again) if again.rejects_record() => {
-                            tracing::error!(task_id = %task.task_id, error = %again, "the failure was refused too; the task ends without an outcome");
-                        }
-                        written => written?,
-                    }
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
-        // TaskStarted is informational (the timeline): one that could not be stored is
-        // logged and the turn goes on, but it is settled before the offset can be committed.
-        if let Some(started) = outcome.started.take()
-            && let Err(error) = started.await
-        {
-            tracing::warn!(task_id = %task.task_id, %error, "TaskStarted was not stored");
-        }
-        Ok::<_, WorkerError>(outcome)
+        let outcome = run_attempt(&env, &record, &task).await?;
+        // Boxed: the writes are not part of the future held while the agent runs (a worker
+        // may hold thousands of attempts on slow agents; see `attempt::turn`).
+        Box::pin(settle(&env, &task, outcome, write, &shutdown)).await
     }
     .await;
     Done { tp, offset: record.offset, key: task.ordering_key.clone(), outcome }
+}
+
+/// With `write` (at-least-once), writes the outcome's records until they are durable; then
+/// settles the TaskStarted write.
+async fn settle(env: &AttemptEnv, task: &TaskSubmitted, mut outcome: Outcome, write: bool, shutdown: &CancellationToken) -> Result<Outcome, WorkerError> {
+    if write {
+        // Written records are not needed afterwards (only exactly-once keeps them, to
+        // write in its transaction), so they move instead of being cloned.
+        match write_durably(env.producer.as_ref(), std::mem::take(&mut outcome.records), shutdown).await {
+            Ok(()) => {}
+            // Refused for what they are, the records would be refused on every run of the
+            // task (the attempt keeps them within the size limit, so this is the rest:
+            // a partition the topic lost, say). The task fails instead; only an error of
+            // the log itself ends the membership.
+            Err(error) if error.rejects_record() => {
+                tracing::error!(task_id = %task.task_id, %error, "the log refused the task's outcome; the task fails instead");
+                let failure = refused(env, task, &error).await?;
+                outcome.ending = failure.ending;
+                match write_durably(env.producer.as_ref(), failure.records, shutdown).await {
+                    Err(again) if again.rejects_record() => {
+                        tracing::error!(task_id = %task.task_id, error = %again, "the failure was refused too; the task ends without an outcome");
+                    }
+                    written => written?,
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    // TaskStarted is informational (the timeline): one that could not be stored is
+    // logged and the turn goes on, but it is settled before the offset can be committed.
+    if let Some(started) = outcome.started.take()
+        && let Err(error) = started.await
+    {
+        tracing::warn!(task_id = %task.task_id, %error, "TaskStarted was not stored");
+    }
+    Ok(outcome)
 }
 
 /// Appends records until every one is durable, retrying while the log is passingly
