@@ -255,22 +255,22 @@ function overview(page) {
   const ready = h("div");
   const charts = h("div", { class: "grid2" });
   const perType = h("div");
-  page.root.append(h("h1", {}, "Overview"), h("div", { class: "flash" }), section("Health", ready), charts, section("Agent types", perType));
+  page.root.append(h("h1", {}, "Overview"), h("div", { class: "flash" }), charts, section("Agent types", perType), section("Health", ready));
   const draw = () => {
     const throughput = rates("finished");
     const submitted = rates("submitted");
     const p99 = latencies("p99");
+    const p50 = latencies("p50");
+    // The span of the samples so far (at least a minute, at most the window): a fresh page's
+    // first seconds are not squeezed against the right edge.
+    const windowMs = Math.min(WINDOW_MS, Math.max(60_000, samples.length ? Date.now() - samples[0].t : 0));
+    const chart = (series, unit) => lineChart(series, { windowMs, unit, height: 150 });
     page.fill(
       charts,
-      section("Throughput: outcomes per second", lineChart(throughput, { windowMs: WINDOW_MS, unit: "/s" }), legend(throughput)),
-      section("Submissions per second", lineChart(submitted, { windowMs: WINDOW_MS, unit: "/s" }), legend(submitted)),
-      section(
-        "Latency, submit to outcome, p99",
-        lineChart(p99, { windowMs: WINDOW_MS, unit: "ms" }),
-        legend(p99),
-        h("p", { class: "muted" }, "Percentiles of every outcome since the projection started (the API keeps one histogram per agent type)."),
-      ),
-      section("Latency, submit to outcome, p50", lineChart(latencies("p50"), { windowMs: WINDOW_MS, unit: "ms" }), legend(latencies("p50"))),
+      section("Throughput: outcomes per second", chart(throughput, "/s"), legend(throughput)),
+      section("Submissions per second", chart(submitted, "/s"), legend(submitted)),
+      section("Latency, submit to outcome, p99", chart(p99, "ms"), legend(p99)),
+      section("Latency, submit to outcome, p50", chart(p50, "ms"), legend(p50)),
     );
     const last = samples[samples.length - 1];
     if (!last) return;
@@ -288,6 +288,7 @@ function overview(page) {
       perType,
       h("p", {}, `Tenant ${t.name}: ${num(t.submitted)} submitted, ${num(t.finished)} finished, ${num(t.open)} open.`),
       table(["agent type", "#submitted", "#completed", "#failed", "#dead letters", "#cancelled", "#expired", "#retries", "#p50", "#p90", "#p99", "#max"], rows),
+      h("p", { class: "muted" }, "Latency percentiles (submit to outcome) cover every outcome since the projection started: the API keeps one histogram per agent type."),
     );
   };
   page.onSample(draw);
@@ -296,7 +297,13 @@ function overview(page) {
     const r = await health();
     if (!r) return;
     const components = Object.entries(r.components || {}).map(([name, c]) =>
-      h("tr", {}, h("td", {}, name), h("td", {}, badge(c.state)), h("td", { class: "num" }, num(c.restarts)), h("td", {}, ago(c.since_ms)), h("td", {}, c.last_error || dash)),
+      h(
+        "li",
+        { title: c.last_error ? `last error: ${c.last_error}` : `since ${time(c.since_ms)}` },
+        badge(c.state),
+        name,
+        c.restarts ? h("span", { class: "muted" }, ` (${c.restarts} restarts)`) : null,
+      ),
     );
     page.fill(
       ready,
@@ -307,41 +314,48 @@ function overview(page) {
         ` projection lag: ${r.lag_records === null || r.lag_records === undefined ? "unknown" : `${num(r.lag_records)} records`}`,
       ),
       r.waiting_for.length ? h("ul", { class: "problems" }, r.waiting_for.map((w) => h("li", {}, w))) : null,
-      components.length ? table(["component", "state", "#restarts", "since", "last error"], components) : null,
+      components.length ? h("ul", { class: "components" }, components) : null,
     );
   }, 5000);
 }
 
 function lanes(page) {
   const body = h("div");
-  page.root.append(h("h1", {}, "Lanes"), h("div", { class: "flash" }), h("p", { class: "muted" }, "Tasks waiting per agent type and lane: the lag of the type's worker group on the lane's topic. Lanes are read highest priority first."), body);
+  page.root.append(
+    h("h1", {}, "Lanes"),
+    h("div", { class: "flash" }),
+    h("p", { class: "muted" }, "Tasks waiting per agent type and lane: the lag of the type's worker group on each lane's topic (in-flight tasks included until their outcome is written). Workers read lanes highest priority first."),
+    body,
+  );
   let previous = {};
   page.every(async () => {
     const { agent_types } = await api("/v1/agent-types", { signal: page.signal });
-    const max = Math.max(1, ...agent_types.flatMap((t) => Object.values(t.lag)));
-    const now = {};
-    const rows = agent_types.flatMap((t) =>
-      LANES.filter((lane) => t.lanes.includes(lane)).map((lane) => {
-        const waiting = t.lag[lane] ?? 0;
-        const key = `${t.name}/${lane}`;
-        now[key] = waiting;
-        const delta = previous[key] === undefined ? null : waiting - previous[key];
-        return h(
-          "tr",
-          { "data-lane": key },
-          h("td", {}, t.name),
-          h("td", {}, badge(lane)),
-          h("td", { class: "num" }, num(waiting)),
-          h("td", { class: "num" }, delta === null ? dash : delta > 0 ? `+${delta}` : String(delta)),
-          h("td", {}, bar(waiting, max, `${waiting} waiting`, { warn: 100 })),
-          h("td", { class: "num" }, num(t.concurrency)),
-          h("td", { class: "num" }, num(t.partitions)),
-          h("td", {}, t.runtime?.kind || dash),
-        );
-      }),
+    const totals = Object.fromEntries(agent_types.map((t) => [t.name, Object.values(t.lag).reduce((a, b) => a + b, 0)]));
+    const max = Math.max(1, ...Object.values(totals));
+    const rows = agent_types.map((t) => {
+      const total = totals[t.name];
+      const delta = previous[t.name] === undefined ? null : total - previous[t.name];
+      return h(
+        "tr",
+        { "data-type": t.name },
+        h("td", {}, t.name),
+        LANES.map((lane) => h("td", { class: `num${t.lag[lane] ? " hot" : ""}`, "data-lane": lane }, t.lanes.includes(lane) ? num(t.lag[lane] ?? 0) : dash)),
+        h("td", { class: "num", "data-total": "" }, num(total)),
+        h("td", { class: "num" }, delta === null ? dash : delta > 0 ? `+${delta}` : String(delta)),
+        h("td", {}, bar(total, max, `${total} waiting`, { warn: 100 })),
+        h("td", { class: "num" }, num(t.concurrency)),
+        h("td", { class: "num" }, num(t.partitions)),
+        h("td", {}, t.runtime?.kind || dash),
+      );
+    });
+    previous = totals;
+    page.fill(
+      body,
+      section(
+        "Waiting tasks",
+        table(["agent type", ...LANES.map((l) => `#${l}`), "#total", "#change", "backlog", "#concurrency", "#partitions", "runtime"], rows, "No agent types are declared."),
+      ),
     );
-    previous = now;
-    page.fill(body, section("Waiting tasks", table(["agent type", "lane", "#waiting", "#change", "backlog", "#concurrency", "#partitions", "runtime"], rows, "No agent types are declared.")));
   });
 }
 
@@ -370,8 +384,10 @@ function agents(page) {
     const live = list.filter((a) => a.status === "running").length;
     page.fill(
       body,
-      h("p", {}, `${live} running of ${list.length} registered, least loaded first.`),
-      table(["agent", "type", "health", "heartbeat", "load", "#completed", "#failed", "#cpu", "#memory", "host"], rows, "No agents have registered."),
+      section(
+        `${live} running of ${list.length} registered, least loaded first`,
+        table(["agent", "type", "health", "heartbeat", "load", "#completed", "#failed", "#cpu", "#memory", "host"], rows, "No agents have registered."),
+      ),
     );
   });
 }
@@ -404,8 +420,13 @@ function dlq(page) {
             {
               type: "button",
               class: "resubmit",
-              disabled: Boolean(d.truncated),
-              title: d.truncated ? `cannot be resubmitted: ${d.truncated} was cut to fit the log` : "POST /v1/dlq/{id}/resubmit",
+              // A letter whose task ran again (or is running) was resubmitted already.
+              disabled: Boolean(d.truncated) || (d.task_status && d.task_status !== "dead_lettered"),
+              title: d.truncated
+                ? `cannot be resubmitted: ${d.truncated} was cut to fit the log`
+                : d.task_status && d.task_status !== "dead_lettered"
+                  ? `resubmitted already: the task is ${d.task_status}`
+                  : "POST /v1/dlq/{id}/resubmit",
               onclick: async (event) => {
                 event.target.disabled = true;
                 try {
@@ -425,7 +446,7 @@ function dlq(page) {
     );
     page.fill(
       body,
-      table(["task", "agent type", "#attempts", "error", "reason", "dead-lettered", "status now", ""], rows, "No dead letters."),
+      section("Dead letters, newest first", table(["task", "agent type", "#attempts", "error", "reason", "dead-lettered", "status now", ""], rows, "No dead letters.")),
       page_.next_cursor
         ? h("button", { type: "button", onclick: () => ((cursor = page_.next_cursor), load().catch((e) => note.replaceChildren(problem(e)))) }, "Older")
         : null,
@@ -483,7 +504,7 @@ function tasks(page, params) {
     h("label", { class: "block" }, "Input (JSON)", input),
     h("button", { type: "submit" }, "Submit task"),
   );
-  page.root.append(h("h1", {}, "Tasks"), note, h("div", { class: "grid2" }, section("Search", filters, results), section("Submit a task", submitForm)));
+  page.root.append(h("h1", {}, "Tasks"), note, h("div", { class: "split" }, section("Search", filters, results), section("Submit a task", submitForm)));
   let cursor = null;
   let shown = [];
   const wanted = params.get("agent_type");
@@ -530,13 +551,15 @@ function task(page, id) {
   const liveState = h("span", { class: "muted", id: "stream-state" }, "connecting…");
   const progress = h("div", { id: "stream-progress" });
   const note = h("div", { class: "flash" });
+  const inputCard = h("div");
   page.root.append(
-    h("p", {}, h("a", { href: "#/tasks" }, "← Tasks")),
+    h("p", { class: "crumb" }, h("a", { href: "#/tasks" }, "← Tasks")),
     h("h1", {}, "Task ", h("span", { class: "mono" }, id)),
     note,
     head,
     h("div", { class: "grid2" }, section("Outcome", outcome), section("Live stream", h("p", {}, liveState), progress, live)),
     section("Timeline", timeline),
+    inputCard,
   );
   let done = false;
   let first = true;
@@ -626,8 +649,9 @@ function task(page, id) {
     }
     page.fill(
       head,
-      section("Task", h("dl", { class: "fields" }, fields.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])), actions, h("h3", {}, "Input"), json(t.input)),
+      section("Task", h("dl", { class: "fields cols" }, fields.map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v)))), actions),
     );
+    page.fill(inputCard, section("Input", json(t.input)));
     const o = t.outcome;
     page.fill(
       outcome,
