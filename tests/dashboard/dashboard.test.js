@@ -362,7 +362,6 @@ test("the dashboard on agentlog dev: key, submit, task page, signal, dead letter
     const row = page.locator(`tr[data-task="${id}"]`);
     await row.waitFor({ timeout: 15_000 });
     await row.locator(".badge.st-dead_lettered").waitFor();
-    await shot("dlq-before");
     // What made it fail is fixed; then the operator resubmits.
     fs.writeFileSync(agentlog.gate, JSON.stringify({ approved: true, order: 17 }));
     await row.locator("button.resubmit").click();

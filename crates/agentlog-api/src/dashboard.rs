@@ -52,7 +52,6 @@ const ASSETS: [Asset; 6] = [
     asset!("icon.svg", "image/svg+xml"),
 ];
 
-
 /// `"<16 hex digits>"`: FNV-1a (64 bits) of `body`, quoted as an ETag is.
 const fn etag_of(body: &[u8]) -> [u8; 18] {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

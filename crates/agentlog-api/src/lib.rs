@@ -373,7 +373,11 @@ pub fn routes() -> Vec<Route> {
 pub fn router(state: Arc<ApiState>, max_body_bytes: usize, bound: SocketAddr) -> Router {
     // Routes of one path with different methods are merged by `Router::route`. The
     // dashboard's files are not part of the v1 API (nor of its OpenAPI document).
-    let router = routes().into_iter().chain(dashboard::routes()).fold(Router::new(), |router, Route { path, handler, .. }| router.route(path, handler)).fallback(ops::not_found);
+    let router = routes()
+        .into_iter()
+        .chain(dashboard::routes())
+        .fold(Router::new(), |router, Route { path, handler, .. }| router.route(path, handler))
+        .fallback(ops::not_found);
     let router = match loopback::Guard::for_server(bound, state.auth.keys_configured()) {
         Some(guard) => router.layer(axum::middleware::from_fn_with_state(Arc::new(guard), loopback::refuse_foreign)),
         None => router,
