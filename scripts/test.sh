@@ -67,6 +67,9 @@ AGENTLOG_BIN="$bin" scripts/sdk-typescript-test.sh || status=1
 # Both SDKs together (sdk/interop): a Python agent delegates to a TypeScript agent that
 # delegates to a Python agent, and the result comes back up through agentlog.
 AGENTLOG_BIN="$bin" scripts/sdk-interop-test.sh || status=1
+# The dashboard (GET /) in Debian's chromium, headless, against a real agentlog dev: the key,
+# a task submitted and followed to its page, a dead letter resubmitted, every page.
+AGENTLOG_BIN="$bin" scripts/dashboard-test.sh || status=1
 
 # The HTTP API fuzzed from its own OpenAPI document: any 5xx fails.
 AGENTLOG_BIN="$bin" scripts/schemathesis.sh || status=1

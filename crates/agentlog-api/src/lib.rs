@@ -1,6 +1,8 @@
 //! The HTTP API (`/v1`, JSON, OpenAPI at `/openapi.json`): submit, read, list, cancel and
 //! stream tasks; agents, agent types with lag, jobs, stats; dead letters; health, readiness
 //! and Prometheus metrics. Reads come from the projection (RocksDB); writes go to the log.
+//! A live web dashboard ([`dashboard`], at `/`) is served beside it: files built into the
+//! binary whose scripts call this API with the operator's key.
 //!
 //! API keys (stored as SHA-256 digests in config) map requests to tenants. Without keys the
 //! API serves one tenant and binds only to loopback addresses: anything else is refused at
@@ -14,6 +16,7 @@ pub mod admin;
 pub mod answers;
 pub mod auth;
 pub mod components;
+pub mod dashboard;
 pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
@@ -368,8 +371,13 @@ pub fn routes() -> Vec<Route> {
 
 /// The API for a server bound to `bound` (the loopback checks need its port).
 pub fn router(state: Arc<ApiState>, max_body_bytes: usize, bound: SocketAddr) -> Router {
-    // Routes of one path with different methods are merged by `Router::route`.
-    let router = routes().into_iter().fold(Router::new(), |router, Route { path, handler, .. }| router.route(path, handler)).fallback(ops::not_found);
+    // Routes of one path with different methods are merged by `Router::route`. The
+    // dashboard's files are not part of the v1 API (nor of its OpenAPI document).
+    let router = routes()
+        .into_iter()
+        .chain(dashboard::routes())
+        .fold(Router::new(), |router, Route { path, handler, .. }| router.route(path, handler))
+        .fallback(ops::not_found);
     let router = match loopback::Guard::for_server(bound, state.auth.keys_configured()) {
         Some(guard) => router.layer(axum::middleware::from_fn_with_state(Arc::new(guard), loopback::refuse_foreign)),
         None => router,
