@@ -33,6 +33,10 @@ echo "tests use Kafka at $AGENTLOG_TEST_KAFKA"
 
 venv=$(scripts/python-env.sh)
 
+# The traces test reads its spans back from a real Jaeger, built once from the Go module proxy.
+AGENTLOG_TEST_JAEGER=$(scripts/jaeger.sh)
+export AGENTLOG_TEST_JAEGER
+
 # Tests that need Kafka are #[ignore]d (a plain `cargo test` lists them as ignored), so every
 # run here includes them. The fault suite's CI subset (tests/faults.rs, top level) starts its
 # own three-broker cluster on 127.0.0.1:29092-29097 and stops it; `make faults` runs the rest.

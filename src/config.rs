@@ -42,6 +42,9 @@ pub struct Config {
     /// What workers serve besides running tasks.
     #[serde(default)]
     pub worker: WorkerConfig,
+    /// Traces over OTLP (`[telemetry]`).
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// `[worker]`.
@@ -105,6 +108,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.telemetry.sampling_ratio) {
+            return Err(ConfigError::Field { field: "telemetry.sampling_ratio", reason: format!("{} is not within 0.0..=1.0", self.telemetry.sampling_ratio) });
+        }
         let log = &self.log;
         if log.max_record_bytes == 0 {
             return Err(ConfigError::Field { field: "log.max_record_bytes", reason: "must be greater than 0".into() });
@@ -153,6 +159,14 @@ fn env_value(value: &str) -> figment::value::Value {
     if let Ok(n) = value.parse::<u64>() {
         return Value::from(n);
     }
+    // A ratio (`telemetry.sampling_ratio`): only what has a decimal point, so a name such as
+    // `inf` or `1e3` stays text.
+    if value.contains('.')
+        && value.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && let Ok(x) = value.parse::<f64>()
+    {
+        return Value::from(x);
+    }
     match value {
         "true" => Value::from(true),
         "false" => Value::from(false),
@@ -183,6 +197,17 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, toml).expect("write config");
         Config::load_with_env(Some(&path), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn telemetry_is_off_by_default_and_its_ratio_is_set_by_the_environment_and_checked() {
+        let defaults = Config::load_with_env(None, Vec::new()).expect("defaults load");
+        assert!(!defaults.telemetry.enabled);
+        let on = load_str("", &[("AGENTLOG__TELEMETRY__ENABLED", "true"), ("AGENTLOG__TELEMETRY__SAMPLING_RATIO", "0.01")]).expect("loads");
+        assert!(on.telemetry.enabled);
+        assert_eq!(on.telemetry.sampling_ratio, 0.01);
+        let err = load_str("[telemetry]\nsampling_ratio = 1.5\n", &[]).expect_err("refused");
+        assert!(err.to_string().contains("telemetry.sampling_ratio"), "{err}");
     }
 
     #[test]

@@ -30,11 +30,12 @@ pub mod config;
 pub use agentlog_api as api;
 pub use agentlog_api::components;
 pub use agentlog_bench::bench;
-pub use agentlog_events::{events, http, redact, registry};
+pub use agentlog_events::{events, http, redact, registry, trace};
 pub use agentlog_log as log;
 pub use agentlog_projection as projection;
 pub use agentlog_tasks::{agent, supervisor};
 pub mod open;
+pub mod telemetry;
 pub mod topics;
 
 #[cfg(test)]

@@ -27,14 +27,22 @@ pub fn main() -> anyhow::Result<()> {
     // the writer's buffer are dropped rather than wait; the guard flushes the rest at exit.
     let (writer, _flush_at_exit) =
         tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(true).thread_name("agentlog-log").finish(std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,librdkafka=warn".into()))
-        .with_writer(writer)
-        .init();
     let cli = args::Cli::parse();
     let config = crate::config::Config::load(cli.config.as_deref())?;
+    let settings = crate::telemetry::Settings::resolve(&config.telemetry, |name| std::env::var(name).ok());
+    let telemetry = crate::telemetry::init(&settings, writer)?;
+    if settings.enabled {
+        tracing::info!(
+            endpoint = settings.traces_url.as_deref().unwrap_or("(OTEL_EXPORTER_OTLP_*)"),
+            sampling = settings.sampling_ratio,
+            "traces are exported over OTLP"
+        );
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(dispatch::run(cli.command, config))
+    let result = runtime.block_on(dispatch::run(cli.command, config));
+    // The spans of the last work (a drained shutdown's) go out before the process ends.
+    telemetry.shutdown();
+    result
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -91,3 +91,4 @@ mod registry_http;
 mod registry_wire;
 mod tasks;
 mod tenancy;
+mod traces_jaeger;

@@ -26,6 +26,7 @@ pub mod signals;
 pub mod stream;
 pub mod task_stream;
 pub mod tasks;
+pub mod traced;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -42,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// The layers below, under the names the modules of this crate use (`crate::log`, …).
-pub(crate) use agentlog_events::{events, http, redact};
+pub(crate) use agentlog_events::{events, http, redact, trace};
 pub(crate) use agentlog_log as log;
 pub(crate) use agentlog_log::backoff;
 pub(crate) use agentlog_projection as projection;
@@ -377,6 +378,8 @@ pub fn router(state: Arc<ApiState>, max_body_bytes: usize, bound: SocketAddr) ->
         .into_iter()
         .chain(dashboard::routes())
         .fold(Router::new(), |router, Route { path, handler, .. }| router.route(path, handler))
+        // A span per request (or the caller's traceparent passed through): see `traced`.
+        .route_layer(axum::middleware::from_fn(traced::trace_request))
         .fallback(ops::not_found);
     let router = match loopback::Guard::for_server(bound, state.auth.keys_configured()) {
         Some(guard) => router.layer(axum::middleware::from_fn_with_state(Arc::new(guard), loopback::refuse_foreign)),

@@ -16,7 +16,7 @@ pub mod store;
 pub mod views;
 
 /// The layers below, under the names the modules of this crate use (`crate::log`, …).
-pub(crate) use agentlog_events::events;
+pub(crate) use agentlog_events::{events, trace};
 pub(crate) use agentlog_log as log;
 pub(crate) use agentlog_log::backoff;
 pub(crate) use agentlog_tasks::agent;

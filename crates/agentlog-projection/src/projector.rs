@@ -19,6 +19,7 @@ use crate::events::AnyEvent;
 use crate::events::any::decode_any;
 use crate::events::wire::{WireCodec, WireError};
 use crate::log::{ConsumedRecord, Consumer, ConsumerEvent, ConsumerOptions, EventLog, LogError, SeekTo, TopicPartition};
+use crate::trace;
 
 /// Most records applied in one WriteBatch.
 pub const MAX_BATCH: usize = 4096;
@@ -275,8 +276,14 @@ type Applied = (HashMap<(String, i32), i64>, Vec<OutcomeNotice>, usize);
 /// Applies a decoded batch as one WriteBatch with the next offsets of its partitions.
 fn apply_decoded(store: &ProjectionStore, kinds: &HashMap<String, Source>, batch: DecodedBatch) -> Result<Applied, ProjectorError> {
     let mut changes = Changes::new(store);
+    // Traces: the projection is a task's last hop; each outcome's span ends once its batch is
+    // written (dropped at the end of this function).
+    let mut spans = Vec::new();
     for (record, event) in batch {
         changes.consumed(&record.topic, record.partition, record.offset);
+        if let Some(span) = event.as_ref().and_then(outcome_span) {
+            spans.push(span);
+        }
         apply_record(&mut changes, kinds, &record, event)?;
     }
     if changes.is_empty() {
@@ -287,6 +294,32 @@ fn apply_decoded(store: &ProjectionStore, kinds: &HashMap<String, Source>, batch
     let (write, notices) = changes.finish()?;
     store.write(write)?;
     Ok((offsets, notices, applied))
+}
+
+/// The span of a task's outcome being projected, a child of the attempt that wrote it; only
+/// while tracing is on and for a sampled trace (checked on the event, before any span is made).
+fn outcome_span(event: &AnyEvent) -> Option<tracing::Span> {
+    if !trace::enabled() {
+        return None;
+    }
+    let meta = match event {
+        AnyEvent::TaskCompleted(e) => &e.meta,
+        AnyEvent::TaskFailed(e) => &e.meta,
+        AnyEvent::TaskDeadLettered(e) => &e.meta,
+        AnyEvent::TaskCancelled(e) => &e.meta,
+        AnyEvent::TaskExpired(e) => &e.meta,
+        _ => return None,
+    };
+    let context = trace::Context::of(meta).filter(trace::Context::sampled)?;
+    let span = tracing::info_span!(
+        target: trace::TARGET,
+        "project",
+        otel.name = %format_args!("project {}", event.name()),
+        otel.kind = "consumer",
+        agentlog.task_id = event.task_ref().map_or("", |(_, id)| id),
+    );
+    trace::set_parent(&span, Some(&context));
+    Some(span)
 }
 
 /// Applies one decoded record by the kind of its topic: a dead letter is indexed with its

@@ -12,6 +12,6 @@ pub mod agent;
 pub mod supervisor;
 
 /// The layers below, under the names the modules of this crate use (`crate::log`, …).
-pub(crate) use agentlog_events::{events, redact};
+pub(crate) use agentlog_events::{events, redact, trace};
 pub(crate) use agentlog_log as log;
 pub(crate) use agentlog_log::backoff;

@@ -48,6 +48,7 @@ use crate::events::{
     TimestampMicros,
 };
 use crate::log::{ConsumedRecord, Delivery, Producer, Record};
+use crate::trace;
 
 /// How long an agent gets to honour a cancel signal before its attempt is dropped.
 pub const CANCEL_GRACE: Duration = Duration::from_millis(500);
@@ -65,6 +66,22 @@ pub enum Ending {
     Deferred,
     /// It waits for a signal; its next attempt waits on `timers`.
     Suspended,
+}
+
+impl Ending {
+    /// The name a trace's attempt span records as `agentlog.outcome`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ending::Completed => "completed",
+            Ending::Failed => "failed",
+            Ending::RetryScheduled => "retry_scheduled",
+            Ending::DeadLettered => "dead_lettered",
+            Ending::Cancelled => "cancelled",
+            Ending::Expired => "expired",
+            Ending::Deferred => "deferred",
+            Ending::Suspended => "suspended",
+        }
+    }
 }
 
 /// What every attempt of a worker shares.
@@ -294,6 +311,7 @@ async fn run_agent(
         client: client.clone(),
         outcomes: outcomes.clone(),
         parent: Arc::new(task.clone()),
+        trace: trace::current(),
     });
     // Valid while the attempt runs: dropped with it, whichever way it ends.
     let callback = match (&env.callbacks, &delegate) {
@@ -446,13 +464,14 @@ async fn cancelled(env: &AttemptEnv, task: &TaskSubmitted, reason: Option<String
     Ok(Outcome::new(Ending::Cancelled, vec![record(env, env.topics.results(), task, &event).await?]))
 }
 
-/// An envelope caused by the task's command: same tenant, correlation and trace.
+/// An envelope caused by the task's command: same tenant and correlation; the trace of the
+/// attempt's span when tracing is on (so a retry, a resumed wait and the outcome descend from
+/// this attempt), else the command's.
 fn meta(env: &AttemptEnv, cause: &TaskSubmitted) -> Meta {
     let mut meta = Meta::new(new_id("ev"), cause.meta.tenant.clone(), env.worker_id.clone());
     meta.correlation_id = cause.meta.correlation_id.clone();
     meta.causation_id = Some(cause.meta.event_id.clone());
-    meta.trace_parent = cause.meta.trace_parent.clone();
-    meta.trace_state = cause.meta.trace_state.clone();
+    trace::stamp(&mut meta, trace::Context::of(&cause.meta).as_ref());
     meta
 }
 
@@ -476,5 +495,7 @@ async fn record<T: serde::Serialize + apache_avro::AvroSchema + 'static>(
             Err(error) => return Err(error),
         }
     };
-    Ok(Record::new(topic, payload).with_key(Bytes::from(task.task_id.clone())))
+    let record = Record::new(topic, payload).with_key(Bytes::from(task.task_id.clone()));
+    // The same context as the event's envelope (see `meta`).
+    Ok(trace::with_context_headers(record, trace::current().or_else(|| trace::Context::of(&task.meta))))
 }

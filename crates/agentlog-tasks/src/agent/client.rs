@@ -12,6 +12,7 @@ use super::topics::TaskTopics;
 use crate::events::wire::{WireCodec, WireError};
 use crate::events::{Event, JobSubmitted, Meta, TaskCancelRequested, TaskSignalled, TaskSubmitted, TimestampMicros};
 use crate::log::{EventLog, LogError, Position, Producer, Record};
+use crate::trace;
 
 /// Header on a timer record: when it is due, in ms since the epoch (readable without decoding).
 pub const TIMER_DUE: &str = "agentlog.timer.due";
@@ -102,9 +103,12 @@ impl TaskClient {
         &self.codec
     }
 
-    /// A fresh envelope from this client.
+    /// A fresh envelope from this client, in the current trace (an API request's span, an
+    /// attempt's; or, tracing off, the request's incoming `traceparent`).
     pub fn meta(&self, tenant: &str) -> Meta {
-        Meta::new(new_id("ev"), tenant, self.producer_id.clone())
+        let mut meta = Meta::new(new_id("ev"), tenant, self.producer_id.clone());
+        trace::stamp(&mut meta, None);
+        meta
     }
 
     /// Appends the command and waits until it is durable: once this returns, the task is
@@ -137,7 +141,7 @@ impl TaskClient {
     pub async fn enqueue(&self, task: &TaskSubmitted) -> Result<Position, ClientError> {
         let topic = self.topics.lane(&task.agent_type, task.lane);
         let payload = self.codec.encode(&topic, task).await?;
-        let record = Record::new(topic, payload).with_key(Bytes::from(task.key().to_string()));
+        let record = trace::with_headers(Record::new(topic, payload).with_key(Bytes::from(task.key().to_string())), &task.meta);
         self.check_size(&record)?;
         Ok(self.producer.send(record).await?.await?)
     }
@@ -217,7 +221,8 @@ pub async fn timer_record(codec: &WireCodec, topics: &TaskTopics, task: &TaskSub
     let topic = topics.timers();
     let payload = codec.encode(&topic, task).await?;
     let due = due_ms(task.not_before);
-    Ok(Record::new(topic, payload).with_key(Bytes::from(task.task_id.clone())).with_header(TIMER_DUE, Bytes::from(due.to_string())))
+    let record = Record::new(topic, payload).with_key(Bytes::from(task.task_id.clone())).with_header(TIMER_DUE, Bytes::from(due.to_string()));
+    Ok(trace::with_headers(record, &task.meta))
 }
 
 /// A timer's due time in ms, rounded up: timers fire on ms, and one rounded down fired up to

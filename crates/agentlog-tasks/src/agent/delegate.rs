@@ -25,6 +25,9 @@ pub struct Delegate {
     pub(crate) client: TaskClient,
     pub(crate) outcomes: Arc<OutcomeWatch>,
     pub(crate) parent: Arc<TaskSubmitted>,
+    /// The trace context of the attempt that delegates (its span's, taken when the attempt
+    /// began): children submitted through the callback server are outside that span.
+    pub(crate) trace: Option<crate::trace::Context>,
 }
 
 impl std::fmt::Debug for Delegate {
@@ -67,7 +70,8 @@ impl Delegate {
         let mut meta = self.client.meta(&parent.meta.tenant);
         meta.correlation_id = parent.meta.correlation_id.clone();
         meta.causation_id = Some(parent.meta.event_id.clone());
-        meta.trace_parent = parent.meta.trace_parent.clone();
+        let cause = self.trace.clone().or_else(|| crate::trace::Context::of(&parent.meta));
+        crate::trace::stamp(&mut meta, cause.as_ref());
         let mut command = TaskSubmitted::new(meta, &child_id, child.agent_type, parent.lane, child.input);
         command.content_type = child.content_type;
         command.labels = child.labels;

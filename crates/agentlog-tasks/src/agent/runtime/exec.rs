@@ -222,6 +222,11 @@ impl ExecAgent {
         });
         let signal_env = files.signal.as_ref().map(|file| ("AGENTLOG_SIGNAL_FILE".to_string(), file.path.display().to_string()));
         let callback_env = ctx.callback_url.as_ref().map(|url| ("AGENTLOG_CALLBACK_URL".to_string(), url.clone()));
+        // The attempt's trace, under the names OpenTelemetry's environment carrier uses.
+        let trace = crate::trace::current();
+        let trace_env = trace
+            .iter()
+            .flat_map(|c| std::iter::once(("TRACEPARENT".to_string(), c.parent.clone())).chain(c.state.clone().map(|s| ("TRACESTATE".to_string(), s))));
         Command::new(&self.program)
             .args(&self.args)
             .env_clear()
@@ -234,6 +239,7 @@ impl ExecAgent {
             .envs(checkpoint_env.into_iter().flatten())
             .envs(signal_env)
             .envs(callback_env)
+            .envs(trace_env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

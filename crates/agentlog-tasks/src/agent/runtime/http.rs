@@ -45,6 +45,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::frames::FrameReader;
 use super::{Agent, AgentFailure, MAX_OUTPUT_BYTES, RuntimeError, TaskContext, TaskOutput, head_text, kind};
@@ -92,9 +93,20 @@ impl HttpAgent {
 
     async fn call(&self, ctx: &TaskContext) -> Result<TaskOutput, AgentFailure> {
         let key = HeaderValue::from_str(&ctx.idempotency_key).map_err(|_| AgentFailure::rejected("the idempotency key is not a valid HTTP header value"))?;
+        // The call's span (see `run`): the agent continues it from `traceparent`.
+        let trace = crate::trace::current();
+        let mut body = RequestBody::of(ctx);
+        body.traceparent = trace.as_ref().map(|c| c.parent.as_str());
         // The body (the input as JSON, parsed) is serialized and dropped before the request
         // is sent, so a held request does not keep it twice.
-        let request = self.client.post(self.url.clone()).header(IDEMPOTENCY_KEY_HEADER, key).header(ACCEPT, ACCEPTS).json(&RequestBody::of(ctx));
+        let mut request = self.client.post(self.url.clone()).header(IDEMPOTENCY_KEY_HEADER, key).header(ACCEPT, ACCEPTS).json(&body);
+        drop(body);
+        if let Some(context) = &trace {
+            request = request.header(crate::trace::TRACEPARENT, context.parent.as_str());
+            if let Some(state) = &context.state {
+                request = request.header(crate::trace::TRACESTATE, state.as_str());
+            }
+        }
         let response = request.send().await.map_err(|e| transport_failure(&self.shown, &e))?;
         // Boxed: reading the answer is not part of the future held while the agent thinks
         // (a worker may hold thousands of requests to slow agents at once).
@@ -146,6 +158,26 @@ impl HttpAgent {
     }
 }
 
+impl HttpAgent {
+    /// The span of one request to the agent (a child of the attempt's); none while tracing
+    /// is off or the attempt has no span (an unsampled trace).
+    fn call_span(&self) -> tracing::Span {
+        if !crate::trace::enabled() || tracing::Span::current().is_none() {
+            return tracing::Span::none();
+        }
+        tracing::info_span!(
+            target: crate::trace::TARGET,
+            "agent call",
+            otel.name = "POST agent",
+            otel.kind = "client",
+            http.request.method = "POST",
+            url.full = %self.shown,
+            otel.status_code = tracing::field::Empty,
+            agentlog.error_kind = tracing::field::Empty,
+        )
+    }
+}
+
 /// A content type without its parameters, lower case.
 fn essence(content_type: &str) -> String {
     content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
@@ -167,10 +199,16 @@ impl Agent for HttpAgent {
         if ctx.cancel.is_cancelled() {
             return Err(AgentFailure::cancelled());
         }
-        tokio::select! {
+        let span = self.call_span();
+        let result = tokio::select! {
             _ = ctx.cancel.cancelled() => Err(AgentFailure::cancelled()),
-            result = self.call(&ctx) => result,
+            result = self.call(&ctx).instrument(span.clone()) => result,
+        };
+        if let Err(failure) = &result {
+            span.record("otel.status_code", "ERROR");
+            span.record("agentlog.error_kind", failure.kind.as_str());
         }
+        result
     }
 }
 
@@ -197,6 +235,9 @@ pub struct RequestBody<'a> {
     /// Where a delegating attempt submits and awaits sub-tasks; `null` unless its agent type
     /// declares `delegates = true`.
     pub callback_url: Option<&'a str>,
+    /// The W3C `traceparent` of this call (also sent as the header); `null` while agentlog's
+    /// tracing is off and the task came with none.
+    pub traceparent: Option<&'a str>,
 }
 
 /// The signal (or timeout marker) a resumed attempt receives.
@@ -240,6 +281,7 @@ impl<'a> RequestBody<'a> {
             checkpoint_attempt: ctx.checkpoint.as_ref().map(|c| c.attempt),
             signal: ctx.signal.as_ref().map(SignalBody::of),
             callback_url: ctx.callback_url.as_deref(),
+            traceparent: None,
         }
     }
 }

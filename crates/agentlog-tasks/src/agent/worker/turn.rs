@@ -4,12 +4,14 @@
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::WorkerError;
 use crate::agent::attempt::{AttemptEnv, Outcome, refused, run_attempt};
 use crate::backoff::Backoff;
 use crate::events::TaskSubmitted;
 use crate::log::{ConsumedRecord, LogError, Producer, Record, TopicPartition};
+use crate::trace;
 
 /// A task taken from a lane topic.
 pub(super) struct Taken {
@@ -30,14 +32,59 @@ pub(super) struct Done {
 pub(super) async fn turn(env: Arc<AttemptEnv>, taken: Taken, write: bool, shutdown: CancellationToken) -> Done {
     let Taken { record, task } = taken;
     let tp = record.topic_partition();
-    let outcome = async {
+    let (span, carried) = attempt_trace(&env, &task);
+    let work = async {
         let outcome = run_attempt(&env, &record, &task).await?;
         // Boxed: the writes are not part of the future held while the agent runs (a worker
         // may hold thousands of attempts on slow agents; see `attempt::turn`).
         Box::pin(settle(&env, &task, outcome, write, &shutdown)).await
     }
-    .await;
+    .instrument(span.clone());
+    let outcome = match carried {
+        Some(context) => trace::with_incoming(context, work).await,
+        None => work.await,
+    };
+    match &outcome {
+        Ok(outcome) => span.record("agentlog.outcome", outcome.ending.as_str()),
+        Err(_) => span.record("otel.status_code", "ERROR"),
+    };
     Done { tp, offset: record.offset, key: task.ordering_key.clone(), outcome }
+}
+
+/// The attempt's span, a child of its command's trace context (the submit's span, or the
+/// previous attempt's for a retry or a resumed wait); none while tracing is off, and none for
+/// an unsampled trace, whose context the attempt carries on instead (the second value).
+fn attempt_trace(env: &AttemptEnv, task: &TaskSubmitted) -> (tracing::Span, Option<trace::Context>) {
+    if !trace::enabled() {
+        return (tracing::Span::none(), None);
+    }
+    let parent = trace::Context::of(&task.meta);
+    if let trace::Decision::Unsampled(context) = trace::decide(parent.as_ref()) {
+        return (tracing::Span::none(), Some(context));
+    }
+    let span = tracing::info_span!(
+        target: trace::TARGET,
+        "attempt",
+        otel.name = %format_args!("attempt {}", env.agent_type),
+        otel.kind = "consumer",
+        agentlog.task_id = %task.task_id,
+        agentlog.tenant = %task.meta.tenant,
+        agentlog.agent_type = %env.agent_type,
+        agentlog.lane = task.lane.as_str(),
+        agentlog.attempt = task.attempt,
+        agentlog.parent_task_id = task.parent_task_id.as_deref().unwrap_or(""),
+        agentlog.outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    trace::set_parent(&span, parent.as_ref());
+    // The attempt's log lines carry its trace id (the span's fields are on each line).
+    if let Some(context) = span.in_scope(trace::current)
+        && let Some(id) = context.trace_id()
+    {
+        span.record("trace_id", id);
+    }
+    (span, None)
 }
 
 /// With `write` (at-least-once), writes the outcome's records until they are durable; then
