@@ -382,7 +382,7 @@ impl Agent for Scripted {
             let kind = input["fail_kind"].as_str().unwrap_or("transient").to_string();
             return Err(AgentFailure::new(kind, format!("scripted failure of attempt {}", ctx.attempt), true));
         }
-        Ok(TaskOutput { output: ctx.input.clone(), content_type: ctx.content_type.clone() })
+        Ok(TaskOutput::new(ctx.input.clone(), ctx.content_type.clone()))
     }
 }
 

@@ -72,6 +72,7 @@ fn completed(event_id: &str, task_id: &str, attempt: i32, at: i64) -> AnyEvent {
         output: br#"{"answer":42}"#.to_vec(),
         content_type: "application/json".into(),
         duration_ms: 120,
+        usage: None,
     })
 }
 
