@@ -878,7 +878,7 @@ fn usage_aggregates_per_tenant_agent_type_and_model_in_any_order() {
     let expected = project(&reference, 0);
 
     let (_dir, store) = fresh();
-    apply(&store, &[reference.clone()]);
+    apply(&store, std::slice::from_ref(&reference));
     let view = store.task(TENANT, "u1").expect("read").expect("task");
     let reported = view.outcome.as_ref().and_then(|o| o.usage.clone()).expect("the task's usage");
     assert_eq!((reported.input_tokens, reported.output_tokens, reported.model.as_deref()), (100, 20, Some("gpt-x")));
