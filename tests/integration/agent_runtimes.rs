@@ -613,7 +613,7 @@ async fn builtin_approval_drafts_waits_for_its_signal_and_answers_what_it_got() 
 async fn builtin_echo_returns_its_input() {
     bounded(async {
         let out = builtin("echo").run(ctx(r#"{"a": [1, 2]}"#, "application/json")).await.expect("echo");
-        assert_eq!(out, TaskOutput { output: Bytes::from_static(br#"{"a": [1, 2]}"#), content_type: "application/json".into() });
+        assert_eq!(out, TaskOutput::new(Bytes::from_static(br#"{"a": [1, 2]}"#), "application/json"));
     })
     .await;
 }

@@ -265,6 +265,7 @@ async fn kafka_projection_survives_repeated_kill_9() {
                     output: b"{\"ok\":true}".to_vec(),
                     content_type: "application/json".into(),
                     duration_ms: (n % 50) as i64,
+                    usage: None,
                 };
                 let records = [
                     Record::new(lane.clone(), codec.encode(&lane, &submitted).await.expect("encode")).with_key(key.clone()),

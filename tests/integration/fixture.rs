@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use agentlog::agent::runtime::usage::Usage;
 use agentlog::agent::runtime::{Agent, AgentFailure, TaskContext, TaskOutput};
 use agentlog::agent::{AgentTypeConfig, TaskClient, TaskTopics, WorkerError, WorkerReport, WorkerSettings, run_worker};
 use agentlog::events::wire::WireCodec;
@@ -356,8 +357,9 @@ impl Journal {
 }
 
 /// A test agent driven by its input JSON: `{"sleep_ms": n, "fail_until": k, "fail_kind": "transient",
-/// "ignore_cancel": bool}` — fails attempts below `fail_until` with `fail_kind`, sleeps, then
-/// echoes its input.
+/// "ignore_cancel": bool, "usage": {…}}` — fails attempts below `fail_until` with `fail_kind`,
+/// sleeps, then echoes its input, reporting `usage` as given (unchecked, as a Rust agent may:
+/// the worker checks it).
 pub struct Scripted {
     pub journal: Arc<Journal>,
 }
@@ -382,7 +384,21 @@ impl Agent for Scripted {
             let kind = input["fail_kind"].as_str().unwrap_or("transient").to_string();
             return Err(AgentFailure::new(kind, format!("scripted failure of attempt {}", ctx.attempt), true));
         }
-        Ok(TaskOutput { output: ctx.input.clone(), content_type: ctx.content_type.clone() })
+        let output = TaskOutput::new(ctx.input.clone(), ctx.content_type.clone());
+        let reported = &input["usage"];
+        if !reported.is_object() {
+            return Ok(output);
+        }
+        let count = |name: &str| reported[name].as_i64();
+        let text = |name: &str| reported[name].as_str().map(str::to_string);
+        Ok(output.with_usage(Usage {
+            input_tokens: count("input_tokens").unwrap_or(0),
+            output_tokens: count("output_tokens").unwrap_or(0),
+            model: text("model"),
+            cost_micros: count("cost_micros"),
+            currency: text("currency"),
+            counters: reported["counters"].as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.as_i64().unwrap_or(0))).collect(),
+        }))
     }
 }
 

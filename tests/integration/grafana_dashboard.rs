@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use agentlog::agent::runtime::build;
+use agentlog::agent::runtime::builtin::TOKENS_MODEL;
 use agentlog::api::{ApiConfig, ApiState, bind, serve};
 use agentlog::projection::{Projection, ProjectionStore, sources};
 
@@ -628,11 +629,14 @@ async fn every_metric_the_dashboard_queries_is_on_metrics() {
             "runtime = { kind = \"builtin\", name = \"echo\" }\n[retry]\nmax_attempts = 2\ninitial_backoff_ms = 50\nmax_backoff_ms = 100\njitter = 0.0\n",
         )
         .await;
+    // A fake LLM reporting tokens and cost, so the usage counters have series.
+    let (tokens, tokens_agent) = f.agent_type_named("tokens", "runtime = { kind = \"builtin\", name = \"tokens\" }\n").await;
     f.start_supervisor(3);
     f.start_worker(&echo, &echo_agent, build(&echo_agent.runtime, Duration::from_secs(5)).expect("echo"), "echo-1");
+    f.start_worker(&tokens, &tokens_agent, build(&tokens_agent.runtime, Duration::from_secs(5)).expect("tokens"), "tokens-1");
     let (_journal, scripted) = fixture::scripted();
     f.start_worker(&flaky, &flaky_agent, scripted, "flaky-1");
-    let agents = BTreeMap::from([(echo.clone(), echo_agent), (flaky.clone(), flaky_agent)]);
+    let agents = BTreeMap::from([(echo.clone(), echo_agent), (flaky.clone(), flaky_agent), (tokens.clone(), tokens_agent)]);
     let stop = CancellationToken::new();
     let dir = tempfile::tempdir().expect("projection dir");
     let projection = Projection::new(ProjectionStore::open(dir.path()).expect("projection store"), sources(&f.topics, &agents)).expect("projection");
@@ -651,6 +655,7 @@ async fn every_metric_the_dashboard_queries_is_on_metrics() {
         (flaky.as_str(), json!({"fail_until": 2}), "completed"),
         (flaky.as_str(), json!({"fail_until": 9, "fail_kind": "rejected"}), "failed"),
         (flaky.as_str(), json!({"fail_until": 9}), "dead_lettered"),
+        (tokens.as_str(), json!({"text": "one two three", "delay_ms": 0}), "completed"),
     ];
     for (agent_type, input, expected) in tasks {
         let answer = http.post(format!("{base}/v1/tasks")).json(&json!({"agent_type": agent_type, "input": input})).send().await.expect("submit");
@@ -674,6 +679,11 @@ async fn every_metric_the_dashboard_queries_is_on_metrics() {
             format!("agentlog_tasks{{agent_type=\"{flaky}\",outcome=\"failed\"}} 1"),
             format!("agentlog_task_retries{{agent_type=\"{flaky}\"}} 2"),
             format!("agentlog_tasks{{agent_type=\"{echo}\",outcome=\"completed\"}} 2"),
+            // The fake LLM's 3 words in and out, at 1 and 4 micro-USD a token.
+            format!("agentlog_usage_input_tokens_total{{agent_type=\"{tokens}\",model=\"{TOKENS_MODEL}\"}} 3"),
+            format!("agentlog_usage_output_tokens_total{{agent_type=\"{tokens}\",model=\"{TOKENS_MODEL}\"}} 3"),
+            format!("agentlog_usage_cost_micros_total{{agent_type=\"{tokens}\",model=\"{TOKENS_MODEL}\",currency=\"USD\"}} 15"),
+            format!("agentlog_usage_tasks_total{{agent_type=\"{tokens}\",model=\"{TOKENS_MODEL}\"}} 1"),
         ];
         if counted.iter().all(|line| text.contains(line.as_str())) && text.contains("agentlog_agents{") {
             break text;
@@ -697,6 +707,10 @@ async fn every_metric_the_dashboard_queries_is_on_metrics() {
             used.insert(selector.metric);
         }
     }
+    // Usage is counted: Prometheus' rate() and increase() need counters.
+    for family in ["agentlog_usage_cost_micros", "agentlog_usage_input_tokens", "agentlog_usage_output_tokens", "agentlog_usage_tasks"] {
+        assert_eq!(exposed.types.get(family).map(String::as_str), Some("counter"), "{family} is a counter");
+    }
     assert!(problems.is_empty(), "{DASHBOARD} against /metrics:\n{}\n\n/metrics:\n{text}", problems.join("\n"));
     // The families the dashboard promises to chart (issue 17): rates, latency, lag, agents,
     // DLQ growth and retries, waiting tasks per lane, HTTP.
@@ -709,6 +723,10 @@ async fn every_metric_the_dashboard_queries_is_on_metrics() {
         "agentlog_lane_waiting_tasks",
         "agentlog_http_requests_total",
         "agentlog_http_request_duration_seconds_bucket",
+        "agentlog_usage_cost_micros_total",
+        "agentlog_usage_input_tokens_total",
+        "agentlog_usage_output_tokens_total",
+        "agentlog_usage_tasks_total",
     ] {
         assert!(used.contains(family), "the dashboard does not chart {family} (it uses {used:?})");
     }

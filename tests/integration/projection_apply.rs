@@ -9,7 +9,7 @@ use agentlog::agent::dlq;
 use agentlog::events::{
     AgentDeregistered, AgentHeartbeat, AgentLost, AgentRegistered, AgentState, AgentStateChanged, AnyEvent, JobCompleted, JobSubmitted, Lane, Meta,
     SignalDelivery, TaskCancelRequested, TaskCancelled, TaskCompleted, TaskDeadLettered, TaskExpired, TaskFailed, TaskProgress, TaskRetryScheduled,
-    TaskSignalled, TaskStarted, TaskSubmitted, TaskSuspended, TimestampMicros,
+    TaskSignalled, TaskStarted, TaskSubmitted, TaskSuspended, TimestampMicros, Usage,
 };
 use agentlog::log::ConsumedRecord;
 use agentlog::projection::apply::{Changes, WrittenTasks};
@@ -72,6 +72,7 @@ fn completed(event_id: &str, task_id: &str, attempt: i32, at: i64) -> AnyEvent {
         output: br#"{"answer":42}"#.to_vec(),
         content_type: "application/json".into(),
         duration_ms: 120,
+        usage: None,
     })
 }
 
@@ -806,6 +807,150 @@ fn two_tenants_with_one_task_id_have_two_tasks() {
         assert_eq!(store.tenant_histogram(Measure::Latency, "globex", TYPE).expect("read").expect("latency").len(), 1);
         assert_eq!(store.histogram(Measure::Latency, TYPE).expect("read").expect("latency").len(), 2);
     }
+}
+
+fn usage(input: i64, output: i64, model: Option<&str>, cost: Option<(i64, &str)>, counters: &[(&str, i64)]) -> Usage {
+    Usage {
+        input_tokens: input,
+        output_tokens: output,
+        model: model.map(str::to_string),
+        cost_micros: cost.map(|c| c.0),
+        currency: cost.map(|c| c.1.to_string()),
+        counters: counters.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+    }
+}
+
+fn completed_with(tenant: &str, event_id: &str, task_id: &str, at: i64, reported: Option<Usage>) -> AnyEvent {
+    let mut done = match completed(event_id, task_id, 1, at) {
+        AnyEvent::TaskCompleted(done) => done,
+        _ => unreachable!("completed() builds a TaskCompleted"),
+    };
+    done.meta.tenant = tenant.into();
+    done.usage = reported;
+    AnyEvent::TaskCompleted(done)
+}
+
+fn submitted_by(tenant: &str, event_id: &str, task_id: &str, agent_type: &str, at: i64) -> AnyEvent {
+    let mut e = submitted(event_id, task_id, 1, at);
+    e.meta.tenant = tenant.into();
+    e.agent_type = agent_type.into();
+    AnyEvent::TaskSubmitted(e)
+}
+
+/// Usage streams of two tenants: the lane topic (submits) and `task.results` (outcomes), one
+/// partition each. acme: two tasks on `gpt-x` (one also reporting a cached-token counter), one
+/// on `claude-y` in EUR, one without a model, one completing without usage, and a task whose
+/// attempt completed twice (a re-run after its worker died: the first completion counts).
+/// globex: one task on `gpt-x`. A producer writing to the log directly sent a negative count.
+fn usage_streams() -> Vec<Vec<Ev>> {
+    let submits = vec![
+        (Source::Lane, submitted_by(TENANT, "u-s1", "u1", "summarize", T0)),
+        (Source::Lane, submitted_by(TENANT, "u-s2", "u2", "summarize", T0 + 1)),
+        (Source::Lane, submitted_by(TENANT, "u-s3", "u3", "summarize", T0 + 2)),
+        (Source::Lane, submitted_by(TENANT, "u-s4", "u4", "translate", T0 + 3)),
+        (Source::Lane, submitted_by(TENANT, "u-s5", "u5", "translate", T0 + 4)),
+        (Source::Lane, submitted_by(TENANT, "u-s6", "u6", "summarize", T0 + 5)),
+        (Source::Lane, submitted_by("globex", "g-s1", "u1", "summarize", T0 + 6)),
+    ];
+    let results = vec![
+        (
+            Source::Other,
+            completed_with(TENANT, "u-c1", "u1", T0 + 100, Some(usage(100, 20, Some("gpt-x"), Some((300, "USD")), &[("cached_input_tokens", 60)]))),
+        ),
+        (Source::Other, completed_with(TENANT, "u-c2", "u2", T0 + 101, Some(usage(50, 10, Some("gpt-x"), Some((150, "USD")), &[])))),
+        (Source::Other, completed_with(TENANT, "u-c3", "u3", T0 + 102, Some(usage(7, 3, Some("claude-y"), Some((40, "EUR")), &[])))),
+        (Source::Other, completed_with(TENANT, "u-c4", "u4", T0 + 103, Some(usage(-5, 9, None, None, &[("pages", 2)])))),
+        (Source::Other, completed_with(TENANT, "u-c5", "u5", T0 + 104, None)),
+        (Source::Other, completed_with(TENANT, "u-c6", "u6", T0 + 105, Some(usage(1, 1, Some("gpt-x"), Some((5, "USD")), &[])))),
+        (Source::Other, completed_with(TENANT, "u-c6b", "u6", T0 + 106, Some(usage(1000, 1000, Some("gpt-x"), Some((9999, "USD")), &[])))),
+        (Source::Other, completed_with("globex", "g-c1", "u1", T0 + 107, Some(usage(1000, 500, Some("gpt-x"), Some((7000, "USD")), &[])))),
+    ];
+    vec![submits, results]
+}
+
+/// Usage is aggregated per tenant, agent type and model, the same in every order and cut of
+/// the records (an outcome before its submit counts once its type is known), and one tenant's
+/// usage never shows in another's.
+#[test]
+fn usage_aggregates_per_tenant_agent_type_and_model_in_any_order() {
+    let streams = usage_streams();
+    let reference: Vec<Ev> = streams.iter().flatten().cloned().collect();
+    let expected = project(&reference, 0);
+
+    let (_dir, store) = fresh();
+    apply(&store, std::slice::from_ref(&reference));
+    let view = store.task(TENANT, "u1").expect("read").expect("task");
+    let reported = view.outcome.as_ref().and_then(|o| o.usage.clone()).expect("the task's usage");
+    assert_eq!((reported.input_tokens, reported.output_tokens, reported.model.as_deref()), (100, 20, Some("gpt-x")));
+    assert_eq!((reported.cost_micros, reported.currency.as_deref(), reported.counters.get("cached_input_tokens")), (Some(300), Some("USD"), Some(&60)));
+    let twice = store.task(TENANT, "u6").expect("read").expect("task");
+    assert_eq!(twice.outcome.and_then(|o| o.usage).map(|u| u.input_tokens), Some(1), "the first completion's usage");
+    let clamped = store.task(TENANT, "u4").expect("read").expect("task").outcome.and_then(|o| o.usage).expect("usage");
+    assert_eq!((clamped.input_tokens, clamped.output_tokens), (0, 9), "a negative count from a producer reads as 0");
+
+    let acme = store.usage(Some(TENANT)).expect("usage");
+    let by: HashMap<(String, Option<String>), _> = acme.iter().map(|u| ((u.agent_type.clone(), u.model.clone()), u.clone())).collect();
+    assert_eq!(by.len(), 3, "{acme:?}");
+    let gpt = &by[&("summarize".to_string(), Some("gpt-x".to_string()))];
+    assert_eq!((gpt.tasks, gpt.input_tokens, gpt.output_tokens), (3, 151, 31));
+    assert_eq!((gpt.cost_micros.get("USD"), gpt.counters.get("cached_input_tokens")), (Some(&455), Some(&60)));
+    let claude = &by[&("summarize".to_string(), Some("claude-y".to_string()))];
+    assert_eq!((claude.tasks, claude.cost_micros.get("EUR"), claude.cost_micros.get("USD")), (1, Some(&40), None));
+    let unnamed = &by[&("translate".to_string(), None)];
+    assert_eq!((unnamed.tasks, unnamed.input_tokens, unnamed.output_tokens, unnamed.counters.get("pages")), (1, 0, 9, Some(&2)));
+    assert!(unnamed.cost_micros.is_empty());
+
+    let globex = store.usage(Some("globex")).expect("usage");
+    assert_eq!(globex.len(), 1, "globex sees its own usage only: {globex:?}");
+    assert_eq!((globex[0].tasks, globex[0].input_tokens, globex[0].cost_micros.get("USD")), (1, 1000, Some(&7000)));
+    assert!(store.usage(Some("initech")).expect("usage").is_empty());
+    assert!(store.usage(Some("acm")).expect("usage").is_empty(), "a tenant whose name starts another's sees none of it");
+
+    let all = store.usage(None).expect("usage");
+    let gpt_all = all.iter().find(|u| u.agent_type == "summarize" && u.model.as_deref() == Some("gpt-x")).expect("all tenants");
+    assert_eq!((gpt_all.tasks, gpt_all.input_tokens, gpt_all.cost_micros.get("USD")), (4, 1151, Some(&7455)), "operators' totals hold both tenants");
+
+    // Any merge of the two partitions, in any batching, and a catch-up in rounds (a rebuild).
+    let mut rng = Lcg(17);
+    for n in 0..30 {
+        let order = merge(&streams, &mut rng);
+        for batch in [0, 1, 3] {
+            assert_eq!(project(&order, batch), expected, "merge {n} in batches of {batch}: {:?}", names(&order));
+        }
+        assert_eq!(catch_up_in_rounds(&order, 2), expected, "merge {n} caught up in rounds");
+    }
+    // Applying everything again changes nothing.
+    let (_dir, again) = fresh();
+    apply(&again, &[reference.clone(), reference]);
+    assert_eq!(dump(&again), expected);
+}
+
+/// A producer writing straight to the log is not held to the workers' checks: the projection
+/// still keeps at most 32 counters (the smallest names, whatever the order) per report and
+/// per aggregate.
+#[test]
+fn usage_counters_are_capped_the_same_in_any_order() {
+    let names: Vec<String> = (0..40).map(|i| format!("c{i:02}")).collect();
+    let first: Vec<(&str, i64)> = names[..30].iter().map(|n| (n.as_str(), 1)).collect();
+    let second: Vec<(&str, i64)> = names[10..].iter().map(|n| (n.as_str(), 1)).collect();
+    let events = vec![
+        (Source::Lane, submitted_by(TENANT, "k-s1", "k1", "summarize", T0)),
+        (Source::Lane, submitted_by(TENANT, "k-s2", "k2", "summarize", T0 + 1)),
+        (Source::Other, completed_with(TENANT, "k-c1", "k1", T0 + 10, Some(usage(1, 1, Some("m"), None, &first)))),
+        (Source::Other, completed_with(TENANT, "k-c2", "k2", T0 + 11, Some(usage(1, 1, Some("m"), None, &second)))),
+    ];
+    let mut reversed = events.clone();
+    reversed.reverse();
+    assert_eq!(project(&events, 1), project(&reversed, 1));
+    let (_dir, store) = fresh();
+    apply(&store, &[reversed]);
+    let kept = store.usage(Some(TENANT)).expect("usage").remove(0).counters;
+    assert_eq!(kept.len(), 32);
+    assert_eq!(kept.keys().next().map(String::as_str), Some("c00"));
+    assert_eq!(kept.keys().last().map(String::as_str), Some("c31"));
+    assert_eq!((kept["c05"], kept["c15"]), (1, 2));
+    let second_view = store.task(TENANT, "k2").expect("read").expect("task").outcome.and_then(|o| o.usage).expect("usage");
+    assert_eq!(second_view.counters.len(), 30, "a report of 30 counters is kept whole");
 }
 
 /// A projection directory written before tasks were keyed by tenant (no format marker, tasks

@@ -482,6 +482,69 @@ pub async fn runtime_config_and_metrics_are_for_admins(h: &mut Harness) {
     api.stop().await;
 }
 
+/// Usage (issue 17): each tenant's `/v1/stats` sums its own tasks' reports only (an admin
+/// tenant's too: it has no tasks, so none), the task shows its own report, `/metrics` (for
+/// admins) sums all tenants', and a report breaking the rules fails its task with kind
+/// `protocol` naming the field.
+pub async fn usage_is_each_tenants_own(h: &mut Harness) {
+    let api = Api::start(h).await;
+    let id = unique("llm-call");
+    let reported = |input: i64, output: i64, cost: i64| json!({"usage": {"input_tokens": input, "output_tokens": output, "model": "gpt-x", "cost_micros": cost, "currency": "USD", "counters": {"cached_input_tokens": 5}}});
+    for (tenant, task_id, input) in
+        [("acme", id.clone(), reported(100, 20, 300)), ("acme", format!("{id}-2"), reported(50, 10, 150)), ("globex", id.clone(), reported(7, 3, 40))]
+    {
+        let (status, body) = api.submit(tenant, &task_id, input, json!({}), 20_000).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["outcome"]["status"], "completed", "{body}");
+    }
+    let task = api.until("acme", &id, "shown with its usage", |t| t["outcome"]["usage"].is_object()).await;
+    let usage = &task["outcome"]["usage"];
+    assert_eq!((usage["input_tokens"].clone(), usage["output_tokens"].clone(), usage["model"].clone()), (json!(100), json!(20), json!("gpt-x")), "{task}");
+    assert_eq!(
+        (usage["cost_micros"].clone(), usage["currency"].clone(), usage["counters"].clone()),
+        (json!(300), json!("USD"), json!({"cached_input_tokens": 5}))
+    );
+
+    let deadline = Instant::now() + WITHIN;
+    let acme = loop {
+        let (_, acme) = api.get("acme", "/v1/stats").await;
+        if acme["usage"]["tasks"] == 2 {
+            break acme;
+        }
+        assert!(Instant::now() < deadline, "acme's stats never counted its usage: {acme}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let usage = &acme["usage"];
+    assert_eq!(
+        (usage["input_tokens"].clone(), usage["output_tokens"].clone(), usage["cost_micros"].clone()),
+        (json!(150), json!(30), json!({"USD": 450})),
+        "{acme}"
+    );
+    assert_eq!(
+        usage["by_model"],
+        json!([{"agent_type": api.agent_type, "model": "gpt-x", "tasks": 2, "input_tokens": 150, "output_tokens": 30, "cost_micros": {"USD": 450}, "counters": {"cached_input_tokens": 10}}]),
+        "{acme}"
+    );
+    let (_, globex) = api.get("globex", "/v1/stats").await;
+    assert_eq!((globex["usage"]["tasks"].clone(), globex["usage"]["input_tokens"].clone()), (json!(1), json!(7)), "globex sees its own usage only: {globex}");
+    let (_, ops) = api.get("ops", "/v1/stats").await;
+    assert_eq!((ops["usage"]["tasks"].clone(), ops["usage"]["by_model"].clone()), (json!(0), json!([])), "an admin's stats are its own tenant's too: {ops}");
+    let (status, metrics) = api.get("ops", "/metrics").await;
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().expect("text");
+    let series = format!("agentlog_usage_input_tokens_total{{agent_type=\"{}\",model=\"gpt-x\"}} 157", api.agent_type);
+    assert!(metrics.contains(&series), "/metrics sums all tenants' usage ({series}):\n{metrics}");
+
+    // A Rust agent's report is checked before it reaches the log.
+    let bad = format!("{id}-bad");
+    let (status, body) = api.submit("acme", &bad, json!({"usage": {"input_tokens": -1}}), json!({}), 20_000).await;
+    assert_eq!(status, 200, "{body}");
+    let outcome = api.outcome("acme", &bad).await;
+    assert_eq!((outcome["status"].clone(), outcome["error_kind"].clone()), (json!("failed"), json!("protocol")), "{outcome}");
+    assert!(outcome["message"].as_str().is_some_and(|m| m.contains("usage.input_tokens")), "{outcome}");
+    api.stop().await;
+}
+
 // The scenarios are this module's functions; the shared suite macro calls them by this name.
 use crate::tenancy as scenarios;
 
@@ -492,6 +555,7 @@ every_backend_suite!(
     dead_letters_belong_to_their_tenant,
     dead_letters_page_per_tenant,
     jobs_page_per_tenant,
-    runtime_config_and_metrics_are_for_admins;
+    runtime_config_and_metrics_are_for_admins,
+    usage_is_each_tenants_own;
     durable:
 );

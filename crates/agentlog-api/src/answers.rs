@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use crate::agent::client::Submitted as Written;
 use crate::components::ComponentStatus;
 use crate::projection::store::DeadLetterPage as LetterPage;
-use crate::projection::views::{AgentStatus, AgentView, DeadLetterView, JobView, OutcomeView, TaskStatus, TaskView};
+use crate::projection::views::{AgentStatus, AgentView, DeadLetterView, JobView, OutcomeView, TaskStatus, TaskView, UsageCounters, UsageView};
 
 /// Micro- to milliseconds.
 fn ms(us: i64) -> i64 {
@@ -94,6 +94,35 @@ pub struct Outcome {
     /// Why it failed (failed, dead_lettered).
     pub error_kind: Option<String>,
     pub message: Option<String>,
+    /// What the completed attempt consumed, as its agent reported it; `null` when it did not.
+    pub usage: Option<Usage>,
+}
+
+/// Tokens and cost one completed attempt reported.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub model: Option<String>,
+    /// Millionths of `currency`'s unit (1 USD = 1000000).
+    pub cost_micros: Option<u64>,
+    /// ISO 4217 code of `cost_micros`.
+    pub currency: Option<String>,
+    /// Provider-specific counts (cached_input_tokens, …).
+    pub counters: BTreeMap<String, u64>,
+}
+
+impl From<&UsageView> for Usage {
+    fn from(u: &UsageView) -> Usage {
+        Usage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            model: u.model.clone(),
+            cost_micros: u.cost_micros,
+            currency: u.currency.clone(),
+            counters: u.counters.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -116,6 +145,7 @@ impl From<&OutcomeView> for Outcome {
             duration_ms: o.duration_ms,
             error_kind: o.error_kind.clone(),
             message: o.message.clone(),
+            usage: o.usage.as_ref().map(Usage::from),
         }
     }
 }
@@ -468,7 +498,61 @@ pub struct ProjectionStats {
 pub struct Stats {
     pub agent_types: BTreeMap<String, TypeStats>,
     pub tenant: TenantStats,
+    pub usage: UsageStats,
     pub projection: ProjectionStats,
+}
+
+/// What this tenant's completed tasks consumed, as their agents reported it: in all, and per
+/// agent type and model.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct UsageStats {
+    /// Completed tasks that reported usage.
+    pub tasks: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Cost in millionths of each currency's unit, by ISO 4217 code.
+    pub cost_micros: BTreeMap<String, u64>,
+    /// Ordered by agent type, then model.
+    pub by_model: Vec<ModelUsage>,
+}
+
+/// Usage of one agent type's tasks on one model.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelUsage {
+    pub agent_type: String,
+    /// `null` for tasks whose agent named no model.
+    pub model: Option<String>,
+    pub tasks: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_micros: BTreeMap<String, u64>,
+    /// Provider-specific counts summed (at most 32 names, the first in alphabetical order).
+    pub counters: BTreeMap<String, u64>,
+}
+
+impl From<Vec<UsageCounters>> for UsageStats {
+    fn from(groups: Vec<UsageCounters>) -> UsageStats {
+        let mut stats = UsageStats::default();
+        for g in groups {
+            stats.tasks = stats.tasks.saturating_add(g.tasks);
+            stats.input_tokens = stats.input_tokens.saturating_add(g.input_tokens);
+            stats.output_tokens = stats.output_tokens.saturating_add(g.output_tokens);
+            for (currency, cost) in &g.cost_micros {
+                let sum = stats.cost_micros.entry(currency.clone()).or_default();
+                *sum = sum.saturating_add(*cost);
+            }
+            stats.by_model.push(ModelUsage {
+                agent_type: g.agent_type,
+                model: g.model,
+                tasks: g.tasks,
+                input_tokens: g.input_tokens,
+                output_tokens: g.output_tokens,
+                cost_micros: g.cost_micros,
+                counters: g.counters,
+            });
+        }
+        stats
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

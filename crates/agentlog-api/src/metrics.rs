@@ -1,6 +1,7 @@
 //! Prometheus metrics: HTTP requests by route and status with latency, plus the projection's
-//! view of the platform (tasks by outcome, latency percentiles, agents by state, lag) and the
-//! tasks waiting per agent type and lane (what an autoscaler reads), computed when scraped.
+//! view of the platform (tasks by outcome, latency percentiles, agents by state, lag, the
+//! tokens and cost agents reported) and the tasks waiting per agent type and lane (what an
+//! autoscaler reads), computed when scraped.
 //! `deploy/grafana/agentlog.json` charts them; a test checks that every metric it queries is
 //! here.
 
@@ -21,6 +22,7 @@ use prometheus_client::registry::Registry;
 
 use super::ApiState;
 use crate::projection::measure::Measure;
+use crate::projection::views::UsageCounters;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -124,6 +126,63 @@ struct LaneLabels {
     lane: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    agent_type: String,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CostLabels {
+    agent_type: String,
+    model: String,
+    currency: String,
+}
+
+/// The most models `/metrics` exports per agent type: models come from what agents report,
+/// and each one is a series Prometheus keeps. The busiest (by tasks, then name) are exported
+/// by name, the rest summed under [`OTHER_MODELS`]. When the busiest set changes, a model's
+/// series and the `other` sum move, which Prometheus reads as counter resets of those series.
+pub const MAX_MODELS_PER_AGENT_TYPE: usize = 20;
+
+/// The `model` label of the usage of models past [`MAX_MODELS_PER_AGENT_TYPE`].
+pub const OTHER_MODELS: &str = "other";
+
+/// The `model` label of usage reported without a model.
+pub const NO_MODEL: &str = "none";
+
+/// Usage per agent type and model label, at most `cap` named models per agent type (see
+/// [`MAX_MODELS_PER_AGENT_TYPE`]); `groups` come from the projection (all tenants).
+fn usage_series(groups: Vec<UsageCounters>, cap: usize) -> Vec<(String, String, UsageCounters)> {
+    let mut by_type: std::collections::BTreeMap<String, Vec<UsageCounters>> = std::collections::BTreeMap::new();
+    for g in groups {
+        by_type.entry(g.agent_type.clone()).or_default().push(g);
+    }
+    let mut out = Vec::new();
+    for (agent_type, mut models) in by_type {
+        models.sort_by(|a, b| b.tasks.cmp(&a.tasks).then_with(|| a.model.cmp(&b.model)));
+        let rest = if models.len() > cap { models.split_off(cap) } else { Vec::new() };
+        for m in models {
+            let label = m.model.clone().unwrap_or_else(|| NO_MODEL.to_string());
+            out.push((agent_type.clone(), label, m));
+        }
+        if !rest.is_empty() {
+            let mut other = UsageCounters::new(&agent_type, Some(OTHER_MODELS));
+            for m in rest {
+                other.tasks = other.tasks.saturating_add(m.tasks);
+                other.input_tokens = other.input_tokens.saturating_add(m.input_tokens);
+                other.output_tokens = other.output_tokens.saturating_add(m.output_tokens);
+                for (currency, cost) in m.cost_micros {
+                    let sum = other.cost_micros.entry(currency).or_default();
+                    *sum = sum.saturating_add(cost);
+                }
+            }
+            out.push((agent_type, OTHER_MODELS.to_string(), other));
+        }
+    }
+    out
+}
+
 /// How long a scrape waits for the log's watermarks and committed offsets. While a cluster is
 /// down each lookup waits out its request timeout, and a scrape must still answer (without
 /// the lag and the waiting tasks then), like `/readyz`.
@@ -171,6 +230,23 @@ pub async fn render(state: &ApiState) -> Result<String, String> {
     registry.register("agentlog_tasks", "tasks per agent type and outcome (from the projection)", tasks);
     registry.register("agentlog_task_retries", "retries scheduled per agent type (from the projection)", retries);
     registry.register("agentlog_task_latency_ms", "submit to outcome latency percentiles per agent type", latency);
+    let usage_tasks = Family::<ModelLabels, Counter>::default();
+    let input_tokens = Family::<ModelLabels, Counter>::default();
+    let output_tokens = Family::<ModelLabels, Counter>::default();
+    let cost = Family::<CostLabels, Counter>::default();
+    for (agent_type, model, u) in usage_series(store.usage(None).map_err(|e| e.to_string())?, MAX_MODELS_PER_AGENT_TYPE) {
+        let labels = ModelLabels { agent_type: agent_type.clone(), model: model.clone() };
+        usage_tasks.get_or_create(&labels).inc_by(u.tasks);
+        input_tokens.get_or_create(&labels).inc_by(u.input_tokens);
+        output_tokens.get_or_create(&labels).inc_by(u.output_tokens);
+        for (currency, micros) in u.cost_micros {
+            cost.get_or_create(&CostLabels { agent_type: agent_type.clone(), model: model.clone(), currency }).inc_by(micros);
+        }
+    }
+    registry.register("agentlog_usage_tasks", "completed tasks that reported usage, per agent type and model (from the projection)", usage_tasks);
+    registry.register("agentlog_usage_input_tokens", "input tokens agents reported, per agent type and model", input_tokens);
+    registry.register("agentlog_usage_output_tokens", "output tokens agents reported, per agent type and model", output_tokens);
+    registry.register("agentlog_usage_cost_micros", "cost agents reported in millionths of the currency's unit, per agent type, model and currency", cost);
     let agents = Family::<AgentLabels, Gauge>::default();
     for agent in store.agents().map_err(|e| e.to_string())? {
         agents.get_or_create(&AgentLabels { agent_type: agent.agent_type.unwrap_or_default(), state: agent.state.as_str().to_string() }).inc();
@@ -203,4 +279,30 @@ pub async fn render(state: &ApiState) -> Result<String, String> {
     registry.register("agentlog_lane_waiting_tasks", "tasks waiting per agent type and lane: the lag of the type's worker group on the lane topic", waiting);
     encode(&mut out, &registry).map_err(|e| e.to_string())?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(agent_type: &str, model: Option<&str>, tasks: u64) -> UsageCounters {
+        let mut g = UsageCounters::new(agent_type, model);
+        g.tasks = tasks;
+        g.input_tokens = tasks * 10;
+        g.output_tokens = tasks;
+        g.cost_micros.insert("USD".into(), tasks * 100);
+        g
+    }
+
+    #[test]
+    fn usage_series_name_the_busiest_models_and_sum_the_rest() {
+        let groups = vec![group("a", Some("m1"), 5), group("a", Some("m2"), 1), group("a", Some("m3"), 7), group("a", None, 2), group("b", Some("m1"), 1)];
+        let series = usage_series(groups, 2);
+        let labels: Vec<(&str, &str, u64)> = series.iter().map(|(t, m, u)| (t.as_str(), m.as_str(), u.tasks)).collect();
+        assert_eq!(labels, [("a", "m3", 7), ("a", "m1", 5), ("a", OTHER_MODELS, 3), ("b", "m1", 1)]);
+        let other = &series[2].2;
+        assert_eq!((other.input_tokens, other.output_tokens, other.cost_micros.get("USD")), (30, 3, Some(&300)));
+        let unnamed = usage_series(vec![group("a", None, 1)], 2);
+        assert_eq!(unnamed[0].1, NO_MODEL);
+    }
 }

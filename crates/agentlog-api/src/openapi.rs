@@ -196,7 +196,7 @@ mod tests {
         }
         assert!(missing.is_empty(), "answers without a documented body (add `body = answers::...`): {missing:?}");
         let names: BTreeSet<&String> = doc.components.as_ref().map(|c| c.schemas.keys().collect()).unwrap_or_default();
-        for schema in ["Task", "Submitted", "TaskPage", "DeadLetterPage", "Stats", "Readiness", "ReplayState"] {
+        for schema in ["Task", "Submitted", "TaskPage", "DeadLetterPage", "Stats", "UsageStats", "ModelUsage", "Usage", "Readiness", "ReplayState"] {
             assert!(names.contains(&schema.to_string()), "schema {schema} is not in components: {names:?}");
         }
     }

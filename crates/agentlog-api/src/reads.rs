@@ -146,7 +146,7 @@ pub async fn job(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant, Pat
 }
 
 #[utoipa::path(get, path = "/v1/stats", tag = "stats",
-    responses((status = 200, description = "this tenant's tasks per agent type: outcomes counted, retries scheduled and latency percentiles (ms); its open tasks", body = super::answers::Stats), (status = 401)))]
+    responses((status = 200, description = "this tenant's tasks per agent type: outcomes counted, retries scheduled and latency percentiles (ms); its open tasks; the tokens and cost its completed tasks reported, in all and per agent type and model", body = super::answers::Stats), (status = 401)))]
 pub async fn stats(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -> Result<Json<answers::Stats>, ApiError> {
     let store = state.projection.store();
     let mut types = BTreeMap::new();
@@ -168,8 +168,11 @@ pub async fn stats(State(state): State<Arc<ApiState>>, Tenant(tenant): Tenant) -
         );
     }
     let tenant_counters = store.tenant_counters(&tenant).map_err(store_failed)?;
+    // Like the counters above, only this tenant's usage (admin tenants too: /metrics has all).
+    let usage = store.usage(Some(&tenant)).map_err(store_failed)?.into();
     Ok(Json(answers::Stats {
         agent_types: types,
+        usage,
         tenant: answers::TenantStats { submitted: tenant_counters.submitted, finished: tenant_counters.terminal, open: tenant_counters.open(), name: tenant },
         projection: answers::ProjectionStats { caught_up: state.projection.is_caught_up() },
     }))

@@ -17,7 +17,7 @@ use super::measure::Measure;
 use super::store::{self, CF_AGENTS, CF_DLQ, CF_INDEX, CF_JOBS, CF_OFFSETS, CF_STATS, CF_STREAM, CF_TASKS, LetterPosition, ProjectionStore, StoreError};
 use super::views::{
     AgentStatus, AgentView, DEAD_LETTER_TEXT_CAP, DeadLetterView, JobView, OutcomeView, ProgressView, SIGNALS_CAP, SignalView, StreamBody, StreamEntry,
-    TaskStatus, TaskView, TenantCounters, TimelineEntry, TypeCounters, WaitingView, capped,
+    TaskStatus, TaskView, TenantCounters, TimelineEntry, TypeCounters, UsageCounters, UsageView, WaitingView, capped,
 };
 use crate::agent::dlq::DLQ_ATTEMPTS;
 use crate::events::reader::{DLQ_ERROR, DLQ_REASON, DLQ_SOURCE, DLQ_TRUNCATED};
@@ -122,6 +122,8 @@ struct Totals<'s> {
     /// By their key in `stats` (see [`Measure::keys`]).
     histograms: Map<Vec<u8>, Histogram<u64>>,
     tenants: Map<String, TenantCounters>,
+    /// By their key in `stats` (see [`store::usage_key`]).
+    usage: Map<Vec<u8>, UsageCounters>,
     notices: Vec<OutcomeNotice>,
     noticed: HashSet<TaskKey>,
     /// Whether outcomes are collected for the live stream (not while catching up).
@@ -167,7 +169,35 @@ fn text_of(bytes: Vec<u8>) -> String {
 
 impl<'s> Totals<'s> {
     fn new(store: &'s ProjectionStore, notify: bool) -> Self {
-        Totals { store, counters: Map::default(), histograms: Map::default(), tenants: Map::default(), notices: Vec::new(), noticed: HashSet::new(), notify }
+        Totals {
+            store,
+            counters: Map::default(),
+            histograms: Map::default(),
+            tenants: Map::default(),
+            usage: Map::default(),
+            notices: Vec::new(),
+            noticed: HashSet::new(),
+            notify,
+        }
+    }
+
+    /// Adds (or, `add` false, takes back) a task's usage to its agent type's and model's
+    /// counters over all tenants and of `tenant` alike.
+    fn usage(&mut self, tenant: &str, agent_type: &str, usage: &UsageView, add: bool) -> Result<(), StoreError> {
+        let model = usage.model.as_deref();
+        for key in [store::usage_key(None, agent_type, model), store::usage_key(Some(tenant), agent_type, model)] {
+            if !self.usage.contains_key(&key) {
+                let found = match self.store.raw(CF_STATS, &key)? {
+                    Some(bytes) => store::decode(&key, &bytes)?,
+                    None => UsageCounters::new(agent_type, model),
+                };
+                self.usage.insert(key.clone(), found);
+            }
+            if let Some(counters) = self.usage.get_mut(&key) {
+                if add { counters.add(usage) } else { counters.remove(usage) }
+            }
+        }
+        Ok(())
     }
 
     /// Changes the counters of `agent_type` over all tenants and of `tenant` alike.
@@ -237,6 +267,9 @@ impl<'s> Totals<'s> {
         let tenant = &view.tenant;
         if replaced.counted {
             self.count(tenant, agent_type, |c| c.uncount_outcome(replaced.old.status))?;
+            if let Some(usage) = &replaced.old.usage {
+                self.usage(tenant, agent_type, usage, false)?;
+            }
             if let Some(duration) = replaced.old.duration_ms {
                 self.unrecord(Measure::Duration, tenant, agent_type, duration)?;
             }
@@ -266,6 +299,11 @@ impl<'s> Totals<'s> {
             if !view.outcome_counted {
                 view.outcome_counted = true;
                 self.count(&view.tenant, agent_type, |c| c.count_outcome(outcome.status))?;
+                // Usage counts with the outcome: once per task, the first completion's (a
+                // re-run of an attempt that completed twice is not billed twice here).
+                if let Some(usage) = &outcome.usage {
+                    self.usage(&view.tenant, agent_type, usage, true)?;
+                }
                 if let Some(duration) = outcome.duration_ms {
                     self.record(Measure::Duration, &view.tenant, agent_type, duration)?;
                 }
@@ -659,6 +697,9 @@ impl<'s> Changes<'s> {
         for (tenant, counters) in &totals.tenants {
             batch.put_cf(stats_cf, store::stat_key(b'n', tenant), store::encode_into(counters, &mut buffer));
         }
+        for (key, counters) in &totals.usage {
+            batch.put_cf(stats_cf, key, store::encode_into(counters, &mut buffer));
+        }
         let offsets_cf = store.cf(CF_OFFSETS)?;
         for (topic, partitions) in &self.offsets {
             for (partition, next) in partitions {
@@ -849,9 +890,15 @@ fn apply_submitted(view: &mut TaskView, source: Source, e: TaskSubmitted, at: i6
 /// The outcome an event states, if it is one ([`OutcomeKind::of`] decides which are).
 fn outcome_of(event: AnyEvent, at_us: i64, event_id: String) -> Option<OutcomeView> {
     let status = TaskStatus::from(OutcomeKind::of(&event)?);
-    let blank = OutcomeView { status, at_us, event_id, attempt: None, output: None, duration_ms: None, error_kind: None, message: None };
+    let blank = OutcomeView { status, at_us, event_id, attempt: None, output: None, duration_ms: None, error_kind: None, message: None, usage: None };
     Some(match event {
-        AnyEvent::TaskCompleted(e) => OutcomeView { attempt: Some(e.attempt), output: Some(text_of(e.output)), duration_ms: Some(e.duration_ms), ..blank },
+        AnyEvent::TaskCompleted(e) => OutcomeView {
+            attempt: Some(e.attempt),
+            output: Some(text_of(e.output)),
+            duration_ms: Some(e.duration_ms),
+            usage: e.usage.map(UsageView::from),
+            ..blank
+        },
         AnyEvent::TaskFailed(e) => OutcomeView { attempt: Some(e.attempt), error_kind: Some(e.error_kind), message: Some(e.message), ..blank },
         AnyEvent::TaskDeadLettered(e) => OutcomeView { attempt: Some(e.attempts), error_kind: Some(e.reason), message: Some(e.last_error), ..blank },
         AnyEvent::TaskCancelled(e) => OutcomeView { message: e.reason, ..blank },

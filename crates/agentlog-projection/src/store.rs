@@ -19,7 +19,9 @@
 //! - `stats`:   `c` type → [`TypeCounters`]; `l` type → submit→outcome latency histogram,
 //!   `d` type → run duration histogram (hdrhistogram V2, µs resolution in ms), all tenants
 //!   together (for `/metrics`); `C`, `L`, `D` tenant 0 type → the same for one tenant (what
-//!   `/v1/stats` shows it); `n` tenant → [`TenantCounters`]
+//!   `/v1/stats` shows it); `n` tenant → [`TenantCounters`]; `u` len‖type‖model →
+//!   [`UsageCounters`] over all tenants (for `/metrics`), `U` tenant 0 len‖type‖model → one
+//!   tenant's (for `/v1/stats`) (see [`super::keys::usage_key`])
 //! - `stream`:  tenant 0 task id 0 partition u32‖offset u64 (big-endian) → [`StreamEntry`]:
 //!   a task's progress reports and output chunks (`task.stream`) in log order, dropped by
 //!   compaction [`STREAM_RETENTION`] after they were written (an agent may stream up to 32 MiB
@@ -36,9 +38,9 @@ use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode,
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use super::keys::{stat_key, task_key, tenant_stat_key};
+pub use super::keys::{stat_key, task_key, tenant_stat_key, usage_key, usage_prefix};
 use super::measure::Measure;
-use super::views::{AgentView, DeadLetterView, JobView, StreamEntry, TaskStatus, TaskView, TenantCounters, TypeCounters};
+use super::views::{AgentView, DeadLetterView, JobView, StreamEntry, TaskStatus, TaskView, TenantCounters, TypeCounters, UsageCounters};
 
 pub const CF_TASKS: &str = "tasks";
 pub const CF_INDEX: &str = "index";
@@ -66,8 +68,10 @@ fn stream_expired(value: &[u8], now_us: i64) -> bool {
 /// Version 3 added the `dlq` family and the `J` job index: a store of version 2 has neither
 /// (and no offsets of the `dlq` topic), so it is rebuilt. Version 4 stores a task's status as
 /// a [`TaskStatus`] (postcard writes an enum as its index, not its name). Version 5 adds a
-/// task's wait for a signal and the signals sent to it to [`TaskView`].
-pub const FORMAT: &str = "5";
+/// task's wait for a signal and the signals sent to it to [`TaskView`]. Version 6 adds a
+/// completed task's usage to its outcome and the `u`/`U` usage counters: a store of version
+/// 5 holds neither for the tasks it has, so it is rebuilt and every usage is counted.
+pub const FORMAT: &str = "6";
 const FORMAT_KEY: &[u8] = b"format";
 // `stream` came after version 4 without a new version: a store without it gets the family
 // empty, and no offsets of `task.stream`, so the projector reads that topic from its start.
@@ -648,6 +652,15 @@ impl ProjectionStore {
 
     pub fn tenant_counters(&self, tenant: &str) -> Result<TenantCounters, StoreError> {
         Ok(self.get_json(CF_STATS, &stat_key(b'n', tenant))?.unwrap_or_default())
+    }
+
+    /// Usage per agent type and model: `tenant`'s, or all tenants' (`None`, for operators),
+    /// ordered by agent type, then model.
+    pub fn usage(&self, tenant: Option<&str>) -> Result<Vec<UsageCounters>, StoreError> {
+        let prefix = usage_prefix(tenant);
+        let mut out: Vec<UsageCounters> = self.prefixed_stats(&prefix)?.into_iter().map(|(_, counters)| counters).collect();
+        out.sort_by(|a, b| (&a.agent_type, &a.model).cmp(&(&b.agent_type, &b.model)));
+        Ok(out)
     }
 
     /// Stats under `prefix`, by the rest of their key.

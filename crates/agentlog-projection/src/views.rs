@@ -129,6 +129,120 @@ pub struct OutcomeView {
     pub duration_ms: Option<i64>,
     pub error_kind: Option<String>,
     pub message: Option<String>,
+    /// What the completed attempt consumed, as its agent reported it.
+    pub usage: Option<UsageView>,
+}
+
+/// What one completed attempt consumed (`TaskCompleted.usage`), as the projection keeps it.
+/// Workers check reports; a producer writing straight to the log may not, so negative counts
+/// read as 0 and the counters and texts are capped here too.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageView {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub model: Option<String>,
+    /// Millionths of `currency`'s unit.
+    pub cost_micros: Option<u64>,
+    pub currency: Option<String>,
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// Most provider counters kept per report and per aggregate: the smallest names, so the
+/// result does not depend on the order reports arrive in (see [`add_capped`]).
+pub const USAGE_COUNTERS_CAP: usize = 32;
+
+/// Most currencies kept per aggregate (workers accept any three upper-case letters).
+pub const USAGE_CURRENCIES_CAP: usize = 16;
+
+/// Longest model name kept, in bytes (workers accept 128 characters).
+pub const USAGE_MODEL_CAP: usize = 512;
+
+impl From<crate::events::Usage> for UsageView {
+    fn from(u: crate::events::Usage) -> UsageView {
+        let count = |n: i64| n.max(0) as u64;
+        let mut counters = BTreeMap::new();
+        for (name, n) in u.counters {
+            add_capped(&mut counters, &name, count(n), USAGE_COUNTERS_CAP);
+        }
+        UsageView {
+            input_tokens: count(u.input_tokens),
+            output_tokens: count(u.output_tokens),
+            model: u.model.filter(|m| !m.is_empty()).map(|m| capped(m, USAGE_MODEL_CAP)),
+            cost_micros: u.cost_micros.map(count),
+            currency: u.currency.map(|c| capped(c, 16)),
+            counters,
+        }
+    }
+}
+
+/// Adds `n` under `name`, keeping the `cap` smallest names: a name past them is dropped, and
+/// once there are `cap` smaller ones it never comes back. The names kept and their sums are
+/// therefore exact for the `cap` smallest names of all reports, in any order of arrival.
+pub fn add_capped(map: &mut BTreeMap<String, u64>, name: &str, n: u64, cap: usize) {
+    match map.get_mut(name) {
+        Some(sum) => *sum = sum.saturating_add(n),
+        None => {
+            if map.len() >= cap && map.last_key_value().is_some_and(|(last, _)| last.as_str() < name) {
+                return;
+            }
+            map.insert(name.to_string(), n);
+            if map.len() > cap {
+                map.pop_last();
+            }
+        }
+    }
+}
+
+/// Usage summed over the completed tasks of one agent type and model (of one tenant, or of
+/// all tenants for `/metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageCounters {
+    pub agent_type: String,
+    /// `None`: tasks whose agent named no model.
+    pub model: Option<String>,
+    /// Completed tasks that reported usage.
+    pub tasks: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Cost in millionths, per currency.
+    pub cost_micros: BTreeMap<String, u64>,
+    /// Provider counters summed, at most [`USAGE_COUNTERS_CAP`] (the smallest names).
+    pub counters: BTreeMap<String, u64>,
+}
+
+impl UsageCounters {
+    pub fn new(agent_type: &str, model: Option<&str>) -> Self {
+        UsageCounters { agent_type: agent_type.to_string(), model: model.map(str::to_string), ..Default::default() }
+    }
+
+    pub fn add(&mut self, usage: &UsageView) {
+        self.tasks += 1;
+        self.input_tokens = self.input_tokens.saturating_add(usage.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(usage.output_tokens);
+        if let (Some(cost), Some(currency)) = (usage.cost_micros, &usage.currency) {
+            add_capped(&mut self.cost_micros, currency, cost, USAGE_CURRENCIES_CAP);
+        }
+        for (name, n) in &usage.counters {
+            add_capped(&mut self.counters, name, *n, USAGE_COUNTERS_CAP);
+        }
+    }
+
+    /// Takes back [`UsageCounters::add`] (an outcome replaced by a later one).
+    pub fn remove(&mut self, usage: &UsageView) {
+        self.tasks = self.tasks.saturating_sub(1);
+        self.input_tokens = self.input_tokens.saturating_sub(usage.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_sub(usage.output_tokens);
+        if let (Some(cost), Some(currency)) = (usage.cost_micros, &usage.currency)
+            && let Some(sum) = self.cost_micros.get_mut(currency)
+        {
+            *sum = sum.saturating_sub(cost);
+        }
+        for (name, n) in &usage.counters {
+            if let Some(sum) = self.counters.get_mut(name) {
+                *sum = sum.saturating_sub(*n);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -165,6 +165,42 @@ def sync_steps(ctx: Context) -> Any:
     return {"received": ctx.last_checkpoint, "by": ctx.last_checkpoint_attempt}
 
 
+@app.agent("metered")
+async def metered(ctx: Context) -> Any:
+    ctx.usage(10, 2, model="m-1", cost_micros=7, currency="EUR", counters={"cached_input_tokens": 4})
+    ctx.usage(5, 1, counters={"cached_input_tokens": 1, "reasoning_tokens": 3})
+    refused = []
+    for bad in (
+        {"input_tokens": -1},
+        {"output_tokens": 1.5},
+        {"input_tokens": True},
+        {"model": "m" * 129},
+        {"model": "m-2"},
+        {"cost_micros": 5},
+        {"cost_micros": 5, "currency": "usd"},
+        {"cost_micros": 5, "currency": "USD"},
+        {"counters": {"Bad Name": 1}},
+        {"counters": {f"c{i}": 1 for i in range(32)}},
+    ):
+        try:
+            ctx.usage(**bad)
+        except ValueError as e:
+            refused.append(str(e).split(" ")[0])
+    return {"refused": refused}
+
+
+@app.agent("metered_sync")
+def metered_sync(ctx: Context) -> Any:
+    ctx.usage(3, 4)
+    return "ok"
+
+
+@app.agent("metered_failing")
+async def metered_failing(ctx: Context) -> Any:
+    ctx.usage(3, 4)
+    raise AgentError("bad_input", "no text", retryable=False)
+
+
 def attempt(agent_type: str, input: Any = None, **fields: Any) -> dict[str, Any]:
     body = {
         "protocol": 1,
@@ -245,6 +281,37 @@ async def test_errors_end_the_answer_with_an_error_frame() -> None:
     assert (last["type"], last["kind"], last["retryable"]) == ("error", "invalid_output", False)
     last = frames(await post(attempt("bad_percent")))[-1]
     assert last["kind"] == "exception" and last["message"].startswith("ValueError: percent")
+
+
+@pytest.mark.anyio
+async def test_usage_adds_up_over_reports_and_travels_with_the_result() -> None:
+    last = frames(await post(attempt("metered")))[-1]
+    assert last["type"] == "result"
+    assert last["usage"] == {
+        "input_tokens": 15,
+        "output_tokens": 3,
+        "model": "m-1",
+        "cost_micros": 7,
+        "currency": "EUR",
+        "counters": {"cached_input_tokens": 5, "reasoning_tokens": 3},
+    }
+    # Each bad report raised where it was made, naming its field, and changed nothing.
+    assert last["output"]["refused"] == [
+        "usage.input_tokens",
+        "usage.output_tokens",
+        "usage.input_tokens",
+        "usage.model",
+        "usage.model:",
+        "usage.cost_micros",
+        "usage.currency",
+        "usage.currency:",
+        "usage.counters:",
+        "usage.counters:",
+    ]
+    assert frames(await post(attempt("metered_sync")))[-1]["usage"] == {"input_tokens": 3, "output_tokens": 4}
+    # A failed attempt reports nothing; a handler that reports nothing sends no usage.
+    assert "usage" not in frames(await post(attempt("metered_failing")))[-1]
+    assert "usage" not in frames(await post(attempt("echo", {"k": 1})))[-1]
 
 
 def test_agent_errors_check_their_kind() -> None:

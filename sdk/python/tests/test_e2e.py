@@ -68,6 +68,14 @@ async def llm(ctx: Context) -> Any:
     return {"text": "".join(tokens), "tokens": count}
 
 
+@app.agent("billed")
+async def billed(ctx: Context) -> Any:
+    """A fake LLM agent reporting usage after each of its two model calls."""
+    ctx.usage(100, 20, model="gpt-test", cost_micros=180, currency="USD", counters={"cached_input_tokens": 64})
+    ctx.usage(input_tokens=30, output_tokens=5, model="gpt-test", cost_micros=45, currency="USD")
+    return {"calls": 2}
+
+
 @app.agent("flaky")
 async def flaky(ctx: Context) -> Any:
     """Fails its first attempt asking for a pause (a rate limit), succeeds on the next."""
@@ -193,6 +201,9 @@ timeout_ms = 20000
 
 [agents.doubler]
 runtime = { kind = "http", url = "{agent}/doubler" }
+
+[agents.billed]
+runtime = { kind = "http", url = "{agent}/billed" }
 """
 
 
@@ -279,6 +290,38 @@ def test_submit_get_wait_list_with_a_builtin_agent(client: Client) -> None:
     assert outcome["status"] == "completed" and outcome["output"] == {"text": "hello"}
     page = client.list(agent_type="echo", limit=50)
     assert task_id in [t["task_id"] for t in page.tasks]
+
+
+def test_an_agent_reports_usage_the_task_and_the_stats_show_it(client: Client) -> None:
+    ids = [client.submit("billed", {"n": n}).task_id for n in range(2)]
+    for task_id in ids:
+        outcome = client.wait(task_id, timeout=TASK_S)
+        assert outcome["status"] == "completed", outcome
+        assert outcome["usage"] == {
+            "input_tokens": 130,
+            "output_tokens": 25,
+            "model": "gpt-test",
+            "cost_micros": 225,
+            "currency": "USD",
+            "counters": {"cached_input_tokens": 64},
+        }
+        assert client.get(task_id)["outcome"]["usage"]["input_tokens"] == 130
+    events = read_stream(client, ids[0])
+    assert isinstance(events[-1], Outcome) and events[-1].usage is not None and events[-1].usage["output_tokens"] == 25
+    # The projection counts a moment after the outcome; one `agentlog dev` serves the module,
+    # so look at this agent type only, and at least what this test's tasks reported.
+    deadline = time.monotonic() + TASK_S
+    while True:
+        usage = client.stats()["usage"]
+        mine = [m for m in usage["by_model"] if m["agent_type"] == "billed"]
+        if mine and mine[0]["tasks"] >= 2:
+            break
+        assert time.monotonic() < deadline, usage
+        time.sleep(0.05)
+    assert mine[0]["model"] == "gpt-test"
+    assert mine[0]["input_tokens"] == 130 * mine[0]["tasks"] and mine[0]["cost_micros"] == {"USD": 225 * mine[0]["tasks"]}
+    assert mine[0]["counters"] == {"cached_input_tokens": 64 * mine[0]["tasks"]}
+    assert usage["cost_micros"]["USD"] >= 450 and usage["tasks"] >= 2
 
 
 def test_idempotency_batches_and_errors(client: Client) -> None:

@@ -33,6 +33,9 @@ import {
   errorFrameOf,
   progressFrame,
   resultFrame,
+  Usage,
+  type UsageFrame,
+  type UsageReport,
   stringify,
   suspendFrame,
   type InputEncoding,
@@ -171,6 +174,8 @@ export class Context {
   #nextChild = 0;
   /** The numbers of the children this attempt submitted, by task id. */
   readonly #childNumbers = new Map<string, number>();
+  /** What the attempt consumed so far ({@link Context.usage}); `null` until reported. */
+  #usage: Usage | null = null;
 
   /** @internal Built by the app for each attempt. */
   constructor(attempt: Attempt, input: unknown, io: AttemptIo) {
@@ -202,6 +207,25 @@ export class Context {
   /** True once agentlog hung up (see `signal`). */
   get cancelled(): boolean {
     return this.signal.aborted;
+  }
+
+  /**
+   * Reports what this attempt consumed, typically after each model call: tokens, cost and
+   * counters add up over the reports. One model and one currency per attempt. Sent with the
+   * handler's result (the `result` frame's `usage`), so a failed or suspended attempt reports
+   * none. Throws a `RangeError` naming the field for a report agentlog would refuse
+   * (negative or non-integer counts, a model over 128 characters, a currency that is not three
+   * upper-case letters, a cost without a currency, more than 32 counters).
+   */
+  usage(report: UsageReport): void {
+    const usage = this.#usage ?? new Usage();
+    usage.add(report);
+    this.#usage = usage;
+  }
+
+  /** @internal The `usage` of the result frame, when the handler reported any. */
+  usageFrame(): UsageFrame | null {
+    return this.#usage?.frame() ?? null;
   }
 
   /** Reports how far the attempt is (`percent` 0–100, `message`); shown as the task's
@@ -590,7 +614,10 @@ export class AgentApp {
     try {
       const value = await handler(ctx);
       try {
-        line = encodeLine(resultFrame(value));
+        const frame = resultFrame(value);
+        const usage = ctx.usageFrame();
+        if (usage !== null) frame.usage = usage;
+        line = encodeLine(frame);
       } catch (e) {
         // A deterministic bug (NaN, a BigInt, a cycle): another attempt would fail alike.
         const error = e as Error;

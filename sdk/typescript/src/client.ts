@@ -95,6 +95,31 @@ export interface ListQuery {
   cursor?: string;
 }
 
+/** Usage of one agent type's tasks on one model, in {@link StatsJson}. */
+export interface ModelUsageJson {
+  agent_type: string;
+  model: string | null;
+  tasks: number;
+  input_tokens: number;
+  output_tokens: number;
+  cost_micros: Record<string, number>;
+  counters: Record<string, number>;
+}
+
+/** `GET /v1/stats` (snake_case JSON, as on the wire). */
+export interface StatsJson {
+  agent_types: Record<string, Record<string, unknown>>;
+  tenant: Record<string, unknown>;
+  usage: {
+    tasks: number;
+    input_tokens: number;
+    output_tokens: number;
+    cost_micros: Record<string, number>;
+    by_model: ModelUsageJson[];
+  };
+  [field: string]: unknown;
+}
+
 /** The JSON of one task to submit (`POST /v1/tasks`, or an item of a batch). */
 export function taskSpec(agentType: string, input: unknown, options: TaskOptions = {}): Record<string, unknown> {
   const body: Record<string, unknown> = { agent_type: agentType, input };
@@ -178,6 +203,15 @@ export class AgentlogClient {
   async get(taskId: string, options: { after?: string; waitMs?: number } = {}): Promise<TaskJson> {
     const timeout = options.waitMs ? options.waitMs + this.timeoutMs : this.timeoutMs;
     return (await this.#json("GET", taskPath(taskId), { after: options.after, wait_ms: options.waitMs }, undefined, timeout)) as TaskJson;
+  }
+
+  /**
+   * Your tenant's stats (`GET /v1/stats`): per agent type outcomes and latencies, and `usage`:
+   * the tokens and cost your completed tasks reported (`tasks`, `input_tokens`,
+   * `output_tokens`, `cost_micros` per currency, and `by_model` per agent type and model).
+   */
+  async stats(): Promise<StatsJson> {
+    return (await this.#json("GET", "/v1/stats")) as StatsJson;
   }
 
   /** The task's outcome now, or null when it has none (yet). */

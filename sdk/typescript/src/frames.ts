@@ -29,7 +29,110 @@ export type InputEncoding = "json" | "utf8" | "base64";
 export type ProgressFrame = { type: "progress"; percent?: number; message?: string };
 export type ChunkFrame = { type: "chunk"; text: string } | { type: "chunk"; json: unknown };
 export type CheckpointFrame = { type: "checkpoint"; state: unknown };
-export type ResultFrame = { type: "result"; output: unknown; output_encoding?: "utf8" | "base64"; content_type?: string };
+export type ResultFrame = { type: "result"; output: unknown; output_encoding?: "utf8" | "base64"; content_type?: string; usage?: UsageFrame };
+/** The `usage` object of a `result` frame (agent protocol §2). */
+export type UsageFrame = {
+  input_tokens: number;
+  output_tokens: number;
+  model?: string;
+  cost_micros?: number;
+  currency?: string;
+  counters?: Record<string, number>;
+};
+
+/** One report of what an attempt consumed ({@link Context.usage}); every field optional. */
+export interface UsageReport {
+  inputTokens?: number;
+  outputTokens?: number;
+  /** The model, as the provider names it: 1 to 128 characters. One per attempt. */
+  model?: string;
+  /** Cost in millionths of `currency`'s unit (1500 is 0.0015 USD); given with `currency`. */
+  costMicros?: number;
+  /** ISO 4217 code (three upper-case letters); given with `costMicros`. One per attempt. */
+  currency?: string;
+  /** Provider-specific counts (`cached_input_tokens`, …): at most 32, names `[a-z0-9_.-]{1,64}`. */
+  counters?: Record<string, number>;
+}
+
+export const MAX_MODEL_CHARS = 128;
+export const MAX_COUNTERS = 32;
+const COUNTER_NAME = /^[a-z0-9_.-]{1,64}$/;
+const CURRENCY = /^[A-Z]{3}$/;
+
+function count(field: string, value: unknown): number {
+  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) {
+    throw new RangeError(`usage.${field} must be an integer from 0 to ${Number.MAX_SAFE_INTEGER}, not ${String(value)}`);
+  }
+  return value;
+}
+
+/**
+ * What an attempt consumed, summed over the reports its handler makes. Each report is checked
+ * as agentlog checks it, so a bad one throws a `RangeError` naming the field where the handler
+ * made it (and changes nothing), not a failed attempt later.
+ */
+export class Usage {
+  inputTokens = 0;
+  outputTokens = 0;
+  model: string | null = null;
+  costMicros: number | null = null;
+  currency: string | null = null;
+  counters: Record<string, number> = {};
+
+  add(report: UsageReport): void {
+    const input = count("input_tokens", report.inputTokens ?? 0);
+    const output = count("output_tokens", report.outputTokens ?? 0);
+    const { model, currency } = report;
+    if (model !== undefined) {
+      const chars = typeof model === "string" ? [...model] : [];
+      if (chars.length < 1 || chars.length > MAX_MODEL_CHARS || /\p{Cc}/u.test(model)) {
+        throw new RangeError(`usage.model must be 1 to ${MAX_MODEL_CHARS} characters without control characters`);
+      }
+      if (this.model !== null && this.model !== model) {
+        throw new RangeError(`usage.model: an attempt reports one model, \`${this.model}\` already`);
+      }
+    }
+    if ((report.costMicros === undefined) !== (currency === undefined)) {
+      throw new RangeError("usage.costMicros and usage.currency come together (an ISO 4217 code such as USD)");
+    }
+    let cost: number | null = null;
+    if (report.costMicros !== undefined) {
+      cost = count("cost_micros", report.costMicros);
+      if (typeof currency !== "string" || !CURRENCY.test(currency)) {
+        throw new RangeError(`usage.currency must be an ISO 4217 code of three upper-case letters, not ${String(currency)}`);
+      }
+      if (this.currency !== null && this.currency !== currency) {
+        throw new RangeError(`usage.currency: an attempt reports one currency, ${this.currency} already`);
+      }
+    }
+    const merged = { ...this.counters };
+    for (const [name, value] of Object.entries(report.counters ?? {})) {
+      if (!COUNTER_NAME.test(name)) throw new RangeError(`usage.counters: a counter's name is 1 to 64 of a-z, 0-9, _, ., -, not ${JSON.stringify(name)}`);
+      merged[name] = (merged[name] ?? 0) + count(`counters.${name}`, value);
+    }
+    if (Object.keys(merged).length > MAX_COUNTERS) throw new RangeError(`usage.counters: at most ${MAX_COUNTERS} counters`);
+    this.inputTokens += input;
+    this.outputTokens += output;
+    if (model !== undefined) this.model = model;
+    if (cost !== null && currency !== undefined) {
+      this.costMicros = (this.costMicros ?? 0) + cost;
+      this.currency = currency;
+    }
+    this.counters = merged;
+  }
+
+  /** The `usage` object of the `result` frame. */
+  frame(): UsageFrame {
+    const out: UsageFrame = { input_tokens: this.inputTokens, output_tokens: this.outputTokens };
+    if (this.model !== null) out.model = this.model;
+    if (this.costMicros !== null && this.currency !== null) {
+      out.cost_micros = this.costMicros;
+      out.currency = this.currency;
+    }
+    if (Object.keys(this.counters).length > 0) out.counters = { ...this.counters };
+    return out;
+  }
+}
 export type ErrorFrame = { type: "error"; kind: string; message: string; retryable: boolean; retry_after_ms?: number };
 export type SuspendFrame = { type: "suspend"; signal: string; timeout_ms: number };
 export type Frame = ProgressFrame | ChunkFrame | CheckpointFrame | ResultFrame | ErrorFrame | SuspendFrame;

@@ -12,7 +12,9 @@ export {
   taskSpec,
   type ClientOptions,
   type ListQuery,
+  type ModelUsageJson,
   type SignalOptions,
+  type StatsJson,
   type Signalled,
   type Submitted,
   type TaskOptions,
@@ -28,6 +30,7 @@ export {
   type StreamEvent,
   type StreamOptions,
   type TaskJson,
+  type UsageJson,
 } from "./stream.js";
 export {
   AgentApp,
@@ -48,8 +51,11 @@ export {
   Result,
   SIGNAL_NAME,
   result,
+  Usage,
   type Frame,
   type InputEncoding,
+  type UsageFrame,
+  type UsageReport,
 } from "./frames.js";
 export {
   AgentError,

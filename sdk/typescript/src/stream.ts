@@ -54,6 +54,8 @@ export interface OutcomeEvent {
   errorKind: string | null;
   message: string | null;
   attempt: number | null;
+  /** What the completed attempt consumed, as its agent reported it; null when it did not. */
+  usage: UsageJson | null;
 }
 
 export type StreamEvent = ProgressEvent | ChunkEvent | OutcomeEvent;
@@ -74,7 +76,20 @@ export interface OutcomeJson {
   error_kind?: string | null;
   message?: string | null;
   attempt?: number | null;
+  /** What the completed attempt consumed ({@link UsageJson}); null when it reported nothing. */
+  usage?: UsageJson | null;
   [field: string]: unknown;
+}
+
+/** Tokens and cost one completed attempt reported (snake_case, as on the wire). */
+export interface UsageJson {
+  input_tokens: number;
+  output_tokens: number;
+  model: string | null;
+  /** Millionths of `currency`'s unit. */
+  cost_micros: number | null;
+  currency: string | null;
+  counters: Record<string, number>;
 }
 
 /** `"<partition>:<offset>"` as numbers, or null when it is not one. */
@@ -121,6 +136,7 @@ export function eventOf(message: EventSourceMessage, id: string | null): StreamE
     errorKind: outcome.error_kind ?? null,
     message: outcome.message ?? null,
     attempt: outcome.attempt ?? null,
+    usage: outcome.usage ?? null,
   };
 }
 

@@ -10,6 +10,35 @@ import { serve, until } from "./helpers.js";
 const seen = {};
 let gateOpen = false;
 const app = createAgentServer()
+  .agent("metered", async (ctx) => {
+    ctx.usage({ inputTokens: 10, outputTokens: 2, model: "m-1", costMicros: 7, currency: "EUR", counters: { cached_input_tokens: 4 } });
+    ctx.usage({ inputTokens: 5, outputTokens: 1, counters: { cached_input_tokens: 1, reasoning_tokens: 3 } });
+    const refused = [];
+    for (const bad of [
+      { inputTokens: -1 },
+      { outputTokens: 1.5 },
+      { inputTokens: "3" },
+      { model: "m".repeat(129) },
+      { model: "m-2" },
+      { costMicros: 5 },
+      { costMicros: 5, currency: "usd" },
+      { costMicros: 5, currency: "USD" },
+      { counters: { "Bad Name": 1 } },
+      { counters: Object.fromEntries(Array.from({ length: 32 }, (_, i) => [`c${i}`, 1])) },
+    ]) {
+      try {
+        ctx.usage(bad);
+      } catch (e) {
+        if (!(e instanceof RangeError)) throw e;
+        refused.push(e.message.split(" ")[0]);
+      }
+    }
+    return { refused };
+  })
+  .agent("metered_failing", async (ctx) => {
+    ctx.usage({ inputTokens: 3, outputTokens: 4 });
+    throw new AgentError({ kind: "bad_input", message: "no text", retryable: false });
+  })
   .agent("llm", async (ctx) => {
     await ctx.progress({ percent: 0, message: "calling the model" });
     for (const word of ctx.input.words) await ctx.emit(word);
@@ -155,6 +184,35 @@ describe("frames", () => {
       { type: "progress", percent: 100 },
       { type: "result", output: { summary: "The answer" } },
     ]);
+  });
+
+  test("usage adds up over reports and travels with the result", async () => {
+    const last = frames(await post(attempt("metered"))).at(-1);
+    assert.equal(last.type, "result");
+    assert.deepEqual(last.usage, {
+      input_tokens: 15,
+      output_tokens: 3,
+      model: "m-1",
+      cost_micros: 7,
+      currency: "EUR",
+      counters: { cached_input_tokens: 5, reasoning_tokens: 3 },
+    });
+    // Each bad report threw where it was made, naming its field, and changed nothing.
+    assert.deepEqual(last.output.refused, [
+      "usage.input_tokens",
+      "usage.output_tokens",
+      "usage.input_tokens",
+      "usage.model",
+      "usage.model:",
+      "usage.costMicros",
+      "usage.currency",
+      "usage.currency:",
+      "usage.counters:",
+      "usage.counters:",
+    ]);
+    // A failed attempt reports nothing; a handler that reports nothing sends no usage.
+    assert.equal(frames(await post(attempt("metered_failing"))).at(-1).usage, undefined);
+    assert.equal(frames(await post(attempt("echo", { k: 1 }))).at(-1).usage, undefined);
   });
 
   test("the context carries the attempt", async () => {

@@ -39,6 +39,12 @@ const record = (map, taskId, entry) => {
   map.get(taskId).push(entry);
 };
 const app = createAgentServer()
+  // A fake LLM agent reporting usage after each of its two model calls.
+  .agent("billed", async (ctx) => {
+    ctx.usage({ inputTokens: 100, outputTokens: 20, model: "gpt-test", costMicros: 180, currency: "USD", counters: { cached_input_tokens: 64 } });
+    ctx.usage({ inputTokens: 30, outputTokens: 5, model: "gpt-test", costMicros: 45, currency: "USD" });
+    return { calls: 2 };
+  })
   // A fake LLM: streams `count` tokens with small sleeps, then the whole text.
   .agent("llm", async (ctx) => {
     const count = ctx.input.count ?? TOKENS;
@@ -163,6 +169,9 @@ runtime = { kind = "http", url = "${agentUrl}/strict" }
 
 [agents.shout]
 runtime = { kind = "http", url = "${agentUrl}/shout" }
+
+[agents.billed]
+runtime = { kind = "http", url = "${agentUrl}/billed" }
 
 [agents.delegator]
 runtime = { kind = "http", url = "${agentUrl}/delegator" }
@@ -313,6 +322,36 @@ for (const backend of BACKENDS) describe(`end to end against agentlog (${backend
     assert.deepEqual(outcome.output, { text: "hello" });
     const page = await client.list({ agentType: "echo", limit: 50 });
     assert.ok(page.tasks.some((t) => t.task_id === taskId));
+  });
+
+  test("an agent reports usage: the task, its stream and the stats show it", async () => {
+    const ids = [];
+    for (const n of [0, 1]) ids.push((await client.submit("billed", { n })).taskId);
+    const expected = { input_tokens: 130, output_tokens: 25, model: "gpt-test", cost_micros: 225, currency: "USD", counters: { cached_input_tokens: 64 } };
+    for (const taskId of ids) {
+      const outcome = await client.wait(taskId, { timeoutMs: TASK_MS });
+      assert.equal(outcome.status, "completed", JSON.stringify(outcome));
+      assert.deepEqual(outcome.usage, expected);
+      assert.deepEqual((await client.get(taskId)).outcome.usage, expected);
+    }
+    const events = await readStream(client, ids[0]);
+    assert.deepEqual(events.at(-1).usage, expected);
+    // One agentlog serves the suite: look at this agent type only, at least this test's tasks.
+    const deadline = Date.now() + TASK_MS;
+    let usage;
+    let mine;
+    for (;;) {
+      usage = (await client.stats()).usage;
+      mine = usage.by_model.find((m) => m.agent_type === "billed");
+      if (mine && mine.tasks >= 2) break;
+      if (Date.now() > deadline) assert.fail(`the stats never counted the usage: ${JSON.stringify(usage)}`);
+      await sleep(50);
+    }
+    assert.equal(mine.model, "gpt-test");
+    assert.equal(mine.input_tokens, 130 * mine.tasks);
+    assert.deepEqual(mine.cost_micros, { USD: 225 * mine.tasks });
+    assert.deepEqual(mine.counters, { cached_input_tokens: 64 * mine.tasks });
+    assert.ok(usage.tasks >= 2 && usage.cost_micros.USD >= 450);
   });
 
   test("idempotency, batches and errors", async () => {

@@ -30,7 +30,9 @@ type Calls = Arc<Mutex<BTreeMap<String, Vec<(Instant, Value)>>>>;
 /// (a multi-step agent: with no checkpoint it saves step 1 and fails, retryably; from step 1
 /// it saves step 2 and hangs, for the test to crash its worker; from step 2 it finishes),
 /// `approval` (without a signal: saves a draft and suspends for `approval`, `timeout_ms` from
-/// the input; resumed: answers what it received).
+/// the input; resumed: answers what it received), `billed` (a result frame reporting usage),
+/// `billed_plain` (a plain answer reporting usage in its `Agentlog-Usage` header),
+/// `billed_badly` (a result frame whose usage has a fractional token count).
 async fn protocol_agent() -> (String, Calls, JoinHandle<()>) {
     let calls: Calls = Arc::default();
     let seen = calls.clone();
@@ -58,6 +60,20 @@ async fn protocol_agent() -> (String, Calls, JoinHandle<()>) {
                     )],
                     "limited" => vec![(0, json!({"type": "result", "output": "fine", "output_encoding": "utf8"}).to_string())],
                     "typed" => vec![(0, json!({"type": "error", "kind": "bad_input", "message": "no text to summarize"}).to_string())],
+                    "billed" => vec![(
+                        0,
+                        json!({"type": "result", "output": {"billed": true}, "usage": {"input_tokens": 120, "output_tokens": 30, "model": "gpt-x",
+                            "cost_micros": 210, "currency": "USD", "counters": {"cached_input_tokens": 100}}})
+                        .to_string(),
+                    )],
+                    "billed_badly" => vec![(0, json!({"type": "result", "output": 1, "usage": {"input_tokens": 1.5}}).to_string())],
+                    "billed_plain" => {
+                        return axum::response::Response::builder()
+                            .header("content-type", "application/json")
+                            .header("agentlog-usage", r#"{"input_tokens":8,"output_tokens":2,"model":"gpt-x","cost_micros":9,"currency":"USD"}"#)
+                            .body(Body::from("{\"plain\":true}"))
+                            .unwrap();
+                    }
                     "broken" => vec![(0, json!({"type": "chunk", "text": "a"}).to_string()), (0, "this is not a frame".to_string())],
                     "approval" if body["signal"].is_null() => vec![
                         (0, json!({"type": "checkpoint", "state": {"draft": "d1"}}).to_string()),
@@ -539,5 +555,44 @@ pub async fn an_http_agent_delegates_through_its_attempts_callback(h: &mut Harne
     let callback = output["callback_url"].as_str().expect("callback url");
     let gone = s.http.get(format!("{callback}/children/0/outcome")).send().await.expect("late callback");
     assert_eq!(gone.status().as_u16(), 404, "a callback of an attempt that ended");
+    s.stop().await;
+}
+
+/// Usage (issue 17) travels with a framed `result` and with a plain answer's `Agentlog-Usage`
+/// header into the task and the tenant's `/v1/stats`; a report breaking the rules fails the
+/// attempt with kind `protocol` naming the field, and the worker goes on.
+pub async fn usage_travels_with_framed_and_plain_answers(h: &mut Harness) {
+    let s = Setup::start(h, 1, "").await;
+    s.submit("billed-1", "billed").await;
+    s.submit("billed-2", "billed_plain").await;
+    s.submit("billed-3", "billed_badly").await;
+    let framed = s.outcome("billed-1").await;
+    assert_eq!(framed["status"], "completed", "{framed}");
+    assert_eq!(
+        framed["usage"],
+        json!({"input_tokens": 120, "output_tokens": 30, "model": "gpt-x", "cost_micros": 210, "currency": "USD", "counters": {"cached_input_tokens": 100}}),
+        "{framed}"
+    );
+    let plain = s.outcome("billed-2").await;
+    assert_eq!((plain["output"].clone(), plain["usage"]["input_tokens"].clone()), (json!({"plain": true}), json!(8)), "{plain}");
+    let bad = s.outcome("billed-3").await;
+    assert_eq!((bad["status"].clone(), bad["error_kind"].clone()), (json!("failed"), json!("protocol")), "{bad}");
+    assert!(bad["message"].as_str().unwrap_or_default().contains("usage.input_tokens"), "{bad}");
+
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let stats: Value = s.http.get(format!("{}/v1/stats", s.replicas[0].base)).send().await.expect("stats").json().await.expect("stats JSON");
+        let usage = &stats["usage"];
+        if usage["tasks"] == 2 {
+            assert_eq!(
+                (usage["input_tokens"].clone(), usage["output_tokens"].clone(), usage["cost_micros"].clone()),
+                (json!(128), json!(32), json!({"USD": 219})),
+                "{stats}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stats never counted both reports: {stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     s.stop().await;
 }

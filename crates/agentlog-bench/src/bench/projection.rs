@@ -87,6 +87,7 @@ async fn write_tasks(log: &Arc<dyn EventLog>, codec: &WireCodec, topics: &TaskTo
             output: b"{\"ok\":true}".to_vec(),
             content_type: "application/json".into(),
             duration_ms: 1,
+            usage: None,
         };
         let records = [
             Record::new(lane.clone(), codec.encode(&lane, &submitted).await?).with_key(key.clone()),

@@ -193,6 +193,29 @@ pub struct TaskCompleted {
     #[avro(default = r#""application/json""#)]
     pub content_type: String,
     pub duration_ms: i64,
+    /// What the attempt consumed (tokens, cost) as its agent reported it; `None` when it
+    /// reported nothing.
+    pub usage: Option<Usage>,
+}
+
+/// What one attempt consumed, as its agent reported it (agent protocol `result.usage`): LLM
+/// tokens, the model, the cost in millionths of a currency unit, and provider-specific
+/// counters. Workers validate it (`agentlog_tasks::agent::runtime::usage`); a producer writing
+/// straight to the log may not, so readers clamp negative numbers to 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.agentlog.v1")]
+pub struct Usage {
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    /// The model the tokens were spent on, as the provider names it.
+    pub model: Option<String>,
+    /// Millionths of `currency`'s unit (1 USD = 1,000,000).
+    pub cost_micros: Option<i64>,
+    /// ISO 4217 code, set with `cost_micros`.
+    pub currency: Option<String>,
+    /// Provider-specific counts (`cached_input_tokens`, `reasoning_tokens`, …).
+    #[avro(default = "{}")]
+    pub counters: HashMap<String, i64>,
 }
 
 /// An attempt failed; terminal unless followed by `TaskRetryScheduled`.

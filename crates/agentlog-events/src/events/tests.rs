@@ -120,6 +120,11 @@ fn every_event_round_trips() {
         ..TaskSubmitted::sample()
     });
     roundtrip(TaskSignalled { payload: None, ..TaskSignalled::sample() });
+    roundtrip(TaskCompleted { usage: None, ..TaskCompleted::sample() });
+    roundtrip(TaskCompleted {
+        usage: Some(Usage { input_tokens: 0, output_tokens: 7, model: None, cost_micros: None, currency: None, counters: HashMap::new() }),
+        ..TaskCompleted::sample()
+    });
     roundtrip(TaskProgress { percent: None, message: None, detail: None, ..TaskProgress::sample() });
     roundtrip(TaskCheckpointed { state: None, ..TaskCheckpointed::sample() });
     roundtrip(TaskChunk { text: None, json: Some(r#"{"a":1}"#.into()), ..TaskChunk::sample() });
@@ -246,6 +251,39 @@ fn catalog_covers_every_schema_file_and_topic() {
     assert_eq!(topic_of("io.agentlog.v1.Meta"), None);
 }
 
+/// `TaskCompleted.usage` (issue 17) with real data both ways: a reader of the released schema
+/// reads a record that carries usage (skipping it), and the new reader reads an old record as
+/// having none.
+#[test]
+fn task_completed_usage_crosses_schema_versions_both_ways() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/released");
+    let released = Schema::parse_str(&std::fs::read_to_string(dir.join("TaskCompleted.avsc")).expect("released schema")).expect("parses");
+    let working = Schema::parse_str(avsc_of(TaskCompleted::NAME)).expect("parses");
+    let new = TaskCompleted::sample();
+    assert!(new.usage.is_some());
+    let bytes = GenericDatumWriter::builder(&working).build().expect("writer").write_ser_to_vec(&new).expect("write");
+    let old_reader = GenericDatumReader::builder(&working).reader_schema(&released).build().expect("reader");
+    let old = old_reader.read_value(&mut &bytes[..]).expect("the released reader reads new data");
+    let apache_avro::types::Value::Record(fields) = old else { panic!("a record") };
+    assert!(fields.iter().all(|(name, _)| name != "usage"), "{fields:?}");
+    assert!(fields.iter().any(|(name, v)| name == "duration_ms" && *v == apache_avro::types::Value::Long(1234)));
+
+    // What a producer of the released schema writes.
+    let mut old_record = apache_avro::types::Record::new(&released).expect("record");
+    let meta = apache_avro::to_value(&new.meta).expect("meta");
+    old_record.put("meta", meta);
+    old_record.put("task_id", "t-1");
+    old_record.put("attempt", 1);
+    old_record.put("output", apache_avro::types::Value::Bytes(b"{}".to_vec()));
+    old_record.put("content_type", "application/json");
+    old_record.put("duration_ms", 1234i64);
+    let old_bytes = GenericDatumWriter::builder(&released).build().expect("writer").write_value_to_vec(old_record).expect("old write");
+    let new_reader = GenericDatumReader::builder(&released).reader_schema(&working).build().expect("reader");
+    let read = new_reader.read_value(&mut &old_bytes[..]).expect("the new reader reads old data");
+    let read: TaskCompleted = apache_avro::from_value(&read).expect("a TaskCompleted");
+    assert_eq!(read, TaskCompleted { usage: None, ..new });
+}
+
 #[test]
 fn released_set_is_compatible_with_working_set() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
@@ -345,7 +383,22 @@ impl Sample for TaskRetryScheduled {
 
 impl Sample for TaskCompleted {
     fn sample() -> Self {
-        Self { meta: meta(), task_id: "t-1".into(), attempt: 1, output: b"{}".to_vec(), content_type: "application/json".into(), duration_ms: 1234 }
+        Self {
+            meta: meta(),
+            task_id: "t-1".into(),
+            attempt: 1,
+            output: b"{}".to_vec(),
+            content_type: "application/json".into(),
+            duration_ms: 1234,
+            usage: Some(Usage {
+                input_tokens: 1200,
+                output_tokens: 345,
+                model: Some("gpt-4o-mini".into()),
+                cost_micros: Some(387),
+                currency: Some("USD".into()),
+                counters: HashMap::from([("cached_input_tokens".into(), 1024)]),
+            }),
+        }
     }
 }
 

@@ -241,6 +241,13 @@ fn head_of(id: &str) -> String {
 }
 
 async fn completed(env: &AttemptEnv, task: &TaskSubmitted, output: TaskOutput, elapsed: Duration) -> Result<Outcome, WireError> {
+    // The runtimes check what agents send; a Rust agent's report is checked here, the last
+    // place before the log (the protocol's rule: a bad report fails the attempt).
+    if let Some(usage) = &output.usage
+        && let Err(error) = super::runtime::usage::check(usage)
+    {
+        return Ok(Outcome::new(Ending::Failed, vec![failed_record(env, task, kind::PROTOCOL, error.to_string()).await?]));
+    }
     let event = TaskCompleted {
         meta: meta(env, task),
         task_id: task.task_id.clone(),
@@ -248,6 +255,7 @@ async fn completed(env: &AttemptEnv, task: &TaskSubmitted, output: TaskOutput, e
         output: output.output.to_vec(),
         content_type: output.content_type,
         duration_ms: elapsed.as_millis() as i64,
+        usage: output.usage,
     };
     let done = record(env, env.topics.results(), task, &event).await?;
     if fits(&done, env.max_record_bytes) {

@@ -39,6 +39,7 @@ from .frames import (
     NDJSON,
     PROTOCOL_VERSION,
     Signal,
+    Usage,
     check_signal_name,
     checkpoint_frame,
     chunk_frame,
@@ -126,6 +127,7 @@ class Context:
     _suspension: _Suspend | None = field(default=None, repr=False)
     _next_child: int = field(default=0, repr=False)
     _child_numbers: dict[str, int] = field(default_factory=dict, repr=False)
+    _usage: Usage | None = field(default=None, repr=False)
 
     @property
     def cancelled(self) -> bool:
@@ -153,6 +155,28 @@ class Context:
         A checkpoint means "at least this far": a later attempt may repeat the steps after
         it, so keep them idempotent (pass on `idempotency_key`)."""
         await self._send(encode_line(checkpoint_frame(state), limit=MAX_CHECKPOINT_LINE_BYTES, too_large=CheckpointTooLarge))
+
+    def usage(
+        self,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        *,
+        model: str | None = None,
+        cost_micros: int | None = None,
+        currency: str | None = None,
+        counters: Mapping[str, int] | None = None,
+    ) -> None:
+        """Reports what this attempt consumed, typically after each model call: tokens and
+        counters add up over the calls, ``cost_micros`` (millionths of ``currency``'s unit,
+        e.g. 1500 for 0.0015 USD) too. One model and one currency per attempt. Sent with the
+        handler's result (the ``result`` frame's ``usage``), so a failed or suspended attempt
+        reports none. Raises ``ValueError`` naming the field for a report agentlog would
+        refuse (negative or non-integer counts, a model over 128 characters, a currency that
+        is not three upper-case letters, a cost without a currency, more than 32 counters).
+        Works in async and sync handlers alike (it sends nothing)."""
+        report = self._usage or Usage()
+        report.add(input_tokens, output_tokens, model, cost_micros, currency, counters)
+        self._usage = report
 
     async def _send(self, line: bytes) -> None:
         # Once the attempt suspended, its last frame is the `suspend`: nothing goes after it.
@@ -478,7 +502,7 @@ class AgentApp:
                 work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
                 return
-            line = _final_line(work, ctx._suspension)
+            line = _final_line(work, ctx._suspension, ctx._usage)
             await send_line(line)
             if not disconnected.is_set():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -486,7 +510,7 @@ class AgentApp:
             watch.cancel()
 
 
-def _final_line(work: "asyncio.Future[Any]", suspension: _Suspend | None) -> bytes:
+def _final_line(work: "asyncio.Future[Any]", suspension: _Suspend | None, usage: Usage | None = None) -> bytes:
     """The ``result``, ``error`` or ``suspend`` line of a finished handler: ``suspend`` when it
     waited for a signal, whatever it did after (caught the suspension, returned, raised)."""
     error = None if work.cancelled() else work.exception()  # retrieved: asyncio does not log it
@@ -497,7 +521,10 @@ def _final_line(work: "asyncio.Future[Any]", suspension: _Suspend | None) -> byt
     if error is not None:
         return encode_line(error_frame_of(error))
     try:
-        return encode_line(result_frame(work.result()))
+        frame = result_frame(work.result())
+        if usage is not None:
+            frame["usage"] = usage.frame_field()
+        return encode_line(frame)
     except (TypeError, ValueError) as e:
         # A deterministic bug (NaN, an object JSON cannot hold): another attempt would fail alike.
         return encode_line(error_frame("invalid_output", f"the handler's return value does not encode: {type(e).__name__}: {e}", False))

@@ -253,6 +253,13 @@ class Client(_Common):
         body = _answer(self._http.get("/v1/tasks", params=params))
         return TaskPage(tasks=body["tasks"], next_cursor=body.get("next_cursor"))
 
+    def stats(self) -> dict[str, Any]:
+        """Your tenant's stats (``GET /v1/stats``): per agent type outcomes and latencies, and
+        ``usage``: the tokens and cost your completed tasks reported (``tasks``,
+        ``input_tokens``, ``output_tokens``, ``cost_micros`` per currency, and ``by_model``
+        per agent type and model)."""
+        return _answer(self._http.get("/v1/stats"))  # type: ignore[no-any-return]
+
     def cancel(self, task_id: str, reason: str | None = None) -> dict[str, Any]:
         """Asks for the task to be cancelled (``POST /v1/tasks/{id}/cancel``); `Conflict`
         when it already ended."""
@@ -331,6 +338,10 @@ class AsyncClient(_Common):
         """See `Client.get`."""
         response = await self._http.get(_path(task_id), params=_params(after=after, wait_ms=wait_ms))
         return _answer(response)  # type: ignore[no-any-return]
+
+    async def stats(self) -> dict[str, Any]:
+        """See `Client.stats`."""
+        return _answer(await self._http.get("/v1/stats"))  # type: ignore[no-any-return]
 
     async def outcome(self, task_id: str) -> dict[str, Any] | None:
         """See `Client.outcome`."""

@@ -13,6 +13,8 @@ import binascii
 import json
 import math
 import re
+import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Union
@@ -232,6 +234,85 @@ def result_frame(value: Any) -> dict[str, Any]:
     if content_type:
         frame["content_type"] = content_type
     return frame
+
+
+MAX_MODEL_CHARS = 128
+MAX_COUNTERS = 32
+_COUNTER_NAME = re.compile(r"[a-z0-9_.-]{1,64}")
+_CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+def _count(name: str, value: Any) -> int:
+    # bool is an int in Python; a count is not a truth value.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > 2**63 - 1:
+        raise ValueError(f"usage.{name} must be an integer from 0 to 2**63-1, not {value!r}")
+    return value
+
+
+class Usage:
+    """What an attempt consumed (agent protocol ``result.usage``), summed over the reports a
+    handler makes with `Context.usage`. Checked as agentlog checks it, so a bad report raises
+    ``ValueError`` naming the field where the handler made it, not a failed attempt later."""
+
+    def __init__(self) -> None:
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.model: str | None = None
+        self.cost_micros: int | None = None
+        self.currency: str | None = None
+        self.counters: dict[str, int] = {}
+
+    def add(
+        self,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        model: str | None = None,
+        cost_micros: int | None = None,
+        currency: str | None = None,
+        counters: Mapping[str, int] | None = None,
+    ) -> None:
+        input_tokens = _count("input_tokens", input_tokens)
+        output_tokens = _count("output_tokens", output_tokens)
+        if model is not None:
+            if not isinstance(model, str) or not 1 <= len(model) <= MAX_MODEL_CHARS or any(unicodedata.category(c) == "Cc" for c in model):
+                raise ValueError(f"usage.model must be 1 to {MAX_MODEL_CHARS} characters without control characters")
+            if self.model is not None and self.model != model:
+                raise ValueError(f"usage.model: an attempt reports one model, `{self.model}` already (report another model's calls from another task)")
+        if (cost_micros is None) != (currency is None):
+            raise ValueError("usage.cost_micros and usage.currency come together (an ISO 4217 code such as USD)")
+        if cost_micros is not None:
+            cost_micros = _count("cost_micros", cost_micros)
+            if not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
+                raise ValueError(f"usage.currency must be an ISO 4217 code of three upper-case letters, not {currency!r}")
+            if self.currency is not None and self.currency != currency:
+                raise ValueError(f"usage.currency: an attempt reports one currency, {self.currency} already")
+        merged = dict(self.counters)
+        for name, value in (counters or {}).items():
+            if not isinstance(name, str) or not _COUNTER_NAME.fullmatch(name):
+                raise ValueError(f"usage.counters: a counter's name is 1 to 64 of a-z, 0-9, `_`, `.`, `-`, not {name!r}")
+            merged[name] = merged.get(name, 0) + _count(f"counters.{name}", value)
+        if len(merged) > MAX_COUNTERS:
+            raise ValueError(f"usage.counters: at most {MAX_COUNTERS} counters")
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        if model is not None:
+            self.model = model
+        if cost_micros is not None:
+            self.cost_micros = (self.cost_micros or 0) + cost_micros
+            self.currency = currency
+        self.counters = merged
+
+    def frame_field(self) -> dict[str, Any]:
+        """The ``usage`` object of the ``result`` frame."""
+        out: dict[str, Any] = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+        if self.model is not None:
+            out["model"] = self.model
+        if self.cost_micros is not None:
+            out["cost_micros"] = self.cost_micros
+            out["currency"] = self.currency
+        if self.counters:
+            out["counters"] = dict(self.counters)
+        return out
 
 
 def error_frame(kind: str, message: str, retryable: bool = False, retry_after_ms: int | None = None) -> dict[str, Any]:

@@ -105,6 +105,12 @@ class Outcome:
     def attempt(self) -> int | None:
         return (self.task.get("outcome") or {}).get("attempt")
 
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        """What the completed attempt consumed as its agent reported it (``input_tokens``,
+        ``output_tokens``, ``model``, ``cost_micros``, ``currency``, ``counters``), or None."""
+        return (self.task.get("outcome") or {}).get("usage")
+
 
 @dataclass(frozen=True)
 class Lagged:

@@ -11,7 +11,10 @@
 //!   answers `{"echo": …, "textstats": …, "sleep": …}`. Its type needs `delegates = true`.
 //! - `tokens`: input `{"text": "…", "delay_ms": N}`; streams the text word by word as output
 //!   chunks (`GET /v1/tasks/{id}/stream`), N ms apart (default 50, at most 10,000), as an LLM
-//!   streams tokens, then answers `{"text": …, "words": W}`. Cancellable between words.
+//!   streams tokens, then answers `{"text": …, "words": W}`. Cancellable between words. Like
+//!   an LLM agent it reports usage: a word is a token (the input's words in, the words
+//!   streamed out), model [`TOKENS_MODEL`], priced [`TOKENS_PRICE_MICROS`] micro-USD per
+//!   token in and out, and a `chunks` counter.
 //! - `approval`: input `{"text": "…", "timeout_ms": N}`; drafts `"Draft: <text>"`, saves it as
 //!   its checkpoint and waits for the signal `approval` (at most N ms, default one hour):
 //!   `POST /v1/tasks/{id}/signals/approval` with `{"payload": {"approved": true, "by": "…"}}`.
@@ -30,6 +33,13 @@ use super::{Agent, AgentFailure, RuntimeError, TaskContext, TaskOutput};
 
 /// Names of the builtin agents, for error messages and `GET /v1/agent-types`.
 pub const KNOWN: [&str; 6] = ["echo", "sleep", "textstats", "coordinator", "tokens", "approval"];
+
+/// The model the `tokens` agent reports its usage for (it calls none: it is a fake LLM).
+pub const TOKENS_MODEL: &str = "agentlog-fake-llm";
+
+/// What the `tokens` agent charges per input and per output token, in micro-USD (a model
+/// at 1 USD per million tokens in, 4 out).
+pub const TOKENS_PRICE_MICROS: (i64, i64) = (1, 4);
 
 /// One of the builtin agents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +92,7 @@ fn parse<'a, T: Deserialize<'a>>(agent: &str, input: &'a [u8], expected: &str) -
 }
 
 fn json(value: serde_json::Value) -> TaskOutput {
-    TaskOutput { output: Bytes::from(value.to_string()), content_type: "application/json".into() }
+    TaskOutput::new(Bytes::from(value.to_string()), "application/json")
 }
 
 #[async_trait::async_trait]
@@ -92,7 +102,7 @@ impl Agent for Builtin {
             return Err(AgentFailure::cancelled());
         }
         match self {
-            Self::Echo => Ok(TaskOutput { output: ctx.input, content_type: ctx.content_type }),
+            Self::Echo => Ok(TaskOutput::new(ctx.input, ctx.content_type)),
             Self::Sleep => {
                 let SleepInput { ms } = parse("sleep", &ctx.input, r#"{"ms": N}"#)?;
                 let half = Duration::from_millis(ms / 2);
@@ -175,7 +185,16 @@ async fn tokens(ctx: TaskContext) -> Result<TaskOutput, AgentFailure> {
             stream.chunk(crate::agent::stream::Chunk::Text(token)).await;
         }
     }
-    Ok(json(serde_json::json!({ "text": words.join(" "), "words": words.len() })))
+    let (tokens_in, tokens_out) = (words.len() as i64, words.len() as i64);
+    let usage = super::usage::Usage {
+        input_tokens: tokens_in,
+        output_tokens: tokens_out,
+        model: Some(TOKENS_MODEL.into()),
+        cost_micros: Some(tokens_in * TOKENS_PRICE_MICROS.0 + tokens_out * TOKENS_PRICE_MICROS.1),
+        currency: Some("USD".into()),
+        counters: std::collections::HashMap::from([("chunks".to_string(), tokens_out)]),
+    };
+    Ok(json(serde_json::json!({ "text": words.join(" "), "words": words.len() })).with_usage(usage))
 }
 
 #[derive(Deserialize)]
@@ -262,6 +281,17 @@ mod tests {
         assert!(err.message.contains(r#"{"ms": N}"#), "{err}");
         let err = Builtin::TextStats.run(ctx("not json")).await.expect_err("bad input");
         assert_eq!(err.kind, "rejected");
+    }
+
+    #[tokio::test]
+    async fn tokens_reports_its_usage_like_an_llm_agent() {
+        let out = Builtin::Tokens.run(ctx(r#"{"text": "one two three", "delay_ms": 0}"#)).await.expect("tokens");
+        let usage = out.usage.expect("usage");
+        assert_eq!((usage.input_tokens, usage.output_tokens, usage.model.as_deref()), (3, 3, Some(TOKENS_MODEL)));
+        assert_eq!((usage.cost_micros, usage.currency.as_deref()), (Some(3 + 12), Some("USD")));
+        assert_eq!(usage.counters.get("chunks"), Some(&3));
+        assert_eq!(crate::agent::runtime::usage::check(&usage), Ok(()));
+        assert_eq!(Builtin::TextStats.run(ctx(r#"{"text": "a"}"#)).await.expect("stats").usage, None);
     }
 
     #[tokio::test]

@@ -401,7 +401,7 @@ impl Agent for ExecAgent {
                 })
             };
             match self.finish(&ctx, &mut child, &mut group, read).await {
-                Ok((Ok(status), out)) if status.success() => Ok(TaskOutput { output: Bytes::from(out), content_type: "application/octet-stream".into() }),
+                Ok((Ok(status), out)) if status.success() => Ok(TaskOutput::new(Bytes::from(out), "application/octet-stream")),
                 Ok((Ok(status), _)) => Err(self.exit_failure(status, &stderr_tail(stderr_task.take()).await)),
                 Ok((Err(e), _)) => Err(self.wait_failure(&e)),
                 Err(failure) => Err(failure),

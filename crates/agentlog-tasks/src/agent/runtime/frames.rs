@@ -59,6 +59,9 @@ enum Wire {
         output_encoding: Option<String>,
         #[serde(default)]
         content_type: Option<String>,
+        /// What the attempt consumed ([`super::usage`]).
+        #[serde(default)]
+        usage: serde_json::Value,
     },
     Error {
         kind: String,
@@ -122,7 +125,8 @@ pub fn parse(line: &[u8], number: usize) -> Result<Frame, AgentFailure> {
         Wire::Chunk { text: Some(text), json: None } => Frame::Chunk(Chunk::Text(text)),
         Wire::Chunk { text: None, json: Some(json) } => Frame::Chunk(Chunk::Json(json.to_string())),
         Wire::Chunk { .. } => return Err(bad("a chunk has exactly one of `text` and `json`")),
-        Wire::Result { output, output_encoding, content_type } => {
+        Wire::Result { output, output_encoding, content_type, usage } => {
+            let usage = super::usage::parse(&usage).map_err(|e| bad(&e.to_string()))?;
             let (bytes, default_type) = match (output_encoding.as_deref().unwrap_or("json"), output) {
                 ("json", output) => (serde_json::to_vec(&output).map_err(|e| bad(&e.to_string()))?, "application/json"),
                 ("utf8", serde_json::Value::String(text)) => (text.into_bytes(), "text/plain; charset=utf-8"),
@@ -137,7 +141,7 @@ pub fn parse(line: &[u8], number: usize) -> Result<Frame, AgentFailure> {
                 return Err(AgentFailure::new(kind::OUTPUT_TOO_LARGE, format!("the result of frame {number} is more than {MAX_OUTPUT_BYTES} bytes"), false));
             }
             let content_type = content_type.filter(|c| !c.trim().is_empty()).unwrap_or_else(|| default_type.to_string());
-            Frame::End(Ok(TaskOutput { output: Bytes::from(bytes), content_type }))
+            Frame::End(Ok(TaskOutput { output: Bytes::from(bytes), content_type, usage }))
         }
         Wire::Error { kind, message, retryable, retry_after_ms } => {
             if !valid_name(&kind) {
@@ -275,6 +279,20 @@ mod tests {
     }
 
     #[test]
+    fn a_result_may_carry_usage() {
+        let done = end(r#"{"type":"result","output":1,"usage":{"input_tokens":12,"output_tokens":3,"model":"m-1","cost_micros":42,"currency":"USD","counters":{"cached_input_tokens":8}}}"#)
+            .expect("result");
+        let usage = done.usage.expect("usage");
+        assert_eq!(
+            (usage.input_tokens, usage.output_tokens, usage.model.as_deref(), usage.cost_micros, usage.currency.as_deref()),
+            (12, 3, Some("m-1"), Some(42), Some("USD"))
+        );
+        assert_eq!(usage.counters.get("cached_input_tokens"), Some(&8));
+        assert_eq!(end(r#"{"type":"result","output":1}"#).expect("result").usage, None);
+        assert_eq!(end(r#"{"type":"result","output":1,"usage":null}"#).expect("result").usage, None);
+    }
+
+    #[test]
     fn an_error_frame_is_the_agents_typed_failure() {
         let failure = end(r#"{"type":"error","kind":"rate_limited","message":"slow down","retryable":true,"retry_after_ms":1500}"#).expect_err("error");
         assert_eq!(failure.kind, "rate_limited");
@@ -314,6 +332,12 @@ mod tests {
             (r#"{"type":"result","output":1,"output_encoding":"rot13"}"#, "unknown output_encoding `rot13`"),
             (r#"{"type":"error","kind":"Bad Kind","message":"m"}"#, "an error's kind"),
             (r#"{"type":"result"}"#, "missing field `output`"),
+            (r#"{"type":"result","output":1,"usage":{"input_tokens":-3}}"#, "usage.input_tokens: must be an integer from 0"),
+            (r#"{"type":"result","output":1,"usage":{"output_tokens":2.5}}"#, "usage.output_tokens: must be an integer"),
+            (r#"{"type":"result","output":1,"usage":{"cost_micros":10,"currency":"dollars"}}"#, "usage.currency: must be an ISO 4217 code"),
+            (r#"{"type":"result","output":1,"usage":{"cost_micros":10}}"#, "usage.currency: is required"),
+            (r#"{"type":"result","output":1,"usage":{"counters":{"Bad Name":1}}}"#, "usage.counters: a counter's name"),
+            (r#"{"type":"result","output":1,"usage":"lots"}"#, "usage: must be an object, not a string"),
         ] {
             let failure = parse(line.as_bytes(), 7).expect_err(line);
             assert_eq!(failure.kind, kind::PROTOCOL, "{line}");

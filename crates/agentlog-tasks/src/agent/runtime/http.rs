@@ -23,7 +23,9 @@
 //!   ends the attempt;
 //! - other 2xx → completed; output = the response body (at most [`MAX_OUTPUT_BYTES`], else kind
 //!   `output_too_large`, not retryable) with the response's Content-Type
-//!   (`application/octet-stream` when absent);
+//!   (`application/octet-stream` when absent); an [`USAGE_HEADER`] header reports what the
+//!   attempt consumed (the `usage` object of a `result` frame, as JSON; one that breaks its
+//!   rules fails the attempt with kind `protocol`, naming the field);
 //! - 408 → kind `timeout`, retryable; 429 → kind `transient`, retryable (the agent asked to
 //!   slow down, not refused the task); on 429 and 503 a `Retry-After` (seconds or an HTTP
 //!   date) sets the failure's `retry_after`, which the retry waits at least;
@@ -52,6 +54,11 @@ use super::{Agent, AgentFailure, MAX_OUTPUT_BYTES, RuntimeError, TaskContext, Ta
 
 /// What an agent may answer: a framed answer preferred, any body accepted.
 const ACCEPTS: &str = "application/x-ndjson, */*;q=0.5";
+
+/// The header of a plain 2xx answer reporting the attempt's usage (tokens, cost) as the JSON
+/// object a `result` frame's `usage` holds: a plain answer's body is its output, so the report
+/// travels beside it.
+pub const USAGE_HEADER: &str = "agentlog-usage";
 
 /// How much of an error answer's body a failure message quotes.
 pub const ERROR_BODY_EXCERPT_BYTES: usize = 1024;
@@ -121,13 +128,14 @@ impl HttpAgent {
             if essence(&content_type) == super::frames::CONTENT_TYPE {
                 return self.framed(&mut response, ctx).await;
             }
+            let usage = usage_header(response.headers())?;
             let output = match read_body(&mut response, MAX_OUTPUT_BYTES).await.map_err(|e| transport_failure(&self.shown, &e))? {
                 (body, false) => body,
                 (_, true) => {
                     return Err(AgentFailure::new(kind::OUTPUT_TOO_LARGE, format!("{} answered with more than {MAX_OUTPUT_BYTES} bytes", self.shown), false));
                 }
             };
-            return Ok(TaskOutput { output, content_type });
+            return Ok(TaskOutput { output, content_type, usage });
         }
         // The excerpt is best effort: a body that fails to arrive leaves it empty.
         let excerpt = match read_body(&mut response, ERROR_BODY_EXCERPT_BYTES).await {
@@ -176,6 +184,14 @@ impl HttpAgent {
             agentlog.error_kind = tracing::field::Empty,
         )
     }
+}
+
+/// The usage a plain answer reports in its [`USAGE_HEADER`], checked like a `result` frame's.
+fn usage_header(headers: &HeaderMap) -> Result<Option<super::usage::Usage>, AgentFailure> {
+    let Some(value) = headers.get(USAGE_HEADER) else { return Ok(None) };
+    let bad = |reason: String| AgentFailure::new(kind::PROTOCOL, format!("the {USAGE_HEADER} header ({}): {reason}", head_text(value.as_bytes(), 200)), false);
+    let json: serde_json::Value = serde_json::from_slice(value.as_bytes()).map_err(|e| bad(format!("not JSON: {e}")))?;
+    super::usage::parse(&json).map_err(|e| bad(e.to_string()))
 }
 
 /// A content type without its parameters, lower case.
@@ -394,6 +410,22 @@ mod tests {
         assert_eq!(retry_after(&header("Sat, 05 Dec 2026 09:00:00 GMT"), now), None);
         assert_eq!(retry_after(&header("soon"), now), None);
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn a_plain_answer_reports_usage_in_a_header() {
+        let header = |v: &str| HeaderMap::from_iter([(reqwest::header::HeaderName::from_static(USAGE_HEADER), HeaderValue::from_str(v).expect("value"))]);
+        let usage =
+            usage_header(&header(r#"{"input_tokens":5,"output_tokens":7,"model":"m","cost_micros":12,"currency":"USD"}"#)).expect("valid").expect("a report");
+        assert_eq!((usage.input_tokens, usage.output_tokens, usage.cost_micros), (5, 7, Some(12)));
+        assert_eq!(usage_header(&HeaderMap::new()), Ok(None));
+        for (value, says) in
+            [("{nope", "not JSON"), (r#"{"input_tokens":-1}"#, "usage.input_tokens"), (r#"{"cost_micros":1,"currency":"usd"}"#, "usage.currency")]
+        {
+            let failure = usage_header(&header(value)).expect_err(value);
+            assert_eq!(failure.kind, kind::PROTOCOL);
+            assert!(failure.message.contains(USAGE_HEADER) && failure.message.contains(says), "{value}: {}", failure.message);
+        }
     }
 
     #[test]

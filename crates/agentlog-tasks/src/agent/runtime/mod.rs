@@ -21,6 +21,7 @@ pub mod builtin;
 pub mod exec;
 pub mod frames;
 pub mod http;
+pub mod usage;
 
 /// The failure kinds the runtimes produce; retry policies match on these strings.
 pub mod kind {
@@ -118,6 +119,22 @@ pub struct TaskContext {
 pub struct TaskOutput {
     pub output: Bytes,
     pub content_type: String,
+    /// What the attempt consumed (tokens, cost), when the agent reports it: written with the
+    /// outcome as `TaskCompleted.usage`. Held to [`usage::check`] before it is.
+    pub usage: Option<usage::Usage>,
+}
+
+impl TaskOutput {
+    /// An output without usage.
+    pub fn new(output: impl Into<Bytes>, content_type: impl Into<String>) -> Self {
+        Self { output: output.into(), content_type: content_type.into(), usage: None }
+    }
+
+    /// The same output reporting `usage`.
+    pub fn with_usage(mut self, usage: usage::Usage) -> Self {
+        self.usage = Some(usage);
+        self
+    }
 }
 
 /// A failed attempt: `kind` is what retry policies match on ("timeout", "transient",
