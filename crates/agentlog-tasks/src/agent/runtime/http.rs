@@ -99,25 +99,29 @@ impl HttpAgent {
     }
 
     async fn call(&self, ctx: &TaskContext) -> Result<TaskOutput, AgentFailure> {
+        let request = self.request(ctx)?;
+        let response = request.send().await.map_err(|e| transport_failure(&self.shown, &e))?;
+        // Boxed: reading the answer is not part of the future held while the agent thinks
+        // (a worker may hold thousands of requests to slow agents at once).
+        Box::pin(self.answer(response, ctx)).await
+    }
+
+    /// The request for `ctx`, built apart so nothing of its making (the parsed input, the
+    /// trace context) is kept by the future that waits for the answer.
+    fn request(&self, ctx: &TaskContext) -> Result<reqwest::RequestBuilder, AgentFailure> {
         let key = HeaderValue::from_str(&ctx.idempotency_key).map_err(|_| AgentFailure::rejected("the idempotency key is not a valid HTTP header value"))?;
         // The call's span (see `run`): the agent continues it from `traceparent`.
         let trace = crate::trace::current();
         let mut body = RequestBody::of(ctx);
         body.traceparent = trace.as_ref().map(|c| c.parent.as_str());
-        // The body (the input as JSON, parsed) is serialized and dropped before the request
-        // is sent, so a held request does not keep it twice.
         let mut request = self.client.post(self.url.clone()).header(IDEMPOTENCY_KEY_HEADER, key).header(ACCEPT, ACCEPTS).json(&body);
-        drop(body);
         if let Some(context) = &trace {
             request = request.header(crate::trace::TRACEPARENT, context.parent.as_str());
             if let Some(state) = &context.state {
                 request = request.header(crate::trace::TRACESTATE, state.as_str());
             }
         }
-        let response = request.send().await.map_err(|e| transport_failure(&self.shown, &e))?;
-        // Boxed: reading the answer is not part of the future held while the agent thinks
-        // (a worker may hold thousands of requests to slow agents at once).
-        Box::pin(self.answer(response, ctx)).await
+        Ok(request)
     }
 
     /// The attempt's result from the agent's answer: its body, its frames, or its error.
@@ -441,7 +445,7 @@ mod tests {
 
     /// What a worker holds per request to a slow agent is this future (plus the connection):
     /// reading the answer is boxed and awaited only once it comes, so the held future stays
-    /// small: 1.7 KB, where it was 3.8 KB with the answer's states inline (BENCHMARKS.md, "many slow
+    /// small: 1.9 KB with its trace span, where it was 3.8 KB with the answer's states inline (BENCHMARKS.md, "many slow
     /// attempts at once").
     #[test]
     fn a_request_waiting_on_the_agent_holds_a_small_future() {
