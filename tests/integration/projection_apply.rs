@@ -188,21 +188,42 @@ impl Lcg {
     }
 }
 
+/// The sampled trace a lifecycle's task is recorded in, an unsampled one (never kept), and
+/// another sampled one (tracing turned on between attempts: the smaller id is kept).
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const UNSAMPLED: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+const LATER_TRACE: &str = "00-fbf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+fn traced(mut event: AnyEvent, parent: &str) -> AnyEvent {
+    let meta = match &mut event {
+        AnyEvent::TaskSubmitted(e) => &mut e.meta,
+        AnyEvent::TaskStarted(e) => &mut e.meta,
+        AnyEvent::TaskRetryScheduled(e) => &mut e.meta,
+        AnyEvent::TaskCompleted(e) => &mut e.meta,
+        _ => return event,
+    };
+    meta.trace_parent = Some(parent.to_string());
+    event
+}
+
 /// One task's whole life, per partition: attempt 1 fails and is retried through `timers`,
-/// attempt 2 completes.
+/// attempt 2 completes. The submit's trace is unsampled; its first attempt was sampled (a
+/// task without context is, by its id) and its events carry that trace on.
 fn lifecycle(task: &str) -> Vec<Vec<Ev>> {
-    let first = submitted(&format!("{task}-s1"), task, 1, T0);
+    let sampled = format!("00-{TRACE}-00f067aa0ba902b7-01");
+    let first = traced(AnyEvent::TaskSubmitted(submitted(&format!("{task}-s1"), task, 1, T0)), UNSAMPLED);
     let mut second = submitted(&format!("{task}-s2"), task, 2, T0 + 3_001);
     second.not_before = Some(TimestampMicros(T0 + 103_001));
-    let lane = vec![(Source::Lane, AnyEvent::TaskSubmitted(first)), (Source::Lane, AnyEvent::TaskSubmitted(second.clone()))];
-    let timers = vec![(Source::Timers, AnyEvent::TaskSubmitted(second))];
+    let second = traced(AnyEvent::TaskSubmitted(second), &sampled);
+    let lane = vec![(Source::Lane, first), (Source::Lane, second.clone())];
+    let timers = vec![(Source::Timers, second)];
     let events = vec![
-        (Source::Other, started(&format!("{task}-st1"), task, 1, "worker-a", T0 + 1_000)),
+        (Source::Other, traced(started(&format!("{task}-st1"), task, 1, "worker-a", T0 + 1_000), &sampled)),
         (Source::Other, progress(&format!("{task}-p1"), task, 1, 50.0, T0 + 2_000)),
-        (Source::Other, retry(&format!("{task}-r1"), task, 1, T0 + 3_000)),
-        (Source::Other, started(&format!("{task}-st2"), task, 2, "worker-b", T0 + 500_000)),
+        (Source::Other, traced(retry(&format!("{task}-r1"), task, 1, T0 + 3_000), &sampled)),
+        (Source::Other, traced(started(&format!("{task}-st2"), task, 2, "worker-b", T0 + 500_000), LATER_TRACE)),
     ];
-    let results = vec![(Source::Other, completed(&format!("{task}-c2"), task, 2, T0 + 600_000))];
+    let results = vec![(Source::Other, traced(completed(&format!("{task}-c2"), task, 2, T0 + 600_000), &sampled))];
     vec![lane, timers, events, results]
 }
 
@@ -248,6 +269,7 @@ fn a_lifecycle_projects_the_same_in_every_interleaving_and_batching() {
     assert_eq!(view.updated_at_us, T0 + 600_000);
     assert_eq!(view.max_attempts, Some(3));
     assert_eq!(view.job_id.as_deref(), Some("job-1"));
+    assert_eq!(view.trace_id.as_deref(), Some(TRACE), "the sampled trace; an unsampled context is not one to look up");
     assert_eq!(
         view.outcome.as_ref().and_then(|o| o.output.as_deref()).map(|t| serde_json::from_str::<serde_json::Value>(t).expect("json output")),
         Some(serde_json::json!({"answer": 42}))

@@ -311,11 +311,17 @@ async fn a_fan_out_is_one_trace_in_jaeger(backend: &str) {
     assert!(projected.iter().all(|p| parent_of(p).is_some_and(|parent| attempts.iter().any(|a| a == parent))), "each projection is under an attempt");
     assert!(!projected.is_empty());
 
+    // The task's view names the trace to look up (what the dashboard's task page shows).
+    let task_id = answer["task_id"].as_str().expect("task id");
+    let task: Value = http.get(format!("{base}/v1/tasks/{task_id}")).send().await.expect("get task").json().await.expect("task json");
+    assert_eq!(task["trace_id"], CALLER_TRACE, "{task}");
+
     let traceparent = format!("00-{CALLER_TRACE}-{}-01", id(call));
     let seen = seen.lock().expect("seen");
     assert_eq!(seen.headers, vec![traceparent.clone()], "the agent's request carries the call's traceparent header");
     assert_eq!(seen.bodies, vec![traceparent], "and the protocol's body field");
     drop(seen);
+
     drop(dev);
     agent.abort();
 }

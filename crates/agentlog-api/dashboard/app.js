@@ -594,9 +594,9 @@ function task(page, id) {
       ["agent", t.agent_id || dash],
       ["created", time(t.created_at_ms)],
       ["updated", time(t.updated_at_ms)],
-      // The task's view carries no trace id today (the W3C trace context travels in the log's
-      // headers); the row is here so operators know where to look when it does.
-      ["trace id", t.trace_id || dash],
+      // The id to search for in the trace backend (Jaeger, Tempo...): set when the task's
+      // trace was sampled, by agentlog or by whoever submitted it.
+      ["trace id", t.trace_id ? h("code", {}, t.trace_id) : dash],
       ["job", t.job_id || dash],
       ["parent", t.parent_task_id ? taskLink(t.parent_task_id) : dash],
       ["ordering key", t.ordering_key || dash],

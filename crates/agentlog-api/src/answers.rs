@@ -45,6 +45,9 @@ pub struct Task {
     pub updated_at_ms: i64,
     pub job_id: Option<String>,
     pub parent_task_id: Option<String>,
+    /// The W3C trace id (32 hex digits) of the task's recorded trace: ours when tracing is on
+    /// and the task was sampled, or the submitter's sampled `traceparent` passed through.
+    pub trace_id: Option<String>,
     pub idempotency_key: Option<String>,
     pub ordering_key: Option<String>,
     pub labels: BTreeMap<String, String>,
@@ -165,6 +168,7 @@ impl From<&TaskView> for Task {
             updated_at_ms: ms(view.updated_at_us),
             job_id: view.job_id.clone(),
             parent_task_id: view.parent_task_id.clone(),
+            trace_id: view.trace_id.clone(),
             idempotency_key: view.idempotency_key.clone(),
             ordering_key: view.ordering_key.clone(),
             labels: view.labels.clone(),

@@ -23,8 +23,10 @@ pub async fn trace_request(request: Request, next: Next) -> Response {
     }
     // An unsampled trace gets no span (making one costs, exported or not); what the request
     // writes carries the trace on.
-    if let trace::Decision::Unsampled(context) = trace::decide(incoming.as_ref()) {
-        return trace::with_incoming(context, next.run(request)).await;
+    match trace::decide(incoming.as_ref()) {
+        trace::Decision::Sampled => {}
+        trace::Decision::Unsampled(Some(context)) => return trace::with_incoming(context, next.run(request)).await,
+        trace::Decision::Unsampled(None) => return next.run(request).await,
     }
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_string();
     let method = request.method().as_str().to_string();

@@ -56,18 +56,56 @@ pub fn enable(ratio: f64) {
 pub enum Decision {
     /// Make spans (a child of `parent` when there is one).
     Sampled,
-    /// No span; the work carries this context on (the caller's, or a new unsampled trace), so
-    /// what it causes downstream is not sampled afresh as a trace of its own.
-    Unsampled(Context),
+    /// No span. The work carries this context on (the caller's, or a new unsampled trace), so
+    /// what it causes downstream is not sampled afresh as a trace of its own; `None`: nothing
+    /// to carry (see [`decide_task`]).
+    Unsampled(Option<Context>),
 }
 
+/// The decision for work that starts here: an HTTP request (see [`Decision`]). A new trace
+/// that is not kept carries an unsampled context on, so the task it submits is not sampled
+/// again by its worker.
 pub fn decide(parent: Option<&Context>) -> Decision {
     match parent {
         Some(parent) if parent.sampled() => Decision::Sampled,
-        Some(parent) => Decision::Unsampled(parent.clone()),
-        None if rand::random::<f64>() < f64::from_bits(RATIO.load(Ordering::Relaxed)) => Decision::Sampled,
-        None => Decision::Unsampled(Context::unsampled()),
+        Some(parent) => Decision::Unsampled(Some(parent.clone())),
+        None if rand::random::<f64>() < ratio() => Decision::Sampled,
+        None => Decision::Unsampled(Some(Context::unsampled())),
     }
+}
+
+/// The decision for an attempt of task `task_id`, whose command carries `parent`. A command
+/// without trace context (a client in this process, a producer without tracing) starts its
+/// trace at its attempt, kept when a hash of the task id falls under the ratio: every attempt
+/// of the task (a retry, a resumed wait) decides the same without anything carried in its
+/// events, which at 1% sampling was most of the cost of tracing (a 55-character unsampled
+/// `traceparent` formatted per task and written into each of its events: +8% instructions
+/// per task, BENCHMARKS.md "Traces").
+pub fn decide_task(parent: Option<&Context>, task_id: &str) -> Decision {
+    match parent {
+        Some(_) => decide(parent),
+        None if kept(task_id, ratio()) => Decision::Sampled,
+        None => Decision::Unsampled(None),
+    }
+}
+
+fn ratio() -> f64 {
+    f64::from_bits(RATIO.load(Ordering::Relaxed))
+}
+
+/// Whether `id` falls in the kept share `ratio` of ids: FNV-1a of its bytes, mixed (the
+/// splitmix64 finalizer) so that ids differing in their last characters spread evenly, as a
+/// fraction of 2^64. The same on every process and build, so workers agree.
+fn kept(id: &str, ratio: f64) -> bool {
+    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+    for byte in id.bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^= hash >> 31;
+    // 2^-64 steps; a ratio of 1 keeps all (the product saturates at u64::MAX).
+    ratio >= 1.0 || (hash as f64) < ratio * 18_446_744_073_709_551_616.0
 }
 
 /// Whether spans are exported (a relaxed load: what the hot path pays when off).
@@ -97,9 +135,16 @@ impl Context {
 
     /// A new trace, not sampled (flags 00): random ids, never all zero.
     pub fn unsampled() -> Self {
-        let trace = rand::random::<u128>().max(1);
-        let span = rand::random::<u64>().max(1);
-        Context { parent: format!("00-{trace:032x}-{span:016x}-00"), state: None }
+        let trace = rand::random::<u128>().max(1).to_be_bytes();
+        let span = rand::random::<u64>().max(1).to_be_bytes();
+        // Written out by hand: `format!` with hex widths cost ~900 instructions per task.
+        let mut parent = String::with_capacity(55);
+        parent.push_str("00-");
+        push_hex(&mut parent, &trace);
+        parent.push('-');
+        push_hex(&mut parent, &span);
+        parent.push_str("-00");
+        Context { parent, state: None }
     }
 
     /// The context an event carries, if any.
@@ -109,15 +154,41 @@ impl Context {
 
     /// Whether the sampled flag is set (`…-01`): an unsampled trace gets no spans downstream.
     pub fn sampled(&self) -> bool {
-        self.parent.rsplit('-').next().and_then(|flags| u8::from_str_radix(flags, 16).ok()).is_some_and(|f| f & 1 == 1)
+        sampled_flag(&self.parent)
     }
 
     /// The trace id (32 hex digits), when `parent` is well formed.
     pub fn trace_id(&self) -> Option<&str> {
-        let mut parts = self.parent.split('-');
-        let (_version, id) = (parts.next()?, parts.next()?);
-        (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+        trace_id_in(&self.parent)
     }
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+}
+
+/// The trace id of the context `meta` carries when that trace is sampled (recorded by a
+/// backend, ours or the caller's); `None` for an unsampled or malformed one. Read in place,
+/// without the copy [`Context::of`] makes (the projector asks for every event).
+pub fn sampled_trace_id(meta: &Meta) -> Option<&str> {
+    let parent = meta.trace_parent.as_deref()?;
+    if sampled_flag(parent) { trace_id_in(parent) } else { None }
+}
+
+/// Whether a `traceparent`'s sampled flag is set: the low bit of its last hex digit (the
+/// flags are its last two).
+fn sampled_flag(parent: &str) -> bool {
+    parent.as_bytes().last().and_then(|&digit| char::from(digit).to_digit(16)).is_some_and(|d| d & 1 == 1)
+}
+
+/// A `traceparent`'s trace id (32 hex digits), when it has one.
+fn trace_id_in(parent: &str) -> Option<&str> {
+    let id = parent.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
 }
 
 /// The trace context of the work under way: its span's, when tracing is on and a span is
@@ -164,23 +235,14 @@ pub fn stamp(meta: &mut Meta, cause: Option<&Context>) {
     meta.trace_state = context.and_then(|c| c.state);
 }
 
-/// `record` with `context` as W3C headers (see [`with_headers`]).
-pub fn with_context_headers(record: Record, context: Option<Context>) -> Record {
-    let Some(context) = context.filter(Context::sampled) else { return record };
+/// `record` with its event's trace context as W3C headers, for consumers that read headers
+/// rather than decode the payload (another Kafka client's instrumentation); none for an
+/// unsampled trace, which nothing downstream records.
+pub fn with_headers(record: Record, meta: &Meta) -> Record {
+    let Some(context) = Context::of(meta).filter(Context::sampled) else { return record };
     let record = record.with_header(TRACEPARENT, bytes::Bytes::from(context.parent));
     match context.state {
         Some(state) => record.with_header(TRACESTATE, bytes::Bytes::from(state)),
-        None => record,
-    }
-}
-
-/// `record` with its event's trace context as W3C headers, for consumers that read headers
-/// rather than decode the payload (another Kafka client's instrumentation).
-pub fn with_headers(record: Record, meta: &Meta) -> Record {
-    let Some(parent) = meta.trace_parent.as_ref().filter(|_| Context::of(meta).is_some_and(|c| c.sampled())) else { return record };
-    let record = record.with_header(TRACEPARENT, bytes::Bytes::from(parent.clone()));
-    match &meta.trace_state {
-        Some(state) => record.with_header(TRACESTATE, bytes::Bytes::from(state.clone())),
         None => record,
     }
 }
@@ -224,10 +286,36 @@ mod tests {
         let sampled = Context { parent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(), state: None };
         assert_eq!(decide(Some(&sampled)), Decision::Sampled);
         let unsampled = Context { parent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".into(), state: None };
-        assert_eq!(decide(Some(&unsampled)), Decision::Unsampled(unsampled));
+        assert_eq!(decide(Some(&unsampled)), Decision::Unsampled(Some(unsampled.clone())));
+        assert_eq!(decide_task(Some(&unsampled), "task-1"), Decision::Unsampled(Some(unsampled)));
         let fresh = Context::unsampled();
         assert!(!fresh.sampled());
         assert_eq!(Context::from_headers(Some(&fresh.parent), None), Some(fresh), "a well-formed traceparent");
+    }
+
+    #[test]
+    fn a_task_without_context_is_kept_by_its_id_the_same_on_every_attempt() {
+        let ids: Vec<String> = (0..20_000).map(|n| format!("task-{n}")).collect();
+        let kept_at = |ratio: f64| ids.iter().filter(|id| kept(id, ratio)).count();
+        assert_eq!(kept_at(0.0), 0);
+        assert_eq!(kept_at(1.0), ids.len());
+        // 1% of 20,000 is 200; ids that differ only in their last digits spread evenly.
+        assert!((150..=250).contains(&kept_at(0.01)), "{}", kept_at(0.01));
+        assert!((9_500..=10_500).contains(&kept_at(0.5)), "{}", kept_at(0.5));
+        // A pure function of the id: what a retry or another worker decides is the same.
+        assert!(ids.iter().all(|id| kept(id, 0.3) == kept(id, 0.3)));
+        assert!(ids.iter().filter(|id| kept(id, 0.01)).all(|id| kept(id, 0.5)), "a kept id stays kept at a larger ratio");
+    }
+
+    #[test]
+    fn a_new_unsampled_context_is_well_formed_and_random() {
+        let (a, b) = (Context::unsampled(), Context::unsampled());
+        assert_ne!(a.trace_id(), b.trace_id());
+        for c in [a, b] {
+            assert_eq!(Context::from_headers(Some(&c.parent), None).as_ref(), Some(&c));
+            assert!(c.parent.starts_with("00-") && c.parent.ends_with("-00"), "{}", c.parent);
+            assert!(!c.sampled());
+        }
     }
 
     #[test]
@@ -237,6 +325,9 @@ mod tests {
         assert_eq!(c.trace_id(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
         let unsampled = Context { parent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".into(), state: None };
         assert!(!unsampled.sampled());
+        let other_flags = Context { parent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03".into(), state: None };
+        assert!(other_flags.sampled(), "flags 03: the sampled bit and another");
+        assert!(!Context { parent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g".into(), state: None }.sampled());
         assert_eq!(Context { parent: "garbage".into(), state: None }.trace_id(), None);
     }
 

@@ -775,6 +775,15 @@ fn apply_to_task(view: &mut TaskView, source: Source, mut event: AnyEvent) -> (b
     // The tenant is not taken from the event: the view is the task of the event's tenant
     // already (see `Changes::apply`), and no event moves a task to another tenant.
     let event_id = std::mem::take(&mut meta.event_id);
+    // The trace the task is recorded in (its events' sampled context: ours, or a caller's
+    // passed through). A task's sampled events share one trace (an attempt descends from the
+    // submit or the attempt before); should two ever differ (tracing turned on between
+    // attempts), the smallest id is kept, so the view does not depend on arrival order.
+    if let Some(id) = crate::trace::sampled_trace_id(meta)
+        && view.trace_id.as_deref().is_none_or(|kept| id < kept)
+    {
+        view.trace_id = Some(id.to_string());
+    }
     view.created_at_us = view.created_at_us.min(at);
     view.updated_at_us = view.updated_at_us.max(at);
     let mut entry = TimelineEntry { at_us: at, event: name.to_string(), event_id, attempt: None, agent_id: None, detail: None };

@@ -70,8 +70,10 @@ fn stream_expired(value: &[u8], now_us: i64) -> bool {
 /// a [`TaskStatus`] (postcard writes an enum as its index, not its name). Version 5 adds a
 /// task's wait for a signal and the signals sent to it to [`TaskView`]. Version 6 adds a
 /// completed task's usage to its outcome and the `u`/`U` usage counters: a store of version
-/// 5 holds neither for the tasks it has, so it is rebuilt and every usage is counted.
-pub const FORMAT: &str = "6";
+/// 5 holds neither for the tasks it has, so it is rebuilt and every usage is counted. Version
+/// 7 adds a task's trace id to [`TaskView`] (postcard's fields are positional: a view of
+/// version 6 does not decode).
+pub const FORMAT: &str = "7";
 const FORMAT_KEY: &[u8] = b"format";
 // `stream` came after version 4 without a new version: a store without it gets the family
 // empty, and no offsets of `task.stream`, so the projector reads that topic from its start.

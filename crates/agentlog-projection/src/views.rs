@@ -59,6 +59,8 @@ pub struct TaskView {
     /// TaskSubmitted carries) and into its tenant's counters.
     pub outcome_counted: bool,
     pub tenant_counted: bool,
+    /// The trace id of the task's sampled trace context, if any (see `apply_to_task`).
+    pub trace_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

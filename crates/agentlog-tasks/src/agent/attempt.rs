@@ -44,7 +44,7 @@ use super::topics::TaskTopics;
 use crate::backoff::Backoff;
 use crate::events::wire::{WireCodec, WireError};
 use crate::events::{
-    Meta, TaskCancelled, TaskCheckpointed, TaskCompleted, TaskExpired, TaskFailed, TaskRetryScheduled, TaskStarted, TaskSubmitted, TaskSuspended,
+    Event, Meta, TaskCancelled, TaskCheckpointed, TaskCompleted, TaskExpired, TaskFailed, TaskRetryScheduled, TaskStarted, TaskSubmitted, TaskSuspended,
     TimestampMicros,
 };
 use crate::log::{ConsumedRecord, Delivery, Producer, Record};
@@ -486,12 +486,7 @@ fn meta(env: &AttemptEnv, cause: &TaskSubmitted) -> Meta {
 /// An event record keyed by task id. A registry that cannot be reached is waited for with a
 /// back-off (the encoding needs the schema id once per type and topic): the agent's result is
 /// kept, not thrown away with the group membership. The attempt is dropped if the worker stops.
-async fn record<T: serde::Serialize + apache_avro::AvroSchema + 'static>(
-    env: &AttemptEnv,
-    topic: String,
-    task: &TaskSubmitted,
-    event: &T,
-) -> Result<Record, WireError> {
+async fn record<T: Event>(env: &AttemptEnv, topic: String, task: &TaskSubmitted, event: &T) -> Result<Record, WireError> {
     let mut backoff = Backoff::default();
     let payload = loop {
         match env.codec.encode(&topic, event).await {
@@ -504,6 +499,6 @@ async fn record<T: serde::Serialize + apache_avro::AvroSchema + 'static>(
         }
     };
     let record = Record::new(topic, payload).with_key(Bytes::from(task.task_id.clone()));
-    // The same context as the event's envelope (see `meta`).
-    Ok(trace::with_context_headers(record, trace::current().or_else(|| trace::Context::of(&task.meta))))
+    // The headers say what the event's envelope says (see `meta`).
+    Ok(trace::with_headers(record, event.meta()))
 }

@@ -70,7 +70,11 @@ impl Delegate {
         let mut meta = self.client.meta(&parent.meta.tenant);
         meta.correlation_id = parent.meta.correlation_id.clone();
         meta.causation_id = Some(parent.meta.event_id.clone());
-        let cause = self.trace.clone().or_else(|| crate::trace::Context::of(&parent.meta));
+        // An unsampled parent whose command had no context (its attempts decide by its id)
+        // gives its children an unsampled one: each child would otherwise decide by its own
+        // id and start a trace without its parent.
+        let cause =
+            self.trace.clone().or_else(|| crate::trace::Context::of(&parent.meta)).or_else(|| crate::trace::enabled().then(crate::trace::Context::unsampled));
         crate::trace::stamp(&mut meta, cause.as_ref());
         let mut command = TaskSubmitted::new(meta, &child_id, child.agent_type, parent.lane, child.input);
         command.content_type = child.content_type;

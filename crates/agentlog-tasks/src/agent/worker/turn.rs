@@ -53,14 +53,15 @@ pub(super) async fn turn(env: Arc<AttemptEnv>, taken: Taken, write: bool, shutdo
 
 /// The attempt's span, a child of its command's trace context (the submit's span, or the
 /// previous attempt's for a retry or a resumed wait); none while tracing is off, and none for
-/// an unsampled trace, whose context the attempt carries on instead (the second value).
+/// an unsampled trace, whose context the attempt carries on instead (the second value; none
+/// for a command without context, whose attempts decide by its id: [`trace::decide_task`]).
 fn attempt_trace(env: &AttemptEnv, task: &TaskSubmitted) -> (tracing::Span, Option<trace::Context>) {
     if !trace::enabled() {
         return (tracing::Span::none(), None);
     }
     let parent = trace::Context::of(&task.meta);
-    if let trace::Decision::Unsampled(context) = trace::decide(parent.as_ref()) {
-        return (tracing::Span::none(), Some(context));
+    if let trace::Decision::Unsampled(context) = trace::decide_task(parent.as_ref(), &task.task_id) {
+        return (tracing::Span::none(), context);
     }
     let span = tracing::info_span!(
         target: trace::TARGET,
