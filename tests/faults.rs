@@ -30,12 +30,14 @@ use faults::scenario::Scenario;
 use faults::scenarios;
 
 /// One test per scenario: set up, start the load, run the scenario's faults, then judge.
+/// `traced: true` runs every process with tracing on at 100% sampling, exporting to a
+/// collector that is down (see [`Scenario::begin`]).
 macro_rules! fault_test {
-    ($(#[$attr:meta])* $scenario:ident { supervisors: $supervisors:expr, load_s: $load_s:expr }) => {
+    ($(#[$attr:meta])* $scenario:ident { supervisors: $supervisors:expr, load_s: $load_s:expr $(, traced: $traced:expr)? }) => {
         $(#[$attr])*
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $scenario() {
-            let mut sc = Scenario::begin(stringify!($scenario), $supervisors).await;
+            let mut sc = Scenario::begin(stringify!($scenario), $supervisors, false $(|| $traced)?).await;
             let load = sc.load(Duration::from_secs($load_s));
             let steps = scenarios::$scenario(&mut sc).await;
             sc.finish(load, steps).await;
@@ -65,4 +67,5 @@ mod make_faults {
     fault_test! { #[ignore = "make faults"] broker_pause { supervisors: 1, load_s: 25 } }
     fault_test! { #[ignore = "make faults"] registry_restart { supervisors: 1, load_s: 20 } }
     fault_test! { #[ignore = "make faults"] combination { supervisors: 1, load_s: 35 } }
+    fault_test! { #[ignore = "make faults"] broker_kill_traced { supervisors: 1, load_s: 30, traced: true } }
 }

@@ -61,7 +61,7 @@ pub async fn run(log: &Arc<dyn EventLog>, config: &Config) -> anyhow::Result<()>
     let (state, max_body) = (parts.state.clone(), config.log.max_record_bytes);
     api.spawn("api", rebinding(parts.listener, move |listener, stop| crate::api::serve(listener, state.clone(), max_body, stop))?);
     println!("projection at {}", config.projection.dir.display());
-    println!("HTTP API on {api_url}");
+    println!("HTTP API on {api_url}; dashboard at {api_url}/");
     print_examples(&api_url);
     println!("ready; Ctrl-C drains the workers and stops; GET {api_url}/readyz shows every component");
     super::shutdown_signal().await;

@@ -77,9 +77,11 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// Sets the scenario up with `supervisors` supervisor processes. Panics with the evidence
-    /// if the system does not come up.
-    pub async fn begin(name: &str, supervisors: usize) -> Scenario {
+    /// Sets the scenario up with `supervisors` supervisor processes; with `traced`, every
+    /// process exports every span to an OTLP endpoint where nothing listens (a trace
+    /// collector down for the whole run: its errors must cost nothing but the spans). Panics
+    /// with the evidence if the system does not come up.
+    pub async fn begin(name: &str, supervisors: usize, traced: bool) -> Scenario {
         let turn = SERIAL.lock().await;
         let cluster = tokio::task::spawn_blocking(Cluster::shared).await.expect("cluster start task").unwrap_or_else(|e| panic!("three-broker cluster: {e}"));
         cluster.heal_all().await.unwrap_or_else(|e| panic!("healing the cluster before {name}: {e}"));
@@ -91,7 +93,12 @@ impl Scenario {
         let agent_type = format!("sleep_{tag}");
         let (registry_port, api_port) = (free_port(), free_port());
         let config = dir.join("agentlog.toml");
-        std::fs::write(&config, config_toml(cluster.bootstrap(), &prefix, &agent_type, registry_port, api_port, &dir)).expect("config file");
+        let mut toml = config_toml(cluster.bootstrap(), &prefix, &agent_type, registry_port, api_port, &dir);
+        if traced {
+            // A port chosen and released: nothing listens there.
+            toml.push_str(&format!("[telemetry]\nenabled = true\nendpoint = \"http://127.0.0.1:{}\"\nsampling_ratio = 1.0\n", free_port()));
+        }
+        std::fs::write(&config, toml).expect("config file");
         apply_topics(&config, &dir).await;
 
         let mut fleet = Fleet::new(&dir, &config, started);

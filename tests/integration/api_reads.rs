@@ -614,6 +614,7 @@ async fn readiness_metrics_agents_agent_types_and_stats() {
         let (status, body) = post(&http, format!("{base}/v1/tasks?wait_ms=15000"), me, json!({"agent_type": "echo", "input": {"i": i}})).await;
         assert_eq!(status, 200, "{body}");
     }
+    let before_idle = std::time::Instant::now();
     for _ in 0..3 {
         assert_eq!(post(&http, format!("{base}/v1/tasks"), me, json!({"agent_type": "idle", "input": {}})).await.0, 202);
     }
@@ -672,12 +673,21 @@ async fn readiness_metrics_agents_agent_types_and_stats() {
     let text = answer.text().await.expect("text");
     assert!(text.contains("agentlog_http_requests_total{"), "{text}");
     assert!(text.contains("route=\"/v1/tasks\""), "{text}");
-    assert!(text.contains("agentlog_tasks{agent_type=\"echo\",outcome=\"completed\"} 4"), "{text}");
-    assert!(text.contains("agentlog_task_retries{agent_type=\"echo\"} 0"), "{text}");
+    assert!(text.contains("agentlog_tasks_total{agent_type=\"echo\",outcome=\"completed\"} 4"), "{text}");
+    assert!(text.contains("agentlog_task_retries_total{agent_type=\"echo\"} 0"), "{text}");
     assert!(text.contains("agentlog_projection_caught_up 1"), "{text}");
     // Waiting tasks per agent type and lane, as /v1/agent-types counts them above.
     assert!(text.contains("agentlog_lane_waiting_tasks{agent_type=\"idle\",lane=\"normal\"} 3"), "{text}");
     assert!(text.contains("agentlog_lane_waiting_tasks{agent_type=\"echo\",lane=\"high\"} 0"), "{text}");
+    // How long the oldest has waited: since the first idle submit, give or take the clock's ms.
+    let waited = before_idle.elapsed().as_secs_f64();
+    let value = |series: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("no {series} in {text}"));
+        line[series.len()..].trim().parse().unwrap_or_else(|e| panic!("{line}: {e}"))
+    };
+    let age = value("agentlog_lane_backlog_age_seconds{agent_type=\"idle\",lane=\"normal\"}");
+    assert!(age > 0.0 && age <= waited + 0.01, "the oldest idle task waited {age} s; {waited} s passed since the first was submitted");
+    assert_eq!(value("agentlog_lane_backlog_age_seconds{agent_type=\"echo\",lane=\"high\"}"), 0.0, "nothing waits for echo");
     let ready = get(&http, format!("{base}/readyz"), Who::Nobody).await.1;
     assert_eq!(ready["ready"], true, "{ready}");
     assert!(ready["lag_records"].is_i64(), "{ready}");

@@ -601,6 +601,9 @@ impl Admin for FailingLookups {
         }
         self.inner.committed_offsets(group, partitions).await
     }
+    async fn timestamp_at(&self, partition: &TopicPartition, offset: i64) -> LogResult<Option<i64>> {
+        self.inner.timestamp_at(partition, offset).await
+    }
 }
 
 #[async_trait]

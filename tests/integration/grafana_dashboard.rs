@@ -309,6 +309,27 @@ fn exposition(text: &str) -> Exposition {
     out
 }
 
+/// The metrics a query takes the rate or increase of: the name right inside `rate(`,
+/// `irate(` or `increase(`.
+fn counted_in(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for function in ["rate(", "increase("] {
+        for (at, _) in expr.match_indices(function) {
+            let name: String = expr[at + function.len()..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':').collect();
+            if !name.is_empty() {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_metrics_under_rate_and_increase_are_found() {
+    assert_eq!(counted_in("sum by (a) (rate(x_total{a=\"b\"}[5m])) / increase(y[1h]) + irate(z_count[1m])"), ["x_total", "z_count", "y"]);
+    assert!(counted_in("sum(agentlog_agents)").is_empty());
+}
+
 /// Problems of one selector against the exposition, each naming the metric.
 fn selector_problems(where_: &str, selector: &Selector, exposed: &Exposition) -> Vec<String> {
     let mut problems = Vec::new();
@@ -675,10 +696,10 @@ async fn every_metric_the_dashboard_queries_is_on_metrics() {
         assert_eq!(answer.status(), 200);
         let text = answer.text().await.expect("text");
         let counted = [
-            format!("agentlog_tasks{{agent_type=\"{flaky}\",outcome=\"dead_lettered\"}} 1"),
-            format!("agentlog_tasks{{agent_type=\"{flaky}\",outcome=\"failed\"}} 1"),
-            format!("agentlog_task_retries{{agent_type=\"{flaky}\"}} 2"),
-            format!("agentlog_tasks{{agent_type=\"{echo}\",outcome=\"completed\"}} 2"),
+            format!("agentlog_tasks_total{{agent_type=\"{flaky}\",outcome=\"dead_lettered\"}} 1"),
+            format!("agentlog_tasks_total{{agent_type=\"{flaky}\",outcome=\"failed\"}} 1"),
+            format!("agentlog_task_retries_total{{agent_type=\"{flaky}\"}} 2"),
+            format!("agentlog_tasks_total{{agent_type=\"{echo}\",outcome=\"completed\"}} 2"),
             // The fake LLM's 3 words in and out, at 1 and 4 micro-USD a token.
             format!("agentlog_usage_input_tokens_total{{agent_type=\"{tokens}\",model=\"{TOKENS_MODEL}\"}} 3"),
             format!("agentlog_usage_output_tokens_total{{agent_type=\"{tokens}\",model=\"{TOKENS_MODEL}\"}} 3"),
@@ -707,20 +728,30 @@ async fn every_metric_the_dashboard_queries_is_on_metrics() {
             used.insert(selector.metric);
         }
     }
-    // Usage is counted: Prometheus' rate() and increase() need counters.
-    for family in ["agentlog_usage_cost_micros", "agentlog_usage_input_tokens", "agentlog_usage_output_tokens", "agentlog_usage_tasks"] {
-        assert_eq!(exposed.types.get(family).map(String::as_str), Some("counter"), "{family} is a counter");
+    // Prometheus' rate() and increase() read a counter (or a histogram's parts): over a gauge
+    // they chart a drop as a reset, i.e. a jump.
+    for (here, expr) in queries(&d) {
+        for metric in counted_in(&expr) {
+            let family = ["_total", "_bucket", "_sum", "_count"].iter().find_map(|suffix| metric.strip_suffix(suffix)).unwrap_or(&metric);
+            let kind = exposed.types.get(family).map(String::as_str);
+            if !matches!(kind, Some("counter" | "histogram")) {
+                problems.push(format!("{here}: rate()/increase() over `{metric}`, which /metrics types as {kind:?}, not a counter"));
+            }
+        }
     }
     assert!(problems.is_empty(), "{DASHBOARD} against /metrics:\n{}\n\n/metrics:\n{text}", problems.join("\n"));
     // The families the dashboard promises to chart (issue 17): rates, latency, lag, agents,
     // DLQ growth and retries, waiting tasks per lane, HTTP.
     for family in [
-        "agentlog_tasks",
-        "agentlog_task_latency_ms",
-        "agentlog_task_retries",
+        "agentlog_tasks_total",
+        "agentlog_task_latency_seconds_bucket",
+        "agentlog_task_retries_total",
         "agentlog_agents",
         "agentlog_projection_lag_records",
         "agentlog_lane_waiting_tasks",
+        "agentlog_lane_backlog_age_seconds",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
         "agentlog_http_requests_total",
         "agentlog_http_request_duration_seconds_bucket",
         "agentlog_usage_cost_micros_total",

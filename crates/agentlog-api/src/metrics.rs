@@ -1,7 +1,8 @@
 //! Prometheus metrics: HTTP requests by route and status with latency, plus the projection's
 //! view of the platform (tasks by outcome, latency percentiles, agents by state, lag, the
 //! tokens and cost agents reported) and the tasks waiting per agent type and lane (what an
-//! autoscaler reads), computed when scraped.
+//! autoscaler reads, with how long the oldest has waited) and the process's own CPU, memory
+//! and descriptors, computed when scraped.
 //! `deploy/grafana/agentlog.json` charts them; a test checks that every metric it queries is
 //! here.
 
@@ -21,6 +22,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::ApiState;
+use super::latency_buckets::{Buckets, HistogramFamily};
 use crate::projection::measure::Measure;
 use crate::projection::views::UsageCounters;
 
@@ -188,12 +190,14 @@ fn usage_series(groups: Vec<UsageCounters>, cap: usize) -> Vec<(String, String, 
 /// the lag and the waiting tasks then), like `/readyz`.
 const LOG_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Tasks waiting per agent type and lane (see [`super::reads::waiting_per_lane`]).
-async fn waiting_per_lane(state: &ApiState) -> Result<Vec<(LaneLabels, i64)>, String> {
+/// Tasks waiting per agent type and lane and how old the oldest is (see
+/// [`super::reads::backlog_per_lane`]).
+async fn backlog_per_lane(state: &ApiState) -> Result<Vec<(LaneLabels, super::reads::LaneBacklog)>, String> {
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let mut out = Vec::new();
     for (name, agent) in &state.agents {
-        for (lane, n) in super::reads::waiting_per_lane(state, name, agent).await.map_err(|e| e.to_string())? {
-            out.push((LaneLabels { agent_type: name.clone(), lane }, n));
+        for (lane, backlog) in super::reads::backlog_per_lane(state, name, agent, now_ms).await.map_err(|e| e.to_string())? {
+            out.push((LaneLabels { agent_type: name.clone(), lane }, backlog));
         }
     }
     Ok(out)
@@ -203,14 +207,21 @@ async fn waiting_per_lane(state: &ApiState) -> Result<Vec<(LaneLabels, i64)>, St
 pub async fn render(state: &ApiState) -> Result<String, String> {
     let mut out = String::new();
     encode(&mut out, &state.metrics.registry).map_err(|e| e.to_string())?;
-    // What the projection knows, as of this scrape.
+    // What the projection knows, as of this scrape; and this process's CPU, memory and files.
     let mut registry = Registry::default();
+    super::process_metrics::register(&mut registry);
     let store = state.projection.store();
-    let tasks = Family::<OutcomeLabels, Gauge>::default();
+    // Counters (exported with `_total`): they only grow, so rate() and increase() read them.
+    // An outcome replaced by an earlier one (the first terminal outcome wins) is uncounted,
+    // and a projection rebuilt from the log counts up from zero again: Prometheus reads both
+    // as a counter reset, which rate() tolerates.
+    let tasks = Family::<OutcomeLabels, Counter>::default();
     let latency = Family::<QuantileLabels, Gauge>::default();
-    let retries = Family::<TypeLabels, Gauge>::default();
+    let retries = Family::<TypeLabels, Counter>::default();
+    let mut latency_buckets = HistogramFamily::<TypeLabels>::default();
+    let mut duration_buckets = HistogramFamily::<TypeLabels>::default();
     for (agent_type, c) in store.type_counters().map_err(|e| e.to_string())? {
-        retries.get_or_create(&TypeLabels { agent_type: agent_type.clone() }).set(c.retries as i64);
+        retries.get_or_create(&TypeLabels { agent_type: agent_type.clone() }).inc_by(c.retries);
         for (outcome, n) in [
             ("submitted", c.submitted),
             ("completed", c.completed),
@@ -219,14 +230,24 @@ pub async fn render(state: &ApiState) -> Result<String, String> {
             ("cancelled", c.cancelled),
             ("expired", c.expired),
         ] {
-            tasks.get_or_create(&OutcomeLabels { agent_type: agent_type.clone(), outcome: outcome.into() }).set(n as i64);
+            tasks.get_or_create(&OutcomeLabels { agent_type: agent_type.clone(), outcome: outcome.into() }).inc_by(n);
         }
         if let Some(h) = store.histogram(Measure::Latency, &agent_type).map_err(|e| e.to_string())? {
             for q in [0.5, 0.9, 0.99, 0.999] {
                 latency.get_or_create(&QuantileLabels { agent_type: agent_type.clone(), quantile: q.to_string() }).set(h.value_at_quantile(q) as i64);
             }
+            latency_buckets.series.push((TypeLabels { agent_type: agent_type.clone() }, Buckets::of(&h)));
+        }
+        if let Some(h) = store.histogram(Measure::Duration, &agent_type).map_err(|e| e.to_string())? {
+            duration_buckets.series.push((TypeLabels { agent_type: agent_type.clone() }, Buckets::of(&h)));
         }
     }
+    registry.register(
+        "agentlog_task_latency_seconds",
+        "submit to outcome latency per agent type, as cumulative buckets (histogram_quantile over a rate gives a window's percentiles)",
+        latency_buckets,
+    );
+    registry.register("agentlog_task_duration_seconds", "how long attempts ran per agent type, as cumulative buckets", duration_buckets);
     registry.register("agentlog_tasks", "tasks per agent type and outcome (from the projection)", tasks);
     registry.register("agentlog_task_retries", "retries scheduled per agent type (from the projection)", retries);
     registry.register("agentlog_task_latency_ms", "submit to outcome latency percentiles per agent type", latency);
@@ -260,10 +281,11 @@ pub async fn render(state: &ApiState) -> Result<String, String> {
     registry.register("agentlog_projector_failing", "1 while the projector retries after a failure (the cluster unreachable, say)", failing);
     let lag = Family::<TopicLabels, Gauge>::default();
     let waiting = Family::<LaneLabels, Gauge>::default();
+    let age = Family::<LaneLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     // Both lookups at once, each bounded: a scrape answers within LOG_LOOKUP_TIMEOUT.
     let (by_topic, by_lane) = tokio::join!(
         tokio::time::timeout(LOG_LOOKUP_TIMEOUT, state.projection.lag(&state.log)),
-        tokio::time::timeout(LOG_LOOKUP_TIMEOUT, waiting_per_lane(state)),
+        tokio::time::timeout(LOG_LOOKUP_TIMEOUT, backlog_per_lane(state)),
     );
     if let Ok(Ok(by_topic)) = by_topic {
         for (topic, n) in by_topic {
@@ -271,12 +293,18 @@ pub async fn render(state: &ApiState) -> Result<String, String> {
         }
     }
     if let Ok(Ok(by_lane)) = by_lane {
-        for (labels, n) in by_lane {
-            waiting.get_or_create(&labels).set(n);
+        for (labels, backlog) in by_lane {
+            waiting.get_or_create(&labels).set(backlog.waiting);
+            age.get_or_create(&labels).set(backlog.age_ms as f64 / 1000.0);
         }
     }
     registry.register("agentlog_projection_lag_records", "records not yet applied to the projection, per source topic", lag);
     registry.register("agentlog_lane_waiting_tasks", "tasks waiting per agent type and lane: the lag of the type's worker group on the lane topic", waiting);
+    registry.register(
+        "agentlog_lane_backlog_age_seconds",
+        "age of the oldest task waiting per agent type and lane (0 when none waits): when it was written to the lane",
+        age,
+    );
     encode(&mut out, &registry).map_err(|e| e.to_string())?;
     Ok(out)
 }

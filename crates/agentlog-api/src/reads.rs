@@ -100,6 +100,37 @@ pub(crate) async fn waiting_per_lane(state: &ApiState, name: &str, agent: &Agent
     Ok(lag)
 }
 
+/// What waits on one lane of an agent type: how many tasks, and how old the oldest is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LaneBacklog {
+    pub waiting: i64,
+    /// Milliseconds since the oldest waiting task was written (0 when none waits): what an
+    /// autoscaler reads beside the count (ten tasks waiting an hour are not ten waiting 1 s).
+    pub age_ms: i64,
+}
+
+/// [`waiting_per_lane`] with each lane's backlog age: the timestamp of the record at the
+/// group's position on each partition that lags, the oldest of them.
+pub(crate) async fn backlog_per_lane(state: &ApiState, name: &str, agent: &AgentTypeConfig, now_ms: i64) -> LogResult<BTreeMap<String, LaneBacklog>> {
+    let admin = state.log.admin();
+    let group = state.client.topics().worker_group(name);
+    let mut out = BTreeMap::new();
+    for lane in agent.lanes_by_priority() {
+        let topic = state.client.topics().lane(name, lane);
+        let mut backlog = LaneBacklog { waiting: 0, age_ms: 0 };
+        for p in group_lag(admin.as_ref(), &group, &topic).await? {
+            backlog.waiting += p.lag;
+            if p.lag > 0
+                && let Some(at) = admin.timestamp_at(&crate::log::TopicPartition::new(&topic, p.partition), p.high - p.lag).await?
+            {
+                backlog.age_ms = backlog.age_ms.max(now_ms.saturating_sub(at).max(0));
+            }
+        }
+        out.insert(lane.as_str().to_string(), backlog);
+    }
+    Ok(out)
+}
+
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct JobQuery {

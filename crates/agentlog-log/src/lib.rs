@@ -169,6 +169,10 @@ pub trait Admin: Send + Sync {
     async fn offset_for_timestamp(&self, partition: &TopicPartition, timestamp_ms: i64) -> LogResult<Option<i64>>;
     /// The group's committed next offsets for these partitions.
     async fn committed_offsets(&self, group: &str, partitions: &[TopicPartition]) -> LogResult<Vec<Option<i64>>>;
+    /// The timestamp (ms) of the first record at or after `offset` (a transaction's marker or
+    /// a deleted record is passed over); `None` when there is none below the high watermark.
+    /// How old the oldest task a worker group has not taken is (`/metrics`, backlog age).
+    async fn timestamp_at(&self, partition: &TopicPartition, offset: i64) -> LogResult<Option<i64>>;
 }
 
 /// Options for a new consumer.

@@ -255,6 +255,12 @@ pub async fn seek_by_timestamp_and_offset(h: &mut Harness) {
     assert_eq!(admin.offset_for_timestamp(&tp, base + 3500).await.expect("lookup"), Some(4));
     assert_eq!(admin.offset_for_timestamp(&tp, base).await.expect("lookup"), Some(0));
     assert_eq!(admin.offset_for_timestamp(&tp, now + 60_000).await.expect("lookup"), None);
+    // And back: the timestamp of the record at an offset (a backlog's age), none at the end.
+    assert_eq!(admin.timestamp_at(&tp, 4).await.expect("peek"), Some(base + 4000));
+    assert_eq!(admin.timestamp_at(&tp, 0).await.expect("peek"), Some(base));
+    assert_eq!(admin.timestamp_at(&tp, 9).await.expect("peek"), Some(base + 9000));
+    assert_eq!(admin.timestamp_at(&tp, 10).await.expect("peek"), None, "the high watermark has no record");
+    assert!(admin.timestamp_at(&TopicPartition::new(&topic, 1), 0).await.is_err(), "a partition the topic lacks");
 
     let mut consumer = h.log().consumer(ConsumerOptions::default()).expect("consumer");
     consumer.assign(&[(tp.clone(), SeekTo::Timestamp(base + 3500))]).await.expect("assign");

@@ -137,4 +137,10 @@ impl Admin for EmbeddedAdmin {
         let shared = live(&self.shared)?;
         reader::committed(&shared, group, partitions)
     }
+
+    async fn timestamp_at(&self, partition: &TopicPartition, offset: i64) -> LogResult<Option<i64>> {
+        let shared = live(&self.shared)?;
+        let topic = shared.partition(partition)?;
+        reader::timestamp_at(&shared, &topic, partition.partition as u32, offset)
+    }
 }

@@ -106,6 +106,27 @@ pub(crate) fn offset_for_timestamp(shared: &Shared, topic: &TopicShared, partiti
     Ok(None)
 }
 
+/// The timestamp of the first record at or after `offset` below the high watermark.
+pub(crate) fn timestamp_at(shared: &Shared, topic: &TopicShared, partition: u32, offset: i64) -> LogResult<Option<i64>> {
+    let (low, high) = topic.watermarks(partition).ok_or_else(|| unknown_partition(topic, partition))?;
+    let start = offset.max(low);
+    if start >= high {
+        return Ok(None);
+    }
+    let records = store::cf(&shared.db, store::CF_RECORDS)?;
+    let mut options = ReadOptions::default();
+    options.set_iterate_upper_bound(record_key(topic.id, partition, high));
+    let mut iter = shared.db.raw_iterator_cf_opt(records, options);
+    iter.seek(record_key(topic.id, partition, start));
+    match iter.value() {
+        Some(value) => Ok(Some(record_timestamp(value)?)),
+        None => {
+            iter.status().map_err(store::storage("timestamp at offset"))?;
+            Ok(None)
+        }
+    }
+}
+
 /// Where a read position lands: within `[low, high]`.
 pub(crate) fn resolve_seek(shared: &Shared, topic: &TopicShared, partition: u32, to: SeekTo) -> LogResult<i64> {
     let (low, high) = topic.watermarks(partition).ok_or_else(|| unknown_partition(topic, partition))?;

@@ -8,6 +8,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, Top
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaResult;
+use rdkafka::message::Message as _;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -24,7 +25,34 @@ pub(crate) struct KafkaAdmin {
     pub(crate) offset_readers: OffsetReaders,
     pub(crate) endpoint: String,
     pub(crate) timeout: Duration,
+    /// Reads one record's timestamp ([`Admin::timestamp_at`]): an assign-only consumer made on
+    /// first use (most processes never ask), one call at a time (an assignment is its state).
+    pub(crate) peeker: Peeker,
 }
+
+pub(crate) struct Peeker {
+    config: rdkafka::ClientConfig,
+    consumer: std::sync::OnceLock<Arc<std::sync::Mutex<BaseConsumer>>>,
+}
+
+impl Peeker {
+    pub(crate) fn new(mut config: rdkafka::ClientConfig) -> Self {
+        // The end of a partition answers at once instead of waiting out the poll.
+        config.set("enable.partition.eof", "true");
+        Peeker { config, consumer: std::sync::OnceLock::new() }
+    }
+
+    fn consumer(&self) -> LogResult<Arc<std::sync::Mutex<BaseConsumer>>> {
+        if let Some(consumer) = self.consumer.get() {
+            return Ok(consumer.clone());
+        }
+        let created: BaseConsumer = self.config.create().map_err(|e| super::client::kafka_error("create peek consumer", e))?;
+        Ok(self.consumer.get_or_init(|| Arc::new(std::sync::Mutex::new(created))).clone())
+    }
+}
+
+/// The longest a peek waits for its record (a scrape of `/metrics` bounds its lookups too).
+const PEEK_WAIT: Duration = Duration::from_secs(2);
 
 impl KafkaAdmin {
     fn options(&self) -> AdminOptions {
@@ -197,6 +225,39 @@ impl Admin for KafkaAdmin {
             })
             .await?;
         Ok(offset)
+    }
+
+    async fn timestamp_at(&self, tp: &TopicPartition, offset: i64) -> LogResult<Option<i64>> {
+        self.check_partition(tp).await?;
+        let consumer = self.peeker.consumer()?;
+        let (topic, partition) = (tp.topic.clone(), tp.partition);
+        let wait = self.timeout.min(PEEK_WAIT);
+        let found = tokio::task::spawn_blocking(move || -> KafkaResult<Option<i64>> {
+            // A panic while peeking leaves nothing half done: the next call assigns afresh.
+            let consumer = consumer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, partition, Offset::Offset(offset.max(0)))?;
+            consumer.assign(&tpl)?;
+            let deadline = std::time::Instant::now() + wait;
+            let found = loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break Ok(None);
+                }
+                match consumer.poll(left) {
+                    Some(Ok(message)) if message.topic() == topic && message.partition() == partition => break Ok(message.timestamp().to_millis()),
+                    Some(Ok(_)) => {}
+                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break Ok(None),
+                    Some(Err(e)) => break Err(e),
+                    None => break Ok(None),
+                }
+            };
+            let _ = consumer.unassign();
+            found
+        })
+        .await
+        .map_err(|_| LogError::Shutdown)?;
+        found.map_err(|e| map_error("timestamp at offset", &self.endpoint, Some(&tp.topic), e))
     }
 
     async fn committed_offsets(&self, group: &str, partitions: &[TopicPartition]) -> LogResult<Vec<Option<i64>>> {

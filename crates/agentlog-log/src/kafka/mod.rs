@@ -54,6 +54,7 @@ impl KafkaLog {
             offset_readers: offset_readers::OffsetReaders::new(client::consumer_config(config, None, Some("agentlog-offsets"))),
             endpoint,
             timeout,
+            peeker: admin::Peeker::new(client::consumer_config(config, None, Some("agentlog-peek"))),
         });
         Ok(Arc::new(KafkaLog { config: config.clone(), max_record_bytes, topics, admin, producer: OnceLock::new(), timeout }))
     }

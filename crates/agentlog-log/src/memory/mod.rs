@@ -255,6 +255,11 @@ impl Admin for MemoryAdmin {
         self.shared.ensure_open()?;
         Ok(self.shared.committed(group, partitions))
     }
+
+    async fn timestamp_at(&self, partition: &TopicPartition, offset: i64) -> LogResult<Option<i64>> {
+        self.shared.ensure_open()?;
+        self.shared.known_topic(&partition.topic)?.timestamp_at(partition.partition, offset)
+    }
 }
 
 #[async_trait]

@@ -50,6 +50,10 @@ impl MemTopic {
         Ok(self.records(partition)?.iter().position(|r| r.timestamp_ms >= timestamp_ms).map(|i| i as i64))
     }
 
+    pub fn timestamp_at(&self, partition: i32, offset: i64) -> LogResult<Option<i64>> {
+        Ok(self.records(partition)?.get(usize::try_from(offset.max(0)).unwrap_or(usize::MAX)..).and_then(|rest| rest.first()).map(|r| r.timestamp_ms))
+    }
+
     pub fn next_round_robin(&self) -> i32 {
         (self.round_robin.fetch_add(1, Ordering::Relaxed) % self.partitions.len() as u32) as i32
     }
