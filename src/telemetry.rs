@@ -109,11 +109,14 @@ where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,librdkafka=warn".into());
-    let logs = tracing_subscriber::fmt::layer().with_writer(writer).with_filter(filter);
     if !settings.enabled {
-        tracing_subscriber::registry().with(logs).init();
+        // The filter over the whole subscriber, not over the one layer: an EnvFilter as the
+        // per-layer filter of the only layer dropped most log lines of some processes (a
+        // Kafka supervisor logged neither that it leads nor anything at debug).
+        tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer().with_writer(writer)).init();
         return Ok(Telemetry { provider: None });
     }
+    let logs = tracing_subscriber::fmt::layer().with_writer(writer).with_filter(filter);
     let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http().with_timeout(Duration::from_secs(5));
     if let Some(url) = &settings.traces_url {
         exporter = exporter.with_endpoint(url.clone());

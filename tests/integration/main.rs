@@ -78,6 +78,7 @@ mod api_limits;
 mod api_positions;
 mod api_reads;
 mod cli_bench;
+mod cli_logs;
 mod conformance;
 mod deploy_settings;
 mod embedded_durability;
