@@ -39,8 +39,12 @@ pub async fn trace_request(request: Request, next: Next) -> Response {
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
     trace::set_parent(&span, incoming.as_ref());
+    // The request's log lines carry its trace and span ids.
+    trace::record_ids(&span);
     let response = next.run(request).instrument(span.clone()).await;
     // As i64: the bridge exports an unsigned number as a string.
     span.record("http.response.status_code", i64::from(response.status().as_u16()));

@@ -161,6 +161,12 @@ impl Context {
     pub fn trace_id(&self) -> Option<&str> {
         trace_id_in(&self.parent)
     }
+
+    /// The parent span id (16 hex digits), when `parent` is well formed.
+    pub fn span_id(&self) -> Option<&str> {
+        let id = self.parent.split('-').nth(2)?;
+        (id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+    }
 }
 
 fn push_hex(out: &mut String, bytes: &[u8]) {
@@ -209,6 +215,19 @@ pub fn current() -> Option<Context> {
         }
     }
     INCOMING.try_with(Context::clone).ok()
+}
+
+/// Records `span`'s trace and span ids in its `trace_id` and `span_id` fields (declared
+/// empty where it was made), so the log lines written inside it carry them.
+pub fn record_ids(span: &tracing::Span) {
+    if let Some(context) = span.in_scope(current) {
+        if let Some(id) = context.trace_id() {
+            span.record("trace_id", id);
+        }
+        if let Some(id) = context.span_id() {
+            span.record("span_id", id);
+        }
+    }
 }
 
 /// Makes `span` a child of `context` (a remote parent: another process's span). Nothing when
@@ -323,6 +342,7 @@ mod tests {
         let c = Context { parent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(), state: None };
         assert!(c.sampled());
         assert_eq!(c.trace_id(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(c.span_id(), Some("00f067aa0ba902b7"));
         let unsampled = Context { parent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".into(), state: None };
         assert!(!unsampled.sampled());
         let other_flags = Context { parent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03".into(), state: None };

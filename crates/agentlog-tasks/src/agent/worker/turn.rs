@@ -77,14 +77,11 @@ fn attempt_trace(env: &AttemptEnv, task: &TaskSubmitted) -> (tracing::Span, Opti
         agentlog.outcome = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
         trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
     trace::set_parent(&span, parent.as_ref());
-    // The attempt's log lines carry its trace id (the span's fields are on each line).
-    if let Some(context) = span.in_scope(trace::current)
-        && let Some(id) = context.trace_id()
-    {
-        span.record("trace_id", id);
-    }
+    // The attempt's log lines carry its trace and span ids (the span's fields are on each line).
+    trace::record_ids(&span);
     (span, None)
 }
 
