@@ -69,15 +69,31 @@ fn a_supervisor_on_the_embedded_log_says_it_leads() {
     ]);
 }
 
-#[test]
-#[ignore = "needs Kafka: AGENTLOG_TEST_KAFKA names a broker (make test starts one and runs these)"]
-fn a_supervisor_on_kafka_says_it_leads() {
+/// On Kafka, with tracing off and on (exporting to a port where nothing listens: the log
+/// filter then sits beside the trace layer).
+fn on_kafka(tracing: bool) {
     let prefix = format!("cli-logs-{:06x}.", rand::random::<u32>() & 0xff_ffff);
-    let env = [
+    let mut env = vec![
         ("AGENTLOG__LOG__BACKEND", "kafka".to_string()),
         ("AGENTLOG__LOG__KAFKA__BOOTSTRAP_SERVERS", super::harness::kafka_bootstrap()),
         ("AGENTLOG__LOG__TOPIC_PREFIX", prefix),
-        ("AGENTLOG__TELEMETRY__ENABLED", "false".into()),
+        ("AGENTLOG__TELEMETRY__ENABLED", tracing.to_string()),
     ];
+    if tracing {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        env.push(("AGENTLOG__TELEMETRY__ENDPOINT", format!("http://127.0.0.1:{port}")));
+    }
     assert_leads(&env);
+}
+
+#[test]
+#[ignore = "needs Kafka: AGENTLOG_TEST_KAFKA names a broker (make test starts one and runs these)"]
+fn a_supervisor_on_kafka_says_it_leads() {
+    on_kafka(false);
+}
+
+#[test]
+#[ignore = "needs Kafka: AGENTLOG_TEST_KAFKA names a broker (make test starts one and runs these)"]
+fn a_tracing_supervisor_on_kafka_says_it_leads() {
+    on_kafka(true);
 }

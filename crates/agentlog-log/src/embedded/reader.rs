@@ -91,11 +91,7 @@ pub(crate) fn offset_for_timestamp(shared: &Shared, topic: &TopicShared, partiti
     if start >= high {
         return Ok(None);
     }
-    let records = store::cf(&shared.db, store::CF_RECORDS)?;
-    let mut options = ReadOptions::default();
-    options.set_iterate_upper_bound(record_key(topic.id, partition, high));
-    let mut iter = shared.db.raw_iterator_cf_opt(records, options);
-    iter.seek(record_key(topic.id, partition, start));
+    let mut iter = records_from(shared, topic, partition, start, high)?;
     while let Some((key, value)) = iter.item() {
         if record_timestamp(value)? >= timestamp_ms {
             return Ok(Some(offset_of_key(key)?));
@@ -106,6 +102,16 @@ pub(crate) fn offset_for_timestamp(shared: &Shared, topic: &TopicShared, partiti
     Ok(None)
 }
 
+/// An iterator over a partition's stored records from offset `start`, ending before `high`.
+fn records_from<'a>(shared: &'a Shared, topic: &TopicShared, partition: u32, start: i64, high: i64) -> LogResult<rocksdb::DBRawIterator<'a>> {
+    let records = store::cf(&shared.db, store::CF_RECORDS)?;
+    let mut options = ReadOptions::default();
+    options.set_iterate_upper_bound(record_key(topic.id, partition, high));
+    let mut iter = shared.db.raw_iterator_cf_opt(records, options);
+    iter.seek(record_key(topic.id, partition, start));
+    Ok(iter)
+}
+
 /// The timestamp of the first record at or after `offset` below the high watermark.
 pub(crate) fn timestamp_at(shared: &Shared, topic: &TopicShared, partition: u32, offset: i64) -> LogResult<Option<i64>> {
     let (low, high) = topic.watermarks(partition).ok_or_else(|| unknown_partition(topic, partition))?;
@@ -113,11 +119,7 @@ pub(crate) fn timestamp_at(shared: &Shared, topic: &TopicShared, partition: u32,
     if start >= high {
         return Ok(None);
     }
-    let records = store::cf(&shared.db, store::CF_RECORDS)?;
-    let mut options = ReadOptions::default();
-    options.set_iterate_upper_bound(record_key(topic.id, partition, high));
-    let mut iter = shared.db.raw_iterator_cf_opt(records, options);
-    iter.seek(record_key(topic.id, partition, start));
+    let iter = records_from(shared, topic, partition, start, high)?;
     match iter.value() {
         Some(value) => Ok(Some(record_timestamp(value)?)),
         None => {
